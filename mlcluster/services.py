@@ -1,0 +1,59 @@
+"""How to start the two services (worker, orchestrator) as plain processes.
+
+One place for the command lines and environment variables, used by the local
+provider, the process runtime over SSH and the tests. The services themselves
+live in `worker_image/` and `orchestrator_image/`.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+WORKER_APP = "mlcluster_worker.app:create_app()"
+ORCHESTRATOR_APP = "mlcluster_orchestrator.app:create_app()"
+# Every process we start carries this variable; `down` finds strays by it
+# (never by name patterns, which could hit other programs).
+MARKER_VAR = "MLCLUSTER_MARKER"
+
+
+def worker_command(python: str = sys.executable) -> list[str]:
+    return [python, "-m", "gunicorn", "-c", "python:mlcluster_worker.gunicorn_conf", WORKER_APP]
+
+
+def orchestrator_command(python: str = sys.executable) -> list[str]:
+    return [python, "-m", "gunicorn", "-c", "python:mlcluster_orchestrator.gunicorn_conf", ORCHESTRATOR_APP]
+
+
+def worker_env(*, model: str, port: int, host: str = "127.0.0.1", torch_threads: int = 1,
+               worker_id: str = "", service_ms: Optional[float] = None, marker: str = "") -> dict[str, str]:
+    """Environment for one worker container. `model` is a hub id, a local
+    directory, or `overhead-test` (no model: answers after `service_ms`)."""
+    env = {
+        "MODEL": model,
+        "BIND": f"{host}:{port}",
+        "TORCH_THREADS": str(torch_threads),
+        "OMP_NUM_THREADS": str(torch_threads),
+        "WORKER_ID": worker_id,
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if service_ms is not None:
+        env["SERVICE_TIME_MS"] = str(service_ms)
+    if marker:
+        env[MARKER_VAR] = marker
+    return env
+
+
+def orchestrator_env(*, port: int, token: str, host: str = "127.0.0.1", queue_limit: int = 100,
+                     queue_timeout_s: float = 30.0, status_file: str = "", health_interval_s: float = 1.0,
+                     marker: str = "") -> dict[str, str]:
+    env = {
+        "BIND": f"{host}:{port}",
+        "ORCH_TOKEN": token,
+        "ORCH_QUEUE_LIMIT": str(queue_limit),
+        "ORCH_QUEUE_TIMEOUT_S": str(queue_timeout_s),
+        "ORCH_STATUS_FILE": status_file,
+        "ORCH_HEALTH_INTERVAL_S": str(health_interval_s),
+    }
+    if marker:
+        env[MARKER_VAR] = marker
+    return env

@@ -1,0 +1,1 @@
+"""mlcluster's orchestrator: hands each request to a free worker container."""

@@ -1,0 +1,267 @@
+"""Who gets which container: the registry, reservations and the wait queue.
+
+Plain Python, no Flask and no HTTP, so the policy can be read and tested on
+its own (with a fake clock). The dispatcher calls `acquire()` before it
+forwards a request and always `release()`s the reservation afterwards.
+
+Invariants, all kept under one lock:
+- a container never holds more reservations than its capacity;
+- waiting requests are served first-come, first-served (a retry of a request
+  that already waited goes to the front);
+- the queue never holds more than `queue_limit` waiters.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Iterable, Optional
+
+FREE, BUSY, DOWN, DRAINING = "free", "busy", "down", "draining"
+LATENCY_WINDOW = 50  # recent latencies kept per container for `status`
+
+
+class QueueFull(Exception):
+    """The wait queue is at its limit; the caller should retry later."""
+
+
+class QueueTimeout(Exception):
+    """No container became free within the request's wait limit."""
+
+
+class NoContainers(Exception):
+    """Nothing is registered, so waiting would be pointless."""
+
+
+@dataclass
+class Container:
+    id: str
+    host: str
+    port: int
+    capacity: int = 1
+    healthy: bool = True
+    draining: bool = False
+    in_flight: int = 0
+    served: int = 0
+    failed: int = 0
+    last_released: float = 0.0  # clock time; smaller means idle longer
+    latencies_ms: Deque[float] = field(default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW))
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def status(self) -> str:
+        if self.draining:
+            return DRAINING
+        if not self.healthy:
+            return DOWN
+        return BUSY if self.in_flight >= self.capacity else FREE
+
+    def can_take(self) -> bool:
+        return self.healthy and not self.draining and self.in_flight < self.capacity
+
+    def describe(self) -> dict:
+        recent = list(self.latencies_ms)
+        return {
+            "id": self.id, "host": self.host, "port": self.port, "capacity": self.capacity,
+            "status": self.status, "in_flight": self.in_flight,
+            "served": self.served, "failed": self.failed,
+            "recent_latency_ms": round(sum(recent) / len(recent), 2) if recent else None,
+        }
+
+
+@dataclass
+class Reservation:
+    container: Container
+    queued_at: float
+    granted_at: float
+
+    @property
+    def queue_wait_s(self) -> float:
+        return self.granted_at - self.queued_at
+
+
+def choose_container(candidates: Iterable[Container], busy_by_host: dict[str, int]) -> Optional[Container]:
+    """The dispatch policy: among containers that can take a request, prefer the
+    host with the fewest busy containers (containers on one host share its CPUs),
+    then the container idle longest. Pure: no locking, no I/O."""
+    free = [c for c in candidates if c.can_take()]
+    if not free:
+        return None
+    return min(free, key=lambda c: (busy_by_host.get(c.host, 0), c.last_released, c.id))
+
+
+class _Waiter:
+    __slots__ = ("event", "reservation", "queued_at")
+
+    def __init__(self, queued_at: float):
+        self.event = threading.Event()
+        self.reservation: Optional[Reservation] = None
+        self.queued_at = queued_at
+
+
+class Scheduler:
+    def __init__(self, queue_limit: int = 100, clock: Callable[[], float] = time.monotonic):
+        if queue_limit < 0:
+            raise ValueError("queue_limit must be >= 0")
+        self.queue_limit = queue_limit
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._containers: dict[str, Container] = {}
+        self._waiters: Deque[_Waiter] = collections.deque()
+        self._ids = itertools.count(1)
+        self.on_change: Callable[[], None] = lambda: None  # called after registry edits
+
+    # -- registry ---------------------------------------------------------
+    def add(self, host: str, port: int, capacity: int = 1, id: Optional[str] = None,
+            healthy: bool = True) -> Container:
+        """Register a container; re-registering the same host:port updates it.
+        `healthy=False` keeps a new container out of rotation until a health
+        check has seen it ready."""
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        with self._lock:
+            for c in self._containers.values():
+                if c.host == host and c.port == port:
+                    c.capacity, c.draining = capacity, False
+                    container = c
+                    break
+            else:
+                if id is None:
+                    id = self._next_id()
+                elif id in self._containers:
+                    raise ValueError(f"container id {id!r} is already registered")
+                container = Container(id=id, host=host, port=port, capacity=capacity, healthy=healthy)
+                self._containers[id] = container
+            self._dispatch_locked()
+        self.on_change()
+        return container
+
+    def _next_id(self) -> str:
+        while True:
+            candidate = f"container{next(self._ids)}"
+            if candidate not in self._containers:
+                return candidate
+
+    def drain(self, container_id: str) -> Container:
+        """Stop giving the container new requests; it leaves the registry once
+        its in-flight requests have finished."""
+        with self._lock:
+            container = self._containers.get(container_id)
+            if container is None:
+                raise KeyError(container_id)
+            container.draining = True
+            self._forget_if_drained_locked(container)
+        self.on_change()
+        return container
+
+    def _forget_if_drained_locked(self, container: Container) -> None:
+        if container.draining and container.in_flight == 0:
+            self._containers.pop(container.id, None)
+
+    def containers(self) -> list[Container]:
+        with self._lock:
+            return list(self._containers.values())
+
+    def get(self, container_id: str) -> Optional[Container]:
+        with self._lock:
+            return self._containers.get(container_id)
+
+    def set_health(self, container_id: str, healthy: bool) -> None:
+        with self._lock:
+            container = self._containers.get(container_id)
+            if container is None or container.healthy == healthy:
+                return
+            container.healthy = healthy
+            if healthy:
+                self._dispatch_locked()
+
+    # -- reservations -----------------------------------------------------
+    def acquire(self, timeout: float, front: bool = False, queued_at: Optional[float] = None) -> Reservation:
+        """Reserve a container, waiting up to `timeout` seconds in FIFO order.
+
+        `front` puts the request at the head of the queue (a retry of a request
+        that already waited its turn); `queued_at` keeps its original arrival time.
+        """
+        now = self.clock()
+        queued_at = now if queued_at is None else queued_at
+        with self._lock:
+            if not self._containers:
+                raise NoContainers()
+            if not self._waiters:
+                container = choose_container(self._containers.values(), self._busy_by_host_locked())
+                if container is not None:
+                    return self._reserve_locked(container, queued_at, now)
+            if len(self._waiters) >= self.queue_limit and not front:
+                raise QueueFull()
+            waiter = _Waiter(queued_at)
+            if front:
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
+            self._dispatch_locked()
+        waiter.event.wait(timeout)
+        with self._lock:
+            if waiter.reservation is not None:
+                return waiter.reservation
+            self._waiters.remove(waiter)
+        raise QueueTimeout()
+
+    def release(self, reservation: Reservation, ok: bool, latency_ms: Optional[float] = None) -> None:
+        """Give the container back; `ok=False` counts a failure (the caller marks
+        it unhealthy separately when the failure was the container's fault)."""
+        container = reservation.container
+        with self._lock:
+            container.in_flight -= 1
+            container.last_released = self.clock()
+            if ok:
+                container.served += 1
+                if latency_ms is not None:
+                    container.latencies_ms.append(latency_ms)
+            else:
+                container.failed += 1
+            self._forget_if_drained_locked(container)
+            self._dispatch_locked()
+
+    def _reserve_locked(self, container: Container, queued_at: float, now: float) -> Reservation:
+        container.in_flight += 1
+        return Reservation(container=container, queued_at=queued_at, granted_at=now)
+
+    def _dispatch_locked(self) -> None:
+        """Hand free containers to the waiters at the head of the queue."""
+        while self._waiters:
+            container = choose_container(self._containers.values(), self._busy_by_host_locked())
+            if container is None:
+                return
+            waiter = self._waiters.popleft()
+            waiter.reservation = self._reserve_locked(container, waiter.queued_at, self.clock())
+            waiter.event.set()
+
+    def _busy_by_host_locked(self) -> dict[str, int]:
+        busy: dict[str, int] = collections.Counter()
+        for c in self._containers.values():
+            if c.in_flight:
+                busy[c.host] += 1
+        return busy
+
+    # -- introspection ----------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        with self._lock:
+            return len(self._waiters)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            containers = [c.describe() for c in self._containers.values()]
+            depth = len(self._waiters)
+        return {
+            "containers": containers,
+            "queue": {"depth": depth, "limit": self.queue_limit},
+            "in_flight": sum(c["in_flight"] for c in containers),
+            "served": sum(c["served"] for c in containers),
+            "failed": sum(c["failed"] for c in containers),
+        }

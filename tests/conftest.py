@@ -1,0 +1,13 @@
+import os
+
+# The model hub is unreachable on our machines; a lookup would retry for ~46 s.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A tiny DistilBERT classifier (dim 32, 2 layers) with the real tokenizer."""
+    from mlcluster_worker.make_model import make_model
+    return str(make_model(tmp_path_factory.mktemp("models") / "tiny-distilbert", size="tiny"))

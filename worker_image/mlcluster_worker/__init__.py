@@ -1,0 +1,1 @@
+"""mlcluster's worker service: a Hugging Face sequence classifier over HTTP."""
