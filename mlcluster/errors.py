@@ -1,0 +1,22 @@
+"""The one kind of error a person sees: a sentence, and a hint of what to do next."""
+from __future__ import annotations
+
+
+class MlclusterError(Exception):
+    """A known failure. The CLI prints `message` (and `hint`) and exits 1;
+    never a traceback, unless MLCLUSTER_DEBUG is set."""
+
+    def __init__(self, message: str, hint: str = "", exit_code: int = 1):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ClusterNotFound(MlclusterError):
+    def __init__(self, name: str):
+        super().__init__(f"no cluster named {name!r} is known here",
+                         f"`mlcluster up --name {name}` creates it; `mlcluster list` shows the known ones")

@@ -1,0 +1,84 @@
+"""Which model the workers load: a hub id, a local directory, or the offline stand-in.
+
+The lab's model is distilbert-base-uncased. Where the hub cannot be reached and
+the model is not cached, the default model is replaced by a local directory
+with the same architecture and random weights (same compute cost, meaningless
+answers), and we say so plainly.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MlclusterError
+from .state import home
+from .ui import QuietUI
+
+DEFAULT_MODEL = "distilbert-base-uncased"
+OVERHEAD_TEST = "overhead-test"
+HUB_HOST = "huggingface.co"
+
+
+@dataclass
+class ResolvedModel:
+    ref: str            # what workers get as MODEL
+    local: bool         # a directory on this machine
+    stand_in: bool = False
+
+
+def looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached(model: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(model, "config.json"), str)
+
+
+def stand_in_dir() -> Path:
+    return home() / "models" / f"{DEFAULT_MODEL}-random-weights"
+
+
+def resolve_model(model: str, ui: QuietUI) -> ResolvedModel:
+    if model == OVERHEAD_TEST:
+        return ResolvedModel(model, local=False)
+    if looks_like_path(model):
+        path = Path(model).expanduser().resolve()
+        if not path.is_dir():
+            raise MlclusterError(f"model directory {model} does not exist",
+                                 "pass a directory holding config.json and the weights, or a hub id")
+        if not (path / "config.json").exists():
+            raise MlclusterError(f"{model} holds no config.json, so it is not a Hugging Face model directory")
+        return ResolvedModel(str(path), local=True)
+    if _cached(model):
+        return ResolvedModel(model, local=False)
+    if hub_reachable():
+        with ui.step(f"downloading {model} from the Hugging Face hub"):
+            from huggingface_hub import snapshot_download
+            snapshot_download(model)
+        return ResolvedModel(model, local=False)
+    if model != DEFAULT_MODEL:
+        raise MlclusterError(f"model {model!r} is not cached here and the Hugging Face hub cannot be reached",
+                             "pass a local model directory with --model")
+    target = stand_in_dir()
+    ui.warn(f"the Hugging Face hub cannot be reached: using an OFFLINE STAND-IN for {DEFAULT_MODEL} "
+            f"(same architecture and compute cost, RANDOM WEIGHTS: its answers are meaningless) at {target}")
+    with ui.step("writing the stand-in model (once)"):
+        from mlcluster_worker.make_model import make_model
+        make_model(target, size="base")
+    return ResolvedModel(str(target), local=True, stand_in=True)

@@ -1,0 +1,266 @@
+"""The local provider: the whole cluster on this machine.
+
+Runtime `process` (the default): one orchestrator and N×M worker processes
+(gunicorn), each in its own session, on free loopback ports. "Workers" are
+simulated machines: worker2's containers are `worker2-1`, `worker2-2`, ...
+Runtime `docker`: delegated to `LocalDockerRuntime`.
+
+Every process carries MLCLUSTER_MARKER=<name>@<state dir> in its environment;
+`down` finds them by it when the state is lost (never by name patterns).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import requests
+
+from .. import services
+from ..errors import MlclusterError
+from ..models import resolve_model
+from ..state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir, home
+from ..ui import QuietUI
+from .base import Deployment
+
+LOOPBACK = "127.0.0.1"
+
+
+def marker(name: str) -> str:
+    return f"{name}@{home().resolve()}"
+
+
+def docker_engine_answers() -> bool:
+    try:
+        import docker
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # any failure means "no usable engine here"
+        return False
+
+
+class LocalProvider:
+    name = "local"
+
+    def _docker(self):
+        from .local_docker import LocalDockerRuntime
+        return LocalDockerRuntime()
+
+    def _runtime(self, spec_or_state_runtime: str) -> str:
+        if spec_or_state_runtime == "auto":
+            return "process"  # Docker only when asked: the first build takes minutes
+        return spec_or_state_runtime
+
+    # -- up ---------------------------------------------------------------
+    def up(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
+        runtime = self._runtime(spec.runtime)
+        if state.resources.get("runtime", runtime) != runtime:
+            raise MlclusterError(f"cluster {spec.name!r} already runs with the {state.resources['runtime']} runtime",
+                                 f"`mlcluster down --name {spec.name}` first to change it")
+        state.runtime = runtime
+        state.resources["runtime"] = runtime
+        if runtime == "docker":
+            if not docker_engine_answers():
+                raise MlclusterError("no Docker engine answers on this machine",
+                                     "start dockerd, or use --runtime process")
+            return self._docker().up(spec, state, ui)
+        model = resolve_model(spec.model, ui)
+        procs: list[dict] = state.resources.setdefault("processes", [])
+        alive = {p["id"]: p for p in procs if _alive(p["pid"], marker(spec.name))}
+        logs = cluster_dir(spec.name) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+
+        wanted = [("orchestrator", "orchestrator", "")]
+        for w in range(1, spec.workers + 1):
+            for c in range(1, spec.containers_per_worker + 1):
+                wanted.append(("worker", f"worker{w}-{c}", f"worker{w}"))
+        extra = [p for pid, p in alive.items() if pid not in {w[1] for w in wanted}]
+        if extra:
+            ui.warn(f"{len(extra)} process(es) of this cluster beyond what was asked keep running: "
+                    + ", ".join(p["id"] for p in extra))
+        threads = max(1, (os.cpu_count() or 1) // (spec.workers * spec.containers_per_worker))
+        requested_port = spec.provider_options.get("local", {}).get("port")
+        missing = [w for w in wanted if w[1] not in alive]
+        with ui.step(f"starting {len(missing)} process(es)" if missing else "all processes already run", total=len(missing) or None) as step:
+            for role, pid_id, worker in missing:
+                previous = next((p for p in procs if p["id"] == pid_id), None)
+                port = self._port(role, previous, requested_port)
+                if role == "orchestrator":
+                    env = services.orchestrator_env(
+                        port=port, token=state.token, queue_limit=spec.queue_limit,
+                        queue_timeout_s=spec.queue_timeout_s,
+                        status_file=str(cluster_dir(spec.name) / "orchestrator-status.json"), marker=marker(spec.name))
+                    cmd = services.orchestrator_command()
+                else:
+                    env = services.worker_env(model=model.ref, port=port, torch_threads=threads, worker_id=pid_id,
+                                              service_ms=spec.service_ms, marker=marker(spec.name))
+                    if model.local:
+                        env["HF_HUB_OFFLINE"] = "1"
+                    cmd = services.worker_command()
+                record = {"role": role, "id": pid_id, "worker": worker, "port": port,
+                          "log": str(logs / f"{pid_id}.log")}
+                record["pid"] = _spawn(cmd, env, Path(record["log"]))
+                procs[:] = [p for p in procs if p["id"] != pid_id] + [record]
+                state.save()  # recorded the moment it exists, so `down` can always clean it
+                step.advance()
+        orchestrator = next(p for p in procs if p["id"] == "orchestrator")
+        url = f"http://{LOOPBACK}:{orchestrator['port']}"
+        _wait_answering(url, orchestrator)
+        containers = [ContainerRecord(id=p["id"], host=LOOPBACK, port=p["port"], worker=p["worker"])
+                      for p in procs if p["role"] == "worker" and p["id"] in {w[1] for w in wanted}]
+        return Deployment(orchestrator_url=url, containers=containers)
+
+    def _port(self, role: str, previous: Optional[dict], requested: Optional[int]) -> int:
+        if role == "orchestrator" and requested:
+            if not _port_free(int(requested)):
+                raise MlclusterError(f"port {requested} on {LOOPBACK} is already in use",
+                                     "choose another with --port, or leave --port out to take a free one")
+            return int(requested)
+        if previous and _port_free(previous["port"]):
+            return previous["port"]  # a restarted process keeps its address
+        return _free_port()
+
+    # -- down -------------------------------------------------------------
+    def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
+        left: list[str] = []
+        if (state is None or state.resources.get("runtime") in (None, "docker")) and docker_engine_answers():
+            left += self._docker().down(name, state, ui)
+        pids = {p["pid"] for p in (state.resources.get("processes", []) if state else [])}
+        pids = {pid for pid in pids if _alive(pid, marker(name))} | set(find_marked(marker(name)))
+        with ui.step(f"stopping {len(pids)} process(es)"):
+            _terminate(pids)
+        survivors = find_marked(marker(name))
+        left += [f"process {pid} of cluster {name!r} is still running" for pid in survivors]
+        return left
+
+    # -- logs, details ----------------------------------------------------
+    def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
+        if state.resources.get("runtime") == "docker":
+            yield from self._docker().logs(state, target, follow, tail)
+            return
+        target = target or "orchestrator"
+        record = next((p for p in state.resources.get("processes", []) if p["id"] == target), None)
+        if record is None:
+            known = ", ".join(p["id"] for p in state.resources.get("processes", []))
+            raise MlclusterError(f"cluster {state.name!r} has no container {target!r}", f"known: {known}")
+        yield from _read_log(Path(record["log"]), follow, tail)
+
+    def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
+        if state.resources.get("runtime") == "docker":
+            return self._docker().details(state)
+        return {p["id"]: {"pid": str(p["pid"]), "worker": p["worker"]}
+                for p in state.resources.get("processes", []) if p["role"] == "worker"}
+
+
+# -- processes ----------------------------------------------------------------
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> int:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    return proc.pid
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int, mark: str) -> bool:
+    return f"{services.MARKER_VAR}={mark}".encode() in _environ(pid).split(b"\0")
+
+
+def find_marked(mark: str) -> list[int]:
+    """Pids of every process (not a zombie) whose environment carries the marker."""
+    needle = f"{services.MARKER_VAR}={mark}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            if needle in _environ(int(entry.name)).split(b"\0") and not _zombie(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _terminate(pids: set[int], grace_s: float = 10.0) -> None:
+    """SIGTERM (the whole group where the pid leads one), then SIGKILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, sig)
+                else:
+                    os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            _reap()
+            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
+            if not pids:
+                return
+            time.sleep(0.1)
+
+
+def _reap() -> None:
+    """Collect exited children of this process (tests start clusters in-process)."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((LOOPBACK, port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _wait_answering(url: str, record: dict, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health_check", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        if not Path(f"/proc/{record['pid']}").exists() or _zombie(record["pid"]):
+            break
+        time.sleep(0.2)
+    tail = "".join(list(_read_log(Path(record["log"]), False, 15)))
+    raise MlclusterError(f"the orchestrator did not start at {url}; the end of its log:\n{tail}")
+
+
+def _read_log(path: Path, follow: bool, tail: int) -> Iterator[str]:
+    if not path.exists():
+        return
+    with open(path, errors="replace") as f:
+        lines = f.readlines()
+        yield from lines[-tail:] if tail > 0 else lines
+        while follow:
+            line = f.readline()
+            if line:
+                yield line
+            else:
+                time.sleep(0.3)

@@ -1,0 +1,150 @@
+"""What a cluster is (its spec) and what was started for it (its state).
+
+State lives per cluster name under the state directory (`~/.mlcluster`, or
+`$MLCLUSTER_HOME`): `<home>/<name>/state.json`, written atomically with mode
+0600 so a later `mlcluster` process can read it. It holds the orchestrator's
+token but never cloud credentials.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ClusterNotFound, MlclusterError
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+def home() -> Path:
+    return Path(os.environ.get("MLCLUSTER_HOME") or Path.home() / ".mlcluster").expanduser()
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise MlclusterError(f"cluster name {name!r} is not allowed",
+                             "use 1-40 lowercase letters, digits and dashes, starting with a letter or digit")
+    return name
+
+
+def cluster_dir(name: str) -> Path:
+    return home() / check_name(name)
+
+
+@dataclass
+class ClusterSpec:
+    """What the user asked for. Provider-specific settings (ssh hosts, aws
+    region...) are in `provider_options`, read from the config file's
+    `[ssh]` / `[aws]` table and owned by that provider's module."""
+    name: str = "default"
+    provider: str = "local"                 # local | ssh | aws
+    runtime: str = "auto"                   # process | docker | auto (docker where an engine answers... see providers)
+    workers: int = 4                        # machines (the local provider simulates them)
+    containers_per_worker: int = 2
+    model: str = "distilbert-base-uncased"  # hub id, local directory, or overhead-test
+    service_ms: float = 50.0                # only for model = overhead-test
+    queue_limit: int = 100
+    queue_timeout_s: float = 30.0
+    provider_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "ClusterSpec":
+        check_name(self.name)
+        if self.provider not in ("local", "ssh", "aws"):
+            raise MlclusterError(f"unknown provider {self.provider!r}", "choose local, ssh or aws")
+        if self.runtime not in ("process", "docker", "auto"):
+            raise MlclusterError(f"unknown runtime {self.runtime!r}", "choose process, docker or auto")
+        if not 1 <= self.workers <= 64:
+            raise MlclusterError("--workers must be between 1 and 64")
+        if not 1 <= self.containers_per_worker <= 16:
+            raise MlclusterError("--containers-per-worker must be between 1 and 16")
+        if self.queue_limit < 0:
+            raise MlclusterError("the queue limit cannot be negative")
+        return self
+
+
+@dataclass
+class ContainerRecord:
+    """One worker container as the orchestrator reaches it."""
+    id: str
+    host: str
+    port: int
+    worker: str = ""       # the machine (or simulated machine) it runs on
+    capacity: int = 1
+
+
+@dataclass
+class ClusterState:
+    name: str
+    provider: str
+    token: str
+    runtime: str = "process"
+    orchestrator_url: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+    containers: list[ContainerRecord] = field(default_factory=list)
+    # What the provider created, in its own terms (pids, container ids,
+    # instance ids, host keys...). Written the moment something is created,
+    # so an interrupted `up` can always be cleaned by `down`.
+    resources: dict[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def dir(self) -> Path:
+        return cluster_dir(self.name)
+
+    def save(self) -> None:
+        write_private_json(self.dir / "state.json", dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, name: str) -> "ClusterState":
+        path = cluster_dir(name) / "state.json"
+        if not path.exists():
+            raise ClusterNotFound(name)
+        try:
+            data = json.loads(path.read_text())
+            data["containers"] = [ContainerRecord(**c) for c in data.get("containers", [])]
+            return cls(**data)
+        except (ValueError, TypeError) as exc:
+            raise MlclusterError(f"the state file {path} is unreadable: {exc}",
+                                 f"`mlcluster down --name {name}` still finds what it started") from None
+
+    @classmethod
+    def load_or_none(cls, name: str) -> Optional["ClusterState"]:
+        try:
+            return cls.load(name)
+        except ClusterNotFound:
+            return None
+
+
+def write_private_json(path: Path, data: Any) -> None:
+    """Atomically replace `path` with `data` as JSON, readable only by its owner."""
+    for directory in (home(), path.parent):
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_cluster_dir(name: str) -> None:
+    shutil.rmtree(cluster_dir(name), ignore_errors=True)
+
+
+def known_clusters() -> list[str]:
+    root = home()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "state.json").exists())
