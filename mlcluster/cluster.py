@@ -29,6 +29,7 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
     if state is not None and state.provider != spec.provider:
         raise MlclusterError(f"cluster {spec.name!r} already exists with the {state.provider} provider",
                              f"`mlcluster down --name {spec.name}` first, or pick another --name")
+    new = state is None
     if state is None:
         state = ClusterState(name=spec.name, provider=spec.provider, token=secrets.token_urlsafe(32))
     state.spec = dataclasses.asdict(spec)
@@ -46,6 +47,10 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
         raise MlclusterError("interrupted: what was started so far is recorded",
                              f"`mlcluster down --name {spec.name}` removes it, `mlcluster up` finishes it",
                              exit_code=130) from None
+    except MlclusterError:
+        if new and not any(state.resources.values()):
+            remove_cluster_dir(spec.name)  # nothing was created: leave no trace of a failed first `up`
+        raise
     return state
 
 

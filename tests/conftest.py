@@ -11,3 +11,14 @@ def tiny_model(tmp_path_factory) -> str:
     """A tiny DistilBERT classifier (dim 32, 2 layers) with the real tokenizer."""
     from mlcluster_worker.make_model import make_model
     return str(make_model(tmp_path_factory.mktemp("models") / "tiny-distilbert", size="tiny"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With MLCLUSTER_REQUIRE_ALL=1 (CI), a skipped test is a failure: CI has
+    Docker and the SSH test hosts, so nothing may be skipped there unnoticed."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("MLCLUSTER_REQUIRE_ALL") == "1":
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but MLCLUSTER_REQUIRE_ALL=1 forbids skipping: {report.longrepr}"

@@ -58,11 +58,10 @@ class LocalProvider:
     # -- up ---------------------------------------------------------------
     def up(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
         runtime = self._runtime(spec.runtime)
-        if state.resources.get("runtime", runtime) != runtime:
-            raise MlclusterError(f"cluster {spec.name!r} already runs with the {state.resources['runtime']} runtime",
+        if any(state.resources.values()) and state.runtime != runtime:
+            raise MlclusterError(f"cluster {spec.name!r} already runs with the {state.runtime} runtime",
                                  f"`mlcluster down --name {spec.name}` first to change it")
         state.runtime = runtime
-        state.resources["runtime"] = runtime
         if runtime == "docker":
             if not docker_engine_answers():
                 raise MlclusterError("no Docker engine answers on this machine",
@@ -127,7 +126,7 @@ class LocalProvider:
     # -- down -------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
         left: list[str] = []
-        if (state is None or state.resources.get("runtime") in (None, "docker")) and docker_engine_answers():
+        if (state is None or state.runtime == "docker" or not any(state.resources.values())) and docker_engine_answers():
             left += self._docker().down(name, state, ui)
         pids = {p["pid"] for p in (state.resources.get("processes", []) if state else [])}
         pids = {pid for pid in pids if _alive(pid, marker(name))} | set(find_marked(marker(name)))
@@ -139,7 +138,7 @@ class LocalProvider:
 
     # -- logs, details ----------------------------------------------------
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
-        if state.resources.get("runtime") == "docker":
+        if state.runtime == "docker":
             yield from self._docker().logs(state, target, follow, tail)
             return
         target = target or "orchestrator"
@@ -150,7 +149,7 @@ class LocalProvider:
         yield from _read_log(Path(record["log"]), follow, tail)
 
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
-        if state.resources.get("runtime") == "docker":
+        if state.runtime == "docker":
             return self._docker().details(state)
         return {p["id"]: {"pid": str(p["pid"]), "worker": p["worker"]}
                 for p in state.resources.get("processes", []) if p["role"] == "worker"}

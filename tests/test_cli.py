@@ -1,0 +1,201 @@
+"""The `mlcluster` console script, run for real as a subprocess on loopback."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from mlcluster.providers.local import find_marked, marker
+
+MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A private state directory; whatever a test leaves running is stopped."""
+    monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
+    yield tmp_path / "home"
+    for name in ("default", "lab", "other", "ctrlc"):
+        pids = find_marked(marker(name))
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run([MLCLUSTER, *args], capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL)
+    if check and result.returncode != 0:
+        raise AssertionError(f"mlcluster {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def up_args(tiny_model: str, name: str = "lab", workers: int = 2, per: int = 2) -> list[str]:
+    return ["up", "--name", name, "--workers", str(workers), "--containers-per-worker", str(per), "--model", tiny_model]
+
+
+def test_lifecycle_up_status_bench_down(home, tiny_model, tmp_path):
+    cli(*up_args(tiny_model))
+    status = json.loads(cli("status", "--name", "lab", "--json").stdout)
+    url = status["orchestrator_url"]
+    assert url.startswith("http://127.0.0.1:")
+    assert len(status["containers"]) == 4
+    assert {c["status"] for c in status["containers"]} == {"free"}
+    ports = [c["port"] for c in status["containers"]] + [int(url.rsplit(":", 1)[1])]
+    state_file = home / "lab" / "state.json"
+    assert oct(state_file.stat().st_mode & 0o777) == "0o600"
+
+    result_file = tmp_path / "bench.json"
+    bench = cli("bench", "--name", "lab", "--concurrency", "15", "--requests", "200", "--json", str(result_file))
+    assert "p99" in bench.stdout
+    result = json.loads(result_file.read_text())
+    assert result["requests"] == 200 and result["ok"] == 200
+    assert not result["errors"]
+    assert result["concurrency"] == 15
+    assert set(result["per_container"]) == {c["id"] for c in status["containers"]}
+    assert all(n > 0 for n in result["per_container"].values())
+    for key in ("p50", "p90", "p99", "max"):
+        assert result["latency_ms"][key] > 0
+    assert result["throughput_rps"] > 0 and result["duration_s"] > 0
+
+    assert find_marked(marker("lab"))
+    cli("down", "--name", "lab", "--yes")
+    assert find_marked(marker("lab")) == []
+    assert all(port_free(p) for p in ports)
+    assert not (home / "lab").exists()
+
+
+def test_up_twice_reconciles_and_a_killed_worker_shows_down(home, tiny_model):
+    cli(*up_args(tiny_model, workers=1))
+    state = json.loads((home / "lab" / "state.json").read_text())
+    first = {p["id"]: p["pid"] for p in state["resources"]["processes"]}
+    cli(*up_args(tiny_model, workers=1))
+    state = json.loads((home / "lab" / "state.json").read_text())
+    assert {p["id"]: p["pid"] for p in state["resources"]["processes"]} == first  # nothing restarted
+    status = json.loads(cli("status", "--name", "lab", "--json").stdout)
+    assert len(status["containers"]) == 2
+
+    victim = next(p for p in state["resources"]["processes"] if p["id"] == "worker1-2")
+    os.killpg(victim["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status = json.loads(cli("status", "--name", "lab", "--json").stdout)
+        if {c["id"]: c["status"] for c in status["containers"]}["worker1-2"] == "down":
+            break
+        time.sleep(0.5)
+    assert {c["id"]: c["status"] for c in status["containers"]} == {"worker1-1": "free", "worker1-2": "down"}
+    table = cli("status", "--name", "lab").stdout
+    assert "worker1-2" in table and "down" in table and "1/2 containers up" in table
+
+    # A request still gets an answer from the live container.
+    answer = requests.post(status["orchestrator_url"] + "/new_request", json={"text": "hello"}, timeout=30).json()
+    assert answer["container"]["id"] == "worker1-1"
+
+    # `up` again restarts only the missing container, and it serves again.
+    cli(*up_args(tiny_model, workers=1))
+    state = json.loads((home / "lab" / "state.json").read_text())
+    now = {p["id"]: p["pid"] for p in state["resources"]["processes"]}
+    assert now["worker1-1"] == first["worker1-1"] and now["orchestrator"] == first["orchestrator"]
+    assert now["worker1-2"] != first["worker1-2"]
+    status = json.loads(cli("status", "--name", "lab", "--json").stdout)
+    assert {c["status"] for c in status["containers"]} == {"free"}
+    cli("down", "--name", "lab", "--yes")
+    assert find_marked(marker("lab")) == []
+
+
+def test_down_finds_processes_when_the_state_file_is_lost(home, tiny_model):
+    cli(*up_args(tiny_model, workers=1, per=1))
+    assert len(find_marked(marker("lab"))) >= 2
+    (home / "lab" / "state.json").unlink()
+    result = cli("down", "--name", "lab", "--yes")
+    assert "nothing of it is left" in result.stderr
+    assert find_marked(marker("lab")) == []
+
+
+def test_logs_show_the_orchestrator_and_a_container(home, tiny_model):
+    cli(*up_args(tiny_model, workers=1, per=1))
+    assert "registered" in cli("logs", "--name", "lab").stdout
+    assert "ready" in cli("logs", "worker1-1", "--name", "lab", "--tail", "0").stdout
+    missing = cli("logs", "worker9-9", "--name", "lab", check=False)
+    assert missing.returncode == 1 and "no container 'worker9-9'" in missing.stderr
+    cli("down", "--name", "lab", "--yes")
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+def test_person_made_errors_get_one_sentence(home, tiny_model, tmp_path):
+    assert_clean_error(cli("status", "--name", "nosuch", check=False), "no cluster named 'nosuch'")
+    assert_clean_error(cli("logs", "--name", "nosuch", check=False), "no cluster named 'nosuch'")
+    assert_clean_error(cli("bench", "--name", "nosuch", "--requests", "5", check=False), "nosuch")
+    assert_clean_error(cli("up", "--model", str(tmp_path / "no-such-model"), check=False), "does not exist")
+    assert_clean_error(cli("up", "--name", "Bad Name!", check=False), "not allowed")
+    assert_clean_error(cli("up", "--workers", "0", check=False), "--workers")
+    bad_config = tmp_path / "bad.toml"
+    bad_config.write_text("wrkers = 3\n")
+    assert_clean_error(cli("up", "--config", str(bad_config), check=False), "unknown setting 'wrkers'")
+    assert_clean_error(cli("down", "--name", "lab", check=False), "pass --yes")
+    assert find_marked(marker("default")) == [] and not (home / "default").exists()
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_clean_error(cli(*up_args(tiny_model, workers=1, per=1), "--port", str(port), check=False),
+                           f"port {port}", "already in use")
+    cli("down", "--name", "lab", "--yes")
+    assert find_marked(marker("lab")) == []
+
+
+def test_bench_without_a_running_cluster(home, tiny_model):
+    cli(*up_args(tiny_model, workers=1, per=1))
+    state = json.loads((home / "lab" / "state.json").read_text())
+    orchestrator = next(p for p in state["resources"]["processes"] if p["id"] == "orchestrator")
+    os.killpg(orchestrator["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    assert_clean_error(cli("bench", "--name", "lab", "--requests", "5", check=False), "not answering")
+    assert_clean_error(cli("status", "--name", "lab", check=False), "not answering")
+    cli("down", "--name", "lab", "--yes")
+
+
+def test_ctrl_c_during_up_is_recorded_and_down_cleans_it(home, tiny_model):
+    proc = subprocess.Popen([MLCLUSTER, *up_args(tiny_model, name="ctrlc", workers=2, per=2)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    state_file = home / "ctrlc" / "state.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if state_file.exists() and json.loads(state_file.read_text())["resources"].get("processes"):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "mlcluster down --name ctrlc" in stderr
+    assert "Traceback" not in stderr
+    recorded = {p["pid"] for p in json.loads(state_file.read_text())["resources"]["processes"]}
+    assert recorded and set(find_marked(marker("ctrlc"))) >= recorded
+    cli("down", "--name", "ctrlc", "--yes")
+    assert find_marked(marker("ctrlc")) == []
