@@ -35,6 +35,7 @@ def worker_env(*, model: str, port: int, host: str = "127.0.0.1", torch_threads:
         "OMP_NUM_THREADS": str(torch_threads),
         "WORKER_ID": worker_id,
         "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # no progress bars in the logs
     }
     if service_ms is not None:
         env["SERVICE_TIME_MS"] = str(service_ms)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ SIZES = {
 def make_model(out_dir: str | Path, size: str = "base", num_labels: int = 2, seed: int = 0) -> Path:
     """Create the model directory (config, safetensors weights, tokenizer) and
     return its path. A directory that already holds one is left as it is."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
     from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizerFast
 
