@@ -106,12 +106,16 @@ def status(
 def down(
     name: Name = "default",
     provider: Annotated[Optional[str], typer.Option(help="For a cluster whose state is lost: where to look.")] = None,
+    region: Annotated[Optional[str], typer.Option(help="AWS region (aws, state lost).")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="AWS profile (aws, state lost).")] = None,
     config: ConfigFile = None,
     yes: Yes = False,
 ):
     """Remove everything the cluster started, and its state."""
     confirm(f"remove cluster {name!r} and everything it started?", yes)
-    spec = build_spec(load_config(config), name=name, provider=provider) if (provider or config) else None
+    spec = None
+    if provider or config:
+        spec = build_spec(load_config(config), name=name, provider=provider, aws_region=region, aws_profile=profile)
     left = cluster.down(name, RichUI(err), spec)
     if left:
         for line in left:

@@ -1,0 +1,131 @@
+"""The one door to AWS: boto3 clients, narrow retries, and errors a person can read.
+
+Credentials come only from boto3's own chain (environment, shared config and
+profiles, SSO, container or instance role); mlcluster never asks for them and
+never writes them anywhere. boto3's silent retries are turned off
+(`total_max_attempts=1`) so that what is retried is decided here, narrowly:
+throttling and AWS's own transient server errors, with capped exponential
+backoff and jitter. Everything else becomes an `AWSError` carrying the AWS
+error code, so callers decide on codes and no boto exception leaves the
+`aws_*` modules.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import boto3
+from botocore import exceptions as bx
+from botocore.config import Config
+
+from .errors import MlclusterError
+
+THROTTLING = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestThrottled",
+                        "RequestThrottledException", "TooManyRequestsException", "ThrottledException",
+                        "SlowDown", "PriorRequestNotComplete"})
+TRANSIENT = frozenset({"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"})
+EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"})
+REJECTED = frozenset({"AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch",
+                      "UnrecognizedClientException", "InvalidAccessKeyId"})
+FORBIDDEN = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+POLICY_HINT = "docs/aws.md lists the minimal IAM policy mlcluster needs"
+
+
+class AWSError(MlclusterError):
+    """An AWS call failed; `code` is AWS's error code ("" when no call was answered)."""
+
+    def __init__(self, message: str, hint: str = "", code: str = "", operation: str = ""):
+        super().__init__(message, hint)
+        self.code, self.operation = code, operation
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with full jitter; `sleep` is injectable for tests."""
+    attempts: int = 8
+    base_s: float = 0.5
+    cap_s: float = 20.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+
+    def wait(self, attempt: int) -> None:
+        self.sleep(random.uniform(0, min(self.cap_s, self.base_s * 2 ** attempt)))
+
+
+class AWS:
+    """EC2 and SSM clients for one region, with `ec2(op, **kw)` / `ssm(op, **kw)`
+    calls that retry narrowly and raise only `AWSError`."""
+
+    def __init__(self, region: str = "", profile: str = "", endpoint_url: str = "",
+                 backoff: Optional[Backoff] = None):
+        self.profile = profile
+        self.backoff = backoff or Backoff()
+        try:
+            session = boto3.Session(profile_name=profile or None, region_name=region or None)
+        except bx.ProfileNotFound:
+            raise AWSError(f"the AWS profile {profile!r} is not in your AWS configuration",
+                           "`aws configure list-profiles` shows the profiles you have") from None
+        self.region = session.region_name or ""
+        if not self.region:
+            raise AWSError("no AWS region is set",
+                           "pass --region, set `region` in the [aws] table, or set AWS_REGION")
+        config = Config(retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=60,
+                        user_agent_extra="mlcluster")
+        endpoint = endpoint_url or None
+        self._ec2 = session.client("ec2", endpoint_url=endpoint, config=config)
+        self._ssm = session.client("ssm", endpoint_url=endpoint, config=config)
+
+    def ec2(self, operation: str, **kwargs: Any) -> dict:
+        return self._call(self._ec2, "ec2", operation, kwargs)
+
+    def ssm(self, operation: str, **kwargs: Any) -> dict:
+        return self._call(self._ssm, "ssm", operation, kwargs)
+
+    def _call(self, client: Any, service: str, operation: str, kwargs: dict) -> dict:
+        method = getattr(client, operation)
+        for attempt in range(self.backoff.attempts):
+            try:
+                return method(**kwargs)
+            except bx.ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if (code in THROTTLING or code in TRANSIENT) and attempt + 1 < self.backoff.attempts:
+                    self.backoff.wait(attempt)
+                    continue
+                raise translate(exc, service, self.profile) from None
+            except bx.BotoCoreError as exc:
+                raise translate(exc, service, self.profile) from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def translate(exc: Exception, service: str, profile: str = "") -> AWSError:
+    """One sentence (and a hint) for a boto exception."""
+    login = f"aws sso login --profile {profile}" if profile else "aws sso login"
+    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+        return AWSError("no AWS credentials were found",
+                        "set AWS_PROFILE or pass --profile (or use environment variables, `aws sso login` or an "
+                        "instance role); mlcluster never asks for keys and never stores them")
+    if isinstance(exc, (bx.SSOError, bx.TokenRetrievalError, bx.CredentialRetrievalError)):
+        return AWSError("your AWS login session has expired or was never started", f"run `{login}`, then try again")
+    if isinstance(exc, bx.EndpointConnectionError):
+        return AWSError(f"cannot reach AWS at {exc.kwargs.get('endpoint_url', '?')}",
+                        "check the network and the region name")
+    if isinstance(exc, bx.ConnectionError):
+        return AWSError(f"the connection to AWS failed: {exc}", "check the network, then run the command again")
+    if not isinstance(exc, bx.ClientError):
+        return AWSError(f"the AWS SDK failed: {exc}")
+    error = exc.response.get("Error", {})
+    code, message, operation = error.get("Code", ""), error.get("Message", ""), exc.operation_name
+    if code in EXPIRED:
+        return AWSError("your AWS credentials have expired", f"renew them (for example `{login}`), then run again",
+                        code, operation)
+    if code in REJECTED:
+        return AWSError(f"AWS did not accept your credentials ({code})",
+                        "`aws sts get-caller-identity` shows which identity boto3 finds", code, operation)
+    if code in FORBIDDEN:
+        return AWSError(f"your AWS identity is not allowed to call {service}:{operation}", POLICY_HINT,
+                        code, operation)
+    if code in THROTTLING:
+        return AWSError(f"AWS kept throttling {operation} after several retries", "wait a minute and run again",
+                        code, operation)
+    return AWSError(f"AWS refused {operation}: {message or code} ({code})", "", code, operation)

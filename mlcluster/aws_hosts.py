@@ -1,0 +1,151 @@
+"""From running EC2 instances to the ssh provider's hosts.
+
+- `user_data`: the first-boot script that makes a fresh image ready for the
+  ssh deployment (Python >= 3.10 with venv, Docker), on either image family.
+- `ssh_table`: the `[ssh]` table describing the instances (public address for
+  this machine, private address for the orchestrator), with the user's own
+  `[ssh]` settings (runtime, images, python, ports...) kept.
+- `wait_for_ssh`: every instance answers SSH and has finished first boot,
+  with a deadline and a reason while it waits; never forever.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from .aws_ec2 import Instance
+from .aws_options import AWSOptions
+from .errors import MlclusterError
+from .ssh import Connection, HostKeyStore, Unreachable, run_on_hosts
+from .state import ClusterSpec
+from .ui import QuietUI
+
+# Set by AWS on every instance, not ours to choose: the [ssh] table's hosts.
+FROM_AWS = ("orchestrator", "workers", "key", "user")
+AUTH_GRACE_S = 90.0  # sshd can answer before cloud-init has installed the key
+
+_USER_DATA = {
+    "al2023": """#!/bin/bash
+# mlcluster: what the ssh deployment needs on a fresh Amazon Linux 2023.
+set -eu
+dnf install -y -q python3.11 python3.11-pip docker tar gzip
+ln -sf /usr/bin/python3.11 /usr/local/bin/python3   # the venv's Python: >= 3.10
+systemctl enable --now docker
+usermod -aG docker {user}
+""",
+    "ubuntu": """#!/bin/bash
+# mlcluster: what the ssh deployment needs on a fresh Ubuntu.
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q python3-venv docker.io
+systemctl enable --now docker
+usermod -aG docker {user}
+""",
+}
+
+# Exit 0 where there is no cloud-init; `status --wait` exits 2 for "done,
+# with recoverable errors", which is fine for us.
+CLOUD_INIT_WAIT = ("command -v cloud-init >/dev/null 2>&1 || exit 0; cloud-init status --wait >/dev/null 2>&1; "
+                   "code=$?; [ $code -eq 2 ] && exit 0; exit $code")
+
+
+def user_data(o: AWSOptions) -> str:
+    return _USER_DATA[o.os].format(user=o.user)
+
+
+def ports(spec: ClusterSpec) -> tuple[int, int]:
+    """(orchestrator port, first worker port) as the ssh deployment will use them."""
+    table = spec.provider_options.get("ssh") or {}
+    found = table.get("orchestrator_port", 8000), table.get("worker_port", 5000)
+    if not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in found):
+        raise MlclusterError(f"[ssh] orchestrator_port and worker_port must be port numbers, not {found}")
+    return found
+
+
+def addresses(o: AWSOptions, instances: dict[str, Instance]) -> dict[str, tuple[str, str]]:
+    """name -> (public, private) address. With `address_map` (tests) every
+    instance must be mapped: moto's public IPs are real AWS addresses."""
+    out = {}
+    for name, inst in instances.items():
+        if o.address_map:
+            mapped = o.address_map.get(name)
+            if mapped is None:
+                raise MlclusterError(f"[aws] address_map has no entry for {name}")
+            address = mapped if isinstance(mapped, str) else mapped["address"]
+            out[name] = (address, address)
+        elif not inst.public_ip:
+            raise MlclusterError(f"instance {inst.id} ({name}) has no public IP address",
+                                 "the default subnets must assign public IPs (the default VPC's do)")
+        else:
+            out[name] = (inst.public_ip, inst.private_ip or inst.public_ip)
+    return out
+
+
+def ssh_table(spec: ClusterSpec, o: AWSOptions, addressed: dict[str, tuple[str, str]], key_file: str) -> dict:
+    """The `[ssh]` table for the instances, keeping the user's other settings."""
+    own: dict[str, Any] = dict(spec.provider_options.get("ssh") or {})
+    clash = [k for k in ("orchestrator", "workers") if k in own]
+    if clash:
+        raise MlclusterError(f"[ssh] {', '.join(clash)} cannot be set with the aws provider: EC2 makes the hosts",
+                             "keep only settings such as runtime, images, python or ports in [ssh]")
+
+    def host(name: str) -> dict:
+        public, private = addressed[name]
+        entry = {"name": name, "address": public, "private_address": private}
+        mapped = o.address_map.get(name)
+        if isinstance(mapped, dict) and "workdir" in mapped:
+            entry["workdir"] = mapped["workdir"]
+        return entry
+
+    table = {k: v for k, v in own.items() if k not in FROM_AWS}
+    table.update(key=key_file, user=o.user, orchestrator=host("orchestrator"),
+                 workers=[host(n) for n in addressed if n != "orchestrator"])
+    return table
+
+
+def wait_for_ssh(hosts: dict[str, str], user: str, key_file: str, store: HostKeyStore, timeout_s: float,
+                 ui: QuietUI, auth_grace_s: float = AUTH_GRACE_S, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Wait until every host (name -> address) lets us log in and has
+    finished its first boot; raises naming each host that did not. A refused
+    login is retried for `auth_grace_s` only (then the key is wrong)."""
+    deadline = time.monotonic() + timeout_s
+
+    def one(name: str, step) -> None:
+        address = hosts[name]
+        conn = Connection(address, user, 22, key_path=key_file, connect_timeout=10, known_hosts=store,
+                          label=f"{name} ({address})")
+        try:
+            _login(conn, deadline, timeout_s, auth_grace_s,
+                   lambda why: step.update(f"{name} ({address}): waiting: {why}"), sleep)
+            step.update(f"{name} ({address}): waiting for first-boot setup (cloud-init)")
+            done = conn.run(CLOUD_INIT_WAIT, timeout=max(30.0, deadline - time.monotonic()), warn=True)
+            if not done.ok:
+                log = conn.run("sudo -n tail -n 5 /var/log/cloud-init-output.log", warn=True).stdout.strip()
+                raise MlclusterError(f"first-boot setup failed on {name} ({address}); the log ends:\n{log}",
+                                     "`mlcluster down` then `up` again; or pick another `ami`/`os`")
+        finally:
+            conn.close()
+
+    run_on_hosts(list(hosts), one, ui, what="waiting for SSH")
+
+
+def _login(conn: Connection, deadline: float, timeout_s: float, auth_grace_s: float,
+           on_wait: Callable[[str], None], sleep: Callable[[float], None]) -> None:
+    auth_deadline = 0.0
+    while True:
+        try:
+            conn.open()
+            return
+        except Unreachable as exc:
+            if exc.reason.startswith("authentication failed"):
+                auth_deadline = auth_deadline or time.monotonic() + auth_grace_s
+                if time.monotonic() > auth_deadline:
+                    raise
+            elif exc.reason.startswith("unknown host name"):
+                raise
+            if time.monotonic() > deadline:
+                raise Unreachable(conn.label, f"still {exc.reason} after {timeout_s:.0f} s",
+                                  "the instance may have failed to boot: the EC2 console shows its system log")
+            on_wait(exc.reason)
+        sleep(2.0)

@@ -1,0 +1,184 @@
+"""The `[aws]` settings, and the plan (with its estimated hourly cost) shown
+before anything is created.
+
+Settings come from the config file's `[aws]` table and the flags --region,
+--instance-type and --profile (the CLI puts them in
+`spec.provider_options["aws"]`). No AWS call happens here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import MlclusterError
+from .state import ClusterSpec
+
+# Public SSM parameters naming the current image in every region.
+AMI_PARAMETERS = {
+    "al2023": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
+    "ubuntu": "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id",
+}
+DEFAULT_SSH_USER = {"al2023": "ec2-user", "ubuntu": "ubuntu"}
+
+# On-demand Linux prices in us-east-1 (USD per hour) and vCPUs. An estimate
+# only: other regions cost up to ~30% more and AWS changes prices.
+PRICES = {
+    "t3.medium": (0.0416, 2), "t3.large": (0.0832, 2), "t3.xlarge": (0.1664, 4),
+    "m4.large": (0.10, 2), "m4.xlarge": (0.20, 4), "m5.large": (0.096, 2), "m5.xlarge": (0.192, 4),
+    "m6i.large": (0.096, 2), "m6i.xlarge": (0.192, 4), "m7i.large": (0.1008, 2),
+    "c5.large": (0.085, 2), "c5.xlarge": (0.17, 4), "c5.2xlarge": (0.34, 8),
+    "c6i.large": (0.085, 2), "c6i.xlarge": (0.17, 4), "c7i.large": (0.08925, 2), "c7i.xlarge": (0.1785, 4),
+}
+GP3_PER_GB_MONTH = 0.08
+PUBLIC_IPV4_PER_HOUR = 0.005
+HOURS_PER_MONTH = 730
+
+
+@dataclass(frozen=True)
+class AWSOptions:
+    """Every setting of the `[aws]` table; see docs/aws.md."""
+    region: str = ""               # empty: boto3's chain (AWS_REGION, the profile's region)
+    profile: str = ""              # empty: boto3's chain (AWS_PROFILE, environment, SSO, role)
+    instance_type: str = "m4.large"
+    os: str = "al2023"             # al2023 | ubuntu: which public SSM parameter names the AMI
+    ami: str = ""                  # an explicit AMI id wins over `os`
+    ssh_user: str = ""             # empty: ec2-user (al2023) or ubuntu
+    key_name: str = ""             # an existing key pair; empty: one is created per cluster
+    key_file: str = ""             # the private key of `key_name`
+    allowed_cidr: str = ""         # who may reach SSH and the orchestrator; empty: this machine's public IP
+    detect_ip: bool = True         # look the public IP up when allowed_cidr is empty
+    volume_gb: int = 16            # root volume (gp3)
+    ssh_timeout_s: float = 600.0   # how long to wait for SSH on new instances
+    endpoint_url: str = ""         # tests: a local EC2/SSM endpoint (moto)
+    # Tests only (needs endpoint_url): instance name -> the address to use
+    # instead of its public and private IPs, or { address = ..., workdir = ... }.
+    address_map: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: Optional[dict[str, Any]]) -> "AWSOptions":
+        raw = dict(raw or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise MlclusterError(f"[aws]: unknown setting(s) {', '.join(unknown)}", "known: " + ", ".join(fields))
+        for key, value in raw.items():
+            default = getattr(cls, key, None) if key != "address_map" else {}
+            expected = type(default)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                raw[key] = value = float(value)
+            if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+                raise MlclusterError(f"[aws]: {key} must be a {expected.__name__}, not {value!r}")
+        return cls(**raw).validate()
+
+    @classmethod
+    def from_spec(cls, spec: ClusterSpec) -> "AWSOptions":
+        return cls.from_dict(spec.provider_options.get("aws"))
+
+    def validate(self) -> "AWSOptions":
+        if self.os not in AMI_PARAMETERS:
+            raise MlclusterError(f"[aws]: os must be one of {', '.join(AMI_PARAMETERS)}, not {self.os!r}")
+        if self.allowed_cidr:
+            normalise_cidr(self.allowed_cidr)
+        if self.key_name and not self.key_file:
+            raise MlclusterError(f"[aws]: key_name {self.key_name!r} needs key_file, the path of its private key")
+        if not 8 <= self.volume_gb <= 1024:
+            raise MlclusterError("[aws]: volume_gb must be between 8 and 1024")
+        if self.address_map and not self.endpoint_url:
+            raise MlclusterError("[aws]: address_map is only for tests against a local endpoint_url")
+        for name, value in self.address_map.items():
+            table = {"address": value} if isinstance(value, str) else value
+            if (not isinstance(table, dict) or not isinstance(table.get("address"), str)
+                    or set(table) - {"address", "workdir"}):
+                raise MlclusterError(f"[aws]: address_map.{name} must be an address or {{ address, workdir }}")
+        return self
+
+    @property
+    def user(self) -> str:
+        return self.ssh_user or DEFAULT_SSH_USER[self.os]
+
+
+def normalise_cidr(text: str) -> str:
+    """`203.0.113.5` -> `203.0.113.5/32`; a clear error for anything not a network."""
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise MlclusterError(f"[aws]: allowed_cidr {text!r} is not an IP address or CIDR block",
+                             "for example 203.0.113.5/32") from None
+
+
+@dataclass
+class PlanRow:
+    what: str
+    count: int
+    unit: str
+    hourly_each: Optional[float]
+
+    @property
+    def hourly(self) -> Optional[float]:
+        return None if self.hourly_each is None else self.hourly_each * self.count
+
+
+@dataclass
+class Plan:
+    """What `up` will create, with an estimated cost. `rows()` is a table for
+    the CLI; `describe()` the same as text."""
+    cluster: str
+    region: str
+    instance_type: str
+    lines: list[PlanRow]
+    notes: list[str]
+
+    @property
+    def hourly(self) -> Optional[float]:
+        costs = [row.hourly for row in self.lines]
+        return None if any(c is None for c in costs) else sum(costs)
+
+    @property
+    def vcpus(self) -> Optional[int]:
+        count = sum(row.count for row in self.lines if row.unit == self.instance_type)
+        return None if self.instance_type not in PRICES else count * PRICES[self.instance_type][1]
+
+    def rows(self) -> list[list[str]]:
+        table = [["resource", "count", "kind", "USD/hour each", "USD/hour"]]
+        for row in self.lines:
+            table.append([row.what, str(row.count), row.unit, _money(row.hourly_each), _money(row.hourly)])
+        table.append(["total (estimate)", "", "", "", _money(self.hourly)])
+        return table
+
+    def describe(self) -> str:
+        widths = [max(len(r[i]) for r in self.rows()) for i in range(5)]
+        text = [f"Plan for cluster {self.cluster!r} in {self.region or 'the default region'}:"]
+        text += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in self.rows()]
+        return "\n".join(text + [f"  {note}" for note in self.notes])
+
+
+def _money(value: Optional[float]) -> str:
+    return "unknown" if value is None else f"${value:.3f}"
+
+
+def plan(spec: ClusterSpec) -> Plan:
+    """The plan for `spec`, with no AWS call (nothing is looked up or created)."""
+    o = AWSOptions.from_spec(spec)
+    n = 1 + spec.workers
+    price = PRICES.get(o.instance_type, (None, 0))[0]
+    lines = [
+        PlanRow("orchestrator instance", 1, o.instance_type, price),
+        PlanRow("worker instances", spec.workers, o.instance_type, price),
+        PlanRow("root volumes (gp3)", n, f"{o.volume_gb} GB", o.volume_gb * GP3_PER_GB_MONTH / HOURS_PER_MONTH),
+        PlanRow("public IPv4 addresses", n, "address", PUBLIC_IPV4_PER_HOUR),
+    ]
+    source = o.ami or f"the latest {'Amazon Linux 2023' if o.os == 'al2023' else 'Ubuntu 24.04'} (AWS SSM)"
+    allowed = normalise_cidr(o.allowed_cidr) if o.allowed_cidr else "this machine's public IP (looked up)"
+    if allowed.endswith("/0"):
+        allowed += " (THE WHOLE INTERNET, as allowed_cidr asks)"
+    notes = [
+        "Costs are an estimate: on-demand Linux prices in us-east-1; other regions differ, data transfer is extra."
+        + ("" if price is not None else f" {o.instance_type} is not in mlcluster's price table."),
+        f"Image: {source}; {spec.containers_per_worker} container(s) per worker.",
+        f"Key pair: {o.key_name or 'a new one for this cluster (private key kept in its state directory)'}.",
+        f"Security group: SSH and the orchestrator port only from {allowed}; worker ports only inside the group.",
+        f"`mlcluster down --name {spec.name}` removes everything this creates.",
+    ]
+    return Plan(spec.name, o.region, o.instance_type, lines, notes)

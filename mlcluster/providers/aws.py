@@ -1,0 +1,361 @@
+"""The aws provider: EC2 instances made with boto3, then the ssh provider's
+deployment onto them.
+
+`up`: image and network -> key pair -> security group and its rules ->
+instances (one orchestrator, N workers; those found by tag are reused,
+stopped ones started) -> wait until running -> wait for SSH and first boot
+-> deploy exactly as the ssh provider does (public addresses from this
+machine, private addresses from the orchestrator to the workers).
+
+Everything created is tagged at creation and recorded in
+`state.resources["aws"]` at once. When `up` fails or is interrupted, what
+exists stays (a second `up` resumes it) and the message says how to remove
+it: `mlcluster down --name X`, which finds it all by tag even without state.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from .. import aws_ec2 as ec2
+from ..aws_api import AWS, AWSError, Backoff
+from ..aws_ec2 import Instance, LaunchSpec
+from ..aws_hosts import addresses, ports, ssh_table, user_data, wait_for_ssh
+from ..aws_options import AMI_PARAMETERS, PRICES, AWSOptions, Plan, normalise_cidr, plan
+from ..errors import MlclusterError
+from ..ssh import HostKeyStore
+from ..state import ClusterSpec, ClusterState
+from ..ui import QuietUI
+from .base import Deployment
+
+__all__ = ["AWSProvider", "plan", "Plan"]
+
+KEY_FILE = "aws-key.pem"
+IP_LOOKUP_URL = "https://checkip.amazonaws.com"
+STANDARD_QUOTA = "'Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances' (quota code L-1216C47A)"
+
+
+def lookup_public_ip() -> str:
+    """This machine's public IP address, as AWS sees it."""
+    import requests
+    try:
+        return str(ipaddress.ip_address(requests.get(IP_LOOKUP_URL, timeout=5).text.strip()))
+    except (requests.RequestException, ValueError) as exc:
+        raise MlclusterError(f"could not learn this machine's public IP from {IP_LOOKUP_URL} ({type(exc).__name__})",
+                             "set `allowed_cidr` in the [aws] table (for example 203.0.113.5/32)") from None
+
+
+class AWSProvider:
+    """See the module docstring. What touches the outside world can be
+    injected: `options` (the [aws] table, for a `down` without state),
+    `ip_lookup`, `backoff` (throttling retries), `sleep`, `poll_s` and
+    `timeout_s` (waiting on AWS and on SSH)."""
+
+    name = "aws"
+
+    def __init__(self, options: Optional[dict] = None, *, ip_lookup: Callable[[], str] = lookup_public_ip,
+                 backoff: Optional[Backoff] = None, sleep: Callable[[float], None] = time.sleep,
+                 poll_s: float = 5.0, timeout_s: float = 900.0):
+        self.options = options or {}
+        self.ip_lookup, self.backoff, self.sleep = ip_lookup, backoff, sleep
+        self.poll_s, self.timeout_s = poll_s, timeout_s
+
+    def plan(self, spec: ClusterSpec) -> Plan:
+        """What `up` would create and its estimated hourly cost; no AWS call."""
+        return plan(spec)
+
+    def connect(self, o: AWSOptions) -> AWS:
+        return AWS(o.region, o.profile, o.endpoint_url, self.backoff)
+
+    def _options_of(self, state: Optional[ClusterState]) -> AWSOptions:
+        """The [aws] settings the cluster was made with (the region it was
+        made in wins), else the ones given to this provider."""
+        raw = dict(self.options)
+        if state is not None:
+            raw = dict(state.spec.get("provider_options", {}).get("aws") or raw)
+            raw["region"] = state.resources.get("aws", {}).get("region") or raw.get("region", "")
+        return AWSOptions.from_dict(raw)
+
+    # -- up: EC2 ------------------------------------------------------------
+    def up(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
+        instances = self.provision(spec, state, ui)
+        return self.deploy(spec, state, instances, ui)
+
+    def provision(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> dict[str, Instance]:
+        """The EC2 part of `up`: every instance of the cluster, running, by name."""
+        o = AWSOptions.from_spec(spec)
+        with _accounted(state, ui):
+            aws = self.connect(o)
+            cidr = self._allowed_cidr(o, ui)
+            with ui.step(f"looking up the default network and the image in {aws.region}"):
+                vpc, subnets = ec2.default_subnets(aws)
+                image = ec2.resolve_image(aws, o.ami, AMI_PARAMETERS[o.os])
+            ui.info(f"image {image.id} ({image.name or 'no name'}), {len(subnets)} availability zone(s)")
+            key_name = self._key_pair(aws, o, state, ui)
+            group_id = self._security_group(aws, spec, state, vpc, cidr, ui)
+            launch = LaunchSpec(spec.name, image, o.instance_type, key_name, group_id, o.volume_gb, user_data(o))
+            return self._instances(aws, spec, state, launch, subnets, ui)
+
+    def _allowed_cidr(self, o: AWSOptions, ui: QuietUI) -> str:
+        if o.allowed_cidr:
+            cidr = normalise_cidr(o.allowed_cidr)
+            if ipaddress.ip_network(cidr).prefixlen == 0:
+                ui.warn(f"allowed_cidr {cidr} opens SSH and the orchestrator to the whole internet, as asked")
+            return cidr
+        if not o.detect_ip:
+            raise MlclusterError("no allowed_cidr is set and detect_ip is off",
+                                 "set `allowed_cidr` in the [aws] table to the address that runs mlcluster")
+        address = ipaddress.ip_address(self.ip_lookup())
+        return f"{address}/{address.max_prefixlen}"
+
+    def _key_pair(self, aws: AWS, o: AWSOptions, state: ClusterState, ui: QuietUI) -> str:
+        if o.key_name:
+            if not ec2.key_pair_exists(aws, o.key_name):
+                raise MlclusterError(f"the key pair {o.key_name!r} does not exist in {aws.region}",
+                                     "name an existing one in `key_name`, or leave it empty to create one")
+            _remember(state, aws, key_name=o.key_name, key_file=str(Path(o.key_file).expanduser()))
+            return o.key_name
+        path = state.dir / KEY_FILE
+        found = ec2.find_key_pairs(aws, state.name)
+        if len(found) > 1:
+            ui.warn(f"{len(found)} key pairs are tagged for cluster {state.name!r}; using {found[0]['KeyName']}")
+        if found and path.exists():
+            _remember(state, aws, key_pair=found[0]["KeyPairId"], key_name=found[0]["KeyName"], key_file=str(path))
+            return found[0]["KeyName"]
+        if found:  # its private key is lost: only a key pair no instance uses may be replaced
+            if ec2.find_instances(aws, state.name, ec2.UP_STATES):
+                raise MlclusterError(f"the private key of key pair {found[0]['KeyName']} is no longer in {path}, "
+                                     "and the cluster's instances need it",
+                                     f"`mlcluster down --name {state.name}`, then `mlcluster up` again")
+            ec2.delete_key_pair(aws, found[0]["KeyName"])
+        with ui.step("creating the cluster's key pair"):
+            name, key_id, material = ec2.create_key_pair(aws, state.name)
+            _remember(state, aws, key_pair=key_id)
+            _write_private(path, material)
+            _remember(state, aws, key_name=name, key_file=str(path))
+        return name
+
+    def _security_group(self, aws: AWS, spec: ClusterSpec, state: ClusterState, vpc: str, cidr: str,
+                        ui: QuietUI) -> str:
+        groups = ec2.find_groups(aws, spec.name)
+        mine = [g for g in groups if g.get("VpcId") == vpc]
+        if len(groups) > 1:
+            ui.warn(f"{len(groups)} security groups are tagged for cluster {spec.name!r}: "
+                    f"{', '.join(g['GroupId'] for g in groups)}; `mlcluster down` removes them all")
+        if mine:
+            group = mine[0]
+        else:
+            with ui.step("creating the cluster's security group"):
+                group = {"GroupId": ec2.create_group(aws, spec.name, vpc), "IpPermissions": []}
+        _remember(state, aws, security_group=group["GroupId"])
+        orchestrator_port, worker_port = ports(spec)
+        internal = (worker_port, worker_port + spec.containers_per_worker - 1)
+        added, removed = ec2.sync_rules(aws, group, ec2.wanted_rules(group["GroupId"], cidr, [orchestrator_port],
+                                                                     internal))
+        if removed:
+            ui.info(f"security group {group['GroupId']}: removed {len(removed)} rule(s) no longer asked for")
+        return group["GroupId"]
+
+    def _instances(self, aws: AWS, spec: ClusterSpec, state: ClusterState, launch: LaunchSpec,
+                   subnets: list[tuple[str, str]], ui: QuietUI) -> dict[str, Instance]:
+        names = ["orchestrator"] + [f"worker{i}" for i in range(1, spec.workers + 1)]
+        chosen, extra = _match(ec2.find_instances(aws, spec.name, ec2.UP_STATES), names)
+        if extra:
+            listed = ", ".join(f"{i.id} ({i.name or 'unnamed'})" for i in extra)
+            ui.warn(f"{len(extra)} more instance(s) are tagged for cluster {spec.name!r} than it asks for: "
+                    f"{listed}; left alone (`mlcluster down --name {spec.name}` removes them)")
+        _remember(state, aws, instances={n: i.id for n, i in chosen.items()})
+        self._start_stopped([i for i in chosen.values() if i.state in ("stopping", "stopped")], aws, ui)
+        missing = [n for n in names if n not in chosen]
+        zones = _zone_order(subnets, chosen.values())
+        for n, name in enumerate(missing, 1):
+            with ui.step(f"launching {name} ({launch.instance_type}), {n} of {len(missing)}"):
+                try:
+                    inst = ec2.launch(aws, launch, name, zones, lambda zone, code: _skip_zone(zones, zone, code, ui))
+                except AWSError as exc:
+                    if exc.code in ec2.LIMIT_CODES:
+                        raise _limit_error(exc, aws.region, launch.instance_type, len(names), len(chosen),
+                                           spec.name) from None
+                    raise
+            chosen[name] = inst
+            _remember(state, aws, instances={**state.resources["aws"]["instances"], name: inst.id})
+            zones = _zone_order(zones, [inst])
+        with ui.step(f"waiting for {len(chosen)} instance(s) to run"):
+            running = ec2.wait_for_state(aws, [chosen[n].id for n in names], "running",
+                                         self.timeout_s, self.poll_s, self.sleep)
+        by_id = {i.id: i for i in running}
+        return {n: by_id[chosen[n].id] for n in names}
+
+    def _start_stopped(self, stopped: list[Instance], aws: AWS, ui: QuietUI) -> None:
+        if not stopped:
+            return
+        with ui.step(f"starting {len(stopped)} stopped instance(s)"):
+            ids = [i.id for i in stopped]
+            ec2.wait_for_state(aws, ids, "stopped", self.timeout_s, self.poll_s, self.sleep)
+            aws.ec2("start_instances", InstanceIds=ids)
+
+    # -- up: the ssh deployment ------------------------------------------------
+    def deploy(self, spec: ClusterSpec, state: ClusterState, instances: dict[str, Instance],
+               ui: QuietUI) -> Deployment:
+        """Wait for SSH on the instances, then the ssh provider's `up` onto them."""
+        from .ssh import SSHProvider
+        o = AWSOptions.from_spec(spec)
+        with _accounted(state, ui):
+            addressed = addresses(o, instances)
+            key_file = state.resources["aws"]["key_file"]
+            table = ssh_table(spec, o, addressed, key_file)
+            # Kept in the state, so the ssh provider's logs (and a later down) read the hosts from it.
+            state.spec.setdefault("provider_options", {})["ssh"] = table
+            store = HostKeyStore(_forget_reused_addresses(state, instances, addressed), on_change=state.save)
+            state.save()
+            wait_for_ssh({n: a[0] for n, a in addressed.items()}, o.user, key_file, store, o.ssh_timeout_s, ui)
+            ssh_spec = dataclasses.replace(spec, provider="ssh",
+                                           provider_options={**spec.provider_options, "ssh": table})
+            return SSHProvider().up(ssh_spec, state, ui)
+
+    # -- down ---------------------------------------------------------------
+    def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
+        """Terminate every instance tagged for the cluster (any state but
+        terminated), wait for them, then delete its security group(s) and the
+        key pair(s) it created; return what is still there."""
+        aws = self.connect(self._options_of(state))
+        instances = ec2.find_instances(aws, name)
+        if instances:
+            with ui.step(f"terminating {len(instances)} instance(s) of cluster {name!r} in {aws.region}"):
+                ec2.terminate(aws, [i.id for i in instances if i.state != "shutting-down"])
+                ec2.wait_for_state(aws, [i.id for i in instances], "terminated", self.timeout_s, self.poll_s,
+                                   self.sleep)
+        for group in ec2.find_groups(aws, name):
+            with ui.step(f"deleting security group {group['GroupId']}"):
+                ec2.delete_group(aws, group["GroupId"], self.timeout_s, self.poll_s, self.sleep)
+        for key in ec2.find_key_pairs(aws, name):
+            ec2.delete_key_pair(aws, key["KeyName"])
+        for volume in ec2.find_volumes(aws, name):
+            if volume["State"] == "available":  # detached from its instance, yet still billed
+                aws.ec2("delete_volume", VolumeId=volume["VolumeId"])
+        left = ec2.leftovers(aws, name)
+        if not left:
+            ui.info(f"nothing tagged {ec2.TAG_CLUSTER}={name} is left in {aws.region}")
+        return left
+
+    # -- status and logs -----------------------------------------------------
+    def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
+        """Each container's instance: id, type, zone, state and public IP (live from EC2)."""
+        try:
+            by_name = {i.name: i for i in ec2.find_instances(self.connect(self._options_of(state)), state.name)}
+        except MlclusterError as exc:
+            return {c.id: {"instance_state": f"unknown ({exc.message})"} for c in state.containers}
+        facts = {}
+        for c in state.containers:
+            inst = by_name.get(c.worker)
+            facts[c.id] = ({"instance_id": inst.id, "instance_type": inst.type, "zone": inst.zone,
+                            "instance_state": inst.state, "host_address": inst.public_ip or "-"}
+                           if inst else {"instance_state": "gone"})
+        return facts
+
+    def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
+        from .ssh import SSHProvider
+        return SSHProvider().logs(state, target, follow, tail)
+
+
+def _remember(state: ClusterState, aws: AWS, **items) -> None:
+    """Record resources in the state and save it at once."""
+    state.resources.setdefault("aws", {})["region"] = aws.region
+    state.resources["aws"].update(items)
+    state.save()
+
+
+def _forget_reused_addresses(state: ClusterState, instances: dict[str, Instance],
+                             addressed: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """The cluster's known host keys, less those of addresses that now belong
+    to another instance (AWS reuses public IPs): a new machine has a new key."""
+    keys = state.resources.setdefault("host_keys", {})
+    owners = state.resources["aws"].setdefault("address_owners", {})
+    for name, inst in instances.items():
+        address = addressed[name][0]
+        if owners.get(address) != inst.id:
+            keys.pop(f"{address}:22", None)
+            owners[address] = inst.id
+    return keys
+
+
+def _match(found: list[Instance], names: list[str]) -> tuple[dict[str, Instance], list[Instance]]:
+    """One instance per wanted name (running ones first); the rest are extra."""
+    chosen: dict[str, Instance] = {}
+    extra: list[Instance] = []
+    for inst in sorted(found, key=lambda i: (i.state != "running", i.id)):
+        if inst.name in names and inst.name not in chosen:
+            chosen[inst.name] = inst
+        else:
+            extra.append(inst)
+    return chosen, extra
+
+
+def _zone_order(subnets: list[tuple[str, str]], placed) -> list[tuple[str, str]]:
+    """Subnets with the zones of already placed instances first (less
+    cross-zone traffic), in their given order otherwise."""
+    used = {i.zone for i in placed}
+    return [s for s in subnets if s[0] in used] + [s for s in subnets if s[0] not in used]
+
+
+def _skip_zone(zones: list[tuple[str, str]], zone: str, code: str, ui: QuietUI) -> None:
+    """A zone without capacity goes to the end of the list for the rest of `up`."""
+    ui.warn(f"{zone}: {code}; trying the next availability zone")
+    zones[:] = [z for z in zones if z[0] != zone] + [z for z in zones if z[0] == zone]
+
+
+def _limit_error(exc: AWSError, region: str, instance_type: str, total: int, existing: int,
+                 cluster: str) -> MlclusterError:
+    vcpus = PRICES.get(instance_type, (0, 0))[1]
+    need = f"at least {vcpus * total} vCPUs" if vcpus else "enough vCPUs"
+    family = instance_type.split(".")[0]
+    quota = STANDARD_QUOTA if family[:1] in "acdhimrtz" else f"the Running On-Demand quota for {family} instances"
+    return MlclusterError(
+        f"AWS refused more {instance_type} instances in {region}: your account's vCPU limit is reached "
+        f"({exc.code}; {existing} of this cluster's {total} instance(s) exist)",
+        f"ask AWS (Service Quotas, EC2) to raise {quota} in {region} to {need} plus what else you run there, "
+        f"or use fewer --workers; `mlcluster down --name {cluster}` removes what was started")
+
+
+@contextlib.contextmanager
+def _accounted(state: ClusterState, ui: QuietUI) -> Iterator[None]:
+    """On failure or Ctrl-C, say what exists in AWS and how to remove it
+    (everything is already in the state and tagged)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if _created(state):
+            ui.warn(_created_sentence(state) + f"; `mlcluster down --name {state.name}` removes it")
+        raise
+    except MlclusterError as exc:
+        if _created(state) and "mlcluster down" not in exc.hint:
+            exc.hint = "; ".join(filter(None, [exc.hint, _created_sentence(state) + f": `mlcluster up --name "
+                                 f"{state.name}` resumes, `mlcluster down --name {state.name}` removes it"]))
+        raise
+
+
+def _created(state: ClusterState) -> dict:
+    record = state.resources.get("aws", {})
+    return {k: record[k] for k in ("instances", "security_group", "key_pair") if record.get(k)}
+
+
+def _created_sentence(state: ClusterState) -> str:
+    created = _created(state)
+    parts = [f"{len(created['instances'])} instance(s)"] if created.get("instances") else []
+    parts += ["a security group"] if created.get("security_group") else []
+    parts += ["a key pair"] if created.get("key_pair") else []
+    region = state.resources.get("aws", {}).get("region", "")
+    return f"cluster {state.name!r} has {', '.join(parts) or 'nothing'} in AWS {region}".rstrip()
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)

@@ -1,0 +1,59 @@
+"""The `mlcluster` command with the aws provider, as a subprocess against moto
+in server mode on 127.0.0.1: plans, one-sentence errors, and `down` finding
+a cluster by tag when its state file is gone."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from moto_server import moto, moto_server, nothing_tagged, tagged  # noqa: F401 (fixtures)
+from mlcluster.state import remove_cluster_dir
+from test_aws_provision import make_spec, provision
+
+MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([MLCLUSTER, *args], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, env=env)
+
+
+def write_config(path: Path, server, **aws: str) -> Path:
+    lines = ['name = "lab"', 'provider = "aws"', "workers = 4", "[aws]", f'endpoint_url = "{server.url}"',
+             'allowed_cidr = "203.0.113.5/32"', *(f'{k} = "{v}"' for k, v in aws.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_up_without_yes_shows_the_plan_and_creates_nothing(moto, tmp_path):
+    config = write_config(tmp_path / "c.toml", moto)
+    result = cli("up", "--config", str(config), "--region", "us-east-1")
+    assert result.returncode == 1 and "pass --yes" in result.stderr
+    assert "m4.large" in result.stderr and "$0.400" in result.stderr and "estimate" in result.stderr
+    assert moto.faults.calls == [] and nothing_tagged(moto, "lab")
+
+
+def test_missing_credentials_exit_1_with_one_sentence(moto, tmp_path, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    config = write_config(tmp_path / "c.toml", moto, region="us-east-1")
+    result = cli("up", "--config", str(config), "--yes")
+    assert result.returncode == 1, result.stderr
+    assert "no AWS credentials were found" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "home" / "lab").exists()
+
+
+def test_no_region_anywhere_is_one_sentence(moto, tmp_path):
+    result = cli("up", "--config", str(write_config(tmp_path / "c.toml", moto)), "--yes")
+    assert result.returncode == 1 and "no AWS region is set" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_down_with_the_state_file_deleted_finds_everything_by_tag(moto, tmp_path):
+    provision(make_spec(moto, workers=2))
+    assert len(tagged(moto, "lab")["instances"]) == 3
+    remove_cluster_dir("lab")
+    config = write_config(tmp_path / "c.toml", moto, region="us-east-1")
+    result = cli("down", "--name", "lab", "--provider", "aws", "--config", str(config), "--yes")
+    assert result.returncode == 0, result.stderr
+    assert nothing_tagged(moto, "lab")

@@ -1,0 +1,118 @@
+"""The aws provider end to end through the CLI: EC2 is moto in server mode on
+127.0.0.1; the instances are mapped (`address_map`) onto SSH test hosts
+(network namespaces with their own sshd), never onto moto's public IPs,
+which are real AWS addresses. up -> status -> bench -> logs -> down.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from moto_server import moto, moto_server, nothing_tagged, tagged  # noqa: F401 (fixtures)
+from mlcluster.aws_hosts import wait_for_ssh
+from mlcluster.config import build_spec, load_config
+from mlcluster.errors import MlclusterError
+from mlcluster.providers.aws import KEY_FILE
+from mlcluster.ssh import HostKeyStore
+from sshhosts import SSHTestNetwork, missing_facilities
+from test_aws_provision import RecordingUI, make_provider, new_state
+
+pytestmark = [pytest.mark.ssh,
+              pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
+
+CLUSTER = "awse2e"
+MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
+HOSTS = {"orchestrator": "orch", "worker1": "w1", "worker2": "w2"}
+
+
+@pytest.fixture
+def net():
+    network = SSHTestNetwork()
+    try:
+        network.add_hosts(list(HOSTS.values()))
+        yield network
+    finally:
+        network.close()  # also ends every service started over SSH on the hosts
+
+
+def write_config(path: Path, server, net: SSHTestNetwork, model: str) -> Path:
+    mapping = ", ".join(f'{name} = {{ address = "{net.hosts[h].address}", workdir = "{net.hosts[h].workdir}" }}'
+                        for name, h in HOSTS.items())
+    path.write_text("\n".join([
+        f'name = "{CLUSTER}"', 'provider = "aws"', "workers = 2", "containers_per_worker = 1",
+        f'model = "{model}"', 'runtime = "process"',
+        "[aws]", 'region = "us-east-1"', f'endpoint_url = "{server.url}"', f'allowed_cidr = "{net.subnet}"',
+        'ssh_user = "root"', "ssh_timeout_s = 60", f"address_map = {{ {mapping} }}",
+        "[ssh]", f'python = "{sys.executable}"', "connect_timeout = 3", "reach_timeout = 20",
+    ]) + "\n")
+    return path
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([MLCLUSTER, *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_up_status_bench_logs_down(moto, net, tiny_model, tmp_path):
+    config = write_config(tmp_path / "aws.toml", moto, net, tiny_model)
+    # An earlier `up` was cut short after EC2: the instances and the cluster's
+    # own key pair exist. The test hosts accept that key, as the instances would.
+    spec = build_spec(load_config(config))
+    state = new_state(spec)
+    make_provider().provision(spec, state, RecordingUI())
+    public = paramiko.Ed25519Key.from_private_key_file(str(state.dir / KEY_FILE))
+    with open(net.authorized_keys, "a") as f:
+        f.write(f"{public.get_name()} {public.get_base64()} mlcluster-{CLUSTER}\n")
+    launched = moto.faults.count("RunInstances")
+
+    up = cli("up", "--config", str(config), "--yes")
+    assert up.returncode == 0, up.stderr[-3000:]
+    assert "estimate" in up.stderr and "m4.large" in up.stderr
+    assert moto.faults.count("RunInstances") == launched  # resumed: nothing new in EC2
+    orchestrator = net.hosts["orch"].address
+    assert f"http://{orchestrator}:8000" in up.stdout
+
+    status = cli("status", "--name", CLUSTER, "--json")
+    assert status.returncode == 0, status.stderr
+    rows = {c["id"]: c for c in json.loads(status.stdout)["containers"]}
+    assert sorted(rows) == ["worker1-1", "worker2-1"]
+    instances = set(tagged(moto, CLUSTER)["instances"])
+    for cid, host in (("worker1-1", "w1"), ("worker2-1", "w2")):
+        row = rows[cid]
+        assert row["host"] == net.hosts[host].address and row["status"] == "free"
+        assert row["instance_id"] in instances and row["instance_type"] == "m4.large"
+        assert row["zone"].startswith("us-east-1") and row["instance_state"] == "running"
+
+    result_file = tmp_path / "bench.json"
+    bench = cli("bench", "--name", CLUSTER, "--requests", "40", "--concurrency", "4", "--json", str(result_file))
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    figures = json.loads(result_file.read_text())
+    assert (figures["requests"], figures["ok"], figures["errors"]) == (40, 40, 0)
+
+    logs = cli("logs", "--name", CLUSTER, "worker2-1", "--tail", "20")
+    assert logs.returncode == 0 and "Listening at" in logs.stdout, logs.stderr
+
+    down = cli("down", "--name", CLUSTER, "--yes")
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert nothing_tagged(moto, CLUSTER)
+    assert not state.dir.exists()
+
+
+def test_waiting_for_ssh_ends_with_a_reason_never_hangs(net):
+    net.stop_sshd(net.hosts["w1"])
+    hosts = {"orchestrator": net.hosts["orch"].address, "worker1": net.hosts["w1"].address}
+    nap = lambda s: time.sleep(0.1)  # noqa: E731
+    with pytest.raises(MlclusterError, match=r"failed on 1 of 2 host\(s\):\n  worker1: .*connection refused after 2 s"):
+        wait_for_ssh(hosts, "root", str(net.client_key), HostKeyStore(), 2.0, RecordingUI(), sleep=nap)
+    # A key the host does not accept is retried for the grace period only.
+    other = net.root / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    with pytest.raises(MlclusterError, match="authentication failed"):
+        wait_for_ssh({"orchestrator": hosts["orchestrator"]}, "root", str(other), HostKeyStore(), 60.0,
+                     RecordingUI(), auth_grace_s=0.5, sleep=nap)
