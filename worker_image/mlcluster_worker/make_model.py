@@ -48,6 +48,8 @@ def make_model(out_dir: str | Path, size: str = "base", num_labels: int = 2, see
     tokenizer = DistilBertTokenizerFast(vocab=str(VOCAB), do_lower_case=True, model_max_length=512)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    for path in [out, *out.iterdir()]:  # readable by a container's non-root user when mounted
+        path.chmod(0o755 if path.is_dir() else 0o644)
     (out / MARKER).write_text(json.dumps({"warning": WARNING, "size": size, "architecture": "distilbert-base-uncased" if size == "base" else "tiny distilbert"}, indent=2))
     return out
 

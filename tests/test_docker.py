@@ -1,0 +1,293 @@
+"""The images and the local Docker runtime, against a real Docker engine.
+
+Builds both images (from python:3.11-slim when the engine has it, else from
+mlcluster-base:bookworm, made by .ci/setup-docker.sh), runs an orchestrator and
+two worker containers with the tiny model, and sends real requests through
+them. Skipped only where no Docker engine answers.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from mlcluster import images
+from mlcluster.errors import MlclusterError
+from mlcluster.providers.local_docker import L_CLUSTER, L_PROVIDER, LocalDockerRuntime, connect
+from mlcluster.state import ClusterSpec, ClusterState
+from mlcluster.ui import QuietUI
+
+pytestmark = pytest.mark.docker
+NAME = f"dockertest-{os.getpid()}"  # two runs on one engine must not meet
+TOKEN = "docker-test-token"
+MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
+
+
+def labelled(client, name: str, kind: str = "containers") -> list:
+    filters = {"label": [f"{L_CLUSTER}={name}", f"{L_PROVIDER}=local"]}
+    return getattr(client, kind).list(filters=filters, **({"all": True} if kind == "containers" else {}))
+
+
+@pytest.fixture(scope="module")
+def engine():
+    try:
+        client = connect(timeout=900)
+    except MlclusterError as exc:
+        pytest.skip(f"no Docker engine answers here: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("mlcluster-home")
+        mp.setenv("MLCLUSTER_HOME", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def built(engine, home) -> dict[str, str]:
+    """Both images (built once per engine; a later run finds them by their context hash)."""
+    tags = {}
+    for kind in images.KINDS:
+        started = time.monotonic()
+        tags[kind] = images.ensure_image(engine, kind, QuietUI())
+        size = engine.images.get(tags[kind]).attrs["Size"] / 1e6
+        print(f"\n{kind} image {tags[kind]}: {size:.0f} MB, ensured in {time.monotonic() - started:.1f} s")
+    return tags
+
+
+@pytest.fixture(scope="module")
+def cluster(engine, built, tiny_model):
+    """One orchestrator and two worker containers, registered and ready."""
+    runtime = LocalDockerRuntime(engine)
+    spec = ClusterSpec(name=NAME, runtime="docker", workers=1, containers_per_worker=2, model=tiny_model)
+    state = ClusterState(name=NAME, provider="local", token=TOKEN, runtime="docker")
+    try:
+        deployment = runtime.up(spec, state, QuietUI())
+        register(deployment)
+        yield runtime, spec, state, deployment
+    finally:
+        left = runtime.down(NAME, None, QuietUI())
+        for container in labelled(engine, NAME):  # only if down itself failed
+            container.remove(force=True)
+        assert not left, left
+
+
+def register(deployment, timeout: float = 120.0) -> None:
+    body = {"containers": [{"id": c.id, "host": c.host, "port": c.port} for c in deployment.containers]}
+    response = requests.post(f"{deployment.orchestrator_url}/workers", json=body,
+                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert response.status_code in (201, 409), response.text
+    wait_all_free(deployment.orchestrator_url, len(deployment.containers), timeout)
+
+
+def wait_all_free(url: str, count: int, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = requests.get(f"{url}/status", timeout=5).json()
+        if sum(c["status"] in ("free", "busy") for c in status["containers"]) == count:
+            return status
+        assert time.monotonic() < deadline, f"containers not ready: {status['containers']}"
+        time.sleep(0.3)
+
+
+def classify(url: str, text: str) -> dict:
+    response = requests.post(f"{url}/new_request", json={"text": text}, timeout=60)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["result"]["text"] == text
+    assert answer["result"]["label"] in answer["result"]["probabilities"]
+    return answer
+
+
+def test_images_are_non_root_small_and_healthchecked(engine, built):
+    limits_mb = {"orchestrator": 200, "worker": 1500}
+    ports = {"orchestrator": "8000/tcp", "worker": "5000/tcp"}
+    for kind, tag in built.items():
+        config = engine.images.get(tag).attrs["Config"]
+        assert config["User"] == "10001:10001"
+        assert config["Healthcheck"]["Test"][0] == "CMD"
+        assert list(config["ExposedPorts"]) == [ports[kind]]
+        assert engine.images.get(tag).attrs["Size"] / 1e6 < limits_mb[kind]
+    # The orchestrator's image holds no ML libraries.
+    out = engine.containers.run(built["orchestrator"], ["python", "-c", "import importlib.util as u; "
+                                "print([m for m in ('torch', 'transformers') if u.find_spec(m)])"], remove=True)
+    assert out.decode().strip() == "[]"
+
+
+def test_requests_are_answered_through_the_orchestrator(cluster):
+    runtime, spec, state, deployment = cluster
+    assert deployment.orchestrator_url.startswith("http://127.0.0.1:")
+    served_by = {classify(deployment.orchestrator_url, f"hello number {i}")["container"]["id"] for i in range(12)}
+    assert served_by <= {"worker1-1", "worker1-2"}
+    batch = requests.post(f"{deployment.orchestrator_url}/new_request", json={"texts": ["a b", "c d"]}, timeout=30)
+    assert batch.status_code == 200 and len(batch.json()["result"]["results"]) == 2
+
+
+def test_containers_run_as_non_root_hardened_on_loopback(engine, cluster):
+    containers = labelled(engine, NAME)
+    assert {c.labels["mlcluster.role"] for c in containers} == {"orchestrator", "worker"}
+    assert len(containers) == 3
+    for container in containers:
+        processes = container.top(ps_args="-o pid,uid,cmd")["Processes"]
+        assert processes and all(uid != "0" for _, uid, _ in processes), processes
+        assert container.exec_run(["id", "-u"]).output.decode().strip() == "10001"
+        host_config = container.attrs["HostConfig"]
+        assert host_config["ReadonlyRootfs"] and host_config["CapDrop"] == ["ALL"]
+        for bindings in container.attrs["NetworkSettings"]["Ports"].values():
+            assert bindings and all(b["HostIp"] == "127.0.0.1" for b in bindings)
+
+
+def test_logs_and_details(cluster):
+    runtime, spec, state, deployment = cluster
+    orchestrator_log = "".join(runtime.logs(state, None, False, 0))
+    assert "registered worker1-1" in orchestrator_log
+    worker_log = "".join(runtime.logs(state, "worker1-2", False, 0))
+    assert "loaded and warmed up; ready" in worker_log
+    with pytest.raises(MlclusterError, match="no container 'worker9-9'"):
+        list(runtime.logs(state, "worker9-9", False, 10))
+    details = runtime.details(state)
+    assert set(details) == {"worker1-1", "worker1-2"}
+    assert {facts["worker"] for facts in details.values()} == {"worker1"}
+    for facts in details.values():  # each worker also answers directly on its loopback port
+        assert requests.get(f"http://{facts['published']}/ready", timeout=5).status_code == 200
+
+
+def test_killing_a_worker_container_during_a_burst_loses_no_request(engine, cluster):
+    runtime, spec, state, deployment = cluster
+    victim = engine.containers.get(f"mlcluster-{NAME}-worker1-2")
+    texts = [f"burst request {i}" for i in range(60)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(classify, deployment.orchestrator_url, t) for t in texts]
+        while sum(f.done() for f in futures) < 10:
+            time.sleep(0.01)
+        victim.kill()
+        answers = [f.result() for f in futures]  # classify() asserts a 200 with the right text
+    assert len(answers) == len(texts)
+    victim.reload()
+    assert victim.status != "running"
+    deadline = time.monotonic() + 30  # the orchestrator's health checker notices within seconds
+    while True:
+        status = requests.get(f"{deployment.orchestrator_url}/status", timeout=5).json()
+        if {c["id"]: c["status"] for c in status["containers"]}["worker1-2"] == "down":
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    classify(deployment.orchestrator_url, "one container still serves")
+
+
+def test_up_again_keeps_what_runs_and_restarts_what_stopped(engine, cluster):
+    runtime, spec, state, deployment = cluster
+    before = {c.name: c.id for c in labelled(engine, NAME)}
+    again = runtime.up(spec, state, QuietUI())
+    assert again.orchestrator_url == deployment.orchestrator_url
+    after = labelled(engine, NAME)
+    assert {c.name: c.id for c in after} == before  # the same containers, none replaced
+    assert all(c.status == "running" for c in after)
+    wait_all_free(deployment.orchestrator_url, 2)
+    classify(deployment.orchestrator_url, "after the restart")
+    saved = json.loads((state.dir / "state.json").read_text())
+    assert set(saved["resources"]["docker"]["containers"].values()) == set(before.values())
+
+
+def test_down_without_state_removes_every_labelled_thing(engine, cluster):
+    runtime = cluster[0]
+    assert labelled(engine, NAME) and labelled(engine, NAME, "networks") and labelled(engine, NAME, "volumes")
+    assert runtime.down(NAME, None, QuietUI()) == []
+    assert labelled(engine, NAME) == []
+    assert labelled(engine, NAME, "networks") == [] and labelled(engine, NAME, "volumes") == []
+
+
+def test_worker_without_a_model_is_not_ready_and_does_not_crash_loop(engine, built):
+    container = engine.containers.run(built["worker"], detach=True, name=f"mlcluster-{NAME}-nomodel",
+                                      labels={L_CLUSTER: NAME, L_PROVIDER: "local"},
+                                      ports={"5000/tcp": ("127.0.0.1",)}, restart_policy={"Name": "on-failure"})
+    try:
+        container.reload()
+        port = container.attrs["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"]
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                ready = requests.get(f"http://127.0.0.1:{port}/ready", timeout=5)
+                if ready.status_code == 503 and "could not be loaded" in ready.json()["reason"]:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, container.logs().decode()
+            time.sleep(0.3)
+        assert "NOT READY: model '/model' could not be loaded" in container.logs().decode()
+        container.reload()
+        assert container.status == "running" and container.attrs["RestartCount"] == 0
+    finally:
+        container.remove(force=True)
+
+
+def test_a_model_baked_into_the_image_serves_without_a_mount(engine, built, tiny_model):
+    options = images.BuildOptions.from_env("worker")
+    options.model_dir = Path(tiny_model)
+    tag = images.ensure_image(engine, "worker", QuietUI(), options)
+    container = engine.containers.run(tag, detach=True, name=f"mlcluster-{NAME}-baked", read_only=True,
+                                      tmpfs={"/tmp": ""}, labels={L_CLUSTER: NAME, L_PROVIDER: "local"},
+                                      ports={"5000/tcp": ("127.0.0.1",)})
+    try:
+        container.reload()
+        url = f"http://127.0.0.1:{container.attrs['NetworkSettings']['Ports']['5000/tcp'][0]['HostPort']}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(f"{url}/ready", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, container.logs().decode()
+            time.sleep(0.3)
+        answer = requests.post(f"{url}/run_model", json={"text": "baked in"}, timeout=30).json()
+        assert answer["text"] == "baked in" and "random weights" in answer["model"]
+    finally:
+        container.remove(force=True)
+        engine.images.remove(tag)
+
+
+def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run([MLCLUSTER, *args], capture_output=True, text=True, timeout=600, env=env,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, f"mlcluster {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_cli_up_logs_down_with_the_docker_runtime(engine, built, tiny_model, tmp_path):
+    """Through the command line; a world-readable model is mounted, not copied."""
+    model = tmp_path / "readable-model"
+    shutil.copytree(tiny_model, model)
+    for path in [model, *model.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    env = {**os.environ, "MLCLUSTER_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    name = f"{NAME}-cli"
+    try:
+        cli("up", "--name", name, "--runtime", "docker", "--workers", "1", "--containers-per-worker", "1",
+            "--model", str(model), env=env)
+        url = json.loads(cli("status", "--name", name, "--json", env=env).stdout)["orchestrator_url"]
+        classify(url, "from the command line")
+        assert "Listening at" in cli("logs", "--name", name, env=env).stdout
+        worker = engine.containers.get(f"mlcluster-{name}-worker1-1")
+        mounts = {m["Destination"]: m for m in worker.attrs["Mounts"]}
+        assert mounts["/model"]["Type"] == "bind" and mounts["/model"]["RW"] is False
+        cli("down", "--name", name, "--yes", env=env)
+        assert labelled(engine, name) == [] and labelled(engine, name, "networks") == []
+    finally:
+        for container in labelled(engine, name):
+            container.remove(force=True)
+        for network in labelled(engine, name, "networks"):
+            network.remove()
+        for volume in labelled(engine, name, "volumes"):
+            volume.remove(force=True)
