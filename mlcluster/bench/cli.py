@@ -1,0 +1,114 @@
+"""`mlcluster bench` and `mlcluster bench compare`: parse, call the library,
+hand the result to the report. Results go to stdout, progress to stderr."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import MlclusterError
+from ..ui import RichUI
+from . import report
+from .load import Target, random_bodies, text_bodies
+from .runner import BenchConfig, run_bench
+from .setup import describe_setup, fetch_status, resolve_url
+from .sweep import StepPolicy, parse_steps
+
+bench_app = typer.Typer(invoke_without_command=True, no_args_is_help=False, add_completion=False,
+                        pretty_exceptions_enable=False,
+                        help="Load-test a cluster through its orchestrator; `compare` two saved runs.")
+
+
+@bench_app.callback()
+def bench(
+    ctx: typer.Context,
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="The cluster's name (default: 'default').")] = None,
+    url: Annotated[Optional[str], typer.Option(help="The orchestrator's URL, instead of a cluster name.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Closed loop: requests in flight.")] = 15,
+    requests: Annotated[Optional[int], typer.Option("--requests", help="Requests to measure (per sweep step).")] = None,
+    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds to measure (per sweep step); default 10.")] = None,
+    rate: Annotated[Optional[float], typer.Option(help="Open loop: requests per second, sent on schedule.")] = None,
+    arrivals: Annotated[str, typer.Option(help="Open-loop arrivals: constant or poisson.")] = "constant",
+    sweep: Annotated[Optional[str], typer.Option(help="Concurrency steps, like 1,2,4,8.")] = None,
+    rate_sweep: Annotated[Optional[str], typer.Option(help="Open-loop rate steps, like 10,20,40.")] = None,
+    step_time: Annotated[float, typer.Option(help="A sweep step's time limit (s) when it does not settle sooner.")] = 10.0,
+    knee_factor: Annotated[float, typer.Option(help="The knee: last step with p99 within this factor of the first's.")] = 1.5,
+    warmup: Annotated[Optional[int], typer.Option(help="Uncounted requests before each step (default: one per slot).")] = None,
+    texts: Annotated[Optional[Path], typer.Option(help="A file with one text a line to send (default: random text).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for one answer.")] = 60.0,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the result and its setup as JSON.")] = None,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write one row per request as CSV.")] = None,
+    plot_file: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG with four panels.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for random text and Poisson arrivals.", hidden=True)] = None,
+) -> None:
+    """Closed loop (--concurrency), open loop (--rate) or a sweep of either,
+    through the orchestrator's /new_request."""
+    if ctx.invoked_subcommand is not None:
+        return
+    config = BenchConfig(
+        concurrency=concurrency, rate=rate, arrivals=arrivals, requests=requests, duration_s=duration,
+        sweep=_steps(sweep, int, "--sweep"), rate_sweep=_steps(rate_sweep, float, "--rate-sweep"),
+        warmup=warmup, knee_factor=knee_factor, policy=StepPolicy(time_limit_s=step_time), seed=seed).validate()
+    if step_time <= 0 or knee_factor < 1 or timeout <= 0:
+        raise MlclusterError("--step-time and --timeout must be positive and --knee-factor at least 1")
+    bodies = text_bodies(texts) if texts else random_bodies(seed=seed)
+    for path in (json_file, csv_file, plot_file):
+        if path is not None and not path.parent.is_dir():
+            raise MlclusterError(f"cannot write {path}: the folder {path.parent} does not exist")
+    target_url, state = resolve_url(name, url)
+    status = fetch_status(target_url, state)
+    ui = RichUI()
+    if not status["containers"]:
+        ui.warn("the orchestrator has no containers registered: every request will fail")
+    slots = max([p.concurrency for p in config.plans()])
+    target = Target(target_url, timeout_s=timeout, pool_size=slots)
+    try:
+        result = run_bench(config, target, bodies, ui=ui)
+    finally:
+        target.close()
+    texts_note = f"{texts} ({len(bodies)} texts)" if texts else "random lowercase text, 50 characters"
+    data = report.to_json(result, describe_setup(target_url, state, status, result, texts_note))
+    report.print_result(data, Console())
+    _write_outputs(result, data, json_file, csv_file, plot_file, ui)
+    for step in data["steps"] or [data]:
+        offered, sent = step.get("offered_rps"), step.get("sent_rps")
+        if offered and sent and sent < 0.95 * offered and not result.interrupted:
+            ui.warn(f"the client sent {sent:,.0f} req/s of the {offered:,.0f} offered: it could not keep up, "
+                    "so the figures at that rate are not the cluster's alone")
+    if result.interrupted:
+        ui.warn("interrupted: the figures above cover what was measured until then")
+        raise typer.Exit(130)
+
+
+def _steps(text: Optional[str], kind: type, option: str) -> Optional[list]:
+    if text is None:
+        return None
+    try:
+        return parse_steps(text, kind, option)
+    except ValueError as exc:
+        raise MlclusterError(str(exc)) from None
+
+
+def _write_outputs(result, data: dict, json_file, csv_file, plot_file, ui) -> None:
+    if json_file:
+        report.write_json(data, json_file)
+        ui.info(f"wrote {json_file}")
+    if csv_file:
+        report.write_csv(result, csv_file)
+        ui.info(f"wrote {csv_file} ({len(result.records)} rows)")
+    if plot_file:
+        from .plot import save_plot  # matplotlib is slow to import; only when asked
+        save_plot(result, data, plot_file)
+        ui.info(f"wrote {plot_file}")
+
+
+@bench_app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="The first result (A), from `bench --json`.")],
+    b: Annotated[Path, typer.Argument(help="The second result (B).")],
+) -> None:
+    """Two saved runs side by side, with the ratio B / A of each figure."""
+    table = report.compare_table(report.load_result(a), report.load_result(b), str(a), str(b))
+    Console().print(table)

@@ -1,0 +1,200 @@
+"""A benchmark run: warm-up, then one measurement per step (one step unless
+it is a sweep), each summarised, and the knee of a sweep. Ctrl-C ends the run
+cleanly: nothing new is sent, what is in flight is waited for briefly, and
+everything measured so far is kept."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from ..errors import MlclusterError
+from ..ui import QuietUI
+from .load import LoadRun, Plan, Target
+from .stats import Recorder, RequestRecord, summarise
+from .sweep import StepPolicy, find_knee
+
+DEFAULT_DURATION_S = 10.0
+POLL_S = 0.1
+
+
+@dataclass
+class BenchConfig:
+    """What to measure. Closed loop unless `rate` (or `rate_sweep`) is set."""
+    concurrency: int = 15
+    rate: Optional[float] = None
+    arrivals: str = "constant"
+    requests: Optional[int] = None
+    duration_s: Optional[float] = None
+    sweep: Optional[list[int]] = None          # concurrency per step
+    rate_sweep: Optional[list[float]] = None   # rate per step
+    warmup: Optional[int] = None               # requests before each step, not counted
+    knee_factor: float = 1.5
+    policy: StepPolicy = field(default_factory=StepPolicy)
+    grace_s: float = 10.0                      # how long Ctrl-C waits for requests in flight
+    seed: Optional[int] = None
+
+    @property
+    def mode(self) -> str:
+        return "open" if (self.rate is not None or self.rate_sweep) else "closed"
+
+    @property
+    def is_sweep(self) -> bool:
+        return bool(self.sweep or self.rate_sweep)
+
+    def validate(self) -> "BenchConfig":
+        if self.requests is not None and self.duration_s is not None:
+            raise MlclusterError("give --requests or --duration, not both")
+        if self.sweep and self.rate_sweep:
+            raise MlclusterError("give --sweep (concurrency) or --rate-sweep, not both")
+        if self.sweep and self.rate is not None:
+            raise MlclusterError("--sweep varies the concurrency of a closed loop; use --rate-sweep for rates")
+        if self.rate_sweep and self.rate is not None:
+            raise MlclusterError("give --rate or --rate-sweep, not both")
+        if self.arrivals not in ("constant", "poisson"):
+            raise MlclusterError(f"unknown --arrivals {self.arrivals!r}", "choose constant or poisson")
+        for option, value in (("--concurrency", self.concurrency), ("--requests", self.requests),
+                              ("--duration", self.duration_s), ("--rate", self.rate)):
+            if value is not None and value <= 0:
+                raise MlclusterError(f"{option} must be a positive number")
+        if self.warmup is not None and self.warmup < 0:
+            raise MlclusterError("--warmup cannot be negative")
+        if self.concurrency > 4096 or max(self.sweep or [0]) > 4096:
+            raise MlclusterError("a concurrency above 4096 is more threads than this client should run")
+        return self
+
+    def plans(self) -> list[Plan]:
+        """One plan per measurement step."""
+        requests, duration = self.requests, self.duration_s
+        if not self.is_sweep and requests is None and duration is None:
+            duration = DEFAULT_DURATION_S
+        common = dict(arrivals=self.arrivals, requests=requests, duration_s=duration, seed=self.seed)
+        if self.sweep:
+            return [Plan(concurrency=c, step=i, **common) for i, c in enumerate(self.sweep)]
+        if self.rate_sweep:
+            return [Plan(concurrency=self.open_loop_slots(r), rate=r, step=i, **common)
+                    for i, r in enumerate(self.rate_sweep)]
+        if self.rate is not None:
+            return [Plan(concurrency=self.open_loop_slots(self.rate), rate=self.rate, **common)]
+        return [Plan(concurrency=self.concurrency, **common)]
+
+    def open_loop_slots(self, rate: float) -> int:
+        """Threads an open loop may use: enough for 4 s of backlog at `rate`, so
+        the client keeps sending on time while the cluster falls behind."""
+        return int(min(2000, max(self.concurrency, 64, 4 * rate)))
+
+    def warmup_for(self, plan: Plan) -> int:
+        if self.warmup is not None:
+            return self.warmup
+        return max(5, int(plan.rate) if plan.open_loop else plan.concurrency)
+
+
+@dataclass
+class BenchResult:
+    config: BenchConfig
+    summary: dict                  # the whole run
+    steps: list[dict]              # one summary per step, with its step settings
+    knee: Optional[int]            # index into steps (sweeps only)
+    records: list[RequestRecord]
+    interrupted: bool
+    started_at: float              # wall clock (time.time())
+    model: Optional[str]
+    unanswered: int                # sent but not answered when the run stopped
+
+
+def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=None,
+              clock: Callable[[], float] = time.perf_counter) -> BenchResult:
+    """Run every step of `config` against `target`; see the module docstring."""
+    ui = ui or QuietUI()
+    recorder, steps = Recorder(), []
+    origin, started_at = clock(), time.time()
+    interrupted, unanswered = False, 0
+    window = [None, 0.0]  # the first step's start, the last answer's time
+    for plan in config.plans():
+        if _warm_up(config, plan, target, bodies, origin, clock, ui) == "interrupted":
+            interrupted = True
+            break
+        run = LoadRun(target, bodies, plan, recorder, origin, clock).start()
+        why = _measure(config, plan, run, recorder, ui)
+        step_records = recorder.records(plan.step)
+        unanswered += run.sent - len(step_records)
+        window = [run.start_s if window[0] is None else window[0], max(window[1], run.end_s)]
+        steps.append({"step": plan.step, "concurrency": None if plan.open_loop else plan.concurrency,
+                      "rate": plan.rate, "stopped_by": why,
+                      **summarise(step_records, run.start_s, run.end_s, offered_rps=plan.rate)})
+        if why == "interrupted":
+            interrupted = True
+            break
+    offered = config.rate if not config.is_sweep else None
+    overall = summarise(recorder.records(), window[0] or 0.0, window[1], offered_rps=offered)
+    knee = find_knee(steps, config.knee_factor) if config.is_sweep else None
+    return BenchResult(config=config, summary=overall, steps=steps, knee=knee, records=recorder.records(),
+                       interrupted=interrupted, started_at=started_at, model=target.model, unanswered=unanswered)
+
+
+def _warm_up(config: BenchConfig, plan: Plan, target: Target, bodies: Sequence[bytes], origin: float,
+             clock: Callable[[], float], ui) -> str:
+    """The step's own load, for `warmup_for(plan)` requests, recorded nowhere."""
+    warm = Plan(concurrency=plan.concurrency, rate=plan.rate, arrivals=plan.arrivals,
+                requests=config.warmup_for(plan), step=-1, seed=plan.seed)
+    if not warm.requests:
+        return "done"
+    run = LoadRun(target, bodies, warm, Recorder(), origin, clock).start()
+    with ui.step(f"warm-up {_label(plan)}", total=warm.requests) as bar:
+        return _drive(run, bar, lambda: None, config.grace_s, count=lambda: len(run.recorder))
+
+
+def _measure(config: BenchConfig, plan: Plan, run: LoadRun, recorder: Recorder, ui) -> str:
+    label, before = _label(plan), len(recorder)
+    with ui.step(f"measuring {label}", total=plan.requests) as bar:
+        return _drive(run, bar, _step_limit(config, plan, run, recorder), config.grace_s,
+                      count=lambda: len(recorder) - before,
+                      describe=None if plan.requests else lambda n: f"measuring {label}: {n} answered")
+
+
+def _label(plan: Plan) -> str:
+    return f"at {plan.rate:g} req/s ({plan.arrivals})" if plan.open_loop else f"with concurrency {plan.concurrency}"
+
+
+def _step_limit(config: BenchConfig, plan: Plan, run: LoadRun, recorder: Recorder) -> Callable[[], Optional[str]]:
+    """For a sweep step with no fixed size: stop when stable or at the time limit."""
+    if plan.requests is not None or plan.duration_s is not None:
+        return lambda: None
+    policy = config.policy
+
+    def check() -> Optional[str]:
+        now = run.now()
+        if now - run.start_s >= policy.time_limit_s:
+            return "time limit"
+        if policy.settled(recorder.done_times(plan.step), run.start_s, now):
+            return "stable"
+        return None
+    return check
+
+
+def _drive(run: LoadRun, bar, should_stop: Callable[[], Optional[str]], grace_s: float,
+           count: Optional[Callable[[], int]] = None, describe: Optional[Callable[[int], str]] = None) -> str:
+    """Wait for `run`, moving the progress bar; returns why it ended:
+    done | stable | time limit | interrupted."""
+    why, shown = "done", 0
+    try:
+        while not run.finished():
+            time.sleep(POLL_S)
+            if count is not None:
+                done = count()
+                bar.advance(done - shown)
+                if describe is not None and done != shown:
+                    bar.update(describe(done))
+                shown = done
+            reason = should_stop()
+            if reason and not run.stopped():
+                why = reason
+                run.stop()
+    except KeyboardInterrupt:
+        run.stop()
+        why = "interrupted"
+        try:
+            run.join(grace_s)
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: stop waiting for what is in flight
+    return why

@@ -1,0 +1,171 @@
+"""Collect, then summarise: every request's record is kept, and figures are
+derived from all of them at once.
+
+Percentiles are exact (nearest rank on the sorted recorded values): a
+percentile is always one of the recorded latencies, never above the max, and
+1..100 gives p95 = 95. Times are plain numbers passed in by the caller (the
+load generator reads the clock); nothing here reads the time itself.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import threading
+from dataclasses import dataclass, fields
+from typing import Iterable, Optional, Sequence
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass
+class RequestRecord:
+    """One request as the client saw it. Times are seconds from the run's
+    start (the same clock for all of them); latencies are milliseconds."""
+    index: int
+    step: int             # sweep step (0 for a single run)
+    scheduled_s: float    # when it was due (open loop) or sent (closed loop)
+    sent_s: float         # when the client actually sent it
+    done_s: float
+    status: Optional[int]  # HTTP status; None when no answer came back
+    error: str = ""        # "" when ok; "http_503", "connection", "timeout", "bad_answer"
+    container: str = ""
+    queue_ms: Optional[float] = None       # orchestrator: waiting for a container
+    inference_ms: Optional[float] = None   # worker: the model's own time
+    server_ms: Optional[float] = None      # orchestrator: arrival to answer
+    attempts: Optional[int] = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def latency_ms(self) -> float:
+        """From when the request was due, so a late send counts (coordinated omission)."""
+        return (self.done_s - self.scheduled_s) * 1000.0
+
+
+CSV_FIELDS = [f.name for f in fields(RequestRecord)] + ["latency_ms"]
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> Optional[float]:
+    """Nearest-rank percentile of already sorted values: the smallest value
+    with at least p% of the values at or below it. None for no values."""
+    if not sorted_values:
+        return None
+    if not 0 <= p <= 100:
+        raise ValueError("a percentile is between 0 and 100")
+    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def distribution(values: Iterable[float], digits: int = 3) -> dict:
+    """p50/p90/p99/max (and min, mean, count) of `values`, exact."""
+    data = sorted(values)
+    out: dict = {f"p{p}": _round(percentile(data, p), digits) for p in PERCENTILES}
+    out["max"] = _round(data[-1], digits) if data else None
+    out["min"] = _round(data[0], digits) if data else None
+    out["mean"] = _round(sum(data) / len(data), digits) if data else None
+    out["count"] = len(data)
+    return out
+
+
+def _round(value: Optional[float], digits: int) -> Optional[float]:
+    return None if value is None else round(value, digits)
+
+
+class Recorder:
+    """Thread-safe collection of request records."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: list[RequestRecord] = []
+
+    def add(self, record: RequestRecord) -> None:
+        with self._lock:
+            self._records.append(record)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def records(self, step: Optional[int] = None) -> list[RequestRecord]:
+        with self._lock:
+            records = list(self._records)
+        return records if step is None else [r for r in records if r.step == step]
+
+    def done_times(self, step: int) -> list[float]:
+        with self._lock:
+            return [r.done_s for r in self._records if r.step == step]
+
+
+def summarise(records: Sequence[RequestRecord], start_s: float, end_s: float,
+              offered_rps: Optional[float] = None) -> dict:
+    """The figures of one measurement: counts, rates, client latency and the
+    server-side breakdown. `start_s`/`end_s` bound the measurement window."""
+    duration = max(end_s - start_s, 1e-9)
+    ok = [r for r in records if r.ok]
+    errors = collections.Counter(r.error for r in records if not r.ok)
+    per_container = collections.Counter(r.container for r in ok if r.container)
+    summary = {
+        "requests": len(records),
+        "ok": len(ok),
+        "errors": sum(errors.values()),
+        "errors_by_kind": dict(sorted(errors.items())),
+        "duration_s": round(duration, 3),
+        "throughput_rps": round(len(ok) / duration, 3),
+        "sent_rps": _send_rate(records),
+        "offered_rps": offered_rps,
+        "latency_ms": distribution(r.latency_ms for r in ok),
+        "per_container": dict(sorted(per_container.items())),
+        "breakdown_ms": breakdown(ok),
+    }
+    return summary
+
+
+def _send_rate(records: Sequence[RequestRecord]) -> Optional[float]:
+    """Requests per second while sending: the rate the client achieved, to
+    set beside the offered rate (and apart from the drain at the end)."""
+    sent = sorted(r.sent_s for r in records)
+    if len(sent) < 2 or sent[-1] <= sent[0]:
+        return None
+    return round((len(sent) - 1) / (sent[-1] - sent[0]), 3)
+
+
+def breakdown(ok: Sequence[RequestRecord]) -> dict:
+    """Where the time went, per request, from the answer's own fields:
+    queue wait and inference (server side), forwarding (orchestrator to worker
+    and back, minus inference), and the rest (network and client)."""
+    with_server = [r for r in ok if r.server_ms is not None]
+    parts = {
+        "client": [r.latency_ms for r in ok],
+        "send_delay": [(r.sent_s - r.scheduled_s) * 1000.0 for r in ok],
+        "server_total": [r.server_ms for r in with_server],
+        "queue": [r.queue_ms for r in with_server if r.queue_ms is not None],
+        "inference": [r.inference_ms for r in with_server if r.inference_ms is not None],
+        "forwarding": [r.server_ms - r.queue_ms - r.inference_ms for r in with_server
+                       if r.queue_ms is not None and r.inference_ms is not None],
+        "network": [(r.done_s - r.sent_s) * 1000.0 - r.server_ms for r in with_server],
+    }
+    return {name: distribution(values) for name, values in parts.items()}
+
+
+def window_rates(done_times: Sequence[float], start_s: float, now_s: float, window_s: float) -> list[float]:
+    """Completions per second in consecutive whole windows from `start_s` to `now_s`."""
+    count = int((now_s - start_s) // window_s)
+    if count <= 0:
+        return []
+    buckets = [0] * count
+    for t in done_times:
+        i = int((t - start_s) // window_s)
+        if 0 <= i < count:
+            buckets[i] += 1
+    return [b / window_s for b in buckets]
+
+
+def is_stable(rates: Sequence[float], windows: int = 3, tolerance: float = 0.1) -> bool:
+    """True when the last `windows` window rates each lie within `tolerance`
+    (a fraction) of their mean: throughput has settled."""
+    if len(rates) < windows:
+        return False
+    last = rates[-windows:]
+    mean = sum(last) / windows
+    return mean > 0 and all(abs(r - mean) <= tolerance * mean for r in last)
