@@ -1,0 +1,342 @@
+"""The ssh provider: the cluster on machines you already have, reached over SSH.
+
+See mlcluster/providers/base.py for the contract and mlcluster/remote_config.py
+for the `[ssh]` config table. In short, `up`:
+1. connects to every host in parallel (waiting up to `reach_timeout` for each,
+   saying why it still waits; host keys trusted on first use, recorded in the
+   state, required afterwards);
+2. prepares each host for its runtime: `docker` (install/start Docker if
+   missing, get the images there: see mlcluster/remote_docker.py) or `process`
+   (a Python environment with mlcluster: mlcluster/remote_process.py), and
+   uploads the model directory if the model is a local one;
+3. starts the orchestrator on its host, then M worker containers on each worker
+   host (ports worker_port, worker_port+1, ...; torch threads = host CPUs / M),
+   recording each service in `state.resources["ssh"]` the moment it runs;
+4. returns the orchestrator's URL (the host's `address`) and the containers as
+   the orchestrator reaches them (each host's `private_address`).
+Anything already running is kept, so a second `up` only fills the gaps.
+`down` stops the cluster's containers and processes on every host (the hosts
+and what was installed stay); `logs` reads a service's log over SSH.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import requests
+
+from .. import services
+from ..errors import MlclusterError
+from ..models import OVERHEAD_TEST
+from ..remote_config import HostConfig, SSHOptions, parse_options
+from ..remote_host import RemoteHost, ServiceSpec, is_local_dir
+from ..remote_process import ProcessRuntime
+from ..ssh import HostKeyStore, run_on_hosts
+from ..state import ClusterSpec, ClusterState, ContainerRecord
+from ..ui import QuietUI
+from .base import Deployment
+
+ORCHESTRATOR_READY_S = 90.0
+
+
+def marker(cluster: str, host: str) -> str:
+    """What every process of ours on `host` carries in MLCLUSTER_MARKER."""
+    return f"ssh:{cluster}:{host}"
+
+
+def _url(address: str, port: int) -> str:
+    return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
+
+
+class _Session:
+    """Everything one command needs: the state (saved under one lock, as many
+    threads record what they start), the host-key store and the connections."""
+
+    def __init__(self, state: ClusterState, options: Optional[SSHOptions]):
+        self.state, self.options = state, options
+        self.lock = threading.RLock()
+        self._runtimes: dict[str, object] = {}
+        self.store = HostKeyStore(state.resources.setdefault("host_keys", {}), on_change=self.save, lock=self.lock)
+        self.resources = state.resources.setdefault("ssh", {"hosts": {}, "services": {}})
+        self.hosts: dict[str, RemoteHost] = {}
+
+    def save(self) -> None:
+        with self.lock:
+            self.state.save()
+
+    def record_host(self, config: HostConfig) -> None:
+        with self.lock:
+            self.resources["hosts"][config.name] = dataclasses.asdict(config)
+            self.state.save()
+
+    def record_service(self, service_id: str, record: Optional[dict]) -> None:
+        with self.lock:
+            if record is None:
+                self.resources["services"].pop(service_id, None)
+            else:
+                self.resources["services"][service_id] = record
+            self.state.save()
+
+    def services_on(self, host: str) -> dict[str, dict]:
+        with self.lock:
+            return {k: dict(v) for k, v in self.resources["services"].items() if v.get("host") == host}
+
+    def connect(self, config: HostConfig, timeout: float) -> RemoteHost:
+        host = RemoteHost.connect(config, self.store, timeout)
+        self.hosts[config.name] = host
+        return host
+
+    def runtime(self, kind: str):
+        """The runtime object for `kind` (one per command: the Docker one keeps
+        what it prepared here once for all hosts)."""
+        with self.lock:
+            if kind not in self._runtimes:
+                if kind == "process":
+                    self._runtimes[kind] = ProcessRuntime()
+                else:
+                    from ..remote_docker import DockerRuntime
+                    self._runtimes[kind] = DockerRuntime(self.options, self.state.name)
+            return self._runtimes[kind]
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            host.close()
+        for runtime in self._runtimes.values():
+            getattr(runtime, "close", lambda: None)()
+
+
+class SSHProvider:
+    name = "ssh"
+
+    # -- up ---------------------------------------------------------------
+    def up(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
+        options = parse_options(spec)
+        session = _Session(state, options)
+        hosts = options.hosts()
+        runtimes = {h.runtime for h in hosts}
+        state.runtime = runtimes.pop() if len(runtimes) == 1 else "mixed"
+        try:
+            self._reach(session, hosts, ui)
+            self._stop_unwanted(session, spec, options, ui)
+            model = self._prepare(session, spec, options, ui)
+            self._start_orchestrator(session, spec, options, ui)
+            containers = self._start_workers(session, spec, options, model, ui)
+            url = _url(options.orchestrator.address, options.orchestrator_port)
+            _wait_http(f"{url}/health_check", ORCHESTRATOR_READY_S, options.orchestrator.name)
+            return Deployment(orchestrator_url=url, containers=containers)
+        finally:
+            session.close()
+
+    def _reach(self, session: _Session, hosts: list[HostConfig], ui: QuietUI) -> None:
+        options = session.options
+        deadline = time.monotonic() + options.reach_timeout
+
+        def reach(name: str, step) -> None:
+            config = next(h for h in hosts if h.name == name)
+            host = session.connect(config, options.connect_timeout)
+            step.update(f"{name} ({config.address}): connecting")
+            host.conn.wait_reachable(deadline, on_wait=lambda why: step.update(
+                f"{name} ({config.address}): still waiting: {why}"))
+            host.prepare_workdir()
+            session.record_host(config)
+
+        run_on_hosts([h.name for h in hosts], reach, ui, what="connecting")
+
+    def _stop_unwanted(self, session: _Session, spec: ClusterSpec, options: SSHOptions, ui: QuietUI) -> None:
+        """Services recorded by an earlier `up` that this config no longer has
+        (fewer containers per worker, a host gone from the list, another runtime)."""
+        wanted = {"orchestrator": options.orchestrator}
+        wanted.update({f"{w.name}-{i}": w for w in options.workers for i in range(1, spec.containers_per_worker + 1)})
+        by_host: dict[str, dict[str, dict]] = {}
+        for sid, record in list(session.resources["services"].items()):
+            host = wanted.get(sid)
+            if host is None or record.get("host") != host.name or record.get("runtime") != host.runtime:
+                by_host.setdefault(record.get("host", ""), {})[sid] = record
+        for host_name, records in by_host.items():
+            host = session.hosts.get(host_name)
+            if host is None:  # a host no longer in the config: reach it as recorded
+                try:
+                    host = session.connect(HostConfig(**session.resources["hosts"][host_name]), options.connect_timeout)
+                    host.conn.wait_reachable(time.monotonic() + options.connect_timeout)
+                    host.prepare_workdir()
+                except (MlclusterError, KeyError, TypeError) as exc:
+                    ui.warn(f"{', '.join(records)} on {host_name} (no longer in the config) could not be stopped: {exc}")
+                    continue
+            for sid, record in records.items():
+                session.runtime(record.get("runtime", "process")).stop(
+                    host, {sid: record}, marker(spec.name, host_name), only=True)
+                session.record_service(sid, None)
+
+    def _prepare(self, session: _Session, spec: ClusterSpec, options: SSHOptions, ui: QuietUI) -> dict[str, str]:
+        """Runtime and model on every host; returns each worker host's model reference."""
+        worker_names = {w.name for w in options.workers}
+        local_model = is_local_dir(spec.model)
+        models: dict[str, str] = {}
+
+        def prepare(name: str, step) -> None:
+            host = session.hosts[name]
+            host.facts["roles"] = ({"worker"} if name in worker_names else set()) | \
+                ({"orchestrator"} if name == options.orchestrator.name else set())
+            step.update(f"{name}: preparing the {host.config.runtime} runtime")
+            session.runtime(host.config.runtime).prepare(host, step)
+            if name in worker_names:
+                if local_model:
+                    step.update(f"{name}: uploading the model")
+                    models[name] = host.upload_model(Path(spec.model).expanduser().resolve())
+                else:
+                    models[name] = spec.model
+
+        run_on_hosts([h.name for h in options.hosts()], prepare, ui, what="preparing")
+        return models
+
+    def _start_orchestrator(self, session: _Session, spec: ClusterSpec, options: SSHOptions, ui: QuietUI) -> None:
+        config = options.orchestrator
+        host = session.hosts[config.name]
+        runtime = session.runtime(config.runtime)
+        docker = config.runtime == "docker"
+        env = services.orchestrator_env(
+            port=options.orchestrator_port, token=session.state.token,
+            host="0.0.0.0" if docker else config.bind, queue_limit=spec.queue_limit,
+            queue_timeout_s=spec.queue_timeout_s, marker=marker(spec.name, config.name),
+            status_file="" if docker else host.path("orchestrator-status.json"))
+        env.update(options.orchestrator_env)
+        service = ServiceSpec("orchestrator", "orchestrator", options.orchestrator_port, env)
+        with ui.step(f"starting the orchestrator on {config.name}"):
+            known = session.services_on(config.name).get("orchestrator")
+            record = runtime.start(host, service, marker(spec.name, config.name), known)
+            session.record_service("orchestrator", {**record, "host": config.name, "port": service.port})
+            runtime.verify(host, marker(spec.name, config.name))
+
+    def _start_workers(self, session: _Session, spec: ClusterSpec, options: SSHOptions,
+                       models: dict[str, str], ui: QuietUI) -> list[ContainerRecord]:
+        per_host = spec.containers_per_worker
+
+        def start(name: str, step) -> list[ContainerRecord]:
+            host, config = session.hosts[name], session.hosts[name].config
+            runtime = session.runtime(config.runtime)
+            known = session.services_on(name)
+            threads = max(1, host.cpus // per_host)
+            records = []
+            for i in range(1, per_host + 1):
+                sid, port = f"{name}-{i}", options.worker_port + i - 1
+                step.update(f"{name}: starting {sid} ({i}/{per_host})")
+                service = self._worker_service(spec, options, config, sid, port, models[name], threads)
+                record = runtime.start(host, service, marker(spec.name, name), known.get(sid))
+                session.record_service(sid, {**record, "host": name, "port": port})
+                records.append(ContainerRecord(id=sid, host=config.private_address, port=port, worker=name))
+            runtime.verify(host, marker(spec.name, name))
+            return records
+
+        started = run_on_hosts([w.name for w in options.workers], start, ui, what="starting workers")
+        return [c for w in options.workers for c in started[w.name]]
+
+    @staticmethod
+    def _worker_service(spec: ClusterSpec, options: SSHOptions, config: HostConfig, sid: str, port: int,
+                        model: str, threads: int) -> ServiceSpec:
+        docker = config.runtime == "docker"
+        model_dir = model if model.startswith("/") else ""
+        env = services.worker_env(
+            model="/model" if docker and model_dir else model, port=port,
+            host="0.0.0.0" if docker else config.bind, torch_threads=threads, worker_id=sid,
+            service_ms=spec.service_ms if model == OVERHEAD_TEST else None,
+            marker=marker(spec.name, config.name))
+        env.update(options.worker_env)
+        return ServiceSpec(sid, "worker", port, env, model_dir=model_dir)
+
+    # -- down -------------------------------------------------------------
+    def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
+        if state is None:
+            return []
+        options = _options_or_none(state)
+        session = _Session(state, options)
+        hosts = {h: HostConfig(**c) for h, c in session.resources["hosts"].items()}
+        for config in (options.hosts() if options else []):
+            hosts.setdefault(config.name, config)
+        left: list[str] = []
+        connect_timeout = options.connect_timeout if options else 10.0
+
+        def stop(host_name: str, step) -> None:
+            config = hosts[host_name]
+            host = session.connect(config, connect_timeout)
+            host.conn.wait_reachable(time.monotonic() + 2 * connect_timeout)
+            host.prepare_workdir()
+            records = session.services_on(host_name)
+            kinds = {r.get("runtime", "process") for r in records.values()} | {config.runtime}
+            for kind in sorted(kinds):
+                mine = {k: r for k, r in records.items() if r.get("runtime", "process") == kind}
+                still = session.runtime(kind).stop(host, mine, marker(name, host_name))
+                left.extend(still)
+                if not still:
+                    for sid in mine:
+                        session.record_service(sid, None)
+
+        try:
+            run_on_hosts(sorted(hosts), stop, ui, what="stopping")
+        except MlclusterError as exc:
+            failed = getattr(exc, "outcomes", None)
+            if failed is None:
+                left.append(str(exc))
+            else:
+                left.extend(f"{o.host} ({hosts[o.host].address}): {o.error}; its services may still run"
+                            for o in failed if not o.ok)
+        finally:
+            session.close()
+        return left
+
+    # -- logs, details ----------------------------------------------------
+    def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
+        session = _Session(state, _options_or_none(state))
+        sid = target or "orchestrator"
+        record = session.resources["services"].get(sid)
+        if record is None:
+            known = ", ".join(sorted(session.resources["services"])) or "none"
+            raise MlclusterError(f"cluster {state.name!r} has no service {sid!r}", f"known: {known}")
+        config = HostConfig(**session.resources["hosts"][record["host"]])
+        host = session.connect(config, session.options.connect_timeout if session.options else 10.0)
+        command = session.runtime(record.get("runtime", "process")).log_command(
+            host, {**record, "id": sid}, follow, tail)
+        session.close()  # the runtimes' scratch files; the connection is opened again by the stream
+        return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
+
+    def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
+        resources = state.resources.get("ssh", {})
+        hosts = resources.get("hosts", {})
+        out = {}
+        for sid, record in resources.get("services", {}).items():
+            host = hosts.get(record.get("host"), {})
+            out[sid] = {"host": record.get("host", ""), "address": host.get("address", ""),
+                        "runtime": record.get("runtime", "")}
+        return out
+
+
+def _closing(lines: Iterator[str], host: RemoteHost) -> Iterator[str]:
+    try:
+        yield from lines
+    finally:
+        host.close()
+
+
+def _options_or_none(state: ClusterState) -> Optional[SSHOptions]:
+    try:
+        return parse_options(state.spec) if state.spec else None
+    except MlclusterError:
+        return None  # e.g. a key file moved: `down` still works from what the state recorded
+
+
+def _wait_http(url: str, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    why = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+            why = "it answered with an error"
+        except requests.RequestException as exc:
+            why = type(exc).__name__
+        time.sleep(0.3)
+    raise MlclusterError(f"the orchestrator on {what} does not answer at {url} after {timeout:.0f} s ({why})",
+                         "check that this machine can reach its orchestrator_port (firewall, security group); "
+                         "`mlcluster logs` shows its log")

@@ -1,0 +1,187 @@
+"""The process runtime over SSH: services as background processes on the host.
+
+Each service is `python -m gunicorn ...` (mlcluster.services' command line)
+started in its own session:
+
+    ( cd WORKDIR && set -a && . ./ID.env && set +a && exec setsid PY ... >>ID.log 2>&1 </dev/null & echo $! >ID.pid )
+
+so the SSH channel closes at once and `kill -- -PID` ends the whole service.
+Its pid is recorded in the cluster state; every process carries
+MLCLUSTER_MARKER=<marker> in its environment, which is checked before any
+signal is sent (a recycled pid is never killed) and lets `down` find strays
+when the state is lost.
+
+The interpreter: the host's `python` option (one with mlcluster installed),
+or by default a venv made in the workdir (`python3 -m venv`, then `pip install`
+of this project's source, uploaded, with the CPU build of torch): that needs
+python3 with the venv module and the package index reachable from the host.
+"""
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from .errors import MlclusterError
+from .remote_host import RemoteHost, ServiceSpec
+from .services import MARKER_VAR, orchestrator_command, worker_command
+from .ssh import quote
+
+CHECK_IMPORTS = "import mlcluster_worker, mlcluster_orchestrator, gunicorn, flask"
+TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+STARTUP_CHECK_S = 1.5
+
+
+class ProcessRuntime:
+    name = "process"
+
+    def prepare(self, host: RemoteHost, step) -> None:
+        """Find (or make) the interpreter the services run with."""
+        if host.config.python:
+            python = host.config.python
+        else:
+            step.update(f"{host.name}: making a Python environment (pip install; minutes the first time)")
+            python = ensure_venv(host)
+        check = host.run(f"{quote(python)} -c {quote(CHECK_IMPORTS)}", timeout=120, warn=True)
+        if not check.ok:
+            raise MlclusterError(f"{host.name}: {python} cannot import mlcluster's services: {check.tail(2)}",
+                                 "set `python` for this host to an interpreter with mlcluster installed, "
+                                 "or leave it out to have a venv made")
+        host.facts["python"] = python
+
+    def start(self, host: RemoteHost, service: ServiceSpec, marker: str, known: Optional[dict]) -> dict:
+        """Start the service unless the recorded process still runs; returns its record."""
+        if known and self._alive(host, known.get("pid", 0), marker):
+            return known
+        python = host.facts["python"]
+        self._check_port_free(host, python, service)
+        env_file = host.write_env(service, shell=True)
+        command = " ".join(quote(a) for a in (worker_command(python) if service.kind == "worker"
+                                              else orchestrator_command(python)))
+        log, pidfile = host.path(f"{service.id}.log"), host.path(f"{service.id}.pid")
+        host.run(f"( cd {quote(host.workdir)} && set -a && . {quote(env_file)} && set +a && "
+                 f"exec setsid {command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
+        pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
+        host.facts.setdefault("just_started", []).append((service.id, pid, log, time.monotonic()))
+        return {"pid": pid, "log": log, "runtime": self.name}
+
+    def verify(self, host: RemoteHost, marker: str) -> None:
+        """A wrong interpreter or a broken environment fails at once: check that
+        what `start` just started on this host still runs, and say so if not."""
+        started = host.facts.pop("just_started", [])
+        if not started:
+            return
+        time.sleep(max(0.0, started[-1][3] + STARTUP_CHECK_S - time.monotonic()))
+        for sid, pid, log, _ in started:
+            if not self._alive(host, pid, marker):
+                tail = host.run(f"tail -n 15 {quote(log)}", warn=True).stdout
+                raise MlclusterError(f"{host.name}: {sid} exited right after starting; its log ends:\n{tail}")
+
+    @staticmethod
+    def _check_port_free(host: RemoteHost, python: str, service: ServiceSpec) -> None:
+        bind = service.env.get("BIND", f"0.0.0.0:{service.port}").rsplit(":", 1)[0]
+        probe = ("import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                 f"s.bind(({bind!r}, {int(service.port)}))")
+        if not host.run(f"{quote(python)} -c {quote(probe)}", warn=True).ok:
+            raise MlclusterError(f"{host.name}: port {service.port} is already taken, so {service.id} cannot start",
+                                 "stop what listens there (another cluster?) or set worker_port / orchestrator_port")
+
+    def stop(self, host: RemoteHost, records: dict[str, dict], marker: str, only: bool = False) -> list[str]:
+        """Stop the recorded services and (unless `only`) any other process of
+        ours on the host, found by marker; returns what is still running."""
+        pids = [r["pid"] for r in records.values() if r.get("pid")]
+        found = [] if only else host.run(_find_by_marker(marker), warn=True).stdout.split()
+        targets = sorted({int(p) for p in [*pids, *found]})
+        if targets:
+            host.run(_signal_script(targets, marker, "TERM"), timeout=30, warn=True)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and self._any_alive(host, targets, marker):
+                time.sleep(0.5)
+            host.run(_signal_script(targets, marker, "KILL"), timeout=30, warn=True)
+        left = [p for p in targets if self._alive(host, p, marker)]
+        if not only:
+            host.run(f"rm -f {quote(host.workdir)}/*.env {quote(host.workdir)}/*.pid", warn=True)
+        return [f"{host.name}: process {p} is still running" for p in left]
+
+    def log_command(self, host: RemoteHost, record: dict, follow: bool, tail: int) -> str:
+        lines = "+1" if tail <= 0 else str(int(tail))  # 0: the whole log
+        return f"tail -n {lines} {'-F ' if follow else ''}{quote(record['log'])} 2>&1"
+
+    def _alive(self, host: RemoteHost, pid: int, marker: str) -> bool:
+        return bool(pid) and host.run(_has_marker(pid, marker), warn=True).ok
+
+    def _any_alive(self, host: RemoteHost, pids: list[int], marker: str) -> bool:
+        return host.run(" || ".join(f"({_has_marker(p, marker)})" for p in pids), warn=True).ok
+
+
+def _has_marker(pid: int, marker: str) -> str:
+    return (f"kill -0 {int(pid)} 2>/dev/null && tr '\\0' '\\n' </proc/{int(pid)}/environ 2>/dev/null "
+            f"| grep -qxF {quote(f'{MARKER_VAR}={marker}')}")
+
+
+def _find_by_marker(marker: str) -> str:
+    """Session leaders (our services) whose environment holds the marker."""
+    needle = quote(f"{MARKER_VAR}={marker}")
+    return (f"for f in $(grep -lzxF {needle} /proc/[0-9]*/environ 2>/dev/null); do p=${{f#/proc/}}; p=${{p%/environ}}; "
+            f"[ \"$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f4)\" = \"$p\" ] && echo $p; done; true")
+
+
+def _signal_script(pids: list[int], marker: str, sig: str) -> str:
+    """Signal each service's whole process group, only if it carries the marker."""
+    return "; ".join(f"({_has_marker(p, marker)}) && kill -{sig} -- -{int(p)} 2>/dev/null" for p in pids) + "; true"
+
+
+# -- the default interpreter: a venv with this project -----------------------------
+def project_root() -> Path:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").exists():
+        raise MlclusterError("this mlcluster is installed without its source tree, so no venv can be made on hosts",
+                             "set `python` in the [ssh] config to an interpreter on the hosts with mlcluster installed")
+    return root
+
+
+def source_tarball() -> tuple[bytes, str]:
+    """This project's source (what `pip install` needs) as a .tar.gz, and its digest."""
+    import hashlib
+    root = project_root()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
+        for name in ("pyproject.toml", "README.md", "mlcluster", "worker_image", "orchestrator_image"):
+            if (root / name).exists():
+                tar.add(root / name, arcname=f"src/{name}",
+                        filter=lambda t: None if "__pycache__" in t.name or t.name.endswith(".pyc") else _clean(t))
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest()[:16]
+
+
+def _clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    return info
+
+
+def ensure_venv(host: RemoteHost) -> str:
+    import tempfile
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        torch_version = version("torch").split("+")[0]  # the same torch as here, CPU build
+    except PackageNotFoundError:
+        torch_version = "2.13.0"
+    data, digest = source_tarball()
+    venv, stamp = host.path("venv"), host.path(f"venv/.mlcluster-{digest}")
+    python = f"{venv}/bin/python"
+    if host.run(f"test -f {quote(stamp)}", warn=True).ok:
+        return python
+    with tempfile.NamedTemporaryFile(suffix=".tar.gz") as f:
+        f.write(data)
+        f.flush()
+        host.conn.put(f.name, host.path("src.tar.gz"))
+    host.run(f"cd {quote(host.workdir)} && rm -rf src && tar xzf src.tar.gz && "
+             f"(test -x {quote(python)} || python3 -m venv {quote(venv)}) && "
+             f"{quote(python)} -m pip install -q --upgrade pip && "
+             f"{quote(python)} -m pip install -q --extra-index-url {TORCH_INDEX} torch=={torch_version} && "
+             f"{quote(python)} -m pip install -q ./src && touch {quote(stamp)}", timeout=1800)
+    return python

@@ -1,0 +1,164 @@
+"""The ssh provider with the Docker runtime: one worker host runs real containers
+under its own dockerd (inside its network namespace), next to process-runtime
+hosts. The images are built once on this machine and shipped (`images = "ship"`):
+the test hosts have no route to a package index. `images = "build"` (context
+uploaded, built on the host) is tested with the orchestrator image, fed from a
+local wheelhouse.
+
+Needs what .ci/setup-docker.sh sets up (docker.io, a running dockerd, the
+base image) besides .ci/setup-ssh.sh.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from mlcluster.remote_config import parse_options
+from mlcluster.remote_docker import DockerRuntime
+from mlcluster.remote_host import RemoteHost
+from mlcluster.ssh import HostKeyStore
+from mlcluster.state import ClusterSpec
+from mlcluster.ui import Step
+from sshhosts import SSHTestNetwork, missing_facilities
+from test_ssh_provider import cli, load, our_processes, status, toml_config
+
+BASE_IMAGE = "mlcluster-base:bookworm"
+CLUSTER = "sshe2e"
+
+
+def _docker_missing() -> str | None:
+    reason = missing_facilities(docker=True)
+    if reason:
+        return reason
+    probe = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"no Docker engine with the base image {BASE_IMAGE} here (run .ci/setup-docker.sh)"
+    return None
+
+
+pytestmark = [pytest.mark.ssh, pytest.mark.docker,
+              pytest.mark.timeout(1500),  # a first run builds the worker image on this machine (minutes)
+              pytest.mark.skipif(bool(_docker_missing()), reason=f"Docker over SSH: {_docker_missing()}")]
+
+
+def dk(host, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The docker client against a test host's own engine (not over SSH)."""
+    return subprocess.run(["docker", "-H", host.docker_host, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def net():
+    network = SSHTestNetwork()
+    try:
+        network.add_hosts(["orch", "w1", "wd"], docker=["wd"])
+        yield network
+    finally:
+        network.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(net, tiny_model, tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    config = home / "cluster.toml"
+    config.write_text(toml_config(net, tiny_model, ["w1", "wd"], docker=("wd",), images="ship"))
+    started = time.monotonic()
+    result = cli(home, "up", "--provider", "ssh", "--config", str(config), timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    print(f"\n`mlcluster up` with one Docker host (images shipped): {time.monotonic() - started:.1f} s")
+    state = json.loads((home / CLUSTER / "state.json").read_text())
+    yield {"home": home, "config": config, "state": state, "url": state["orchestrator_url"]}
+    cli(home, "down", "--name", CLUSTER, "--yes")
+
+
+def test_docker_host_runs_labelled_non_root_containers(net, cluster):
+    wd = net.hosts["wd"]
+    listed = dk(wd, "ps", "--filter", f"label=mlcluster.cluster={CLUSTER}", "--format", "{{.Names}}")
+    assert sorted(listed.stdout.split()) == [f"mlc-{CLUSTER}-wd-1", f"mlc-{CLUSTER}-wd-2"]
+    inspected = json.loads(dk(wd, "inspect", f"mlc-{CLUSTER}-wd-1").stdout)[0]
+    assert inspected["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert inspected["Config"]["Labels"]["mlcluster.role"] == "worker"
+    assert inspected["HostConfig"]["PortBindings"]["5000/tcp"][0]["HostPort"] == "5000"
+    assert any(m["Destination"] == "/model" and not m["RW"] for m in inspected["Mounts"])
+    env = dict(e.split("=", 1) for e in inspected["Config"]["Env"])
+    assert env["TORCH_THREADS"] == str(max(1, (__import__("os").cpu_count() or 1) // 2))
+    assert env["MODEL"] == "/model"
+    assert dk(wd, "exec", f"mlc-{CLUSTER}-wd-1", "id", "-u").stdout.strip() != "0"
+    rows = {c["id"]: c for c in status(cluster["url"])["containers"]}
+    assert rows["wd-2"]["host"] == wd.address and rows["wd-2"]["status"] == "free"
+
+
+def test_load_is_served_by_docker_and_process_containers(cluster):
+    results = load(cluster["url"], 15, threading.Event(), limit=300)
+    assert all(r["status"] == 200 for r in results), [r for r in results if r["status"] != 200][:3]
+    served = {r["body"]["container"]["id"] for r in results}
+    assert served == {"w1-1", "w1-2", "wd-1", "wd-2"}
+
+
+def test_container_logs_over_ssh(cluster):
+    result = cli(cluster["home"], "logs", "--name", CLUSTER, "wd-1")
+    assert result.returncode == 0, result.stderr
+    assert "Listening at: http://0.0.0.0:5000" in result.stdout
+
+
+def test_second_up_keeps_identical_containers(net, cluster):
+    wd = net.hosts["wd"]
+    before = dk(wd, "ps", "-q", "--no-trunc", "--filter", f"label=mlcluster.cluster={CLUSTER}").stdout.split()
+    result = cli(cluster["home"], "up", "--config", str(cluster["config"]), timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = dk(wd, "ps", "-q", "--no-trunc", "--filter", f"label=mlcluster.cluster={CLUSTER}").stdout.split()
+    assert sorted(after) == sorted(before) and len(after) == 2
+
+
+def test_down_removes_the_containers(net, cluster):
+    result = cli(cluster["home"], "down", "--name", CLUSTER, "--yes")
+    assert result.returncode == 0, result.stderr[-2000:]
+    wd = net.hosts["wd"]
+    assert dk(wd, "ps", "-aq", "--filter", f"label=mlcluster.cluster={CLUSTER}").stdout.split() == []
+    assert our_processes(net, "orch") == [] and our_processes(net, "w1") == []
+
+
+def test_build_on_the_host_then_reuse(net, tmp_path):
+    """`images = "build"`: the orchestrator's context goes to the host and is
+    built there (from a local wheelhouse: the host has no package index); a
+    second prepare finds the image and builds nothing."""
+    wd = net.hosts["wd"]
+    offline_base = "mlcluster-test-offline-base:1"
+    (tmp_path / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nENV PIP_NO_INDEX=1\n")
+    assert subprocess.run(["docker", "build", "-q", "-t", offline_base, str(tmp_path)],
+                          capture_output=True).returncode == 0
+    shipped = subprocess.run(f"docker save {offline_base} | docker -H {wd.docker_host} load -q",
+                             shell=True, capture_output=True, text=True)
+    assert shipped.returncode == 0, shipped.stderr
+    wheels = tmp_path / "wheels"
+    download = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels), "--only-binary=:all:",
+                               "gunicorn==27.0.1", "flask==3.1.3", "urllib3==2.8.0", "prometheus_client==0.26.0"],
+                              capture_output=True, text=True, timeout=300)
+    if download.returncode != 0:
+        pytest.fail(f"pip download of the orchestrator's wheels failed: {download.stderr[-500:]}")
+    spec = ClusterSpec(name="buildtest", provider="ssh", provider_options={"ssh": {
+        "key": str(net.client_key), "images": "build", "wheelhouse": str(wheels),
+        "build_args": {"BASE_IMAGE": offline_base},
+        "orchestrator": {"address": wd.address, "workdir": str(wd.workdir), "runtime": "docker"},
+        "workers": [{"address": wd.address}]}})
+    options = parse_options(spec)
+    host = RemoteHost.connect(options.orchestrator, HostKeyStore(), 5)
+    host.prepare_workdir()
+    host.facts["roles"] = {"orchestrator"}
+    runtime = DockerRuntime(options, "buildtest")
+    try:
+        runtime.prepare(host, Step(None, None))
+        tag = host.facts["images"]["orchestrator"]
+        first = json.loads(dk(wd, "image", "inspect", tag).stdout)[0]
+        assert first["Config"]["User"] == "10001:10001"
+        runtime.prepare(host, Step(None, None))  # again: found, not rebuilt
+        assert json.loads(dk(wd, "image", "inspect", tag).stdout)[0]["Created"] == first["Created"]
+        assert not list(wd.workdir.glob("context-*"))
+    finally:
+        runtime.close()
+        host.close()
+        subprocess.run(["docker", "rmi", offline_base], capture_output=True)

@@ -1,0 +1,135 @@
+"""The ssh provider when hosts misbehave: unreachable hosts, a changed host key."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from sshhosts import SSHTestNetwork, missing_facilities
+from test_ssh_provider import CLUSTER, cli, toml_config
+
+pytestmark = [pytest.mark.ssh,
+              pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
+
+
+@pytest.fixture(scope="module")
+def net():
+    network = SSHTestNetwork()
+    try:
+        network.add_hosts(["orch", "w1", "gone", "cut"])
+        yield network
+    finally:
+        network.close()
+
+
+def test_unreachable_hosts_fail_up_within_the_deadline_naming_host_and_reason(net, tmp_path):
+    net.stop_sshd(net.hosts["gone"])  # nothing listens: refused
+    net.cut(net.hosts["cut"])         # the link is down: connects time out
+    try:
+        config = tmp_path / "c.toml"
+        config.write_text(toml_config(net, "overhead-test", ["w1", "gone", "cut"]).replace(
+            "reach_timeout = 20", "reach_timeout = 6"))
+        started = time.monotonic()
+        result = cli(tmp_path, "up", "--config", str(config))
+        elapsed = time.monotonic() - started
+    finally:
+        net.restore(net.hosts["cut"])
+        net.start_sshd(net.hosts["gone"])
+    assert result.returncode == 1, result.stderr
+    assert elapsed < 6 + 20, elapsed  # the deadline, one connect time-out, the CLI's start
+    err = " ".join(result.stderr.split())
+    assert "gone" in err and "connection refused" in err
+    assert "cut" in err and ("timed out" in err or "no route" in err)
+    assert "2 of 4 host(s)" in err and "Traceback" not in result.stderr
+    # nothing was started on the hosts that answered
+    state = json.loads((tmp_path / CLUSTER / "state.json").read_text())
+    assert state["resources"]["ssh"]["services"] == {}
+
+
+def test_changed_host_key_is_refused(net, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(toml_config(net, "overhead-test", ["w1"]))
+    first = cli(tmp_path, "up", "--config", str(config))
+    assert first.returncode == 0, first.stderr[-2000:]
+    recorded = json.loads((tmp_path / CLUSTER / "state.json").read_text())["resources"]["host_keys"]
+
+    net.replace_host_key(net.hosts["w1"])  # "someone else" now answers at w1's address
+    again = cli(tmp_path, "up", "--config", str(config))
+    assert again.returncode == 1
+    err = " ".join(again.stderr.split())
+    assert "w1" in err and "host key" in err and "changed" in err and "Traceback" not in again.stderr
+    state = json.loads((tmp_path / CLUSTER / "state.json").read_text())
+    assert state["resources"]["host_keys"] == recorded  # never silently replaced
+
+    down = cli(tmp_path, "down", "--name", CLUSTER, "--yes")
+    assert down.returncode == 1 and "w1" in down.stderr and "host key" in " ".join(down.stderr.split())
+    assert (tmp_path / CLUSTER / "state.json").exists()  # kept: w1's worker may still run
+    net.kill_services(net.hosts["w1"])
+
+
+def test_a_taken_port_is_named(net, tmp_path):
+    """Something else listens on w1's first worker port: `up` says so."""
+    blocker = subprocess.Popen(["nsenter", f"--net=/run/netns/{net.hosts['w1'].namespace}", sys.executable, "-c",
+                                "import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 5000)); s.listen(); "
+                                "time.sleep(120)"])
+    try:
+        time.sleep(1)
+        config = tmp_path / "c.toml"
+        config.write_text(toml_config(net, "overhead-test", ["w1"]).replace('name = "sshe2e"', 'name = "taken"'))
+        result = cli(tmp_path, "up", "--config", str(config))
+        assert result.returncode == 1
+        assert "port 5000 is already taken" in " ".join(result.stderr.split()) and "w1" in result.stderr
+    finally:
+        blocker.kill()
+        blocker.wait()
+        cli(tmp_path, "down", "--name", "taken", "--yes")
+
+
+def test_a_smaller_cluster_stops_what_is_no_longer_wanted(net, tmp_path):
+    """`up` again with fewer containers per worker and a host dropped from the
+    list: the extra ones stop (also on the dropped host), the rest stay."""
+    config = tmp_path / "c.toml"
+    config.write_text(toml_config(net, "overhead-test", ["w1", "cut"]).replace('name = "sshe2e"', 'name = "shrink"'))
+    assert cli(tmp_path, "up", "--config", str(config)).returncode == 0
+    before = json.loads((tmp_path / "shrink" / "state.json").read_text())["resources"]["ssh"]["services"]
+    config.write_text(toml_config(net, "overhead-test", ["w1"]).replace('name = "sshe2e"', 'name = "shrink"')
+                      .replace("containers_per_worker = 2", "containers_per_worker = 1"))
+    result = cli(tmp_path, "up", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = json.loads((tmp_path / "shrink" / "state.json").read_text())
+    services = after["resources"]["ssh"]["services"]
+    assert sorted(services) == ["orchestrator", "w1-1"] and services["w1-1"]["pid"] == before["w1-1"]["pid"]
+    for sid in ("w1-2", "cut-1", "cut-2"):
+        gone = before[sid]["pid"]
+        assert not os.path.exists(f"/proc/{gone}") or b"zombie" in open(f"/proc/{gone}/status", "rb").read().lower()
+    assert [c["id"] for c in requests.get(f"{after['orchestrator_url']}/status", timeout=5).json()["containers"]
+            if c["status"] != "draining"] == ["w1-1"]
+    assert cli(tmp_path, "down", "--name", "shrink", "--yes").returncode == 0
+
+
+def test_down_without_state_finds_services_by_marker(net, tmp_path):
+    """The state is lost: `down --config` reaches the hosts from the config and
+    stops this cluster's processes, found by their marker, and only those."""
+    config = tmp_path / "c.toml"
+    config.write_text(toml_config(net, "overhead-test", ["w1"]).replace('name = "sshe2e"', 'name = "lost"'))
+    assert cli(tmp_path, "up", "--config", str(config)).returncode == 0
+    pids = [s["pid"] for s in json.loads((tmp_path / "lost" / "state.json").read_text())
+            ["resources"]["ssh"]["services"].values()]
+    bystander = subprocess.Popen(["nsenter", f"--net=/run/netns/{net.hosts['w1'].namespace}",
+                                  "setsid", "sleep", "300"], env=dict(os.environ, MLCLUSTER_MARKER="ssh:other:w1"))
+    try:
+        import shutil
+        shutil.rmtree(tmp_path / "lost")
+        result = cli(tmp_path, "down", "--name", "lost", "--config", str(config), "--yes")
+        assert result.returncode == 0, result.stderr[-2000:]
+        for pid in pids:
+            assert not os.path.exists(f"/proc/{pid}") or b"zombie" in open(f"/proc/{pid}/status", "rb").read().lower()
+        assert bystander.poll() is None  # another cluster's process is left alone
+    finally:
+        bystander.kill()
+        bystander.wait()
