@@ -5,18 +5,17 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
-import json
 import logging
 import os
 import time
 
 from flask import Flask, Response, abort, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from . import validation
 from .dispatcher import Dispatcher
-from .health import HealthChecker, load_registry, save_registry
+from .health import HealthChecker, keep_registry_in
+from .metrics import CONTENT_TYPE, Metrics
 from .scheduler import Scheduler
 
 log = logging.getLogger("mlcluster.orchestrator")
@@ -41,43 +40,50 @@ DEFAULTS = {
     "ORCH_HEALTH_INTERVAL_S": 1.0,
     "ORCH_STATUS_FILE": "",
     "ORCH_MAX_BODY_BYTES": 1 << 20,
+    "ORCH_MAX_TEXTS": 64,  # texts per request, as the worker's MAX_BATCH
     "ORCH_LAB_PORTS": "5000,5001",  # what /receive_ips_from_workers assumes per IP
 }
-LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .075, .1, .25, .5, 1, 2.5, 5, 10, 30)
 
 
 def settings_from_env(env=os.environ) -> dict:
     settings = dict(DEFAULTS)
     for key, default in DEFAULTS.items():
         if env.get(key, "") != "":
-            settings[key] = type(default)(env[key])
+            try:
+                settings[key] = type(default)(env[key])
+            except ValueError:
+                raise RuntimeError(f"{key}={env[key]!r} is not a valid {type(default).__name__}") from None
     return settings
 
 
-def _json_body(expected: type):
+def lab_ports(value: str) -> list[int]:
+    """ORCH_LAB_PORTS ("5000,5001"): the ports each lab worker IP serves on."""
     try:
-        body = json.loads(request.get_data(cache=False) or b"null")
-    except (ValueError, UnicodeDecodeError):
-        abort(400, "the body must be JSON")
-    if not isinstance(body, expected):
-        abort(400, f"the body must be a JSON {'list' if expected is list else 'object'}")
-    return body
+        ports = [int(p) for p in str(value).split(",")]
+    except ValueError:
+        ports = []
+    if not ports or not all(0 < p < 65536 for p in ports):
+        raise RuntimeError(f"ORCH_LAB_PORTS={value!r} must be a comma-separated list of ports")
+    return ports
 
 
-def _container_spec(item) -> dict:
-    if not isinstance(item, dict):
-        abort(400, "each container must be an object with 'host' and 'port'")
-    host, port, capacity = item.get("host"), item.get("port"), item.get("capacity", 1)
-    if not isinstance(host, str) or not host or any(ch in host for ch in "/:@ "):
-        abort(400, "'host' must be a host name or IP address")
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-        abort(400, "'port' must be an integer from 1 to 65535")
-    if not isinstance(capacity, int) or isinstance(capacity, bool) or not 1 <= capacity <= 64:
-        abort(400, "'capacity' must be an integer from 1 to 64")
-    cid = item.get("id")
-    if cid is not None and (not isinstance(cid, str) or not cid or len(cid) > 64 or "/" in cid):
-        abort(400, "'id' must be a short string without '/'")
-    return {"host": host, "port": port, "capacity": capacity, "id": cid}
+def read_body(limit: int) -> bytes:
+    """The request body; 413 past `limit` bytes. Werkzeug's own limit would cut
+    a chunked body at the limit silently, so one byte more is read to tell."""
+    if request.content_length is not None and request.content_length > limit:
+        abort(413)
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        abort(413)
+    return data
+
+
+def _checked(check, *args):
+    """Run a validation check; its BadRequest becomes a 400 with its sentence."""
+    try:
+        return check(*args)
+    except validation.BadRequest as exc:
+        abort(400, str(exc))
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -88,42 +94,22 @@ def create_app(config: dict | None = None) -> Flask:
     if not token:
         raise RuntimeError("ORCH_TOKEN is not set: the orchestrator needs a token for its admin endpoints")
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings["ORCH_MAX_BODY_BYTES"]
-    started = time.time()
-
-    registry = CollectorRegistry()
-    requests_total = Counter("orchestrator_requests_total", "new_request answers by HTTP status", ["status"], registry=registry)
-    errors_total = Counter("orchestrator_errors_total", "errors by kind", ["kind"], registry=registry)
-    latency = Histogram("orchestrator_request_seconds", "time from arrival to answer", registry=registry, buckets=LATENCY_BUCKETS)
-    queue_wait = Histogram("orchestrator_queue_wait_seconds", "time spent waiting for a container", registry=registry, buckets=LATENCY_BUCKETS)
+    max_body = settings["ORCH_MAX_BODY_BYTES"]
+    ports_per_ip = lab_ports(settings["ORCH_LAB_PORTS"])
+    started = time.monotonic()
 
     scheduler = Scheduler(queue_limit=settings["ORCH_QUEUE_LIMIT"])
-    Gauge("orchestrator_queue_depth", "requests waiting for a container", registry=registry).set_function(lambda: scheduler.queue_depth)
-    Gauge("orchestrator_in_flight", "requests being served by a container", registry=registry).set_function(
-        lambda: sum(c.in_flight for c in scheduler.containers()))
-
-    def on_event(kind: str, data: dict) -> None:
-        if kind == "served":
-            latency.observe(data["total_s"])
-            queue_wait.observe(data["queue_s"])
-        elif kind == "failed":
-            errors_total.labels(kind=f"container_{data['kind']}").inc()
-        elif kind == "rejected":
-            errors_total.labels(kind=data["reason"]).inc()
-
+    telemetry = Metrics(scheduler)
     dispatcher = Dispatcher(scheduler, queue_timeout_s=settings["ORCH_QUEUE_TIMEOUT_S"],
                             forward_timeout_s=settings["ORCH_FORWARD_TIMEOUT_S"],
-                            max_attempts=settings["ORCH_MAX_ATTEMPTS"], on_event=on_event)
-    status_file = settings["ORCH_STATUS_FILE"]
-    if status_file:
-        restored = load_registry(status_file, scheduler)
-        if restored:
-            log.info("restored %d container(s) from %s", restored, status_file)
-        scheduler.on_change = lambda: save_registry(status_file, scheduler)
+                            max_attempts=settings["ORCH_MAX_ATTEMPTS"], on_event=telemetry.on_event)
+    if settings["ORCH_STATUS_FILE"]:
+        keep_registry_in(settings["ORCH_STATUS_FILE"], scheduler)
     health = HealthChecker(scheduler, interval_s=settings["ORCH_HEALTH_INTERVAL_S"])
     if settings["ORCH_HEALTH_INTERVAL_S"] > 0:
         health.start()
-    app.extensions["mlcluster"] = {"scheduler": scheduler, "dispatcher": dispatcher, "health": health}
+    app.extensions["mlcluster"] = {"scheduler": scheduler, "dispatcher": dispatcher, "health": health,
+                                   "metrics": telemetry}
 
     def require_token() -> None:
         given = request.headers.get("Authorization", "")
@@ -144,9 +130,10 @@ def create_app(config: dict | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def json_error(exc: HTTPException):
         if request.path == "/new_request":
-            requests_total.labels(status=str(exc.code)).inc()
-            errors_total.labels(kind="bad_request").inc()
-        response = jsonify(error=exc.description, status=exc.code)
+            telemetry.answered(exc.code)
+            telemetry.errors.labels(kind="bad_request").inc()
+        message = f"the body is over the {max_body}-byte limit" if exc.code == 413 else exc.description
+        response = jsonify(error=message, status=exc.code)
         response.status_code = exc.code or 500
         if exc.code == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
@@ -154,16 +141,10 @@ def create_app(config: dict | None = None) -> Flask:
 
     @app.post("/new_request")
     def new_request():
-        body = request.get_data(cache=False)
-        if body.strip():
-            try:
-                parsed = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                abort(400, "the body must be JSON: {}, {\"text\": \"...\"} or {\"texts\": [...]}")
-            if not isinstance(parsed, dict):
-                abort(400, "the body must be a JSON object")
+        body = read_body(max_body)
+        _checked(validation.inference_request, body, settings["ORCH_MAX_TEXTS"])
         outcome = dispatcher.handle(body)
-        requests_total.labels(status=str(outcome.status)).inc()
+        telemetry.answered(outcome.status)
         response = jsonify(outcome.body)
         response.status_code = outcome.status
         response.headers.update(outcome.headers)
@@ -172,11 +153,7 @@ def create_app(config: dict | None = None) -> Flask:
     @app.post("/workers")
     def add_workers():
         require_token()
-        body = _json_body(object)
-        items = body.get("containers", [body]) if isinstance(body, dict) else body
-        if not isinstance(items, list) or not items:
-            abort(400, "send a container object, a list of them, or {\"containers\": [...]}")
-        return register([_container_spec(item) for item in items])
+        return register(_checked(validation.container_specs, read_body(max_body)))
 
     @app.delete("/workers/<container_id>")
     def remove_worker(container_id: str):
@@ -185,22 +162,15 @@ def create_app(config: dict | None = None) -> Flask:
             container = scheduler.drain(container_id)
         except KeyError:
             abort(404, f"no container {container_id!r} is registered")
-        return jsonify(draining=container.id, in_flight=container.in_flight)
+        # With nothing in flight it has left the registry already.
+        return jsonify(draining=container.id, in_flight=container.in_flight, removed=container.in_flight == 0)
 
     @app.post("/receive_ips_from_workers")
     def receive_ips():
         """The lab's contract: a JSON list of worker IPs, two containers each."""
         require_token()
-        ips = _json_body(list)
-        if not ips:
-            abort(400, "send a non-empty JSON list of worker IP addresses")
-        for ip in ips:
-            try:
-                ipaddress.ip_address(ip if isinstance(ip, str) else "")
-            except ValueError:
-                abort(400, f"{ip!r} is not an IP address")
-        ports = [int(p) for p in str(settings["ORCH_LAB_PORTS"]).split(",")]
-        return register([{"host": ip, "port": port, "capacity": 1, "id": None} for ip in ips for port in ports])
+        ips = _checked(validation.worker_ips, read_body(max_body))
+        return register([{"host": ip, "port": port, "capacity": 1, "id": None} for ip in ips for port in ports_per_ip])
 
     @app.get("/workers_info")
     def workers_info():
@@ -211,7 +181,7 @@ def create_app(config: dict | None = None) -> Flask:
     @app.get("/status")
     def status():
         snapshot = scheduler.snapshot()
-        snapshot["uptime_s"] = round(time.time() - started, 1)
+        snapshot["uptime_s"] = round(time.monotonic() - started, 1)
         return jsonify(snapshot)
 
     @app.get("/health_check")
@@ -220,6 +190,6 @@ def create_app(config: dict | None = None) -> Flask:
 
     @app.get("/metrics")
     def metrics():
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(telemetry.exposition(), mimetype=CONTENT_TYPE)
 
     return app

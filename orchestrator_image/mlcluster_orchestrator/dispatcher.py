@@ -10,13 +10,13 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
-import urllib3
-
-from .scheduler import NoContainers, QueueFull, QueueTimeout, Reservation, Scheduler
+from .connections import ConnectionPool, ForwardError
+from .scheduler import Container, NoContainers, QueueFull, QueueTimeout, Reservation, Scheduler
 
 log = logging.getLogger("mlcluster.orchestrator")
+HANDOFF_PAUSE_S = 0.0002  # see _attempt
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Outcome:
 class ContainerFailed(Exception):
     def __init__(self, kind: str, detail: str):
         super().__init__(detail)
-        self.kind = kind  # refused | timeout | http_5xx | bad_answer
+        self.kind = kind  # refused | timeout | disconnected | http_5xx | bad_answer
 
 
 class Dispatcher:
@@ -43,81 +43,96 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self.on_event = on_event  # metrics hook: ("served"|"failed"|"rejected", data)
         self.clock = clock
-        # One pool per container address, reused across threads (urllib3's pools are thread-safe).
-        self.http = urllib3.PoolManager(num_pools=256, maxsize=8, retries=False)
+        self.pool = ConnectionPool(connect_timeout_s=2.0, read_timeout_s=forward_timeout_s)
 
     def handle(self, body: bytes) -> Outcome:
+        """Serve one request: wait for a container (first come, first served),
+        forward the body, and on a container's failure try another one, ahead
+        of the queue. Every outcome is an HTTP answer, never an exception."""
         arrived = self.clock()
         deadline = arrived + self.queue_timeout_s
-        attempts = 0
-        last_failure: Optional[ContainerFailed] = None
-        while attempts < self.max_attempts:
+        failures: list[ContainerFailed] = []
+        for attempt in range(1, self.max_attempts + 1):
             try:
                 reservation = self.scheduler.acquire(
-                    timeout=max(0.0, deadline - self.clock()), front=attempts > 0, queued_at=arrived)
-            except QueueFull:
-                self.on_event("rejected", {"reason": "queue_full"})
-                return Outcome(503, {"error": "all containers are busy and the queue is full; retry later", "status": 503},
-                               {"Retry-After": "1"})
-            except QueueTimeout:
-                self.on_event("rejected", {"reason": "queue_timeout"})
-                if last_failure is not None:
-                    return self._gave_up(attempts, last_failure)
-                return Outcome(504, {"error": f"no container became free within {self.queue_timeout_s:g} s", "status": 504})
-            except NoContainers:
-                self.on_event("rejected", {"reason": "no_containers"})
-                return Outcome(503, {"error": "no worker containers are registered", "status": 503}, {"Retry-After": "5"})
-            attempts += 1
+                    timeout=max(0.0, deadline - self.clock()), front=attempt > 1, queued_at=arrived)
+            except (QueueFull, QueueTimeout, NoContainers) as refusal:
+                return self._refused(refusal, failures)
             try:
-                status, answer, elapsed_ms = self._forward(reservation, body)
+                status, answer = self._attempt(reservation, body)
             except ContainerFailed as failure:
-                last_failure = failure
-                self._container_failed(reservation, failure)
+                failures.append(failure)
                 continue
-            self.scheduler.release(reservation, ok=True, latency_ms=elapsed_ms if status < 400 else None)
-            total_ms = (self.clock() - arrived) * 1000
-            container = reservation.container
             if status >= 400:  # the worker judged the request itself bad: pass its answer on
                 return Outcome(status, answer)
-            queue_ms = reservation.queue_wait_s * 1000
-            self.on_event("served", {"container": container.id, "queue_s": queue_ms / 1000, "total_s": total_ms / 1000})
-            return Outcome(200, {
-                "result": answer,
-                "container": {"id": container.id, "host": container.host, "port": container.port},
-                "queue_ms": round(queue_ms, 3),
-                "total_ms": round(total_ms, 3),
-                "attempts": attempts,
-            })
-        return self._gave_up(attempts, last_failure)
+            return self._served(reservation, answer, arrived, attempt)
+        return self._gave_up(failures)
 
-    def _gave_up(self, attempts: int, failure: ContainerFailed) -> Outcome:
-        return Outcome(502, {"error": f"{attempts} container(s) failed this request; last: {failure}", "status": 502})
-
-    def _forward(self, reservation: Reservation, body: bytes) -> tuple[int, dict, float]:
+    def _attempt(self, reservation: Reservation, body: bytes) -> tuple[int, dict]:
+        """Forward once. The reservation is released whatever happens; a failed
+        container is marked down first, so it is not handed out again."""
         container = reservation.container
         start = self.clock()
+        ok, latency_ms = False, None
         try:
-            response = self.http.request(
-                "POST", f"{container.url}/run_model", body=body or b"{}",
-                headers={"Content-Type": "application/json"},
-                timeout=urllib3.Timeout(connect=2.0, read=self.forward_timeout_s))
-        except urllib3.exceptions.TimeoutError as exc:
-            raise ContainerFailed("timeout", f"{container.id} timed out: {exc}") from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise ContainerFailed("refused", f"{container.id} unreachable: {exc}") from None
-        elapsed_ms = (self.clock() - start) * 1000
-        if response.status >= 500:
-            raise ContainerFailed("http_5xx", f"{container.id} answered {response.status}")
-        try:
-            answer = json.loads(response.data)
-        except ValueError:
-            raise ContainerFailed("bad_answer", f"{container.id} answered something that is not JSON") from None
-        return response.status, answer, elapsed_ms
+            status, answer = self._forward(container, body)
+            ok = True
+            if status < 400:
+                latency_ms = (self.clock() - start) * 1000
+            return status, answer
+        except ContainerFailed as failure:
+            log.warning("container %s (%s) failed: %s; marking it down and retrying elsewhere",
+                        container.id, container.url, failure)
+            self.scheduler.set_health(container.id, False)
+            self.pool.forget((container.host, container.port))
+            self.on_event("failed", {"container": container.id, "kind": failure.kind})
+            raise
+        finally:
+            if self.scheduler.release(reservation, ok=ok, latency_ms=latency_ms):
+                # A waiting request got this container. Pause so its thread takes
+                # the GIL now and forwards at once, instead of after this thread
+                # has built its own answer (~0.3 ms): measured +1.5% throughput
+                # at 8 containers x 50 ms, on 2 CPUs. Only when the queue is not
+                # empty, where callers wait far longer than this anyway.
+                time.sleep(HANDOFF_PAUSE_S)
 
-    def _container_failed(self, reservation: Reservation, failure: ContainerFailed) -> None:
+    def _forward(self, container: Container, body: bytes) -> tuple[int, dict]:
+        try:
+            status, data = self.pool.post(container.host, container.port, "/run_model", body or b"{}")
+        except ForwardError as exc:
+            raise ContainerFailed(exc.kind, f"{container.id} ({container.url}): {exc}") from None
+        if status >= 500:
+            raise ContainerFailed("http_5xx", f"{container.id} answered {status}")
+        try:
+            return status, json.loads(data)
+        except (ValueError, RecursionError):
+            raise ContainerFailed("bad_answer", f"{container.id} answered something that is not JSON") from None
+
+    def _served(self, reservation: Reservation, answer: dict, arrived: float, attempts: int) -> Outcome:
         container = reservation.container
-        log.warning("container %s (%s) failed: %s; marking it down and retrying elsewhere",
-                    container.id, container.url, failure)
-        self.scheduler.set_health(container.id, False)
-        self.scheduler.release(reservation, ok=False)
-        self.on_event("failed", {"container": container.id, "kind": failure.kind})
+        queue_s, total_s = reservation.queue_wait_s, self.clock() - arrived
+        self.on_event("served", {"container": container.id, "queue_s": queue_s, "total_s": total_s})
+        return Outcome(200, {
+            "result": answer,
+            "container": {"id": container.id, "host": container.host, "port": container.port},
+            "queue_ms": round(queue_s * 1000, 3),
+            "total_ms": round(total_s * 1000, 3),
+            "attempts": attempts,
+        })
+
+    def _refused(self, refusal: Exception, failures: list[ContainerFailed]) -> Outcome:
+        if isinstance(refusal, QueueFull):
+            self.on_event("rejected", {"reason": "queue_full"})
+            return Outcome(503, {"error": "all containers are busy and the queue is full; retry later",
+                                 "status": 503}, {"Retry-After": "1"})
+        if isinstance(refusal, NoContainers):
+            self.on_event("rejected", {"reason": "no_containers"})
+            return Outcome(503, {"error": "no worker containers are registered", "status": 503}, {"Retry-After": "5"})
+        self.on_event("rejected", {"reason": "queue_timeout"})
+        if failures:
+            return self._gave_up(failures)
+        return Outcome(504, {"error": f"no container became free within {self.queue_timeout_s:g} s", "status": 504})
+
+    def _gave_up(self, failures: list[ContainerFailed]) -> Outcome:
+        return Outcome(502, {"error": f"{len(failures)} container(s) failed this request; last: {failures[-1]}",
+                             "status": 502})

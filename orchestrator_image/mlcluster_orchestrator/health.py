@@ -14,6 +14,9 @@ import urllib3
 from .scheduler import Scheduler
 
 log = logging.getLogger("mlcluster.orchestrator")
+# Snapshot and write under one lock: two registrations saving at once must not
+# let the older snapshot land last.
+_save_lock = threading.Lock()
 
 
 class HealthChecker:
@@ -60,15 +63,18 @@ class HealthChecker:
             healthy, why = False, f"unreachable ({type(exc).__name__})"
         if healthy != container.healthy:
             log.warning("container %s (%s) is %s%s", container.id, container.url,
-                        "back" if healthy else "down", "" if healthy else f": {why}")
+                        "up" if healthy else "down", "" if healthy else f": {why}")
         self.scheduler.set_health(container.id, healthy)
 
 
 def save_registry(path: str | os.PathLike, scheduler: Scheduler) -> None:
     """Write the registered containers to `path` atomically (temp file + rename)."""
-    entries = [{"id": c.id, "host": c.host, "port": c.port, "capacity": c.capacity}
-               for c in scheduler.containers() if not c.draining]
-    path = Path(path)
+    with _save_lock:
+        _write_registry(Path(path), [{"id": c.id, "host": c.host, "port": c.port, "capacity": c.capacity}
+                                     for c in scheduler.containers() if not c.draining])
+
+
+def _write_registry(path: Path, entries: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".status-", suffix=".json")
     try:
@@ -94,3 +100,18 @@ def load_registry(path: str | os.PathLike, scheduler: Scheduler) -> int:
         log.error("status file %s is unreadable (%s); starting with no containers", path, exc)
         return 0
     return len(entries)
+
+
+def keep_registry_in(path: str | os.PathLike, scheduler: Scheduler) -> None:
+    """Restore the registry from `path`, then save it there after every change.
+    A failed save is logged: the registry in memory stays the truth."""
+    restored = load_registry(path, scheduler)
+    if restored:
+        log.info("restored %d container(s) from %s", restored, path)
+
+    def persist() -> None:
+        try:
+            save_registry(path, scheduler)
+        except OSError as exc:
+            log.error("could not save the registry to %s: %s", path, exc)
+    scheduler.on_change = persist

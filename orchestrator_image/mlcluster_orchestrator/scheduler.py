@@ -211,9 +211,10 @@ class Scheduler:
             self._waiters.remove(waiter)
         raise QueueTimeout()
 
-    def release(self, reservation: Reservation, ok: bool, latency_ms: Optional[float] = None) -> None:
+    def release(self, reservation: Reservation, ok: bool, latency_ms: Optional[float] = None) -> int:
         """Give the container back; `ok=False` counts a failure (the caller marks
-        it unhealthy separately when the failure was the container's fault)."""
+        it unhealthy separately when the failure was the container's fault).
+        Returns how many waiting requests were handed a container as a result."""
         container = reservation.container
         with self._lock:
             container.in_flight -= 1
@@ -225,21 +226,24 @@ class Scheduler:
             else:
                 container.failed += 1
             self._forget_if_drained_locked(container)
-            self._dispatch_locked()
+            return self._dispatch_locked()
 
     def _reserve_locked(self, container: Container, queued_at: float, now: float) -> Reservation:
         container.in_flight += 1
         return Reservation(container=container, queued_at=queued_at, granted_at=now)
 
-    def _dispatch_locked(self) -> None:
-        """Hand free containers to the waiters at the head of the queue."""
+    def _dispatch_locked(self) -> int:
+        """Hand free containers to the waiters at the head of the queue; returns how many."""
+        handed = 0
         while self._waiters:
             container = choose_container(self._containers.values(), self._busy_by_host_locked())
             if container is None:
-                return
+                break
             waiter = self._waiters.popleft()
             waiter.reservation = self._reserve_locked(container, waiter.queued_at, self.clock())
             waiter.event.set()
+            handed += 1
+        return handed
 
     def _busy_by_host_locked(self) -> dict[str, int]:
         busy: dict[str, int] = collections.Counter()

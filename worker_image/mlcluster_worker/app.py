@@ -48,8 +48,22 @@ def settings_from_env(env=os.environ) -> dict:
     settings = dict(DEFAULTS)
     for key, default in DEFAULTS.items():
         if key in env and env[key] != "":
-            settings[key] = type(default)(env[key])
+            try:
+                settings[key] = type(default)(env[key])
+            except ValueError:
+                raise RuntimeError(f"{key}={env[key]!r} is not a valid {type(default).__name__}") from None
     return settings
+
+
+def read_body(limit: int) -> bytes:
+    """The request body; 413 past `limit` bytes. Werkzeug's own limit would cut
+    a chunked body at the limit silently, so one byte more is read to tell."""
+    if request.content_length is not None and request.content_length > limit:
+        abort(413)
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        abort(413)
+    return data
 
 
 def random_text(length: int = 50) -> str:
@@ -69,14 +83,15 @@ class _State:
         self.served = 0
 
 
-def _parse_texts(max_batch: int) -> tuple[list[str], bool]:
-    """The request's texts, and whether it was a batch. Aborts with 400 on bad input."""
-    raw = request.get_data(cache=False)
+def _parse_texts(max_batch: int, max_body: int) -> tuple[list[str], bool]:
+    """The request's texts, and whether it was a batch. Aborts with 400 on bad
+    input, 413 on a body over `max_body` bytes."""
+    raw = read_body(max_body)
     if not raw.strip():
         return [random_text()], False
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting recurses
         abort(400, "the body must be JSON: {}, {\"text\": \"...\"} or {\"texts\": [...]}")
     if not isinstance(body, dict):
         abort(400, "the body must be a JSON object")
@@ -108,15 +123,17 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
     _setup_logging()
     app = Flask(__name__)
     app.config.update(settings)
-    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
+    max_body = settings["MAX_BODY_BYTES"]
     state = _State()
     registry = CollectorRegistry()
     requests_total = Counter("worker_requests_total", "run_model requests by outcome", ["outcome"], registry=registry)
     errors_total = Counter("worker_errors_total", "errors by kind", ["kind"], registry=registry)
     inference = Histogram("worker_inference_seconds", "forward-pass time per request", registry=registry,
                           buckets=(.001, .0025, .005, .01, .025, .05, .075, .1, .25, .5, 1, 2.5, 5, 10))
-    in_flight_gauge = Gauge("worker_in_flight", "run_model requests being served", registry=registry)
+    # Gauges read at scrape time: nothing extra to do per request.
+    Gauge("worker_in_flight", "run_model requests being served", registry=registry).set_function(lambda: state.in_flight)
     ready_gauge = Gauge("worker_ready", "1 once the model is loaded and warmed up", registry=registry)
+    served_ok = requests_total.labels(outcome="ok")
 
     def load() -> None:
         try:
@@ -137,7 +154,8 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
     def json_error(exc: HTTPException):
         if request.path == "/run_model":
             errors_total.labels(kind=str(exc.code)).inc()
-        response = jsonify(error=exc.description, status=exc.code)
+        message = f"the body is over the {max_body}-byte limit" if exc.code == 413 else exc.description
+        response = jsonify(error=message, status=exc.code)
         response.status_code = exc.code or 500
         return response
 
@@ -148,11 +166,10 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
             response.status_code = 503
             response.headers["Retry-After"] = "1"
             return response
-        texts, batch = _parse_texts(settings["MAX_BATCH"])
+        texts, batch = _parse_texts(settings["MAX_BATCH"], max_body)
         with state.lock:
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
-        in_flight_gauge.inc()
         try:
             start = time.perf_counter()
             results = state.classifier.classify(texts)
@@ -162,12 +179,12 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
             log.exception("inference failed")
             abort(500, f"inference failed: {type(exc).__name__}")
         finally:
-            in_flight_gauge.dec()
             with state.lock:
                 state.in_flight -= 1
-                state.served += 1
+        with state.lock:
+            state.served += 1
         inference.observe(elapsed)
-        requests_total.labels(outcome="ok").inc()
+        served_ok.inc()
         answer = {"model": state.classifier.name, "inference_ms": round(elapsed * 1000, 3), "worker": settings["WORKER_ID"] or None}
         if batch:
             answer.update(texts=texts, results=results)
@@ -182,7 +199,8 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
     @app.get("/ready")
     def ready():
         if state.classifier is not None:
-            return jsonify(ready=True, model=state.classifier.name)
+            return jsonify(ready=True, model=state.classifier.name,
+                           torch_threads=getattr(state.classifier, "torch_threads", None))
         response = jsonify(ready=False, reason=state.error or "model is loading")
         response.status_code = 503
         return response

@@ -24,6 +24,7 @@ class Classifier:
 
         self._torch = torch
         torch.set_num_threads(max(1, torch_threads))
+        self.torch_threads = torch.get_num_threads()
         local = Path(model_ref).expanduser().is_dir()
         if not local and model_ref.startswith(("/", "./", "../", "~")):
             raise FileNotFoundError(f"model directory {model_ref} does not exist")
@@ -63,6 +64,7 @@ class OverheadTest:
         self.service_s = service_ms / 1000.0
         self.name = f"{OVERHEAD_TEST} (no model, fixed {service_ms:g} ms)"
         self.random_weights = False
+        self.torch_threads = None
 
     def classify(self, texts: list[str]) -> list[dict]:
         if self.service_s:
