@@ -7,7 +7,8 @@ live in `worker_image/` and `orchestrator_image/`.
 from __future__ import annotations
 
 import sys
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 WORKER_APP = "mlcluster_worker.app:create_app()"
 ORCHESTRATOR_APP = "mlcluster_orchestrator.app:create_app()"
@@ -58,3 +59,24 @@ def orchestrator_env(*, port: int, token: str, host: str = "127.0.0.1", queue_li
     if marker:
         env[MARKER_VAR] = marker
     return env
+
+
+def wait_answering(url: str, *, running: Callable[[], bool], log_tail: Callable[[], str], what: str,
+                   timeout: float = 60.0) -> None:
+    """Wait until `url`/health_check answers 200; give up early when `running()`
+    says the service is gone, and raise with the end of its log."""
+    import requests
+
+    from .errors import MlclusterError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health_check", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        if not running():
+            break
+        time.sleep(0.2)
+    raise MlclusterError(f"{what} did not answer at {url}; the end of its log:\n{log_tail()}")

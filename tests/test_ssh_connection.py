@@ -18,12 +18,9 @@ pytestmark = [pytest.mark.ssh,
 
 @pytest.fixture(scope="module")
 def net():
-    network = SSHTestNetwork()
-    try:
+    with SSHTestNetwork() as network:
         network.add_hosts(["alpha", "beta"])
         yield network
-    finally:
-        network.close()
 
 
 def connect(net, name, store=None, key=None, **kw) -> Connection:

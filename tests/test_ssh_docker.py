@@ -53,12 +53,9 @@ def dk(host, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def net():
-    network = SSHTestNetwork()
-    try:
+    with SSHTestNetwork() as network:
         network.add_hosts(["orch", "w1", "wd"], docker=["wd"])
         yield network
-    finally:
-        network.close()
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,9 @@ pytestmark = [pytest.mark.ssh,
 
 @pytest.fixture(scope="module")
 def net():
-    network = SSHTestNetwork()
-    try:
+    with SSHTestNetwork() as network:
         network.add_hosts(["orch", "w1", "gone", "cut"])
         yield network
-    finally:
-        network.close()
 
 
 def test_unreachable_hosts_fail_up_within_the_deadline_naming_host_and_reason(net, tmp_path):

@@ -111,12 +111,9 @@ def our_processes(net: SSHTestNetwork, name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def net():
-    network = SSHTestNetwork()
-    try:
+    with SSHTestNetwork() as network:
         network.add_hosts(["orch", "w1", "w2"])
         yield network
-    finally:
-        network.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-import requests
 
 from .. import services
 from ..errors import MlclusterError
@@ -108,7 +107,10 @@ class LocalProvider:
                 step.advance()
         orchestrator = next(p for p in procs if p["id"] == "orchestrator")
         url = f"http://{LOOPBACK}:{orchestrator['port']}"
-        _wait_answering(url, orchestrator)
+        services.wait_answering(
+            url, what="the orchestrator",
+            running=lambda: Path(f"/proc/{orchestrator['pid']}").exists() and not _zombie(orchestrator["pid"]),
+            log_tail=lambda: "".join(_read_log(Path(orchestrator["log"]), False, 15)))
         containers = [ContainerRecord(id=p["id"], host=LOOPBACK, port=p["port"], worker=p["worker"])
                       for p in procs if p["role"] == "worker" and p["id"] in {w[1] for w in wanted}]
         return Deployment(orchestrator_url=url, containers=containers)
@@ -234,21 +236,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
-
-
-def _wait_answering(url: str, record: dict, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health_check", timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
-        if not Path(f"/proc/{record['pid']}").exists() or _zombie(record["pid"]):
-            break
-        time.sleep(0.2)
-    tail = "".join(list(_read_log(Path(record["log"]), False, 15)))
-    raise MlclusterError(f"the orchestrator did not start at {url}; the end of its log:\n{tail}")
 
 
 def _read_log(path: Path, follow: bool, tail: int) -> Iterator[str]:

@@ -28,12 +28,10 @@ import hashlib
 import json
 import socket
 import stat
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-import requests
 
 from .. import services
 from ..errors import MlclusterError
@@ -141,7 +139,9 @@ class LocalDockerRuntime:
         res["orchestrator_port"] = _published_port(orchestrator, ORCHESTRATOR_PORT)
         state.save()
         url = f"http://{LOOPBACK}:{res['orchestrator_port']}"
-        _wait_answering(orchestrator, url)
+        services.wait_answering(url, what=f"the orchestrator container {orchestrator.name}",
+                                running=lambda: _still_running(orchestrator),
+                                log_tail=lambda: orchestrator.logs(tail=15).decode(errors="replace"))
         containers = [ContainerRecord(id=p.cid, host=p.name(spec.name), port=WORKER_PORT, worker=p.worker)
                       for p in plans if p.role == "worker"]
         return Deployment(orchestrator_url=url, containers=containers)
@@ -354,18 +354,6 @@ def _copy_source(source: Path) -> tuple[Path, str]:
     return source, "."
 
 
-def _wait_answering(container, url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health_check", timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
-        container.reload()
-        if container.status in ("exited", "dead"):
-            break
-        time.sleep(0.3)
-    tail = container.logs(tail=15).decode(errors="replace")
-    raise MlclusterError(f"the orchestrator container {container.name} did not answer at {url}; "
-                         f"the end of its log:\n{tail}")
+def _still_running(container) -> bool:
+    container.reload()
+    return container.status not in ("exited", "dead")
