@@ -16,6 +16,7 @@ DOCKERD_LOG=${MLCLUSTER_DOCKERD_LOG:-/var/log/mlcluster-dockerd.log}
 BASE_PACKAGES=python3,python3-venv,ca-certificates,passwd
 
 # One setup at a time (two CI steps or engineers could start it together).
+mkdir -p /run/lock
 exec 9>/run/lock/mlcluster-setup-docker.lock
 flock 9
 
