@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -25,7 +24,7 @@ from mlcluster.ssh import HostKeyStore
 from mlcluster.state import ClusterSpec
 from mlcluster.ui import Step
 from sshhosts import SSHTestNetwork, missing_facilities
-from test_ssh_provider import cli, load, our_processes, status, toml_config
+from test_ssh_provider import cli, our_processes, status, toml_config
 
 BASE_IMAGE = "mlcluster-base:bookworm"
 CLUSTER = "sshe2e"
@@ -89,11 +88,15 @@ def test_docker_host_runs_labelled_non_root_containers(net, cluster):
     assert rows["wd-2"]["host"] == wd.address and rows["wd-2"]["status"] == "free"
 
 
-def test_load_is_served_by_docker_and_process_containers(cluster):
-    results = load(cluster["url"], 15, threading.Event(), limit=300)
-    assert all(r["status"] == 200 for r in results), [r for r in results if r["status"] != 200][:3]
-    served = {r["body"]["container"]["id"] for r in results}
-    assert served == {"w1-1", "w1-2", "wd-1", "wd-2"}
+def test_bench_is_served_by_docker_and_process_containers(cluster, tmp_path):
+    result_file = tmp_path / "bench.json"
+    bench = cli(cluster["home"], "bench", "--name", CLUSTER, "--concurrency", "15", "--requests", "300",
+                "--json", str(result_file))
+    assert bench.returncode == 0, bench.stderr
+    result = json.loads(result_file.read_text())
+    assert result["requests"] == 300 and result["ok"] == 300 and not result["errors"]
+    assert set(result["per_container"]) == {"w1-1", "w1-2", "wd-1", "wd-2"}
+    assert all(n > 0 for n in result["per_container"].values())
 
 
 def test_container_logs_over_ssh(cluster):
