@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# System setup for the `ssh` tests (tests/sshhosts.py): Debian's OpenSSH server
+# System setup for the `ssh` tests (tests/support/sshhosts.py): Debian's OpenSSH server
 # (started by hand by the tests; there is no systemd) and iproute2 for network
 # namespaces, veth pairs and the test bridge. Idempotent and quick: it installs
 # only what is missing. Runs as root on Debian 12 (as CI does).

@@ -19,7 +19,8 @@ from rich.live import Live
 from . import __version__, cluster
 from .config import build_spec, load_config
 from .errors import MlclusterError
-from .output import cluster_table, status_table
+from .output import cluster_table, plan_text, status_table
+from .providers import get_provider
 from .state import ClusterState, check_name, known_clusters
 from .ui import RichUI
 
@@ -66,11 +67,10 @@ def up(
                       model=model, runtime=runtime, queue_limit=queue_limit, service_ms=service_ms,
                       local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile)
     ui = RichUI(err)
-    if spec.provider == "aws":
-        from .providers.aws import plan
-        the_plan = plan(spec)
-        err.print(the_plan.describe())
-        confirm(f"create these AWS resources for cluster {spec.name!r}?", yes)
+    cost_plan = get_provider(spec.provider).plan(spec)
+    if cost_plan is not None:
+        err.print(plan_text(cost_plan))
+        confirm(f"create these {spec.provider.upper()} resources for cluster {spec.name!r}?", yes)
     state = cluster.up(spec, ui)
     out.print(cluster_table(state))
     out.print(f"orchestrator: {state.orchestrator_url}  (send requests to {state.orchestrator_url}/new_request)")

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 import requests
 
 from .errors import MlclusterError
-from .providers.base import get_provider
+from .providers import get_provider
 from .state import ClusterSpec, ClusterState, ContainerRecord, remove_cluster_dir
 from .ui import QuietUI
 

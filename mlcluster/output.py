@@ -1,9 +1,12 @@
 """Tables a person reads. Data goes to stdout; progress and errors to stderr."""
 from __future__ import annotations
 
+from typing import Optional
+
 from rich.table import Table
 from rich.text import Text
 
+from .providers.base import CostPlan
 from .state import ClusterState
 
 STATUS_STYLE = {"free": "green", "busy": "yellow", "down": "red", "draining": "magenta"}
@@ -40,3 +43,25 @@ def status_table(snapshot: dict) -> Table:
                      f"in flight {snapshot['in_flight']} · served {snapshot['served']} · failed {snapshot['failed']} · "
                      f"up {snapshot.get('uptime_s', 0):.0f} s")
     return table
+
+
+def _money(value: Optional[float]) -> str:
+    return "unknown" if value is None else f"${value:.3f}"
+
+
+def plan_rows(plan: CostPlan) -> list[list[str]]:
+    """The plan as a table: a header, one row per resource, the total."""
+    table = [["resource", "count", "kind", "USD/hour each", "USD/hour"]]
+    for row in plan.lines:
+        table.append([row.what, str(row.count), row.unit, _money(row.hourly_each), _money(row.hourly)])
+    table.append(["total (estimate)", "", "", "", _money(plan.hourly)])
+    return table
+
+
+def plan_text(plan: CostPlan) -> str:
+    """The plan as the text `up` shows before asking to go on."""
+    rows = plan_rows(plan)
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    text = [f"Plan for cluster {plan.cluster!r} in {plan.region or 'the default region'}:"]
+    text += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(text + [f"  {note}" for note in plan.notes])

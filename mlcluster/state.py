@@ -56,8 +56,8 @@ class ClusterSpec:
 
     def validate(self) -> "ClusterSpec":
         check_name(self.name)
-        if self.provider not in ("local", "ssh", "aws"):
-            raise MlclusterError(f"unknown provider {self.provider!r}", "choose local, ssh or aws")
+        from .providers import check_provider_name
+        check_provider_name(self.provider)
         if self.runtime not in ("process", "docker", "auto"):
             raise MlclusterError(f"unknown runtime {self.runtime!r}", "choose process, docker or auto")
         if not 1 <= self.workers <= 64:

@@ -5,6 +5,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 
+# Shared fixtures (moto's server); the helpers are imported from `support.*` by name.
+pytest_plugins = ["support.moto"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:

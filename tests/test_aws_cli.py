@@ -3,20 +3,12 @@ in server mode on 127.0.0.1: plans, one-sentence errors, and `down` finding
 a cluster by tag when its state file is gone."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from moto_server import moto, moto_server, nothing_tagged, tagged  # noqa: F401 (fixtures)
+from support.aws import make_spec, provision
+from support.console import mlcluster as cli
+from support.moto import nothing_tagged, tagged
 from mlcluster.state import remove_cluster_dir
-from test_aws_provision import make_spec, provision
-
-MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([MLCLUSTER, *args], capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL, env=env)
 
 
 def write_config(path: Path, server, **aws: str) -> Path:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from moto_server import Fault, ec2_client, moto, moto_server, nothing_tagged, tagged  # noqa: F401 (fixtures)
+from support.aws import RecordingUI, make_provider, make_spec, provision
+from support.moto import Fault, ec2_client, nothing_tagged, tagged
 from mlcluster.errors import MlclusterError
 from mlcluster.state import ClusterState, remove_cluster_dir
-from test_aws_provision import RecordingUI, make_provider, make_spec, provision
 
 
 def down(server, state, name: str = "lab", provider=None) -> list[str]:

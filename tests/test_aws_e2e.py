@@ -14,20 +14,20 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from moto_server import moto, moto_server, nothing_tagged, tagged  # noqa: F401 (fixtures)
-from mlcluster.aws_hosts import wait_for_ssh
+from support.aws import RecordingUI, make_provider, new_state
+from support.console import mlcluster as cli
+from support.moto import nothing_tagged, tagged
+from mlcluster.providers.aws.hosts import wait_for_ssh
 from mlcluster.config import build_spec, load_config
 from mlcluster.errors import MlclusterError
-from mlcluster.providers.aws import KEY_FILE
-from mlcluster.ssh import HostKeyStore
-from sshhosts import SSHTestNetwork, missing_facilities
-from test_aws_provision import RecordingUI, make_provider, new_state
+from mlcluster.providers.aws.provider import KEY_FILE
+from mlcluster.remote.connection import HostKeyStore
+from support.sshhosts import SSHTestNetwork, missing_facilities
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
 
 CLUSTER = "awse2e"
-MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
 HOSTS = {"orchestrator": "orch", "worker1": "w1", "worker2": "w2"}
 
 
@@ -52,11 +52,6 @@ def write_config(path: Path, server, net: SSHTestNetwork, model: str) -> Path:
         "[ssh]", f'python = "{sys.executable}"', "connect_timeout = 3", "reach_timeout = 20",
     ]) + "\n")
     return path
-
-
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([MLCLUSTER, *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
 
 
 def test_up_status_bench_logs_down(moto, net, tiny_model, tmp_path):

@@ -5,79 +5,34 @@ from __future__ import annotations
 
 import base64
 import stat
-from typing import Optional
 
 import paramiko
 import pytest
 
-from moto_server import Fault, ec2_client, moto, moto_server, nothing_tagged, tagged  # noqa: F401 (fixtures)
-from mlcluster.aws_api import Backoff
-from mlcluster.aws_options import plan
+from support.aws import ALLOWED, RecordingUI, make_provider, make_spec, provision
+from support.moto import Fault, ec2_client, nothing_tagged, tagged
+from mlcluster.output import plan_rows, plan_text
+from mlcluster.providers.aws.options import plan
 from mlcluster.errors import MlclusterError
-from mlcluster.providers.aws import KEY_FILE, AWSProvider
+from mlcluster.providers.aws.provider import KEY_FILE
 from mlcluster.state import ClusterSpec, ClusterState, remove_cluster_dir
-from mlcluster.ui import QuietUI
-
-ALLOWED = "203.0.113.5/32"
-
-
-class RecordingUI(QuietUI):
-    """Keeps warnings; raises KeyboardInterrupt when a step starting with
-    `interrupt_at` begins (a Ctrl-C at that point of `up`)."""
-
-    def __init__(self, interrupt_at: Optional[str] = None):
-        self.warnings: list[str] = []
-        self.interrupt_at = interrupt_at
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-
-    def step(self, description: str, total: Optional[int] = None):
-        if self.interrupt_at and description.startswith(self.interrupt_at):
-            raise KeyboardInterrupt
-        return super().step(description, total)
-
-
-def make_spec(server, name: str = "lab", workers: int = 2, **aws) -> ClusterSpec:
-    options = {"region": "us-east-1", "endpoint_url": server.url, "allowed_cidr": ALLOWED, **aws}
-    return ClusterSpec(name=name, provider="aws", workers=workers, containers_per_worker=2,
-                       provider_options={"aws": options}).validate()
-
-
-def make_provider(sleeps: Optional[list] = None, **kw) -> AWSProvider:
-    def no_internet() -> str:
-        raise AssertionError("a test must never look up its public IP on the internet")
-    record = sleeps.append if sleeps is not None else (lambda s: None)
-    return AWSProvider(ip_lookup=kw.pop("ip_lookup", no_internet), backoff=Backoff(sleep=record),
-                       sleep=lambda s: None, poll_s=0.0, timeout_s=30.0, **kw)
-
-
-def new_state(spec: ClusterSpec) -> ClusterState:
-    state = ClusterState(name=spec.name, provider="aws", token="t", spec={"provider_options": spec.provider_options})
-    state.save()
-    return state
-
-
-def provision(spec, provider=None, ui=None):
-    state = ClusterState.load_or_none(spec.name) or new_state(spec)
-    return (provider or make_provider()).provision(spec, state, ui or RecordingUI()), state
 
 
 def test_plan_shows_the_lab_cost_before_anything_exists(moto):
     lab = make_spec(moto, workers=4)
     p = plan(lab)
-    rows = {r[0]: r for r in p.rows()}
+    rows = {r[0]: r for r in plan_rows(p)}
     assert rows["orchestrator instance"][1:] == ["1", "m4.large", "$0.100", "$0.100"]
     assert rows["worker instances"][1:] == ["4", "m4.large", "$0.100", "$0.400"]
     assert 0.50 < p.hourly < 0.55  # 5 × $0.10 plus public IPv4 addresses and gp3 volumes
     assert p.vcpus == 10
-    assert "estimate" in p.describe() and ALLOWED in p.describe()
+    assert "estimate" in plan_text(p) and ALLOWED in plan_text(p)
     assert nothing_tagged(moto, "lab")
 
 
 def test_unknown_instance_type_has_no_price():
     p = plan(ClusterSpec(name="x", provider="aws", provider_options={"aws": {"instance_type": "z9.huge"}}))
-    assert p.hourly is None and "unknown" in p.describe() and "not in mlcluster's price table" in p.describe()
+    assert p.hourly is None and "unknown" in plan_text(p) and "not in mlcluster's price table" in plan_text(p)
 
 
 def test_provision_creates_tagged_instances_with_imdsv2_and_a_private_key(moto):

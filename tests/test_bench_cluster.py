@@ -24,7 +24,7 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from helpers import free_port, start_orchestrator, start_worker
+from support.services import free_port, start_orchestrator, start_worker
 from mlcluster.bench.cli import bench_app
 from mlcluster.bench.plot import PANELS
 from mlcluster.errors import MlclusterError

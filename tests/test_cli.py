@@ -1,21 +1,22 @@
 """The `mlcluster` console script, run for real as a subprocess on loopback."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from mlcluster.providers.local import find_marked, marker
+from mlcluster.providers.local.provider import find_marked, marker
+from support.console import MLCLUSTER, mlcluster
 
-MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
+cli = functools.partial(mlcluster, check=True)  # a failing command fails the test, unless check=False
 
 
 @pytest.fixture
@@ -30,14 +31,6 @@ def home(tmp_path, monkeypatch) -> Path:
                 os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
-def cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run([MLCLUSTER, *args], capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL)
-    if check and result.returncode != 0:
-        raise AssertionError(f"mlcluster {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def port_free(port: int) -> bool:

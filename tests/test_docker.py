@@ -8,10 +8,10 @@ them. Skipped only where no Docker engine answers.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,9 +21,12 @@ import requests
 
 from mlcluster import images
 from mlcluster.errors import MlclusterError
-from mlcluster.providers.local_docker import L_CLUSTER, L_PROVIDER, LocalDockerRuntime, connect
+from mlcluster.providers.local.docker import L_CLUSTER, L_PROVIDER, LocalDockerRuntime, connect
 from mlcluster.state import ClusterSpec, ClusterState
 from mlcluster.ui import QuietUI
+from support.console import mlcluster
+
+cli = functools.partial(mlcluster, check=True, timeout=600)
 
 pytestmark = pytest.mark.docker
 NAME = f"dockertest-{os.getpid()}"  # two runs on one engine must not meet
@@ -256,13 +259,6 @@ def test_a_model_baked_into_the_image_serves_without_a_mount(engine, built, tiny
     finally:
         container.remove(force=True)
         engine.images.remove(tag)
-
-
-def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run([MLCLUSTER, *args], capture_output=True, text=True, timeout=600, env=env,
-                            stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, f"mlcluster {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 def test_cli_up_logs_down_with_the_docker_runtime(engine, built, tiny_model, tmp_path):

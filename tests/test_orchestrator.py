@@ -9,7 +9,8 @@ import json
 import pytest
 import requests
 
-from serving_helpers import AUTH, Background, Cluster, TOKEN, port_of, wait_for
+from support.serving import AUTH, Background, Cluster, TOKEN, port_of
+from support.waiting import wait_for
 
 
 @pytest.fixture

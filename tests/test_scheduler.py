@@ -2,6 +2,7 @@
 a fake clock, and real threads where waiting is the point."""
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter
@@ -11,6 +12,10 @@ import pytest
 from mlcluster_orchestrator.scheduler import (
     BUSY, DOWN, DRAINING, FREE, Container, NoContainers, QueueFull, QueueTimeout, Scheduler, choose_container,
 )
+from support.waiting import wait_for as _wait_for
+
+# threads need a moment to reach the queue; poll often so the tests stay fast
+wait_for = functools.partial(_wait_for, timeout=10.0, interval=0.001)
 
 
 class FakeClock:
@@ -27,15 +32,6 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
-    """Poll until `predicate()` holds (threads need a moment to reach the queue)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
 
 
 class Waiter(threading.Thread):

@@ -8,7 +8,8 @@ import threading
 import pytest
 import requests
 
-from serving_helpers import Background, Cluster, port_of, wait_for
+from support.serving import Background, Cluster, port_of
+from support.waiting import wait_for
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from helpers import free_port
+from support.services import free_port
 from mlcluster_orchestrator.connections import ConnectionPool, ForwardError
 from mlcluster_orchestrator.dispatcher import Dispatcher
 from mlcluster_orchestrator.scheduler import Scheduler

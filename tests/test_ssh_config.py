@@ -1,15 +1,13 @@
 """The [ssh] config table: defaults, overrides, and a clear sentence for each mistake."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 
 from mlcluster.errors import MlclusterError
-from mlcluster.remote_config import parse_options
+from mlcluster.providers.ssh.options import parse_options
 from mlcluster.state import ClusterSpec
+from support.console import mlcluster
 
 
 @pytest.fixture
@@ -75,9 +73,7 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('provider = "ssh"\n[ssh]\nkey = "/nonexistent/key"\n'
                       'orchestrator = { address = "10.0.0.1" }\nworkers = [ { address = "10.0.0.2" } ]\n')
-    env = dict(os.environ, MLCLUSTER_HOME=str(tmp_path / "home"))
-    result = subprocess.run([sys.executable, "-m", "mlcluster", "up", "--config", str(config)],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = mlcluster("up", "--config", str(config), home=tmp_path / "home", timeout=120)
     assert result.returncode == 1
     assert "/nonexistent/key does not exist" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from mlcluster.errors import MlclusterError
-from mlcluster.ssh import (CommandTimedOut, Connection, HostKeyChanged, HostKeyStore, HostsFailed, Unreachable,
+from mlcluster.remote.connection import (CommandTimedOut, Connection, HostKeyChanged, HostKeyStore, HostsFailed, Unreachable,
                            UnexpectedExit, run_on_hosts)
-from sshhosts import SSHTestNetwork, missing_facilities
+from support.sshhosts import SSHTestNetwork, missing_facilities
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]

@@ -17,14 +17,15 @@ import time
 
 import pytest
 
-from mlcluster.remote_config import parse_options
-from mlcluster.remote_docker import DockerRuntime
-from mlcluster.remote_host import RemoteHost
-from mlcluster.ssh import HostKeyStore
+from mlcluster.providers.ssh.options import parse_options
+from mlcluster.providers.ssh.docker import DockerRuntime
+from mlcluster.providers.ssh.host import RemoteHost
+from mlcluster.remote.connection import HostKeyStore
 from mlcluster.state import ClusterSpec
 from mlcluster.ui import Step
-from sshhosts import SSHTestNetwork, missing_facilities
-from test_ssh_provider import cli, our_processes, status, toml_config
+from support.console import mlcluster_in as cli
+from support.sshcluster import our_processes, status, toml_config
+from support.sshhosts import SSHTestNetwork, missing_facilities
 
 BASE_IMAGE = "mlcluster-base:bookworm"
 CLUSTER = "sshe2e"

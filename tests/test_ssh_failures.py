@@ -10,8 +10,9 @@ import time
 import pytest
 import requests
 
-from sshhosts import SSHTestNetwork, missing_facilities
-from test_ssh_provider import CLUSTER, cli, toml_config
+from support.console import mlcluster_in as cli
+from support.sshcluster import CLUSTER, toml_config
+from support.sshhosts import SSHTestNetwork, missing_facilities
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]

@@ -15,99 +15,17 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import requests
 
-from sshhosts import SSHTestNetwork, missing_facilities
+from support.console import mlcluster_in as cli
+from support.sshcluster import CLUSTER, load, our_processes, status, toml_config
+from support.sshhosts import SSHTestNetwork, missing_facilities
+from support.waiting import wait_for
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
-
-CLUSTER = "sshe2e"
-
-
-def toml_config(net: SSHTestNetwork, model: str, workers: list[str], orchestrator: str = "orch",
-                docker: tuple[str, ...] = (), **ssh) -> str:
-    """A config file's text for these test hosts."""
-    def host(name: str) -> str:
-        h = net.hosts[name]
-        runtime = "docker" if name in docker else "process"
-        return (f'{{ address = "{h.address}", name = "{name}", workdir = "{h.workdir}", '
-                f'runtime = "{runtime}" }}')
-    lines = [f'name = "{CLUSTER}"', 'provider = "ssh"', "containers_per_worker = 2", f'model = "{model}"',
-             "[ssh]", f'key = "{net.client_key}"', 'user = "root"', f'python = "{sys.executable}"',
-             "reach_timeout = 20", "connect_timeout = 3",
-             # in-flight requests on a host that vanished are retried elsewhere after this
-             'orchestrator_env = { ORCH_FORWARD_TIMEOUT_S = "4" }',
-             *(f"{k} = {json.dumps(v)}" for k, v in ssh.items()),
-             f"orchestrator = {host(orchestrator)}",
-             "workers = [ " + ", ".join(host(w) for w in workers) + " ]"]
-    return "\n".join(lines) + "\n"
-
-
-def cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MLCLUSTER_HOME=str(home), HF_HUB_OFFLINE="1", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "mlcluster", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def load(url: str, concurrency: int, stop: threading.Event, limit: int = 0) -> list[dict]:
-    """Closed-loop load: `concurrency` threads posting to /new_request until
-    `stop` (or `limit` requests in all). Every answer (or error) is kept."""
-    results: list[dict] = []
-    lock = threading.Lock()
-
-    def client(i: int) -> None:
-        with requests.Session() as http:
-            n = 0
-            while not stop.is_set():
-                with lock:
-                    if limit and len(results) >= limit:
-                        return
-                try:
-                    r = http.post(f"{url}/new_request", json={"text": f"client {i} request {n}"}, timeout=60)
-                    entry = {"status": r.status_code, "body": r.json()}
-                except (requests.RequestException, ValueError) as exc:
-                    entry = {"status": None, "error": repr(exc)}
-                with lock:
-                    results.append(entry)
-                n += 1
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
-def status(url: str) -> dict:
-    return requests.get(f"{url}/status", timeout=5).json()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
-
-
-def our_processes(net: SSHTestNetwork, name: str) -> list[str]:
-    """Processes in a host's namespace other than its sshd and dockerd."""
-    host = net.hosts[name]
-    pids = subprocess.run(["ip", "netns", "pids", host.namespace], capture_output=True, text=True).stdout.split()
-    def comm(pid: str) -> str:
-        try:
-            return Path(f"/proc/{pid}/comm").read_text(errors="replace")
-        except OSError:
-            return "containerd (gone)"
-    return [p for p in pids if int(p) not in (host.sshd_pid, host.dockerd_pid) and "containerd" not in comm(p)]
-
 
 @pytest.fixture(scope="module")
 def net():
@@ -203,7 +121,8 @@ def test_follow_streams_new_lines(net, cluster):
         requests.post(f"{cluster['url']}/workers", json={"host": "10.213.255.1", "port": 5999, "id": "probe"},
                       headers={"Authorization": f"Bearer {token}"}, timeout=5)
         seen = []
-        wait_for(lambda: seen.append(proc.stdout.readline()) or "probe" in seen[-1], 20, "the new line followed")
+        wait_for(lambda: seen.append(proc.stdout.readline()) or "probe" in seen[-1], "the new line followed",
+                 timeout=20, interval=0.3)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -220,7 +139,7 @@ def test_host_losing_its_network_mid_load_loses_no_request(net, cluster):
         time.sleep(1.5)
         net.cut(net.hosts["w2"])
         wait_for(lambda: all(c["status"] == "down" for c in status(url)["containers"] if c["id"].startswith("w2")),
-                 30, "w2's containers shown as down")
+                 "w2's containers shown as down", timeout=30, interval=0.3)
         time.sleep(1.0)
     finally:
         stop.set()
@@ -232,7 +151,8 @@ def test_host_losing_its_network_mid_load_loses_no_request(net, cluster):
     late = [r for r in results[-50:]]
     assert all(r["body"]["container"]["id"].startswith("w1") for r in late)
     # back on the network, its containers come back
-    wait_for(lambda: all(c["status"] == "free" for c in status(url)["containers"]), 30, "w2 back")
+    wait_for(lambda: all(c["status"] == "free" for c in status(url)["containers"]), "w2 back",
+             timeout=30, interval=0.3)
 
 
 def test_status_and_details(net, cluster):
@@ -251,6 +171,6 @@ def test_down_stops_everything_and_hosts_stay(net, cluster):
         assert not list(net.hosts[name].workdir.glob("*.env"))
     assert not (cluster["home"] / CLUSTER).exists()
     # the hosts still answer SSH
-    from mlcluster.ssh import Connection
+    from mlcluster.remote.connection import Connection
     with Connection(net.hosts["w1"].address, key_path=net.client_key) as c:
         assert c.run("hostname").stdout.strip() == "w1"

@@ -10,7 +10,8 @@ import sys
 import pytest
 import requests
 
-from serving_helpers import Cluster, wait_for
+from support.serving import Cluster
+from support.waiting import wait_for
 
 MAX_BATCH = 64  # the worker's default
 

@@ -6,9 +6,9 @@ Library use, without the CLI::
     from mlcluster.bench import BenchConfig, Target, random_bodies, run_bench
     result = run_bench(BenchConfig(concurrency=8, requests=200), Target(url), random_bodies())
 """
-from .load import Plan, Target, random_bodies, text_bodies
+from .load import LoadStep, Target, random_bodies, text_bodies
 from .runner import BenchConfig, BenchResult, run_bench
 from .stats import RequestRecord, percentile, summarise
 
-__all__ = ["BenchConfig", "BenchResult", "Plan", "RequestRecord", "Target", "percentile", "random_bodies",
+__all__ = ["BenchConfig", "BenchResult", "LoadStep", "RequestRecord", "Target", "percentile", "random_bodies",
            "run_bench", "summarise", "text_bodies"]

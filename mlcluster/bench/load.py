@@ -88,7 +88,7 @@ class Target:
 
 
 @dataclass
-class Plan:
+class LoadStep:
     """One measurement's load. Open loop when `rate` is set."""
     concurrency: int = 15                # closed: slots; open: the most requests in flight
     rate: Optional[float] = None         # requests per second (open loop)
@@ -104,10 +104,10 @@ class Plan:
 
 
 class LoadRun:
-    """Runs one `Plan` in background threads, recording into `recorder`.
+    """Runs one `LoadStep` in background threads, recording into `recorder`.
     `stop()` sends nothing new; requests in flight still finish."""
 
-    def __init__(self, target: Target, bodies: Sequence[bytes], plan: Plan, recorder: Recorder,
+    def __init__(self, target: Target, bodies: Sequence[bytes], plan: LoadStep, recorder: Recorder,
                  origin: float, clock: Clock = time.perf_counter):
         self.target, self.bodies, self.plan, self.recorder = target, bodies, plan, recorder
         self.origin, self.clock = origin, clock

@@ -10,7 +10,7 @@ from typing import Callable, Optional, Sequence
 
 from ..errors import MlclusterError
 from ..ui import QuietUI
-from .load import LoadRun, Plan, Target
+from .load import LoadRun, LoadStep, Target
 from .stats import Recorder, RequestRecord, summarise
 from .sweep import StepPolicy, find_knee
 
@@ -63,27 +63,27 @@ class BenchConfig:
             raise MlclusterError("a concurrency above 4096 is more threads than this client should run")
         return self
 
-    def plans(self) -> list[Plan]:
+    def plans(self) -> list[LoadStep]:
         """One plan per measurement step."""
         requests, duration = self.requests, self.duration_s
         if not self.is_sweep and requests is None and duration is None:
             duration = DEFAULT_DURATION_S
         common = dict(arrivals=self.arrivals, requests=requests, duration_s=duration, seed=self.seed)
         if self.sweep:
-            return [Plan(concurrency=c, step=i, **common) for i, c in enumerate(self.sweep)]
+            return [LoadStep(concurrency=c, step=i, **common) for i, c in enumerate(self.sweep)]
         if self.rate_sweep:
-            return [Plan(concurrency=self.open_loop_slots(r), rate=r, step=i, **common)
+            return [LoadStep(concurrency=self.open_loop_slots(r), rate=r, step=i, **common)
                     for i, r in enumerate(self.rate_sweep)]
         if self.rate is not None:
-            return [Plan(concurrency=self.open_loop_slots(self.rate), rate=self.rate, **common)]
-        return [Plan(concurrency=self.concurrency, **common)]
+            return [LoadStep(concurrency=self.open_loop_slots(self.rate), rate=self.rate, **common)]
+        return [LoadStep(concurrency=self.concurrency, **common)]
 
     def open_loop_slots(self, rate: float) -> int:
         """Threads an open loop may use: enough for 4 s of backlog at `rate`, so
         the client keeps sending on time while the cluster falls behind."""
         return int(min(2000, max(self.concurrency, 64, 4 * rate)))
 
-    def warmup_for(self, plan: Plan) -> int:
+    def warmup_for(self, plan: LoadStep) -> int:
         if self.warmup is not None:
             return self.warmup
         return max(5, int(plan.rate) if plan.open_loop else plan.concurrency)
@@ -132,10 +132,10 @@ def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=N
                        interrupted=interrupted, started_at=started_at, model=target.model, unanswered=unanswered)
 
 
-def _warm_up(config: BenchConfig, plan: Plan, target: Target, bodies: Sequence[bytes], origin: float,
+def _warm_up(config: BenchConfig, plan: LoadStep, target: Target, bodies: Sequence[bytes], origin: float,
              clock: Callable[[], float], ui) -> str:
     """The step's own load, for `warmup_for(plan)` requests, recorded nowhere."""
-    warm = Plan(concurrency=plan.concurrency, rate=plan.rate, arrivals=plan.arrivals,
+    warm = LoadStep(concurrency=plan.concurrency, rate=plan.rate, arrivals=plan.arrivals,
                 requests=config.warmup_for(plan), step=-1, seed=plan.seed)
     if not warm.requests:
         return "done"
@@ -144,7 +144,7 @@ def _warm_up(config: BenchConfig, plan: Plan, target: Target, bodies: Sequence[b
         return _drive(run, bar, lambda: None, config.grace_s, count=lambda: len(run.recorder))
 
 
-def _measure(config: BenchConfig, plan: Plan, run: LoadRun, recorder: Recorder, ui) -> str:
+def _measure(config: BenchConfig, plan: LoadStep, run: LoadRun, recorder: Recorder, ui) -> str:
     label, before = _label(plan), len(recorder)
     with ui.step(f"measuring {label}", total=plan.requests) as bar:
         return _drive(run, bar, _step_limit(config, plan, run, recorder), config.grace_s,
@@ -152,11 +152,11 @@ def _measure(config: BenchConfig, plan: Plan, run: LoadRun, recorder: Recorder, 
                       describe=None if plan.requests else lambda n: f"measuring {label}: {n} answered")
 
 
-def _label(plan: Plan) -> str:
+def _label(plan: LoadStep) -> str:
     return f"at {plan.rate:g} req/s ({plan.arrivals})" if plan.open_loop else f"with concurrency {plan.concurrency}"
 
 
-def _step_limit(config: BenchConfig, plan: Plan, run: LoadRun, recorder: Recorder) -> Callable[[], Optional[str]]:
+def _step_limit(config: BenchConfig, plan: LoadStep, run: LoadRun, recorder: Recorder) -> Callable[[], Optional[str]]:
     """For a sweep step with no fixed size: stop when stable or at the time limit."""
     if plan.requests is not None or plan.duration_s is not None:
         return lambda: None

@@ -28,6 +28,36 @@ from ..ui import QuietUI
 
 
 @dataclass
+class CostRow:
+    """One line of a cost plan: `count` of `unit` at `hourly_each` USD (None: unknown)."""
+    what: str
+    count: int
+    unit: str
+    hourly_each: Optional[float]
+
+    @property
+    def hourly(self) -> Optional[float]:
+        return None if self.hourly_each is None else self.hourly_each * self.count
+
+
+@dataclass
+class CostPlan:
+    """What `up` will create, with an estimated cost (a provider's `plan()`);
+    `mlcluster.output` renders it."""
+    cluster: str
+    region: str
+    instance_type: str
+    lines: list[CostRow]
+    notes: list[str]
+    vcpus: Optional[int] = None   # the vCPUs the instances need (None: unknown type)
+
+    @property
+    def hourly(self) -> Optional[float]:
+        costs = [row.hourly for row in self.lines]
+        return None if any(c is None for c in costs) else sum(costs)
+
+
+@dataclass
 class Deployment:
     """What runs after `up`: where this machine reaches the orchestrator, and
     where the orchestrator reaches each worker container."""
@@ -51,16 +81,7 @@ class Provider(Protocol):
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
         """Extra facts per container id for `status` (instance id, type, zone...)."""
 
+    def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
+        """What `up` would create and what it costs, to confirm before any call
+        that spends money; None when nothing needs confirming (local, ssh)."""
 
-def get_provider(name: str) -> Provider:
-    if name == "local":
-        from .local import LocalProvider
-        return LocalProvider()
-    if name == "ssh":
-        from .ssh import SSHProvider
-        return SSHProvider()
-    if name == "aws":
-        from .aws import AWSProvider
-        return AWSProvider()
-    from ..errors import MlclusterError
-    raise MlclusterError(f"unknown provider {name!r}", "choose local, ssh or aws")

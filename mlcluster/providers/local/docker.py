@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 
-from .. import services
-from ..errors import MlclusterError
-from ..images import KINDS, ensure_image
-from ..models import OVERHEAD_TEST, resolve_model
-from ..state import ClusterSpec, ClusterState, ContainerRecord
-from ..ui import QuietUI
-from .base import Deployment
+from ... import services
+from ...errors import MlclusterError
+from ...images import KINDS, ensure_image
+from ...models import OVERHEAD_TEST, resolve_model
+from ...state import ClusterSpec, ClusterState, ContainerRecord
+from ...ui import QuietUI
+from ..base import Deployment
 
 LOOPBACK = "127.0.0.1"
 WORKER_PORT, ORCHESTRATOR_PORT = 5000, 8000
@@ -76,7 +76,7 @@ def _filters(cluster: str, **extra: str) -> dict:
 
 
 @dataclass
-class Plan:
+class ContainerPlan:
     """One container as it should be."""
     cid: str                  # the cluster's id for it: "orchestrator" or "worker<w>-<c>"
     role: str
@@ -166,14 +166,14 @@ class LocalDockerRuntime:
             state.save()
         return volume
 
-    def _plans(self, spec: ClusterSpec, state: ClusterState, tags: dict, res: dict, ui: QuietUI) -> list[Plan]:
+    def _plans(self, spec: ClusterSpec, state: ClusterState, tags: dict, res: dict, ui: QuietUI) -> list[ContainerPlan]:
         """The orchestrator first, then every worker container."""
         state_volume = self._volume(f"mlcluster-{spec.name}-state", spec.name, "state", res, state)
         port = spec.provider_options.get("local", {}).get("port") or res.get("orchestrator_port") or _free_port()
         orchestrator_env = services.orchestrator_env(
             port=ORCHESTRATOR_PORT, token=state.token, host="0.0.0.0", queue_limit=spec.queue_limit,
             queue_timeout_s=spec.queue_timeout_s, status_file=f"{STATE_MOUNT}/registry.json")
-        plans = [Plan("orchestrator", "orchestrator", "", tags["orchestrator"], orchestrator_env,
+        plans = [ContainerPlan("orchestrator", "orchestrator", "", tags["orchestrator"], orchestrator_env,
                       ORCHESTRATOR_PORT, int(port), {state_volume.name: {"bind": STATE_MOUNT, "mode": "rw"}})]
         model_ref, model_volumes = self._model(spec, res, state, tags["worker"], ui)
         total = spec.workers * spec.containers_per_worker
@@ -185,7 +185,7 @@ class LocalDockerRuntime:
                                           worker_id=cid, service_ms=spec.service_ms)
                 if model_volumes:
                     env["HF_HUB_OFFLINE"] = "1"
-                plans.append(Plan(cid, "worker", f"worker{w}", tags["worker"], env, WORKER_PORT, None, model_volumes))
+                plans.append(ContainerPlan(cid, "worker", f"worker{w}", tags["worker"], env, WORKER_PORT, None, model_volumes))
         return plans
 
     def _model(self, spec: ClusterSpec, res: dict, state: ClusterState, image: str, ui: QuietUI):
@@ -219,7 +219,7 @@ class LocalDockerRuntime:
                 self.client.volumes.get(volume).remove(force=True)
                 raise MlclusterError(f"copying the model {source} into a volume failed: {exc}") from None
 
-    def _ensure_container(self, plan: Plan, cluster: str, network, res: dict, state: ClusterState) -> None:
+    def _ensure_container(self, plan: ContainerPlan, cluster: str, network, res: dict, state: ClusterState) -> None:
         import docker
         name = plan.name(cluster)
         digest = plan.digest(self.client.images.get(plan.image).id)

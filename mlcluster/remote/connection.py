@@ -30,8 +30,8 @@ from typing import Callable, Iterator, Optional
 
 import paramiko
 
-from .errors import MlclusterError
-from .remote_parallel import HostOutcome, HostsFailed, run_on_hosts
+from ..errors import MlclusterError
+from .group import HostOutcome, HostsFailed, run_on_hosts
 
 __all__ = ["Connection", "Result", "HostKeyStore", "UnexpectedExit", "CommandTimedOut", "CommandFailed",
            "HostKeyChanged", "Unreachable", "load_private_key", "fingerprint", "describe_connect_error",

@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
-from helpers import Service, free_port, start_worker
+from .services import Service, free_port, start_worker
+from .waiting import wait_for
 from mlcluster import services
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def wait_for(predicate, what: str, timeout: float = 20.0, interval: float = 0.02):
-    """Poll until `predicate()` returns something true; return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = predicate()
-        except requests.RequestException:
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def stop_service(service: Service) -> None:

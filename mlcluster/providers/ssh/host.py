@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import MlclusterError
-from .remote_config import HostConfig
-from .ssh import Connection, HostKeyStore, quote
+from ...errors import MlclusterError
+from .options import HostConfig
+from ...remote.connection import Connection, HostKeyStore, quote
 
 
 @dataclass

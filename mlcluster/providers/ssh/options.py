@@ -45,8 +45,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import MlclusterError
-from .state import ClusterSpec
+from ...errors import MlclusterError
+from ...state import ClusterSpec
 
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 
-from .. import services
-from ..errors import MlclusterError
-from ..models import resolve_model
-from ..state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir, home
-from ..ui import QuietUI
-from .base import Deployment
+from ... import services
+from ...errors import MlclusterError
+from ...models import resolve_model
+from ...state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir, home
+from ...ui import QuietUI
+from ..base import CostPlan, Deployment
 
 LOOPBACK = "127.0.0.1"
 
@@ -46,7 +46,7 @@ class LocalProvider:
     name = "local"
 
     def _docker(self):
-        from .local_docker import LocalDockerRuntime
+        from .docker import LocalDockerRuntime
         return LocalDockerRuntime()
 
     def _runtime(self, spec_or_state_runtime: str) -> str:
@@ -149,6 +149,9 @@ class LocalProvider:
             known = ", ".join(p["id"] for p in state.resources.get("processes", []))
             raise MlclusterError(f"cluster {state.name!r} has no container {target!r}", f"known: {known}")
         yield from _read_log(Path(record["log"]), follow, tail)
+
+    def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
+        return None  # nothing here costs money: `up` needs no confirmation
 
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
         if state.runtime == "docker":

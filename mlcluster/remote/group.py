@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
-from .errors import MlclusterError
-from .ui import QuietUI, RichUI, Step
+from ..errors import MlclusterError
+from ..ui import QuietUI, RichUI, Step
 
 T = TypeVar("T")
 

@@ -12,8 +12,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .errors import MlclusterError
-from .state import ClusterSpec
+from ...errors import MlclusterError
+from ...state import ClusterSpec
+from ..base import CostPlan, CostRow
 
 # Public SSM parameters naming the current image in every region.
 AMI_PARAMETERS = {
@@ -108,66 +109,16 @@ def normalise_cidr(text: str) -> str:
                              "for example 203.0.113.5/32") from None
 
 
-@dataclass
-class PlanRow:
-    what: str
-    count: int
-    unit: str
-    hourly_each: Optional[float]
-
-    @property
-    def hourly(self) -> Optional[float]:
-        return None if self.hourly_each is None else self.hourly_each * self.count
-
-
-@dataclass
-class Plan:
-    """What `up` will create, with an estimated cost. `rows()` is a table for
-    the CLI; `describe()` the same as text."""
-    cluster: str
-    region: str
-    instance_type: str
-    lines: list[PlanRow]
-    notes: list[str]
-
-    @property
-    def hourly(self) -> Optional[float]:
-        costs = [row.hourly for row in self.lines]
-        return None if any(c is None for c in costs) else sum(costs)
-
-    @property
-    def vcpus(self) -> Optional[int]:
-        count = sum(row.count for row in self.lines if row.unit == self.instance_type)
-        return None if self.instance_type not in PRICES else count * PRICES[self.instance_type][1]
-
-    def rows(self) -> list[list[str]]:
-        table = [["resource", "count", "kind", "USD/hour each", "USD/hour"]]
-        for row in self.lines:
-            table.append([row.what, str(row.count), row.unit, _money(row.hourly_each), _money(row.hourly)])
-        table.append(["total (estimate)", "", "", "", _money(self.hourly)])
-        return table
-
-    def describe(self) -> str:
-        widths = [max(len(r[i]) for r in self.rows()) for i in range(5)]
-        text = [f"Plan for cluster {self.cluster!r} in {self.region or 'the default region'}:"]
-        text += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in self.rows()]
-        return "\n".join(text + [f"  {note}" for note in self.notes])
-
-
-def _money(value: Optional[float]) -> str:
-    return "unknown" if value is None else f"${value:.3f}"
-
-
-def plan(spec: ClusterSpec) -> Plan:
+def plan(spec: ClusterSpec) -> CostPlan:
     """The plan for `spec`, with no AWS call (nothing is looked up or created)."""
     o = AWSOptions.from_spec(spec)
     n = 1 + spec.workers
     price = PRICES.get(o.instance_type, (None, 0))[0]
     lines = [
-        PlanRow("orchestrator instance", 1, o.instance_type, price),
-        PlanRow("worker instances", spec.workers, o.instance_type, price),
-        PlanRow("root volumes (gp3)", n, f"{o.volume_gb} GB", o.volume_gb * GP3_PER_GB_MONTH / HOURS_PER_MONTH),
-        PlanRow("public IPv4 addresses", n, "address", PUBLIC_IPV4_PER_HOUR),
+        CostRow("orchestrator instance", 1, o.instance_type, price),
+        CostRow("worker instances", spec.workers, o.instance_type, price),
+        CostRow("root volumes (gp3)", n, f"{o.volume_gb} GB", o.volume_gb * GP3_PER_GB_MONTH / HOURS_PER_MONTH),
+        CostRow("public IPv4 addresses", n, "address", PUBLIC_IPV4_PER_HOUR),
     ]
     source = o.ami or f"the latest {'Amazon Linux 2023' if o.os == 'al2023' else 'Ubuntu 24.04'} (AWS SSM)"
     allowed = normalise_cidr(o.allowed_cidr) if o.allowed_cidr else "this machine's public IP (looked up)"
@@ -181,4 +132,5 @@ def plan(spec: ClusterSpec) -> Plan:
         f"Security group: SSH and the orchestrator port only from {allowed}; worker ports only inside the group.",
         f"`mlcluster down --name {spec.name}` removes everything this creates.",
     ]
-    return Plan(spec.name, o.region, o.instance_type, lines, notes)
+    vcpus = None if o.instance_type not in PRICES else (1 + spec.workers) * PRICES[o.instance_type][1]
+    return CostPlan(spec.name, o.region, o.instance_type, lines, notes, vcpus)

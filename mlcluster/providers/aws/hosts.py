@@ -13,12 +13,12 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from .aws_ec2 import Instance
-from .aws_options import AWSOptions
-from .errors import MlclusterError
-from .ssh import Connection, HostKeyStore, Unreachable, run_on_hosts
-from .state import ClusterSpec
-from .ui import QuietUI
+from .ec2 import Instance
+from .options import AWSOptions
+from ...errors import MlclusterError
+from ...remote.connection import Connection, HostKeyStore, Unreachable, run_on_hosts
+from ...state import ClusterSpec
+from ...ui import QuietUI
 
 # Set by AWS on every instance, not ours to choose: the [ssh] table's hosts.
 FROM_AWS = ("orchestrator", "workers", "key", "user")

@@ -1,13 +1,13 @@
 """The ssh provider: the cluster on machines you already have, reached over SSH.
 
-See mlcluster/providers/base.py for the contract and mlcluster/remote_config.py
+See mlcluster/providers/base.py for the contract and mlcluster/providers/ssh/options.py
 for the `[ssh]` config table. In short, `up`:
 1. connects to every host in parallel (waiting up to `reach_timeout` for each,
    saying why it still waits; host keys trusted on first use, recorded in the
    state, required afterwards);
 2. prepares each host for its runtime: `docker` (install/start Docker if
-   missing, get the images there: see mlcluster/remote_docker.py) or `process`
-   (a Python environment with mlcluster: mlcluster/remote_process.py), and
+   missing, get the images there: see providers/ssh/docker.py) or `process`
+   (a Python environment with mlcluster: providers/ssh/process.py), and
    uploads the model directory if the model is a local one;
 3. starts the orchestrator on its host, then M worker containers on each worker
    host (ports worker_port, worker_port+1, ...; torch threads = host CPUs / M),
@@ -28,16 +28,16 @@ from typing import Iterator, Optional
 
 import requests
 
-from .. import services
-from ..errors import MlclusterError
-from ..models import OVERHEAD_TEST
-from ..remote_config import HostConfig, SSHOptions, parse_options
-from ..remote_host import RemoteHost, ServiceSpec, is_local_dir
-from ..remote_process import ProcessRuntime
-from ..ssh import HostKeyStore, run_on_hosts
-from ..state import ClusterSpec, ClusterState, ContainerRecord
-from ..ui import QuietUI
-from .base import Deployment
+from ... import services
+from ...errors import MlclusterError
+from ...models import OVERHEAD_TEST
+from .options import HostConfig, SSHOptions, parse_options
+from .host import RemoteHost, ServiceSpec, is_local_dir
+from .process import ProcessRuntime
+from ...remote.connection import HostKeyStore, run_on_hosts
+from ...state import ClusterSpec, ClusterState, ContainerRecord
+from ...ui import QuietUI
+from ..base import CostPlan, Deployment
 
 ORCHESTRATOR_READY_S = 90.0
 
@@ -97,7 +97,7 @@ class _Session:
                 if kind == "process":
                     self._runtimes[kind] = ProcessRuntime()
                 else:
-                    from ..remote_docker import DockerRuntime
+                    from .docker import DockerRuntime
                     self._runtimes[kind] = DockerRuntime(self.options, self.state.name)
             return self._runtimes[kind]
 
@@ -300,6 +300,9 @@ class SSHProvider:
             host, {**record, "id": sid}, follow, tail)
         session.close()  # the runtimes' scratch files; the connection is opened again by the stream
         return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
+
+    def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
+        return None  # nothing here costs money: `up` needs no confirmation
 
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
         resources = state.resources.get("ssh", {})

@@ -22,18 +22,18 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .. import aws_ec2 as ec2
-from ..aws_api import AWS, AWSError, Backoff
-from ..aws_ec2 import Instance, LaunchSpec
-from ..aws_hosts import addresses, ports, ssh_table, user_data, wait_for_ssh
-from ..aws_options import AMI_PARAMETERS, PRICES, AWSOptions, Plan, normalise_cidr, plan
-from ..errors import MlclusterError
-from ..ssh import HostKeyStore
-from ..state import ClusterSpec, ClusterState
-from ..ui import QuietUI
-from .base import Deployment
+from . import ec2
+from .api import AWS, AWSError, Backoff
+from .ec2 import Instance, LaunchSpec
+from .hosts import addresses, ports, ssh_table, user_data, wait_for_ssh
+from .options import AMI_PARAMETERS, PRICES, AWSOptions, normalise_cidr, plan
+from ...errors import MlclusterError
+from ...remote.connection import HostKeyStore
+from ...state import ClusterSpec, ClusterState
+from ...ui import QuietUI
+from ..base import CostPlan, Deployment
 
-__all__ = ["AWSProvider", "plan", "Plan"]
+__all__ = ["AWSProvider", "plan"]
 
 KEY_FILE = "aws-key.pem"
 IP_LOOKUP_URL = "https://checkip.amazonaws.com"
@@ -65,7 +65,7 @@ class AWSProvider:
         self.ip_lookup, self.backoff, self.sleep = ip_lookup, backoff, sleep
         self.poll_s, self.timeout_s = poll_s, timeout_s
 
-    def plan(self, spec: ClusterSpec) -> Plan:
+    def plan(self, spec: ClusterSpec) -> CostPlan:
         """What `up` would create and its estimated hourly cost; no AWS call."""
         return plan(spec)
 
@@ -203,7 +203,7 @@ class AWSProvider:
     def deploy(self, spec: ClusterSpec, state: ClusterState, instances: dict[str, Instance],
                ui: QuietUI) -> Deployment:
         """Wait for SSH on the instances, then the ssh provider's `up` onto them."""
-        from .ssh import SSHProvider
+        from ..ssh.provider import SSHProvider
         o = AWSOptions.from_spec(spec)
         with _accounted(state, ui):
             addressed = addresses(o, instances)
@@ -259,7 +259,7 @@ class AWSProvider:
         return facts
 
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
-        from .ssh import SSHProvider
+        from ..ssh.provider import SSHProvider
         return SSHProvider().logs(state, target, follow, tail)
 
 

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import MlclusterError
-from .remote_host import RemoteHost, ServiceSpec
-from .services import MARKER_VAR, orchestrator_command, worker_command
-from .ssh import quote
+from ...errors import MlclusterError
+from .host import RemoteHost, ServiceSpec
+from ...services import MARKER_VAR, orchestrator_command, worker_command
+from ...remote.connection import quote
 
 CHECK_IMPORTS = "import mlcluster_worker, mlcluster_orchestrator, gunicorn, flask"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"

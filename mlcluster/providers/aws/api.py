@@ -20,7 +20,7 @@ import boto3
 from botocore import exceptions as bx
 from botocore.config import Config
 
-from .errors import MlclusterError
+from ...errors import MlclusterError
 
 THROTTLING = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestThrottled",
                         "RequestThrottledException", "TooManyRequestsException", "ThrottledException",

@@ -34,11 +34,11 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from .errors import MlclusterError
-from .remote_config import SSHOptions
-from .remote_host import RemoteHost, ServiceSpec
-from .ssh import quote
-from .ui import QuietUI
+from ...errors import MlclusterError
+from .options import SSHOptions
+from .host import RemoteHost, ServiceSpec
+from ...remote.connection import quote
+from ...ui import QuietUI
 
 IMAGE_REPOS = {"worker": "mlcluster-worker", "orchestrator": "mlcluster-orchestrator"}  # as mlcluster.images
 INSTALL_SCRIPT = r"""
@@ -228,7 +228,7 @@ def _local_engine(kind: str):
 
 def _images_module():
     try:
-        from . import images
+        from ... import images
     except ImportError:
         raise MlclusterError("this mlcluster has no image builder (mlcluster.images)",
                              "use images = \"pull\" in the [ssh] config, or the process runtime") from None

@@ -1,5 +1,5 @@
 """EC2 resources of one cluster, found by tag: instances, the security group,
-the key pair. Small functions over `aws_api.AWS`; the order of things (what
+the key pair. Small functions over `api.AWS`; the order of things (what
 `up` and `down` do) lives in `mlcluster.providers.aws`.
 
 Every resource is tagged at creation (`TagSpecifications`, atomic with the
@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .aws_api import AWS, AWSError
-from .errors import MlclusterError
+from .api import AWS, AWSError
+from ...errors import MlclusterError
 
 TAG_CLUSTER = "mlcluster:cluster"
 TAG_ROLE = "mlcluster:role"      # orchestrator | worker

@@ -1,0 +1,1 @@
+"""The ssh provider: machines you own, reached over SSH (options, host, the process and docker runtimes)."""

@@ -1,0 +1,80 @@
+"""An ssh-provider cluster on the SSH test hosts: its config file, load
+through its orchestrator, what runs in a host's namespace."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import requests
+
+from .sshhosts import SSHTestNetwork
+
+CLUSTER = "sshe2e"
+
+
+def toml_config(net: SSHTestNetwork, model: str, workers: list[str], orchestrator: str = "orch",
+                docker: tuple[str, ...] = (), **ssh) -> str:
+    """A config file's text for these test hosts."""
+    def host(name: str) -> str:
+        h = net.hosts[name]
+        runtime = "docker" if name in docker else "process"
+        return (f'{{ address = "{h.address}", name = "{name}", workdir = "{h.workdir}", '
+                f'runtime = "{runtime}" }}')
+    lines = [f'name = "{CLUSTER}"', 'provider = "ssh"', "containers_per_worker = 2", f'model = "{model}"',
+             "[ssh]", f'key = "{net.client_key}"', 'user = "root"', f'python = "{sys.executable}"',
+             "reach_timeout = 20", "connect_timeout = 3",
+             # in-flight requests on a host that vanished are retried elsewhere after this
+             'orchestrator_env = { ORCH_FORWARD_TIMEOUT_S = "4" }',
+             *(f"{k} = {json.dumps(v)}" for k, v in ssh.items()),
+             f"orchestrator = {host(orchestrator)}",
+             "workers = [ " + ", ".join(host(w) for w in workers) + " ]"]
+    return "\n".join(lines) + "\n"
+
+
+def load(url: str, concurrency: int, stop: threading.Event, limit: int = 0) -> list[dict]:
+    """Closed-loop load: `concurrency` threads posting to /new_request until
+    `stop` (or `limit` requests in all). Every answer (or error) is kept."""
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        with requests.Session() as http:
+            n = 0
+            while not stop.is_set():
+                with lock:
+                    if limit and len(results) >= limit:
+                        return
+                try:
+                    r = http.post(f"{url}/new_request", json={"text": f"client {i} request {n}"}, timeout=60)
+                    entry = {"status": r.status_code, "body": r.json()}
+                except (requests.RequestException, ValueError) as exc:
+                    entry = {"status": None, "error": repr(exc)}
+                with lock:
+                    results.append(entry)
+                n += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def status(url: str) -> dict:
+    return requests.get(f"{url}/status", timeout=5).json()
+
+
+def our_processes(net: SSHTestNetwork, name: str) -> list[str]:
+    """Processes in a host's namespace other than its sshd and dockerd."""
+    host = net.hosts[name]
+    pids = subprocess.run(["ip", "netns", "pids", host.namespace], capture_output=True, text=True).stdout.split()
+    def comm(pid: str) -> str:
+        try:
+            return Path(f"/proc/{pid}/comm").read_text(errors="replace")
+        except OSError:
+            return "containerd (gone)"
+    return [p for p in pids if int(p) not in (host.sshd_pid, host.dockerd_pid) and "containerd" not in comm(p)]
