@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 
 from . import __version__, cluster
+from .bench.cli import bench_app
 from .config import build_spec, load_config
 from .errors import MlclusterError
 from .output import cluster_table, plan_text, status_table
@@ -170,15 +171,7 @@ def version():
     out.print(__version__)
 
 
-def _register_bench() -> None:
-    try:
-        from .bench.cli import bench_app
-    except ImportError:  # pragma: no cover - the bench package is part of mlcluster
-        return
-    app.add_typer(bench_app, name="bench")
-
-
-_register_bench()
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:

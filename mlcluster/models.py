@@ -32,6 +32,11 @@ def looks_like_path(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
 
 
+def is_local_dir(model: str) -> bool:
+    """A model given as a directory on this machine (not a hub id)."""
+    return looks_like_path(model) and Path(model).expanduser().is_dir()
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
@@ -43,10 +48,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _cached(model: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
+    from huggingface_hub import try_to_load_from_cache  # a dependency of transformers; slow to import
     return isinstance(try_to_load_from_cache(model, "config.json"), str)
 
 

@@ -61,22 +61,27 @@ def orchestrator_env(*, port: int, token: str, host: str = "127.0.0.1", queue_li
     return env
 
 
-def wait_answering(url: str, *, running: Callable[[], bool], log_tail: Callable[[], str], what: str,
-                   timeout: float = 60.0) -> None:
-    """Wait until `url`/health_check answers 200; give up early when `running()`
-    says the service is gone, and raise with the end of its log."""
+def wait_answering(url: str, *, what: str, timeout: float = 60.0, running: Callable[[], bool] = lambda: True,
+                   log_tail: Optional[Callable[[], str]] = None, hint: str = "") -> None:
+    """Wait until `url`/health_check answers 200. Give up early when
+    `running()` says the service is gone; the error shows the end of its log
+    when `log_tail` can read it (a local service), else why it did not answer."""
     import requests
 
     from .errors import MlclusterError
 
     deadline = time.monotonic() + timeout
+    why = "no answer yet"
     while time.monotonic() < deadline:
         try:
             if requests.get(f"{url}/health_check", timeout=2).ok:
                 return
-        except requests.RequestException:
-            pass
+            why = "it answered with an error"
+        except requests.RequestException as exc:
+            why = type(exc).__name__
         if not running():
             break
         time.sleep(0.2)
-    raise MlclusterError(f"{what} did not answer at {url}; the end of its log:\n{log_tail()}")
+    if log_tail is not None:
+        raise MlclusterError(f"{what} did not answer at {url}; the end of its log:\n{log_tail()}", hint)
+    raise MlclusterError(f"{what} does not answer at {url} after {timeout:.0f} s ({why})", hint)

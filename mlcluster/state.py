@@ -124,13 +124,19 @@ class ClusterState:
 
 def write_private_json(path: Path, data: Any) -> None:
     """Atomically replace `path` with `data` as JSON, readable only by its owner."""
+    write_private(path, json.dumps(data, indent=2, sort_keys=True))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Atomically replace `path` with `text`, readable only by its owner
+    (mode 0600 from the start, in a directory only the owner can enter)."""
     for directory in (home(), path.parent):
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from mlcluster.providers.local.provider import find_marked, marker
+from mlcluster.providers.local.processes import find_marked, marker
 from support.console import MLCLUSTER, mlcluster
 
 cli = functools.partial(mlcluster, check=True)  # a failing command fails the test, unless check=False

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
-import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -29,7 +28,7 @@ from .hosts import addresses, ports, ssh_table, user_data, wait_for_ssh
 from .options import AMI_PARAMETERS, PRICES, AWSOptions, normalise_cidr, plan
 from ...errors import MlclusterError
 from ...remote.connection import HostKeyStore
-from ...state import ClusterSpec, ClusterState
+from ...state import ClusterSpec, ClusterState, write_private
 from ...ui import QuietUI
 from ..base import CostPlan, Deployment
 
@@ -136,7 +135,7 @@ class AWSProvider:
         with ui.step("creating the cluster's key pair"):
             name, key_id, material = ec2.create_key_pair(aws, state.name)
             _remember(state, aws, key_pair=key_id)
-            _write_private(path, material)
+            write_private(path, material)
             _remember(state, aws, key_name=name, key_file=str(path))
         return name
 
@@ -351,11 +350,3 @@ def _created_sentence(state: ClusterState) -> str:
     parts += ["a key pair"] if created.get("key_pair") else []
     region = state.resources.get("aws", {}).get("region", "")
     return f"cluster {state.name!r} has {', '.join(parts) or 'nothing'} in AWS {region}".rstrip()
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(text)

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
-
 
 from ... import services
 from ...errors import MlclusterError
@@ -40,8 +38,8 @@ from ...models import OVERHEAD_TEST, resolve_model
 from ...state import ClusterSpec, ClusterState, ContainerRecord
 from ...ui import QuietUI
 from ..base import Deployment
+from .processes import LOOPBACK, free_port
 
-LOOPBACK = "127.0.0.1"
 WORKER_PORT, ORCHESTRATOR_PORT = 5000, 8000
 MODEL_MOUNT, STATE_MOUNT = "/model", "/var/lib/mlcluster"
 L_CLUSTER, L_PROVIDER, L_ROLE, L_ID, L_WORKER, L_CONFIG = (
@@ -169,7 +167,7 @@ class LocalDockerRuntime:
     def _plans(self, spec: ClusterSpec, state: ClusterState, tags: dict, res: dict, ui: QuietUI) -> list[ContainerPlan]:
         """The orchestrator first, then every worker container."""
         state_volume = self._volume(f"mlcluster-{spec.name}-state", spec.name, "state", res, state)
-        port = spec.provider_options.get("local", {}).get("port") or res.get("orchestrator_port") or _free_port()
+        port = spec.provider_options.get("local", {}).get("port") or res.get("orchestrator_port") or free_port()
         orchestrator_env = services.orchestrator_env(
             port=ORCHESTRATOR_PORT, token=state.token, host="0.0.0.0", queue_limit=spec.queue_limit,
             queue_timeout_s=spec.queue_timeout_s, status_file=f"{STATE_MOUNT}/registry.json")
@@ -317,12 +315,6 @@ def _published_port(container, port: int) -> Optional[int]:
         if binding.get("HostIp") in (LOOPBACK, "") and binding.get("HostPort"):
             return int(binding["HostPort"])
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def _world_readable(root: Path) -> bool:

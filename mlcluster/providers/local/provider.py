@@ -11,26 +11,17 @@ Every process carries MLCLUSTER_MARKER=<name>@<state dir> in its environment;
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Iterator, Optional
-
 
 from ... import services
 from ...errors import MlclusterError
 from ...models import resolve_model
-from ...state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir, home
+from ...state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir
 from ...ui import QuietUI
 from ..base import CostPlan, Deployment
-
-LOOPBACK = "127.0.0.1"
-
-
-def marker(name: str) -> str:
-    return f"{name}@{home().resolve()}"
+from .processes import (LOOPBACK, alive, find_marked, free_port, marker, port_free, read_log, spawn, terminate,
+                        zombie)
 
 
 def docker_engine_answers() -> bool:
@@ -68,7 +59,7 @@ class LocalProvider:
             return self._docker().up(spec, state, ui)
         model = resolve_model(spec.model, ui)
         procs: list[dict] = state.resources.setdefault("processes", [])
-        alive = {p["id"]: p for p in procs if _alive(p["pid"], marker(spec.name))}
+        alive = {p["id"]: p for p in procs if alive(p["pid"], marker(spec.name))}
         logs = cluster_dir(spec.name) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
 
@@ -101,7 +92,7 @@ class LocalProvider:
                     cmd = services.worker_command()
                 record = {"role": role, "id": pid_id, "worker": worker, "port": port,
                           "log": str(logs / f"{pid_id}.log")}
-                record["pid"] = _spawn(cmd, env, Path(record["log"]))
+                record["pid"] = spawn(cmd, env, Path(record["log"]))
                 procs[:] = [p for p in procs if p["id"] != pid_id] + [record]
                 state.save()  # recorded the moment it exists, so `down` can always clean it
                 step.advance()
@@ -109,21 +100,21 @@ class LocalProvider:
         url = f"http://{LOOPBACK}:{orchestrator['port']}"
         services.wait_answering(
             url, what="the orchestrator",
-            running=lambda: Path(f"/proc/{orchestrator['pid']}").exists() and not _zombie(orchestrator["pid"]),
-            log_tail=lambda: "".join(_read_log(Path(orchestrator["log"]), False, 15)))
+            running=lambda: Path(f"/proc/{orchestrator['pid']}").exists() and not zombie(orchestrator["pid"]),
+            log_tail=lambda: "".join(read_log(Path(orchestrator["log"]), False, 15)))
         containers = [ContainerRecord(id=p["id"], host=LOOPBACK, port=p["port"], worker=p["worker"])
                       for p in procs if p["role"] == "worker" and p["id"] in {w[1] for w in wanted}]
         return Deployment(orchestrator_url=url, containers=containers)
 
     def _port(self, role: str, previous: Optional[dict], requested: Optional[int]) -> int:
         if role == "orchestrator" and requested:
-            if not _port_free(int(requested)):
+            if not port_free(int(requested)):
                 raise MlclusterError(f"port {requested} on {LOOPBACK} is already in use",
                                      "choose another with --port, or leave --port out to take a free one")
             return int(requested)
-        if previous and _port_free(previous["port"]):
+        if previous and port_free(previous["port"]):
             return previous["port"]  # a restarted process keeps its address
-        return _free_port()
+        return free_port()
 
     # -- down -------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
@@ -131,9 +122,9 @@ class LocalProvider:
         if (state is None or state.runtime == "docker" or not any(state.resources.values())) and docker_engine_answers():
             left += self._docker().down(name, state, ui)
         pids = {p["pid"] for p in (state.resources.get("processes", []) if state else [])}
-        pids = {pid for pid in pids if _alive(pid, marker(name))} | set(find_marked(marker(name)))
+        pids = {pid for pid in pids if alive(pid, marker(name))} | set(find_marked(marker(name)))
         with ui.step(f"stopping {len(pids)} process(es)"):
-            _terminate(pids)
+            terminate(pids)
         survivors = find_marked(marker(name))
         left += [f"process {pid} of cluster {name!r} is still running" for pid in survivors]
         return left
@@ -148,7 +139,7 @@ class LocalProvider:
         if record is None:
             known = ", ".join(p["id"] for p in state.resources.get("processes", []))
             raise MlclusterError(f"cluster {state.name!r} has no container {target!r}", f"known: {known}")
-        yield from _read_log(Path(record["log"]), follow, tail)
+        yield from read_log(Path(record["log"]), follow, tail)
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation
@@ -158,98 +149,3 @@ class LocalProvider:
             return self._docker().details(state)
         return {p["id"]: {"pid": str(p["pid"]), "worker": p["worker"]}
                 for p in state.resources.get("processes", []) if p["role"] == "worker"}
-
-
-# -- processes ----------------------------------------------------------------
-def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> int:
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-    return proc.pid
-
-
-def _environ(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return b""
-
-
-def _alive(pid: int, mark: str) -> bool:
-    return f"{services.MARKER_VAR}={mark}".encode() in _environ(pid).split(b"\0")
-
-
-def find_marked(mark: str) -> list[int]:
-    """Pids of every process (not a zombie) whose environment carries the marker."""
-    needle = f"{services.MARKER_VAR}={mark}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and entry.name != str(os.getpid()):
-            if needle in _environ(int(entry.name)).split(b"\0") and not _zombie(int(entry.name)):
-                found.append(int(entry.name))
-    return found
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _terminate(pids: set[int], grace_s: float = 10.0) -> None:
-    """SIGTERM (the whole group where the pid leads one), then SIGKILL what is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                if os.getpgid(pid) == pid:
-                    os.killpg(pid, sig)
-                else:
-                    os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            _reap()
-            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
-            if not pids:
-                return
-            time.sleep(0.1)
-
-
-def _reap() -> None:
-    """Collect exited children of this process (tests start clusters in-process)."""
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        pass
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((LOOPBACK, port))
-            return True
-        except OSError:
-            return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def _read_log(path: Path, follow: bool, tail: int) -> Iterator[str]:
-    if not path.exists():
-        return
-    with open(path, errors="replace") as f:
-        lines = f.readlines()
-        yield from lines[-tail:] if tail > 0 else lines
-        while follow:
-            line = f.readline()
-            if line:
-                yield line
-            else:
-                time.sleep(0.3)

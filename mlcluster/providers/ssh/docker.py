@@ -34,13 +34,14 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from ... import images
 from ...errors import MlclusterError
+from ...images import IMAGE_REPOS
 from .options import SSHOptions
 from .host import RemoteHost, ServiceSpec
 from ...remote.connection import quote
 from ...ui import QuietUI
 
-IMAGE_REPOS = {"worker": "mlcluster-worker", "orchestrator": "mlcluster-orchestrator"}  # as mlcluster.images
 INSTALL_SCRIPT = r"""
 set -e
 . /etc/os-release
@@ -118,7 +119,6 @@ class DockerRuntime:
         download the rest from the package index themselves."""
         with self._locks[kind]:
             if ("context", kind) not in self._local:
-                images = _images_module()
                 context = images.prepare_context(kind, self._tmp / f"context-{kind}", **self._context_options())
                 base = self.options.build_args.get("BASE_IMAGE", "")
                 digest = hashlib.sha256(f"{images.context_hash(context)}\0{base}".encode()).hexdigest()
@@ -135,7 +135,6 @@ class DockerRuntime:
         (mlcluster.images, fed as a local build is: BuildOptions.from_env): (tag, id)."""
         with self._locks[kind]:
             if ("image", kind) not in self._local:
-                images = _images_module()
                 build = images.BuildOptions.from_env(kind)
                 build.base_image = self.options.build_args.get("BASE_IMAGE") or build.base_image
                 for key, value in self._context_options().items():
@@ -224,15 +223,6 @@ def _local_engine(kind: str):
     except docker_sdk.errors.DockerException as exc:
         raise MlclusterError(f"getting the {kind} image from this machine's Docker engine failed: {exc}",
                              "images = \"ship\" needs a Docker engine here; \"build\" builds on the hosts") from None
-
-
-def _images_module():
-    try:
-        from ... import images
-    except ImportError:
-        raise MlclusterError("this mlcluster has no image builder (mlcluster.images)",
-                             "use images = \"pull\" in the [ssh] config, or the process runtime") from None
-    return images
 
 
 def docker(host: RemoteHost) -> str:

@@ -5,7 +5,6 @@ plus the few file chores every runtime needs (env files, model upload).
 from __future__ import annotations
 
 import hashlib
-import os
 import shlex
 import stat
 from dataclasses import dataclass, field
@@ -108,7 +107,3 @@ def model_digest(local_dir: Path, files: Optional[list[Path]] = None) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def is_local_dir(model: str) -> bool:
-    return model.startswith(("/", "./", "../", "~")) and Path(os.path.expanduser(model)).is_dir()

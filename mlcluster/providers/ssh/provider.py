@@ -26,13 +26,12 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-import requests
 
 from ... import services
 from ...errors import MlclusterError
-from ...models import OVERHEAD_TEST
+from ...models import OVERHEAD_TEST, is_local_dir
 from .options import HostConfig, SSHOptions, parse_options
-from .host import RemoteHost, ServiceSpec, is_local_dir
+from .host import RemoteHost, ServiceSpec
 from .process import ProcessRuntime
 from ...remote.connection import HostKeyStore, run_on_hosts
 from ...state import ClusterSpec, ClusterState, ContainerRecord
@@ -125,7 +124,10 @@ class SSHProvider:
             self._start_orchestrator(session, spec, options, ui)
             containers = self._start_workers(session, spec, options, model, ui)
             url = _url(options.orchestrator.address, options.orchestrator_port)
-            _wait_http(f"{url}/health_check", ORCHESTRATOR_READY_S, options.orchestrator.name)
+            services.wait_answering(
+                url, what=f"the orchestrator on {options.orchestrator.name}", timeout=ORCHESTRATOR_READY_S,
+                hint="check that this machine can reach its orchestrator_port (firewall, security group); "
+                     "`mlcluster logs` shows its log")
             return Deployment(orchestrator_url=url, containers=containers)
         finally:
             session.close()
@@ -327,19 +329,3 @@ def _options_or_none(state: ClusterState) -> Optional[SSHOptions]:
         return parse_options(state.spec) if state.spec else None
     except MlclusterError:
         return None  # e.g. a key file moved: `down` still works from what the state recorded
-
-
-def _wait_http(url: str, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    why = "no answer yet"
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-            why = "it answered with an error"
-        except requests.RequestException as exc:
-            why = type(exc).__name__
-        time.sleep(0.3)
-    raise MlclusterError(f"the orchestrator on {what} does not answer at {url} after {timeout:.0f} s ({why})",
-                         "check that this machine can reach its orchestrator_port (firewall, security group); "
-                         "`mlcluster logs` shows its log")

@@ -1,0 +1,118 @@
+"""Processes of a local cluster: started in their own session, found again by
+the marker in their environment (never by name patterns), stopped by group.
+
+Every process carries MLCLUSTER_MARKER=<name>@<state dir>; `down` finds them
+by it when the state is lost.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+from ... import services
+from ...state import home
+
+LOOPBACK = "127.0.0.1"
+
+
+def marker(name: str) -> str:
+    return f"{name}@{home().resolve()}"
+
+
+def spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> int:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    return proc.pid
+
+
+def environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int, mark: str) -> bool:
+    return f"{services.MARKER_VAR}={mark}".encode() in environ(pid).split(b"\0")
+
+
+def find_marked(mark: str) -> list[int]:
+    """Pids of every process (not a zombie) whose environment carries the marker."""
+    needle = f"{services.MARKER_VAR}={mark}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            if needle in environ(int(entry.name)).split(b"\0") and not zombie(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def terminate(pids: set[int], grace_s: float = 10.0) -> None:
+    """SIGTERM (the whole group where the pid leads one), then SIGKILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, sig)
+                else:
+                    os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            reap()
+            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not zombie(pid)}
+            if not pids:
+                return
+            time.sleep(0.1)
+
+
+def reap() -> None:
+    """Collect exited children of this process (tests start clusters in-process)."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((LOOPBACK, port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def read_log(path: Path, follow: bool, tail: int) -> Iterator[str]:
+    if not path.exists():
+        return
+    with open(path, errors="replace") as f:
+        lines = f.readlines()
+        yield from lines[-tail:] if tail > 0 else lines
+        while follow:
+            line = f.readline()
+            if line:
+                yield line
+            else:
+                time.sleep(0.3)
