@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.live import Live
 
 from . import __version__, cluster
@@ -23,12 +22,12 @@ from .errors import MlclusterError
 from .output import cluster_table, plan_text, status_table
 from .providers import get_provider
 from .state import ClusterState, check_name, known_clusters
-from .ui import RichUI
+from .ui import run_ui
 
 app = typer.Typer(help="Stand up, watch, load-test and tear down a transformer inference cluster.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-out = Console()
-err = Console(stderr=True)
+ui = run_ui()  # the one UI of this run
+out, err = ui.out, ui.console
 
 Name = Annotated[str, typer.Option("--name", "-n", help="The cluster's name.", callback=lambda v: check_name(v) if v else v)]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to the confirmation.")]
@@ -67,7 +66,6 @@ def up(
     spec = build_spec(file_config, name=name, provider=provider, workers=workers, containers_per_worker=containers_per_worker,
                       model=model, runtime=runtime, queue_limit=queue_limit, service_ms=service_ms,
                       local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile)
-    ui = RichUI(err)
     cost_plan = get_provider(spec.provider).plan(spec)
     if cost_plan is not None:
         err.print(plan_text(cost_plan))
@@ -117,7 +115,7 @@ def down(
     spec = None
     if provider or config:
         spec = build_spec(load_config(config), name=name, provider=provider, aws_region=region, aws_profile=profile)
-    left = cluster.down(name, RichUI(err), spec)
+    left = cluster.down(name, ui, spec)
     if left:
         for line in left:
             err.print(f"[red]left:[/] {line}")
@@ -159,7 +157,7 @@ def make_model(
     from mlcluster_worker.make_model import WARNING, make_model as write
     if size not in ("base", "tiny"):
         raise MlclusterError("--size must be base or tiny")
-    with RichUI(err).step(f"writing a {size} DistilBERT classifier"):
+    with ui.step(f"writing a {size} DistilBERT classifier"):
         path = write(out_dir, size)
     out.print(str(path))
     err.print(f"[bold red]{WARNING}[/]")

@@ -6,7 +6,7 @@ orchestrator's /status, and removes the state once everything is gone.
 """
 from __future__ import annotations
 
-import dataclasses
+import copy
 import secrets
 import time
 from typing import Iterator, Optional
@@ -32,7 +32,7 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
     new = state is None
     if state is None:
         state = ClusterState(name=spec.name, provider=spec.provider, token=secrets.token_urlsafe(32))
-    state.spec = dataclasses.asdict(spec)
+    state.spec = copy.deepcopy(spec)  # the provider may add to it (aws adds the [ssh] table it made)
     state.save()
     provider = get_provider(spec.provider)
     try:
@@ -129,7 +129,7 @@ def status(name: str) -> dict:
     for container in snapshot["containers"]:
         container.update(details.get(container["id"], {}))
     snapshot.update(name=state.name, provider=state.provider, runtime=state.runtime,
-                    orchestrator_url=state.orchestrator_url, model=state.spec.get("model"))
+                    orchestrator_url=state.orchestrator_url, model=state.spec.model)
     return snapshot
 
 
@@ -139,7 +139,7 @@ def down(name: str, ui: QuietUI = QuietUI(), spec: Optional[ClusterSpec] = None)
     where to look; with neither, the local provider looks by marker."""
     state = ClusterState.load_or_none(name)
     if state is None and spec is not None:
-        state = ClusterState(name=name, provider=spec.provider, token="", spec=dataclasses.asdict(spec))
+        state = ClusterState(name=name, provider=spec.provider, token="", spec=spec)
     left = get_provider(state.provider if state else "local").down(name, state, ui)
     if not left:
         remove_cluster_dir(name)

@@ -6,11 +6,13 @@ class MlclusterError(Exception):
     """A known failure. The CLI prints `message` (and `hint`) and exits 1;
     never a traceback, unless MLCLUSTER_DEBUG is set."""
 
-    def __init__(self, message: str, hint: str = "", exit_code: int = 1):
+    def __init__(self, message: str, hint: str = "", exit_code: int = 1, names_cleanup: bool = False):
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.exit_code = exit_code
+        # the hint already says how to remove what was started: nothing need add it
+        self.names_cleanup = names_cleanup
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message

@@ -45,7 +45,8 @@ class ClusterSpec:
     `[ssh]` / `[aws]` table and owned by that provider's module."""
     name: str = "default"
     provider: str = "local"                 # local | ssh | aws
-    runtime: str = "auto"                   # process | docker | auto (docker where an engine answers... see providers)
+    runtime: str = "auto"                   # process | docker | auto: the provider's default (local: process,
+                                            # Docker only when asked; ssh: the [ssh] table's, else docker)
     workers: int = 4                        # machines (the local provider simulates them)
     containers_per_worker: int = 2
     model: str = "distilbert-base-uncased"  # hub id, local directory, or overhead-test
@@ -69,6 +70,9 @@ class ClusterSpec:
         return self
 
 
+_SPEC_FIELDS = {f.name for f in dataclasses.fields(ClusterSpec)}
+
+
 @dataclass
 class ContainerRecord:
     """One worker container as the orchestrator reaches it."""
@@ -79,14 +83,20 @@ class ContainerRecord:
     capacity: int = 1
 
 
+# 1: `spec` a free-form dict, no `version` field; 2: `spec` a ClusterSpec.
+STATE_VERSION = 2
+
+
 @dataclass
 class ClusterState:
+    """What was started for a cluster, saved as state.json (see the module docstring)."""
     name: str
     provider: str
     token: str
     runtime: str = "process"
     orchestrator_url: str = ""
-    spec: dict[str, Any] = field(default_factory=dict)
+    spec: ClusterSpec = field(default_factory=ClusterSpec)  # what `up` was last asked for
+    version: int = STATE_VERSION
     containers: list[ContainerRecord] = field(default_factory=list)
     # What the provider created, in its own terms (pids, container ids,
     # instance ids, host keys...). Written the moment something is created,
@@ -107,12 +117,23 @@ class ClusterState:
         if not path.exists():
             raise ClusterNotFound(name)
         try:
-            data = json.loads(path.read_text())
-            data["containers"] = [ContainerRecord(**c) for c in data.get("containers", [])]
-            return cls(**data)
-        except (ValueError, TypeError) as exc:
+            return cls.from_json(json.loads(path.read_text()))
+        except (ValueError, TypeError, AttributeError) as exc:
             raise MlclusterError(f"the state file {path} is unreadable: {exc}",
                                  f"`mlcluster down --name {name}` still finds what it started") from None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ClusterState":
+        """A state from its JSON form, of this version or an older one."""
+        version = data.pop("version", 1)
+        if version > STATE_VERSION:
+            raise ValueError(f"it was written by a newer mlcluster (state version {version})")
+        data["containers"] = [ContainerRecord(**c) for c in data.get("containers", [])]
+        # Version 1 kept whatever part of the spec it had (possibly nothing):
+        # the known fields are read, the cluster's own name and provider fill the gaps.
+        spec = {"name": data["name"], "provider": data["provider"], **(data.get("spec") or {})}
+        data["spec"] = ClusterSpec(**{k: v for k, v in spec.items() if k in _SPEC_FIELDS})
+        return cls(**data)
 
     @classmethod
     def load_or_none(cls, name: str) -> Optional["ClusterState"]:

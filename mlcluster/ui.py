@@ -1,12 +1,13 @@
 """How library code tells a person what it is doing, without printing itself.
 
-The CLI passes a `RichUI` (progress and messages on stderr); tests and scripts
-pass `QuietUI`. Data for scripts never goes through here: it goes to stdout.
+The CLI uses one `RichUI` per run (`run_ui()`: progress and messages on
+stderr, tables and data on its `out`, stdout); tests and scripts pass
+`QuietUI`. Data for scripts never mixes with progress.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
@@ -19,6 +20,11 @@ class QuietUI:
     @contextlib.contextmanager
     def step(self, description: str, total: Optional[int] = None) -> Iterator["Step"]:
         yield Step(None, None)
+
+    @contextlib.contextmanager
+    def host_steps(self, hosts: Sequence[str], what: str) -> Iterator[dict[str, "Step"]]:
+        """One step per host, for work done on many hosts at once."""
+        yield {h: Step(None, None) for h in hosts}
 
 
 class Step:
@@ -37,8 +43,12 @@ class Step:
 
 
 class RichUI(QuietUI):
-    def __init__(self, console: Optional[Console] = None):
+    """Messages and progress on `console` (stderr); `out` (stdout) is for the
+    data a command prints, tables included."""
+
+    def __init__(self, console: Optional[Console] = None, out: Optional[Console] = None):
         self.console = console or Console(stderr=True)
+        self.out = out or Console()
 
     def info(self, message: str) -> None:
         self.console.print(message)
@@ -55,3 +65,22 @@ class RichUI(QuietUI):
         with Progress(*columns, console=self.console, transient=False) as progress:
             task = progress.add_task(description, total=total)
             yield Step(progress, task)
+
+    @contextlib.contextmanager
+    def host_steps(self, hosts: Sequence[str], what: str) -> Iterator[dict[str, Step]]:
+        """One progress line per host, each rewritten by its own `update(text)`."""
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=self.console) as progress:
+            yield {h: Step(progress, progress.add_task(f"{h}: {what}", total=1)) for h in hosts}
+
+
+_RUN_UI: Optional[RichUI] = None
+
+
+def run_ui() -> RichUI:
+    """The one UI of this command run, made on first use and shared by every
+    command (`mlcluster` and `mlcluster bench` alike)."""
+    global _RUN_UI
+    if _RUN_UI is None:
+        _RUN_UI = RichUI()
+    return _RUN_UI

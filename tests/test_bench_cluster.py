@@ -28,7 +28,7 @@ from support.services import free_port, start_orchestrator, start_worker
 from mlcluster.bench.cli import bench_app
 from mlcluster.bench.plot import PANELS
 from mlcluster.errors import MlclusterError
-from mlcluster.state import ClusterState
+from mlcluster.state import ClusterSpec, ClusterState
 
 CONTAINERS = 8
 SERVICE_MS = 100
@@ -203,7 +203,7 @@ def test_compare_prints_the_ratios_of_two_saved_runs(cluster, tmp_path):
 def test_name_resolves_the_cluster_and_texts_come_from_a_file(cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
     ClusterState(name="benchc", provider="local", token=TOKEN, orchestrator_url=cluster,
-                 spec={"model": "overhead-test", "workers": 2, "containers_per_worker": 2}).save()
+                 spec=ClusterSpec(name="benchc", model="overhead-test", workers=2, containers_per_worker=2)).save()
     texts = tmp_path / "texts.txt"
     texts.write_text("a sentence about the weather\nanother about the sea\nthird\n")
     bench("--name", "benchc", "--requests", "30", "--texts", str(texts), "--json", str(tmp_path / "n.json"))

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from ..errors import MlclusterError
-from ..ui import RichUI
+from ..ui import run_ui
 from . import report
 from .load import Target, random_bodies, text_bodies
 from .runner import BenchConfig, run_bench
@@ -59,7 +58,7 @@ def bench(
             raise MlclusterError(f"cannot write {path}: the folder {path.parent} does not exist")
     target_url, state = resolve_url(name, url)
     status = fetch_status(target_url, state)
-    ui = RichUI()
+    ui = run_ui()
     if not status["containers"]:
         ui.warn("the orchestrator has no containers registered: every request will fail")
     slots = max([p.concurrency for p in config.plans()])
@@ -70,7 +69,7 @@ def bench(
         target.close()
     texts_note = f"{texts} ({len(bodies)} texts)" if texts else "random lowercase text, 50 characters"
     data = report.to_json(result, describe_setup(target_url, state, status, result, texts_note))
-    report.print_result(data, Console())
+    report.print_result(data, ui.out)
     _write_outputs(result, data, json_file, csv_file, plot_file, ui)
     for step in data["steps"] or [data]:
         offered, sent = step.get("offered_rps"), step.get("sent_rps")
@@ -111,4 +110,4 @@ def compare(
 ) -> None:
     """Two saved runs side by side, with the ratio B / A of each figure."""
     table = report.compare_table(report.load_result(a), report.load_result(b), str(a), str(b))
-    Console().print(table)
+    run_ui().out.print(table)

@@ -59,8 +59,8 @@ def fetch_status(url: str, state: Optional[ClusterState], timeout_s: float = 5.0
 def describe_setup(url: str, state: Optional[ClusterState], status: dict, result, texts: str) -> dict:
     """What was measured, so a result can be compared later: the cluster, its
     containers, the model, the load and this tool's version and time."""
-    spec = state.spec if state else {}
-    options = spec.get("provider_options") or {}
+    spec = state.spec if state else None
+    options = spec.provider_options if spec else {}
     config = result.config
     plans = config.plans()
     return {
@@ -68,12 +68,12 @@ def describe_setup(url: str, state: Optional[ClusterState], status: dict, result
         "provider": state.provider if state else None,
         "runtime": state.runtime if state else None,
         "instance_types": _instance_types(options),
-        "workers": spec.get("workers"),
-        "containers_per_worker": spec.get("containers_per_worker"),
+        "workers": spec.workers if spec else None,
+        "containers_per_worker": spec.containers_per_worker if spec else None,
         "containers": [{k: c.get(k) for k in ("id", "host", "port", "capacity", "status")}
                        for c in status.get("containers", [])],
         "queue_limit": (status.get("queue") or {}).get("limit"),
-        "model": result.model or spec.get("model"),
+        "model": result.model or (spec.model if spec else None),
         "orchestrator_url": url,
         "mode": config.mode,
         "concurrency": config.sweep or (config.concurrency if config.mode == "closed" else None),

@@ -34,7 +34,7 @@ from ..errors import MlclusterError
 from .group import HostOutcome, HostsFailed, run_on_hosts
 
 __all__ = ["Connection", "Result", "HostKeyStore", "UnexpectedExit", "CommandTimedOut", "CommandFailed",
-           "HostKeyChanged", "Unreachable", "load_private_key", "fingerprint", "describe_connect_error",
+           "HostKeyChanged", "Unreachable", "load_private_key", "fingerprint", "classify_connect_error",
            "run_on_hosts", "HostOutcome", "HostsFailed", "quote"]
 
 
@@ -89,11 +89,18 @@ class HostKeyChanged(MlclusterError):
 
 
 class Unreachable(MlclusterError):
-    """The host could not be reached or logged into; `reason` says why."""
+    """The host could not be reached or logged into. `reason` says why, for a
+    person; `kind` is what callers branch on: "refused", "timeout", "no-route",
+    "auth" (the login was refused), "unknown-host" (the name does not resolve),
+    "broken" (an open connection broke) or "other"."""
 
-    def __init__(self, host: str, reason: str, hint: str = ""):
+    KINDS = ("refused", "timeout", "no-route", "auth", "unknown-host", "broken", "other")
+    FINAL = ("auth", "unknown-host")  # waiting cannot fix these
+
+    def __init__(self, host: str, reason: str, hint: str = "", kind: str = "other"):
         super().__init__(f"cannot reach {host} over SSH: {reason}", hint)
-        self.host, self.reason = host, reason
+        assert kind in self.KINDS, kind
+        self.host, self.reason, self.kind = host, reason, kind
 
 
 def fingerprint(key: str) -> str:
@@ -225,18 +232,23 @@ class Connection:
         except Exception as exc:  # every way a connect can fail becomes one sentence
             client.close()
             where = self.label if self.label == self.host else f"{self.label} ({self.host}:{self.port})"
-            raise Unreachable(where, describe_connect_error(exc, self.user),
-                              "" if not isinstance(exc, paramiko.AuthenticationException)
-                              else "check `user` and `key` for this host in the [ssh] config") from None
+            kind, reason = classify_connect_error(exc, self.user)
+            raise Unreachable(where, reason, "" if kind != "auth"
+                              else "check `user` and `key` for this host in the [ssh] config", kind) from None
         client.get_transport().set_keepalive(15)
         return client
 
     def wait_reachable(self, deadline: float, on_wait: Optional[Callable[[str], None]] = None,
-                       interval: float = 1.0) -> None:
+                       interval: float = 1.0, auth_grace_s: float = 0.0,
+                       sleep: Callable[[float], None] = time.sleep) -> None:
         """Try to connect until `deadline` (time.monotonic()). `on_wait(reason)`
         hears why it is still waiting (refused, timed out, no route...). An
-        authentication failure or a changed host key stops at once."""
+        unknown host name or a changed host key stops at once; so does a
+        refused login, unless `auth_grace_s` > 0 (a new machine installs its
+        key after sshd starts): then it is retried for that long. The last
+        failure is raised when the deadline passes."""
         configured = self.connect_timeout
+        auth_deadline = 0.0
         while True:
             # The last attempt gets only what is left before the deadline.
             self.connect_timeout = max(1.0, min(configured, deadline - time.monotonic()))
@@ -244,13 +256,19 @@ class Connection:
                 self.open()
                 return
             except Unreachable as exc:
-                if _final(exc.reason) or time.monotonic() + interval >= deadline:
+                if exc.kind == "auth" and auth_grace_s > 0:
+                    auth_deadline = auth_deadline or time.monotonic() + auth_grace_s
+                    if time.monotonic() > auth_deadline:
+                        raise
+                elif exc.kind in Unreachable.FINAL:
+                    raise
+                if time.monotonic() + interval >= deadline:
                     raise
                 if on_wait:
                     on_wait(exc.reason)
             finally:
                 self.connect_timeout = configured
-            time.sleep(interval)
+            sleep(interval)
 
     # -- commands ----------------------------------------------------------
     def run(self, command: str, timeout: float = 60.0, warn: bool = False, stdin: bytes = b"") -> Result:
@@ -274,7 +292,8 @@ class Connection:
                 _drain(channel, stdout, stderr, wait=min(0.2, max(0.0, deadline - time.monotonic())))
             result = self._result(command, stdout, stderr, channel.recv_exit_status())
         except (paramiko.SSHException, socket.error) as exc:
-            raise Unreachable(self.label, f"the connection broke while running `{_short(command, 60)}`: {exc}") from None
+            raise Unreachable(self.label, f"the connection broke while running `{_short(command, 60)}`: {exc}",
+                              kind="broken") from None
         finally:
             channel.close()
         if not result.ok and not warn:
@@ -298,7 +317,7 @@ class Connection:
             if buffer:
                 yield buffer.decode(errors="replace")
         except (paramiko.SSHException, socket.error) as exc:
-            raise Unreachable(self.label, f"the connection broke while streaming: {exc}") from None
+            raise Unreachable(self.label, f"the connection broke while streaming: {exc}", kind="broken") from None
         finally:
             channel.close()
 
@@ -329,7 +348,7 @@ class Connection:
             return self.open().get_transport().open_session(timeout=self.connect_timeout)
         except (paramiko.SSHException, socket.error) as exc:
             self.close()
-            raise Unreachable(self.label, f"could not open a session: {exc}") from None
+            raise Unreachable(self.label, f"could not open a session: {exc}", kind="broken") from None
 
     def _result(self, command: str, stdout: bytearray, stderr: bytearray, code: int) -> Result:
         return Result(self.label, command, stdout.decode(errors="replace"), stderr.decode(errors="replace"), code)
@@ -345,39 +364,34 @@ def _drain(channel: paramiko.Channel, stdout: bytearray, stderr: bytearray, wait
         stderr += channel.recv_stderr(65536)
 
 
-def describe_connect_error(exc: BaseException, user: str = "") -> str:
-    """One short reason for a failed connect: refused, timed out, no route,
-    authentication failed..."""
+def classify_connect_error(exc: BaseException, user: str = "") -> tuple[str, str]:
+    """(kind, reason) for a failed connect: the Unreachable kind, and one
+    short reason for a person (refused, timed out, no route...)."""
     if isinstance(exc, paramiko.AuthenticationException):
-        return f"authentication failed for user {user!r}" if user else "authentication failed"
+        return "auth", f"authentication failed for user {user!r}" if user else "authentication failed"
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
         codes = {getattr(e, "errno", None) for e in exc.errors.values()}
         if codes & {errno.EHOSTUNREACH, errno.ENETUNREACH}:
-            return "no route to host"
-        return "connection refused"
+            return "no-route", "no route to host"
+        return "refused", "connection refused"
     if isinstance(exc, EOFError):
-        return "the server closed the connection during the SSH handshake"
+        return "refused", "the server closed the connection during the SSH handshake"
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "timed out"
+        return "timeout", "timed out"
     if isinstance(exc, OSError):
         if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return "no route to host"
+            return "no-route", "no route to host"
         if exc.errno == errno.ECONNREFUSED:
-            return "connection refused"
+            return "refused", "connection refused"
         if isinstance(exc, socket.gaierror):
-            return f"unknown host name ({exc.strerror})"
-        return exc.strerror or str(exc)
+            return "unknown-host", f"unknown host name ({exc.strerror})"
+        return "other", exc.strerror or str(exc)
     if isinstance(exc, paramiko.SSHException):
         text = str(exc)
         if "banner" in text.lower() or "timed out" in text.lower():
-            return "timed out during the SSH handshake"
-        return f"SSH error: {text}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _final(reason: str) -> bool:
-    """Reasons that waiting cannot fix."""
-    return reason.startswith(("authentication failed", "unknown host name"))
+            return "timeout", "timed out during the SSH handshake"
+        return "other", f"SSH error: {text}"
+    return "other", f"{type(exc).__name__}: {exc}"
 
 
 def quote(value: str | Path) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from ..errors import MlclusterError
-from ..ui import QuietUI, RichUI, Step
+from ..ui import QuietUI, Step
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ def run_on_hosts(hosts: Sequence[str], fn: Callable[[str, Step], T], ui: QuietUI
     outcomes: dict[str, HostOutcome] = {h: HostOutcome(h) for h in hosts}
     if not hosts:
         return {}
-    with _host_lines(ui, hosts, what) as steps:
+    with ui.host_steps(hosts, what) as steps:
         def one(host: str) -> None:
             step = steps[host]
             try:
@@ -61,24 +61,3 @@ def run_on_hosts(hosts: Sequence[str], fn: Callable[[str, Step], T], ui: QuietUI
             raise failed[0].error
         raise HostsFailed(what, list(outcomes.values()))
     return {h: o.value for h, o in outcomes.items()}
-
-
-class _host_lines:
-    """One Rich progress line per host under a RichUI; silent steps otherwise."""
-
-    def __init__(self, ui: QuietUI, hosts: Sequence[str], what: str):
-        self.ui, self.hosts, self.what = ui, hosts, what
-        self.progress = None
-
-    def __enter__(self) -> dict[str, Step]:
-        if not isinstance(self.ui, RichUI):
-            return {h: Step(None, None) for h in self.hosts}
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                                 console=self.ui.console)
-        self.progress.__enter__()
-        return {h: Step(self.progress, self.progress.add_task(f"{h}: {self.what}", total=1)) for h in self.hosts}
-
-    def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)

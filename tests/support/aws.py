@@ -44,7 +44,7 @@ def make_provider(sleeps: Optional[list] = None, **kw) -> AWSProvider:
 
 
 def new_state(spec: ClusterSpec) -> ClusterState:
-    state = ClusterState(name=spec.name, provider="aws", token="t", spec={"provider_options": spec.provider_options})
+    state = ClusterState(name=spec.name, provider="aws", token="t", spec=spec)
     state.save()
     return state
 

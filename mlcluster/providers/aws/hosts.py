@@ -116,36 +116,22 @@ def wait_for_ssh(hosts: dict[str, str], user: str, key_file: str, store: HostKey
         conn = Connection(address, user, 22, key_path=key_file, connect_timeout=10, known_hosts=store,
                           label=f"{name} ({address})")
         try:
-            _login(conn, deadline, timeout_s, auth_grace_s,
-                   lambda why: step.update(f"{name} ({address}): waiting: {why}"), sleep)
+            try:
+                conn.wait_reachable(deadline, lambda why: step.update(f"{name} ({address}): waiting: {why}"),
+                                    interval=2.0, auth_grace_s=auth_grace_s, sleep=sleep)
+            except Unreachable as exc:
+                if exc.kind in Unreachable.FINAL:
+                    raise
+                raise Unreachable(conn.label, f"still {exc.reason} after {timeout_s:.0f} s",
+                                  "the instance may have failed to boot: the EC2 console shows its system log",
+                                  exc.kind) from None
             step.update(f"{name} ({address}): waiting for first-boot setup (cloud-init)")
             done = conn.run(CLOUD_INIT_WAIT, timeout=max(30.0, deadline - time.monotonic()), warn=True)
             if not done.ok:
                 log = conn.run("sudo -n tail -n 5 /var/log/cloud-init-output.log", warn=True).stdout.strip()
                 raise MlclusterError(f"first-boot setup failed on {name} ({address}); the log ends:\n{log}",
-                                     "`mlcluster down` then `up` again; or pick another `ami`/`os`")
+                                     "`mlcluster down` then `up` again; or pick another `ami`/`os`", names_cleanup=True)
         finally:
             conn.close()
 
     run_on_hosts(list(hosts), one, ui, what="waiting for SSH")
-
-
-def _login(conn: Connection, deadline: float, timeout_s: float, auth_grace_s: float,
-           on_wait: Callable[[str], None], sleep: Callable[[float], None]) -> None:
-    auth_deadline = 0.0
-    while True:
-        try:
-            conn.open()
-            return
-        except Unreachable as exc:
-            if exc.reason.startswith("authentication failed"):
-                auth_deadline = auth_deadline or time.monotonic() + auth_grace_s
-                if time.monotonic() > auth_deadline:
-                    raise
-            elif exc.reason.startswith("unknown host name"):
-                raise
-            if time.monotonic() > deadline:
-                raise Unreachable(conn.label, f"still {exc.reason} after {timeout_s:.0f} s",
-                                  "the instance may have failed to boot: the EC2 console shows its system log")
-            on_wait(exc.reason)
-        sleep(2.0)

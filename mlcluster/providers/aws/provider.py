@@ -76,7 +76,7 @@ class AWSProvider:
         made in wins), else the ones given to this provider."""
         raw = dict(self.options)
         if state is not None:
-            raw = dict(state.spec.get("provider_options", {}).get("aws") or raw)
+            raw = dict(state.spec.provider_options.get("aws") or raw)
             raw["region"] = state.resources.get("aws", {}).get("region") or raw.get("region", "")
         return AWSOptions.from_dict(raw)
 
@@ -130,7 +130,7 @@ class AWSProvider:
             if ec2.find_instances(aws, state.name, ec2.UP_STATES):
                 raise MlclusterError(f"the private key of key pair {found[0]['KeyName']} is no longer in {path}, "
                                      "and the cluster's instances need it",
-                                     f"`mlcluster down --name {state.name}`, then `mlcluster up` again")
+                                     f"`mlcluster down --name {state.name}`, then `mlcluster up` again", names_cleanup=True)
             ec2.delete_key_pair(aws, found[0]["KeyName"])
         with ui.step("creating the cluster's key pair"):
             name, key_id, material = ec2.create_key_pair(aws, state.name)
@@ -209,7 +209,7 @@ class AWSProvider:
             key_file = state.resources["aws"]["key_file"]
             table = ssh_table(spec, o, addressed, key_file)
             # Kept in the state, so the ssh provider's logs (and a later down) read the hosts from it.
-            state.spec.setdefault("provider_options", {})["ssh"] = table
+            state.spec.provider_options["ssh"] = table
             store = HostKeyStore(_forget_reused_addresses(state, instances, addressed), on_change=state.save)
             state.save()
             wait_for_ssh({n: a[0] for n, a in addressed.items()}, o.user, key_file, store, o.ssh_timeout_s, ui)
@@ -318,7 +318,8 @@ def _limit_error(exc: AWSError, region: str, instance_type: str, total: int, exi
         f"AWS refused more {instance_type} instances in {region}: your account's vCPU limit is reached "
         f"({exc.code}; {existing} of this cluster's {total} instance(s) exist)",
         f"ask AWS (Service Quotas, EC2) to raise {quota} in {region} to {need} plus what else you run there, "
-        f"or use fewer --workers; `mlcluster down --name {cluster}` removes what was started")
+        f"or use fewer --workers; `mlcluster down --name {cluster}` removes what was started",
+        names_cleanup=True)
 
 
 @contextlib.contextmanager
@@ -332,7 +333,7 @@ def _accounted(state: ClusterState, ui: QuietUI) -> Iterator[None]:
             ui.warn(_created_sentence(state) + f"; `mlcluster down --name {state.name}` removes it")
         raise
     except MlclusterError as exc:
-        if _created(state) and "mlcluster down" not in exc.hint:
+        if _created(state) and not exc.names_cleanup:
             exc.hint = "; ".join(filter(None, [exc.hint, _created_sentence(state) + f": `mlcluster up --name "
                                  f"{state.name}` resumes, `mlcluster down --name {state.name}` removes it"]))
         raise

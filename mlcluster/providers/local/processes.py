@@ -38,7 +38,7 @@ def environ(pid: int) -> bytes:
         return b""
 
 
-def alive(pid: int, mark: str) -> bool:
+def is_alive(pid: int, mark: str) -> bool:
     return f"{services.MARKER_VAR}={mark}".encode() in environ(pid).split(b"\0")
 
 
@@ -48,12 +48,12 @@ def find_marked(mark: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and entry.name != str(os.getpid()):
-            if needle in environ(int(entry.name)).split(b"\0") and not zombie(int(entry.name)):
+            if needle in environ(int(entry.name)).split(b"\0") and not is_zombie(int(entry.name)):
                 found.append(int(entry.name))
     return found
 
 
-def zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
@@ -74,7 +74,7 @@ def terminate(pids: set[int], grace_s: float = 10.0) -> None:
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             reap()
-            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not zombie(pid)}
+            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not is_zombie(pid)}
             if not pids:
                 return
             time.sleep(0.1)

@@ -20,8 +20,8 @@ from ...models import resolve_model
 from ...state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir
 from ...ui import QuietUI
 from ..base import CostPlan, Deployment
-from .processes import (LOOPBACK, alive, find_marked, free_port, marker, port_free, read_log, spawn, terminate,
-                        zombie)
+from .processes import (LOOPBACK, is_alive, find_marked, free_port, marker, port_free, read_log, spawn, terminate,
+                        is_zombie)
 
 
 def docker_engine_answers() -> bool:
@@ -59,7 +59,7 @@ class LocalProvider:
             return self._docker().up(spec, state, ui)
         model = resolve_model(spec.model, ui)
         procs: list[dict] = state.resources.setdefault("processes", [])
-        alive = {p["id"]: p for p in procs if alive(p["pid"], marker(spec.name))}
+        alive = {p["id"]: p for p in procs if is_alive(p["pid"], marker(spec.name))}
         logs = cluster_dir(spec.name) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
 
@@ -100,7 +100,7 @@ class LocalProvider:
         url = f"http://{LOOPBACK}:{orchestrator['port']}"
         services.wait_answering(
             url, what="the orchestrator",
-            running=lambda: Path(f"/proc/{orchestrator['pid']}").exists() and not zombie(orchestrator["pid"]),
+            running=lambda: Path(f"/proc/{orchestrator['pid']}").exists() and not is_zombie(orchestrator["pid"]),
             log_tail=lambda: "".join(read_log(Path(orchestrator["log"]), False, 15)))
         containers = [ContainerRecord(id=p["id"], host=LOOPBACK, port=p["port"], worker=p["worker"])
                       for p in procs if p["role"] == "worker" and p["id"] in {w[1] for w in wanted}]
@@ -122,7 +122,7 @@ class LocalProvider:
         if (state is None or state.runtime == "docker" or not any(state.resources.values())) and docker_engine_answers():
             left += self._docker().down(name, state, ui)
         pids = {p["pid"] for p in (state.resources.get("processes", []) if state else [])}
-        pids = {pid for pid in pids if alive(pid, marker(name))} | set(find_marked(marker(name)))
+        pids = {pid for pid in pids if is_alive(pid, marker(name))} | set(find_marked(marker(name)))
         with ui.step(f"stopping {len(pids)} process(es)"):
             terminate(pids)
         survivors = find_marked(marker(name))

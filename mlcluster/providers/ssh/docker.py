@@ -81,9 +81,10 @@ class DockerRuntime:
     def prepare(self, host: RemoteHost, step) -> None:
         ensure_docker(host, step)
         host.facts["images"] = {}
+        get_image = {"pull": self._image_pull, "build": self._image_build, "ship": self._image_ship}[self.options.images]
         for kind in sorted(host.facts.get("roles", ())):
             step.update(f"{host.name}: getting the {kind} image ({self.options.images})")
-            host.facts["images"][kind] = getattr(self, f"_image_{self.options.images}")(host, kind)
+            host.facts["images"][kind] = get_image(host, kind)
 
     def _image_pull(self, host: RemoteHost, kind: str) -> str:
         ref = self.options.worker_image if kind == "worker" else self.options.orchestrator_image

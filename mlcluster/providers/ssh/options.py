@@ -106,13 +106,9 @@ class SSHOptions:
         raise MlclusterError(f"no host named {name!r} in the [ssh] config")
 
 
-def parse_options(spec: ClusterSpec | dict) -> SSHOptions:
-    """Read and check `[ssh]` from a spec (or a spec dict from the state)."""
-    if isinstance(spec, dict):
-        name, runtime = spec.get("name", "default"), spec.get("runtime", "auto")
-        table = (spec.get("provider_options") or {}).get("ssh")
-    else:
-        name, runtime, table = spec.name, spec.runtime, spec.provider_options.get("ssh")
+def parse_options(spec: ClusterSpec) -> SSHOptions:
+    """Read and check `[ssh]` from a spec (given now, or the one in the state)."""
+    name, runtime, table = spec.name, spec.runtime, spec.provider_options.get("ssh")
     if not isinstance(table, dict) or not table:
         raise MlclusterError("the ssh provider needs an [ssh] table in the config file",
                              "see `mlcluster up --help`: orchestrator = { address = ... } and workers = [ ... ]")

@@ -37,6 +37,9 @@ STARTUP_CHECK_S = 1.5
 class ProcessRuntime:
     name = "process"
 
+    def close(self) -> None:
+        pass  # holds nothing on this machine
+
     def prepare(self, host: RemoteHost, step) -> None:
         """Find (or make) the interpreter the services run with."""
         if host.config.python:

@@ -33,7 +33,8 @@ from ...models import OVERHEAD_TEST, is_local_dir
 from .options import HostConfig, SSHOptions, parse_options
 from .host import RemoteHost, ServiceSpec
 from .process import ProcessRuntime
-from ...remote.connection import HostKeyStore, run_on_hosts
+from .runtime import RemoteRuntime
+from ...remote.connection import HostKeyStore, HostsFailed, run_on_hosts
 from ...state import ClusterSpec, ClusterState, ContainerRecord
 from ...ui import QuietUI
 from ..base import CostPlan, Deployment
@@ -57,7 +58,7 @@ class _Session:
     def __init__(self, state: ClusterState, options: Optional[SSHOptions]):
         self.state, self.options = state, options
         self.lock = threading.RLock()
-        self._runtimes: dict[str, object] = {}
+        self._runtimes: dict[str, RemoteRuntime] = {}
         self.store = HostKeyStore(state.resources.setdefault("host_keys", {}), on_change=self.save, lock=self.lock)
         self.resources = state.resources.setdefault("ssh", {"hosts": {}, "services": {}})
         self.hosts: dict[str, RemoteHost] = {}
@@ -88,7 +89,7 @@ class _Session:
         self.hosts[config.name] = host
         return host
 
-    def runtime(self, kind: str):
+    def runtime(self, kind: str) -> RemoteRuntime:
         """The runtime object for `kind` (one per command: the Docker one keeps
         what it prepared here once for all hosts)."""
         with self.lock:
@@ -104,7 +105,7 @@ class _Session:
         for host in self.hosts.values():
             host.close()
         for runtime in self._runtimes.values():
-            getattr(runtime, "close", lambda: None)()
+            runtime.close()
 
 
 class SSHProvider:
@@ -277,13 +278,11 @@ class SSHProvider:
 
         try:
             run_on_hosts(sorted(hosts), stop, ui, what="stopping")
+        except HostsFailed as exc:
+            left.extend(f"{o.host} ({hosts[o.host].address}): {o.error}; its services may still run"
+                        for o in exc.outcomes if not o.ok)
         except MlclusterError as exc:
-            failed = getattr(exc, "outcomes", None)
-            if failed is None:
-                left.append(str(exc))
-            else:
-                left.extend(f"{o.host} ({hosts[o.host].address}): {o.error}; its services may still run"
-                            for o in failed if not o.ok)
+            left.append(str(exc))
         finally:
             session.close()
         return left
@@ -326,6 +325,6 @@ def _closing(lines: Iterator[str], host: RemoteHost) -> Iterator[str]:
 
 def _options_or_none(state: ClusterState) -> Optional[SSHOptions]:
     try:
-        return parse_options(state.spec) if state.spec else None
+        return parse_options(state.spec)
     except MlclusterError:
         return None  # e.g. a key file moved: `down` still works from what the state recorded
