@@ -148,7 +148,7 @@ async def serve(app: web.Application, bind: str, *, header_timeout_s: float, idl
     # web.TCPSite would build plain RequestHandlers; the same server, guarded:
     listener = await loop.create_server(
         lambda: GuardedHandler(guards, server, loop=loop, **server._kwargs), sock=sock, backlog=4096)
-    log.info("orchestrator listening on %s (header time-out %gs, idle time-out %gs, at most %d connections)",
+    log.info("Listening at http://%s (header time-out %gs, idle time-out %gs, at most %d connections)",
              bind, header_timeout_s, idle_timeout_s, max_connections)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
