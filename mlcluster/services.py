@@ -22,7 +22,7 @@ def worker_command(python: str = sys.executable) -> list[str]:
 
 
 def orchestrator_command(python: str = sys.executable) -> list[str]:
-    return [python, "-m", "gunicorn", "-c", "python:mlcluster_orchestrator.gunicorn_conf", ORCHESTRATOR_APP]
+    return [python, "-m", "mlcluster_orchestrator"]  # aiohttp on one event loop; settings from orchestrator_env
 
 
 def worker_env(*, model: str, port: int, host: str = "127.0.0.1", torch_threads: int = 1,
@@ -47,10 +47,13 @@ def worker_env(*, model: str, port: int, host: str = "127.0.0.1", torch_threads:
 
 def orchestrator_env(*, port: int, token: str, host: str = "127.0.0.1", queue_limit: int = 100,
                      queue_timeout_s: float = 30.0, status_file: str = "", health_interval_s: float = 1.0,
-                     marker: str = "") -> dict[str, str]:
+                     marker: str = "", worker_token: str = "") -> dict[str, str]:
+    """Environment for the orchestrator. `worker_token`, when set, is sent to
+    workers as `Authorization: Bearer ...` on every /run_model."""
     env = {
         "BIND": f"{host}:{port}",
         "ORCH_TOKEN": token,
+        "ORCH_WORKER_TOKEN": worker_token,
         "ORCH_QUEUE_LIMIT": str(queue_limit),
         "ORCH_QUEUE_TIMEOUT_S": str(queue_timeout_s),
         "ORCH_STATUS_FILE": status_file,

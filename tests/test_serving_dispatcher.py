@@ -1,8 +1,9 @@
-"""The dispatcher and its connection pool against small real HTTP servers on
-loopback that misbehave on purpose (answer 500, garbage, nothing, too late),
-which real workers cannot be made to do on demand."""
+"""The dispatcher (aiohttp client) against small real HTTP servers on loopback
+that misbehave on purpose (answer 500, garbage, nothing, too late, 4xx), which
+real workers cannot be made to do on demand."""
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -11,8 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from support.services import free_port
-from mlcluster_orchestrator.connections import ConnectionPool, ForwardError
-from mlcluster_orchestrator.dispatcher import Dispatcher
+from mlcluster_orchestrator.dispatcher import MAX_5XX_IN_A_ROW, Dispatcher
 from mlcluster_orchestrator.scheduler import Scheduler
 
 
@@ -26,6 +26,8 @@ class Handler(BaseHTTPRequestHandler):
         server = self.server
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         server.requests += 1
+        server.last_client_port = self.client_address[1]
+        server.authorization.append(self.headers.get("Authorization"))
         mode = server.mode
         if mode == "close":  # drop the connection without an answer
             self.close_connection = True
@@ -35,6 +37,7 @@ class Handler(BaseHTTPRequestHandler):
         status, data = {"ok": (200, json.dumps({"echo": body.decode(), "port": server.server_port})),
                         "hang": (200, "{}"), "500": (500, "boom"), "garbage": (200, "<html>not json"),
                         "400": (400, json.dumps({"error": "bad text", "status": 400})),
+                        "422-text": (422, "not json"), "401": (401, json.dumps({"error": "no token"})),
                         "ok-then-drop": (200, "{}")}[mode]
         payload = data.encode()
         self.send_response(status)
@@ -59,7 +62,7 @@ def servers():
 
     def start(mode: str, hang_s: float = 2.0) -> Server:
         server = Server(("127.0.0.1", 0), Handler)
-        server.mode, server.hang_s, server.requests = mode, hang_s, 0
+        server.mode, server.hang_s, server.requests, server.authorization = mode, hang_s, 0, []
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         started.append(server)
         return server
@@ -70,25 +73,36 @@ def servers():
         server.server_close()
 
 
-def make_dispatcher(ports: dict[str, int], forward_timeout_s: float = 5.0, max_attempts: int = 3):
+def make_dispatcher(ports: dict[str, int], forward_timeout_s: float = 5.0, max_attempts: int = 3,
+                    worker_token: str = ""):
     """Containers registered in id order; ties in the policy go to the smallest id."""
     scheduler = Scheduler(queue_limit=10)
     for cid, port in ports.items():
         scheduler.add("127.0.0.1", port, id=cid)
     events: list[tuple[str, dict]] = []
     dispatcher = Dispatcher(scheduler, queue_timeout_s=2.0, forward_timeout_s=forward_timeout_s,
-                            max_attempts=max_attempts, on_event=lambda kind, data: events.append((kind, data)))
+                            max_attempts=max_attempts, worker_token=worker_token,
+                            on_event=lambda kind, data: events.append((kind, data)))
     return dispatcher, scheduler, events
 
 
-@pytest.mark.parametrize("mode,kind", [("500", "http_5xx"), ("garbage", "bad_answer"), ("close", "disconnected"),
+def handle(dispatcher: Dispatcher, *bodies: bytes):
+    """Each body through the dispatcher in turn, on a fresh event loop (its own session)."""
+    async def run():
+        async with dispatcher:
+            return [await dispatcher.handle(body) for body in bodies]
+    outcomes = asyncio.run(run())
+    return outcomes[0] if len(outcomes) == 1 else outcomes
+
+
+@pytest.mark.parametrize("mode,kind", [("garbage", "bad_answer"), ("close", "disconnected"),
                                        ("hang", "timeout"), ("refused", "refused")])
 def test_a_failing_container_is_marked_down_and_the_request_goes_elsewhere(servers, mode, kind):
     good = servers("ok")
     bad_port = free_port() if mode == "refused" else servers(mode, hang_s=1.0).server_port
     dispatcher, scheduler, events = make_dispatcher({"a-bad": bad_port, "b-good": good.server_port},
                                                     forward_timeout_s=0.2)
-    outcome = dispatcher.handle(b'{"text": "hi"}')
+    outcome = handle(dispatcher, b'{"text": "hi"}')
     assert outcome.status == 200, outcome.body
     assert outcome.body["result"] == {"echo": '{"text": "hi"}', "port": good.server_port}
     assert outcome.body["container"]["id"] == "b-good" and outcome.body["attempts"] == 2
@@ -98,59 +112,93 @@ def test_a_failing_container_is_marked_down_and_the_request_goes_elsewhere(serve
     assert scheduler.get("b-good").served == 1 and scheduler.get("b-good").in_flight == 0
 
 
+def test_a_5xx_is_retried_elsewhere_and_marks_down_only_when_consecutive(servers):
+    bad, good = servers("500"), servers("ok")
+    dispatcher, scheduler, events = make_dispatcher({"a-bad": bad.server_port, "b-good": good.server_port})
+    first = handle(dispatcher, b'{"text": "one"}')
+    assert first.status == 200 and first.body["container"]["id"] == "b-good" and first.body["attempts"] == 2
+    assert scheduler.get("a-bad").status == "free" and scheduler.get("a-bad").failed == 1  # one 5xx: still in rotation
+    assert ("failed", {"container": "a-bad", "kind": "http_5xx"}) in events
+    outcomes = handle(dispatcher, *[b'{"text": "more"}'] * (MAX_5XX_IN_A_ROW - 1))
+    assert all(o.status == 200 for o in outcomes)
+    assert scheduler.get("a-bad").status == "down" and bad.requests == MAX_5XX_IN_A_ROW
+
+
+def test_a_success_resets_the_count_of_5xx_in_a_row(servers):
+    flaky = servers("500")
+    dispatcher, scheduler, _ = make_dispatcher({"a-flaky": flaky.server_port}, max_attempts=1)
+
+    async def run():
+        async with dispatcher:
+            for _ in range(MAX_5XX_IN_A_ROW - 1):
+                assert (await dispatcher.handle(b"{}")).status == 502
+            flaky.mode = "ok"
+            assert (await dispatcher.handle(b"{}")).status == 200
+            flaky.mode = "500"
+            for _ in range(MAX_5XX_IN_A_ROW - 1):
+                assert (await dispatcher.handle(b"{}")).status == 502
+    asyncio.run(run())
+    assert scheduler.get("a-flaky").status == "free" and flaky.requests == 2 * MAX_5XX_IN_A_ROW - 1
+
+
 def test_when_every_attempt_fails_the_caller_gets_502_and_nothing_stays_reserved(servers):
     ports = {f"c{i}": servers("500").server_port for i in range(4)}
     dispatcher, scheduler, _ = make_dispatcher(ports, max_attempts=3)
-    outcome = dispatcher.handle(b"{}")
+    outcome = handle(dispatcher, b"{}")
     assert outcome.status == 502 and "3 container(s) failed" in outcome.body["error"]
     assert sorted(c.failed for c in scheduler.containers()) == [0, 1, 1, 1]
     assert all(c.in_flight == 0 for c in scheduler.containers())
 
 
 def test_when_all_are_down_a_request_that_failed_once_gets_502_not_504(servers):
-    dispatcher, scheduler, _ = make_dispatcher({"only": servers("500").server_port})
+    dispatcher, scheduler, _ = make_dispatcher({"only": servers("close").server_port})
     dispatcher.queue_timeout_s = 0.1
-    outcome = dispatcher.handle(b"{}")
+    outcome = handle(dispatcher, b"{}")
     assert outcome.status == 502 and "1 container(s) failed" in outcome.body["error"]
 
 
-def test_a_4xx_from_the_worker_is_passed_on_without_blame(servers):
-    dispatcher, scheduler, events = make_dispatcher({"w": servers("400").server_port})
-    outcome = dispatcher.handle(b'{"text": "x"}')
-    assert outcome.status == 400 and outcome.body == {"error": "bad text", "status": 400}
-    assert scheduler.get("w").status == "free" and scheduler.get("w").in_flight == 0
+@pytest.mark.parametrize("mode,status,body", [("400", 400, {"error": "bad text", "status": 400}),
+                                              ("422-text", 422, {"error": "not json", "status": 422})])
+def test_a_4xx_from_the_worker_is_passed_on_without_blame_or_retry(servers, mode, status, body):
+    bad_input, other = servers(mode), servers("ok")
+    dispatcher, scheduler, events = make_dispatcher({"a": bad_input.server_port, "b": other.server_port})
+    outcome = handle(dispatcher, b'{"text": "x"}')
+    assert outcome.status == status and outcome.body == body
+    assert scheduler.get("a").status == "free" and scheduler.get("a").in_flight == 0
+    assert other.requests == 0  # not retried elsewhere
     assert not [e for e in events if e[0] == "failed"]
 
 
-def test_the_pool_reuses_a_connection_and_replaces_one_the_worker_closed(servers):
+def test_a_worker_refusing_our_credential_is_a_502_not_the_callers_401(servers):
+    server = servers("401")
+    dispatcher, scheduler, _ = make_dispatcher({"w": server.server_port})
+    outcome = handle(dispatcher, b"{}")
+    assert outcome.status == 502 and "credential" in outcome.body["error"]
+    assert scheduler.get("w").status == "free"
+
+
+def test_the_worker_token_is_sent_on_every_request_when_set(servers):
     server = servers("ok")
-    pool = ConnectionPool(connect_timeout_s=1, read_timeout_s=1)
-    address = ("127.0.0.1", server.server_port)
-    pool.post(*address, "/run_model", b"{}")
-    (_, first), = pool._idle[address]
-    pool.post(*address, "/run_model", b"{}")
-    (_, second), = pool._idle[address]
-    assert second is first  # kept alive and reused
-
-    server.mode = "ok-then-drop"
-    pool.post(*address, "/run_model", b"{}")  # the server closes this connection afterwards
-    time.sleep(0.05)
-    server.mode = "ok"
-    status, data = pool.post(*address, "/run_model", b'{"after": 1}')  # must not fail on the dead one
-    assert status == 200 and json.loads(data)["echo"] == '{"after": 1}'
-    (_, third), = pool._idle[address]
-    assert third is not first
-    assert server.requests == 4
+    handle(make_dispatcher({"w": server.server_port}, worker_token="s3cret")[0], b"{}", b"{}")
+    handle(make_dispatcher({"w": server.server_port})[0], b"{}")
+    assert server.authorization == ["Bearer s3cret", "Bearer s3cret", None]
 
 
-def test_the_pool_sorts_failures_into_kinds(servers):
-    pool = ConnectionPool(connect_timeout_s=1, read_timeout_s=0.2)
-    with pytest.raises(ForwardError) as refused:
-        pool.post("127.0.0.1", free_port(), "/run_model", b"{}")
-    assert refused.value.kind == "refused"
-    with pytest.raises(ForwardError) as slow:
-        pool.post("127.0.0.1", servers("hang", hang_s=1.0).server_port, "/run_model", b"{}")
-    assert slow.value.kind == "timeout"
-    with pytest.raises(ForwardError) as dropped:
-        pool.post("127.0.0.1", servers("close").server_port, "/run_model", b"{}")
-    assert dropped.value.kind == "disconnected"
+def test_connections_are_reused_and_one_the_worker_closed_is_replaced(servers):
+    server = servers("ok")
+    dispatcher, scheduler, events = make_dispatcher({"w": server.server_port})
+
+    async def run():
+        async with dispatcher:
+            ports = []
+            for mode in ["ok", "ok", "ok-then-drop", "ok"]:
+                server.mode = mode
+                outcome = await dispatcher.handle(b'{"n": 1}')
+                assert outcome.status == 200
+                ports.append(server.last_client_port)
+                await asyncio.sleep(0.05)  # the worker's close reaches the client
+            return ports
+    ports = asyncio.run(run())
+    assert ports[0] == ports[1] == ports[2] != ports[3]  # kept alive, then a new connection after the close
+    assert not events or all(kind == "served" for kind, _ in events)
+    assert scheduler.get("w").status == "free" and server.requests == 4

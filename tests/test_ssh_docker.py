@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -137,7 +138,7 @@ def test_build_on_the_host_then_reuse(net, tmp_path):
     assert shipped.returncode == 0, shipped.stderr
     wheels = tmp_path / "wheels"
     download = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels), "--only-binary=:all:",
-                               "gunicorn==27.0.1", "flask==3.1.3", "urllib3==2.8.0", "prometheus_client==0.26.0"],
+                               "-r", str(Path(__file__).parent.parent / "orchestrator_image" / "requirements.txt")],
                               capture_output=True, text=True, timeout=300)
     if download.returncode != 0:
         pytest.fail(f"pip download of the orchestrator's wheels failed: {download.stderr[-500:]}")

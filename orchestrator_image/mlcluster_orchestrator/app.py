@@ -1,16 +1,21 @@
-"""The orchestrator's HTTP face: thin Flask glue over the scheduler and dispatcher.
+"""The orchestrator's HTTP face: thin aiohttp glue over the scheduler and dispatcher.
 
-    ORCH_TOKEN=... gunicorn -c python:mlcluster_orchestrator.gunicorn_conf 'mlcluster_orchestrator.app:create_app()'
+    ORCH_TOKEN=... python -m mlcluster_orchestrator      # BIND=127.0.0.1:8000 by default
+
+One process, one event loop: a waiting request is a future in the scheduler's
+FIFO, not a thread. Settings come from the environment (DEFAULTS below).
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 
-from flask import Flask, Response, abort, jsonify, request
-from werkzeug.exceptions import HTTPException
+from aiohttp import web
 
 from . import validation
 from .dispatcher import Dispatcher
@@ -20,19 +25,9 @@ from .scheduler import Scheduler
 
 log = logging.getLogger("mlcluster.orchestrator")
 
-
-def _setup_logging() -> None:
-    """Our log lines go to stderr (gunicorn's error log), once per process."""
-    logger = logging.getLogger("mlcluster")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
 DEFAULTS = {
     "ORCH_TOKEN": "",
+    "ORCH_WORKER_TOKEN": "",  # sent to workers as a bearer token on /run_model; never logged
     "ORCH_QUEUE_LIMIT": 100,
     "ORCH_QUEUE_TIMEOUT_S": 30.0,
     "ORCH_FORWARD_TIMEOUT_S": 30.0,
@@ -42,7 +37,13 @@ DEFAULTS = {
     "ORCH_MAX_BODY_BYTES": 1 << 20,
     "ORCH_MAX_TEXTS": 64,  # texts per request, as the worker's MAX_BATCH
     "ORCH_LAB_PORTS": "5000,5001",  # what /receive_ips_from_workers assumes per IP
+    "ORCH_HEADER_TIMEOUT_S": 10.0,  # a request's header must arrive within this
+    "ORCH_BODY_TIMEOUT_S": 30.0,  # ... and its body within this after the header
+    "ORCH_IDLE_TIMEOUT_S": 30.0,  # a kept-alive connection idle this long is closed
+    "ORCH_MAX_CONNECTIONS": 10000,  # open connections beyond this are answered 503 and closed
 }
+JSON = "application/json"
+STATE = web.AppKey("orchestrator", object)
 
 
 def settings_from_env(env=os.environ) -> dict:
@@ -67,129 +68,193 @@ def lab_ports(value: str) -> list[int]:
     return ports
 
 
-def read_body(limit: int) -> bytes:
-    """The request body; 413 past `limit` bytes. Werkzeug's own limit would cut
-    a chunked body at the limit silently, so one byte more is read to tell."""
-    if request.content_length is not None and request.content_length > limit:
-        abort(413)
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
-        abort(413)
-    return data
+class Refused(Exception):
+    """An answer with an error status, raised from anywhere in a handler."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
 
 
-def _checked(check, *args):
+def answer(body: dict, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(body=json.dumps(body).encode(), status=status, content_type=JSON, headers=headers)
+
+
+def error_answer(status: int, message: str, headers: dict | None = None) -> web.Response:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return answer({"error": message, "status": status}, status, headers)
+
+
+@dataclass
+class Orchestrator:
+    """Everything one orchestrator process holds, built by `create_app`."""
+    settings: dict
+    scheduler: Scheduler
+    dispatcher: Dispatcher
+    health: HealthChecker
+    metrics: Metrics
+    started: float
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The body, within ORCH_MAX_BODY_BYTES (else 413, also when chunked)
+        and ORCH_BODY_TIMEOUT_S (else 408)."""
+        limit = self.settings["ORCH_MAX_BODY_BYTES"]
+        too_big = Refused(413, f"the body is over the {limit}-byte limit")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_big
+        try:
+            if request.content.is_eof():  # the common case: it came with the header
+                return await request.read()
+            return await asyncio.wait_for(request.read(), self.settings["ORCH_BODY_TIMEOUT_S"])
+        except web.HTTPRequestEntityTooLarge:
+            raise too_big from None
+        except asyncio.TimeoutError:
+            raise Refused(408, f"the body did not arrive within {self.settings['ORCH_BODY_TIMEOUT_S']:g} s") from None
+
+    def require_token(self, request: web.Request) -> None:
+        token = self.settings["ORCH_TOKEN"]
+        given = request.headers.get("Authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+            raise Refused(401, "this endpoint needs 'Authorization: Bearer <token>' with the cluster's token")
+
+    def register(self, specs: list[dict]) -> web.Response:
+        try:
+            added = [self.scheduler.add(s["host"], s["port"], s["capacity"], id=s["id"], healthy=False)
+                     for s in specs]
+        except ValueError as exc:
+            raise Refused(409, str(exc)) from None
+        self.health.probe_soon(added)
+        log.info("registered %s", ", ".join(f"{c.id}={c.host}:{c.port}" for c in added))
+        return answer({"registered": [c.describe() for c in added]}, 201)
+
+
+def checked(check, *args):
     """Run a validation check; its BadRequest becomes a 400 with its sentence."""
     try:
         return check(*args)
     except validation.BadRequest as exc:
-        abort(400, str(exc))
+        raise Refused(400, str(exc)) from None
 
 
-def create_app(config: dict | None = None) -> Flask:
+@web.middleware
+async def json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Every error is JSON `{"error": sentence, "status": code}`, never a traceback."""
+    try:
+        return await handler(request)
+    except Refused as exc:
+        status, message, headers = exc.status, exc.message, exc.headers
+    except web.HTTPException as exc:  # the router's 404/405
+        status, message, headers = exc.status, exc.reason, {}
+    except Exception:  # a bug: logged, answered as a 500 sentence
+        log.exception("error while answering %s %s", request.method, request.path)
+        status, message, headers = 500, "internal error (see the orchestrator's log)", {}
+    if request.path == "/new_request":
+        metrics = request.app[STATE].metrics
+        metrics.answered(status)
+        metrics.errors.labels(kind="bad_request").inc()
+    return error_answer(status, message, headers)
+
+
+async def new_request(request: web.Request) -> web.Response:
+    o: Orchestrator = request.app[STATE]
+    body = await o.read_body(request)
+    checked(validation.inference_request, body, o.settings["ORCH_MAX_TEXTS"])
+    outcome = await o.dispatcher.handle(body)
+    o.metrics.answered(outcome.status)
+    return answer(outcome.body, outcome.status, outcome.headers)
+
+
+async def add_workers(request: web.Request) -> web.Response:
+    o: Orchestrator = request.app[STATE]
+    o.require_token(request)
+    return o.register(checked(validation.container_specs, await o.read_body(request)))
+
+
+async def remove_worker(request: web.Request) -> web.Response:
+    o: Orchestrator = request.app[STATE]
+    o.require_token(request)
+    container_id = request.match_info["container_id"]
+    try:
+        container = o.scheduler.drain(container_id)
+    except KeyError:
+        raise Refused(404, f"no container {container_id!r} is registered") from None
+    # With nothing in flight it has left the registry already.
+    return answer({"draining": container.id, "in_flight": container.in_flight, "removed": container.in_flight == 0})
+
+
+async def receive_ips(request: web.Request) -> web.Response:
+    """The lab's contract: a JSON list of worker IPs, two containers each."""
+    o: Orchestrator = request.app[STATE]
+    o.require_token(request)
+    ips = checked(validation.worker_ips, await o.read_body(request))
+    ports = lab_ports(o.settings["ORCH_LAB_PORTS"])
+    return o.register([{"host": ip, "port": port, "capacity": 1, "id": None} for ip in ips for port in ports])
+
+
+async def workers_info(request: web.Request) -> web.Response:
+    """The lab's shape: {"workers info": {id: {"ip", "port", "status": busy|free}}}."""
+    info = {c.id: {"ip": c.host, "port": c.port, "status": "busy" if c.in_flight else "free"}
+            for c in request.app[STATE].scheduler.containers()}
+    return answer({"workers info": info})
+
+
+async def status(request: web.Request) -> web.Response:
+    o: Orchestrator = request.app[STATE]
+    snapshot = o.scheduler.snapshot()
+    snapshot["uptime_s"] = round(time.monotonic() - o.started, 1)
+    return answer(snapshot)
+
+
+async def health_check(request: web.Request) -> web.Response:
+    return answer({"status": "alive"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[STATE].metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def create_app(config: dict | None = None) -> web.Application:
+    """The application; the client session and the health checker start with
+    it (on_startup) and stop with it (on_cleanup)."""
     settings = settings_from_env()
     settings.update(config or {})
-    _setup_logging()
-    token = settings["ORCH_TOKEN"]
-    if not token:
+    if not settings["ORCH_TOKEN"]:
         raise RuntimeError("ORCH_TOKEN is not set: the orchestrator needs a token for its admin endpoints")
-    app = Flask(__name__)
-    max_body = settings["ORCH_MAX_BODY_BYTES"]
-    ports_per_ip = lab_ports(settings["ORCH_LAB_PORTS"])
-    started = time.monotonic()
-
+    lab_ports(settings["ORCH_LAB_PORTS"])  # fail at start, not at the first registration
     scheduler = Scheduler(queue_limit=settings["ORCH_QUEUE_LIMIT"])
     telemetry = Metrics(scheduler)
     dispatcher = Dispatcher(scheduler, queue_timeout_s=settings["ORCH_QUEUE_TIMEOUT_S"],
                             forward_timeout_s=settings["ORCH_FORWARD_TIMEOUT_S"],
-                            max_attempts=settings["ORCH_MAX_ATTEMPTS"], on_event=telemetry.on_event)
+                            max_attempts=settings["ORCH_MAX_ATTEMPTS"], worker_token=settings["ORCH_WORKER_TOKEN"],
+                            on_event=telemetry.on_event)
+    health = HealthChecker(scheduler, lambda: dispatcher.session, interval_s=settings["ORCH_HEALTH_INTERVAL_S"])
     if settings["ORCH_STATUS_FILE"]:
         keep_registry_in(settings["ORCH_STATUS_FILE"], scheduler)
-    health = HealthChecker(scheduler, interval_s=settings["ORCH_HEALTH_INTERVAL_S"])
-    if settings["ORCH_HEALTH_INTERVAL_S"] > 0:
-        health.start()
-    app.extensions["mlcluster"] = {"scheduler": scheduler, "dispatcher": dispatcher, "health": health,
-                                   "metrics": telemetry}
+    state = Orchestrator(settings, scheduler, dispatcher, health, telemetry, time.monotonic())
 
-    def require_token() -> None:
-        given = request.headers.get("Authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
-            abort(401, "this endpoint needs 'Authorization: Bearer <token>' with the cluster's token")
+    async def start(app: web.Application) -> None:
+        await dispatcher.start()
+        if settings["ORCH_HEALTH_INTERVAL_S"] > 0:
+            health.start()
+        elif scheduler.containers():  # restored ones still need one check to enter rotation
+            health.probe_soon(scheduler.containers())
 
-    def register(specs: list[dict]):
-        try:
-            added = [scheduler.add(s["host"], s["port"], s["capacity"], id=s["id"], healthy=False) for s in specs]
-        except ValueError as exc:
-            abort(409, str(exc))
-        health.probe_soon(added)
-        log.info("registered %s", ", ".join(f"{c.id}={c.host}:{c.port}" for c in added))
-        response = jsonify(registered=[c.describe() for c in added])
-        response.status_code = 201
-        return response
+    async def stop(app: web.Application) -> None:
+        await health.stop()
+        await dispatcher.close()
 
-    @app.errorhandler(HTTPException)
-    def json_error(exc: HTTPException):
-        if request.path == "/new_request":
-            telemetry.answered(exc.code)
-            telemetry.errors.labels(kind="bad_request").inc()
-        message = f"the body is over the {max_body}-byte limit" if exc.code == 413 else exc.description
-        response = jsonify(error=message, status=exc.code)
-        response.status_code = exc.code or 500
-        if exc.code == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
-
-    @app.post("/new_request")
-    def new_request():
-        body = read_body(max_body)
-        _checked(validation.inference_request, body, settings["ORCH_MAX_TEXTS"])
-        outcome = dispatcher.handle(body)
-        telemetry.answered(outcome.status)
-        response = jsonify(outcome.body)
-        response.status_code = outcome.status
-        response.headers.update(outcome.headers)
-        return response
-
-    @app.post("/workers")
-    def add_workers():
-        require_token()
-        return register(_checked(validation.container_specs, read_body(max_body)))
-
-    @app.delete("/workers/<container_id>")
-    def remove_worker(container_id: str):
-        require_token()
-        try:
-            container = scheduler.drain(container_id)
-        except KeyError:
-            abort(404, f"no container {container_id!r} is registered")
-        # With nothing in flight it has left the registry already.
-        return jsonify(draining=container.id, in_flight=container.in_flight, removed=container.in_flight == 0)
-
-    @app.post("/receive_ips_from_workers")
-    def receive_ips():
-        """The lab's contract: a JSON list of worker IPs, two containers each."""
-        require_token()
-        ips = _checked(validation.worker_ips, read_body(max_body))
-        return register([{"host": ip, "port": port, "capacity": 1, "id": None} for ip in ips for port in ports_per_ip])
-
-    @app.get("/workers_info")
-    def workers_info():
-        info = {c.id: {"ip": c.host, "port": c.port, "status": "busy" if c.in_flight else "free"}
-                for c in scheduler.containers()}
-        return jsonify({"workers info": info})
-
-    @app.get("/status")
-    def status():
-        snapshot = scheduler.snapshot()
-        snapshot["uptime_s"] = round(time.monotonic() - started, 1)
-        return jsonify(snapshot)
-
-    @app.get("/health_check")
-    def health_check():
-        return jsonify(status="alive")
-
-    @app.get("/metrics")
-    def metrics():
-        return Response(telemetry.exposition(), mimetype=CONTENT_TYPE)
-
+    app = web.Application(client_max_size=settings["ORCH_MAX_BODY_BYTES"], middlewares=[json_errors])
+    app[STATE] = state
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    app.router.add_post("/new_request", new_request)
+    app.router.add_post("/workers", add_workers)
+    app.router.add_delete("/workers/{container_id}", remove_worker)
+    app.router.add_post("/receive_ips_from_workers", receive_ips)
+    app.router.add_get("/workers_info", workers_info, allow_head=False)
+    app.router.add_get("/status", status, allow_head=False)
+    app.router.add_get("/health_check", health_check, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
     return app

@@ -1,22 +1,41 @@
 """Forwarding a request to a worker container, with retries elsewhere.
 
-The scheduler decides who gets the request; this module does the HTTP, and
-turns a container's failure (refused, timed out, 5xx) into "mark it down and
-try another one", so the caller still gets an answer.
+The scheduler decides who gets the request; this module does the HTTP (one
+aiohttp client session, kept-alive connections to every container) and sorts
+what comes back:
+
+- 2xx: served.
+- 4xx: the request itself was bad. Passed back to the caller with the same
+  status (as JSON); no retry, and the container stays in rotation. (401/403
+  are the exception: the worker refused *our* credential, which is no fault of
+  the caller: 502, logged, no retry.)
+- 5xx: the worker failed on this request. It is tried on another container
+  (ahead of the queue, within `max_attempts`), because the fault may be the
+  container's; the container leaves rotation only after `MAX_5XX_IN_A_ROW`
+  consecutive 5xx answers (as HAProxy's `observe layer7` + `error-limit`), so
+  one bad request cannot take containers out.
+- refused, timed out, broken connection, an answer that is not JSON: the
+  container is marked down at once (the health checker brings it back) and the
+  request goes to another one.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
-from .connections import ConnectionPool, ForwardError
+import aiohttp
+
 from .scheduler import Container, NoContainers, QueueFull, QueueTimeout, Reservation, Scheduler
 
 log = logging.getLogger("mlcluster.orchestrator")
-HANDOFF_PAUSE_S = 0.0002  # see _attempt
+MAX_5XX_IN_A_ROW = 3
+# Workers close idle kept-alive connections after 30 s (gunicorn's keepalive);
+# ours retire sooner, so a request never races that close.
+CLIENT_KEEPALIVE_S = 15.0
 
 
 @dataclass
@@ -34,18 +53,44 @@ class ContainerFailed(Exception):
 
 
 class Dispatcher:
+    """Use as `async with Dispatcher(...)` (or `await start()` / `await close()`):
+    the client session belongs to the running event loop."""
+
     def __init__(self, scheduler: Scheduler, *, queue_timeout_s: float, forward_timeout_s: float,
-                 max_attempts: int = 3, on_event: Callable[[str, dict], None] = lambda kind, data: None,
+                 max_attempts: int = 3, worker_token: str = "", connect_timeout_s: float = 2.0,
+                 on_event: Callable[[str, dict], None] = lambda kind, data: None,
                  clock: Callable[[], float] = time.monotonic):
         self.scheduler = scheduler
         self.queue_timeout_s = queue_timeout_s
-        self.forward_timeout_s = forward_timeout_s
         self.max_attempts = max_attempts
         self.on_event = on_event  # metrics hook: ("served"|"failed"|"rejected", data)
         self.clock = clock
-        self.pool = ConnectionPool(connect_timeout_s=2.0, read_timeout_s=forward_timeout_s)
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=forward_timeout_s)
+        self.headers = {"Content-Type": "application/json"}
+        if worker_token:  # never logged: only ever sent to workers
+            self.headers["Authorization"] = f"Bearer {worker_token}"
+        self.session: Optional[aiohttp.ClientSession] = None
+        self._5xx_in_a_row: dict[str, int] = {}
 
-    def handle(self, body: bytes) -> Outcome:
+    async def start(self) -> "Dispatcher":
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=CLIENT_KEEPALIVE_S, use_dns_cache=True,
+                                         ttl_dns_cache=60)
+        # No cookies, no proxies from the environment: workers are on private addresses.
+        self.session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                             timeout=self.timeout, trust_env=False, auto_decompress=False)
+        return self
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def __aenter__(self) -> "Dispatcher":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def handle(self, body: bytes) -> Outcome:
         """Serve one request: wait for a container (first come, first served),
         forward the body, and on a container's failure try another one, ahead
         of the queue. Every outcome is an HTTP answer, never an exception."""
@@ -54,59 +99,87 @@ class Dispatcher:
         failures: list[ContainerFailed] = []
         for attempt in range(1, self.max_attempts + 1):
             try:
-                reservation = self.scheduler.acquire(
+                reservation = await self.scheduler.acquire_async(
                     timeout=max(0.0, deadline - self.clock()), front=attempt > 1, queued_at=arrived)
             except (QueueFull, QueueTimeout, NoContainers) as refusal:
                 return self._refused(refusal, failures)
             try:
-                status, answer = self._attempt(reservation, body)
+                status, answer = await self._attempt(reservation, body)
             except ContainerFailed as failure:
                 failures.append(failure)
                 continue
-            if status >= 400:  # the worker judged the request itself bad: pass its answer on
-                return Outcome(status, answer)
+            if status >= 400:
+                return self._callers_error(reservation.container, status, answer)
             return self._served(reservation, answer, arrived, attempt)
         return self._gave_up(failures)
 
-    def _attempt(self, reservation: Reservation, body: bytes) -> tuple[int, dict]:
-        """Forward once. The reservation is released whatever happens; a failed
-        container is marked down first, so it is not handed out again."""
+    async def _attempt(self, reservation: Reservation, body: bytes) -> tuple[int, dict]:
+        """Forward once. The reservation is released whatever happens (also when
+        the caller's task is cancelled); a container that failed at transport
+        level is marked down first, so it is not handed out again."""
         container = reservation.container
         start = self.clock()
         ok, latency_ms = False, None
         try:
-            status, answer = self._forward(container, body)
-            ok = True
-            if status < 400:
+            status, answer = await self._forward(container, body)
+            ok = status < 400
+            if ok:
                 latency_ms = (self.clock() - start) * 1000
+                self._5xx_in_a_row.pop(container.id, None)
             return status, answer
         except ContainerFailed as failure:
-            log.warning("container %s (%s) failed: %s; marking it down and retrying elsewhere",
-                        container.id, container.url, failure)
-            self.scheduler.set_health(container.id, False)
-            self.pool.forget((container.host, container.port))
             self.on_event("failed", {"container": container.id, "kind": failure.kind})
+            if failure.kind != "http_5xx":
+                log.warning("container %s (%s) failed: %s; marking it down and retrying elsewhere",
+                            container.id, container.url, failure)
+                self.scheduler.set_health(container.id, False)
+            else:
+                in_a_row = self._5xx_in_a_row.get(container.id, 0) + 1
+                self._5xx_in_a_row[container.id] = in_a_row
+                if in_a_row >= MAX_5XX_IN_A_ROW:
+                    log.warning("container %s (%s) answered 5xx %d times in a row; marking it down",
+                                container.id, container.url, in_a_row)
+                    self.scheduler.set_health(container.id, False)
+                    self._5xx_in_a_row.pop(container.id, None)
+                else:
+                    log.warning("%s; trying another container", failure)
             raise
         finally:
-            if self.scheduler.release(reservation, ok=ok, latency_ms=latency_ms):
-                # A waiting request got this container. Pause so its thread takes
-                # the GIL now and forwards at once, instead of after this thread
-                # has built its own answer (~0.3 ms): measured +1.5% throughput
-                # at 8 containers x 50 ms, on 2 CPUs. Only when the queue is not
-                # empty, where callers wait far longer than this anyway.
-                time.sleep(HANDOFF_PAUSE_S)
+            self.scheduler.release(reservation, ok=ok, latency_ms=latency_ms)
 
-    def _forward(self, container: Container, body: bytes) -> tuple[int, dict]:
+    async def _forward(self, container: Container, body: bytes) -> tuple[int, dict]:
         try:
-            status, data = self.pool.post(container.host, container.port, "/run_model", body or b"{}")
-        except ForwardError as exc:
-            raise ContainerFailed(exc.kind, f"{container.id} ({container.url}): {exc}") from None
+            async with self.session.post(f"{container.url}/run_model", data=body or b"{}",
+                                         headers=self.headers) as response:
+                status, data = response.status, await response.read()
+        except aiohttp.ClientConnectorError as exc:
+            kind = "timeout" if isinstance(exc.os_error, (TimeoutError, asyncio.TimeoutError)) else "refused"
+            raise ContainerFailed(kind, f"{container.id} ({container.url}): connection {kind}") from None
+        except (asyncio.TimeoutError, TimeoutError):  # ServerTimeoutError is one too
+            raise ContainerFailed("timeout", f"{container.id} ({container.url}): no answer in time") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ContainerFailed("disconnected", f"{container.id} ({container.url}): connection broke: "
+                                                  f"{type(exc).__name__}") from None
         if status >= 500:
-            raise ContainerFailed("http_5xx", f"{container.id} answered {status}")
+            raise ContainerFailed("http_5xx", f"container {container.id} answered {status}")
         try:
             return status, json.loads(data)
         except (ValueError, RecursionError):
+            if status >= 400:  # an error answer that is not JSON: still the caller's error
+                return status, {"error": data[:200].decode("utf-8", "replace") or f"the worker answered {status}"}
             raise ContainerFailed("bad_answer", f"{container.id} answered something that is not JSON") from None
+
+    def _callers_error(self, container: Container, status: int, answer: dict) -> Outcome:
+        if status in (401, 403):
+            log.error("container %s (%s) refused the orchestrator's worker credential (%d): "
+                      "check ORCH_WORKER_TOKEN", container.id, container.url, status)
+            return Outcome(502, {"error": f"worker {container.id} refused the orchestrator's credential",
+                                 "status": 502})
+        if not isinstance(answer, dict):
+            answer = {"error": str(answer)[:200]}
+        answer.setdefault("error", f"the worker refused the request ({status})")
+        answer["status"] = status
+        return Outcome(status, answer)
 
     def _served(self, reservation: Reservation, answer: dict, arrived: float, attempts: int) -> Outcome:
         container = reservation.container

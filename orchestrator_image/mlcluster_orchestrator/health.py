@@ -1,15 +1,16 @@
 """Background health checks and the saved registry."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Optional
 
-import urllib3
+import aiohttp
 
 from .scheduler import Scheduler
 
@@ -20,46 +21,50 @@ _save_lock = threading.Lock()
 
 
 class HealthChecker:
-    """Probes every container's /ready every `interval_s`; a failing one is taken
-    out of rotation, a recovered one is brought back."""
+    """Probes every container's /ready every `interval_s` on the event loop; a
+    failing one is taken out of rotation, a recovered one is brought back.
+    Uses the dispatcher's client session (its own time-outs per probe)."""
 
-    def __init__(self, scheduler: Scheduler, interval_s: float = 1.0, timeout_s: float = 2.0):
+    def __init__(self, scheduler: Scheduler, session_of: Callable[[], aiohttp.ClientSession],
+                 interval_s: float = 1.0, timeout_s: float = 2.0):
         self.scheduler = scheduler
+        self.session_of = session_of
         self.interval_s = interval_s
-        self.timeout = urllib3.Timeout(connect=min(1.0, timeout_s), read=timeout_s)
-        self.http = urllib3.PoolManager(num_pools=256, maxsize=2, retries=False)
-        self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="health")
-        self._thread = threading.Thread(target=self._loop, name="health-checker", daemon=True)
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(1.0, timeout_s))
+        self._task: Optional[asyncio.Task] = None
+        self._probes: set[asyncio.Task] = set()
 
     def start(self) -> "HealthChecker":
-        self._thread.start()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._pool.shutdown(wait=False)
+    async def stop(self) -> None:
+        for task in [self._task, *self._probes]:
+            if task is not None:
+                task.cancel()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.check_all()
-            self._stop.wait(self.interval_s)
+    async def _loop(self) -> None:
+        while True:
+            await self.check_all()
+            await asyncio.sleep(self.interval_s)
 
     def probe_soon(self, containers) -> None:
         """Check these containers now, in the background (new registrations)."""
         for container in containers:
-            self._pool.submit(self._check, container)
+            task = asyncio.get_running_loop().create_task(self._check(container))
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
 
-    def check_all(self) -> None:
+    async def check_all(self) -> None:
         containers = [c for c in self.scheduler.containers() if not c.draining]
-        list(self._pool.map(self._check, containers))
+        await asyncio.gather(*(self._check(c) for c in containers))
 
-    def _check(self, container) -> None:
+    async def _check(self, container) -> None:
         try:
-            response = self.http.request("GET", f"{container.url}/ready", timeout=self.timeout)
-            healthy, why = response.status == 200, f"/ready answered {response.status}"
-        except urllib3.exceptions.HTTPError as exc:
+            async with self.session_of().get(f"{container.url}/ready", timeout=self.timeout) as response:
+                await response.read()
+                healthy, why = response.status == 200, f"/ready answered {response.status}"
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             healthy, why = False, f"unreachable ({type(exc).__name__})"
         if healthy != container.healthy:
             log.warning("container %s (%s) is %s%s", container.id, container.url,

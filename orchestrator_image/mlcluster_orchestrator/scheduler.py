@@ -1,8 +1,9 @@
 """Who gets which container: the registry, reservations and the wait queue.
 
-Plain Python, no Flask and no HTTP, so the policy can be read and tested on
-its own (with a fake clock). The dispatcher calls `acquire()` before it
-forwards a request and always `release()`s the reservation afterwards.
+Plain Python, no HTTP, so the policy can be read and tested on its own (with
+a fake clock). The dispatcher awaits `acquire_async()` (a waiting request is a
+future on the event loop) before it forwards a request and always `release()`s
+the reservation afterwards; `acquire()` is the same queue for threads.
 
 Invariants, all kept under one lock:
 - a container never holds more reservations than its capacity;
@@ -12,6 +13,7 @@ Invariants, all kept under one lock:
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import threading
@@ -96,10 +98,11 @@ def choose_container(candidates: Iterable[Container], busy_by_host: dict[str, in
 
 
 class _Waiter:
-    __slots__ = ("event", "reservation", "queued_at")
+    """A place in the queue; `wake()` is called (under the lock) once it holds a reservation."""
+    __slots__ = ("wake", "reservation", "queued_at")
 
-    def __init__(self, queued_at: float):
-        self.event = threading.Event()
+    def __init__(self, queued_at: float, wake: Callable[[], None]):
+        self.wake = wake
         self.reservation: Optional[Reservation] = None
         self.queued_at = queued_at
 
@@ -182,11 +185,52 @@ class Scheduler:
 
     # -- reservations -----------------------------------------------------
     def acquire(self, timeout: float, front: bool = False, queued_at: Optional[float] = None) -> Reservation:
-        """Reserve a container, waiting up to `timeout` seconds in FIFO order.
+        """Reserve a container, waiting up to `timeout` seconds in FIFO order
+        (blocking this thread).
 
         `front` puts the request at the head of the queue (a retry of a request
         that already waited its turn); `queued_at` keeps its original arrival time.
         """
+        event = threading.Event()
+        granted = self._reserve_or_enqueue(front, queued_at, event.set)
+        if isinstance(granted, Reservation):
+            return granted
+        event.wait(timeout)
+        return self._leave_queue(granted)
+
+    async def acquire_async(self, timeout: float, front: bool = False,
+                            queued_at: Optional[float] = None) -> Reservation:
+        """`acquire()` for the event loop: a waiting request costs one future and
+        one timer. Must run on the loop that calls `release()`/`set_health()`.
+        A request cancelled while it waits leaves the queue (or gives back what
+        it was just granted)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+        granted = self._reserve_or_enqueue(front, queued_at, wake)
+        if isinstance(granted, Reservation):
+            return granted
+        timer = loop.call_later(timeout, wake)
+        try:
+            await future
+        except asyncio.CancelledError:
+            with self._lock:
+                if granted.reservation is None:
+                    self._waiters.remove(granted)
+                    raise
+            self.release(granted.reservation, ok=True)
+            raise
+        finally:
+            timer.cancel()
+        return self._leave_queue(granted)
+
+    def _reserve_or_enqueue(self, front: bool, queued_at: Optional[float],
+                            wake: Callable[[], None]) -> "Reservation | _Waiter":
+        """A reservation at once when nobody waits and a container is free;
+        otherwise a place in the queue (QueueFull past the limit)."""
         now = self.clock()
         queued_at = now if queued_at is None else queued_at
         with self._lock:
@@ -198,13 +242,16 @@ class Scheduler:
                     return self._reserve_locked(container, queued_at, now)
             if len(self._waiters) >= self.queue_limit and not front:
                 raise QueueFull()
-            waiter = _Waiter(queued_at)
+            waiter = _Waiter(queued_at, wake)
             if front:
                 self._waiters.appendleft(waiter)
             else:
                 self._waiters.append(waiter)
             self._dispatch_locked()
-        waiter.event.wait(timeout)
+        return waiter
+
+    def _leave_queue(self, waiter: _Waiter) -> Reservation:
+        """After the wait: the reservation if one was granted, else QueueTimeout."""
         with self._lock:
             if waiter.reservation is not None:
                 return waiter.reservation
@@ -241,7 +288,7 @@ class Scheduler:
                 break
             waiter = self._waiters.popleft()
             waiter.reservation = self._reserve_locked(container, waiter.queued_at, self.clock())
-            waiter.event.set()
+            waiter.wake()
             handed += 1
         return handed
 

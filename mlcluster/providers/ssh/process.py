@@ -29,7 +29,7 @@ from .host import RemoteHost, ServiceSpec
 from ...services import MARKER_VAR, orchestrator_command, worker_command
 from ...remote.connection import quote
 
-CHECK_IMPORTS = "import mlcluster_worker, mlcluster_orchestrator, gunicorn, flask"
+CHECK_IMPORTS = "import mlcluster_worker, mlcluster_orchestrator, gunicorn, flask, aiohttp"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 STARTUP_CHECK_S = 1.5
 
