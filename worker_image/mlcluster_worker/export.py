@@ -78,7 +78,7 @@ def prepare_model(model_dir: str | Path, backend: str, cache_dir: str | Path) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        _export_onnx(source, work / "fp32.onnx")
+        labels = _export_onnx(source, work / "fp32.onnx")
         if backend == "onnx-int8":
             _quantize(work / "fp32.onnx", work / ONNX_FILE)
             (work / "fp32.onnx").unlink()
@@ -89,7 +89,7 @@ def prepare_model(model_dir: str | Path, backend: str, cache_dir: str | Path) ->
                 shutil.copy2(source / name, work / name)
         (work / MANIFEST).write_text(json.dumps(
             {"backend": backend, "source_hash": digest, "source": str(source), "onnx": ONNX_FILE,
-             "opset": OPSET}, indent=2))
+             "opset": OPSET, "labels": labels}, indent=2))
         for path in [work, *work.iterdir()]:  # readable by a container's non-root user when mounted
             path.chmod(0o755 if path.is_dir() else 0o644)
         if target.exists():  # a stale or half-made one: replace it
@@ -100,7 +100,9 @@ def prepare_model(model_dir: str | Path, backend: str, cache_dir: str | Path) ->
     return target
 
 
-def _export_onnx(source: Path, out: Path) -> None:
+def _export_onnx(source: Path, out: Path) -> list[str]:
+    """Export the classifier to `out`; return its labels by index (config.json
+    may omit the default LABEL_<i> names, which transformers supplies)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -114,6 +116,7 @@ def _export_onnx(source: Path, out: Path) -> None:
     with torch.inference_mode():
         torch.onnx.export(model, tuple(sample[n] for n in names), str(out), input_names=names,
                           output_names=["logits"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    return [model.config.id2label[i] for i in range(model.config.num_labels)]
 
 
 def _quantize(fp32: Path, out: Path) -> None:

@@ -49,7 +49,7 @@ class OnnxClassifier:
         self.session = ort.InferenceSession(str(root / manifest["onnx"]), options,
                                             providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.labels = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+        self.labels = dict(enumerate(manifest["labels"]))
         self.backend = backend
         self.threads = max(1, threads)
         self.torch_threads = None
