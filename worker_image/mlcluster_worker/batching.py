@@ -3,7 +3,9 @@
 A `Batcher(classify, max_requests, wait_s)` is called from many request
 threads: `run(texts) -> Batched`. The first request waiting starts a window of
 `wait_s`; the forward pass runs as soon as `max_requests` requests wait or the
-oldest has waited `wait_s`, whichever comes first, with the texts of every
+oldest has waited `wait_s` (counted from when the previous forward pass ended,
+if it arrived during one: so the clients that pass freed do not split into
+alternating half batches), whichever comes first, with the texts of every
 request taken (tokenizers pad to the longest text of that batch only). With
 `max_requests == 1` there is no window and no extra thread: each call runs at
 once, one at a time (the classifiers hold a lock around their forward pass).
@@ -45,6 +47,7 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._ready = threading.Condition()
         self._closed = False
+        self._free_since = clock()  # when the last forward pass ended
         self._thread = None
         if max_requests > 1:
             self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
@@ -73,7 +76,7 @@ class Batcher:
                 self._ready.wait()
             if self._closed:
                 return None
-            deadline = self._queue[0].arrived + self.wait_s
+            deadline = max(self._queue[0].arrived, self._free_since) + self.wait_s
             while len(self._queue) < self.max_requests:
                 left = deadline - self.clock()
                 if left <= 0:
@@ -91,8 +94,12 @@ class Batcher:
             except BaseException as exc:  # every waiting request gets the error, none hangs
                 for p in batch:
                     p.future.set_exception(exc)
+                with self._ready:
+                    self._free_since = self.clock()
                 continue
             elapsed = time.perf_counter() - start
+            with self._ready:
+                self._free_since = self.clock()
             offset = 0
             for p in batch:
                 p.future.set_result(Batched(results[offset:offset + len(p.texts)], len(texts), len(batch), elapsed))

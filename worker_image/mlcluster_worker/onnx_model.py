@@ -30,6 +30,8 @@ class OnnxClassifier:
         if manifest is None:
             raise FileNotFoundError(f"{root} holds no {MANIFEST}: prepare it with "
                                     f"`python -m mlcluster_worker.export {root} {backend} CACHE_DIR`")
+        if "labels" not in manifest:
+            raise ValueError(f"{root} was prepared by an older mlcluster: prepare it again")
         if manifest["backend"] != backend:
             raise ValueError(f"{root} was prepared for {manifest['backend']}, not {backend}")
         config = json.loads((root / "config.json").read_text())
