@@ -120,7 +120,8 @@ def test_a_body_over_the_limit_is_413_also_when_chunked(worker):
 # -- readiness, health, statistics, metrics ---------------------------------------
 def test_ready_health_stats_and_metrics(worker):
     assert requests.get(worker.url + "/ready", timeout=10).json() == {
-        "ready": True, "model": "tiny-distilbert (random weights, outputs meaningless)", "torch_threads": 2}
+        "ready": True, "model": "tiny-distilbert (random weights, outputs meaningless)", "torch_threads": 2,
+        "threads": 2, "backend": "torch", "capacity": 8, "batch_wait_ms": 10.0}
     assert requests.get(worker.url + "/health_check", timeout=10).json() == {"status": "alive"}
     run(worker, json={"text": "count me"})
     stats = requests.get(worker.url + "/stats", timeout=10).json()

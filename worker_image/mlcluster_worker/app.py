@@ -2,14 +2,17 @@
 
     gunicorn -c python:mlcluster_worker.gunicorn_conf 'mlcluster_worker.app:create_app()'
 
-Settings come from the environment (see `settings_from_env`), and tests may
-pass them, or a ready classifier, to `create_app`.
+Settings come from the environment (see `config.py`), and tests may pass
+them, or a ready classifier, to `create_app`. Every answer names the backend
+and the forward pass's batch (`batch_size` texts from `batch_requests`
+requests); `/ready` gives `backend` and `capacity` (requests the container
+takes at once) for the orchestrator's registration.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import logging
-import os
 import random
 import string
 import threading
@@ -19,6 +22,8 @@ from flask import Flask, Response, abort, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
+from .batching import Batcher
+from .config import CHARS_PER_TOKEN, resolve_backend, resolve_batching, settings_from_env, threads
 from .model import load_classifier
 
 log = logging.getLogger("mlcluster.worker")
@@ -34,35 +39,15 @@ def _setup_logging() -> None:
         logger.setLevel(logging.INFO)
         logger.propagate = False
 
-DEFAULTS = {
-    "MODEL": "distilbert-base-uncased",
-    "TORCH_THREADS": 1,
-    "SERVICE_TIME_MS": 50.0,  # only for MODEL=overhead-test
-    "MAX_BATCH": 64,
-    "MAX_BODY_BYTES": 1 << 20,
-    "WORKER_ID": "",
-}
-
-
-def settings_from_env(env=os.environ) -> dict:
-    settings = dict(DEFAULTS)
-    for key, default in DEFAULTS.items():
-        if key in env and env[key] != "":
-            try:
-                settings[key] = type(default)(env[key])
-            except ValueError:
-                raise RuntimeError(f"{key}={env[key]!r} is not a valid {type(default).__name__}") from None
-    return settings
-
-
 def read_body(limit: int) -> bytes:
     """The request body; 413 past `limit` bytes. Werkzeug's own limit would cut
     a chunked body at the limit silently, so one byte more is read to tell."""
+    message = f"the body is over the {limit}-byte limit"
     if request.content_length is not None and request.content_length > limit:
-        abort(413)
+        abort(413, message)
     data = request.stream.read(limit + 1)
     if len(data) > limit:
-        abort(413)
+        abort(413, message)
     return data
 
 
@@ -76,6 +61,7 @@ class _State:
 
     def __init__(self):
         self.classifier = None
+        self.batcher: Batcher | None = None
         self.error: str | None = None
         self.lock = threading.Lock()
         self.in_flight = 0
@@ -83,9 +69,11 @@ class _State:
         self.served = 0
 
 
-def _parse_texts(max_batch: int, max_body: int) -> tuple[list[str], bool]:
+def _parse_texts(max_batch: int, max_body: int, max_chars: int) -> tuple[list[str], bool]:
     """The request's texts, and whether it was a batch. Aborts with 400 on bad
-    input, 413 on a body over `max_body` bytes."""
+    input (also text that is not valid Unicode, such as a lone surrogate), 413
+    on a body over `max_body` bytes or a text over `max_chars` characters.
+    `{"payload": ...}` (the lab's body) classifies a random lab text."""
     raw = read_body(max_body)
     if not raw.strip():
         return [random_text()], False
@@ -95,17 +83,18 @@ def _parse_texts(max_batch: int, max_body: int) -> tuple[list[str], bool]:
         abort(400, "the body must be JSON: {}, {\"text\": \"...\"} or {\"texts\": [...]}")
     if not isinstance(body, dict):
         abort(400, "the body must be a JSON object")
-    unknown = set(body) - {"text", "texts"}
+    unknown = set(body) - {"text", "texts", "payload"}
     if unknown:
         abort(400, f"unknown field(s): {', '.join(sorted(unknown))}; expected 'text' or 'texts'")
-    if "text" in body and "texts" in body:
-        abort(400, "give either 'text' or 'texts', not both")
-    if not body:
+    if len(body) > 1:
+        abort(400, f"give one of 'text', 'texts' or 'payload', not {' and '.join(sorted(body))}")
+    if not body or "payload" in body:
         return [random_text()], False
     if "text" in body:
         text = body["text"]
         if not isinstance(text, str) or not text.strip():
             abort(400, "'text' must be a non-empty string")
+        _check_text(text, "'text'", max_chars)
         return [text], False
     texts = body["texts"]
     if not isinstance(texts, list) or not texts:
@@ -114,7 +103,25 @@ def _parse_texts(max_batch: int, max_body: int) -> tuple[list[str], bool]:
         abort(400, f"'texts' holds {len(texts)} texts; at most {max_batch} per request")
     if not all(isinstance(t, str) and t.strip() for t in texts):
         abort(400, "every item of 'texts' must be a non-empty string")
+    for i, text in enumerate(texts):
+        _check_text(text, f"'texts'[{i}]", max_chars)
     return texts, True
+
+
+def _check_text(text: str, what: str, max_chars: int) -> None:
+    if len(text) > max_chars:
+        abort(413, f"{what} holds {len(text)} characters; at most {max_chars} (MAX_TEXT_CHARS)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # JSON can carry lone surrogates ("\ud800"); no tokenizer takes them
+        abort(400, f"{what} is not valid Unicode (it holds a lone surrogate)")
+
+
+def _authorized(token: str) -> bool:
+    """Whether the request carries `Authorization: Bearer <token>` (compared in constant time)."""
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
 
 
 def create_app(config: dict | None = None, classifier=None) -> Flask:
@@ -124,6 +131,11 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
     app = Flask(__name__)
     app.config.update(settings)
     max_body = settings["MAX_BODY_BYTES"]
+    backend = resolve_backend(settings)
+    batching = resolve_batching(settings, backend)
+    n_threads = threads(settings)
+    worker_token = settings["WORKER_TOKEN"]
+    echo_chars = settings["ECHO_CHARS"]
     state = _State()
     registry = CollectorRegistry()
     requests_total = Counter("worker_requests_total", "run_model requests by outcome", ["outcome"], registry=registry)
@@ -135,18 +147,21 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
     ready_gauge = Gauge("worker_ready", "1 once the model is loaded and warmed up", registry=registry)
     served_ok = requests_total.labels(outcome="ok")
 
+    def serve(classifier) -> None:
+        state.batcher = Batcher(classifier.classify, batching.max_requests, batching.wait_ms / 1000.0)
+        state.classifier = classifier
+        ready_gauge.set(1)
+
     def load() -> None:
         try:
-            state.classifier = load_classifier(settings["MODEL"], settings["TORCH_THREADS"], settings["SERVICE_TIME_MS"])
-            ready_gauge.set(1)
+            serve(load_classifier(settings["MODEL"], backend, n_threads, settings["SERVICE_TIME_MS"]))
             log.info("model %s loaded and warmed up; ready", state.classifier.name)
         except Exception as exc:  # any failure must leave a clear line, not a crash loop
             state.error = f"model {settings['MODEL']!r} could not be loaded: {type(exc).__name__}: {exc}"
             log.error("NOT READY: %s", state.error)
 
     if classifier is not None:
-        state.classifier = classifier
-        ready_gauge.set(1)
+        serve(classifier)
     else:
         threading.Thread(target=load, name="model-loader", daemon=True).start()
 
@@ -154,26 +169,32 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
     def json_error(exc: HTTPException):
         if request.path == "/run_model":
             errors_total.labels(kind=str(exc.code)).inc()
-        message = f"the body is over the {max_body}-byte limit" if exc.code == 413 else exc.description
-        response = jsonify(error=message, status=exc.code)
+        response = jsonify(error=exc.description, status=exc.code)
         response.status_code = exc.code or 500
         return response
 
     @app.post("/run_model")
     def run_model():
-        if state.classifier is None:
+        if worker_token and not _authorized(worker_token):
+            errors_total.labels(kind="401").inc()
+            response = jsonify(error="this worker needs `Authorization: Bearer <its worker token>`", status=401)
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        classifier, batcher = state.classifier, state.batcher
+        if classifier is None:
             response = jsonify(error=state.error or "model is loading; not ready yet", status=503)
             response.status_code = 503
             response.headers["Retry-After"] = "1"
             return response
-        texts, batch = _parse_texts(settings["MAX_BATCH"], max_body)
+        texts, batch = _parse_texts(settings["MAX_BATCH"], max_body, settings["MAX_TEXT_CHARS"])
+        # The model reads max_length tokens: what lies far beyond is cut before the tokenizer sees it.
+        cut = classifier.max_length * CHARS_PER_TOKEN
         with state.lock:
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
-            start = time.perf_counter()
-            results = state.classifier.classify(texts)
-            elapsed = time.perf_counter() - start
+            done = batcher.run([t[:cut] for t in texts])
         except Exception as exc:
             errors_total.labels(kind="inference").inc()
             log.exception("inference failed")
@@ -183,13 +204,16 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
                 state.in_flight -= 1
         with state.lock:
             state.served += 1
-        inference.observe(elapsed)
+        inference.observe(done.inference_s)
         served_ok.inc()
-        answer = {"model": state.classifier.name, "inference_ms": round(elapsed * 1000, 3), "worker": settings["WORKER_ID"] or None}
-        if batch:
-            answer.update(texts=texts, results=results)
+        answer = {"model": classifier.name, "backend": backend, "inference_ms": round(done.inference_s * 1000, 3),
+                  "batch_size": done.batch_texts, "batch_requests": done.batch_requests,
+                  "worker": settings["WORKER_ID"] or None}
+        if batch:  # a bounded prefix of each text, and its length: never a megabyte back
+            answer.update(texts=[t[:echo_chars] for t in texts], text_chars=[len(t) for t in texts],
+                          results=done.results)
         else:
-            answer.update(text=texts[0], **results[0])
+            answer.update(text=texts[0][:echo_chars], text_chars=len(texts[0]), **done.results[0])
         return jsonify(answer)
 
     @app.get("/health_check")
@@ -199,7 +223,9 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
     @app.get("/ready")
     def ready():
         if state.classifier is not None:
-            return jsonify(ready=True, model=state.classifier.name,
+            return jsonify(ready=True, model=state.classifier.name, backend=backend,
+                           capacity=batching.max_requests, batch_wait_ms=batching.wait_ms,
+                           threads=state.classifier.threads,
                            torch_threads=getattr(state.classifier, "torch_threads", None))
         response = jsonify(ready=False, reason=state.error or "model is loading")
         response.status_code = 503

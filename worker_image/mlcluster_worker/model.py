@@ -1,8 +1,10 @@
 """The classifier a worker serves, and the overhead-test stand-in.
 
-`load_classifier(settings)` returns an object with `name` and
-`classify(texts) -> list[dict]`. Loading happens once, followed by one warm-up
-forward pass, before the worker reports ready.
+`load_classifier(model, backend, threads, service_ms)` returns an object with
+`name`, `backend`, `threads`, `max_length` and `classify(texts) -> list[dict]`
+(the torch one here, the ONNX Runtime one in `onnx_model`, imported only for
+the ONNX backends so that their worker never imports torch). Loading happens
+once, followed by one warm-up forward pass, before the worker reports ready.
 """
 from __future__ import annotations
 
@@ -17,6 +19,17 @@ log = logging.getLogger("mlcluster.worker")
 OVERHEAD_TEST = "overhead-test"
 
 
+def format_results(probs, labels: dict[int, str]) -> list[dict]:
+    """Rows of probabilities -> the answer's records (label, probabilities by label)."""
+    results = []
+    for row in probs:
+        row = [float(p) for p in row]
+        best = max(range(len(row)), key=row.__getitem__)
+        results.append({"label": labels.get(best, str(best)),
+                        "probabilities": {labels.get(i, str(i)): round(p, 6) for i, p in enumerate(row)}})
+    return results
+
+
 class Classifier:
     def __init__(self, model_ref: str, torch_threads: int):
         import torch
@@ -24,7 +37,8 @@ class Classifier:
 
         self._torch = torch
         torch.set_num_threads(max(1, torch_threads))
-        self.torch_threads = torch.get_num_threads()
+        self.torch_threads = self.threads = torch.get_num_threads()
+        self.backend = "torch"
         local = Path(model_ref).expanduser().is_dir()
         if not local and model_ref.startswith(("/", "./", "../", "~")):
             raise FileNotFoundError(f"model directory {model_ref} does not exist")
@@ -45,15 +59,7 @@ class Classifier:
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         with self._lock, torch.inference_mode():
             logits = self.model(**batch).logits
-        probs = torch.softmax(logits.float(), dim=-1).tolist()
-        results = []
-        for row in probs:
-            best = max(range(len(row)), key=row.__getitem__)
-            results.append({
-                "label": self.labels.get(best, str(best)),
-                "probabilities": {self.labels.get(i, str(i)): round(p, 6) for i, p in enumerate(row)},
-            })
-        return results
+        return format_results(torch.softmax(logits.float(), dim=-1).tolist(), self.labels)
 
 
 class OverheadTest:
@@ -64,7 +70,9 @@ class OverheadTest:
         self.service_s = service_ms / 1000.0
         self.name = f"{OVERHEAD_TEST} (no model, fixed {service_ms:g} ms)"
         self.random_weights = False
-        self.torch_threads = None
+        self.torch_threads = self.threads = None
+        self.backend = OVERHEAD_TEST
+        self.max_length = 512
 
     def classify(self, texts: list[str]) -> list[dict]:
         if self.service_s:
@@ -72,9 +80,14 @@ class OverheadTest:
         return [{"label": "NONE", "probabilities": {}} for _ in texts]
 
 
-def load_classifier(model_ref: str, torch_threads: int, service_ms: float):
+def load_classifier(model_ref: str, backend: str, threads: int, service_ms: float):
+    """The classifier for `backend` ("torch", "onnx", "onnx-int8"), warmed up."""
     if model_ref == OVERHEAD_TEST:
         return OverheadTest(service_ms)
-    classifier = Classifier(model_ref, torch_threads)
+    if backend == "torch":
+        classifier = Classifier(model_ref, threads)
+    else:
+        from .onnx_model import OnnxClassifier  # onnxruntime + tokenizers + numpy only
+        classifier = OnnxClassifier(model_ref, threads, backend)
     classifier.classify(["warm-up pass before reporting ready"])
     return classifier

