@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from helpers import Service, free_port
+from support.services import Service, free_port
 from mlcluster import services
-from serving_helpers import Cluster, stop_service
+from support.serving import Cluster, stop_service
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 # int8 weights move probabilities a little; fp32 ONNX matches torch closely.
