@@ -96,7 +96,8 @@ def run_worker(model_dir: str, backend: str, threads: int, log_dir: Path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, HF_HUB_OFFLINE="1",
-               **services.worker_env(model=model_dir, port=port, torch_threads=threads, worker_id=backend),
+               **services.worker_env(model=model_dir, port=port, token="", torch_threads=threads,
+                                     worker_id=backend),
                BACKEND=backend)
     log = open(log_dir / f"worker-{backend}.log", "ab")
     proc = subprocess.Popen(services.worker_command(), env=env, stdout=log, stderr=subprocess.STDOUT,

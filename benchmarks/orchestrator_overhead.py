@@ -207,7 +207,8 @@ def wait_until(check, what: str, timeout: float = 60.0) -> None:
 def start_workers(procs: Processes, count: int, service_ms: float) -> list[int]:
     ports = [free_port() for _ in range(count)]
     for i, port in enumerate(ports):
-        env = services.worker_env(model="overhead-test", port=port, worker_id=f"w{i}", service_ms=service_ms)
+        env = services.worker_env(model="overhead-test", port=port, token="", worker_id=f"w{i}",
+                                  service_ms=service_ms)
         procs.start(f"worker-{service_ms:g}ms-{i}", services.worker_command(), env)
     for port in ports:
         wait_until(lambda: _call(port, "GET", "/ready")[0] == 200, f"worker on port {port}")

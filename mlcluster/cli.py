@@ -51,6 +51,9 @@ def up(
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", help="Worker machines (default 4).")] = None,
     containers_per_worker: Annotated[Optional[int], typer.Option("--containers-per-worker", "-m", help="Containers per worker (default 2).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Hub id, local model directory, or overhead-test.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="torch, onnx or onnx-int8 (default onnx-int8).")] = None,
+    batch_max: Annotated[Optional[int], typer.Option(help="Requests per forward pass (default: the backend's).")] = None,
+    batch_wait_ms: Annotated[Optional[float], typer.Option(help="How long a batch waits to fill (default: the backend's).")] = None,
     runtime: Annotated[Optional[str], typer.Option(help="process or docker.")] = None,
     port: Annotated[Optional[int], typer.Option(help="The orchestrator's port (local provider; default: a free one).")] = None,
     queue_limit: Annotated[Optional[int], typer.Option(help="Requests that may wait for a container (default 100).")] = None,
@@ -64,7 +67,7 @@ def up(
     """Create the machines, start the orchestrator and the worker containers, register them."""
     file_config = load_config(config)
     spec = build_spec(file_config, name=name, provider=provider, workers=workers, containers_per_worker=containers_per_worker,
-                      model=model, runtime=runtime, queue_limit=queue_limit, service_ms=service_ms,
+                      model=model, backend=backend, batch_max=batch_max, batch_wait_ms=batch_wait_ms, runtime=runtime, queue_limit=queue_limit, service_ms=service_ms,
                       local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile)
     cost_plan = get_provider(spec.provider).plan(spec)
     if cost_plan is not None:
@@ -72,6 +75,9 @@ def up(
         confirm(f"create these {spec.provider.upper()} resources for cluster {spec.name!r}?", yes)
     state = cluster.up(spec, ui)
     out.print(cluster_table(state))
+    capacity = state.containers[0].capacity if state.containers else 1
+    out.print(f"serving {state.spec.model} with the {state.spec.backend} backend "
+              f"({capacity} request(s) per container at once)")
     out.print(f"orchestrator: {state.orchestrator_url}  (send requests to {state.orchestrator_url}/new_request)")
 
 

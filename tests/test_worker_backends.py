@@ -45,7 +45,7 @@ def reference(tiny_model):
 def start(tmp_path, model: str, backend: str, worker_id: str = "w", **extra: str) -> Service:
     """A worker process with the backend's settings added to the usual environment."""
     port = free_port()
-    env = services.worker_env(model=model, port=port, torch_threads=1, worker_id=worker_id)
+    env = services.worker_env(model=model, port=port, token="", torch_threads=1, worker_id=worker_id)
     env.update(BACKEND=backend, **extra)
     return Service(services.worker_command(), env, f"http://127.0.0.1:{port}",
                    tmp_path / f"worker-{backend}-{port}.log").wait("/ready", timeout=120)

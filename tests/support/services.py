@@ -59,9 +59,10 @@ class Service:
         self._log.close()
 
 
-def start_worker(tmp_path: Path, model: str, port: int | None = None, **kw) -> Service:
+def start_worker(tmp_path: Path, model: str, port: int | None = None, token: str = "", **kw) -> Service:
+    """A worker on loopback; `token` "" leaves /run_model open (tests that call it directly)."""
     port = port or free_port()
-    env = services.worker_env(model=model, port=port, **kw)
+    env = services.worker_env(model=model, port=port, token=token, **kw)
     return Service(services.worker_command(), env, f"http://127.0.0.1:{port}", tmp_path / f"worker-{port}.log")
 
 

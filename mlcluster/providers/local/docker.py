@@ -33,8 +33,8 @@ from typing import Iterator, Optional
 
 from ... import services
 from ...errors import MlclusterError
-from ...images import KINDS, ensure_image
-from ...models import OVERHEAD_TEST, resolve_model
+from ...images import ensure_image, worker_kind
+from ...models import OVERHEAD_TEST, hub_snapshot, resolve_model
 from ...state import ClusterSpec, ClusterState, ContainerRecord
 from ...ui import QuietUI
 from ..base import Deployment
@@ -119,7 +119,8 @@ class LocalDockerRuntime:
         res = state.resources.setdefault("docker", {})
         res.setdefault("containers", {})
         res.setdefault("volumes", [])
-        tags = {kind: ensure_image(client, kind, ui) for kind in KINDS}
+        tags = {"orchestrator": ensure_image(client, "orchestrator", ui),
+                "worker": ensure_image(client, worker_kind(spec.backend), ui)}
         res["images"] = tags
         network = self._network(spec.name, res, state)
         plans = self._plans(spec, state, tags, res, ui)
@@ -169,7 +170,8 @@ class LocalDockerRuntime:
         state_volume = self._volume(f"mlcluster-{spec.name}-state", spec.name, "state", res, state)
         port = spec.provider_options.get("local", {}).get("port") or res.get("orchestrator_port") or free_port()
         orchestrator_env = services.orchestrator_env(
-            port=ORCHESTRATOR_PORT, token=state.token, host="0.0.0.0", queue_limit=spec.queue_limit,
+            port=ORCHESTRATOR_PORT, token=state.token, worker_token=state.worker_token, host="0.0.0.0",
+            queue_limit=spec.queue_limit,
             queue_timeout_s=spec.queue_timeout_s, status_file=f"{STATE_MOUNT}/registry.json")
         plans = [ContainerPlan("orchestrator", "orchestrator", "", tags["orchestrator"], orchestrator_env,
                       ORCHESTRATOR_PORT, int(port), {state_volume.name: {"bind": STATE_MOUNT, "mode": "rw"}})]
@@ -180,7 +182,8 @@ class LocalDockerRuntime:
             for c in range(1, spec.containers_per_worker + 1):
                 cid = f"worker{w}-{c}"
                 env = services.worker_env(model=model_ref, port=WORKER_PORT, host="0.0.0.0", torch_threads=threads,
-                                          worker_id=cid, service_ms=spec.service_ms)
+                                          worker_id=cid, service_ms=spec.service_ms,
+                                          **services.cluster_worker_settings(spec, state))
                 if model_volumes:
                     env["HF_HUB_OFFLINE"] = "1"
                 plans.append(ContainerPlan(cid, "worker", f"worker{w}", tags["worker"], env, WORKER_PORT, None, model_volumes))
@@ -189,7 +192,7 @@ class LocalDockerRuntime:
     def _model(self, spec: ClusterSpec, res: dict, state: ClusterState, image: str, ui: QuietUI):
         """MODEL for the workers, and the volumes that bring it to them."""
         model = resolve_model(spec.model, ui)
-        source = Path(model.ref) if model.local else _hub_snapshot(model.ref)
+        source = Path(model.ref) if model.local else hub_snapshot(model.ref)
         if source is None:
             return model.ref, {}  # overhead-test, or a hub id the containers fetch themselves
         if _world_readable(source):
@@ -325,17 +328,6 @@ def _world_readable(root: Path) -> bool:
         if mode & need != need or path.is_symlink():
             return False  # a link may point out of the mounted folder
     return True
-
-
-def _hub_snapshot(model: str) -> Optional[Path]:
-    """The local snapshot folder of a cached hub model, or None."""
-    if model == OVERHEAD_TEST:
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(model, local_files_only=True))
-    except Exception:  # not cached (or no huggingface_hub): the containers must fetch it
-        return None
 
 
 def _copy_source(source: Path) -> tuple[Path, str]:

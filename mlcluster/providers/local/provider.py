@@ -80,13 +80,14 @@ class LocalProvider:
                 port = self._port(role, previous, requested_port)
                 if role == "orchestrator":
                     env = services.orchestrator_env(
-                        port=port, token=state.token, queue_limit=spec.queue_limit,
+                        port=port, token=state.token, worker_token=state.worker_token, queue_limit=spec.queue_limit,
                         queue_timeout_s=spec.queue_timeout_s,
                         status_file=str(cluster_dir(spec.name) / "orchestrator-status.json"), marker=marker(spec.name))
                     cmd = services.orchestrator_command()
                 else:
                     env = services.worker_env(model=model.ref, port=port, torch_threads=threads, worker_id=pid_id,
-                                              service_ms=spec.service_ms, marker=marker(spec.name))
+                                              service_ms=spec.service_ms, marker=marker(spec.name),
+                                              **services.cluster_worker_settings(spec, state))
                     if model.local:
                         env["HF_HUB_OFFLINE"] = "1"
                     cmd = services.worker_command()

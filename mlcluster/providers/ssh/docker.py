@@ -66,8 +66,9 @@ echo "dockerd did not answer within 60 s" >&2; exit 1
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, options: Optional[SSHOptions], cluster: str):
+    def __init__(self, options: Optional[SSHOptions], cluster: str, worker_kind: str = "worker"):
         self.options, self.cluster = options, cluster
+        self.worker_kind = worker_kind  # worker or worker-onnx (images.worker_kind of the backend)
         # What was prepared here once for every host, by (what, kind); one lock
         # per kind, so the small orchestrator image need not wait for the worker's.
         self._locks = {kind: threading.Lock() for kind in IMAGE_REPOS}
@@ -82,12 +83,13 @@ class DockerRuntime:
         ensure_docker(host, step)
         host.facts["images"] = {}
         get_image = {"pull": self._image_pull, "build": self._image_build, "ship": self._image_ship}[self.options.images]
-        for kind in sorted(host.facts.get("roles", ())):
+        for role in sorted(host.facts.get("roles", ())):
+            kind = self.worker_kind if role == "worker" else role
             step.update(f"{host.name}: getting the {kind} image ({self.options.images})")
-            host.facts["images"][kind] = get_image(host, kind)
+            host.facts["images"][role] = get_image(host, kind)
 
     def _image_pull(self, host: RemoteHost, kind: str) -> str:
-        ref = self.options.worker_image if kind == "worker" else self.options.orchestrator_image
+        ref = self.options.worker_image if kind.startswith("worker") else self.options.orchestrator_image
         host.run(f"{docker(host)} pull -q {quote(ref)}", timeout=1800)
         return ref
 
@@ -97,7 +99,8 @@ class DockerRuntime:
             return tag
         remote = host.path(f"context-{kind}.tar.gz")
         host.conn.put(tarball, remote)
-        args = "".join(f" --build-arg {quote(f'{k}={v}')}" for k, v in sorted(self.options.build_args.items()))
+        build_args = {**images.BUILD_ARGS.get(kind, {}), **self.options.build_args}
+        args = "".join(f" --build-arg {quote(f'{k}={v}')}" for k, v in sorted(build_args.items()))
         host.run(f"{docker(host)} build -q -t {quote(tag)}{args} "
                  f"--label mlcluster.context={quote(tag.split(':')[1])} - < {quote(remote)} && rm -f {quote(remote)}",
                  timeout=3600)

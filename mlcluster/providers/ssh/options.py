@@ -22,7 +22,8 @@
                                           # this project there (needs python3 with venv and the
                                           # package index reachable from the host)
     workdir = ".mlcluster/<cluster>"      # on each host, relative to the login directory
-    bind = "0.0.0.0"            # address the services listen on, on their host
+    bind = "10.0.0.10"          # address the services listen on, on their host (default: the host's
+                                # private_address when it is an IP address, else 0.0.0.0)
     orchestrator_port = 8000
     worker_port = 5000          # the first one; the next containers use 5001, 5002...
     connect_timeout = 10        # seconds for one connect + login
@@ -120,7 +121,7 @@ def parse_options(spec: ClusterSpec) -> SSHOptions:
         "runtime": _runtime(table.get("runtime", runtime if runtime != "auto" else "docker"), "[ssh] runtime"),
         "python": _str(table, "python", "", "[ssh]"),
         "workdir": _str(table, "workdir", f".mlcluster/{name}", "[ssh]"),
-        "bind": _bind(table.get("bind", "0.0.0.0"), "[ssh] bind"),
+        "bind": _bind(table["bind"], "[ssh] bind") if "bind" in table else None,
     }
     if "orchestrator" not in table:
         raise MlclusterError("[ssh] needs orchestrator = { address = \"...\" }")
@@ -169,16 +170,17 @@ def _host(item: Any, default_name: str, defaults: dict, where: str) -> HostConfi
     name = item.get("name", default_name)
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise MlclusterError(f"{where} name {name!r} is not allowed", "use lowercase letters, digits and dashes")
+    private = _address(item.get("private_address", address), f"{where} private_address")
+    bind = item.get("bind", defaults["bind"])
     return HostConfig(
-        name=name, address=address,
-        private_address=_address(item.get("private_address", address), f"{where} private_address"),
+        name=name, address=address, private_address=private,
         user=_str(item, "user", defaults["user"], where),
         port=_port(item.get("port", defaults["port"]), f"{where} port"),
         key=_key(item["key"], f"{where} key") if "key" in item else defaults["key"],
         runtime=_runtime(item.get("runtime", defaults["runtime"]), f"{where} runtime"),
         python=_str(item, "python", defaults["python"], where),
         workdir=_str(item, "workdir", defaults["workdir"], where),
-        bind=_bind(item.get("bind", defaults["bind"]), f"{where} bind"),
+        bind=_bind(bind, f"{where} bind") if bind is not None else _private_bind(private),
     )
 
 
@@ -205,6 +207,15 @@ def _address(value: Any, where: str) -> str:
     if not HOSTNAME_RE.match(value):
         raise MlclusterError(f"{where} {value!r} is neither an IP address nor a host name")
     return value
+
+
+def _private_bind(private_address: str) -> str:
+    """Services listen on the address the orchestrator reaches them at, not on
+    every interface; a host name cannot be bound, so it falls back to all."""
+    try:
+        return str(ipaddress.ip_address(private_address))
+    except ValueError:
+        return "0.0.0.0"
 
 
 def _bind(value: Any, where: str) -> str:

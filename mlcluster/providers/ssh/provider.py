@@ -97,8 +97,10 @@ class _Session:
                 if kind == "process":
                     self._runtimes[kind] = ProcessRuntime()
                 else:
+                    from ...images import worker_kind
                     from .docker import DockerRuntime
-                    self._runtimes[kind] = DockerRuntime(self.options, self.state.name)
+                    self._runtimes[kind] = DockerRuntime(self.options, self.state.name,
+                                                         worker_kind(self.state.spec.backend))
             return self._runtimes[kind]
 
     def close(self) -> None:
@@ -201,7 +203,7 @@ class SSHProvider:
         runtime = session.runtime(config.runtime)
         docker = config.runtime == "docker"
         env = services.orchestrator_env(
-            port=options.orchestrator_port, token=session.state.token,
+            port=options.orchestrator_port, token=session.state.token, worker_token=session.state.worker_token,
             host="0.0.0.0" if docker else config.bind, queue_limit=spec.queue_limit,
             queue_timeout_s=spec.queue_timeout_s, marker=marker(spec.name, config.name),
             status_file="" if docker else host.path("orchestrator-status.json"))
@@ -226,7 +228,8 @@ class SSHProvider:
             for i in range(1, per_host + 1):
                 sid, port = f"{name}-{i}", options.worker_port + i - 1
                 step.update(f"{name}: starting {sid} ({i}/{per_host})")
-                service = self._worker_service(spec, options, config, sid, port, models[name], threads)
+                service = self._worker_service(spec, session.state, options, config, sid, port, models[name],
+                                               threads)
                 record = runtime.start(host, service, marker(spec.name, name), known.get(sid))
                 session.record_service(sid, {**record, "host": name, "port": port})
                 records.append(ContainerRecord(id=sid, host=config.private_address, port=port, worker=name))
@@ -237,15 +240,15 @@ class SSHProvider:
         return [c for w in options.workers for c in started[w.name]]
 
     @staticmethod
-    def _worker_service(spec: ClusterSpec, options: SSHOptions, config: HostConfig, sid: str, port: int,
-                        model: str, threads: int) -> ServiceSpec:
+    def _worker_service(spec: ClusterSpec, state: ClusterState, options: SSHOptions, config: HostConfig, sid: str,
+                        port: int, model: str, threads: int) -> ServiceSpec:
         docker = config.runtime == "docker"
         model_dir = model if model.startswith("/") else ""
         env = services.worker_env(
             model="/model" if docker and model_dir else model, port=port,
             host="0.0.0.0" if docker else config.bind, torch_threads=threads, worker_id=sid,
             service_ms=spec.service_ms if model == OVERHEAD_TEST else None,
-            marker=marker(spec.name, config.name))
+            marker=marker(spec.name, config.name), **services.cluster_worker_settings(spec, state))
         env.update(options.worker_env)
         return ServiceSpec(sid, "worker", port, env, model_dir=model_dir)
 
