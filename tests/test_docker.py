@@ -73,7 +73,10 @@ def built(engine, home) -> dict[str, str]:
 def cluster(engine, built, tiny_model):
     """One orchestrator and two worker containers, registered and ready."""
     runtime = LocalDockerRuntime(engine)
-    spec = ClusterSpec(name=NAME, runtime="docker", workers=1, containers_per_worker=2, model=tiny_model)
+    # The runtime gets the model as workers load it: the torch backend serves the model directory itself
+    # (the ONNX backends get a directory that cluster.up exports first: see the CLI test below).
+    spec = ClusterSpec(name=NAME, runtime="docker", workers=1, containers_per_worker=2, model=tiny_model,
+                       backend="torch")
     state = ClusterState(name=NAME, provider="local", token=TOKEN, runtime="docker")
     try:
         deployment = runtime.up(spec, state, QuietUI())
@@ -114,8 +117,8 @@ def classify(url: str, text: str) -> dict:
 
 
 def test_images_are_non_root_small_and_healthchecked(engine, built):
-    limits_mb = {"orchestrator": 200, "worker": 1500}
-    ports = {"orchestrator": "8000/tcp", "worker": "5000/tcp"}
+    limits_mb = {"orchestrator": 200, "worker": 1500, "worker-onnx": 500}
+    ports = {"orchestrator": "8000/tcp", "worker": "5000/tcp", "worker-onnx": "5000/tcp"}
     for kind, tag in built.items():
         config = engine.images.get(tag).attrs["Config"]
         assert config["User"] == "10001:10001"
@@ -126,6 +129,11 @@ def test_images_are_non_root_small_and_healthchecked(engine, built):
     out = engine.containers.run(built["orchestrator"], ["python", "-c", "import importlib.util as u; "
                                 "print([m for m in ('torch', 'transformers') if u.find_spec(m)])"], remove=True)
     assert out.decode().strip() == "[]"
+    # Nor does the ONNX worker's: onnxruntime and tokenizers serve without torch.
+    out = engine.containers.run(built["worker-onnx"], ["python", "-c", "import importlib.util as u; "
+                                "print([m for m in ('torch', 'transformers', 'onnxruntime', 'tokenizers') "
+                                "if u.find_spec(m)])"], remove=True)
+    assert out.decode().strip() == "['onnxruntime', 'tokenizers']"
 
 
 def test_requests_are_answered_through_the_orchestrator(cluster):
@@ -271,15 +279,38 @@ def test_cli_up_logs_down_with_the_docker_runtime(engine, built, tiny_model, tmp
     name = f"{NAME}-cli"
     try:
         cli("up", "--name", name, "--runtime", "docker", "--workers", "1", "--containers-per-worker", "1",
-            "--model", str(model), env=env)
+            "--model", str(model), "--backend", "torch", env=env)
         url = json.loads(cli("status", "--name", name, "--json", env=env).stdout)["orchestrator_url"]
-        classify(url, "from the command line")
+        assert classify(url, "from the command line")["result"]["backend"] == "torch"
         assert "Listening at" in cli("logs", "--name", name, env=env).stdout
         worker = engine.containers.get(f"mlcluster-{name}-worker1-1")
         mounts = {m["Destination"]: m for m in worker.attrs["Mounts"]}
         assert mounts["/model"]["Type"] == "bind" and mounts["/model"]["RW"] is False
         cli("down", "--name", name, "--yes", env=env)
         assert labelled(engine, name) == [] and labelled(engine, name, "networks") == []
+    finally:
+        for container in labelled(engine, name):
+            container.remove(force=True)
+        for network in labelled(engine, name, "networks"):
+            network.remove()
+        for volume in labelled(engine, name, "volumes"):
+            volume.remove(force=True)
+
+
+def test_cli_onnx_int8_serves_from_the_torch_free_image(engine, built, tiny_model, tmp_path):
+    """The default backend: the model exported here once, served by the ONNX worker image."""
+    env = {**os.environ, "MLCLUSTER_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    name = f"{NAME}-onnx"
+    try:
+        up = cli("up", "--name", name, "--runtime", "docker", "--workers", "1", "--containers-per-worker", "1",
+                 "--model", tiny_model, "--backend", "onnx-int8", env=env)
+        assert "onnx-int8 backend" in up.stdout
+        url = json.loads(cli("status", "--name", name, "--json", env=env).stdout)["orchestrator_url"]
+        assert classify(url, "served without torch")["result"]["backend"] == "onnx-int8"
+        worker = engine.containers.get(f"mlcluster-{name}-worker1-1")
+        assert worker.image.id == engine.images.get(built["worker-onnx"]).id
+        cli("down", "--name", name, "--yes", env=env)
+        assert labelled(engine, name) == []
     finally:
         for container in labelled(engine, name):
             container.remove(force=True)
