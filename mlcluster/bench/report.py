@@ -133,8 +133,8 @@ def summary_table(report: Report, title: str = "Benchmark summary") -> Table:
     table.add_column("figure", style="bold")
     table.add_column("value", justify="right")
     s = report.summary
-    load = f"open loop, {report.rate} req/s" if report.mode == "open" else f"closed loop, concurrency {report.concurrency}"
-    table.add_row("load", load)
+    table.add_row("load", f"open loop, {report.rate} req/s" if report.mode == "open"
+                  else f"closed loop, concurrency {report.concurrency}")
     table.add_row("requests sent", str(s.requests))
     table.add_row("succeeded", str(s.ok))
     kinds = ", ".join(f"{k}: {v}" for k, v in s.errors_by_kind.items())

@@ -9,9 +9,9 @@ load generator reads the clock); nothing here reads the time itself.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import threading
-import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Optional, Sequence
 

@@ -166,8 +166,7 @@ class DockerRuntime:
     def container_name(self, service_id: str) -> str:
         return f"mlc-{self.cluster}-{service_id}"
 
-    def start(self, host: RemoteHost, service: ServiceSpec, marker: str,
-              known: Optional[SSHService]) -> SSHService:
+    def start(self, host: RemoteHost, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
         """Run the service's container unless an identical one already runs."""
         name, image = self.container_name(service.id), host.facts["images"][service.kind]
         digest = hashlib.sha256(repr((image, sorted(service.env.items()), service.port, service.model_dir,

@@ -55,8 +55,7 @@ class ProcessRuntime:
                                  "or leave it out to have a venv made")
         host.facts["python"] = python
 
-    def start(self, host: RemoteHost, service: ServiceSpec, marker: str,
-              known: Optional[SSHService]) -> SSHService:
+    def start(self, host: RemoteHost, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
         """Start the service unless the recorded process still runs; returns its record."""
         if known and self._alive(host, known.pid, marker):
             return known

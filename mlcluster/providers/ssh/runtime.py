@@ -20,8 +20,7 @@ class RemoteRuntime(Protocol):
     def prepare(self, host: RemoteHost, step: Step) -> None:
         """Make the host able to run services (an interpreter, or Docker and the images)."""
 
-    def start(self, host: RemoteHost, service: ServiceSpec, marker: str,
-              known: Optional[SSHService]) -> SSHService:
+    def start(self, host: RemoteHost, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
         """Start `service` unless what `known` records still runs as wanted; return its record."""
 
     def verify(self, host: RemoteHost, marker: str) -> None:
