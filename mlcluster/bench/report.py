@@ -73,6 +73,7 @@ class Report:
 
 
 def report_of(result: BenchResult, setup: dict[str, Any]) -> Report:
+    """The report of a run: its figures, its load, `setup` beside them."""
     config = result.config
     knee = None
     if result.knee is not None:
@@ -83,11 +84,6 @@ def report_of(result: BenchResult, setup: dict[str, Any]) -> Report:
                   concurrency=config.sweep or (config.concurrency if config.mode == "closed" else None),
                   rate=config.rate_sweep or config.rate, interrupted=result.interrupted,
                   unanswered=result.unanswered, steps=result.steps if config.is_sweep else [], knee=knee)
-
-
-def to_json(result: BenchResult, setup: dict) -> dict:
-    """The run as one object (`Report.to_json`)."""
-    return report_of(result, setup).to_json()
 
 
 def write_json(data: dict, path: Path) -> None:
@@ -105,7 +101,8 @@ def write_csv(result: BenchResult, path: Path) -> None:
 
 
 def read_csv(path: Path) -> list[RequestRecord]:
-    """The records a `write_csv` file holds (its derived latency_ms column is not read)."""
+    """The records a `write_csv` file holds (its derived latency_ms column is not read);
+    KeyError or ValueError when the file is not one."""
     hints = typing.get_type_hints(RequestRecord)
     with open(path, newline="") as f:
         return [RequestRecord(**{name: _parse(row[name], hints[name]) for name in CSV_FIELDS[:-1]})
