@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlcluster.providers.local.processes import free_port
+
 ANSWER = json.dumps({"result": {"model": "trivial", "inference_ms": 0.0}, "queue_ms": 0.0, "total_ms": 0.0,
                      "attempts": 1, "container": {"id": "trivial", "host": "127.0.0.1", "port": 1}}).encode()
 STATUS = json.dumps({"containers": [{"id": "trivial", "host": "127.0.0.1", "port": 1, "status": "free"}],
@@ -69,12 +71,6 @@ def serve(port: int) -> None:
 
 
 # -- the measurements -----------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_listening(port: int) -> None:
     for _ in range(100):
         try:

@@ -34,7 +34,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlcluster import services
+from mlcluster.providers.local.processes import free_port
 
 TOKEN = "benchmark-token"
 
@@ -137,12 +137,6 @@ def run_phase(targets: list[tuple[str, int, str]], seconds: float, warmup: float
 
 
 # -- services -----------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Processes:
     """Services started in their own process groups; `stop_all()` ends exactly them."""
 

@@ -59,7 +59,7 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
                              f"`mlcluster down --name {spec.name}` removes it, `mlcluster up` finishes it",
                              exit_code=130) from None
     except MlclusterError:
-        if new and not any(state.resources.values()):
+        if new and state.resources.is_empty():
             remove_cluster_dir(spec.name)  # nothing was created: leave no trace of a failed first `up`
         raise
     return state

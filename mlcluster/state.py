@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import ClusterNotFound, MlclusterError
+from .resources import Resources
 
 # What serves the model. onnx-int8 is the default: on our CPUs it gets 3x
 # torch fp32's throughput per core with the same labels (README, "Inference").
@@ -97,6 +98,8 @@ class ContainerRecord:
 
 
 # 1: `spec` a free-form dict, no `version` field; 2: `spec` a ClusterSpec.
+# `resources` has kept one JSON shape throughout (now typed: mlcluster.resources),
+# so it needs no version of its own.
 STATE_VERSION = 2
 
 
@@ -112,10 +115,10 @@ class ClusterState:
     spec: ClusterSpec = field(default_factory=ClusterSpec)  # what `up` was last asked for
     version: int = STATE_VERSION
     containers: list[ContainerRecord] = field(default_factory=list)
-    # What the provider created, in its own terms (pids, container ids,
-    # instance ids, host keys...). Written the moment something is created,
-    # so an interrupted `up` can always be cleaned by `down`.
-    resources: dict[str, Any] = field(default_factory=dict)
+    # What the provider created (pids, container ids, instance ids, host
+    # keys...). Written the moment something is created, so an interrupted
+    # `up` can always be cleaned by `down`.
+    resources: Resources = field(default_factory=Resources)
     created_at: float = field(default_factory=time.time)
 
     @property
@@ -123,7 +126,7 @@ class ClusterState:
         return cluster_dir(self.name)
 
     def save(self) -> None:
-        write_private_json(self.dir / "state.json", dataclasses.asdict(self))
+        write_private_json(self.dir / "state.json", {**dataclasses.asdict(self), "resources": self.resources.to_json()})
 
     @classmethod
     def load(cls, name: str) -> "ClusterState":
@@ -143,6 +146,7 @@ class ClusterState:
         if version > STATE_VERSION:
             raise ValueError(f"it was written by a newer mlcluster (state version {version})")
         data["containers"] = [ContainerRecord(**c) for c in data.get("containers", [])]
+        data["resources"] = Resources.from_json(data.get("resources") or {})
         # Version 1 kept whatever part of the spec it had (possibly nothing):
         # the known fields are read, the cluster's own name and provider fill the gaps.
         spec = {"name": data["name"], "provider": data["provider"], **(data.get("spec") or {})}

@@ -49,9 +49,9 @@ def test_provision_creates_tagged_instances_with_imdsv2_and_a_private_key(moto):
     key = state.dir / KEY_FILE
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     paramiko.Ed25519Key.from_private_key_file(str(key))
-    saved = ClusterState.load("lab").resources["aws"]
-    assert saved["instances"] == {n: i.id for n, i in instances.items()}
-    assert saved["security_group"] and saved["key_pair"] and saved["region"] == "us-east-1"
+    saved = ClusterState.load("lab").resources.aws
+    assert saved.instances == {n: i.id for n, i in instances.items()}
+    assert saved.security_group and saved.key_pair and saved.region == "us-east-1"
     assert len(tagged(moto, "lab")["volumes"]) == 3
     first_boot = base64.b64decode(moto.faults.params("RunInstances")[0]["UserData"]).decode()
     assert "python3.11" in first_boot and "usermod -aG docker ec2-user" in first_boot
@@ -69,7 +69,7 @@ def rules_of(server, group_id: str) -> set[tuple]:
 
 def test_security_group_opens_only_ssh_and_orchestrator_to_the_caller(moto):
     _, state = provision(make_spec(moto))
-    group = state.resources["aws"]["security_group"]
+    group = state.resources.aws.security_group
     assert rules_of(moto, group) == {(22, 22, ALLOWED), (8000, 8000, ALLOWED), (5000, 5001, group)}
 
 
@@ -77,7 +77,7 @@ def test_caller_address_comes_from_the_injected_lookup_and_changes_are_synced(mo
     provider = make_provider(ip_lookup=lambda: "198.51.100.7")
     spec = make_spec(moto, allowed_cidr="")
     _, state = provision(spec, provider)
-    group = state.resources["aws"]["security_group"]
+    group = state.resources.aws.security_group
     assert (22, 22, "198.51.100.7/32") in rules_of(moto, group)
     _, state = provision(make_spec(moto, allowed_cidr="192.0.2.0/24"), provider)
     assert rules_of(moto, group) == {(22, 22, "192.0.2.0/24"), (8000, 8000, "192.0.2.0/24"), (5000, 5001, group)}
@@ -86,13 +86,13 @@ def test_caller_address_comes_from_the_injected_lookup_and_changes_are_synced(mo
 def test_whole_internet_only_when_asked_and_with_a_warning(moto):
     ui = RecordingUI()
     _, state = provision(make_spec(moto, allowed_cidr="0.0.0.0/0"), ui=ui)
-    assert (22, 22, "0.0.0.0/0") in rules_of(moto, state.resources["aws"]["security_group"])
+    assert (22, 22, "0.0.0.0/0") in rules_of(moto, state.resources.aws.security_group)
     assert any("whole internet" in w for w in ui.warnings)
 
 
 def test_an_ipv6_caller_gets_ipv6_rules(moto):
     _, state = provision(make_spec(moto, allowed_cidr="2001:db8::5"))
-    group = state.resources["aws"]["security_group"]
+    group = state.resources.aws.security_group
     assert rules_of(moto, group) == {(22, 22, "2001:db8::5/128"), (8000, 8000, "2001:db8::5/128"), (5000, 5001, group)}
 
 

@@ -8,6 +8,8 @@ import stat
 import pytest
 
 from mlcluster.errors import MlclusterError
+from mlcluster.resources import (AWSResources, HostConfig, LocalDocker, LocalProcess, Resources, SSHResources,
+                                 SSHService)
 from mlcluster.state import STATE_VERSION, ClusterSpec, ClusterState, ContainerRecord
 
 
@@ -58,3 +60,77 @@ def test_a_file_from_a_newer_mlcluster_is_a_clear_error(home):
                                                           "version": STATE_VERSION + 1}))
     with pytest.raises(MlclusterError, match="newer mlcluster"):
         ClusterState.load("new")
+
+
+# The `resources` of version-2 files as mlcluster wrote them before they were typed
+# (one per provider and runtime; the ssh one also from a record that predates "runtime").
+V2_RESOURCES = {
+    "local": {"processes": [
+        {"role": "orchestrator", "id": "orchestrator", "worker": "", "port": 41000, "log": "/h/o.log", "pid": 11},
+        {"role": "worker", "id": "worker1-1", "worker": "worker1", "port": 41001, "log": "/h/w.log", "pid": 12}]},
+    "docker": {"docker": {"containers": {"mlcluster-lab-orchestrator": "abc"}, "volumes": ["mlcluster-lab-state"],
+                          "images": {"worker": "mlcluster-worker:1", "orchestrator": "mlcluster-orchestrator:1"},
+                          "network": "net1", "orchestrator_port": 41005}},
+    "ssh": {"host_keys": {"10.0.0.2:22": "ssh-ed25519 AAAA"}, "ssh": {
+        "hosts": {"w1": {"name": "w1", "address": "10.0.0.2", "private_address": "10.0.0.2", "user": "root",
+                         "port": 22, "key": "", "runtime": "docker", "python": "", "workdir": ".mlcluster/lab",
+                         "bind": "0.0.0.0"}},
+        "services": {"w1-1": {"container": "mlc-lab-w1-1", "runtime": "docker", "image": "mlcluster-worker:1",
+                              "host": "w1", "port": 5000},
+                     "orchestrator": {"pid": 77, "log": "/r/orchestrator.log", "host": "w1", "port": 8000}}}},
+    "aws": {"host_keys": {}, "aws": {"region": "eu-west-1", "key_pair": "key-1", "key_name": "mlcluster-lab",
+                                     "key_file": "/h/aws-key.pem", "security_group": "sg-1",
+                                     "instances": {"orchestrator": "i-1"}, "address_owners": {"198.51.100.2": "i-1"}}},
+}
+
+
+def write_state(home, resources: dict) -> None:
+    (home / "lab").mkdir(parents=True, exist_ok=True)
+    (home / "lab" / "state.json").write_text(json.dumps({
+        "name": "lab", "provider": "ssh", "token": "t", "version": 2, "spec": {}, "resources": resources}))
+
+
+def test_version_2_resources_load_as_typed_records(home):
+    write_state(home, V2_RESOURCES["local"])
+    assert ClusterState.load("lab").resources == Resources(processes=[
+        LocalProcess("orchestrator", "orchestrator", "", 41000, "/h/o.log", 11),
+        LocalProcess("worker1-1", "worker", "worker1", 41001, "/h/w.log", 12)])
+    write_state(home, V2_RESOURCES["docker"])
+    assert ClusterState.load("lab").resources.docker == LocalDocker(
+        {"mlcluster-lab-orchestrator": "abc"}, ["mlcluster-lab-state"],
+        {"worker": "mlcluster-worker:1", "orchestrator": "mlcluster-orchestrator:1"}, "net1", 41005)
+    write_state(home, V2_RESOURCES["ssh"])
+    loaded = ClusterState.load("lab").resources
+    assert loaded.ssh == SSHResources(
+        hosts={"w1": HostConfig("w1", "10.0.0.2", "10.0.0.2", "root", 22, "", "docker", "", ".mlcluster/lab", "0.0.0.0")},
+        services={"w1-1": SSHService("docker", "w1", 5000, container="mlc-lab-w1-1", image="mlcluster-worker:1"),
+                  "orchestrator": SSHService("process", "w1", 8000, pid=77, log="/r/orchestrator.log")})
+    assert loaded.host_keys == {"10.0.0.2:22": "ssh-ed25519 AAAA"} and loaded.aws is None and not loaded.processes
+    write_state(home, V2_RESOURCES["aws"])
+    assert ClusterState.load("lab").resources.aws == AWSResources(
+        "eu-west-1", {"orchestrator": "i-1"}, "sg-1", "key-1", "mlcluster-lab", "/h/aws-key.pem", {"198.51.100.2": "i-1"})
+
+
+@pytest.mark.parametrize("kind", sorted(V2_RESOURCES))
+def test_saved_resources_keep_their_json_shape(home, kind):
+    """Loaded and saved again, each part is written as before (fields a record
+    did not have gain their defaults; parts no provider touched stay out)."""
+    write_state(home, V2_RESOURCES[kind])
+    ClusterState.load("lab").save()
+    saved = json.loads((home / "lab" / "state.json").read_text())["resources"]
+    assert set(saved) == set(V2_RESOURCES[kind]) | {"processes", "host_keys"}
+    for part, value in V2_RESOURCES[kind].items():
+        if part == "ssh":
+            assert saved["ssh"]["hosts"] == value["hosts"]
+            for sid, record in value["services"].items():
+                assert saved["ssh"]["services"][sid].items() >= record.items()
+        else:
+            assert saved[part] == value
+    assert ClusterState.load("lab").resources == ClusterState.from_json(
+        {"name": "lab", "provider": "ssh", "token": "t", "resources": V2_RESOURCES[kind]}).resources
+
+
+def test_resources_are_empty_until_a_provider_records_something():
+    assert Resources().is_empty() and Resources(host_keys={}).is_empty()
+    assert not Resources(ssh=SSHResources()).is_empty()  # touched: a failed first `up` keeps its directory
+    assert not Resources(host_keys={"a:22": "k"}).is_empty()

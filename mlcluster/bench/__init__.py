@@ -8,7 +8,7 @@ Library use, without the CLI::
 """
 from .load import LoadStep, Target, random_bodies, text_bodies
 from .runner import BenchConfig, BenchResult, run_bench
-from .stats import RequestRecord, percentile, summarise
+from .stats import Answer, Distribution, RequestRecord, StepSummary, Summary, percentile, summarise
 
-__all__ = ["BenchConfig", "BenchResult", "LoadStep", "RequestRecord", "Target", "percentile", "random_bodies",
-           "run_bench", "summarise", "text_bodies"]
+__all__ = ["Answer", "BenchConfig", "BenchResult", "Distribution", "LoadStep", "RequestRecord", "StepSummary",
+           "Summary", "Target", "percentile", "random_bodies", "run_bench", "summarise", "text_bodies"]

@@ -68,11 +68,11 @@ def bench(
     finally:
         target.close()
     texts_note = f"{texts} ({len(bodies)} texts)" if texts else "random lowercase text, 50 characters"
-    data = report.to_json(result, describe_setup(target_url, state, status, result, texts_note))
-    report.print_result(data, ui.out)
-    _write_outputs(result, data, json_file, csv_file, plot_file, ui)
-    for step in data["steps"] or [data]:
-        offered, sent = step.get("offered_rps"), step.get("sent_rps")
+    run = report.report_of(result, describe_setup(target_url, state, status, result, texts_note))
+    report.print_result(run, ui.out)
+    _write_outputs(result, run, json_file, csv_file, plot_file, ui)
+    for summary in [step.summary for step in run.steps] or [run.summary]:
+        offered, sent = summary.offered_rps, summary.sent_rps
         if offered and sent and sent < 0.95 * offered and not result.interrupted:
             ui.warn(f"the client sent {sent:,.0f} req/s of the {offered:,.0f} offered: it could not keep up, "
                     "so the figures at that rate are not the cluster's alone")
@@ -90,16 +90,16 @@ def _steps(text: Optional[str], kind: type, option: str) -> Optional[list]:
         raise MlclusterError(str(exc)) from None
 
 
-def _write_outputs(result, data: dict, json_file, csv_file, plot_file, ui) -> None:
+def _write_outputs(result, run: report.Report, json_file, csv_file, plot_file, ui) -> None:
     if json_file:
-        report.write_json(data, json_file)
+        report.write_json(run.to_json(), json_file)
         ui.info(f"wrote {json_file}")
     if csv_file:
         report.write_csv(result, csv_file)
         ui.info(f"wrote {csv_file} ({len(result.records)} rows)")
     if plot_file:
         from .plot import save_plot  # matplotlib is slow to import; only when asked
-        save_plot(result, data, plot_file)
+        save_plot(result, run, plot_file)
         ui.info(f"wrote {plot_file}")
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 import urllib3
 
 from ..errors import MlclusterError
-from .stats import Recorder, RequestRecord
+from .stats import Answer, Recorder, RequestRecord
 
 Clock = Callable[[], float]
 
@@ -59,26 +59,26 @@ class Target:
         self.path = urllib3.util.parse_url(self.url).path or ""
         self.model: Optional[str] = None  # from the first good answer
 
-    def send(self, body: bytes) -> dict:
-        """POST one request; returns the record's answer fields (never raises
-        for a failed request: the failure is its `error`)."""
+    def send(self, body: bytes) -> Answer:
+        """POST one request; returns what came back (never raises for a
+        failed request: the failure is its `error`)."""
         try:
             response = self.pool.urlopen("POST", self.path + "/new_request", body=body,
                                          preload_content=True, redirect=False)
         except urllib3.exceptions.TimeoutError:
-            return {"status": None, "error": "timeout"}
+            return Answer(None, "timeout")
         except urllib3.exceptions.HTTPError:
-            return {"status": None, "error": "connection"}
+            return Answer(None, "connection")
         if response.status != 200:
-            return {"status": response.status, "error": f"http_{response.status}"}
+            return Answer(response.status, f"http_{response.status}")
         try:
             answer = json.loads(response.data)
             result = answer.get("result") or {}
-            fields = {"status": 200, "container": str(answer["container"]["id"]),
-                      "queue_ms": answer.get("queue_ms"), "server_ms": answer.get("total_ms"),
-                      "inference_ms": result.get("inference_ms"), "attempts": answer.get("attempts")}
+            fields = Answer(200, container=str(answer["container"]["id"]), queue_ms=answer.get("queue_ms"),
+                            server_ms=answer.get("total_ms"), inference_ms=result.get("inference_ms"),
+                            attempts=answer.get("attempts"))
         except (ValueError, KeyError, TypeError, AttributeError):
-            return {"status": 200, "error": "bad_answer"}
+            return Answer(200, "bad_answer")
         if self.model is None and result.get("model"):
             self.model = str(result["model"])
         return fields
@@ -191,7 +191,7 @@ class LoadRun:
             self.sent += 1
         answer = self.target.send(self.bodies[index % len(self.bodies)])
         done = self.now()
-        self.recorder.add(RequestRecord(index=index, step=self.plan.step, scheduled_s=scheduled,
-                                        sent_s=sent, done_s=done, **answer))
+        self.recorder.add(RequestRecord.of(answer, index=index, step=self.plan.step, scheduled_s=scheduled,
+                                           sent_s=sent, done_s=done))
         with self._lock:
             self.end_s = max(self.end_s, done)

@@ -7,13 +7,15 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .report import Report
 from .runner import BenchResult
+from .stats import StepSummary
 
 PANELS = ("Latency over time", "Latency distribution", "Throughput per sweep step", "Requests per container")
 
 
-def make_figure(result: BenchResult, data: dict) -> Figure:
-    """The figure for a run; `data` is its JSON form (figures per step)."""
+def make_figure(result: BenchResult, data: Report) -> Figure:
+    """The figure for a run; `data` is its report (figures per step)."""
     fig = Figure(figsize=(13, 9), layout="constrained")
     FigureCanvasAgg(fig)
     over_time, distribution, per_step, per_container = fig.subplots(2, 2).flat
@@ -25,7 +27,7 @@ def make_figure(result: BenchResult, data: dict) -> Figure:
     return fig
 
 
-def save_plot(result: BenchResult, data: dict, path: Path) -> list[str]:
+def save_plot(result: BenchResult, data: Report, path: Path) -> list[str]:
     """Write the PNG; returns the panel titles drawn (also in the PNG's metadata)."""
     fig = make_figure(result, data)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
@@ -34,9 +36,9 @@ def save_plot(result: BenchResult, data: dict, path: Path) -> list[str]:
     return titles
 
 
-def _headline(data: dict) -> str:
-    setup = data.get("setup") or {}
-    load = f"open loop {data['rate']} req/s" if data["mode"] == "open" else f"closed loop, concurrency {data['concurrency']}"
+def _headline(data: Report) -> str:
+    setup = data.setup
+    load = f"open loop {data.rate} req/s" if data.mode == "open" else f"closed loop, concurrency {data.concurrency}"
     who = setup.get("cluster") or setup.get("orchestrator_url") or ""
     return f"mlcluster bench {who}, {setup.get('time', '')}\n{load}; model {setup.get('model')}"
 
@@ -58,13 +60,13 @@ def _latency_over_time(ax, result: BenchResult) -> None:
         ax.legend(fontsize="small", markerscale=3)
 
 
-def _distribution(ax, result: BenchResult, data: dict) -> None:
+def _distribution(ax, result: BenchResult, data: Report) -> None:
     ax.set_title(PANELS[1])
     latencies = [r.latency_ms for r in result.records if r.ok]
     if latencies:
         ax.hist(latencies, bins=min(60, max(10, len(latencies) // 10)), color="tab:blue", alpha=0.7)
-    for key, color in (("p50", "green"), ("p90", "orange"), ("p99", "red")):
-        value = data["latency_ms"].get(key)
+    lat = data.summary.latency_ms
+    for key, value, color in (("p50", lat.p50, "green"), ("p90", lat.p90, "orange"), ("p99", lat.p99, "red")):
         if value is not None:
             ax.axvline(value, color=color, linestyle="--", label=f"{key} {value:,.1f} ms")
     ax.set_xlabel("latency (ms)")
@@ -73,35 +75,40 @@ def _distribution(ax, result: BenchResult, data: dict) -> None:
         ax.legend(fontsize="small")
 
 
-def _per_step(ax, data: dict) -> None:
+def _per_step(ax, data: Report) -> None:
     ax.set_title(PANELS[2])
-    steps = data["steps"] or [dict(data, concurrency=data["concurrency"], rate=data["rate"])]
+    steps = data.steps or [StepSummary(0, _single(data.concurrency), _single(data.rate), "done", data.summary)]
     labels = [_step_label(s) for s in steps]
     xs = range(len(steps))
-    bars = ax.bar(xs, [s["throughput_rps"] for s in steps], width=0.6 if len(steps) > 1 else 0.3,
+    bars = ax.bar(xs, [s.summary.throughput_rps for s in steps], width=0.6 if len(steps) > 1 else 0.3,
                   color="tab:blue", label="throughput")
-    knee = (data.get("knee") or {}).get("step")
+    knee = data.knee.step if data.knee else None
     if knee is not None:
         bars[knee].set_color("tab:green")
-        ax.annotate("knee", (knee, steps[knee]["throughput_rps"]), xytext=(0, 4), textcoords="offset points",
+        ax.annotate("knee", (knee, steps[knee].summary.throughput_rps), xytext=(0, 4), textcoords="offset points",
                     ha="center", color="tab:green", weight="bold")
     ax.set_xticks(list(xs), labels, rotation=30 if len(steps) > 6 else 0)
     ax.set_ylabel("answered per second")
     p99 = ax.twinx()
-    p99.plot(list(xs), [s["latency_ms"]["p99"] or 0 for s in steps], color="red", marker="o", label="p99 (ms)")
+    p99.plot(list(xs), [s.summary.latency_ms.p99 or 0 for s in steps], color="red", marker="o", label="p99 (ms)")
     p99.set_ylabel("p99 latency (ms)")
     p99.set_ylim(bottom=0)
     handles = [h for h in (bars, *p99.get_lines())]
     ax.legend(handles, [h.get_label() for h in handles], fontsize="small", loc="upper left")
 
 
-def _per_container(ax, data: dict) -> None:
+def _per_container(ax, data: Report) -> None:
     ax.set_title(PANELS[3])
-    per = data["per_container"]
+    per = data.summary.per_container
     ax.bar(range(len(per)), list(per.values()), color="tab:purple")
     ax.set_xticks(range(len(per)), list(per), rotation=30 if len(per) > 6 else 0)
     ax.set_ylabel("requests served")
 
 
-def _step_label(step: dict) -> str:
-    return f"{step['rate']:g}/s" if step.get("rate") else f"c={step.get('concurrency')}"
+def _step_label(step: StepSummary) -> str:
+    return f"{step.rate:g}/s" if step.rate else f"c={step.concurrency}"
+
+
+def _single(value):
+    """A run's concurrency or rate as one step's (a sweep's list has its steps instead)."""
+    return None if isinstance(value, list) else value

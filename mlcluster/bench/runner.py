@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 from ..errors import MlclusterError
 from ..ui import QuietUI
 from .load import LoadRun, LoadStep, Target
-from .stats import Recorder, RequestRecord, summarise
+from .stats import Recorder, RequestRecord, StepSummary, Summary, summarise
 from .sweep import StepPolicy, find_knee
 
 DEFAULT_DURATION_S = 10.0
@@ -92,8 +92,8 @@ class BenchConfig:
 @dataclass
 class BenchResult:
     config: BenchConfig
-    summary: dict                  # the whole run
-    steps: list[dict]              # one summary per step, with its step settings
+    summary: Summary               # the whole run
+    steps: list[StepSummary]       # one per step
     knee: Optional[int]            # index into steps (sweeps only)
     records: list[RequestRecord]
     interrupted: bool
@@ -106,7 +106,8 @@ def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=N
               clock: Callable[[], float] = time.perf_counter) -> BenchResult:
     """Run every step of `config` against `target`; see the module docstring."""
     ui = ui or QuietUI()
-    recorder, steps = Recorder(), []
+    recorder = Recorder()
+    steps: list[StepSummary] = []
     origin, started_at = clock(), time.time()
     interrupted, unanswered = False, 0
     window = [None, 0.0]  # the first step's start, the last answer's time
@@ -119,9 +120,8 @@ def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=N
         step_records = recorder.records(plan.step)
         unanswered += run.sent - len(step_records)
         window = [run.start_s if window[0] is None else window[0], max(window[1], run.end_s)]
-        steps.append({"step": plan.step, "concurrency": None if plan.open_loop else plan.concurrency,
-                      "rate": plan.rate, "stopped_by": why,
-                      **summarise(step_records, run.start_s, run.end_s, offered_rps=plan.rate)})
+        steps.append(StepSummary(plan.step, None if plan.open_loop else plan.concurrency, plan.rate, why,
+                                 summarise(step_records, run.start_s, run.end_s, offered_rps=plan.rate)))
         if why == "interrupted":
             interrupted = True
             break

@@ -9,23 +9,18 @@ load generator reads the clock); nothing here reads the time itself.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import threading
 from dataclasses import dataclass, fields
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 PERCENTILES = (50, 90, 99)
 
 
 @dataclass
-class RequestRecord:
-    """One request as the client saw it. Times are seconds from the run's
-    start (the same clock for all of them); latencies are milliseconds."""
-    index: int
-    step: int             # sweep step (0 for a single run)
-    scheduled_s: float    # when it was due (open loop) or sent (closed loop)
-    sent_s: float         # when the client actually sent it
-    done_s: float
+class Answer:
+    """What the client got back for one request (`Target.send`)."""
     status: Optional[int]  # HTTP status; None when no answer came back
     error: str = ""        # "" when ok; "http_503", "connection", "timeout", "bad_answer"
     container: str = ""
@@ -33,6 +28,23 @@ class RequestRecord:
     inference_ms: Optional[float] = None   # worker: the model's own time
     server_ms: Optional[float] = None      # orchestrator: arrival to answer
     attempts: Optional[int] = None
+
+
+@dataclass(kw_only=True)
+class RequestRecord(Answer):
+    """One request as the client saw it. Times are seconds from the run's
+    start (the same clock for all of them); latencies are milliseconds. Its
+    answer's fields are its own (`record.status`, `record.queue_ms`...)."""
+    index: int
+    step: int             # sweep step (0 for a single run)
+    scheduled_s: float    # when it was due (open loop) or sent (closed loop)
+    sent_s: float         # when the client actually sent it
+    done_s: float
+
+    @classmethod
+    def of(cls, answer: Answer, **times: Any) -> "RequestRecord":
+        """The record of `answer`, with its index, step and times as keywords."""
+        return cls(**times, **dataclasses.asdict(answer))
 
     @property
     def ok(self) -> bool:
@@ -44,7 +56,9 @@ class RequestRecord:
         return (self.done_s - self.scheduled_s) * 1000.0
 
 
-CSV_FIELDS = [f.name for f in fields(RequestRecord)] + ["latency_ms"]
+# One CSV column per field, the times first, then latency_ms (derived: not read back).
+CSV_FIELDS = ([f.name for f in fields(RequestRecord) if f.name not in {a.name for a in fields(Answer)}]
+              + [f.name for f in fields(Answer)] + ["latency_ms"])
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> Optional[float]:
@@ -58,15 +72,26 @@ def percentile(sorted_values: Sequence[float], p: float) -> Optional[float]:
     return sorted_values[rank - 1]
 
 
-def distribution(values: Iterable[float], digits: int = 3) -> dict:
+@dataclass
+class Distribution:
+    """Exact figures of some values (None for no values)."""
+    p50: Optional[float] = None
+    p90: Optional[float] = None
+    p99: Optional[float] = None
+    max: Optional[float] = None
+    min: Optional[float] = None
+    mean: Optional[float] = None
+    count: int = 0
+
+
+def distribution(values: Iterable[float], digits: int = 3) -> Distribution:
     """p50/p90/p99/max (and min, mean, count) of `values`, exact."""
     data = sorted(values)
-    out: dict = {f"p{p}": _round(percentile(data, p), digits) for p in PERCENTILES}
-    out["max"] = _round(data[-1], digits) if data else None
-    out["min"] = _round(data[0], digits) if data else None
-    out["mean"] = _round(sum(data) / len(data), digits) if data else None
-    out["count"] = len(data)
-    return out
+    if not data:
+        return Distribution()
+    p50, p90, p99 = (_round(percentile(data, p), digits) for p in PERCENTILES)
+    return Distribution(p50, p90, p99, max=_round(data[-1], digits), min=_round(data[0], digits),
+                        mean=_round(sum(data) / len(data), digits), count=len(data))
 
 
 def _round(value: Optional[float], digits: int) -> Optional[float]:
@@ -97,28 +122,66 @@ class Recorder:
             return [r.done_s for r in self._records if r.step == step]
 
 
+@dataclass
+class Summary:
+    """The figures of one measurement (a step, or the whole run). Its JSON form
+    is its fields, in this order (`mlcluster bench --json`)."""
+    requests: int
+    ok: int
+    errors: int
+    errors_by_kind: dict[str, int]
+    duration_s: float
+    throughput_rps: float            # answered ok per second
+    sent_rps: Optional[float]        # what the client achieved while sending
+    offered_rps: Optional[float]     # the open loop's rate (None: closed loop)
+    latency_ms: Distribution         # at the client, from when each request was due
+    per_container: dict[str, int]    # container id -> requests it answered ok
+    breakdown_ms: dict[str, Distribution]  # client, send_delay, server_total, queue, inference, forwarding, network
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Summary":
+        """Raises KeyError or TypeError when `data` is not a summary."""
+        values = {f.name: data[f.name] for f in fields(cls)}
+        values["latency_ms"] = Distribution(**values["latency_ms"])
+        values["breakdown_ms"] = {k: Distribution(**v) for k, v in values["breakdown_ms"].items()}
+        return cls(**values)
+
+
+@dataclass
+class StepSummary:
+    """One step of a sweep: its load, why it ended, and its figures
+    (JSON: these fields, then the summary's)."""
+    step: int
+    concurrency: Optional[int]   # closed loop
+    rate: Optional[float]        # open loop
+    stopped_by: str              # done | stable | time limit | interrupted
+    summary: Summary
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "concurrency": self.concurrency, "rate": self.rate,
+                "stopped_by": self.stopped_by, **self.summary.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "StepSummary":
+        return cls(data["step"], data["concurrency"], data["rate"], data["stopped_by"], Summary.from_json(data))
+
+
 def summarise(records: Sequence[RequestRecord], start_s: float, end_s: float,
-              offered_rps: Optional[float] = None) -> dict:
+              offered_rps: Optional[float] = None) -> Summary:
     """The figures of one measurement: counts, rates, client latency and the
     server-side breakdown. `start_s`/`end_s` bound the measurement window."""
     duration = max(end_s - start_s, 1e-9)
     ok = [r for r in records if r.ok]
     errors = collections.Counter(r.error for r in records if not r.ok)
     per_container = collections.Counter(r.container for r in ok if r.container)
-    summary = {
-        "requests": len(records),
-        "ok": len(ok),
-        "errors": sum(errors.values()),
-        "errors_by_kind": dict(sorted(errors.items())),
-        "duration_s": round(duration, 3),
-        "throughput_rps": round(len(ok) / duration, 3),
-        "sent_rps": _send_rate(records),
-        "offered_rps": offered_rps,
-        "latency_ms": distribution(r.latency_ms for r in ok),
-        "per_container": dict(sorted(per_container.items())),
-        "breakdown_ms": breakdown(ok),
-    }
-    return summary
+    return Summary(
+        requests=len(records), ok=len(ok), errors=sum(errors.values()), errors_by_kind=dict(sorted(errors.items())),
+        duration_s=round(duration, 3), throughput_rps=round(len(ok) / duration, 3), sent_rps=_send_rate(records),
+        offered_rps=offered_rps, latency_ms=distribution(r.latency_ms for r in ok),
+        per_container=dict(sorted(per_container.items())), breakdown_ms=breakdown(ok))
 
 
 def _send_rate(records: Sequence[RequestRecord]) -> Optional[float]:
@@ -130,7 +193,7 @@ def _send_rate(records: Sequence[RequestRecord]) -> Optional[float]:
     return round((len(sent) - 1) / (sent[-1] - sent[0]), 3)
 
 
-def breakdown(ok: Sequence[RequestRecord]) -> dict:
+def breakdown(ok: Sequence[RequestRecord]) -> dict[str, Distribution]:
     """Where the time went, per request, from the answer's own fields:
     queue wait and inference (server side), forwarding (orchestrator to worker
     and back, minus inference), and the rest (network and client)."""

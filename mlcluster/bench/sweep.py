@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .stats import is_stable, window_rates
+from .stats import StepSummary, is_stable, window_rates
 
 
 @dataclass
@@ -35,16 +35,16 @@ def parse_steps(text: str, kind: type, option: str) -> list:
     return values
 
 
-def find_knee(steps: Sequence[dict], factor: float = 1.5, max_error_rate: float = 0.01) -> Optional[int]:
+def find_knee(steps: Sequence[StepSummary], factor: float = 1.5, max_error_rate: float = 0.01) -> Optional[int]:
     """The knee of a sweep: the last step, counting from the first, whose p99
     stays within `factor` times the first step's p99 (and whose errors stay
-    under `max_error_rate`). `steps` are step summaries in sweep order.
+    under `max_error_rate`). `steps` are in sweep order.
     None when even the first step has no answers or too many errors."""
     knee = None
     base = None
-    for i, step in enumerate(steps):
-        p99 = step["latency_ms"]["p99"]
-        if p99 is None or step["requests"] == 0 or step["errors"] / step["requests"] > max_error_rate:
+    for i, step in enumerate(s.summary for s in steps):
+        p99 = step.latency_ms.p99
+        if p99 is None or step.requests == 0 or step.errors / step.requests > max_error_rate:
             break
         if base is None:
             base = p99

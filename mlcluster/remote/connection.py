@@ -1,7 +1,7 @@
 """The SSH connection layer (paramiko): commands that return a result, file
 upload, waiting for a host, host-key checks, and work on many hosts at once.
 
-    store = HostKeyStore(state.resources.setdefault("host_keys", {}), on_change=state.save)
+    store = HostKeyStore(state.resources.host_keys, on_change=state.save)
     with Connection("10.0.0.11", "ubuntu", key_path="~/.ssh/id_ed25519", known_hosts=store) as c:
         c.wait_reachable(time.monotonic() + 120)
         result = c.run("nproc", timeout=30)          # raises UnexpectedExit on a non-zero exit

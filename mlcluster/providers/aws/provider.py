@@ -8,7 +8,7 @@ stopped ones started) -> wait until running -> wait for SSH and first boot
 machine, private addresses from the orchestrator to the workers).
 
 Everything created is tagged at creation and recorded in
-`state.resources["aws"]` at once. When `up` fails or is interrupted, what
+`state.resources.aws` at once. When `up` fails or is interrupted, what
 exists stays (a second `up` resumes it) and the message says how to remove
 it: `mlcluster down --name X`, which finds it all by tag even without state.
 """
@@ -28,6 +28,7 @@ from .hosts import addresses, ports, ssh_table, user_data, wait_for_ssh
 from .options import AMI_PARAMETERS, PRICES, AWSOptions, normalise_cidr, plan
 from ...errors import MlclusterError
 from ...remote.connection import HostKeyStore
+from ...resources import AWSResources
 from ...state import ClusterSpec, ClusterState, write_private
 from ...ui import QuietUI
 from ..base import CostPlan, Deployment
@@ -77,7 +78,7 @@ class AWSProvider:
         raw = dict(self.options)
         if state is not None:
             raw = dict(state.spec.provider_options.get("aws") or raw)
-            raw["region"] = state.resources.get("aws", {}).get("region") or raw.get("region", "")
+            raw["region"] = (state.resources.aws or AWSResources()).region or raw.get("region", "")
         return AWSOptions.from_dict(raw)
 
     # -- up: EC2 ------------------------------------------------------------
@@ -182,7 +183,7 @@ class AWSProvider:
                                            spec.name) from None
                     raise
             chosen[name] = inst
-            _remember(state, aws, instances={**state.resources["aws"]["instances"], name: inst.id})
+            _remember(state, aws, instances={**state.resources.aws.instances, name: inst.id})
             zones = _zone_order(zones, [inst])
         with ui.step(f"waiting for {len(chosen)} instance(s) to run"):
             running = ec2.wait_for_state(aws, [chosen[n].id for n in names], "running",
@@ -206,7 +207,7 @@ class AWSProvider:
         o = AWSOptions.from_spec(spec)
         with _accounted(state, ui):
             addressed = addresses(o, instances)
-            key_file = state.resources["aws"]["key_file"]
+            key_file = state.resources.aws.key_file
             table = ssh_table(spec, o, addressed, key_file)
             # Kept in the state, so the ssh provider's logs (and a later down) read the hosts from it.
             state.spec.provider_options["ssh"] = table
@@ -263,9 +264,8 @@ class AWSProvider:
 
 
 def _remember(state: ClusterState, aws: AWS, **items) -> None:
-    """Record resources in the state and save it at once."""
-    state.resources.setdefault("aws", {})["region"] = aws.region
-    state.resources["aws"].update(items)
+    """Record resources (fields of AWSResources) in the state and save it at once."""
+    state.resources.aws = dataclasses.replace(state.resources.aws or AWSResources(), region=aws.region, **items)
     state.save()
 
 
@@ -273,8 +273,8 @@ def _forget_reused_addresses(state: ClusterState, instances: dict[str, Instance]
                              addressed: dict[str, tuple[str, str]]) -> dict[str, str]:
     """The cluster's known host keys, less those of addresses that now belong
     to another instance (AWS reuses public IPs): a new machine has a new key."""
-    keys = state.resources.setdefault("host_keys", {})
-    owners = state.resources["aws"].setdefault("address_owners", {})
+    keys = state.resources.host_keys
+    owners = state.resources.aws.address_owners
     for name, inst in instances.items():
         address = addressed[name][0]
         if owners.get(address) != inst.id:
@@ -339,15 +339,15 @@ def _accounted(state: ClusterState, ui: QuietUI) -> Iterator[None]:
         raise
 
 
-def _created(state: ClusterState) -> dict:
-    record = state.resources.get("aws", {})
-    return {k: record[k] for k in ("instances", "security_group", "key_pair") if record.get(k)}
+def _created(state: ClusterState) -> list[str]:
+    """What the cluster has in AWS that costs or blocks, in words ([] when nothing)."""
+    record = state.resources.aws or AWSResources()
+    parts = [f"{len(record.instances)} instance(s)"] if record.instances else []
+    parts += ["a security group"] if record.security_group else []
+    parts += ["a key pair"] if record.key_pair else []
+    return parts
 
 
 def _created_sentence(state: ClusterState) -> str:
-    created = _created(state)
-    parts = [f"{len(created['instances'])} instance(s)"] if created.get("instances") else []
-    parts += ["a security group"] if created.get("security_group") else []
-    parts += ["a key pair"] if created.get("key_pair") else []
-    region = state.resources.get("aws", {}).get("region", "")
-    return f"cluster {state.name!r} has {', '.join(parts) or 'nothing'} in AWS {region}".rstrip()
+    region = (state.resources.aws or AWSResources()).region
+    return f"cluster {state.name!r} has {', '.join(_created(state)) or 'nothing'} in AWS {region}".rstrip()

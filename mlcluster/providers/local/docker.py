@@ -35,6 +35,7 @@ from ... import services
 from ...errors import MlclusterError
 from ...images import ensure_image, worker_kind
 from ...models import OVERHEAD_TEST, hub_snapshot, resolve_model
+from ...resources import LocalDocker
 from ...state import ClusterSpec, ClusterState, ContainerRecord
 from ...ui import QuietUI
 from ..base import Deployment
@@ -116,12 +117,12 @@ class LocalDockerRuntime:
 
     def _up(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
         client = self.client
-        res = state.resources.setdefault("docker", {})
-        res.setdefault("containers", {})
-        res.setdefault("volumes", [])
+        if state.resources.docker is None:
+            state.resources.docker = LocalDocker()
+        res = state.resources.docker
         tags = {"orchestrator": ensure_image(client, "orchestrator", ui),
                 "worker": ensure_image(client, worker_kind(spec.backend), ui)}
-        res["images"] = tags
+        res.images = tags
         network = self._network(spec.name, res, state)
         plans = self._plans(spec, state, tags, res, ui)
         wanted = {p.name(spec.name) for p in plans}
@@ -129,15 +130,15 @@ class LocalDockerRuntime:
             if container.name not in wanted and container.labels.get(L_ROLE) in ("orchestrator", "worker"):
                 ui.info(f"removing {container.name}: no longer part of the cluster")
                 container.remove(force=True)
-                res["containers"].pop(container.name, None)
+                res.containers.pop(container.name, None)
         with ui.step(f"starting {len(plans)} container(s)", total=len(plans)) as step:
             for plan in plans:
                 self._ensure_container(plan, spec.name, network, res, state)
                 step.advance()
         orchestrator = client.containers.get(plans[0].name(spec.name))
-        res["orchestrator_port"] = _published_port(orchestrator, ORCHESTRATOR_PORT)
+        res.orchestrator_port = _published_port(orchestrator, ORCHESTRATOR_PORT)
         state.save()
-        url = f"http://{LOOPBACK}:{res['orchestrator_port']}"
+        url = f"http://{LOOPBACK}:{res.orchestrator_port}"
         services.wait_answering(url, what=f"the orchestrator container {orchestrator.name}",
                                 running=lambda: _still_running(orchestrator),
                                 log_tail=lambda: orchestrator.logs(tail=15).decode(errors="replace"))
@@ -145,30 +146,31 @@ class LocalDockerRuntime:
                       for p in plans if p.role == "worker"]
         return Deployment(orchestrator_url=url, containers=containers)
 
-    def _network(self, cluster: str, res: dict, state: ClusterState):
+    def _network(self, cluster: str, res: LocalDocker, state: ClusterState):
         found = self.client.networks.list(names=[f"mlcluster-{cluster}"], filters=_filters(cluster))
         network = found[0] if found else self.client.networks.create(
             f"mlcluster-{cluster}", driver="bridge", labels=labels_for(cluster, "network"))
-        res["network"] = network.id
+        res.network = network.id
         state.save()
         return network
 
-    def _volume(self, name: str, cluster: str, role: str, res: dict, state: ClusterState,
+    def _volume(self, name: str, cluster: str, role: str, res: LocalDocker, state: ClusterState,
                 extra_labels: Optional[dict] = None):
         import docker
         try:
             volume = self.client.volumes.get(name)
         except docker.errors.NotFound:
             volume = self.client.volumes.create(name, labels={**labels_for(cluster, role), **(extra_labels or {})})
-        if name not in res["volumes"]:
-            res["volumes"].append(name)
+        if name not in res.volumes:
+            res.volumes.append(name)
             state.save()
         return volume
 
-    def _plans(self, spec: ClusterSpec, state: ClusterState, tags: dict, res: dict, ui: QuietUI) -> list[ContainerPlan]:
+    def _plans(self, spec: ClusterSpec, state: ClusterState, tags: dict, res: LocalDocker,
+               ui: QuietUI) -> list[ContainerPlan]:
         """The orchestrator first, then every worker container."""
         state_volume = self._volume(f"mlcluster-{spec.name}-state", spec.name, "state", res, state)
-        port = spec.provider_options.get("local", {}).get("port") or res.get("orchestrator_port") or free_port()
+        port = spec.provider_options.get("local", {}).get("port") or res.orchestrator_port or free_port()
         orchestrator_env = services.orchestrator_env(
             port=ORCHESTRATOR_PORT, token=state.token, worker_token=state.worker_token, host="0.0.0.0",
             queue_limit=spec.queue_limit,
@@ -189,7 +191,7 @@ class LocalDockerRuntime:
                 plans.append(ContainerPlan(cid, "worker", f"worker{w}", tags["worker"], env, WORKER_PORT, None, model_volumes))
         return plans
 
-    def _model(self, spec: ClusterSpec, res: dict, state: ClusterState, image: str, ui: QuietUI):
+    def _model(self, spec: ClusterSpec, res: LocalDocker, state: ClusterState, image: str, ui: QuietUI):
         """MODEL for the workers, and the volumes that bring it to them."""
         model = resolve_model(spec.model, ui)
         source = Path(model.ref) if model.local else hub_snapshot(model.ref)
@@ -203,7 +205,7 @@ class LocalDockerRuntime:
             self._copy_model(source, name, spec.name, image, res, state, ui)
         return MODEL_MOUNT, {name: {"bind": MODEL_MOUNT, "mode": "ro"}}
 
-    def _copy_model(self, source: Path, volume: str, cluster: str, image: str, res: dict, state: ClusterState,
+    def _copy_model(self, source: Path, volume: str, cluster: str, image: str, res: LocalDocker, state: ClusterState,
                     ui: QuietUI) -> None:
         """Fill a new volume with the model, readable by the containers' user."""
         import docker
@@ -220,7 +222,8 @@ class LocalDockerRuntime:
                 self.client.volumes.get(volume).remove(force=True)
                 raise MlclusterError(f"copying the model {source} into a volume failed: {exc}") from None
 
-    def _ensure_container(self, plan: ContainerPlan, cluster: str, network, res: dict, state: ClusterState) -> None:
+    def _ensure_container(self, plan: ContainerPlan, cluster: str, network, res: LocalDocker,
+                          state: ClusterState) -> None:
         import docker
         name = plan.name(cluster)
         digest = plan.digest(self.client.images.get(plan.image).id)
@@ -231,7 +234,7 @@ class LocalDockerRuntime:
         if current is not None and current.labels.get(L_CONFIG) == digest:
             if current.status != "running":
                 current.start()
-            res["containers"][name] = current.id
+            res.containers[name] = current.id
             return
         if current is not None:
             current.remove(force=True)
@@ -242,21 +245,21 @@ class LocalDockerRuntime:
             plan.image, name=name, hostname=plan.cid, environment=plan.env, labels=labels, volumes=plan.volumes,
             ports={f"{plan.port}/tcp": (LOOPBACK, plan.host_port) if plan.host_port else (LOOPBACK,)},
             network=network.name, **HARDENING)
-        res["containers"][name] = container.id
+        res.containers[name] = container.id
         state.save()  # recorded the moment it exists, so `down` can always clean it
         container.start()
 
     # -- down ---------------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
         import docker
-        res = (state.resources.get("docker") or {}) if state else {}
+        res = state.resources.docker if state else None
         try:
             client = self.client
         except MlclusterError:
-            return ["the Docker engine does not answer: the cluster's containers may still exist"] if res else []
+            return ["the Docker engine does not answer: the cluster's containers may still exist"] if res is not None else []
         left: list[str] = []
         containers = {c.id: c for c in client.containers.list(all=True, filters=_filters(name))}
-        for cid in res.get("containers", {}).values():
+        for cid in (res.containers if res else {}).values():
             try:
                 containers.setdefault(cid, client.containers.get(cid))
             except docker.errors.NotFound:

@@ -17,6 +17,7 @@ from typing import Iterator, Optional
 from ... import services
 from ...errors import MlclusterError
 from ...models import resolve_model
+from ...resources import LocalProcess
 from ...state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir
 from ...ui import QuietUI
 from ..base import CostPlan, Deployment
@@ -48,7 +49,7 @@ class LocalProvider:
     # -- up ---------------------------------------------------------------
     def up(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
         runtime = self._runtime(spec.runtime)
-        if any(state.resources.values()) and state.runtime != runtime:
+        if not state.resources.is_empty() and state.runtime != runtime:
             raise MlclusterError(f"cluster {spec.name!r} already runs with the {state.runtime} runtime",
                                  f"`mlcluster down --name {spec.name}` first to change it")
         state.runtime = runtime
@@ -58,8 +59,8 @@ class LocalProvider:
                                      "start dockerd, or use --runtime process")
             return self._docker().up(spec, state, ui)
         model = resolve_model(spec.model, ui)
-        procs: list[dict] = state.resources.setdefault("processes", [])
-        alive = {p["id"]: p for p in procs if is_alive(p["pid"], marker(spec.name))}
+        procs = state.resources.processes
+        alive = {p.id: p for p in procs if is_alive(p.pid, marker(spec.name))}
         logs = cluster_dir(spec.name) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
 
@@ -70,13 +71,13 @@ class LocalProvider:
         extra = [p for pid, p in alive.items() if pid not in {w[1] for w in wanted}]
         if extra:
             ui.warn(f"{len(extra)} process(es) of this cluster beyond what was asked keep running: "
-                    + ", ".join(p["id"] for p in extra))
+                    + ", ".join(p.id for p in extra))
         threads = max(1, (os.cpu_count() or 1) // (spec.workers * spec.containers_per_worker))
         requested_port = spec.provider_options.get("local", {}).get("port")
         missing = [w for w in wanted if w[1] not in alive]
         with ui.step(f"starting {len(missing)} process(es)" if missing else "all processes already run", total=len(missing) or None) as step:
             for role, pid_id, worker in missing:
-                previous = next((p for p in procs if p["id"] == pid_id), None)
+                previous = next((p for p in procs if p.id == pid_id), None)
                 port = self._port(role, previous, requested_port)
                 if role == "orchestrator":
                     env = services.orchestrator_env(
@@ -91,38 +92,37 @@ class LocalProvider:
                     if model.local:
                         env["HF_HUB_OFFLINE"] = "1"
                     cmd = services.worker_command()
-                record = {"role": role, "id": pid_id, "worker": worker, "port": port,
-                          "log": str(logs / f"{pid_id}.log")}
-                record["pid"] = spawn(cmd, env, Path(record["log"]))
-                procs[:] = [p for p in procs if p["id"] != pid_id] + [record]
+                record = LocalProcess(id=pid_id, role=role, worker=worker, port=port, log=str(logs / f"{pid_id}.log"))
+                record.pid = spawn(cmd, env, Path(record.log))
+                procs[:] = [p for p in procs if p.id != pid_id] + [record]
                 state.save()  # recorded the moment it exists, so `down` can always clean it
                 step.advance()
-        orchestrator = next(p for p in procs if p["id"] == "orchestrator")
-        url = f"http://{LOOPBACK}:{orchestrator['port']}"
+        orchestrator = next(p for p in procs if p.id == "orchestrator")
+        url = f"http://{LOOPBACK}:{orchestrator.port}"
         services.wait_answering(
             url, what="the orchestrator",
-            running=lambda: Path(f"/proc/{orchestrator['pid']}").exists() and not is_zombie(orchestrator["pid"]),
-            log_tail=lambda: "".join(read_log(Path(orchestrator["log"]), False, 15)))
-        containers = [ContainerRecord(id=p["id"], host=LOOPBACK, port=p["port"], worker=p["worker"])
-                      for p in procs if p["role"] == "worker" and p["id"] in {w[1] for w in wanted}]
+            running=lambda: Path(f"/proc/{orchestrator.pid}").exists() and not is_zombie(orchestrator.pid),
+            log_tail=lambda: "".join(read_log(Path(orchestrator.log), False, 15)))
+        containers = [ContainerRecord(id=p.id, host=LOOPBACK, port=p.port, worker=p.worker)
+                      for p in procs if p.role == "worker" and p.id in {w[1] for w in wanted}]
         return Deployment(orchestrator_url=url, containers=containers)
 
-    def _port(self, role: str, previous: Optional[dict], requested: Optional[int]) -> int:
+    def _port(self, role: str, previous: Optional[LocalProcess], requested: Optional[int]) -> int:
         if role == "orchestrator" and requested:
             if not port_free(int(requested)):
                 raise MlclusterError(f"port {requested} on {LOOPBACK} is already in use",
                                      "choose another with --port, or leave --port out to take a free one")
             return int(requested)
-        if previous and port_free(previous["port"]):
-            return previous["port"]  # a restarted process keeps its address
+        if previous and port_free(previous.port):
+            return previous.port  # a restarted process keeps its address
         return free_port()
 
     # -- down -------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
         left: list[str] = []
-        if (state is None or state.runtime == "docker" or not any(state.resources.values())) and docker_engine_answers():
+        if (state is None or state.runtime == "docker" or state.resources.is_empty()) and docker_engine_answers():
             left += self._docker().down(name, state, ui)
-        pids = {p["pid"] for p in (state.resources.get("processes", []) if state else [])}
+        pids = {p.pid for p in (state.resources.processes if state else [])}
         pids = {pid for pid in pids if is_alive(pid, marker(name))} | set(find_marked(marker(name)))
         with ui.step(f"stopping {len(pids)} process(es)"):
             terminate(pids)
@@ -136,11 +136,11 @@ class LocalProvider:
             yield from self._docker().logs(state, target, follow, tail)
             return
         target = target or "orchestrator"
-        record = next((p for p in state.resources.get("processes", []) if p["id"] == target), None)
+        record = next((p for p in state.resources.processes if p.id == target), None)
         if record is None:
-            known = ", ".join(p["id"] for p in state.resources.get("processes", []))
+            known = ", ".join(p.id for p in state.resources.processes)
             raise MlclusterError(f"cluster {state.name!r} has no container {target!r}", f"known: {known}")
-        yield from read_log(Path(record["log"]), follow, tail)
+        yield from read_log(Path(record.log), follow, tail)
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation
@@ -148,5 +148,5 @@ class LocalProvider:
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
         if state.runtime == "docker":
             return self._docker().details(state)
-        return {p["id"]: {"pid": str(p["pid"]), "worker": p["worker"]}
-                for p in state.resources.get("processes", []) if p["role"] == "worker"}
+        return {p.id: {"pid": str(p.pid), "worker": p.worker}
+                for p in state.resources.processes if p.role == "worker"}

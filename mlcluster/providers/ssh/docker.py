@@ -40,6 +40,7 @@ from ...images import IMAGE_REPOS
 from .options import SSHOptions
 from .host import RemoteHost, ServiceSpec
 from ...remote.connection import quote
+from ...resources import SSHService
 from ...ui import QuietUI
 
 INSTALL_SCRIPT = r"""
@@ -168,12 +169,12 @@ class DockerRuntime:
     def container_name(self, service_id: str) -> str:
         return f"mlc-{self.cluster}-{service_id}"
 
-    def start(self, host: RemoteHost, service: ServiceSpec, marker: str, known: Optional[dict]) -> dict:
+    def start(self, host: RemoteHost, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
         """Run the service's container unless an identical one already runs."""
         name, image = self.container_name(service.id), host.facts["images"][service.kind]
         digest = hashlib.sha256(repr((image, sorted(service.env.items()), service.port, service.model_dir,
                                       host.config.bind)).encode()).hexdigest()[:16]
-        record = {"container": name, "runtime": self.name, "image": image}
+        record = SSHService(runtime=self.name, container=name, image=image)
         current = host.run(f"{docker(host)} inspect --format '{{{{.State.Running}}}} "
                            f"{{{{index .Config.Labels \"mlcluster.config\"}}}}' {quote(name)} 2>/dev/null", warn=True)
         if current.ok and current.stdout.split() == ["true", digest]:
@@ -193,12 +194,12 @@ class DockerRuntime:
         """Nothing to wait for: `docker run -d` failed loudly if the container
         could not start, and the restart policy handles later exits."""
 
-    def stop(self, host: RemoteHost, records: dict[str, dict], marker: str, only: bool = False) -> list[str]:
+    def stop(self, host: RemoteHost, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
         """Remove the recorded containers and (unless `only`) every container
         labelled with this cluster's name; returns what is left."""
         if not _has_docker(host):
             return []
-        names = [r["container"] for r in records.values() if r.get("container")]
+        names = [r.container for r in records.values() if r.container]
         label = f"{quote(f'label=mlcluster.cluster={self.cluster}')} --filter label=mlcluster.provider=ssh"
         if names:
             host.run(f"{docker(host)} rm -f {' '.join(quote(n) for n in names)} >/dev/null 2>&1", warn=True, timeout=120)
@@ -209,9 +210,9 @@ class DockerRuntime:
         host.run(f"rm -f {quote(host.workdir)}/*.env", warn=True)
         return [f"{host.name}: container {c} is still there" for c in left]
 
-    def log_command(self, host: RemoteHost, record: dict, follow: bool, tail: int) -> str:
+    def log_command(self, host: RemoteHost, record: SSHService, follow: bool, tail: int) -> str:
         lines = "all" if tail <= 0 else str(int(tail))
-        return f"{docker(host)} logs --tail {lines} {'-f ' if follow else ''}{quote(record['container'])} 2>&1"
+        return f"{docker(host)} logs --tail {lines} {'-f ' if follow else ''}{quote(record.container)} 2>&1"
 
 
 @contextlib.contextmanager

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import MlclusterError
+from ...resources import HostConfig  # one host, as parsed here and recorded in the state
 from ...state import ClusterSpec
 
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
@@ -57,21 +58,6 @@ HOST_KEYS = {"address", "private_address", "name", "user", "port", "key", "runti
 TOP_KEYS = HOST_KEYS - {"address", "private_address", "name"} | {
     "images", "worker_image", "orchestrator_image", "build_args", "wheelhouse", "ca_bundle", "orchestrator_port", "worker_port", "connect_timeout",
     "reach_timeout", "orchestrator_env", "worker_env", "orchestrator", "workers"}
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    """One machine as the ssh provider uses it."""
-    name: str               # how messages and container ids name it
-    address: str            # what this machine connects to (SSH, the orchestrator's URL)
-    private_address: str    # what the orchestrator connects to (the workers' containers)
-    user: str
-    port: int
-    key: str                # path of the private key ("" = the agent / ~/.ssh defaults)
-    runtime: str            # docker | process
-    python: str             # process runtime: interpreter with mlcluster ("" = make a venv)
-    workdir: str            # this cluster's directory on the host
-    bind: str               # the address services listen on
 
 
 @dataclass

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from ...errors import MlclusterError
+from ...resources import SSHService
 from .host import RemoteHost, ServiceSpec
 from ...services import MARKER_VAR, orchestrator_command, worker_command
 from ...remote.connection import quote
@@ -54,9 +55,9 @@ class ProcessRuntime:
                                  "or leave it out to have a venv made")
         host.facts["python"] = python
 
-    def start(self, host: RemoteHost, service: ServiceSpec, marker: str, known: Optional[dict]) -> dict:
+    def start(self, host: RemoteHost, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
         """Start the service unless the recorded process still runs; returns its record."""
-        if known and self._alive(host, known.get("pid", 0), marker):
+        if known and self._alive(host, known.pid, marker):
             return known
         python = host.facts["python"]
         self._check_port_free(host, python, service)
@@ -68,7 +69,7 @@ class ProcessRuntime:
                  f"exec setsid {command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
         pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
         host.facts.setdefault("just_started", []).append((service.id, pid, log, time.monotonic()))
-        return {"pid": pid, "log": log, "runtime": self.name}
+        return SSHService(runtime=self.name, pid=pid, log=log)
 
     def verify(self, host: RemoteHost, marker: str) -> None:
         """A wrong interpreter or a broken environment fails at once: check that
@@ -91,10 +92,10 @@ class ProcessRuntime:
             raise MlclusterError(f"{host.name}: port {service.port} is already taken, so {service.id} cannot start",
                                  "stop what listens there (another cluster?) or set worker_port / orchestrator_port")
 
-    def stop(self, host: RemoteHost, records: dict[str, dict], marker: str, only: bool = False) -> list[str]:
+    def stop(self, host: RemoteHost, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
         """Stop the recorded services and (unless `only`) any other process of
         ours on the host, found by marker; returns what is still running."""
-        pids = [r["pid"] for r in records.values() if r.get("pid")]
+        pids = [r.pid for r in records.values() if r.pid]
         found = [] if only else host.run(_find_by_marker(marker), warn=True).stdout.split()
         targets = sorted({int(p) for p in [*pids, *found]})
         if targets:
@@ -108,9 +109,9 @@ class ProcessRuntime:
             host.run(f"rm -f {quote(host.workdir)}/*.env {quote(host.workdir)}/*.pid", warn=True)
         return [f"{host.name}: process {p} is still running" for p in left]
 
-    def log_command(self, host: RemoteHost, record: dict, follow: bool, tail: int) -> str:
+    def log_command(self, host: RemoteHost, record: SSHService, follow: bool, tail: int) -> str:
         lines = "+1" if tail <= 0 else str(int(tail))  # 0: the whole log
-        return f"tail -n {lines} {'-F ' if follow else ''}{quote(record['log'])} 2>&1"
+        return f"tail -n {lines} {'-F ' if follow else ''}{quote(record.log)} 2>&1"
 
     def _alive(self, host: RemoteHost, pid: int, marker: str) -> bool:
         return bool(pid) and host.run(_has_marker(pid, marker), warn=True).ok

@@ -11,7 +11,7 @@ for the `[ssh]` config table. In short, `up`:
    uploads the model directory if the model is a local one;
 3. starts the orchestrator on its host, then M worker containers on each worker
    host (ports worker_port, worker_port+1, ...; torch threads = host CPUs / M),
-   recording each service in `state.resources["ssh"]` the moment it runs;
+   recording each service in `state.resources.ssh` the moment it runs;
 4. returns the orchestrator's URL (the host's `address`) and the containers as
    the orchestrator reaches them (each host's `private_address`).
 Anything already running is kept, so a second `up` only fills the gaps.
@@ -30,11 +30,12 @@ from typing import Iterator, Optional
 from ... import services
 from ...errors import MlclusterError
 from ...models import OVERHEAD_TEST, is_local_dir
-from .options import HostConfig, SSHOptions, parse_options
+from .options import SSHOptions, parse_options
 from .host import RemoteHost, ServiceSpec
 from .process import ProcessRuntime
 from .runtime import RemoteRuntime
 from ...remote.connection import HostKeyStore, HostsFailed, run_on_hosts
+from ...resources import HostConfig, SSHResources, SSHService
 from ...state import ClusterSpec, ClusterState, ContainerRecord
 from ...ui import QuietUI
 from ..base import CostPlan, Deployment
@@ -59,8 +60,10 @@ class _Session:
         self.state, self.options = state, options
         self.lock = threading.RLock()
         self._runtimes: dict[str, RemoteRuntime] = {}
-        self.store = HostKeyStore(state.resources.setdefault("host_keys", {}), on_change=self.save, lock=self.lock)
-        self.resources = state.resources.setdefault("ssh", {"hosts": {}, "services": {}})
+        self.store = HostKeyStore(state.resources.host_keys, on_change=self.save, lock=self.lock)
+        if state.resources.ssh is None:
+            state.resources.ssh = SSHResources()
+        self.resources = state.resources.ssh
         self.hosts: dict[str, RemoteHost] = {}
 
     def save(self) -> None:
@@ -69,20 +72,20 @@ class _Session:
 
     def record_host(self, config: HostConfig) -> None:
         with self.lock:
-            self.resources["hosts"][config.name] = dataclasses.asdict(config)
+            self.resources.hosts[config.name] = config
             self.state.save()
 
-    def record_service(self, service_id: str, record: Optional[dict]) -> None:
+    def record_service(self, service_id: str, record: Optional[SSHService]) -> None:
         with self.lock:
             if record is None:
-                self.resources["services"].pop(service_id, None)
+                self.resources.services.pop(service_id, None)
             else:
-                self.resources["services"][service_id] = record
+                self.resources.services[service_id] = record
             self.state.save()
 
-    def services_on(self, host: str) -> dict[str, dict]:
+    def services_on(self, host: str) -> dict[str, SSHService]:
         with self.lock:
-            return {k: dict(v) for k, v in self.resources["services"].items() if v.get("host") == host}
+            return {k: dataclasses.replace(v) for k, v in self.resources.services.items() if v.host == host}
 
     def connect(self, config: HostConfig, timeout: float) -> RemoteHost:
         host = RemoteHost.connect(config, self.store, timeout)
@@ -155,23 +158,23 @@ class SSHProvider:
         (fewer containers per worker, a host gone from the list, another runtime)."""
         wanted = {"orchestrator": options.orchestrator}
         wanted.update({f"{w.name}-{i}": w for w in options.workers for i in range(1, spec.containers_per_worker + 1)})
-        by_host: dict[str, dict[str, dict]] = {}
-        for sid, record in list(session.resources["services"].items()):
+        by_host: dict[str, dict[str, SSHService]] = {}
+        for sid, record in list(session.resources.services.items()):
             host = wanted.get(sid)
-            if host is None or record.get("host") != host.name or record.get("runtime") != host.runtime:
-                by_host.setdefault(record.get("host", ""), {})[sid] = record
+            if host is None or record.host != host.name or record.runtime != host.runtime:
+                by_host.setdefault(record.host, {})[sid] = record
         for host_name, records in by_host.items():
             host = session.hosts.get(host_name)
             if host is None:  # a host no longer in the config: reach it as recorded
                 try:
-                    host = session.connect(HostConfig(**session.resources["hosts"][host_name]), options.connect_timeout)
+                    host = session.connect(session.resources.hosts[host_name], options.connect_timeout)
                     host.conn.wait_reachable(time.monotonic() + options.connect_timeout)
                     host.prepare_workdir()
                 except (MlclusterError, KeyError, TypeError) as exc:
                     ui.warn(f"{', '.join(records)} on {host_name} (no longer in the config) could not be stopped: {exc}")
                     continue
             for sid, record in records.items():
-                session.runtime(record.get("runtime", "process")).stop(
+                session.runtime(record.runtime).stop(
                     host, {sid: record}, marker(spec.name, host_name), only=True)
                 session.record_service(sid, None)
 
@@ -212,7 +215,7 @@ class SSHProvider:
         with ui.step(f"starting the orchestrator on {config.name}"):
             known = session.services_on(config.name).get("orchestrator")
             record = runtime.start(host, service, marker(spec.name, config.name), known)
-            session.record_service("orchestrator", {**record, "host": config.name, "port": service.port})
+            session.record_service("orchestrator", dataclasses.replace(record, host=config.name, port=service.port))
             runtime.verify(host, marker(spec.name, config.name))
 
     def _start_workers(self, session: _Session, spec: ClusterSpec, options: SSHOptions,
@@ -231,7 +234,7 @@ class SSHProvider:
                 service = self._worker_service(spec, session.state, options, config, sid, port, models[name],
                                                threads)
                 record = runtime.start(host, service, marker(spec.name, name), known.get(sid))
-                session.record_service(sid, {**record, "host": name, "port": port})
+                session.record_service(sid, dataclasses.replace(record, host=name, port=port))
                 records.append(ContainerRecord(id=sid, host=config.private_address, port=port, worker=name))
             runtime.verify(host, marker(spec.name, name))
             return records
@@ -258,7 +261,7 @@ class SSHProvider:
             return []
         options = _options_or_none(state)
         session = _Session(state, options)
-        hosts = {h: HostConfig(**c) for h, c in session.resources["hosts"].items()}
+        hosts = dict(session.resources.hosts)
         for config in (options.hosts() if options else []):
             hosts.setdefault(config.name, config)
         left: list[str] = []
@@ -270,9 +273,9 @@ class SSHProvider:
             host.conn.wait_reachable(time.monotonic() + 2 * connect_timeout)
             host.prepare_workdir()
             records = session.services_on(host_name)
-            kinds = {r.get("runtime", "process") for r in records.values()} | {config.runtime}
+            kinds = {r.runtime for r in records.values()} | {config.runtime}
             for kind in sorted(kinds):
-                mine = {k: r for k, r in records.items() if r.get("runtime", "process") == kind}
+                mine = {k: r for k, r in records.items() if r.runtime == kind}
                 still = session.runtime(kind).stop(host, mine, marker(name, host_name))
                 left.extend(still)
                 if not still:
@@ -294,14 +297,13 @@ class SSHProvider:
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
         session = _Session(state, _options_or_none(state))
         sid = target or "orchestrator"
-        record = session.resources["services"].get(sid)
+        record = session.resources.services.get(sid)
         if record is None:
-            known = ", ".join(sorted(session.resources["services"])) or "none"
+            known = ", ".join(sorted(session.resources.services)) or "none"
             raise MlclusterError(f"cluster {state.name!r} has no service {sid!r}", f"known: {known}")
-        config = HostConfig(**session.resources["hosts"][record["host"]])
+        config = session.resources.hosts[record.host]
         host = session.connect(config, session.options.connect_timeout if session.options else 10.0)
-        command = session.runtime(record.get("runtime", "process")).log_command(
-            host, {**record, "id": sid}, follow, tail)
+        command = session.runtime(record.runtime).log_command(host, record, follow, tail)
         session.close()  # the runtimes' scratch files; the connection is opened again by the stream
         return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
 
@@ -309,13 +311,11 @@ class SSHProvider:
         return None  # nothing here costs money: `up` needs no confirmation
 
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
-        resources = state.resources.get("ssh", {})
-        hosts = resources.get("hosts", {})
+        resources = state.resources.ssh or SSHResources()
         out = {}
-        for sid, record in resources.get("services", {}).items():
-            host = hosts.get(record.get("host"), {})
-            out[sid] = {"host": record.get("host", ""), "address": host.get("address", ""),
-                        "runtime": record.get("runtime", "")}
+        for sid, record in resources.services.items():
+            host = resources.hosts.get(record.host)
+            out[sid] = {"host": record.host, "address": host.address if host else "", "runtime": record.runtime}
         return out
 
 
