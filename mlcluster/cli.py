@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 
 from . import __version__, cluster
 from .bench.cli import bench_app
@@ -178,9 +179,10 @@ def main() -> None:
     except MlclusterError as exc:
         if os.environ.get("MLCLUSTER_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] {exc.message}")
+        # Messages are plain text: `[aws]` in a hint is a table's name, not markup.
+        err.print(f"[bold red]error:[/] {escape(exc.message)}")
         if exc.hint:
-            err.print(f"hint: {exc.hint}")
+            err.print(f"hint: {escape(exc.hint)}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -49,6 +49,23 @@ def test_unreachable_hosts_fail_up_within_the_deadline_naming_host_and_reason(ne
     assert state["resources"]["ssh"]["services"] == {}
 
 
+def test_a_refused_ssh_port_fails_up_at_once_not_after_the_reach_timeout(net, tmp_path):
+    net.stop_sshd(net.hosts["gone"])
+    try:
+        config = tmp_path / "c.toml"
+        config.write_text(toml_config(net, "overhead-test", ["gone"]).replace("reach_timeout = 20", "reach_timeout = 90"))
+        started = time.monotonic()
+        result = cli(tmp_path, "up", "--config", str(config), env=dict(os.environ, MLCLUSTER_PROGRESS_S="0.5"))
+        elapsed = time.monotonic() - started
+    finally:
+        net.start_sshd(net.hosts["gone"])
+    assert result.returncode == 1, result.stderr
+    assert elapsed < 45, elapsed  # half the reach_timeout: a refusal is an answer, never waited on
+    err = " ".join(result.stderr.split())
+    assert "gone" in err and "connection refused" in err and "is sshd running" in err
+    assert "still waiting" not in err and "Traceback" not in result.stderr
+
+
 def test_changed_host_key_is_refused(net, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(toml_config(net, "overhead-test", ["w1"]))

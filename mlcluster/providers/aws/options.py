@@ -39,7 +39,7 @@ HOURS_PER_MONTH = 730
 
 @dataclass(frozen=True)
 class AWSOptions:
-    """Every setting of the `[aws]` table; see docs/aws.md."""
+    """Every setting of the `[aws]` table; the README's "The `[aws]` table" explains them."""
     region: str = ""               # empty: boto3's chain (AWS_REGION, the profile's region)
     profile: str = ""              # empty: boto3's chain (AWS_PROFILE, environment, SSO, role)
     instance_type: str = "m4.large"

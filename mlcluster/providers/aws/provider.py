@@ -65,8 +65,12 @@ class AWSProvider:
         self.poll_s, self.timeout_s = poll_s, timeout_s
 
     def plan(self, spec: ClusterSpec) -> CostPlan:
-        """What `up` would create and its estimated hourly cost; no AWS call."""
-        return plan(spec)
+        """What `up` would create and its estimated hourly cost. The region and
+        credentials are checked first (so no plan is shown that cannot run);
+        no AWS call is made."""
+        aws = self.connect(AWSOptions.from_spec(spec))
+        aws.require_credentials()
+        return dataclasses.replace(plan(spec), region=aws.region)
 
     def connect(self, o: AWSOptions) -> AWS:
         return AWS(o.region, o.profile, o.endpoint_url, self.backoff)

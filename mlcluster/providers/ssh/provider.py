@@ -141,8 +141,9 @@ class SSHProvider:
             config = next(h for h in hosts if h.name == name)
             host = session.connect(config, options.connect_timeout)
             step.update(f"{name} ({config.address}): connecting")
+            # The hosts are machines that are up: a refused port is an answer, not a boot in progress.
             host.conn.wait_reachable(deadline, on_wait=lambda why: step.update(
-                f"{name} ({config.address}): still waiting: {why}"))
+                f"{name} ({config.address}): still waiting: {why}"), retry_refused=False)
             host.prepare_workdir()
             session.record_host(config)
 
@@ -163,7 +164,7 @@ class SSHProvider:
             if host is None:  # a host no longer in the config: reach it as recorded
                 try:
                     host = session.connect(HostConfig(**session.resources["hosts"][host_name]), options.connect_timeout)
-                    host.conn.wait_reachable(time.monotonic() + options.connect_timeout)
+                    host.conn.wait_reachable(time.monotonic() + options.connect_timeout, retry_refused=False)
                     host.prepare_workdir()
                 except (MlclusterError, KeyError, TypeError) as exc:
                     ui.warn(f"{', '.join(records)} on {host_name} (no longer in the config) could not be stopped: {exc}")
@@ -264,7 +265,7 @@ class SSHProvider:
         def stop(host_name: str, step) -> None:
             config = hosts[host_name]
             host = session.connect(config, connect_timeout)
-            host.conn.wait_reachable(time.monotonic() + 2 * connect_timeout)
+            host.conn.wait_reachable(time.monotonic() + 2 * connect_timeout, retry_refused=False)
             host.prepare_workdir()
             records = session.services_on(host_name)
             kinds = {r.get("runtime", "process") for r in records.values()} | {config.runtime}
