@@ -34,6 +34,7 @@ Name = Annotated[str, typer.Option("--name", "-n", help="The cluster's name.", c
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to the confirmation.")]
 NameForUp = Annotated[Optional[str], typer.Option("--name", "-n", help="The cluster's name (default: the config's, or 'default').")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="A TOML config file.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")]
 
 
 def confirm(question: str, yes: bool) -> None:
@@ -109,20 +110,33 @@ def down(
     region: Annotated[Optional[str], typer.Option(help="AWS region (aws, state lost).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="AWS profile (aws, state lost).")] = None,
     config: ConfigFile = None,
+    purge: Annotated[bool, typer.Option("--purge", help="Forget the cluster even if some of it cannot be reached "
+                                        "or removed (says what may be left, and where).")] = False,
+    as_json: JsonFlag = False,
     yes: Yes = False,
 ):
-    """Remove everything the cluster started, and its state."""
-    confirm(f"remove cluster {name!r} and everything it started?", yes)
+    """Remove everything the cluster started, and its state; its logs are kept in the archive."""
     spec = None
     if provider or config:
         spec = build_spec(load_config(config), name=name, provider=provider, aws_region=region, aws_profile=profile)
-    left = cluster.down(name, ui, spec)
-    if left:
-        for line in left:
-            err.print(f"[red]left:[/] {line}")
-        raise MlclusterError(f"{len(left)} thing(s) of cluster {name!r} could not be removed",
-                             f"run `mlcluster down --name {name}` again")
-    err.print(f"cluster {name!r} is down; nothing of it is left")
+    confirm(cluster.removal_question(name, spec), yes)
+    report = cluster.down(name, ui, spec, purge=purge)
+    if as_json:
+        print(json.dumps({"name": name, "left": report.left, "forgotten": report.forgotten, "where": report.where,
+                          "archive": str(report.archive) if report.archive else None}, indent=2))
+    if report.archive:
+        err.print(f"logs kept in {escape(str(report.archive))}")
+    for line in report.left:
+        err.print(f"[red]left:[/] {escape(line)}")
+    if report.left and not purge:
+        raise MlclusterError(f"{len(report.left)} thing(s) of cluster {name!r} could not be removed",
+                             f"run `mlcluster down --name {name}` again once its hosts answer; "
+                             f"`--purge` forgets it anyway")
+    if report.left:
+        ui.warn(f"cluster {name!r} is forgotten, but what is listed above may still run or exist: "
+                f"{report.where}. Remove it by hand there.")
+    else:
+        err.print(f"cluster {name!r} is down; nothing of it is left")
 
 
 @app.command()

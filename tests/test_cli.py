@@ -124,6 +124,36 @@ def test_down_finds_processes_when_the_state_file_is_lost(home, tiny_model):
     assert find_marked(marker("lab")) == []
 
 
+def test_down_of_an_unknown_name_is_an_error(home):
+    result = cli("down", "--name", "nosuch", "--yes", check=False)
+    assert_clean_error(result, "no cluster named 'nosuch'", "mlcluster list", "--provider")
+    assert "nothing of it is left" not in result.stderr
+
+
+def test_a_smaller_up_stops_the_rest_and_down_says_what_it_removes_and_keeps_the_logs(home, tiny_model):
+    cli(*up_args(tiny_model, workers=2, per=1))
+    state = json.loads((home / "lab" / "state.json").read_text())
+    gone = next(p["pid"] for p in state["resources"]["processes"] if p["id"] == "worker2-1")
+    cli(*up_args(tiny_model, workers=1, per=1))
+    assert gone not in find_marked(marker("lab"))
+    status = json.loads(cli("status", "--name", "lab", "--json").stdout)
+    assert [c["id"] for c in status["containers"]] == ["worker1-1"]
+
+    asked = cli("down", "--name", "lab", check=False)  # no terminal: the question is shown, nothing is done
+    said = " ".join(asked.stderr.split())
+    assert asked.returncode == 1 and "local; 1 container(s); 2 process(es) on this machine" in said, said
+    assert "pass --yes" in said
+    result = json.loads(cli("down", "--name", "lab", "--yes", "--json").stdout)
+    assert result["left"] == [] and result["forgotten"]
+    archive = Path(result["archive"])
+    assert archive.parent == home / "archive" and archive.name.startswith("lab-")
+    assert "registered" in (archive / "orchestrator.log").read_text()
+    assert "ready" in (archive / "worker1-1.log").read_text()
+    assert json.loads((archive / "state.json").read_text())["token"] == ""
+    assert oct(archive.stat().st_mode & 0o777) == "0o700"
+    assert "lab" not in cli("list").stdout and find_marked(marker("lab")) == []
+
+
 def test_logs_show_the_orchestrator_and_a_container(home, tiny_model):
     cli(*up_args(tiny_model, workers=1, per=1))
     assert "registered" in cli("logs", "--name", "lab").stdout
@@ -150,7 +180,7 @@ def test_person_made_errors_get_one_sentence(home, tiny_model, tmp_path):
     bad_config = tmp_path / "bad.toml"
     bad_config.write_text("wrkers = 3\n")
     assert_clean_error(cli("up", "--config", str(bad_config), check=False), "unknown setting 'wrkers'")
-    assert_clean_error(cli("down", "--name", "lab", check=False), "pass --yes")
+    assert_clean_error(cli("down", "--name", "lab", check=False), "no cluster named 'lab'")
     assert find_marked(marker("default")) == [] and not (home / "default").exists()
 
     with socket.socket() as taken:
@@ -159,7 +189,7 @@ def test_person_made_errors_get_one_sentence(home, tiny_model, tmp_path):
         port = taken.getsockname()[1]
         assert_clean_error(cli(*up_args(tiny_model, workers=1, per=1), "--port", str(port), check=False),
                            f"port {port}", "already in use")
-    cli("down", "--name", "lab", "--yes")
+    assert not (home / "lab").exists()  # the failed first `up` left no trace, so `down` would find no cluster
     assert find_marked(marker("lab")) == []
 
 

@@ -246,6 +246,13 @@ class AWSProvider:
             ui.info(f"nothing tagged {ec2.TAG_CLUSTER}={name} is left in {aws.region}")
         return left
 
+    def describe(self, state: ClusterState) -> str:
+        o = self._options_of(state)
+        recorded = len(state.resources.get("aws", {}).get("instances", {}))
+        return (f"EC2 instances ({recorded} recorded), a security group and a key pair tagged "
+                f"{ec2.TAG_CLUSTER}={state.name} in {o.region or 'the default region'} (the EC2 console, "
+                f"filtered by that tag, lists them)")
+
     # -- status and logs -----------------------------------------------------
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
         """Each container's instance: id, type, zone, state and public IP (live from EC2)."""

@@ -303,6 +303,15 @@ class SSHProvider:
         session.close()  # the runtimes' scratch files; the connection is opened again by the stream
         return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
 
+    def describe(self, state: ClusterState) -> str:
+        options = _options_or_none(state)
+        recorded = state.resources.get("ssh", {}).get("hosts", {})
+        hosts = {h.name: (h.address, h.workdir) for h in (options.hosts() if options else [])}
+        hosts.update({n: (h.get("address", "?"), h.get("workdir", "?")) for n, h in recorded.items()})
+        listed = ", ".join(f"{n} ({address}, in {workdir})" for n, (address, workdir) in sorted(hosts.items()))
+        return (f"services on {len(hosts)} host(s): {listed or 'none recorded'}; their containers carry the label "
+                f"mlcluster.cluster={state.name}, their processes MLCLUSTER_MARKER=ssh:{state.name}:<host>")
+
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation
 
