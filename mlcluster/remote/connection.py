@@ -243,14 +243,12 @@ class Connection:
     def wait_reachable(self, deadline: float, on_wait: Optional[Callable[[str], None]] = None,
                        interval: float = 1.0, auth_grace_s: float = 0.0, retry_refused: bool = True,
                        sleep: Callable[[float], None] = time.sleep) -> None:
-        """Try to connect until `deadline` (time.monotonic()). `on_wait(reason)`
-        hears why it is still waiting (refused, timed out, no route...). An
-        unknown host name or a changed host key stops at once; so does a
-        refused login, unless `auth_grace_s` > 0 (a new machine installs its
-        key after sshd starts): then it is retried for that long. A refused
-        connection is retried only with `retry_refused` (a machine booting);
-        from a host that is up it is an answer. Decided by `Unreachable.kind`.
-        The last failure is raised when the deadline passes."""
+        """Try to connect until `deadline` (time.monotonic()); `on_wait(reason)`
+        hears why it still waits. An unknown host name or a changed host key
+        stops at once; so does a refused login unless `auth_grace_s` > 0 (a new
+        machine installs its key after sshd starts), and a refused connection
+        unless `retry_refused` (a machine booting; from a host that is up it is
+        an answer). Decided by `Unreachable.kind`; the last failure is raised."""
         configured = self.connect_timeout
         auth_deadline = 0.0
         while True:
