@@ -5,6 +5,7 @@ error, 130 interrupted. A traceback only with MLCLUSTER_DEBUG=1.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -14,25 +15,60 @@ from typing import Annotated, Optional
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 
 from . import __version__, cluster
 from .bench.cli import bench_app
 from .config import build_spec, load_config
-from .errors import MlclusterError
-from .output import cluster_table, plan_text, status_table
+from .errors import MlclusterError, UsageError
+from .models import quiet_libraries
+from .output import cluster_list_table, cluster_table, plan_text, status_table
 from .providers import get_provider
-from .state import ClusterState, check_name, known_clusters
+from .state import ClusterSpec, ClusterState, check_name, home, known_clusters
 from .ui import run_ui
 
 app = typer.Typer(help="Stand up, watch, load-test and tear down a transformer inference cluster.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 ui = run_ui()  # the one UI of this run
 out, err = ui.out, ui.console
 
-Name = Annotated[str, typer.Option("--name", "-n", help="The cluster's name.", callback=lambda v: check_name(v) if v else v)]
+
+def _name(value: Optional[str]) -> Optional[str]:
+    try:
+        return check_name(value) if value else value
+    except MlclusterError as exc:
+        raise typer.BadParameter(f"{exc.message} ({exc.hint})") from None
+
+
+# Short flags mean one thing in every command: -n --name, -c --config, -y --yes,
+# -w --workers, -m --containers-per-worker, -f --follow, -V --version, -h --help.
+Name = Annotated[str, typer.Option("--name", "-n", help="The cluster's name.", callback=_name)]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to the confirmation.")]
-NameForUp = Annotated[Optional[str], typer.Option("--name", "-n", help="The cluster's name (default: the config's, or 'default').")]
+NameForUp = Annotated[Optional[str], typer.Option("--name", "-n", callback=_name,
+                                                  help="The cluster's name (default: the config's, or 'default').")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="A TOML config file.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mlcluster {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                                help="Print mlcluster's version and exit.")] = False) -> None:
+    """Stand up, watch, load-test and tear down a transformer inference cluster."""
+
+
+def _spec(config: Optional[Path], **flags) -> ClusterSpec:
+    """The spec from the config file and the flags; what is wrong in them is a usage error (exit 2)."""
+    try:
+        return build_spec(load_config(config), **flags)
+    except MlclusterError as exc:
+        raise UsageError(exc.message, exc.hint) from None
 
 
 def confirm(question: str, yes: bool) -> None:
@@ -48,32 +84,37 @@ def confirm(question: str, yes: bool) -> None:
 def up(
     name: NameForUp = None,
     provider: Annotated[Optional[str], typer.Option(help="local, ssh or aws.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", help="Worker machines (default 4).")] = None,
-    containers_per_worker: Annotated[Optional[int], typer.Option("--containers-per-worker", "-m", help="Containers per worker (default 2).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, max=64, help="Worker machines (default 4).")] = None,
+    containers_per_worker: Annotated[Optional[int], typer.Option("--containers-per-worker", "-m", min=1, max=16, help="Containers per worker (default 2).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Hub id, local model directory, or overhead-test.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="torch, onnx or onnx-int8 (default onnx-int8).")] = None,
     batch_max: Annotated[Optional[int], typer.Option(help="Requests per forward pass (default: the backend's).")] = None,
     batch_wait_ms: Annotated[Optional[float], typer.Option(help="How long a batch waits to fill (default: the backend's).")] = None,
     runtime: Annotated[Optional[str], typer.Option(help="process or docker.")] = None,
-    port: Annotated[Optional[int], typer.Option(help="The orchestrator's port (local provider; default: a free one).")] = None,
-    queue_limit: Annotated[Optional[int], typer.Option(help="Requests that may wait for a container (default 100).")] = None,
-    service_ms: Annotated[Optional[float], typer.Option(help="With --model overhead-test: the fixed answer time.")] = None,
+    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="The orchestrator's port (local provider; default: a free one).")] = None,
+    queue_limit: Annotated[Optional[int], typer.Option(min=0, help="Requests that may wait for a container (default 100).")] = None,
+    service_ms: Annotated[Optional[float], typer.Option(min=0, help="With --model overhead-test: the fixed answer time.")] = None,
     region: Annotated[Optional[str], typer.Option(help="AWS region.")] = None,
     instance_type: Annotated[Optional[str], typer.Option(help="EC2 instance type (default m4.large).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="AWS profile from your AWS config.")] = None,
     config: ConfigFile = None,
+    as_json: JsonFlag = False,
     yes: Yes = False,
 ):
     """Create the machines, start the orchestrator and the worker containers, register them."""
-    file_config = load_config(config)
-    spec = build_spec(file_config, name=name, provider=provider, workers=workers, containers_per_worker=containers_per_worker,
-                      model=model, backend=backend, batch_max=batch_max, batch_wait_ms=batch_wait_ms, runtime=runtime, queue_limit=queue_limit, service_ms=service_ms,
-                      local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile)
+    spec = _spec(config, name=name, provider=provider, workers=workers, containers_per_worker=containers_per_worker,
+                 model=model, backend=backend, batch_max=batch_max, batch_wait_ms=batch_wait_ms,
+                 runtime=runtime, queue_limit=queue_limit, service_ms=service_ms,
+                 local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile)
     cost_plan = get_provider(spec.provider).plan(spec)
     if cost_plan is not None:
-        err.print(plan_text(cost_plan))
+        err.print(escape(plan_text(cost_plan)))
         confirm(f"create these {spec.provider.upper()} resources for cluster {spec.name!r}?", yes)
     state = cluster.up(spec, ui)
+    if as_json:
+        print(json.dumps({"name": state.name, "provider": state.provider, "orchestrator_url": state.orchestrator_url,
+                          "containers": [dataclasses.asdict(c) for c in state.containers]}, indent=2))
+        return
     out.print(cluster_table(state))
     capacity = state.containers[0].capacity if state.containers else 1
     out.print(f"serving {state.spec.model} with the {state.spec.backend} backend "
@@ -85,8 +126,8 @@ def up(
 def status(
     name: Name = "default",
     watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 1.0,
+    as_json: JsonFlag = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes with --watch.")] = 1.0,
 ):
     """Every container with its status, the queue and totals."""
     if as_json:
@@ -114,20 +155,31 @@ def down(
     region: Annotated[Optional[str], typer.Option(help="AWS region (aws, state lost).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="AWS profile (aws, state lost).")] = None,
     config: ConfigFile = None,
+    purge: Annotated[bool, typer.Option("--purge", help="Forget the cluster even if some of it cannot be reached "
+                                        "or removed (says what may be left, and where).")] = False,
+    as_json: JsonFlag = False,
     yes: Yes = False,
 ):
-    """Remove everything the cluster started, and its state."""
-    confirm(f"remove cluster {name!r} and everything it started?", yes)
-    spec = None
-    if provider or config:
-        spec = build_spec(load_config(config), name=name, provider=provider, aws_region=region, aws_profile=profile)
-    left = cluster.down(name, ui, spec)
-    if left:
-        for line in left:
-            err.print(f"[red]left:[/] {line}")
-        raise MlclusterError(f"{len(left)} thing(s) of cluster {name!r} could not be removed",
-                             f"run `mlcluster down --name {name}` again")
-    err.print(f"cluster {name!r} is down; nothing of it is left")
+    """Remove everything the cluster started, and its state; its logs are kept in the archive."""
+    spec = _spec(config, name=name, provider=provider, aws_region=region, aws_profile=profile) if provider or config else None
+    confirm(cluster.removal_question(name, spec), yes)
+    report = cluster.down(name, ui, spec, purge=purge)
+    if as_json:
+        print(json.dumps({"name": name, "left": report.left, "forgotten": report.forgotten, "where": report.where,
+                          "archive": str(report.archive) if report.archive else None}, indent=2))
+    if report.archive:
+        err.print(f"logs kept in {escape(str(report.archive))}")
+    for line in report.left:
+        err.print(f"[red]left:[/] {escape(line)}")
+    if report.left and not purge:
+        raise MlclusterError(f"{len(report.left)} thing(s) of cluster {name!r} could not be removed",
+                             f"run `mlcluster down --name {name}` again once its hosts answer; "
+                             f"`--purge` forgets it anyway")
+    if report.left:
+        ui.warn(f"cluster {name!r} is forgotten, but what is listed above may still run or exist: "
+                f"{report.where}. Remove it by hand there.")
+    else:
+        err.print(f"cluster {name!r} is down; nothing of it is left")
 
 
 @app.command()
@@ -135,7 +187,7 @@ def logs(
     container: Annotated[Optional[str], typer.Argument(help="A container id; the orchestrator's log when left out.")] = None,
     name: Name = "default",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
-    tail: Annotated[int, typer.Option(help="Lines from the end (0: all).")] = 100,
+    tail: Annotated[int, typer.Option(min=0, help="Lines from the end (0: all).")] = 100,
 ):
     """The orchestrator's or one container's log."""
     try:
@@ -147,11 +199,23 @@ def logs(
 
 
 @app.command("list")
-def list_clusters():
+def list_clusters(as_json: JsonFlag = False):
     """The clusters known in the state directory."""
+    rows = []
     for cluster_name in known_clusters():
-        state = ClusterState.load(cluster_name)
-        out.print(f"{cluster_name}\t{state.provider}\t{state.orchestrator_url or '-'}")
+        try:
+            state = ClusterState.load(cluster_name)
+            rows.append({"name": cluster_name, "provider": state.provider, "containers": len(state.containers),
+                         "orchestrator_url": state.orchestrator_url})
+        except MlclusterError as exc:  # one unreadable state must not hide the others
+            rows.append({"name": cluster_name, "provider": "?", "containers": 0, "orchestrator_url": "",
+                         "error": exc.message})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        err.print(f"no clusters are known in {home()}; `mlcluster up` creates one")
+    else:
+        out.print(cluster_list_table(rows))
 
 
 @app.command("make-model")
@@ -162,7 +226,7 @@ def make_model(
     """Write a DistilBERT classifier with RANDOM weights, for machines without the hub."""
     from mlcluster_worker.make_model import WARNING, make_model as write
     if size not in ("base", "tiny"):
-        raise MlclusterError("--size must be base or tiny")
+        raise UsageError("--size must be base or tiny")
     with ui.step(f"writing a {size} DistilBERT classifier"):
         path = write(out_dir, size)
     out.print(str(path))
@@ -179,14 +243,16 @@ app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:
+    quiet_libraries()
     try:
         app()
     except MlclusterError as exc:
         if os.environ.get("MLCLUSTER_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] {exc.message}")
+        # Messages are plain text: `[aws]` in a hint is a table's name, not markup.
+        err.print(f"[bold red]error:[/] {escape(exc.message)}")
         if exc.hint:
-            err.print(f"hint: {exc.hint}")
+            err.print(f"hint: {escape(exc.hint)}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -10,6 +10,8 @@ import copy
 import dataclasses
 import secrets
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Optional
 
 import requests
@@ -17,7 +19,9 @@ import requests
 from .errors import MlclusterError
 from .models import OVERHEAD_TEST, served_model
 from .providers import get_provider
-from .state import ClusterSpec, ClusterState, ContainerRecord, remove_cluster_dir
+from .providers.base import Provider
+from .state import (ClusterSpec, ClusterState, ContainerRecord, cluster_dir, home, remove_cluster_dir, write_private,
+                    write_private_json)
 from .ui import QuietUI
 
 READY_TIMEOUT_S = 600.0
@@ -158,17 +162,83 @@ def status(name: str) -> dict:
     return snapshot
 
 
-def down(name: str, ui: QuietUI = QuietUI(), spec: Optional[ClusterSpec] = None) -> list[str]:
-    """Remove everything of the cluster and its state; returns what could not
-    be removed. Without a state file, `spec` (from --provider/--config) says
-    where to look; with neither, the local provider looks by marker."""
+@dataclass
+class DownReport:
+    """What `down` did: `left` names what could not be removed (empty: all
+    gone); `forgotten` says the state was removed (always, with `purge`);
+    `archive` is where the logs were kept (None: there was no state);
+    `where` (with something left) says where to look for it."""
+    name: str
+    left: list[str]
+    forgotten: bool
+    archive: Optional[Path] = None
+    where: str = ""
+
+
+def _lost_state(name: str, spec: Optional[ClusterSpec]) -> Optional[ClusterState]:
+    """The state, or the stand-in `down` works from when it is lost; raises
+    when nothing says the cluster ever existed here."""
     state = ClusterState.load_or_none(name)
     if state is None and spec is not None:
         state = ClusterState(name=name, provider=spec.provider, token="", spec=spec)
-    left = get_provider(state.provider if state else "local").down(name, state, ui)
-    if not left:
+    if state is None and not cluster_dir(name).exists():
+        raise MlclusterError(f"no cluster named {name!r} is known here",
+                             f"`mlcluster list` shows the known ones; for a cluster whose state was lost, "
+                             f"--provider (and --config) say where to look for it")
+    return state
+
+
+def removal_question(name: str, spec: Optional[ClusterSpec] = None) -> str:
+    """The confirmation `down` asks: what will be removed, and where."""
+    state = _lost_state(name, spec)
+    if state is None:
+        return f"remove what cluster {name!r} left running on this machine (its state is lost)?"
+    where = get_provider(state.provider).describe(state)
+    return (f"remove cluster {name!r} ({state.provider}; {len(state.containers)} container(s); {where}) "
+            f"and everything it started?")
+
+
+def down(name: str, ui: QuietUI = QuietUI(), spec: Optional[ClusterSpec] = None, purge: bool = False) -> DownReport:
+    """Remove everything of the cluster; keep its logs in the archive; remove
+    its state once nothing is left, or anyway with `purge` (the report then
+    says where to look for what may be left). Without a state file, `spec`
+    (from --provider/--config) says where to look; with neither, the local
+    provider looks by marker, and a name never seen here is an error."""
+    state = _lost_state(name, spec)
+    provider = get_provider(state.provider if state else "local")
+    archive = archive_logs(state, provider, ui) if state is not None and state.token else None
+    left = provider.down(name, state, ui)
+    where = provider.describe(state) if left and state is not None else ""
+    if not left or purge:
         remove_cluster_dir(name)
-    return left
+    return DownReport(name, left, forgotten=not left or purge, archive=archive, where=where)
+
+
+def archive_logs(state: ClusterState, provider: Provider, ui: QuietUI, budget_s: float = 120.0) -> Path:
+    """Every service's whole log (what the provider can still reach) and the
+    state without its token, into `<home>/archive/<name>-<time>/`, private.
+    A host that fails once is not asked again; the whole takes at most `budget_s`."""
+    archive = home() / "archive" / f"{state.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    record = dataclasses.asdict(state)
+    record["token"] = ""
+    write_private_json(archive / "state.json", record)
+    targets = [("orchestrator", None)] + [(c.id, c.host) for c in state.containers]
+    deadline, failed_hosts, missing = time.monotonic() + budget_s, set(), []
+    with ui.step(f"keeping the logs of {len(targets)} service(s) in {archive}"):
+        for target, host in targets:
+            if host in failed_hosts or time.monotonic() > deadline:
+                missing.append(f"{target}: not fetched (its host failed before, or time ran out)")
+                continue
+            try:
+                lines = list(provider.logs(state, target, False, 0))
+            except MlclusterError as exc:
+                failed_hosts.add(host)
+                missing.append(f"{target}: {exc}")
+                continue
+            write_private(archive / f"{target}.log", "".join(l if l.endswith("\n") else l + "\n" for l in lines))
+    if missing:
+        write_private(archive / "MISSING.txt", "\n".join(missing) + "\n")
+    return archive
 
 
 def logs(name: str, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
@@ -176,4 +246,4 @@ def logs(name: str, target: Optional[str], follow: bool, tail: int) -> Iterator[
     return get_provider(state.provider).logs(state, target, follow, tail)
 
 
-__all__ = ["up", "down", "status", "logs", "register", "wait_ready", "orchestrator_status", "ContainerRecord"]
+__all__ = ["up", "down", "DownReport", "removal_question", "archive_logs", "status", "logs", "register", "wait_ready", "orchestrator_status", "ContainerRecord"]

@@ -20,15 +20,34 @@ A config file is TOML:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
-from .errors import MlclusterError
+from .errors import MlclusterError, UsageError
 from .state import ClusterSpec
 
-PROVIDER_TABLES = ("local", "ssh", "aws")
+PROVIDER_TABLES = ("local", "ssh", "aws")   # [ssh] and [aws] are checked by their providers
+LOCAL_KEYS = {"port": int}
 _FIELDS = {f.name: f for f in dataclasses.fields(ClusterSpec) if f.name != "provider_options"}
+KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table", list: "a list"}
+
+
+def kind_name(expected: type) -> str:
+    """How a message names a TOML value's type: "an integer", "a string"..."""
+    return KINDS.get(expected, f"a {expected.__name__}")
+
+
+def check_known(table: dict, known: Iterable[str], where: str) -> None:
+    """Refuse a key that is not a setting of `where` (`config`, `[ssh]`...),
+    naming the closest known one."""
+    known = sorted(known)
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise UsageError(f"{where}: unknown setting {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
+                             "known: " + ", ".join(known))
 
 
 def load_config(path: Optional[Path]) -> dict[str, Any]:
@@ -46,16 +65,19 @@ def build_spec(config: dict[str, Any], **flags: Any) -> ClusterSpec:
     """`flags` whose value is None were not given and leave the file's value."""
     values: dict[str, Any] = {}
     options: dict[str, Any] = {}
+    check_known(config, [*_FIELDS, *PROVIDER_TABLES], "config")
     for key, value in config.items():
         if key in PROVIDER_TABLES:
             if not isinstance(value, dict):
-                raise MlclusterError(f"config: [{key}] must be a table")
+                raise UsageError(f"config: [{key}] must be a table")
             options[key] = dict(value)
-        elif key in _FIELDS:
-            values[key] = value
         else:
-            raise MlclusterError(f"config: unknown setting {key!r}",
-                                 "known: " + ", ".join(sorted([*_FIELDS, *PROVIDER_TABLES])))
+            values[key] = value
+    local = options.get("local", {})
+    check_known(local, LOCAL_KEYS, "[local]")
+    for key, expected in LOCAL_KEYS.items():
+        if key in local and (not isinstance(local[key], expected) or isinstance(local[key], bool)):
+            raise UsageError(f"[local] {key} must be {kind_name(expected)}, not {local[key]!r}")
     for key, value in flags.items():
         if value is None:
             continue
@@ -69,6 +91,6 @@ def build_spec(config: dict[str, Any], **flags: Any) -> ClusterSpec:
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or isinstance(value, bool) and expected is not bool:
-            raise MlclusterError(f"config: {key} must be a {expected.__name__}, not {value!r}")
+            raise UsageError(f"config: {key} must be {kind_name(expected)}, not {value!r}")
         values[key] = value
     return ClusterSpec(**values, provider_options=options).validate()

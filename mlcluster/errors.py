@@ -18,6 +18,14 @@ class MlclusterError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
+class UsageError(MlclusterError):
+    """The command line (or a config file) asks for something that cannot be:
+    a bad value, conflicting options, an unknown setting. Exit code 2."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message, hint, exit_code=2)
+
+
 class ClusterNotFound(MlclusterError):
     def __init__(self, name: str):
         super().__init__(f"no cluster named {name!r} is known here",

@@ -57,7 +57,16 @@ def stand_in_dir() -> Path:
     return home() / "models" / f"{DEFAULT_MODEL}-random-weights"
 
 
+def quiet_libraries() -> None:
+    """Our progress lines are the only ones: the hub's and transformers' tqdm
+    bars would scribble over them (read when those libraries are imported)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
 def resolve_model(model: str, ui: QuietUI) -> ResolvedModel:
+    quiet_libraries()
     if model == OVERHEAD_TEST:
         return ResolvedModel(model, local=False)
     if looks_like_path(model):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from rich import box
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -10,7 +12,9 @@ from .providers.base import CostPlan
 from .state import ClusterState
 
 STATUS_STYLE = {"free": "green", "busy": "yellow", "down": "red", "draining": "magenta"}
-DETAIL_COLUMNS = ("instance_id", "instance_type", "zone", "instance_state", "host_address")
+# The provider's details per container, and their short headers (80 columns).
+DETAIL_COLUMNS = {"instance_id": "instance", "instance_type": "type", "zone": "zone", "instance_state": "state",
+                  "host_address": "public IP"}
 
 
 def cluster_table(state: ClusterState) -> Table:
@@ -23,26 +27,47 @@ def cluster_table(state: ClusterState) -> Table:
     return table
 
 
-def status_table(snapshot: dict) -> Table:
-    containers = snapshot["containers"]
+def cluster_list_table(rows: list[dict]) -> Table:
+    """`mlcluster list`: one row per known cluster, with a header."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("name", "provider", "containers", "orchestrator"):
+        table.add_column(column, no_wrap=True, justify="right" if column == "containers" else "left")
+    for r in rows:
+        table.add_row(r["name"], r["provider"], str(r["containers"]),
+                      r.get("error") and f"unreadable: {r['error']}" or r["orchestrator_url"] or "-")
+    return table
+
+
+def status_table(snapshot: dict) -> Group:
+    """`status`: the serving figures per container, then (when the provider
+    has them) its details per container in a second table, so that each
+    stays readable at 80 columns."""
+    containers = sorted(snapshot["containers"], key=lambda c: c["id"])
     extra = [col for col in DETAIL_COLUMNS if any(col in c for c in containers)]
-    table = Table(title=f"cluster {snapshot['name']} ({snapshot.get('backend', '?')}) — {snapshot['orchestrator_url']}")
-    for column in ["container", "address", "status", "in-flight", "served", "failed", "recent ms", *extra]:
-        table.add_column(column, no_wrap=column in ("container", "address"),
-                         justify="right" if column in ("in-flight", "served", "failed", "recent ms") else "left")
-    for c in sorted(containers, key=lambda c: c["id"]):
+    table = Table(title=f"cluster {snapshot['name']} ({snapshot.get('backend', '?')}) — {snapshot['orchestrator_url']}", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for column in ("container", "address", "status", "in-flight", "served", "failed", "ms"):
+        table.add_column(column, min_width=len(column), overflow="fold",
+                         justify="right" if column in ("in-flight", "served", "failed", "ms") else "left")
+    for c in containers:
         latency = c.get("recent_latency_ms")
         table.add_row(c["id"], f"{c['host']}:{c['port']}",
                       Text(c["status"], style=STATUS_STYLE.get(c["status"], "")),
                       str(c["in_flight"]), str(c["served"]), str(c["failed"]),
-                      f"{latency:.1f}" if latency is not None else "-",
-                      *[str(c.get(col, "")) for col in extra])
+                      f"{latency:.1f}" if latency is not None else "-")
     queue = snapshot["queue"]
     up = sum(1 for c in containers if c["status"] in ("free", "busy"))
     table.caption = (f"{up}/{len(containers)} containers up · queue {queue['depth']}/{queue['limit']} · "
                      f"in flight {snapshot['in_flight']} · served {snapshot['served']} · failed {snapshot['failed']} · "
-                     f"up {snapshot.get('uptime_s', 0):.0f} s")
-    return table
+                     f"up {snapshot.get('uptime_s', 0):.0f} s · ms: recent latency")
+    if not extra:
+        return Group(table)
+    details = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in ("container", *[DETAIL_COLUMNS[col] for col in extra]):
+        details.add_column(header, min_width=len(header), overflow="fold")
+    for c in containers:
+        details.add_row(c["id"], *[str(c.get(col, "")) for col in extra])
+    return Group(table, details)
 
 
 def _money(value: Optional[float]) -> str:

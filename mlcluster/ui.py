@@ -7,9 +7,13 @@ stderr, tables and data on its `out`, stdout); tests and scripts pass
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
+import time
 from typing import Iterator, Optional, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 
@@ -30,7 +34,7 @@ class QuietUI:
 class Step:
     """A running step: `advance()` moves its bar, `update(text)` renames it."""
 
-    def __init__(self, progress: Optional[Progress], task: Optional[TaskID]):
+    def __init__(self, progress: "Optional[Progress | LineProgress]", task: Optional[TaskID]):
         self._progress, self._task = progress, task
 
     def advance(self, n: int = 1) -> None:
@@ -42,35 +46,99 @@ class Step:
             self._progress.update(self._task, description=description)
 
 
+class LineProgress:
+    """Progress where no terminal shows a live bar (a pipe, a log, CI): a line
+    when a task starts or is renamed, and every `interval` s a line per
+    unfinished task, so a long wait is never silent. The subset of
+    rich.progress.Progress that `Step` uses."""
+
+    def __init__(self, console: Console, interval: float):
+        self.console, self.interval = console, interval
+        self._tasks: dict[int, list] = {}   # id -> [description, completed, total, started]
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="progress")
+
+    def __enter__(self) -> "LineProgress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        for description, _, total, started in self._tasks.values():
+            if total is None and exc_type is None:
+                self._line(f"done: {description}", started)
+
+    def add_task(self, description: str, total: Optional[int] = None) -> int:
+        with self._lock:
+            task = len(self._tasks)
+            self._tasks[task] = [description, 0, total, time.monotonic()]
+        self._line(description, None)
+        return task
+
+    def advance(self, task: int, n: int = 1) -> None:
+        with self._lock:
+            self._tasks[task][1] += n
+
+    def update(self, task: int, description: str) -> None:
+        with self._lock:
+            entry = self._tasks[task]
+            changed, entry[0] = entry[0] != description, description
+        if changed:
+            self._line(description, entry[3])
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                pending = [list(t) for t in self._tasks.values() if t[2] is None or t[1] < t[2]]
+            for description, completed, total, started in pending:
+                self._line(description + (f" {completed}/{total}" if total is not None else ""), started)
+
+    def _line(self, text: str, started: Optional[float]) -> None:
+        elapsed = f" ({time.monotonic() - started:.0f} s)" if started is not None else ""
+        self.console.print(f"{text}{elapsed}", highlight=False, soft_wrap=True)
+
+
+def progress_interval() -> float:
+    """Seconds between progress lines without a terminal: MLCLUSTER_PROGRESS_S, default 10."""
+    try:
+        return max(0.1, float(os.environ.get("MLCLUSTER_PROGRESS_S", "10")))
+    except ValueError:
+        return 10.0
+
+
 class RichUI(QuietUI):
     """Messages and progress on `console` (stderr); `out` (stdout) is for the
-    data a command prints, tables included."""
+    data a command prints, tables included. Messages are plain text (a
+    `[ssh]` in one is a table's name, not markup)."""
 
     def __init__(self, console: Optional[Console] = None, out: Optional[Console] = None):
         self.console = console or Console(stderr=True)
         self.out = out or Console()
 
     def info(self, message: str) -> None:
-        self.console.print(message)
+        self.console.print(escape(message))
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {message}")
+        self.console.print(f"[yellow]warning:[/] {escape(message)}")
+
+    def _progress(self, *columns) -> "Progress | LineProgress":
+        if not self.console.is_terminal:
+            return LineProgress(self.console, progress_interval())
+        return Progress(SpinnerColumn(), TextColumn("{task.description}"), *columns, TimeElapsedColumn(),
+                        console=self.console)
 
     @contextlib.contextmanager
     def step(self, description: str, total: Optional[int] = None) -> Iterator[Step]:
-        columns = [SpinnerColumn(), TextColumn("{task.description}")]
-        if total is not None:
-            columns += [BarColumn(), TextColumn("{task.completed}/{task.total}")]
-        columns.append(TimeElapsedColumn())
-        with Progress(*columns, console=self.console, transient=False) as progress:
+        columns = [BarColumn(), TextColumn("{task.completed}/{task.total}")] if total is not None else []
+        with self._progress(*columns) as progress:
             task = progress.add_task(description, total=total)
             yield Step(progress, task)
 
     @contextlib.contextmanager
     def host_steps(self, hosts: Sequence[str], what: str) -> Iterator[dict[str, Step]]:
         """One progress line per host, each rewritten by its own `update(text)`."""
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=self.console) as progress:
+        with self._progress() as progress:
             yield {h: Step(progress, progress.add_task(f"{h}: {what}", total=1)) for h in hosts}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from support.aws import make_spec, provision
 from support.console import mlcluster as cli
 from support.moto import nothing_tagged, tagged
+from mlcluster.providers.aws.api import POLICY_HINT
 from mlcluster.state import remove_cluster_dir
 
 
@@ -49,3 +50,25 @@ def test_down_with_the_state_file_deleted_finds_everything_by_tag(moto, tmp_path
     result = cli("down", "--name", "lab", "--provider", "aws", "--config", str(config), "--yes")
     assert result.returncode == 0, result.stderr
     assert nothing_tagged(moto, "lab")
+
+
+def test_region_and_credentials_are_checked_before_the_plan_is_shown(moto, tmp_path, monkeypatch):
+    no_region = cli("up", "--config", str(write_config(tmp_path / "c.toml", moto)))
+    assert no_region.returncode == 1 and "no AWS region is set" in no_region.stderr
+    assert "estimate" not in no_region.stderr and "pass --yes" not in no_region.stderr
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    no_keys = cli("up", "--config", str(write_config(tmp_path / "c.toml", moto, region="us-east-1")))
+    assert no_keys.returncode == 1 and "no AWS credentials were found" in no_keys.stderr
+    assert "estimate" not in no_keys.stderr and "Traceback" not in no_keys.stderr
+    assert moto.faults.calls == []
+
+
+def test_hints_print_table_names_and_name_documents_that_exist(moto, tmp_path):
+    config = write_config(tmp_path / "c.toml", moto, region="us-east-1")
+    config.write_text(config.read_text().replace('allowed_cidr = "203.0.113.5/32"', "detect_ip = false"))
+    result = cli("up", "--config", str(config), "--yes")
+    assert result.returncode == 1 and "in the [aws] table" in result.stderr, result.stderr
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = POLICY_HINT.split('"')[1]
+    assert f"### {section}" in readme and "docs/" not in POLICY_HINT

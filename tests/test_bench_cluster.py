@@ -233,7 +233,7 @@ def test_person_made_errors_are_one_sentence(tmp_path):
     # Through the real console script: one sentence on stderr, exit 1, no traceback.
     result = subprocess.run([MLCLUSTER, "bench", "--url", url, "--sweep", "0"], capture_output=True, text=True,
                             timeout=60, stdin=subprocess.DEVNULL)
-    assert result.returncode == 1 and "Traceback" not in result.stderr and "--sweep" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--sweep" in result.stderr
 
 
 def test_ctrl_c_stops_cleanly_and_still_prints_what_was_measured(cluster, tmp_path):
@@ -260,3 +260,8 @@ def test_ctrl_c_stops_cleanly_and_still_prints_what_was_measured(cluster, tmp_pa
     data = json.loads(result_file.read_text())
     assert data["interrupted"] and data["requests"] > 0 and data["ok"] == data["requests"]
     assert data["unanswered"] == 0  # what was in flight was waited for
+
+
+def test_json_dash_writes_only_the_json_to_stdout(cluster, tmp_path):
+    data = json.loads(bench("--url", cluster, "--concurrency", "2", "--requests", "20", "--json", "-"))
+    assert data["requests"] == 20 and data["ok"] == 20 and not (Path.cwd() / "-").exists()

@@ -124,6 +124,40 @@ def test_down_finds_processes_when_the_state_file_is_lost(home, tiny_model):
     assert find_marked(marker("lab")) == []
 
 
+def test_down_of_an_unknown_name_is_an_error(home):
+    result = cli("down", "--name", "nosuch", "--yes", check=False)
+    assert_clean_error(result, "no cluster named 'nosuch'", "mlcluster list", "--provider")
+    assert "nothing of it is left" not in result.stderr
+
+
+def test_a_smaller_up_stops_the_rest_and_down_says_what_it_removes_and_keeps_the_logs(home, tiny_model):
+    cli(*up_args(tiny_model, workers=2, per=1))
+    state = json.loads((home / "lab" / "state.json").read_text())
+    gone = next(p["pid"] for p in state["resources"]["processes"] if p["id"] == "worker2-1")
+    shown = json.loads(cli(*up_args(tiny_model, workers=1, per=1), "--json").stdout)
+    assert [c["id"] for c in shown["containers"]] == ["worker1-1"] and shown["orchestrator_url"].startswith("http")
+    assert gone not in find_marked(marker("lab"))
+    listed = json.loads(cli("list", "--json").stdout)
+    assert listed == [{"name": "lab", "provider": "local", "containers": 1,
+                       "orchestrator_url": shown["orchestrator_url"]}]
+    status = json.loads(cli("status", "--name", "lab", "--json").stdout)
+    assert [c["id"] for c in status["containers"]] == ["worker1-1"]
+
+    asked = cli("down", "--name", "lab", check=False)  # no terminal: the question is shown, nothing is done
+    said = " ".join(asked.stderr.split())
+    assert asked.returncode == 1 and "local; 1 container(s); 2 process(es) on this machine" in said, said
+    assert "pass --yes" in said
+    result = json.loads(cli("down", "--name", "lab", "--yes", "--json").stdout)
+    assert result["left"] == [] and result["forgotten"]
+    archive = Path(result["archive"])
+    assert archive.parent == home / "archive" and archive.name.startswith("lab-")
+    assert "registered" in (archive / "orchestrator.log").read_text()
+    assert "ready" in (archive / "worker1-1.log").read_text()
+    assert json.loads((archive / "state.json").read_text())["token"] == ""
+    assert oct(archive.stat().st_mode & 0o777) == "0o700"
+    assert "lab" not in cli("list").stdout and find_marked(marker("lab")) == []
+
+
 def test_logs_show_the_orchestrator_and_a_container(home, tiny_model):
     cli(*up_args(tiny_model, workers=1, per=1))
     assert "registered" in cli("logs", "--name", "lab").stdout
@@ -133,8 +167,8 @@ def test_logs_show_the_orchestrator_and_a_container(home, tiny_model):
     cli("down", "--name", "lab", "--yes")
 
 
-def assert_clean_error(result: subprocess.CompletedProcess, *phrases: str) -> None:
-    assert result.returncode == 1, (result.stdout, result.stderr)
+def assert_clean_error(result: subprocess.CompletedProcess, *phrases: str, code: int = 1) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
     for phrase in phrases:
         assert phrase in result.stderr, result.stderr
@@ -145,12 +179,14 @@ def test_person_made_errors_get_one_sentence(home, tiny_model, tmp_path):
     assert_clean_error(cli("logs", "--name", "nosuch", check=False), "no cluster named 'nosuch'")
     assert_clean_error(cli("bench", "--name", "nosuch", "--requests", "5", check=False), "nosuch")
     assert_clean_error(cli("up", "--model", str(tmp_path / "no-such-model"), check=False), "does not exist")
-    assert_clean_error(cli("up", "--name", "Bad Name!", check=False), "not allowed")
-    assert_clean_error(cli("up", "--workers", "0", check=False), "--workers")
+    # Usage errors, bad values included, exit 2
+    assert_clean_error(cli("up", "--name", "Bad Name!", check=False), "not allowed", code=2)
+    assert_clean_error(cli("up", "--workers", "0", check=False), "--workers", code=2)
     bad_config = tmp_path / "bad.toml"
     bad_config.write_text("wrkers = 3\n")
-    assert_clean_error(cli("up", "--config", str(bad_config), check=False), "unknown setting 'wrkers'")
-    assert_clean_error(cli("down", "--name", "lab", check=False), "pass --yes")
+    assert_clean_error(cli("up", "--config", str(bad_config), check=False), "unknown setting 'wrkers'",
+                       "did you mean 'workers'", code=2)
+    assert_clean_error(cli("down", "--name", "lab", check=False), "no cluster named 'lab'")
     assert find_marked(marker("default")) == [] and not (home / "default").exists()
 
     with socket.socket() as taken:
@@ -159,7 +195,7 @@ def test_person_made_errors_get_one_sentence(home, tiny_model, tmp_path):
         port = taken.getsockname()[1]
         assert_clean_error(cli(*up_args(tiny_model, workers=1, per=1), "--port", str(port), check=False),
                            f"port {port}", "already in use")
-    cli("down", "--name", "lab", "--yes")
+    assert not (home / "lab").exists()  # the failed first `up` left no trace, so `down` would find no cluster
     assert find_marked(marker("lab")) == []
 
 

@@ -63,7 +63,7 @@ def test_cli_runtime_is_the_default_and_the_orchestrator_may_share_a_worker_host
     ({"orchestrator": "10.0.0.1"}, "at least one host"),
     ({"orchestrator": "10.0.0.1", "workers": []}, "at least one host"),
     ({"orchestrator": "10.0.0.1", "workers": ["not an address!"]}, "neither an IP address nor a host name"),
-    ({"orchestrator": {"adress": "10.0.0.1"}, "workers": ["10.0.0.2"]}, "unknown setting(s) adress"),
+    ({"orchestrator": {"adress": "10.0.0.1"}, "workers": ["10.0.0.2"]}, "unknown setting 'adress'; did you mean 'address'?"),
     ({"orchestrator": "10.0.0.1", "workers": ["10.0.0.2"], "key": "/nonexistent/id"}, "key file /nonexistent/id does not exist"),
     ({"orchestrator": "10.0.0.1", "workers": ["10.0.0.2"], "runtime": "podman"}, "docker or process"),
     ({"orchestrator": "10.0.0.1", "workers": ["10.0.0.2"], "port": 70000}, "port number"),

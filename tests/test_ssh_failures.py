@@ -49,6 +49,36 @@ def test_unreachable_hosts_fail_up_within_the_deadline_naming_host_and_reason(ne
     assert state["resources"]["ssh"]["services"] == {}
 
 
+def test_a_refused_port_fails_up_at_once_and_down_purge_forgets_the_dead_cluster(net, tmp_path):
+    net.stop_sshd(net.hosts["gone"])
+    try:
+        config = tmp_path / "c.toml"
+        config.write_text(toml_config(net, "overhead-test", ["gone"]).replace("reach_timeout = 20", "reach_timeout = 90"))
+        started = time.monotonic()
+        result = cli(tmp_path, "up", "--config", str(config), env=dict(os.environ, MLCLUSTER_PROGRESS_S="0.5"))
+        elapsed = time.monotonic() - started
+        # The failed `up` left a cluster whose worker host cannot be reached.
+        assert CLUSTER in cli(tmp_path, "list").stdout
+        down = cli(tmp_path, "down", "--name", CLUSTER, "--yes")
+        kept = (tmp_path / CLUSTER / "state.json").exists()
+        purged = cli(tmp_path, "down", "--name", CLUSTER, "--purge", "--yes")
+    finally:
+        net.start_sshd(net.hosts["gone"])
+    assert result.returncode == 1, result.stderr
+    assert elapsed < 45, elapsed  # half the reach_timeout: a refusal is an answer, never waited on
+    err = " ".join(result.stderr.split())
+    assert "gone" in err and "connection refused" in err and "is sshd running" in err
+    assert "still waiting" not in err and "Traceback" not in result.stderr
+
+    assert down.returncode == 1 and "gone" in down.stderr and "--purge" in down.stderr, down.stderr
+    assert kept  # a failed `down` forgets nothing
+    assert purged.returncode == 0, purged.stderr
+    said = " ".join(purged.stderr.split())
+    assert "forgotten" in said and "gone" in said and net.hosts["gone"].address in said
+    assert "mlcluster.cluster=" + CLUSTER in said  # where to look for what may be left
+    assert CLUSTER not in cli(tmp_path, "list").stdout and not (tmp_path / CLUSTER).exists()
+
+
 def test_changed_host_key_is_refused(net, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(toml_config(net, "overhead-test", ["w1"]))
@@ -66,7 +96,7 @@ def test_changed_host_key_is_refused(net, tmp_path):
 
     down = cli(tmp_path, "down", "--name", CLUSTER, "--yes")
     assert down.returncode == 1 and "w1" in down.stderr and "host key" in " ".join(down.stderr.split())
-    assert (tmp_path / CLUSTER / "state.json").exists()  # kept: w1's worker may still run
+    assert (tmp_path / CLUSTER / "state.json").exists(), (list(tmp_path.rglob("*")), down.stderr)  # kept: w1's worker may still run
     net.kill_services(net.hosts["w1"])
 
 

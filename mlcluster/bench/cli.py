@@ -2,12 +2,13 @@
 hand the result to the report. Results go to stdout, progress to stderr."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..errors import MlclusterError
+from ..errors import MlclusterError, UsageError
 from ..ui import run_ui
 from . import report
 from .load import Target, random_bodies, text_bodies
@@ -25,7 +26,7 @@ def bench(
     ctx: typer.Context,
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="The cluster's name (default: 'default').")] = None,
     url: Annotated[Optional[str], typer.Option(help="The orchestrator's URL, instead of a cluster name.")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Closed loop: requests in flight.")] = 15,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", help="Closed loop: requests in flight (default 15).")] = None,
     requests: Annotated[Optional[int], typer.Option("--requests", help="Requests to measure (per sweep step).")] = None,
     duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds to measure (per sweep step); default 10.")] = None,
     rate: Annotated[Optional[float], typer.Option(help="Open loop: requests per second, sent on schedule.")] = None,
@@ -37,7 +38,7 @@ def bench(
     warmup: Annotated[Optional[int], typer.Option(help="Uncounted requests before each step (default: one per slot).")] = None,
     texts: Annotated[Optional[Path], typer.Option(help="A file with one text a line to send (default: random text).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for one answer.")] = 60.0,
-    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the result and its setup as JSON.")] = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the result and its setup as JSON ('-': stdout).")] = None,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write one row per request as CSV.")] = None,
     plot_file: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG with four panels.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for random text and Poisson arrivals.", hidden=True)] = None,
@@ -46,14 +47,21 @@ def bench(
     through the orchestrator's /new_request."""
     if ctx.invoked_subcommand is not None:
         return
-    config = BenchConfig(
-        concurrency=concurrency, rate=rate, arrivals=arrivals, requests=requests, duration_s=duration,
-        sweep=_steps(sweep, int, "--sweep"), rate_sweep=_steps(rate_sweep, float, "--rate-sweep"),
-        warmup=warmup, knee_factor=knee_factor, policy=StepPolicy(time_limit_s=step_time), seed=seed).validate()
+    if concurrency is not None and (rate is not None or rate_sweep is not None):
+        raise UsageError("--concurrency is for a closed loop; --rate and --rate-sweep send on a schedule",
+                         "give one of them")
+    try:
+        config = BenchConfig(
+            concurrency=concurrency or 15, rate=rate, arrivals=arrivals, requests=requests, duration_s=duration,
+            sweep=_steps(sweep, int, "--sweep"), rate_sweep=_steps(rate_sweep, float, "--rate-sweep"),
+            warmup=warmup, knee_factor=knee_factor, policy=StepPolicy(time_limit_s=step_time), seed=seed).validate()
+    except MlclusterError as exc:  # every check of the options is a usage error
+        raise UsageError(exc.message, exc.hint) from None
     if step_time <= 0 or knee_factor < 1 or timeout <= 0:
-        raise MlclusterError("--step-time and --timeout must be positive and --knee-factor at least 1")
+        raise UsageError("--step-time and --timeout must be positive and --knee-factor at least 1")
+    to_stdout = str(json_file) == "-"
     bodies = text_bodies(texts) if texts else random_bodies(seed=seed)
-    for path in (json_file, csv_file, plot_file):
+    for path in (None if to_stdout else json_file, csv_file, plot_file):
         if path is not None and not path.parent.is_dir():
             raise MlclusterError(f"cannot write {path}: the folder {path.parent} does not exist")
     target_url, state = resolve_url(name, url)
@@ -69,8 +77,10 @@ def bench(
         target.close()
     texts_note = f"{texts} ({len(bodies)} texts)" if texts else "random lowercase text, 50 characters"
     run = report.report_of(result, describe_setup(target_url, state, status, result, texts_note))
-    report.print_result(run, ui.out)
-    _write_outputs(result, run, json_file, csv_file, plot_file, ui)
+    report.print_result(run, ui.console if to_stdout else ui.out)  # `--json -`: stdout holds only the JSON
+    if to_stdout:
+        print(json.dumps(run.to_json(), indent=2))
+    _write_outputs(result, run, None if to_stdout else json_file, csv_file, plot_file, ui)
     for summary in [step.summary for step in run.steps] or [run.summary]:
         offered, sent = summary.offered_rps, summary.sent_rps
         if offered and sent and sent < 0.95 * offered and not result.interrupted:
@@ -87,7 +97,7 @@ def _steps(text: Optional[str], kind: type, option: str) -> Optional[list]:
     try:
         return parse_steps(text, kind, option)
     except ValueError as exc:
-        raise MlclusterError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def _write_outputs(result, run: report.Report, json_file, csv_file, plot_file, ui) -> None:

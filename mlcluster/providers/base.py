@@ -81,6 +81,11 @@ class Provider(Protocol):
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
         """Extra facts per container id for `status` (instance id, type, zone...)."""
 
+    def describe(self, state: ClusterState) -> str:
+        """Where the cluster's things are, in a few words (the hosts or
+        instances and how to find them): for `down`'s question, and for what
+        `down --purge` may leave behind."""
+
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         """What `up` would create and what it costs, to confirm before any call
         that spends money; None when nothing needs confirming (local, ssh)."""

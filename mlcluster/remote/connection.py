@@ -171,6 +171,9 @@ def load_private_key(path: str | Path) -> paramiko.PKey:
     raise MlclusterError(f"SSH key {path} is not an ed25519, RSA or ECDSA private key", "; ".join(errors)[:200])
 
 
+_HINTS = {"auth": "check `user` and `key` for this host in the [ssh] config",
+          "refused": "nothing accepts SSH there: is sshd running, and is the host's `port` right?"}
+
 # -- the connection --------------------------------------------------------------
 class Connection:
     """One SSH connection to one host, opened lazily on first use; a context manager.
@@ -233,20 +236,19 @@ class Connection:
             client.close()
             where = self.label if self.label == self.host else f"{self.label} ({self.host}:{self.port})"
             kind, reason = classify_connect_error(exc, self.user)
-            raise Unreachable(where, reason, "" if kind != "auth"
-                              else "check `user` and `key` for this host in the [ssh] config", kind) from None
+            raise Unreachable(where, reason, _HINTS.get(kind, ""), kind) from None
         client.get_transport().set_keepalive(15)
         return client
 
     def wait_reachable(self, deadline: float, on_wait: Optional[Callable[[str], None]] = None,
-                       interval: float = 1.0, auth_grace_s: float = 0.0,
+                       interval: float = 1.0, auth_grace_s: float = 0.0, retry_refused: bool = True,
                        sleep: Callable[[float], None] = time.sleep) -> None:
-        """Try to connect until `deadline` (time.monotonic()). `on_wait(reason)`
-        hears why it is still waiting (refused, timed out, no route...). An
-        unknown host name or a changed host key stops at once; so does a
-        refused login, unless `auth_grace_s` > 0 (a new machine installs its
-        key after sshd starts): then it is retried for that long. The last
-        failure is raised when the deadline passes."""
+        """Try to connect until `deadline` (time.monotonic()); `on_wait(reason)`
+        hears why it still waits. An unknown host name or a changed host key
+        stops at once; so does a refused login unless `auth_grace_s` > 0 (a new
+        machine installs its key after sshd starts), and a refused connection
+        unless `retry_refused` (a machine booting; from a host that is up it is
+        an answer). Decided by `Unreachable.kind`; the last failure is raised."""
         configured = self.connect_timeout
         auth_deadline = 0.0
         while True:
@@ -260,7 +262,7 @@ class Connection:
                     auth_deadline = auth_deadline or time.monotonic() + auth_grace_s
                     if time.monotonic() > auth_deadline:
                         raise
-                elif exc.kind in Unreachable.FINAL:
+                elif exc.kind in Unreachable.FINAL or (exc.kind == "refused" and not retry_refused):
                     raise
                 if time.monotonic() + interval >= deadline:
                     raise

@@ -6,6 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
+from rich.markup import escape
+
 from ..errors import MlclusterError
 from ..ui import QuietUI, Step
 
@@ -51,7 +53,7 @@ def run_on_hosts(hosts: Sequence[str], fn: Callable[[str, Step], T], ui: QuietUI
                 step.update(f"[green]✓[/] {host}: {what} done")
             except Exception as exc:  # collected and reported once all hosts are done
                 outcomes[host].error = exc
-                step.update(f"[red]✗[/] {host}: {str(exc).splitlines()[0][:120]}")
+                step.update(f"[red]✗[/] {host}: {escape(str(exc).splitlines()[0][:120])}")
             step.advance()
         with ThreadPoolExecutor(max_workers=min(max_parallel, len(hosts)), thread_name_prefix="ssh") as pool:
             list(pool.map(one, hosts))

@@ -30,7 +30,7 @@ EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired", 
 REJECTED = frozenset({"AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch",
                       "UnrecognizedClientException", "InvalidAccessKeyId"})
 FORBIDDEN = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
-POLICY_HINT = "docs/aws.md lists the minimal IAM policy mlcluster needs"
+POLICY_HINT = "the README's section \"A minimal IAM policy\" lists what mlcluster needs"
 
 
 class AWSError(MlclusterError):
@@ -66,6 +66,7 @@ class AWS:
         except bx.ProfileNotFound:
             raise AWSError(f"the AWS profile {profile!r} is not in your AWS configuration",
                            "`aws configure list-profiles` shows the profiles you have") from None
+        self._session = session
         self.region = session.region_name or ""
         if not self.region:
             raise AWSError("no AWS region is set",
@@ -75,6 +76,16 @@ class AWS:
         endpoint = endpoint_url or None
         self._ec2 = session.client("ec2", endpoint_url=endpoint, config=config)
         self._ssm = session.client("ssm", endpoint_url=endpoint, config=config)
+
+    def require_credentials(self) -> None:
+        """Raise AWSError unless boto3's chain finds credentials. Local: no AWS
+        call (whether AWS accepts them shows at the first call)."""
+        try:
+            found = self._session.get_credentials()
+        except bx.BotoCoreError as exc:
+            raise translate(exc, "sts", self.profile) from None
+        if found is None:
+            raise translate(bx.NoCredentialsError(), "sts", self.profile)
 
     def ec2(self, operation: str, **kwargs: Any) -> dict:
         return self._call(self._ec2, "ec2", operation, kwargs)

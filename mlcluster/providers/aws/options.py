@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ...config import check_known, kind_name
 from ...errors import MlclusterError
 from ...state import ClusterSpec
 from ..base import CostPlan, CostRow
@@ -39,7 +40,7 @@ HOURS_PER_MONTH = 730
 
 @dataclass(frozen=True)
 class AWSOptions:
-    """Every setting of the `[aws]` table; see docs/aws.md."""
+    """Every setting of the `[aws]` table; the README's "The `[aws]` table" explains them."""
     region: str = ""               # empty: boto3's chain (AWS_REGION, the profile's region)
     profile: str = ""              # empty: boto3's chain (AWS_PROFILE, environment, SSO, role)
     instance_type: str = "m4.large"
@@ -61,16 +62,14 @@ class AWSOptions:
     def from_dict(cls, raw: Optional[dict[str, Any]]) -> "AWSOptions":
         raw = dict(raw or {})
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(fields))
-        if unknown:
-            raise MlclusterError(f"[aws]: unknown setting(s) {', '.join(unknown)}", "known: " + ", ".join(fields))
+        check_known(raw, fields, "[aws]")
         for key, value in raw.items():
             default = getattr(cls, key, None) if key != "address_map" else {}
             expected = type(default)
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 raw[key] = value = float(value)
             if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-                raise MlclusterError(f"[aws]: {key} must be a {expected.__name__}, not {value!r}")
+                raise MlclusterError(f"[aws]: {key} must be {kind_name(expected)}, not {value!r}")
         return cls(**raw).validate()
 
     @classmethod

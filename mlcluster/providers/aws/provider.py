@@ -66,8 +66,12 @@ class AWSProvider:
         self.poll_s, self.timeout_s = poll_s, timeout_s
 
     def plan(self, spec: ClusterSpec) -> CostPlan:
-        """What `up` would create and its estimated hourly cost; no AWS call."""
-        return plan(spec)
+        """What `up` would create and its estimated hourly cost. The region and
+        credentials are checked first (so no plan is shown that cannot run);
+        no AWS call is made."""
+        aws = self.connect(AWSOptions.from_spec(spec))
+        aws.require_credentials()
+        return dataclasses.replace(plan(spec), region=aws.region)
 
     def connect(self, o: AWSOptions) -> AWS:
         return AWS(o.region, o.profile, o.endpoint_url, self.backoff)
@@ -242,6 +246,13 @@ class AWSProvider:
         if not left:
             ui.info(f"nothing tagged {ec2.TAG_CLUSTER}={name} is left in {aws.region}")
         return left
+
+    def describe(self, state: ClusterState) -> str:
+        o = self._options_of(state)
+        recorded = len(state.resources.get("aws", {}).get("instances", {}))
+        return (f"EC2 instances ({recorded} recorded), a security group and a key pair tagged "
+                f"{ec2.TAG_CLUSTER}={state.name} in {o.region or 'the default region'} (the EC2 console, "
+                f"filtered by that tag, lists them)")
 
     # -- status and logs -----------------------------------------------------
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:

@@ -69,9 +69,11 @@ class LocalProvider:
             for c in range(1, spec.containers_per_worker + 1):
                 wanted.append(("worker", f"worker{w}-{c}", f"worker{w}"))
         extra = [p for pid, p in alive.items() if pid not in {w[1] for w in wanted}]
-        if extra:
-            ui.warn(f"{len(extra)} process(es) of this cluster beyond what was asked keep running: "
-                    + ", ".join(p.id for p in extra))
+        if extra:  # a smaller cluster than last time: stop what is no longer asked for
+            with ui.step(f"stopping {', '.join(p.id for p in extra)}: no longer part of the cluster"):
+                terminate({p.pid for p in extra})
+            procs[:] = [p for p in procs if p not in extra]
+            state.save()
         threads = max(1, (os.cpu_count() or 1) // (spec.workers * spec.containers_per_worker))
         requested_port = spec.provider_options.get("local", {}).get("port")
         missing = [w for w in wanted if w[1] not in alive]
@@ -141,6 +143,12 @@ class LocalProvider:
             known = ", ".join(p.id for p in state.resources.processes)
             raise MlclusterError(f"cluster {state.name!r} has no container {target!r}", f"known: {known}")
         yield from read_log(Path(record.log), follow, tail)
+
+    def describe(self, state: ClusterState) -> str:
+        if state.runtime == "docker":
+            return f"Docker containers, network and volumes labelled mlcluster.cluster={state.name} on this machine"
+        return (f"{len(state.resources.get('processes', []))} process(es) on this machine "
+                f"(MLCLUSTER_MARKER={marker(state.name)} in their environment)")
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation

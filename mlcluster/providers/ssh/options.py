@@ -46,6 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ...config import check_known
 from ...errors import MlclusterError
 from ...resources import HostConfig  # one host, as parsed here and recorded in the state
 from ...state import ClusterSpec
@@ -171,9 +172,7 @@ def _host(item: Any, default_name: str, defaults: dict, where: str) -> HostConfi
 
 
 def _unknown(table: dict, known: set, where: str) -> None:
-    extra = sorted(set(table) - known)
-    if extra:
-        raise MlclusterError(f"{where}: unknown setting(s) {', '.join(extra)}", "known: " + ", ".join(sorted(known)))
+    check_known(table, known, where)
 
 
 def _str(table: dict, key: str, default: str, where: str) -> str:

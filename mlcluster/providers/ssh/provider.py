@@ -146,8 +146,9 @@ class SSHProvider:
             config = next(h for h in hosts if h.name == name)
             host = session.connect(config, options.connect_timeout)
             step.update(f"{name} ({config.address}): connecting")
+            # The hosts are machines that are up: a refused port is an answer, not a boot in progress.
             host.conn.wait_reachable(deadline, on_wait=lambda why: step.update(
-                f"{name} ({config.address}): still waiting: {why}"))
+                f"{name} ({config.address}): still waiting: {why}"), retry_refused=False)
             host.prepare_workdir()
             session.record_host(config)
 
@@ -168,7 +169,7 @@ class SSHProvider:
             if host is None:  # a host no longer in the config: reach it as recorded
                 try:
                     host = session.connect(session.resources.hosts[host_name], options.connect_timeout)
-                    host.conn.wait_reachable(time.monotonic() + options.connect_timeout)
+                    host.conn.wait_reachable(time.monotonic() + options.connect_timeout, retry_refused=False)
                     host.prepare_workdir()
                 except (MlclusterError, KeyError, TypeError) as exc:
                     ui.warn(f"{', '.join(records)} on {host_name} (no longer in the config) could not be stopped: {exc}")
@@ -270,7 +271,7 @@ class SSHProvider:
         def stop(host_name: str, step) -> None:
             config = hosts[host_name]
             host = session.connect(config, connect_timeout)
-            host.conn.wait_reachable(time.monotonic() + 2 * connect_timeout)
+            host.conn.wait_reachable(time.monotonic() + 2 * connect_timeout, retry_refused=False)
             host.prepare_workdir()
             records = session.services_on(host_name)
             kinds = {r.runtime for r in records.values()} | {config.runtime}
@@ -306,6 +307,15 @@ class SSHProvider:
         command = session.runtime(record.runtime).log_command(host, record, follow, tail)
         session.close()  # the runtimes' scratch files; the connection is opened again by the stream
         return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
+
+    def describe(self, state: ClusterState) -> str:
+        options = _options_or_none(state)
+        recorded = state.resources.get("ssh", {}).get("hosts", {})
+        hosts = {h.name: (h.address, h.workdir) for h in (options.hosts() if options else [])}
+        hosts.update({n: (h.get("address", "?"), h.get("workdir", "?")) for n, h in recorded.items()})
+        listed = ", ".join(f"{n} ({address}, in {workdir})" for n, (address, workdir) in sorted(hosts.items()))
+        return (f"services on {len(hosts)} host(s): {listed or 'none recorded'}; their containers carry the label "
+                f"mlcluster.cluster={state.name}, their processes MLCLUSTER_MARKER=ssh:{state.name}:<host>")
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation
