@@ -220,7 +220,7 @@ def archive_logs(state: ClusterState, provider: Provider, ui: QuietUI, budget_s:
     A host that fails once is not asked again; the whole takes at most `budget_s`."""
     archive = home() / "archive" / f"{state.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     record = dataclasses.asdict(state)
-    record["token"] = ""
+    record["token"] = record["worker_token"] = ""  # the archive keeps no credential
     write_private_json(archive / "state.json", record)
     targets = [("orchestrator", None)] + [(c.id, c.host) for c in state.containers]
     deadline, failed_hosts, missing = time.monotonic() + budget_s, set(), []

@@ -249,7 +249,7 @@ class AWSProvider:
 
     def describe(self, state: ClusterState) -> str:
         o = self._options_of(state)
-        recorded = len(state.resources.get("aws", {}).get("instances", {}))
+        recorded = len(state.resources.aws.instances) if state.resources.aws else 0
         return (f"EC2 instances ({recorded} recorded), a security group and a key pair tagged "
                 f"{ec2.TAG_CLUSTER}={state.name} in {o.region or 'the default region'} (the EC2 console, "
                 f"filtered by that tag, lists them)")

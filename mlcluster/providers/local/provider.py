@@ -147,7 +147,7 @@ class LocalProvider:
     def describe(self, state: ClusterState) -> str:
         if state.runtime == "docker":
             return f"Docker containers, network and volumes labelled mlcluster.cluster={state.name} on this machine"
-        return (f"{len(state.resources.get('processes', []))} process(es) on this machine "
+        return (f"{len(state.resources.processes)} process(es) on this machine "
                 f"(MLCLUSTER_MARKER={marker(state.name)} in their environment)")
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:

@@ -310,9 +310,9 @@ class SSHProvider:
 
     def describe(self, state: ClusterState) -> str:
         options = _options_or_none(state)
-        recorded = state.resources.get("ssh", {}).get("hosts", {})
+        recorded = (state.resources.ssh or SSHResources()).hosts
         hosts = {h.name: (h.address, h.workdir) for h in (options.hosts() if options else [])}
-        hosts.update({n: (h.get("address", "?"), h.get("workdir", "?")) for n, h in recorded.items()})
+        hosts.update({n: (h.address, h.workdir) for n, h in recorded.items()})
         listed = ", ".join(f"{n} ({address}, in {workdir})" for n, (address, workdir) in sorted(hosts.items()))
         return (f"services on {len(hosts)} host(s): {listed or 'none recorded'}; their containers carry the label "
                 f"mlcluster.cluster={state.name}, their processes MLCLUSTER_MARKER=ssh:{state.name}:<host>")
