@@ -87,7 +87,7 @@ def up(
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, max=64, help="Worker machines (default 4).")] = None,
     containers_per_worker: Annotated[Optional[int], typer.Option("--containers-per-worker", "-m", min=1, max=16, help="Containers per worker (default 2).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Hub id, local model directory, or overhead-test.")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="torch, onnx or onnx-int8 (default onnx-int8).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="torch, onnx or onnx-int8 (default onnx: ONNX Runtime fp32).")] = None,
     batch_max: Annotated[Optional[int], typer.Option(help="Requests per forward pass (default: the backend's).")] = None,
     batch_wait_ms: Annotated[Optional[float], typer.Option(help="How long a batch waits to fill (default: the backend's).")] = None,
     runtime: Annotated[Optional[str], typer.Option(help="process or docker.")] = None,
