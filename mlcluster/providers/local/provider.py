@@ -92,7 +92,7 @@ class LocalProvider:
                     cmd = services.worker_command()
                 record = {"role": role, "id": pid_id, "worker": worker, "port": port,
                           "log": str(logs / f"{pid_id}.log")}
-                record["pid"] = spawn(cmd, env, Path(record["log"]))
+                record["pid"] = spawn(cmd, role, env, Path(record["log"]))
                 procs[:] = [p for p in procs if p["id"] != pid_id] + [record]
                 state.save()  # recorded the moment it exists, so `down` can always clean it
                 step.advance()
