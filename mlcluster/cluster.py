@@ -54,28 +54,32 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
     return state
 
 
-def _session(state: ClusterState) -> requests.Session:
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {state.token}"
-    return session
-
-
 def register(state: ClusterState, ui: QuietUI) -> None:
     """Tell the orchestrator about every container, and drain the ones it knows
-    that are no longer part of the cluster (a reconciled `up` moved them)."""
+    that are no longer part of the cluster (a reconciled `up` moved them).
+    These calls carry the token, so they go through the provider's admin
+    channel (loopback, or SSH to the orchestrator's host), never in cleartext."""
     wanted = {(c.host, c.port) for c in state.containers}
-    with _session(state) as http:
-        current = orchestrator_status(state)["containers"]
-        for c in current:
-            if (c["host"], c["port"]) not in wanted:
-                http.delete(f"{state.orchestrator_url}/workers/{c['id']}", timeout=10)
-        body = {"containers": [{"id": c.id, "host": c.host, "port": c.port, "capacity": c.capacity}
-                               for c in state.containers if (c.host, c.port) not in {(x["host"], x["port"]) for x in current}]}
-        if body["containers"]:
-            response = http.post(f"{state.orchestrator_url}/workers", json=body, timeout=10)
-            if response.status_code != 201:
-                raise MlclusterError(f"the orchestrator refused the registration ({response.status_code}): "
-                                     f"{_error_text(response)}")
+    current = orchestrator_status(state)["containers"]
+    known = {(x["host"], x["port"]) for x in current}
+    stale = [c["id"] for c in current if (c["host"], c["port"]) not in wanted]
+    body = {"containers": [{"id": c.id, "host": c.host, "port": c.port, "capacity": c.capacity}
+                           for c in state.containers if (c.host, c.port) not in known]}
+    if not stale and not body["containers"]:
+        ui.info(f"all {len(state.containers)} container(s) are registered with the orchestrator")
+        return
+    with get_provider(state.provider).admin_channel(state) as admin, requests.Session() as http:
+        http.headers["Authorization"] = f"Bearer {state.token}"
+        try:
+            for container_id in stale:
+                http.delete(f"{admin}/workers/{container_id}", timeout=10)
+            response = http.post(f"{admin}/workers", json=body, timeout=10) if body["containers"] else None
+        except requests.RequestException as exc:
+            raise MlclusterError(f"the orchestrator's admin endpoints did not answer ({type(exc).__name__})",
+                                 f"`mlcluster logs --name {state.name}` shows the orchestrator's log") from None
+    if response is not None and response.status_code != 201:
+        raise MlclusterError(f"the orchestrator refused the registration ({response.status_code}): "
+                             f"{_error_text(response)}")
     ui.info(f"registered {len(state.containers)} container(s) with the orchestrator")
 
 

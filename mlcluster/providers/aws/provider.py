@@ -19,7 +19,7 @@ import dataclasses
 import ipaddress
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, ContextManager, Iterator, Optional
 
 from . import ec2
 from .api import AWS, AWSError, Backoff
@@ -260,6 +260,10 @@ class AWSProvider:
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
         from ..ssh.provider import SSHProvider
         return SSHProvider().logs(state, target, follow, tail)
+
+    def admin_channel(self, state: ClusterState) -> ContextManager[str]:
+        from ..ssh.provider import SSHProvider
+        return SSHProvider().admin_channel(state)  # over the instances' checked SSH connections
 
 
 def _remember(state: ClusterState, aws: AWS, **items) -> None:

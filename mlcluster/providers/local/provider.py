@@ -10,9 +10,10 @@ Every process carries MLCLUSTER_MARKER=<name>@<state dir> in its environment;
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import ContextManager, Iterator, Optional
 
 from ... import services
 from ...errors import MlclusterError
@@ -140,6 +141,9 @@ class LocalProvider:
             known = ", ".join(p["id"] for p in state.resources.get("processes", []))
             raise MlclusterError(f"cluster {state.name!r} has no container {target!r}", f"known: {known}")
         yield from read_log(Path(record["log"]), follow, tail)
+
+    def admin_channel(self, state: ClusterState) -> ContextManager[str]:
+        return contextlib.nullcontext(state.orchestrator_url)  # on 127.0.0.1 already, for both runtimes
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation

@@ -20,6 +20,7 @@ and what was installed stay); `logs` reads a service's log over SSH.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -35,6 +36,7 @@ from .host import RemoteHost, ServiceSpec
 from .process import ProcessRuntime
 from .runtime import RemoteRuntime
 from ...remote.connection import HostKeyStore, HostsFailed, run_on_hosts
+from ...remote.forward import Forward
 from ...state import ClusterSpec, ClusterState, ContainerRecord
 from ...ui import QuietUI
 from ..base import CostPlan, Deployment
@@ -301,6 +303,26 @@ class SSHProvider:
             host, {**record, "id": sid}, follow, tail)
         session.close()  # the runtimes' scratch files; the connection is opened again by the stream
         return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
+
+    @contextlib.contextmanager
+    def admin_channel(self, state: ClusterState) -> Iterator[str]:
+        """The orchestrator's admin endpoints through SSH: a local port forwarded
+        over the checked connection to the orchestrator's host, to the address the
+        orchestrator listens on as that host sees it (its loopback when it binds
+        every address), so the token never crosses the network in cleartext."""
+        session = _Session(state, _options_or_none(state))
+        record = session.resources["services"].get("orchestrator")
+        if record is None:
+            raise MlclusterError(f"cluster {state.name!r} has no orchestrator recorded",
+                                 f"`mlcluster up --name {state.name}` starts it")
+        config = HostConfig(**session.resources["hosts"][record["host"]])
+        host = session.connect(config, session.options.connect_timeout if session.options else 10.0)
+        target = "127.0.0.1" if config.bind in ("0.0.0.0", "::") else config.bind
+        try:
+            with Forward(host.conn, target, record["port"]) as forward:
+                yield forward.url
+        finally:
+            session.close()
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation
