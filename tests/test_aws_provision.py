@@ -53,7 +53,13 @@ def test_provision_creates_tagged_instances_with_imdsv2_and_a_private_key(moto):
     assert saved["instances"] == {n: i.id for n, i in instances.items()}
     assert saved["security_group"] and saved["key_pair"] and saved["region"] == "us-east-1"
     assert len(tagged(moto, "lab")["volumes"]) == 3
-    first_boot = base64.b64decode(moto.faults.params("RunInstances")[0]["UserData"]).decode()
+    launched = moto.faults.params("RunInstances")
+    assert [r["InstanceInitiatedShutdownBehavior"] for r in launched] == ["terminate"] * 3
+    for inst in raw:  # and moto's EC2 holds it as an attribute of each instance
+        behaviour = ec2_client(moto).describe_instance_attribute(InstanceId=inst["InstanceId"],
+                                                                  Attribute="instanceInitiatedShutdownBehavior")
+        assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+    first_boot = base64.b64decode(launched[0]["UserData"]).decode()
     assert "python3.11" in first_boot and "usermod -aG docker ec2-user" in first_boot
 
 
