@@ -11,7 +11,9 @@ standard library only and is uploaded as this one file:
 Every `--interval-s` it reads the orchestrator's public /status (no token).
 The cluster is *busy* while a request is in flight or queued, or when the
 served and failed counts changed since the last look; an orchestrator that
-does not answer counts as idle (it may be the one that stopped). When it has
+stops answering counts as idle (it may be the one that stopped), one never
+reached yet does not (nothing is known of its load), and idleness counts only
+from when all its containers were first ready (`up` still runs). When it has
 been idle for `--idle-s` (0: never) or the wall clock passes `--deadline`
 (epoch seconds, 0: none), it writes why and when to `--record` (JSON), runs
 the stop command given after `--` in its place (exec).
@@ -37,10 +39,18 @@ class IdleClock:
     deadline: float = 0.0           # epoch seconds; 0: no lifetime limit
     last_active: float = 0.0        # monotonic
     _seen: Optional[tuple] = field(default=None, repr=False)
+    _ready: bool = field(default=False, repr=False)
 
     def observe(self, snapshot: Optional[dict], now: float) -> None:
         if snapshot is None:
-            return  # no answer: nothing was served that we know of
+            if self._seen is None:
+                self.last_active = now  # never reached yet (starting, or a firewall): no idleness known
+            return  # no answer after answers: it may have stopped; nothing served that we know of
+        containers = snapshot.get("containers") or []
+        if not self._ready:
+            # Starting: idleness counts from when every container first is ready.
+            self._ready = bool(containers) and all(c.get("status") in ("free", "busy") for c in containers)
+            self.last_active = now
         counts = (snapshot.get("served", 0), snapshot.get("failed", 0))
         working = snapshot.get("in_flight", 0) > 0 or (snapshot.get("queue") or {}).get("depth", 0) > 0
         if working or (self._seen is not None and counts != self._seen):

@@ -37,8 +37,21 @@ def test_bad_durations_are_refused_with_an_example(text):
     assert '"30m"' in caught.value.hint
 
 
-def snapshot(served=0, failed=0, in_flight=0, depth=0) -> dict:
-    return {"served": served, "failed": failed, "in_flight": in_flight, "queue": {"depth": depth, "limit": 100}}
+def snapshot(served=0, failed=0, in_flight=0, depth=0, ready=True) -> dict:
+    containers = [{"id": "w1-1", "status": "free" if ready else "down"}, {"id": "w1-2", "status": "free"}]
+    return {"served": served, "failed": failed, "in_flight": in_flight, "queue": {"depth": depth, "limit": 100},
+            "containers": containers}
+
+
+def test_idle_time_counts_from_when_every_container_is_ready():
+    clock = IdleClock(idle_s=10)
+    clock.observe({**snapshot(), "containers": []}, now=0)   # nothing registered yet: `up` is running
+    clock.observe(snapshot(ready=False), now=15)            # loading the model
+    assert clock.reason(now=24, wall=0) is None
+    clock.observe(snapshot(), now=24)                        # all ready: the idle time starts here
+    assert clock.reason(now=33.9, wall=0) is None
+    clock.observe(snapshot(ready=False), now=34)             # one down later: still idle
+    assert clock.reason(now=34, wall=0) == "autostop"
 
 
 def test_idle_clock_counts_only_time_with_nothing_served():
@@ -53,6 +66,16 @@ def test_idle_clock_counts_only_time_with_nothing_served():
     clock.observe(snapshot(served=6), now=30)
     clock.observe(None, now=34)                     # no answer: not activity
     assert clock.reason(now=35, wall=0) == "autostop"
+
+
+def test_an_orchestrator_never_reached_is_not_idle():
+    clock = IdleClock(idle_s=10)
+    clock.observe(None, now=0)
+    clock.observe(None, now=20)
+    assert clock.reason(now=29, wall=0) is None   # nothing known of its load
+    clock.observe(snapshot(), now=29)
+    clock.observe(None, now=35)                   # reached once, then gone: idle counts
+    assert clock.reason(now=39, wall=0) == "autostop"
 
 
 def test_idle_clock_lifetime_wins_even_while_busy():

@@ -29,6 +29,7 @@ from typing import Iterator, Optional
 
 
 from ... import services
+from . import autostop
 from ...errors import MlclusterError
 from ...models import OVERHEAD_TEST, is_local_dir
 from .options import HostConfig, SSHOptions, parse_options
@@ -126,6 +127,9 @@ class SSHProvider:
             model = self._prepare(session, spec, options, ui)
             self._start_orchestrator(session, spec, options, ui)
             containers = self._start_workers(session, spec, options, model, ui)
+            watch = autostop.settings(spec, session.resources)
+            if watch is not None:
+                self._start_watchdogs(session, spec, options, *watch, ui)
             url = _url(options.orchestrator.address, options.orchestrator_port)
             services.wait_answering(
                 url, what=f"the orchestrator on {options.orchestrator.name}", timeout=ORCHESTRATOR_READY_S,
@@ -156,7 +160,10 @@ class SSHProvider:
         wanted = {"orchestrator": options.orchestrator}
         wanted.update({f"{w.name}-{i}": w for w in options.workers for i in range(1, spec.containers_per_worker + 1)})
         by_host: dict[str, dict[str, dict]] = {}
+        keep_watchdogs = bool(spec.autostop or spec.max_lifetime)  # replaced by _start_watchdogs if changed
         for sid, record in list(session.resources["services"].items()):
+            if keep_watchdogs and record.get("kind") == "watchdog":
+                continue
             host = wanted.get(sid)
             if host is None or record.get("host") != host.name or record.get("runtime") != host.runtime:
                 by_host.setdefault(record.get("host", ""), {})[sid] = record
@@ -237,6 +244,22 @@ class SSHProvider:
 
         started = run_on_hosts([w.name for w in options.workers], start, ui, what="starting workers")
         return [c for w in options.workers for c in started[w.name]]
+
+    @staticmethod
+    def _start_watchdogs(session: _Session, spec: ClusterSpec, options: SSHOptions, idle_s: Optional[float],
+                         deadline: Optional[float], ui: QuietUI) -> None:
+        """One autostop watchdog per host (providers/ssh/autostop.py)."""
+        orch = options.orchestrator
+
+        def start(name: str, step) -> None:
+            here = "127.0.0.1" if orch.bind in ("0.0.0.0", "::") else orch.bind
+            url = _url(here if name == orch.name else orch.private_address, options.orchestrator_port) + "/status"
+            sid = f"watchdog-{name}"
+            record = autostop.start(session.hosts[name], spec.name, marker(spec.name, name), url, idle_s, deadline,
+                                    session.state.provider == "aws", session.services_on(name).get(sid))
+            session.record_service(sid, {**record, "host": name, "port": 0})
+
+        run_on_hosts([h.name for h in options.hosts()], start, ui, what="starting the autostop watchdogs")
 
     @staticmethod
     def _worker_service(spec: ClusterSpec, options: SSHOptions, config: HostConfig, sid: str, port: int,
