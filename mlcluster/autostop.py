@@ -4,7 +4,9 @@ watchdog's command line for a host (the watchdog itself: mlcluster/watchdog.py).
 """
 from __future__ import annotations
 
+import datetime
 import re
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -36,3 +38,23 @@ def watchdog_command(python: str, script: str, status_url: str, record: str, idl
     return [python, "-I", script, "--status-url", status_url, "--record", record,
             "--idle-s", str(idle_s or 0), "--deadline", str(deadline or 0), "--interval-s", str(interval_s),
             "--", *stop]
+
+
+def summary(autostop: str, max_lifetime: str, started: Optional[float], hourly: Optional[float],
+            now: Optional[float] = None) -> Optional[dict]:
+    """What `status` shows of a cluster with autostop: its settings, the
+    lifetime's deadline (UTC) and the cost so far (`hourly` estimate × the
+    time since `started`, epoch seconds; None where unknown)."""
+    if not (autostop or max_lifetime):
+        return None
+    now = time.time() if now is None else now
+    lifetime = seconds_or_none(max_lifetime, "max_lifetime")
+    deadline = started + lifetime if started and lifetime else None
+    return {"autostop": autostop or None, "max_lifetime": max_lifetime or None,
+            "deadline": _utc(deadline) if deadline else None,
+            "running_s": round(now - started) if started else None,
+            "cost_so_far_usd": round(hourly * (now - started) / 3600, 3) if started and hourly is not None else None}
+
+
+def _utc(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

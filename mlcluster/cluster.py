@@ -13,6 +13,7 @@ from typing import Iterator, Optional
 
 import requests
 
+from . import autostop
 from .errors import MlclusterError
 from .providers import get_provider
 from .state import ClusterSpec, ClusterState, ContainerRecord, remove_cluster_dir
@@ -128,12 +129,25 @@ def status(name: str) -> dict:
     """The orchestrator's /status, with each container's provider details and
     the cluster's own facts, as one JSON-ready object."""
     state = ClusterState.load(name)
-    snapshot = orchestrator_status(state)
-    details = get_provider(state.provider).details(state)
+    provider = get_provider(state.provider)
+    try:
+        snapshot = orchestrator_status(state)
+    except MlclusterError:
+        fired = provider.stopped_itself(state) if state.spec.autostop or state.spec.max_lifetime else None
+        if fired:
+            raise MlclusterError(f"cluster {name!r} stopped itself ({fired})",
+                                 f"`mlcluster down --name {name}` removes what is left") from None
+        raise
+    details = provider.details(state)
     for container in snapshot["containers"]:
         container.update(details.get(container["id"], {}))
     snapshot.update(name=state.name, provider=state.provider, runtime=state.runtime,
                     orchestrator_url=state.orchestrator_url, model=state.spec.model)
+    plan = provider.plan(state.spec)
+    watch = autostop.summary(state.spec.autostop, state.spec.max_lifetime,
+                             state.resources.get("ssh", {}).get("autostop_started"), plan.hourly if plan else 0.0)
+    if watch:
+        snapshot["autostop"] = watch
     return snapshot
 
 

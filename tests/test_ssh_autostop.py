@@ -49,7 +49,14 @@ def test_watchdogs_stop_an_idle_cluster_but_not_a_busy_one(net, tiny_model, tmp_
                     time.sleep(0.5)
         thread = threading.Thread(target=client)
         thread.start()
-        time.sleep(3 * IDLE_S)
+        started = time.monotonic()
+        # While requests flow, status shows the autostop settings.
+        shown = cli(home, "status", "--name", CLUSTER, "--json")
+        assert shown.returncode == 0, shown.stderr
+        watch = json.loads(shown.stdout)["autostop"]
+        assert watch["autostop"] == f"{IDLE_S:g}s" and watch["deadline"] is None and watch["cost_so_far_usd"] == 0
+        assert "autostop 4s idle" in cli(home, "status", "--name", CLUSTER).stdout
+        time.sleep(max(0.0, started + 3 * IDLE_S - time.monotonic()))
         stop.set()
         thread.join()
         assert len(answered) >= 10 and all(answered)
@@ -68,6 +75,9 @@ def test_watchdogs_stop_an_idle_cluster_but_not_a_busy_one(net, tiny_model, tmp_
             assert our_processes(net, name) == [], f"{name} still runs services"
         with pytest.raises(requests.RequestException):
             requests.get(f"{url}/health_check", timeout=3)
+        after = cli(home, "status", "--name", CLUSTER)
+        assert after.returncode == 1 and "stopped itself (autostop at " in after.stderr, after.stderr
+        assert "mlcluster down --name autostop" in after.stderr
     finally:
         down = cli(home, "down", "--name", CLUSTER, "--yes")
     assert down.returncode == 0, down.stderr[-2000:]

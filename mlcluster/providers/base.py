@@ -78,6 +78,10 @@ class Provider(Protocol):
         """Lines of the orchestrator's log (`target` None or "orchestrator") or
         of one container's (`target` a container id)."""
 
+    def stopped_itself(self, state: ClusterState) -> Optional[str]:
+        """Why and when the cluster's autostop watchdogs stopped it (one phrase),
+        or None when they did not (or it cannot be told)."""
+
     def admin_channel(self, state: ClusterState) -> ContextManager[str]:
         """While open, a base URL on this machine's loopback that reaches the
         orchestrator's admin endpoints (which take the token) with nothing in

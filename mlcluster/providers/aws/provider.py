@@ -257,6 +257,17 @@ class AWSProvider:
                            if inst else {"instance_state": "gone"})
         return facts
 
+    def stopped_itself(self, state: ClusterState) -> Optional[str]:
+        """The watchdogs power instances off (they then terminate): say so when
+        every tagged instance is shutting down or gone."""
+        try:
+            found = ec2.find_instances(self.connect(self._options_of(state)), state.name)
+        except MlclusterError:
+            return None
+        if all(i.state in ("shutting-down", "terminated", "stopped", "stopping") for i in found):
+            return "autostop: its instances shut down and terminate"
+        return None
+
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
         from ..ssh.provider import SSHProvider
         return SSHProvider().logs(state, target, follow, tail)

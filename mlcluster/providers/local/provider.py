@@ -145,6 +145,9 @@ class LocalProvider:
     def admin_channel(self, state: ClusterState) -> ContextManager[str]:
         return contextlib.nullcontext(state.orchestrator_url)  # on 127.0.0.1 already, for both runtimes
 
+    def stopped_itself(self, state: ClusterState) -> Optional[str]:
+        return None  # no watchdog runs for a local cluster
+
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation
 

@@ -71,5 +71,19 @@ def start(host: RemoteHost, cluster: str, marker: str, status_url: str, idle_s: 
 
 def fired(host: RemoteHost) -> Optional[str]:
     """The host's autostop record (JSON text) if its watchdog fired, else None."""
+    if not host.workdir:
+        host.prepare_workdir()
     result = host.run(f"cat {quote(host.path(RECORD))} 2>/dev/null", warn=True)
     return result.stdout.strip() if result.ok and result.stdout.strip() else None
+
+
+def describe(record_text: str) -> str:
+    """An autostop record as a phrase: "autostop at 2026-12-01 11:40 UTC"."""
+    import datetime
+    import json
+    try:
+        record = json.loads(record_text)
+        when = datetime.datetime.fromtimestamp(record["stopped_at"], datetime.timezone.utc)
+        return f"{record['reason']} at {when:%Y-%m-%d %H:%M:%S} UTC"
+    except (ValueError, KeyError, TypeError):
+        return "its watchdog fired"

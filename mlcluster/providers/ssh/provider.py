@@ -327,6 +327,21 @@ class SSHProvider:
         session.close()  # the runtimes' scratch files; the connection is opened again by the stream
         return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
 
+    def stopped_itself(self, state: ClusterState) -> Optional[str]:
+        """The orchestrator host's autostop record, read over SSH."""
+        session = _Session(state, _options_or_none(state))
+        record = session.resources["services"].get("orchestrator")
+        try:
+            if record is None:
+                return None
+            config = HostConfig(**session.resources["hosts"][record["host"]])
+            fired = autostop.fired(session.connect(config, session.options.connect_timeout if session.options else 10.0))
+        except MlclusterError:
+            return None
+        finally:
+            session.close()
+        return autostop.describe(fired) if fired else None
+
     @contextlib.contextmanager
     def admin_channel(self, state: ClusterState) -> Iterator[str]:
         """The orchestrator's admin endpoints through SSH: a local port forwarded
