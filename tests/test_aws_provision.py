@@ -79,6 +79,15 @@ def test_security_group_opens_only_ssh_and_orchestrator_to_the_caller(moto):
     assert rules_of(moto, group) == {(22, 22, ALLOWED), (8000, 8000, ALLOWED), (5000, 5001, group)}
 
 
+def test_with_autostop_the_workers_may_read_the_orchestrators_status(moto):
+    spec = make_spec(moto)
+    spec.autostop = "30m"
+    _, state = provision(spec)
+    group = state.resources["aws"]["security_group"]
+    assert rules_of(moto, group) == {(22, 22, ALLOWED), (8000, 8000, ALLOWED), (8000, 8000, group),
+                                     (5000, 5001, group)}
+
+
 def test_caller_address_comes_from_the_injected_lookup_and_changes_are_synced(moto):
     provider = make_provider(ip_lookup=lambda: "198.51.100.7")
     spec = make_spec(moto, allowed_cidr="")

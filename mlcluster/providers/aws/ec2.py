@@ -242,12 +242,14 @@ Rule = tuple[str, int, int, str, str]   # (protocol, from port, to port, "cidr"|
 
 
 def wanted_rules(group_id: str, allowed_cidr: str, public_ports: Iterable[int],
-                 internal: tuple[int, int]) -> set[Rule]:
+                 internal: tuple[int, int], watched: Iterable[int] = ()) -> set[Rule]:
     """SSH and the public ports from `allowed_cidr`; `internal` (a port range)
-    only from the group itself."""
+    only from the group itself, and so are the `watched` ports (the
+    orchestrator's, whose /status the autostop watchdogs on the workers read)."""
     kind = "cidr6" if ":" in allowed_cidr else "cidr"
     rules = {("tcp", p, p, kind, allowed_cidr) for p in {22, *public_ports}}
     rules.add(("tcp", internal[0], internal[1], "group", group_id))
+    rules |= {("tcp", p, p, "group", group_id) for p in watched}
     return rules
 
 

@@ -154,8 +154,9 @@ class AWSProvider:
         _remember(state, aws, security_group=group["GroupId"])
         orchestrator_port, worker_port = ports(spec)
         internal = (worker_port, worker_port + spec.containers_per_worker - 1)
+        watched = [orchestrator_port] if spec.autostop else []
         added, removed = ec2.sync_rules(aws, group, ec2.wanted_rules(group["GroupId"], cidr, [orchestrator_port],
-                                                                     internal))
+                                                                     internal, watched))
         if removed:
             ui.info(f"security group {group['GroupId']}: removed {len(removed)} rule(s) no longer asked for")
         return group["GroupId"]
