@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System setup for the `ssh` tests (tests/support/sshhosts.py): Debian's OpenSSH server
 # (started by hand by the tests; there is no systemd) and iproute2 for network
-# namespaces, veth pairs and the test bridge. Idempotent and quick: it installs
+# namespaces, veth pairs and the test bridge; tcpdump to watch what crosses the bridge
+# (tests/test_admin_channel.py). Idempotent and quick: it installs
 # only what is missing. Runs as root on Debian 12 (as CI does).
 set -euo pipefail
 
@@ -10,6 +11,7 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 
 if [ "${#need[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

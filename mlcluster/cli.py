@@ -97,6 +97,8 @@ def up(
     region: Annotated[Optional[str], typer.Option(help="AWS region.")] = None,
     instance_type: Annotated[Optional[str], typer.Option(help="EC2 instance type (default m4.large).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="AWS profile from your AWS config.")] = None,
+    autostop: Annotated[Optional[str], typer.Option(help='Stop the cluster after serving nothing this long ("30m").')] = None,
+    max_lifetime: Annotated[Optional[str], typer.Option(help='Stop the cluster this long after it started ("8h").')] = None,
     config: ConfigFile = None,
     as_json: JsonFlag = False,
     yes: Yes = False,
@@ -104,8 +106,8 @@ def up(
     """Create the machines, start the orchestrator and the worker containers, register them."""
     spec = _spec(config, name=name, provider=provider, workers=workers, containers_per_worker=containers_per_worker,
                  model=model, backend=backend, batch_max=batch_max, batch_wait_ms=batch_wait_ms,
-                 runtime=runtime, queue_limit=queue_limit, service_ms=service_ms,
-                 local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile)
+                 runtime=runtime, queue_limit=queue_limit, service_ms=service_ms, autostop=autostop,
+                 max_lifetime=max_lifetime, local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile)
     cost_plan = get_provider(spec.provider).plan(spec)
     if cost_plan is not None:
         err.print(escape(plan_text(cost_plan)))

@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 
 import requests
 
+from . import autostop
 from .errors import MlclusterError
 from .models import OVERHEAD_TEST, served_model
 from .providers import get_provider
@@ -82,28 +83,32 @@ def container_capacity(spec: ClusterSpec) -> int:
     return BATCH_DEFAULTS[OVERHEAD_TEST if spec.model == OVERHEAD_TEST else spec.backend].max_requests
 
 
-def _session(state: ClusterState) -> requests.Session:
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {state.token}"
-    return session
-
-
 def register(state: ClusterState, ui: QuietUI) -> None:
     """Tell the orchestrator about every container, and drain the ones it knows
-    that are no longer part of the cluster (a reconciled `up` moved them)."""
+    that are no longer part of the cluster (a reconciled `up` moved them).
+    These calls carry the token, so they go through the provider's admin
+    channel (loopback, or SSH to the orchestrator's host), never in cleartext."""
     wanted = {(c.host, c.port) for c in state.containers}
-    with _session(state) as http:
-        current = orchestrator_status(state)["containers"]
-        for c in current:
-            if (c["host"], c["port"]) not in wanted:
-                http.delete(f"{state.orchestrator_url}/workers/{c['id']}", timeout=10)
-        body = {"containers": [{"id": c.id, "host": c.host, "port": c.port, "capacity": c.capacity}
-                               for c in state.containers if (c.host, c.port) not in {(x["host"], x["port"]) for x in current}]}
-        if body["containers"]:
-            response = http.post(f"{state.orchestrator_url}/workers", json=body, timeout=10)
-            if response.status_code != 201:
-                raise MlclusterError(f"the orchestrator refused the registration ({response.status_code}): "
-                                     f"{_error_text(response)}")
+    current = orchestrator_status(state)["containers"]
+    known = {(x["host"], x["port"]) for x in current}
+    stale = [c["id"] for c in current if (c["host"], c["port"]) not in wanted]
+    body = {"containers": [{"id": c.id, "host": c.host, "port": c.port, "capacity": c.capacity}
+                           for c in state.containers if (c.host, c.port) not in known]}
+    if not stale and not body["containers"]:
+        ui.info(f"all {len(state.containers)} container(s) are registered with the orchestrator")
+        return
+    with get_provider(state.provider).admin_channel(state) as admin, requests.Session() as http:
+        http.headers["Authorization"] = f"Bearer {state.token}"
+        try:
+            for container_id in stale:
+                http.delete(f"{admin}/workers/{container_id}", timeout=10)
+            response = http.post(f"{admin}/workers", json=body, timeout=10) if body["containers"] else None
+        except requests.RequestException as exc:
+            raise MlclusterError(f"the orchestrator's admin endpoints did not answer ({type(exc).__name__})",
+                                 f"`mlcluster logs --name {state.name}` shows the orchestrator's log") from None
+    if response is not None and response.status_code != 201:
+        raise MlclusterError(f"the orchestrator refused the registration ({response.status_code}): "
+                             f"{_error_text(response)}")
     ui.info(f"registered {len(state.containers)} container(s) with the orchestrator")
 
 
@@ -152,13 +157,26 @@ def status(name: str) -> dict:
     """The orchestrator's /status, with each container's provider details and
     the cluster's own facts, as one JSON-ready object."""
     state = ClusterState.load(name)
-    snapshot = orchestrator_status(state)
-    details = get_provider(state.provider).details(state)
+    provider = get_provider(state.provider)
+    try:
+        snapshot = orchestrator_status(state)
+    except MlclusterError:
+        fired = provider.stopped_itself(state) if state.spec.autostop or state.spec.max_lifetime else None
+        if fired:
+            raise MlclusterError(f"cluster {name!r} stopped itself ({fired})",
+                                 f"`mlcluster down --name {name}` removes what is left") from None
+        raise
+    details = provider.details(state)
     for container in snapshot["containers"]:
         container.update(details.get(container["id"], {}))
     snapshot.update(name=state.name, provider=state.provider, runtime=state.runtime,
                     orchestrator_url=state.orchestrator_url, model=state.spec.model,
                     backend=state.spec.backend)
+    plan = provider.plan(state.spec)
+    started = state.resources.ssh.autostop_started if state.resources.ssh else None
+    watch = autostop.summary(state.spec.autostop, state.spec.max_lifetime, started, plan.hourly if plan else 0.0)
+    if watch:
+        snapshot["autostop"] = watch
     return snapshot
 
 
@@ -219,9 +237,8 @@ def archive_logs(state: ClusterState, provider: Provider, ui: QuietUI, budget_s:
     state without its token, into `<home>/archive/<name>-<time>/`, private.
     A host that fails once is not asked again; the whole takes at most `budget_s`."""
     archive = home() / "archive" / f"{state.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    record = dataclasses.asdict(state)
-    record["token"] = record["worker_token"] = ""  # the archive keeps no credential
-    write_private_json(archive / "state.json", record)
+    kept = dataclasses.replace(state, token="", worker_token="")  # the archive keeps no credential
+    write_private_json(archive / "state.json", dataclasses.asdict(kept))
     targets = [("orchestrator", None)] + [(c.id, c.host) for c in state.containers]
     deadline, failed_hosts, missing = time.monotonic() + budget_s, set(), []
     with ui.step(f"keeping the logs of {len(targets)} service(s) in {archive}"):

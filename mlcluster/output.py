@@ -60,6 +60,11 @@ def status_table(snapshot: dict) -> Group:
     table.caption = (f"{up}/{len(containers)} containers up · queue {queue['depth']}/{queue['limit']} · "
                      f"in flight {snapshot['in_flight']} · served {snapshot['served']} · failed {snapshot['failed']} · "
                      f"up {snapshot.get('uptime_s', 0):.0f} s · ms: recent latency")
+    watch = snapshot.get("autostop")
+    if watch:
+        cost = watch["cost_so_far_usd"]
+        table.caption += (f"\nautostop {watch['autostop'] or 'off'} idle · stops by {watch['deadline'] or 'no deadline'}"
+                          f" · cost so far {'unknown' if cost is None else f'${cost:.2f}'}")
     if not extra:
         return Group(table)
     details = Table(box=box.SIMPLE_HEAD, pad_edge=False)

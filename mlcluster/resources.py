@@ -64,8 +64,9 @@ class HostConfig:
 
 @dataclass
 class SSHService:
-    """One service (the orchestrator or a worker container) on an ssh host;
-    `runtime` says which runtime stops it (providers/ssh/runtime.py)."""
+    """One service (the orchestrator, a worker container, an autostop
+    watchdog) on an ssh host; `runtime` says which runtime stops it
+    (providers/ssh/runtime.py)."""
     runtime: str = "process"    # process | docker
     host: str = ""              # the host's name (a key of SSHResources.hosts)
     port: int = 0
@@ -73,17 +74,21 @@ class SSHService:
     log: str = ""               # process runtime: its log file on the host
     container: str = ""         # docker runtime: the container's name
     image: str = ""             # docker runtime
+    kind: str = ""              # "watchdog" for an autostop watchdog ("": the orchestrator or a worker)
+    command: str = ""           # a watchdog's command line: its settings (a changed one is restarted)
 
 
 @dataclass
 class SSHResources:
     hosts: dict[str, HostConfig] = field(default_factory=dict)       # name -> how it was reached
     services: dict[str, SSHService] = field(default_factory=dict)    # service id -> where it runs
+    autostop_started: Optional[float] = None  # epoch of the first `up` with autostop: the lifetime counts from it
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "SSHResources":
         return cls(hosts={n: HostConfig(**_known(HostConfig, h)) for n, h in data.get("hosts", {}).items()},
-                   services={s: SSHService(**_known(SSHService, r)) for s, r in data.get("services", {}).items()})
+                   services={s: SSHService(**_known(SSHService, r)) for s, r in data.get("services", {}).items()},
+                   autostop_started=data.get("autostop_started"))
 
 
 @dataclass

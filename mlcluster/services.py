@@ -6,9 +6,10 @@ live in `worker_image/` and `orchestrator_image/`.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 if TYPE_CHECKING:
     from .state import ClusterSpec, ClusterState
@@ -18,6 +19,14 @@ ORCHESTRATOR_APP = "mlcluster_orchestrator.app:create_app()"
 # Every process we start carries this variable; `down` finds strays by it
 # (never by name patterns, which could hit other programs).
 MARKER_VAR = "MLCLUSTER_MARKER"
+# What a service takes from the caller's environment: how to find programs, its
+# home, the locale. A worker also gets how to reach and cache a model hub
+# (proxies, CA bundles, the Hugging Face settings). Nothing else: the caller's
+# cloud credentials and other secrets never reach a service.
+PASSED_VARS = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+WORKER_PASSED_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+                      "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HF_HOME", "HF_HUB_CACHE",
+                      "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN", "TRANSFORMERS_OFFLINE")
 
 
 def worker_command(python: str = sys.executable) -> list[str]:
@@ -26,6 +35,14 @@ def worker_command(python: str = sys.executable) -> list[str]:
 
 def orchestrator_command(python: str = sys.executable) -> list[str]:
     return [python, "-m", "mlcluster_orchestrator"]  # aiohttp on one event loop; settings from orchestrator_env
+
+
+def process_env(own: Mapping[str, str], kind: str, caller: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The whole environment of a `kind` (worker | orchestrator) process: the
+    few variables it may take from `caller` (PASSED_VARS, and for a worker
+    WORKER_PASSED_VARS), then its own settings `own`."""
+    passed = PASSED_VARS + (WORKER_PASSED_VARS if kind == "worker" else ())
+    return {**{k: caller[k] for k in passed if k in caller}, **own}
 
 
 def worker_env(*, model: str, port: int, token: str, host: str = "127.0.0.1", torch_threads: int = 1,

@@ -62,6 +62,8 @@ class ClusterSpec:
     service_ms: float = 50.0                # only for model = overhead-test
     queue_limit: int = 100
     queue_timeout_s: float = 30.0
+    autostop: str = ""                      # stop after this long serving nothing ("30m"; "": never)
+    max_lifetime: str = ""                  # stop this long after the first `up` ("8h"; "": never)
     provider_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "ClusterSpec":
@@ -82,6 +84,9 @@ class ClusterSpec:
             raise MlclusterError("--batch-max must be between 1 and 64 (0: the backend's default)")
         if self.batch_wait_ms > 1000:
             raise MlclusterError("--batch-wait-ms must be at most 1000")
+        from .autostop import seconds_or_none
+        seconds_or_none(self.autostop, "autostop")
+        seconds_or_none(self.max_lifetime, "max_lifetime")
         return self
 
 

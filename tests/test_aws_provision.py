@@ -53,7 +53,13 @@ def test_provision_creates_tagged_instances_with_imdsv2_and_a_private_key(moto):
     assert saved.instances == {n: i.id for n, i in instances.items()}
     assert saved.security_group and saved.key_pair and saved.region == "us-east-1"
     assert len(tagged(moto, "lab")["volumes"]) == 3
-    first_boot = base64.b64decode(moto.faults.params("RunInstances")[0]["UserData"]).decode()
+    launched = moto.faults.params("RunInstances")
+    assert [r["InstanceInitiatedShutdownBehavior"] for r in launched] == ["terminate"] * 3
+    for inst in raw:  # and moto's EC2 holds it as an attribute of each instance
+        behaviour = ec2_client(moto).describe_instance_attribute(InstanceId=inst["InstanceId"],
+                                                                  Attribute="instanceInitiatedShutdownBehavior")
+        assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+    first_boot = base64.b64decode(launched[0]["UserData"]).decode()
     assert "python3.11" in first_boot and "usermod -aG docker ec2-user" in first_boot
 
 
@@ -71,6 +77,15 @@ def test_security_group_opens_only_ssh_and_orchestrator_to_the_caller(moto):
     _, state = provision(make_spec(moto))
     group = state.resources.aws.security_group
     assert rules_of(moto, group) == {(22, 22, ALLOWED), (8000, 8000, ALLOWED), (5000, 5001, group)}
+
+
+def test_with_autostop_the_workers_may_read_the_orchestrators_status(moto):
+    spec = make_spec(moto)
+    spec.autostop = "30m"
+    _, state = provision(spec)
+    group = state.resources.aws.security_group
+    assert rules_of(moto, group) == {(22, 22, ALLOWED), (8000, 8000, ALLOWED), (8000, 8000, group),
+                                     (5000, 5001, group)}
 
 
 def test_caller_address_comes_from_the_injected_lookup_and_changes_are_synced(moto):

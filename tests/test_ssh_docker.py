@@ -90,6 +90,22 @@ def test_docker_host_runs_labelled_non_root_containers(net, cluster):
     assert rows["wd-2"]["host"] == wd.address and rows["wd-2"]["status"] == "free"
 
 
+def test_docker_host_containers_are_hardened(net, cluster):
+    """As the local Docker runtime's: read-only root, a tmpfs for /tmp, no
+    capabilities, no-new-privileges; and the root file system really refuses writes."""
+    wd = net.hosts["wd"]
+    for name in (f"mlc-{CLUSTER}-wd-1", f"mlc-{CLUSTER}-wd-2"):
+        host_config = json.loads(dk(wd, "inspect", name).stdout)[0]["HostConfig"]
+        assert host_config["ReadonlyRootfs"] is True
+        assert host_config["CapDrop"] == ["ALL"] and not host_config["CapAdd"]
+        assert host_config["SecurityOpt"] == ["no-new-privileges"]
+        assert "/tmp" in host_config["Tmpfs"]
+    written = dk(wd, "exec", f"mlc-{CLUSTER}-wd-1", "sh", "-c", "touch /app/x")
+    assert written.returncode != 0 and "Read-only file system" in written.stderr
+    status_line = dk(wd, "exec", f"mlc-{CLUSTER}-wd-1", "grep", "-E", "^(CapEff|NoNewPrivs):", "/proc/1/status")
+    assert sorted(status_line.stdout.split()) == sorted(["CapEff:", "0000000000000000", "NoNewPrivs:", "1"])
+
+
 def test_bench_is_served_by_docker_and_process_containers(cluster, tmp_path):
     result_file = tmp_path / "bench.json"
     bench = cli(cluster["home"], "bench", "--name", CLUSTER, "--concurrency", "15", "--requests", "300",

@@ -63,7 +63,8 @@ def test_a_file_from_a_newer_mlcluster_is_a_clear_error(home):
 
 
 # The `resources` of version-2 files as mlcluster wrote them before they were typed
-# (one per provider and runtime; the ssh one also from a record that predates "runtime").
+# (one per provider and runtime; the ssh one also from a record that predates "runtime", and with an
+# autostop watchdog and its start time as issue 12b wrote them).
 V2_RESOURCES = {
     "local": {"processes": [
         {"role": "orchestrator", "id": "orchestrator", "worker": "", "port": 41000, "log": "/h/o.log", "pid": 11},
@@ -77,7 +78,10 @@ V2_RESOURCES = {
                          "bind": "0.0.0.0"}},
         "services": {"w1-1": {"container": "mlc-lab-w1-1", "runtime": "docker", "image": "mlcluster-worker:1",
                               "host": "w1", "port": 5000},
-                     "orchestrator": {"pid": 77, "log": "/r/orchestrator.log", "host": "w1", "port": 8000}}}},
+                     "orchestrator": {"pid": 77, "log": "/r/orchestrator.log", "host": "w1", "port": 8000},
+                     "watchdog-w1": {"pid": 78, "log": "/r/watchdog.log", "runtime": "process", "kind": "watchdog",
+                                     "command": "python3 -I /r/watchdog.py", "host": "w1", "port": 0}},
+        "autostop_started": 1764590000.5}},
     "aws": {"host_keys": {}, "aws": {"region": "eu-west-1", "key_pair": "key-1", "key_name": "mlcluster-lab",
                                      "key_file": "/h/aws-key.pem", "security_group": "sg-1",
                                      "instances": {"orchestrator": "i-1"}, "address_owners": {"198.51.100.2": "i-1"}}},
@@ -104,7 +108,10 @@ def test_version_2_resources_load_as_typed_records(home):
     assert loaded.ssh == SSHResources(
         hosts={"w1": HostConfig("w1", "10.0.0.2", "10.0.0.2", "root", 22, "", "docker", "", ".mlcluster/lab", "0.0.0.0")},
         services={"w1-1": SSHService("docker", "w1", 5000, container="mlc-lab-w1-1", image="mlcluster-worker:1"),
-                  "orchestrator": SSHService("process", "w1", 8000, pid=77, log="/r/orchestrator.log")})
+                  "orchestrator": SSHService("process", "w1", 8000, pid=77, log="/r/orchestrator.log"),
+                  "watchdog-w1": SSHService("process", "w1", 0, pid=78, log="/r/watchdog.log", kind="watchdog",
+                                            command="python3 -I /r/watchdog.py")},
+        autostop_started=1764590000.5)
     assert loaded.host_keys == {"10.0.0.2:22": "ssh-ed25519 AAAA"} and loaded.aws is None and not loaded.processes
     write_state(home, V2_RESOURCES["aws"])
     assert ClusterState.load("lab").resources.aws == AWSResources(

@@ -21,7 +21,7 @@ Rules for every implementation:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Protocol
+from typing import ContextManager, Iterator, Optional, Protocol
 
 from ..state import ClusterSpec, ClusterState, ContainerRecord
 from ..ui import QuietUI
@@ -77,6 +77,16 @@ class Provider(Protocol):
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
         """Lines of the orchestrator's log (`target` None or "orchestrator") or
         of one container's (`target` a container id)."""
+
+    def stopped_itself(self, state: ClusterState) -> Optional[str]:
+        """Why and when the cluster's autostop watchdogs stopped it (one phrase),
+        or None when they did not (or it cannot be told)."""
+
+    def admin_channel(self, state: ClusterState) -> ContextManager[str]:
+        """While open, a base URL on this machine's loopback that reaches the
+        orchestrator's admin endpoints (which take the token) with nothing in
+        cleartext on any network: the orchestrator itself when it listens on
+        this machine, else a port forwarded through SSH to its host."""
 
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
         """Extra facts per container id for `status` (instance id, type, zone...)."""

@@ -120,7 +120,7 @@ def _short(command: str, limit: int = 160) -> str:
 # -- host keys -----------------------------------------------------------------
 class HostKeyStore:
     """Known host keys, kept in a plain dict (the cluster state's
-    `resources["host_keys"]`): `"host:port" -> "keytype base64"`.
+    `resources.host_keys`): `"host:port" -> "keytype base64"`.
     `on_change` (e.g. `state.save`) runs whenever a key is first recorded."""
 
     def __init__(self, keys: Optional[dict[str, str]] = None, on_change: Optional[Callable[[], None]] = None,

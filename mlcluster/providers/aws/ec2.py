@@ -116,7 +116,8 @@ def launch(aws: AWS, spec: LaunchSpec, name: str, subnets: list[tuple[str, str]]
     """Run one instance named `name`, trying each (zone, subnet) in order: a
     zone without capacity for the type is reported through
     `on_capacity(zone, code)` and skipped. VcpuLimitExceeded and everything
-    else propagate at once. IMDSv2 is required; everything is tagged."""
+    else propagate at once. IMDSv2 is required; everything is tagged; a
+    shutdown from inside terminates the instance."""
     role = name.rstrip("0123456789")
     for zone, subnet in list(subnets):  # a copy: on_capacity may reorder the caller's list
         token = secrets.token_hex(16)  # a retried call (throttling) cannot start a second instance
@@ -125,6 +126,8 @@ def launch(aws: AWS, spec: LaunchSpec, name: str, subnets: list[tuple[str, str]]
                 "run_instances", ImageId=spec.image.id, InstanceType=spec.instance_type, MinCount=1, MaxCount=1,
                 KeyName=spec.key_name, SubnetId=subnet, SecurityGroupIds=[spec.group_id], ClientToken=token,
                 UserData=spec.user_data, MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+                # the autostop watchdog's `shutdown -h now` ends the bill, not just the power
+                InstanceInitiatedShutdownBehavior="terminate",
                 BlockDeviceMappings=[{"DeviceName": spec.image.root_device, "Ebs": {
                     "VolumeSize": spec.volume_gb, "VolumeType": "gp3", "DeleteOnTermination": True}}],
                 TagSpecifications=[
@@ -239,12 +242,14 @@ Rule = tuple[str, int, int, str, str]   # (protocol, from port, to port, "cidr"|
 
 
 def wanted_rules(group_id: str, allowed_cidr: str, public_ports: Iterable[int],
-                 internal: tuple[int, int]) -> set[Rule]:
+                 internal: tuple[int, int], watched: Iterable[int] = ()) -> set[Rule]:
     """SSH and the public ports from `allowed_cidr`; `internal` (a port range)
-    only from the group itself."""
+    only from the group itself, and so are the `watched` ports (the
+    orchestrator's, whose /status the autostop watchdogs on the workers read)."""
     kind = "cidr6" if ":" in allowed_cidr else "cidr"
     rules = {("tcp", p, p, kind, allowed_cidr) for p in {22, *public_ports}}
     rules.add(("tcp", internal[0], internal[1], "group", group_id))
+    rules |= {("tcp", p, p, "group", group_id) for p in watched}
     return rules
 
 

@@ -19,7 +19,7 @@ import dataclasses
 import ipaddress
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, ContextManager, Iterator, Optional
 
 from . import ec2
 from .api import AWS, AWSError, Backoff
@@ -159,8 +159,9 @@ class AWSProvider:
         _remember(state, aws, security_group=group["GroupId"])
         orchestrator_port, worker_port = ports(spec)
         internal = (worker_port, worker_port + spec.containers_per_worker - 1)
+        watched = [orchestrator_port] if spec.autostop else []
         added, removed = ec2.sync_rules(aws, group, ec2.wanted_rules(group["GroupId"], cidr, [orchestrator_port],
-                                                                     internal))
+                                                                     internal, watched))
         if removed:
             ui.info(f"security group {group['GroupId']}: removed {len(removed)} rule(s) no longer asked for")
         return group["GroupId"]
@@ -269,9 +270,24 @@ class AWSProvider:
                            if inst else {"instance_state": "gone"})
         return facts
 
+    def stopped_itself(self, state: ClusterState) -> Optional[str]:
+        """The watchdogs power instances off (they then terminate): say so when
+        every tagged instance is shutting down or gone."""
+        try:
+            found = ec2.find_instances(self.connect(self._options_of(state)), state.name)
+        except MlclusterError:
+            return None
+        if all(i.state in ("shutting-down", "terminated", "stopped", "stopping") for i in found):
+            return "autostop: its instances shut down and terminate"
+        return None
+
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
         from ..ssh.provider import SSHProvider
         return SSHProvider().logs(state, target, follow, tail)
+
+    def admin_channel(self, state: ClusterState) -> ContextManager[str]:
+        from ..ssh.provider import SSHProvider
+        return SSHProvider().admin_channel(state)  # over the instances' checked SSH connections
 
 
 def _remember(state: ClusterState, aws: AWS, **items) -> None:

@@ -24,9 +24,11 @@ def marker(name: str) -> str:
     return f"{name}@{home().resolve()}"
 
 
-def spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> int:
+def spawn(cmd: list[str], kind: str, env: dict[str, str], log_path: Path) -> int:
+    """Start a `kind` service in its own session with only the environment it
+    needs (services.process_env: never the caller's credentials); its pid."""
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=services.process_env(env, kind), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
     return proc.pid
 
@@ -90,7 +92,11 @@ def reap() -> None:
 
 
 def port_free(port: int) -> bool:
+    """Nothing listens on the loopback port. SO_REUSEADDR, as the servers set it:
+    the TIME-WAIT sockets a killed service leaves do not make its port "in use",
+    so a restarted service keeps its address."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((LOOPBACK, port))
             return True

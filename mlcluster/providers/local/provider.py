@@ -10,9 +10,10 @@ Every process carries MLCLUSTER_MARKER=<name>@<state dir> in its environment;
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import ContextManager, Iterator, Optional
 
 from ... import services
 from ...errors import MlclusterError
@@ -95,7 +96,7 @@ class LocalProvider:
                         env["HF_HUB_OFFLINE"] = "1"
                     cmd = services.worker_command()
                 record = LocalProcess(id=pid_id, role=role, worker=worker, port=port, log=str(logs / f"{pid_id}.log"))
-                record.pid = spawn(cmd, env, Path(record.log))
+                record.pid = spawn(cmd, role, env, Path(record.log))
                 procs[:] = [p for p in procs if p.id != pid_id] + [record]
                 state.save()  # recorded the moment it exists, so `down` can always clean it
                 step.advance()
@@ -149,6 +150,12 @@ class LocalProvider:
             return f"Docker containers, network and volumes labelled mlcluster.cluster={state.name} on this machine"
         return (f"{len(state.resources.processes)} process(es) on this machine "
                 f"(MLCLUSTER_MARKER={marker(state.name)} in their environment)")
+
+    def admin_channel(self, state: ClusterState) -> ContextManager[str]:
+        return contextlib.nullcontext(state.orchestrator_url)  # on 127.0.0.1 already, for both runtimes
+
+    def stopped_itself(self, state: ClusterState) -> Optional[str]:
+        return None  # no watchdog runs for a local cluster
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation

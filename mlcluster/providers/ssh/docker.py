@@ -20,7 +20,9 @@ Containers: `mlc-<cluster>-<id>`, labelled mlcluster.cluster=<cluster> (and
 role, id, and a digest of their settings: a container whose settings changed
 is replaced, an identical running one is kept), `--restart unless-stopped`,
 the port published on the host's `bind` address, settings in a 0600 env file,
-a local model directory mounted read-only at /model.
+a local model directory mounted read-only at /model. Hardened as the local
+Docker runtime's containers are (the same HARDENING settings): read-only root
+file system with a tmpfs at /tmp, every capability dropped, no-new-privileges.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from typing import Optional
 from ... import images
 from ...errors import MlclusterError
 from ...images import IMAGE_REPOS
+from ..local.docker import HARDENING
 from .options import SSHOptions
 from .host import RemoteHost, ServiceSpec
 from ...remote.connection import quote
@@ -173,7 +176,7 @@ class DockerRuntime:
         """Run the service's container unless an identical one already runs."""
         name, image = self.container_name(service.id), host.facts["images"][service.kind]
         digest = hashlib.sha256(repr((image, sorted(service.env.items()), service.port, service.model_dir,
-                                      host.config.bind)).encode()).hexdigest()[:16]
+                                      host.config.bind, HARDENING_FLAGS)).encode()).hexdigest()[:16]
         record = SSHService(runtime=self.name, container=name, image=image)
         current = host.run(f"{docker(host)} inspect --format '{{{{.State.Running}}}} "
                            f"{{{{index .Config.Labels \"mlcluster.config\"}}}}' {quote(name)} 2>/dev/null", warn=True)
@@ -184,7 +187,7 @@ class DockerRuntime:
                   "mlcluster.id": service.id, "mlcluster.config": digest}
         mount = f" -v {quote(service.model_dir)}:/model:ro" if service.model_dir else ""
         host.run(f"{docker(host)} rm -f {quote(name)} >/dev/null 2>&1; "
-                 f"{docker(host)} run -d --name {quote(name)} --restart unless-stopped"
+                 f"{docker(host)} run -d --name {quote(name)}{HARDENING_FLAGS}"
                  + "".join(f" --label {quote(f'{k}={v}')}" for k, v in labels.items())
                  + f" --env-file {quote(env_file)} -p {quote(f'{host.config.bind}:{service.port}:{service.port}')}"
                  + f"{mount} {quote(image)}", timeout=120)
@@ -213,6 +216,19 @@ class DockerRuntime:
     def log_command(self, host: RemoteHost, record: SSHService, follow: bool, tail: int) -> str:
         lines = "all" if tail <= 0 else str(int(tail))
         return f"{docker(host)} logs --tail {lines} {'-f ' if follow else ''}{quote(record.container)} 2>&1"
+
+
+def _cli_flags(settings: dict) -> str:
+    """The docker SDK's container settings (local/docker.py's HARDENING) as
+    `docker run` flags, so both runtimes harden containers from one definition."""
+    flags = " --read-only" if settings["read_only"] else ""
+    flags += "".join(f" --tmpfs {quote(f'{path}:{opts}')}" for path, opts in settings["tmpfs"].items())
+    flags += "".join(f" --cap-drop {quote(cap)}" for cap in settings["cap_drop"])
+    flags += "".join(f" --security-opt {quote(opt)}" for opt in settings["security_opt"])
+    return flags + f" --restart {quote(settings['restart_policy']['Name'])}"
+
+
+HARDENING_FLAGS = _cli_flags(HARDENING)
 
 
 @contextlib.contextmanager

@@ -20,21 +20,22 @@ and what was installed stay); `logs` reads a service's log over SSH.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional
 
 
 from ... import services
+from . import autostop
 from ...errors import MlclusterError
 from ...models import OVERHEAD_TEST, is_local_dir
 from .options import SSHOptions, parse_options
 from .host import RemoteHost, ServiceSpec
-from .process import ProcessRuntime
-from .runtime import RemoteRuntime
-from ...remote.connection import HostKeyStore, HostsFailed, run_on_hosts
+from .session import Session
+from ...remote.connection import HostsFailed, run_on_hosts
+from ...remote.forward import Forward
 from ...resources import HostConfig, SSHResources, SSHService
 from ...state import ClusterSpec, ClusterState, ContainerRecord
 from ...ui import QuietUI
@@ -52,74 +53,13 @@ def _url(address: str, port: int) -> str:
     return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
 
 
-class _Session:
-    """Everything one command needs: the state (saved under one lock, as many
-    threads record what they start), the host-key store and the connections."""
-
-    def __init__(self, state: ClusterState, options: Optional[SSHOptions]):
-        self.state, self.options = state, options
-        self.lock = threading.RLock()
-        self._runtimes: dict[str, RemoteRuntime] = {}
-        self.store = HostKeyStore(state.resources.host_keys, on_change=self.save, lock=self.lock)
-        if state.resources.ssh is None:
-            state.resources.ssh = SSHResources()
-        self.resources = state.resources.ssh
-        self.hosts: dict[str, RemoteHost] = {}
-
-    def save(self) -> None:
-        with self.lock:
-            self.state.save()
-
-    def record_host(self, config: HostConfig) -> None:
-        with self.lock:
-            self.resources.hosts[config.name] = config
-            self.state.save()
-
-    def record_service(self, service_id: str, record: Optional[SSHService]) -> None:
-        with self.lock:
-            if record is None:
-                self.resources.services.pop(service_id, None)
-            else:
-                self.resources.services[service_id] = record
-            self.state.save()
-
-    def services_on(self, host: str) -> dict[str, SSHService]:
-        with self.lock:
-            return {k: dataclasses.replace(v) for k, v in self.resources.services.items() if v.host == host}
-
-    def connect(self, config: HostConfig, timeout: float) -> RemoteHost:
-        host = RemoteHost.connect(config, self.store, timeout)
-        self.hosts[config.name] = host
-        return host
-
-    def runtime(self, kind: str) -> RemoteRuntime:
-        """The runtime object for `kind` (one per command: the Docker one keeps
-        what it prepared here once for all hosts)."""
-        with self.lock:
-            if kind not in self._runtimes:
-                if kind == "process":
-                    self._runtimes[kind] = ProcessRuntime()
-                else:
-                    from ...images import worker_kind
-                    from .docker import DockerRuntime
-                    self._runtimes[kind] = DockerRuntime(self.options, self.state.name,
-                                                         worker_kind(self.state.spec.backend))
-            return self._runtimes[kind]
-
-    def close(self) -> None:
-        for host in self.hosts.values():
-            host.close()
-        for runtime in self._runtimes.values():
-            runtime.close()
-
-
 class SSHProvider:
     name = "ssh"
 
     # -- up ---------------------------------------------------------------
     def up(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
         options = parse_options(spec)
-        session = _Session(state, options)
+        session = Session(state, options)
         hosts = options.hosts()
         runtimes = {h.runtime for h in hosts}
         state.runtime = runtimes.pop() if len(runtimes) == 1 else "mixed"
@@ -129,6 +69,9 @@ class SSHProvider:
             model = self._prepare(session, spec, options, ui)
             self._start_orchestrator(session, spec, options, ui)
             containers = self._start_workers(session, spec, options, model, ui)
+            watch = autostop.settings(spec, session.resources)
+            if watch is not None:
+                self._start_watchdogs(session, spec, options, *watch, ui)
             url = _url(options.orchestrator.address, options.orchestrator_port)
             services.wait_answering(
                 url, what=f"the orchestrator on {options.orchestrator.name}", timeout=ORCHESTRATOR_READY_S,
@@ -138,7 +81,7 @@ class SSHProvider:
         finally:
             session.close()
 
-    def _reach(self, session: _Session, hosts: list[HostConfig], ui: QuietUI) -> None:
+    def _reach(self, session: Session, hosts: list[HostConfig], ui: QuietUI) -> None:
         options = session.options
         deadline = time.monotonic() + options.reach_timeout
 
@@ -154,13 +97,16 @@ class SSHProvider:
 
         run_on_hosts([h.name for h in hosts], reach, ui, what="connecting")
 
-    def _stop_unwanted(self, session: _Session, spec: ClusterSpec, options: SSHOptions, ui: QuietUI) -> None:
+    def _stop_unwanted(self, session: Session, spec: ClusterSpec, options: SSHOptions, ui: QuietUI) -> None:
         """Services recorded by an earlier `up` that this config no longer has
         (fewer containers per worker, a host gone from the list, another runtime)."""
         wanted = {"orchestrator": options.orchestrator}
         wanted.update({f"{w.name}-{i}": w for w in options.workers for i in range(1, spec.containers_per_worker + 1)})
         by_host: dict[str, dict[str, SSHService]] = {}
+        keep_watchdogs = bool(spec.autostop or spec.max_lifetime)  # replaced by _start_watchdogs if changed
         for sid, record in list(session.resources.services.items()):
+            if keep_watchdogs and record.kind == "watchdog":
+                continue
             host = wanted.get(sid)
             if host is None or record.host != host.name or record.runtime != host.runtime:
                 by_host.setdefault(record.host, {})[sid] = record
@@ -179,7 +125,7 @@ class SSHProvider:
                     host, {sid: record}, marker(spec.name, host_name), only=True)
                 session.record_service(sid, None)
 
-    def _prepare(self, session: _Session, spec: ClusterSpec, options: SSHOptions, ui: QuietUI) -> dict[str, str]:
+    def _prepare(self, session: Session, spec: ClusterSpec, options: SSHOptions, ui: QuietUI) -> dict[str, str]:
         """Runtime and model on every host; returns each worker host's model reference."""
         worker_names = {w.name for w in options.workers}
         local_model = is_local_dir(spec.model)
@@ -201,7 +147,7 @@ class SSHProvider:
         run_on_hosts([h.name for h in options.hosts()], prepare, ui, what="preparing")
         return models
 
-    def _start_orchestrator(self, session: _Session, spec: ClusterSpec, options: SSHOptions, ui: QuietUI) -> None:
+    def _start_orchestrator(self, session: Session, spec: ClusterSpec, options: SSHOptions, ui: QuietUI) -> None:
         config = options.orchestrator
         host = session.hosts[config.name]
         runtime = session.runtime(config.runtime)
@@ -219,7 +165,7 @@ class SSHProvider:
             session.record_service("orchestrator", dataclasses.replace(record, host=config.name, port=service.port))
             runtime.verify(host, marker(spec.name, config.name))
 
-    def _start_workers(self, session: _Session, spec: ClusterSpec, options: SSHOptions,
+    def _start_workers(self, session: Session, spec: ClusterSpec, options: SSHOptions,
                        models: dict[str, str], ui: QuietUI) -> list[ContainerRecord]:
         per_host = spec.containers_per_worker
 
@@ -244,6 +190,22 @@ class SSHProvider:
         return [c for w in options.workers for c in started[w.name]]
 
     @staticmethod
+    def _start_watchdogs(session: Session, spec: ClusterSpec, options: SSHOptions, idle_s: Optional[float],
+                         deadline: Optional[float], ui: QuietUI) -> None:
+        """One autostop watchdog per host (providers/ssh/autostop.py)."""
+        orch = options.orchestrator
+
+        def start(name: str, step) -> None:
+            here = "127.0.0.1" if orch.bind in ("0.0.0.0", "::") else orch.bind
+            url = _url(here if name == orch.name else orch.private_address, options.orchestrator_port) + "/status"
+            sid = f"watchdog-{name}"
+            record = autostop.start(session.hosts[name], spec.name, marker(spec.name, name), url, idle_s, deadline,
+                                    session.state.provider == "aws", session.services_on(name).get(sid))
+            session.record_service(sid, dataclasses.replace(record, host=name, port=0))
+
+        run_on_hosts([h.name for h in options.hosts()], start, ui, what="starting the autostop watchdogs")
+
+    @staticmethod
     def _worker_service(spec: ClusterSpec, state: ClusterState, options: SSHOptions, config: HostConfig, sid: str,
                         port: int, model: str, threads: int) -> ServiceSpec:
         docker = config.runtime == "docker"
@@ -261,7 +223,7 @@ class SSHProvider:
         if state is None:
             return []
         options = _options_or_none(state)
-        session = _Session(state, options)
+        session = Session(state, options)
         hosts = dict(session.resources.hosts)
         for config in (options.hosts() if options else []):
             hosts.setdefault(config.name, config)
@@ -296,7 +258,7 @@ class SSHProvider:
 
     # -- logs, details ----------------------------------------------------
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
-        session = _Session(state, _options_or_none(state))
+        session = Session(state, _options_or_none(state))
         sid = target or "orchestrator"
         record = session.resources.services.get(sid)
         if record is None:
@@ -317,6 +279,37 @@ class SSHProvider:
         return (f"services on {len(hosts)} host(s): {listed or 'none recorded'}; their containers carry the label "
                 f"mlcluster.cluster={state.name}, their processes MLCLUSTER_MARKER=ssh:{state.name}:<host>")
 
+    def stopped_itself(self, state: ClusterState) -> Optional[str]:
+        """The orchestrator host's autostop record, read over SSH."""
+        session = Session(state, _options_or_none(state))
+        try:
+            found = _orchestrator_host(session)
+            fired = autostop.fired(found[1]) if found else None
+        except MlclusterError:
+            return None
+        finally:
+            session.close()
+        return autostop.describe(fired) if fired else None
+
+    @contextlib.contextmanager
+    def admin_channel(self, state: ClusterState) -> Iterator[str]:
+        """The orchestrator's admin endpoints through SSH: a local port forwarded
+        over the checked connection to the orchestrator's host, to the address the
+        orchestrator listens on as that host sees it (its loopback when it binds
+        every address), so the token never crosses the network in cleartext."""
+        session = Session(state, _options_or_none(state))
+        try:
+            found = _orchestrator_host(session)
+            if found is None:
+                raise MlclusterError(f"cluster {state.name!r} has no orchestrator recorded",
+                                     f"`mlcluster up --name {state.name}` starts it")
+            record, host = found
+            target = "127.0.0.1" if host.config.bind in ("0.0.0.0", "::") else host.config.bind
+            with Forward(host.conn, target, record.port) as forward:
+                yield forward.url
+        finally:
+            session.close()
+
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation
 
@@ -334,6 +327,15 @@ def _closing(lines: Iterator[str], host: RemoteHost) -> Iterator[str]:
         yield from lines
     finally:
         host.close()
+
+
+def _orchestrator_host(session: Session) -> Optional[tuple[SSHService, RemoteHost]]:
+    """The orchestrator's record and a connection to its host (None: none recorded)."""
+    record = session.resources.services.get("orchestrator")
+    if record is None or record.host not in session.resources.hosts:
+        return None
+    timeout = session.options.connect_timeout if session.options else 10.0
+    return record, session.connect(session.resources.hosts[record.host], timeout)
 
 
 def _options_or_none(state: ClusterState) -> Optional[SSHOptions]:

@@ -1,0 +1,94 @@
+"""Autostop on ssh (and aws) hosts: one watchdog (mlcluster/watchdog.py, run
+with the host's python3) per host, started by `up` when `autostop` or
+`max_lifetime` is set. Each reads the orchestrator's public /status (the
+orchestrator's host on its own loopback, the others at its private address)
+and, when the cluster has served nothing for the idle time or its lifetime is
+over, stops this host's part of the cluster: its processes (found by marker)
+and its labelled containers; on aws it then powers the instance off (launched
+to terminate on shutdown). It writes why and when to `autostop.json` in the
+host's workdir first. The hosts themselves stay on ssh.
+
+A watchdog is recorded as the service `watchdog-<host>` (process runtime), so
+`down` stops it like any other process of the cluster.
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from typing import Optional
+
+from ...autostop import WATCHDOG_SOURCE, seconds_or_none, watchdog_command
+from ...remote.connection import quote
+from ...resources import SSHResources, SSHService
+from ...services import MARKER_VAR
+from ...state import ClusterSpec
+from .host import RemoteHost
+from .process import ProcessRuntime, _find_by_marker
+
+RECORD = "autostop.json"
+
+
+def settings(spec: ClusterSpec, resources: SSHResources) -> Optional[tuple[Optional[float], Optional[float]]]:
+    """(idle seconds, deadline epoch) or None when neither is set. The lifetime
+    counts from the cluster's first `up` with autostop (kept in
+    `resources.autostop_started`, saved with the next record)."""
+    idle = seconds_or_none(spec.autostop, "autostop")
+    lifetime = seconds_or_none(spec.max_lifetime, "max_lifetime")
+    if idle is None and lifetime is None:
+        return None
+    if resources.autostop_started is None:
+        resources.autostop_started = time.time()
+    started = resources.autostop_started
+    return idle, (started + lifetime if lifetime else None)
+
+
+def stop_script(cluster: str, marker: str, docker: str, power_off: bool) -> str:
+    """What a fired watchdog runs on its host (it no longer carries the marker)."""
+    label = quote(f"label=mlcluster.cluster={cluster}")
+    script = (f"for p in $({_find_by_marker(marker)}); do kill -TERM -$p 2>/dev/null; done; "
+              f"if command -v docker >/dev/null; then {docker} ps -aq --filter {label} "
+              f"--filter label=mlcluster.provider=ssh | xargs -r {docker} rm -f >/dev/null; fi")
+    return script + ("; sudo -n shutdown -h now || shutdown -h now" if power_off else "")
+
+
+def start(host: RemoteHost, cluster: str, marker: str, status_url: str, idle_s: Optional[float],
+          deadline: Optional[float], power_off: bool, known: Optional[SSHService]) -> SSHService:
+    """Start the host's watchdog unless one with these settings runs; its
+    record (without `host` and `port`: the caller's to fill)."""
+    runtime = ProcessRuntime()
+    interval = max(0.2, min(10.0, (idle_s or 40.0) / 4))  # several looks within one idle time
+    script, record = host.path("watchdog.py"), host.path(RECORD)
+    command = watchdog_command(host.config.python or "python3", script, status_url, record, idle_s, deadline,
+                               ["sh", "-c", stop_script(cluster, marker, host.facts.get("docker", "docker"),
+                                                        power_off)], interval)
+    settings_key = shlex.join(command)
+    if known and known.command == settings_key and runtime._alive(host, known.pid, marker):
+        return known
+    if known:
+        runtime.stop(host, {"watchdog": known}, marker, only=True)
+    host.conn.put(WATCHDOG_SOURCE, script)
+    log, pidfile = host.path("watchdog.log"), host.path("watchdog.pid")
+    host.run(f"rm -f {quote(record)}; ( cd {quote(host.workdir)} && exec env {quote(f'{MARKER_VAR}={marker}')} "
+             f"setsid {settings_key} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
+    pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
+    return SSHService(runtime=runtime.name, pid=pid, log=log, kind="watchdog", command=settings_key)
+
+
+def fired(host: RemoteHost) -> Optional[str]:
+    """The host's autostop record (JSON text) if its watchdog fired, else None."""
+    if not host.workdir:
+        host.prepare_workdir()
+    result = host.run(f"cat {quote(host.path(RECORD))} 2>/dev/null", warn=True)
+    return result.stdout.strip() if result.ok and result.stdout.strip() else None
+
+
+def describe(record_text: str) -> str:
+    """An autostop record as a phrase: "autostop at 2026-12-01 11:40 UTC"."""
+    import datetime
+    import json
+    try:
+        note = json.loads(record_text)  # what watchdog.py wrote when it fired
+        when = datetime.datetime.fromtimestamp(note["stopped_at"], datetime.timezone.utc)
+        return f"{note['reason']} at {when:%Y-%m-%d %H:%M:%S} UTC"
+    except (ValueError, KeyError, TypeError):
+        return "its watchdog fired"

@@ -1,0 +1,78 @@
+"""The ssh provider's working set for one command (providers/ssh/provider.py):
+the cluster's state and its `ssh` part, saved under one lock (many threads
+record what they start at once), the host-key store, the connections made, and
+one runtime object per kind."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Optional
+
+from ...remote.connection import HostKeyStore
+from ...resources import HostConfig, SSHResources, SSHService
+from ...state import ClusterState
+from .host import RemoteHost
+from .options import SSHOptions
+from .process import ProcessRuntime
+from .runtime import RemoteRuntime
+
+
+class Session:
+    """Everything one command needs: the state (saved under one lock, as many
+    threads record what they start), the host-key store and the connections."""
+
+    def __init__(self, state: ClusterState, options: Optional[SSHOptions]):
+        self.state, self.options = state, options
+        self.lock = threading.RLock()
+        self._runtimes: dict[str, RemoteRuntime] = {}
+        self.store = HostKeyStore(state.resources.host_keys, on_change=self.save, lock=self.lock)
+        if state.resources.ssh is None:
+            state.resources.ssh = SSHResources()
+        self.resources = state.resources.ssh
+        self.hosts: dict[str, RemoteHost] = {}
+
+    def save(self) -> None:
+        with self.lock:
+            self.state.save()
+
+    def record_host(self, config: HostConfig) -> None:
+        with self.lock:
+            self.resources.hosts[config.name] = config
+            self.state.save()
+
+    def record_service(self, service_id: str, record: Optional[SSHService]) -> None:
+        with self.lock:
+            if record is None:
+                self.resources.services.pop(service_id, None)
+            else:
+                self.resources.services[service_id] = record
+            self.state.save()
+
+    def services_on(self, host: str) -> dict[str, SSHService]:
+        with self.lock:
+            return {k: dataclasses.replace(v) for k, v in self.resources.services.items() if v.host == host}
+
+    def connect(self, config: HostConfig, timeout: float) -> RemoteHost:
+        host = RemoteHost.connect(config, self.store, timeout)
+        self.hosts[config.name] = host
+        return host
+
+    def runtime(self, kind: str) -> RemoteRuntime:
+        """The runtime object for `kind` (one per command: the Docker one keeps
+        what it prepared here once for all hosts)."""
+        with self.lock:
+            if kind not in self._runtimes:
+                if kind == "process":
+                    self._runtimes[kind] = ProcessRuntime()
+                else:
+                    from ...images import worker_kind
+                    from .docker import DockerRuntime
+                    self._runtimes[kind] = DockerRuntime(self.options, self.state.name,
+                                                         worker_kind(self.state.spec.backend))
+            return self._runtimes[kind]
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            host.close()
+        for runtime in self._runtimes.values():
+            runtime.close()

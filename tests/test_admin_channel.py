@@ -1,0 +1,86 @@
+"""Admin traffic never in cleartext: with tcpdump on the test bridge (every
+packet between this machine and the SSH test hosts), `up` (which registers the
+containers with the token), `status` and `down` of an ssh cluster never put
+the token on the wire, while the lab's plain-HTTP /new_request still works and
+is plainly visible (so the capture does see the HTTP traffic)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+import requests
+
+from support.console import mlcluster_in as cli
+from support.sshcluster import CLUSTER as DEFAULT_NAME, toml_config
+from support.sshhosts import SSHTestNetwork, missing_facilities
+
+
+def _missing() -> str | None:
+    return missing_facilities() or (None if shutil.which("tcpdump") else "tcpdump is not installed (.ci/setup-ssh.sh)")
+
+
+# Not the other ssh tests' name: test hosts share one pid space, and `down`
+# looks for the cluster's processes by a marker made of cluster and host names.
+CLUSTER = "adminch"
+pytestmark = [pytest.mark.ssh, pytest.mark.skipif(bool(_missing()), reason=f"admin channel: {_missing()}")]
+
+
+class Capture:
+    """tcpdump writing every full packet on `interface` to `path`, flushed per packet."""
+
+    def __init__(self, interface: str, path):
+        self.path = path
+        self.proc = subprocess.Popen(["tcpdump", "-i", interface, "-s", "0", "-U", "-n", "-w", str(path)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()  # "listening on ...": capturing from now on
+        assert "listening on" in line, line
+
+    def stop(self) -> bytes:
+        time.sleep(0.5)  # the last packets' echoes
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        return self.path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def net():
+    with SSHTestNetwork() as network:
+        network.add_hosts(["orch", "w1"])
+        yield network
+
+
+def test_token_never_crosses_the_network_in_cleartext(net, tiny_model, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    config = home / "cluster.toml"
+    config.write_text(toml_config(net, tiny_model, ["w1"]).replace(f'name = "{DEFAULT_NAME}"', f'name = "{CLUSTER}"'))
+    capture = Capture(net.bridge, tmp_path / "bridge.pcap")
+    try:
+        up = cli(home, "up", "--provider", "ssh", "--config", str(config))
+        assert up.returncode == 0, up.stderr[-3000:]
+        state = json.loads((home / CLUSTER / "state.json").read_text())
+        token, url = state["token"], state["orchestrator_url"]
+        assert url.startswith(f"http://{net.hosts['orch'].address}:")  # a non-loopback link
+        status = cli(home, "status", "--name", CLUSTER, "--json")
+        assert status.returncode == 0, status.stderr
+        assert {c["status"] for c in json.loads(status.stdout)["containers"]} == {"free"}
+        again = cli(home, "up", "--config", str(config))  # reconciles: no new registration needed
+        assert again.returncode == 0, again.stderr[-2000:]
+        answer = requests.post(f"{url}/new_request", json={"text": "plain lab request"}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["container"]["id"].startswith("w1-")
+        down = cli(home, "down", "--name", CLUSTER, "--yes")
+        assert down.returncode == 0, down.stderr[-2000:]
+    finally:
+        packets = capture.stop()
+    assert b"plain lab request" in packets and b"POST /new_request" in packets  # the capture sees HTTP
+    assert b"SSH-2.0-" in packets  # ... and the SSH connections the admin calls went through
+    assert token.encode() not in packets
+    assert b"POST /workers" not in packets and b"DELETE /workers" not in packets
+    # The one credential the bridge carries is the workers' own: the orchestrator's /run_model calls
+    # to its containers send it (their private link); never the admin token.
+    bearers = set(re.findall(rb"Bearer ([A-Za-z0-9_-]+)", packets))
+    assert bearers == {state["worker_token"].encode()} and state["worker_token"] != token

@@ -1,0 +1,84 @@
+"""Autostop on ssh test hosts: `up --autostop 4s` starts a watchdog on each
+host; while requests flow nothing stops; once idle, every host's watchdog
+stops that host's services (the hosts stay), records why, and `down` then
+removes the rest."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from support.console import mlcluster_in as cli
+from support.sshcluster import CLUSTER as DEFAULT_NAME, our_processes, toml_config
+from support.sshhosts import SSHTestNetwork, missing_facilities
+
+CLUSTER = "autostop"  # not the other ssh tests' name: markers are made of cluster and host names
+IDLE_S = 4.0
+pytestmark = [pytest.mark.ssh,
+              pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
+
+
+@pytest.fixture(scope="module")
+def net():
+    with SSHTestNetwork() as network:
+        network.add_hosts(["orch", "w1"])
+        yield network
+
+
+def test_watchdogs_stop_an_idle_cluster_but_not_a_busy_one(net, tiny_model, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    config = home / "cluster.toml"
+    config.write_text(toml_config(net, tiny_model, ["w1"]).replace(f'name = "{DEFAULT_NAME}"', f'name = "{CLUSTER}"'))
+    up = cli(home, "up", "--provider", "ssh", "--config", str(config), "--autostop", f"{IDLE_S:g}s")
+    assert up.returncode == 0, up.stderr[-3000:]
+    try:
+        state = json.loads((home / CLUSTER / "state.json").read_text())
+        url, services = state["orchestrator_url"], state["resources"]["ssh"]["services"]
+        assert {"watchdog-orch", "watchdog-w1"} <= set(services)
+
+        stop, answered = threading.Event(), []
+
+        def client():
+            with requests.Session() as http:
+                while not stop.is_set():
+                    answered.append(http.post(f"{url}/new_request", json={"text": "busy"}, timeout=30).ok)
+                    time.sleep(0.5)
+        thread = threading.Thread(target=client)
+        thread.start()
+        started = time.monotonic()
+        # While requests flow, status shows the autostop settings.
+        shown = cli(home, "status", "--name", CLUSTER, "--json")
+        assert shown.returncode == 0, shown.stderr
+        watch = json.loads(shown.stdout)["autostop"]
+        assert watch["autostop"] == f"{IDLE_S:g}s" and watch["deadline"] is None and watch["cost_so_far_usd"] == 0
+        assert "autostop 4s idle" in cli(home, "status", "--name", CLUSTER).stdout
+        time.sleep(max(0.0, started + 3 * IDLE_S - time.monotonic()))
+        stop.set()
+        thread.join()
+        assert len(answered) >= 10 and all(answered)
+        for name in ("orch", "w1"):
+            work = net.hosts[name].workdir
+            assert not (work / "autostop.json").exists(), (
+                f"{name} stopped while busy: {(work / 'autostop.json').read_text()}\n{(work / 'watchdog.log').read_text()}")
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(
+                (net.hosts[n].workdir / "autostop.json").exists() and not our_processes(net, n) for n in ("orch", "w1")):
+            time.sleep(0.5)
+        for name in ("orch", "w1"):
+            fired = json.loads((net.hosts[name].workdir / "autostop.json").read_text())
+            assert fired["reason"] == "autostop" and fired["idle_s"] == IDLE_S
+            assert our_processes(net, name) == [], f"{name} still runs services"
+        with pytest.raises(requests.RequestException):
+            requests.get(f"{url}/health_check", timeout=3)
+        after = cli(home, "status", "--name", CLUSTER)
+        assert after.returncode == 1 and "stopped itself (autostop at " in after.stderr, after.stderr
+        assert "mlcluster down --name autostop" in after.stderr
+    finally:
+        down = cli(home, "down", "--name", CLUSTER, "--yes")
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert not (home / CLUSTER).exists()
