@@ -97,8 +97,7 @@ def run_worker(model_dir: str, backend: str, threads: int, log_dir: Path):
         port = s.getsockname()[1]
     env = dict(os.environ, HF_HUB_OFFLINE="1",
                **services.worker_env(model=model_dir, port=port, token="", torch_threads=threads,
-                                     worker_id=backend),
-               BACKEND=backend)
+                                     worker_id=backend, backend=backend))
     log = open(log_dir / f"worker-{backend}.log", "ab")
     proc = subprocess.Popen(services.worker_command(), env=env, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)

@@ -22,6 +22,7 @@ def pytest_runtest_makereport(item, call):
     Docker and the SSH test hosts, so nothing may be skipped there unnoticed."""
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and os.environ.get("MLCLUSTER_REQUIRE_ALL") == "1":
+    # An expected failure (strict xfail: a known, documented shortfall) is not a skip.
+    if report.skipped and not hasattr(report, "wasxfail") and os.environ.get("MLCLUSTER_REQUIRE_ALL") == "1":
         report.outcome = "failed"
         report.longrepr = f"skipped, but MLCLUSTER_REQUIRE_ALL=1 forbids skipping: {report.longrepr}"
