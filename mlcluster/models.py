@@ -18,7 +18,7 @@ from .state import ClusterSpec, home
 from .ui import QuietUI
 
 DEFAULT_MODEL = "distilbert-base-uncased"
-OVERHEAD_TEST = "overhead-test"
+from mlcluster_worker.config import OVERHEAD_TEST  # one definition, shared with the worker (no torch import)
 HUB_HOST = "huggingface.co"
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from .export import BACKENDS, read_manifest
 
+OVERHEAD_TEST = "overhead-test"  # MODEL for no model at all: answers after SERVICE_TIME_MS
+
 DEFAULTS = {
     "MODEL": "distilbert-base-uncased",
     "BACKEND": "",
@@ -51,7 +53,7 @@ BATCH_DEFAULTS = {
     "torch": Batching(8, 10.0),
     "onnx": Batching(8, 10.0),
     "onnx-int8": Batching(1, 0.0),
-    "overhead-test": Batching(1, 0.0),
+    OVERHEAD_TEST: Batching(1, 0.0),
 }
 # A token is rarely more than a few characters of text: cutting at this many
 # characters per token the model reads keeps the tokenizer's cost bounded
@@ -72,8 +74,8 @@ def settings_from_env(env=os.environ) -> dict:
 
 def resolve_backend(settings: dict) -> str:
     """The backend to serve with; RuntimeError for an unknown one."""
-    if settings["MODEL"] == "overhead-test":
-        return "overhead-test"
+    if settings["MODEL"] == OVERHEAD_TEST:
+        return OVERHEAD_TEST
     backend = settings["BACKEND"]
     if not backend:
         try:

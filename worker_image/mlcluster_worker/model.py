@@ -16,7 +16,7 @@ from pathlib import Path
 from .make_model import WARNING as RANDOM_WARNING, is_random_stand_in
 
 log = logging.getLogger("mlcluster.worker")
-OVERHEAD_TEST = "overhead-test"
+from .config import OVERHEAD_TEST
 
 
 def format_results(probs, labels: dict[int, str]) -> list[dict]:
