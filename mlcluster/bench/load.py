@@ -1,29 +1,30 @@
 """Load generators: closed loop (C slots, each sends its next request when the
 last one answered) and open loop (requests due at a rate, constant or Poisson,
-sent whether or not earlier ones have answered).
+sent whether or not earlier ones have answered, with at most `concurrency`
+in flight: the rest wait, and their wait counts in their latency).
 
-Every slot is a thread with a keep-alive connection from one urllib3 pool:
-simple, and measured fast enough (see benchmarks/bench_client.py) that the
-client is not what limits a cluster of a few hundred requests per second.
+Both run as callbacks on the target's event loop (see `wire`): a slot's next
+request leaves from the callback that completed its last one; the open
+loop's schedule is one timer that sends whatever is due. Times are read with
+`time.perf_counter_ns` and kept as seconds from the run's origin.
 """
 from __future__ import annotations
 
+import collections
 import json
 import random
 import string
+import sys
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
-
-import urllib3
+from typing import Optional, Sequence
 
 from ..errors import MlclusterError
-from .stats import Answer, Recorder, RequestRecord
+from .stats import Recorder
+from .wire import Connection, Target, now_ns
 
-Clock = Callable[[], float]
+__all__ = ["LoadRun", "LoadStep", "Target", "random_bodies", "text_bodies"]
 
 
 def random_bodies(count: int = 1024, length: int = 50, seed: Optional[int] = None) -> list[bytes]:
@@ -47,46 +48,6 @@ def text_bodies(path: Path) -> list[bytes]:
     return [json.dumps({"text": text}).encode() for text in texts]
 
 
-class Target:
-    """The orchestrator's /new_request, reached through one keep-alive pool."""
-
-    def __init__(self, url: str, timeout_s: float = 60.0, pool_size: int = 64):
-        self.url = url.rstrip("/")
-        self.pool = urllib3.connection_from_url(
-            self.url, maxsize=pool_size, block=False, retries=False,
-            timeout=urllib3.Timeout(connect=min(5.0, timeout_s), read=timeout_s),
-            headers={"Content-Type": "application/json"})
-        self.path = urllib3.util.parse_url(self.url).path or ""
-        self.model: Optional[str] = None  # from the first good answer
-
-    def send(self, body: bytes) -> Answer:
-        """POST one request; returns what came back (never raises for a
-        failed request: the failure is its `error`)."""
-        try:
-            response = self.pool.urlopen("POST", self.path + "/new_request", body=body,
-                                         preload_content=True, redirect=False)
-        except urllib3.exceptions.TimeoutError:
-            return Answer(None, "timeout")
-        except urllib3.exceptions.HTTPError:
-            return Answer(None, "connection")
-        if response.status != 200:
-            return Answer(response.status, f"http_{response.status}")
-        try:
-            answer = json.loads(response.data)
-            result = answer.get("result") or {}
-            fields = Answer(200, container=str(answer["container"]["id"]), queue_ms=answer.get("queue_ms"),
-                            server_ms=answer.get("total_ms"), inference_ms=result.get("inference_ms"),
-                            attempts=answer.get("attempts"))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return Answer(200, "bad_answer")
-        if self.model is None and result.get("model"):
-            self.model = str(result["model"])
-        return fields
-
-    def close(self) -> None:
-        self.pool.close()
-
-
 @dataclass
 class LoadStep:
     """One measurement's load. Open loop when `rate` is set."""
@@ -104,22 +65,30 @@ class LoadStep:
 
 
 class LoadRun:
-    """Runs one `LoadStep` in background threads, recording into `recorder`.
-    `stop()` sends nothing new; requests in flight still finish."""
+    """Runs one `LoadStep` on `target`'s event loop, recording into `recorder`.
+    `origin_ns` is the run's time zero (`time.perf_counter_ns()`). `stop()`
+    sends nothing new; requests in flight still finish. Every method but the
+    ones marked "on the loop" may be called from any thread."""
 
-    def __init__(self, target: Target, bodies: Sequence[bytes], plan: LoadStep, recorder: Recorder,
-                 origin: float, clock: Clock = time.perf_counter):
-        self.target, self.bodies, self.plan, self.recorder = target, bodies, plan, recorder
-        self.origin, self.clock = origin, clock
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+    def __init__(self, target: Target, bodies: Sequence[bytes], plan: LoadStep, recorder: Recorder, origin_ns: int):
+        self.target, self.plan, self.recorder, self.origin_ns = target, plan, recorder, origin_ns
+        self.requests = target.encode(bodies)
+        self._done = threading.Event()
+        self._stopped = False
         self._issued = 0
-        self.sent = 0  # requests that left the client (issued ones may be cancelled by stop())
-        self._threads: list[threading.Thread] = []
+        self.sent = 0          # requests that left the client (issued ones may be dropped by stop())
+        self.in_flight = 0     # sent (or connecting) and not yet answered
         self.start_s = self.end_s = 0.0
+        self.error: Optional[BaseException] = None
+        self._slots = 0                            # closed loop: slots still sending
+        self._waiting: collections.deque = collections.deque()  # open loop: (index, due_s) not yet sent
+        self._timer = None
+        self._scheduling = False                   # open loop: the schedule has more to send
+        self._rng = random.Random(plan.seed)
+        self._due = 0.0
 
     def now(self) -> float:
-        return self.clock() - self.origin
+        return (now_ns() - self.origin_ns) * 1e-9
 
     @property
     def issued(self) -> int:
@@ -127,71 +96,136 @@ class LoadRun:
 
     def start(self) -> "LoadRun":
         self.start_s = self.end_s = self.now()
-        if self.plan.open_loop:
-            self._threads = [threading.Thread(target=self._open_loop, name="bench-schedule", daemon=True)]
-        else:
-            self._threads = [threading.Thread(target=self._slot, name=f"bench-slot-{i}", daemon=True)
-                             for i in range(self.plan.concurrency)]
-        for thread in self._threads:
-            thread.start()
+        self.target.call(self._begin)
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopped = True  # read on the loop; a plain flag is enough (and cheap to read per request)
+        self.target.call(self._halt)
 
     def stopped(self) -> bool:
-        return self._stop.is_set()
+        return self._stopped
 
     def finished(self) -> bool:
-        return not any(t.is_alive() for t in self._threads)
+        return self._done.is_set()
 
     def join(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return self.finished()
+        return self._done.wait(timeout)
 
-    # -- the two loops ------------------------------------------------------
+    # -- on the loop ------------------------------------------------------------
+    def _begin(self) -> None:
+        try:
+            if self.plan.open_loop:
+                self._scheduling, self._due = True, self.start_s
+                self._tick()
+            else:
+                self._slots = self.plan.concurrency
+                for _ in range(self.plan.concurrency):
+                    self._next_in_slot(None)
+        except BaseException as exc:  # never leave the caller waiting for a run that died
+            self._fail(exc)
+
     def _claim(self, at: float) -> Optional[int]:
         """The index of the request due at `at`, or None when the plan is done."""
         plan = self.plan
-        with self._lock:
-            if self._stop.is_set() or (plan.requests is not None and self._issued >= plan.requests):
-                return None
-            if plan.duration_s is not None and at - self.start_s >= plan.duration_s:
-                return None
-            self._issued += 1
-            return self._issued - 1
+        if self._stopped or (plan.requests is not None and self._issued >= plan.requests):
+            return None
+        if plan.duration_s is not None and at - self.start_s >= plan.duration_s:
+            return None
+        self._issued += 1
+        return self._issued - 1
 
-    def _slot(self) -> None:
-        while (index := self._claim(self.now())) is not None:
-            self._send(index, self.now())
+    def _next_in_slot(self, conn: Optional[Connection]) -> None:
+        """Closed loop: the slot holding `conn` (None: no connection yet) sends again, or ends."""
+        at = self.now()
+        index = self._claim(at)
+        if index is None:
+            self.target.give_back(conn)
+            self._slots -= 1
+            self._maybe_done()
+        else:
+            self._send(conn, index, at)
 
-    def _open_loop(self) -> None:
-        plan = self.plan
-        rng = random.Random(plan.seed)
-        pool = ThreadPoolExecutor(max_workers=plan.concurrency, thread_name_prefix="bench-open")
-        due = self.start_s
+    def _tick(self) -> None:
+        """Open loop: send every request now due, then sleep until the next one."""
+        self._timer = None
+        now = self.now()
+        while self._scheduling and self._due <= now:
+            index = self._claim(self._due)
+            if index is None:
+                self._scheduling = False
+                break
+            if self.in_flight < self.plan.concurrency:
+                self._send(self.target.take(), index, self._due)
+            else:
+                self._waiting.append((index, self._due))
+            if self.plan.arrivals == "poisson":
+                self._due += self._rng.expovariate(self.plan.rate)
+            else:  # from the index, so rounding does not accumulate
+                self._due = self.start_s + (index + 1) / self.plan.rate
+        if self._scheduling:
+            self._timer = self.target.loop.call_later(max(0.0, self._due - self.now()), self._tick)
+        else:
+            self._maybe_done()
+
+    def _send(self, conn: Optional[Connection], index: int, scheduled_s: float) -> None:
+        self.sent += 1
+        self.in_flight += 1
+        sent = now_ns()
+        slot = (index, scheduled_s, (sent - self.origin_ns) * 1e-9)
+        data = self.requests[index % len(self.requests)]
+        if conn is None or not conn.open:
+            conn = self.target.take()
+        if conn is not None:
+            conn.send(self, slot, data, sent)
+        else:
+            self.target.loop.create_task(self._connect_and_send(slot, data, sent))
+
+    async def _connect_and_send(self, slot: tuple, data: bytes, sent: int) -> None:
         try:
-            while (index := self._claim(due)) is not None:
-                wait = due - self.now()
-                if wait > 0 and self._stop.wait(wait):
-                    break
-                pool.submit(self._send, index, due)
-                if plan.arrivals == "poisson":
-                    due += rng.expovariate(plan.rate)
-                else:  # from the index, so rounding does not accumulate
-                    due = self.start_s + (index + 1) / plan.rate
-        finally:
-            pool.shutdown(wait=True, cancel_futures=self._stop.is_set())
+            conn = await self.target.connect()
+        except (OSError, TimeoutError, ValueError) as exc:
+            self.answered(None, slot, None, "timeout" if isinstance(exc, TimeoutError) else "connection", b"")
+            return
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        conn.send(self, slot, data, sent)
 
-    def _send(self, index: int, scheduled: float) -> None:
-        sent = self.now()
-        with self._lock:
-            self.sent += 1
-        answer = self.target.send(self.bodies[index % len(self.bodies)])
-        done = self.now()
-        self.recorder.add(RequestRecord.of(answer, index=index, step=self.plan.step, scheduled_s=scheduled,
-                                           sent_s=sent, done_s=done))
-        with self._lock:
-            self.end_s = max(self.end_s, done)
+    def answered(self, conn: Optional[Connection], slot: tuple, status: Optional[int], error: str,
+                 body: bytes) -> None:
+        """A request ended (answer, error or time-out): record it, then reuse its slot."""
+        done = (now_ns() - self.origin_ns) * 1e-9
+        index, scheduled_s, sent_s = slot
+        self.recorder.add_raw((self.plan.step, index, scheduled_s, sent_s, done, status, error, body))
+        if done > self.end_s:
+            self.end_s = done
+        self.in_flight -= 1
+        try:
+            if not self.plan.open_loop:
+                self._next_in_slot(conn)
+            elif self._waiting and not self._stopped:
+                self._send(conn, *self._waiting.popleft())
+            else:
+                self.target.give_back(conn)
+                self._maybe_done()
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _halt(self) -> None:
+        self._scheduling = False
+        self._waiting.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self.in_flight == 0 and self._slots <= 0 and not self._scheduling and not self._waiting:
+            self._done.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        self._stopped = True
+        self._done.set()
+        print(f"mlcluster bench: the load generator failed: {exc!r}", file=sys.stderr)

@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence
 from ..errors import MlclusterError
 from ..ui import QuietUI
 from .load import LoadRun, LoadStep, Target
+from .wire import now_ns
 from .stats import Recorder, RequestRecord, StepSummary, Summary, summarise
 from .sweep import StepPolicy, find_knee
 
@@ -60,7 +61,7 @@ class BenchConfig:
         if self.warmup is not None and self.warmup < 0:
             raise MlclusterError("--warmup cannot be negative")
         if self.concurrency > 4096 or max(self.sweep or [0]) > 4096:
-            raise MlclusterError("a concurrency above 4096 is more threads than this client should run")
+            raise MlclusterError("a concurrency above 4096 is more connections than this client should open")
         return self
 
     def plans(self) -> list[LoadStep]:
@@ -79,8 +80,9 @@ class BenchConfig:
         return [LoadStep(concurrency=self.concurrency, **common)]
 
     def open_loop_slots(self, rate: float) -> int:
-        """Threads an open loop may use: enough for 4 s of backlog at `rate`, so
-        the client keeps sending on time while the cluster falls behind."""
+        """Requests an open loop may have in flight (one connection each): enough
+        for 4 s of backlog at `rate`, so the client keeps sending on time while
+        the cluster falls behind; the rest wait in the client and count it."""
         return int(min(2000, max(self.concurrency, 64, 4 * rate)))
 
     def warmup_for(self, plan: LoadStep) -> int:
@@ -102,21 +104,21 @@ class BenchResult:
     unanswered: int                # sent but not answered when the run stopped
 
 
-def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=None,
-              clock: Callable[[], float] = time.perf_counter) -> BenchResult:
+def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=None) -> BenchResult:
     """Run every step of `config` against `target`; see the module docstring."""
     ui = ui or QuietUI()
     recorder = Recorder()
     steps: list[StepSummary] = []
-    origin, started_at = clock(), time.time()
+    origin, started_at = now_ns(), time.time()
     interrupted, unanswered = False, 0
     window = [None, 0.0]  # the first step's start, the last answer's time
     for plan in config.plans():
-        if _warm_up(config, plan, target, bodies, origin, clock, ui) == "interrupted":
+        if _warm_up(config, plan, target, bodies, origin, ui) == "interrupted":
             interrupted = True
             break
-        run = LoadRun(target, bodies, plan, recorder, origin, clock).start()
+        run = LoadRun(target, bodies, plan, recorder, origin).start()
         why = _measure(config, plan, run, recorder, ui)
+        _check(run)
         step_records = recorder.records(plan.step)
         unanswered += run.sent - len(step_records)
         window = [run.start_s if window[0] is None else window[0], max(window[1], run.end_s)]
@@ -129,19 +131,26 @@ def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=N
     overall = summarise(recorder.records(), window[0] or 0.0, window[1], offered_rps=offered)
     knee = find_knee(steps, config.knee_factor) if config.is_sweep else None
     return BenchResult(config=config, summary=overall, steps=steps, knee=knee, records=recorder.records(),
-                       interrupted=interrupted, started_at=started_at, model=target.model, unanswered=unanswered)
+                       interrupted=interrupted, started_at=started_at, model=recorder.model, unanswered=unanswered)
 
 
-def _warm_up(config: BenchConfig, plan: LoadStep, target: Target, bodies: Sequence[bytes], origin: float,
-             clock: Callable[[], float], ui) -> str:
+def _warm_up(config: BenchConfig, plan: LoadStep, target: Target, bodies: Sequence[bytes], origin: int,
+             ui) -> str:
     """The step's own load, for `warmup_for(plan)` requests, recorded nowhere."""
     warm = LoadStep(concurrency=plan.concurrency, rate=plan.rate, arrivals=plan.arrivals,
                 requests=config.warmup_for(plan), step=-1, seed=plan.seed)
     if not warm.requests:
         return "done"
-    run = LoadRun(target, bodies, warm, Recorder(), origin, clock).start()
+    run = LoadRun(target, bodies, warm, Recorder(), origin).start()
     with ui.step(f"warm-up {_label(plan)}", total=warm.requests) as bar:
-        return _drive(run, bar, lambda: None, config.grace_s, count=lambda: len(run.recorder))
+        why = _drive(run, bar, lambda: None, config.grace_s, count=lambda: len(run.recorder))
+    _check(run)
+    return why
+
+
+def _check(run: LoadRun) -> None:
+    if run.error is not None:
+        raise MlclusterError(f"the load generator failed: {run.error!r}")
 
 
 def _measure(config: BenchConfig, plan: LoadStep, run: LoadRun, recorder: Recorder, ui) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import math
 import threading
 from dataclasses import dataclass, fields
@@ -28,6 +29,23 @@ class Answer:
     inference_ms: Optional[float] = None   # worker: the model's own time
     server_ms: Optional[float] = None      # orchestrator: arrival to answer
     attempts: Optional[int] = None
+
+    @classmethod
+    def of_http(cls, status: Optional[int], error: str, body: bytes) -> "tuple[Answer, Optional[str]]":
+        """The answer to one request from its HTTP status (None: no answer),
+        transport error and body, and the model it names (None if none)."""
+        if error or status is None:
+            return cls(status, error or "connection"), None
+        if status != 200:
+            return cls(status, f"http_{status}"), None
+        try:
+            answer = json.loads(body)
+            result = answer.get("result") or {}
+            return cls(200, container=str(answer["container"]["id"]), queue_ms=answer.get("queue_ms"),
+                       server_ms=answer.get("total_ms"), inference_ms=result.get("inference_ms"),
+                       attempts=answer.get("attempts")), (str(result["model"]) if result.get("model") else None)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return cls(200, "bad_answer"), None
 
 
 @dataclass(kw_only=True)
@@ -98,28 +116,53 @@ def _round(value: Optional[float], digits: int) -> Optional[float]:
     return None if value is None else round(value, digits)
 
 
+# What the load generator records per request, decoded only when read:
+# (step, index, scheduled_s, sent_s, done_s, status, error, body).
+RawRecord = tuple
+
+
 class Recorder:
-    """Thread-safe collection of request records."""
+    """Thread-safe collection of request records. The load generator adds raw
+    tuples (`add_raw`: cheap on its hot path); they become `RequestRecord`s,
+    answers decoded, when first read. `model` is the first good answer's."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._records: list[RequestRecord] = []
+        self._raw: list[RawRecord] = []
+        self.model: Optional[str] = None
 
     def add(self, record: RequestRecord) -> None:
         with self._lock:
+            self._decode()
             self._records.append(record)
 
+    def add_raw(self, raw: RawRecord) -> None:
+        with self._lock:
+            self._raw.append(raw)
+
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._records) + len(self._raw)
 
     def records(self, step: Optional[int] = None) -> list[RequestRecord]:
         with self._lock:
+            self._decode()
             records = list(self._records)
         return records if step is None else [r for r in records if r.step == step]
 
     def done_times(self, step: int) -> list[float]:
         with self._lock:
-            return [r.done_s for r in self._records if r.step == step]
+            return ([r.done_s for r in self._records if r.step == step]
+                    + [raw[4] for raw in self._raw if raw[0] == step])
+
+    def _decode(self) -> None:
+        for step, index, scheduled_s, sent_s, done_s, status, error, body in self._raw:
+            answer, model = Answer.of_http(status, error, body)
+            if self.model is None and model:
+                self.model = model
+            self._records.append(RequestRecord(index=index, step=step, scheduled_s=scheduled_s, sent_s=sent_s,
+                                               done_s=done_s, **answer.__dict__))
+        self._raw.clear()
 
 
 @dataclass
