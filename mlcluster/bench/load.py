@@ -144,7 +144,7 @@ class LoadRun:
             self._slots -= 1
             self._maybe_done()
         else:
-            self._send(conn, index, at)
+            self._send(conn, index, None)
 
     def _tick(self) -> None:
         """Open loop: send every request now due, then sleep until the next one."""
@@ -168,11 +168,13 @@ class LoadRun:
         else:
             self._maybe_done()
 
-    def _send(self, conn: Optional[Connection], index: int, scheduled_s: float) -> None:
+    def _send(self, conn: Optional[Connection], index: int, scheduled_s: Optional[float]) -> None:
+        """Send request `index`, due at `scheduled_s` (None: now, the closed loop's case)."""
         self.sent += 1
         self.in_flight += 1
         sent = now_ns()
-        slot = (index, scheduled_s, (sent - self.origin_ns) * 1e-9)
+        sent_s = (sent - self.origin_ns) * 1e-9
+        slot = (index, sent_s if scheduled_s is None else scheduled_s, sent_s)
         data = self.requests[index % len(self.requests)]
         if conn is None or not conn.open:
             conn = self.target.take()
