@@ -11,12 +11,11 @@ import shutil
 import subprocess
 import time
 
-import pytest
 import requests
 
 from support.console import mlcluster_in as cli
-from support.sshcluster import CLUSTER as DEFAULT_NAME, toml_config
-from support.sshhosts import SSHTestNetwork, missing_facilities
+from support.sshcluster import cluster_config, host_network, ssh_marks
+from support.sshhosts import missing_facilities
 
 
 def _missing() -> str | None:
@@ -26,7 +25,7 @@ def _missing() -> str | None:
 # Not the other ssh tests' name: test hosts share one pid space, and `down`
 # looks for the cluster's processes by a marker made of cluster and host names.
 CLUSTER = "adminch"
-pytestmark = [pytest.mark.ssh, pytest.mark.skipif(bool(_missing()), reason=f"admin channel: {_missing()}")]
+pytestmark = ssh_marks(_missing, "admin channel")
 
 
 class Capture:
@@ -46,18 +45,12 @@ class Capture:
         return self.path.read_bytes()
 
 
-@pytest.fixture(scope="module")
-def net():
-    with SSHTestNetwork() as network:
-        network.add_hosts(["orch", "w1"])
-        yield network
+net = host_network("orch", "w1")
 
 
 def test_token_never_crosses_the_network_in_cleartext(net, tiny_model, tmp_path):
     home = tmp_path / "home"
-    home.mkdir()
-    config = home / "cluster.toml"
-    config.write_text(toml_config(net, tiny_model, ["w1"]).replace(f'name = "{DEFAULT_NAME}"', f'name = "{CLUSTER}"'))
+    config = cluster_config(home, net, tiny_model, ["w1"], name=CLUSTER)
     capture = Capture(net.bridge, tmp_path / "bridge.pcap")
     try:
         up = cli(home, "up", "--provider", "ssh", "--config", str(config))

@@ -6,10 +6,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -19,7 +17,7 @@ from mlcluster.autostop import WATCHDOG_SOURCE, parse_duration, watchdog_command
 from mlcluster.errors import MlclusterError
 from mlcluster.providers.local.processes import find_marked, marker
 from mlcluster.watchdog import IdleClock
-from support.console import MLCLUSTER, mlcluster
+from support.console import MLCLUSTER, Trickle, home_fixture, mlcluster
 
 cli = functools.partial(mlcluster, check=True)
 
@@ -94,15 +92,7 @@ def test_up_refuses_a_bad_autostop_in_flags_and_config(tmp_path):
     assert result.returncode != 0 and "max_lifetime '8 hours' is not a duration" in result.stderr
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
-    yield tmp_path / "home"
-    for pid in find_marked(marker("idle")):
-        try:
-            os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+home = home_fixture("idle")
 
 
 def start_watchdog(url: str, record, idle_s=None, deadline=None) -> subprocess.Popen:
@@ -122,18 +112,9 @@ def test_watchdog_stops_an_idle_cluster_but_not_one_serving(home, tiny_model, tm
     watchdog = start_watchdog(url, record, idle_s=idle_s)
     try:
         # Requests for three idle times: the watchdog must not fire.
-        stop, answered = threading.Event(), []
-
-        def client():
-            with requests.Session() as http:
-                while not stop.is_set():
-                    answered.append(http.post(f"{url}/new_request", json={"text": "still here"}, timeout=30).ok)
-                    time.sleep(0.5)
-        thread = threading.Thread(target=client)
-        thread.start()
+        trickle = Trickle(url, "still here")
         time.sleep(3 * idle_s)
-        stop.set()
-        thread.join()
+        answered = trickle.stop()
         load_ended = time.time()
         assert watchdog.poll() is None and not record.exists(), watchdog.stdout.read() if watchdog.poll() else ""
         assert len(answered) >= 10 and all(answered)

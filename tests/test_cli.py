@@ -10,36 +10,19 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from mlcluster.providers.local.processes import find_marked, marker
-from support.console import MLCLUSTER, mlcluster
+from support.console import MLCLUSTER, home_fixture, mlcluster, plain_bind_fails
 
 cli = functools.partial(mlcluster, check=True)  # a failing command fails the test, unless check=False
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A private state directory; whatever a test leaves running is stopped."""
-    monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
-    yield tmp_path / "home"
-    for name in ("default", "lab", "other", "ctrlc"):
-        pids = find_marked(marker(name))
-        for pid in pids:
-            try:
-                os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+home = home_fixture("default", "lab", "other", "ctrlc")
 
 
 def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+    return not plain_bind_fails(port)
 
 
 def up_args(tiny_model: str, name: str = "lab", workers: int = 2, per: int = 2) -> list[str]:

@@ -269,6 +269,16 @@ def test_a_model_baked_into_the_image_serves_without_a_mount(engine, built, tiny
         engine.images.remove(tag)
 
 
+def remove_labelled(engine, name: str) -> None:
+    """Whatever cluster `name` left in Docker: containers, networks, volumes."""
+    for container in labelled(engine, name):
+        container.remove(force=True)
+    for network in labelled(engine, name, "networks"):
+        network.remove()
+    for volume in labelled(engine, name, "volumes"):
+        volume.remove(force=True)
+
+
 def test_cli_up_logs_down_with_the_docker_runtime(engine, built, tiny_model, tmp_path):
     """Through the command line; a world-readable model is mounted, not copied."""
     model = tmp_path / "readable-model"
@@ -289,12 +299,7 @@ def test_cli_up_logs_down_with_the_docker_runtime(engine, built, tiny_model, tmp
         cli("down", "--name", name, "--yes", env=env)
         assert labelled(engine, name) == [] and labelled(engine, name, "networks") == []
     finally:
-        for container in labelled(engine, name):
-            container.remove(force=True)
-        for network in labelled(engine, name, "networks"):
-            network.remove()
-        for volume in labelled(engine, name, "volumes"):
-            volume.remove(force=True)
+        remove_labelled(engine, name)
 
 
 def test_cli_onnx_int8_serves_from_the_torch_free_image(engine, built, tiny_model, tmp_path):
@@ -312,9 +317,4 @@ def test_cli_onnx_int8_serves_from_the_torch_free_image(engine, built, tiny_mode
         cli("down", "--name", name, "--yes", env=env)
         assert labelled(engine, name) == []
     finally:
-        for container in labelled(engine, name):
-            container.remove(force=True)
-        for network in labelled(engine, name, "networks"):
-            network.remove()
-        for volume in labelled(engine, name, "volumes"):
-            volume.remove(force=True)
+        remove_labelled(engine, name)

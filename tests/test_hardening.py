@@ -11,24 +11,13 @@ import socket
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from mlcluster.providers.local.processes import find_marked, marker, port_free
-from support.console import mlcluster
+from support.console import home_fixture, mlcluster, plain_bind_fails
 
 cli = functools.partial(mlcluster, check=True)
 SECRET = "wJalrXUtnFEMI-not-a-real-secret-K7MDENG"
-
-
-def plain_bind_fails(port: int) -> bool:
-    """A bind without SO_REUSEADDR fails: some socket still holds the port."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return False
-        except OSError:
-            return True
 
 
 def environ_of(pid: int) -> dict[str, str]:
@@ -53,15 +42,7 @@ def test_port_free_ignores_time_wait_but_not_a_listener():
     assert port_free(port)
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
-    yield tmp_path / "home"
-    for pid in find_marked(marker("hard")):
-        try:
-            os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+home = home_fixture("hard")
 
 
 def test_services_get_no_credentials_and_a_restarted_one_keeps_its_port(home, tiny_model):

@@ -5,34 +5,25 @@ removes the rest."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
 import requests
 
-from support.console import mlcluster_in as cli
-from support.sshcluster import CLUSTER as DEFAULT_NAME, our_processes, toml_config
-from support.sshhosts import SSHTestNetwork, missing_facilities
+from support.console import Trickle, mlcluster_in as cli
+from support.sshcluster import cluster_config, host_network, our_processes, ssh_marks
 
 CLUSTER = "autostop"  # not the other ssh tests' name: markers are made of cluster and host names
 IDLE_S = 4.0
-pytestmark = [pytest.mark.ssh,
-              pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
+pytestmark = ssh_marks()
 
 
-@pytest.fixture(scope="module")
-def net():
-    with SSHTestNetwork() as network:
-        network.add_hosts(["orch", "w1"])
-        yield network
+net = host_network("orch", "w1")
 
 
 def test_watchdogs_stop_an_idle_cluster_but_not_a_busy_one(net, tiny_model, tmp_path):
     home = tmp_path / "home"
-    home.mkdir()
-    config = home / "cluster.toml"
-    config.write_text(toml_config(net, tiny_model, ["w1"]).replace(f'name = "{DEFAULT_NAME}"', f'name = "{CLUSTER}"'))
+    config = cluster_config(home, net, tiny_model, ["w1"], name=CLUSTER)
     up = cli(home, "up", "--provider", "ssh", "--config", str(config), "--autostop", f"{IDLE_S:g}s")
     assert up.returncode == 0, up.stderr[-3000:]
     try:
@@ -40,15 +31,7 @@ def test_watchdogs_stop_an_idle_cluster_but_not_a_busy_one(net, tiny_model, tmp_
         url, services = state["orchestrator_url"], state["resources"]["ssh"]["services"]
         assert {"watchdog-orch", "watchdog-w1"} <= set(services)
 
-        stop, answered = threading.Event(), []
-
-        def client():
-            with requests.Session() as http:
-                while not stop.is_set():
-                    answered.append(http.post(f"{url}/new_request", json={"text": "busy"}, timeout=30).ok)
-                    time.sleep(0.5)
-        thread = threading.Thread(target=client)
-        thread.start()
+        trickle = Trickle(url, "busy")
         started = time.monotonic()
         # While requests flow, status shows the autostop settings.
         shown = cli(home, "status", "--name", CLUSTER, "--json")
@@ -57,8 +40,7 @@ def test_watchdogs_stop_an_idle_cluster_but_not_a_busy_one(net, tiny_model, tmp_
         assert watch["autostop"] == f"{IDLE_S:g}s" and watch["deadline"] is None and watch["cost_so_far_usd"] == 0
         assert "autostop 4s idle" in cli(home, "status", "--name", CLUSTER).stdout
         time.sleep(max(0.0, started + 3 * IDLE_S - time.monotonic()))
-        stop.set()
-        thread.join()
+        answered = trickle.stop()
         assert len(answered) >= 10 and all(answered)
         for name in ("orch", "w1"):
             work = net.hosts[name].workdir

@@ -10,17 +10,12 @@ import pytest
 from mlcluster.errors import MlclusterError
 from mlcluster.remote.connection import (CommandTimedOut, Connection, HostKeyChanged, HostKeyStore, HostsFailed, Unreachable,
                            UnexpectedExit, run_on_hosts)
-from support.sshhosts import SSHTestNetwork, missing_facilities
+from support.sshcluster import host_network, ssh_marks
 
-pytestmark = [pytest.mark.ssh,
-              pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
+pytestmark = ssh_marks()
 
 
-@pytest.fixture(scope="module")
-def net():
-    with SSHTestNetwork() as network:
-        network.add_hosts(["alpha", "beta"])
-        yield network
+net = host_network("alpha", "beta")
 
 
 def connect(net, name, store=None, key=None, **kw) -> Connection:

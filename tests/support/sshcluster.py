@@ -8,11 +8,38 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import requests
 
-from .sshhosts import SSHTestNetwork
+from .sshhosts import SSHTestNetwork, missing_facilities
 
 CLUSTER = "sshe2e"
+
+
+def ssh_marks(missing=missing_facilities, label: str = "SSH test hosts") -> list:
+    """A test module's `pytestmark`: marked ssh, skipped when `missing()`
+    (by default: what the SSH test hosts lack) names something, saying what."""
+    reason = missing()
+    return [pytest.mark.ssh, pytest.mark.skipif(bool(reason), reason=f"{label}: {reason}")]
+
+
+def host_network(*names: str):
+    """A module-scoped `net` fixture: SSH test hosts with these names."""
+    @pytest.fixture(scope="module")
+    def net():
+        with SSHTestNetwork() as network:
+            network.add_hosts(list(names))
+            yield network
+    return net
+
+
+def cluster_config(home: Path, net: SSHTestNetwork, model: str, workers: list[str], name: str = CLUSTER,
+                   **options) -> Path:
+    """`home` made, with a config file for cluster `name` on these hosts in it."""
+    home.mkdir()
+    config = home / "cluster.toml"
+    config.write_text(toml_config(net, model, workers, **options).replace(f'name = "{CLUSTER}"', f'name = "{name}"'))
+    return config
 
 
 def toml_config(net: SSHTestNetwork, model: str, workers: list[str], orchestrator: str = "orch",
