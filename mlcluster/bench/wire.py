@@ -17,7 +17,7 @@ import resource
 import ssl
 import threading
 import time
-from typing import Callable, Optional, Protocol as Typing
+from typing import Callable, Optional, Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover
 now_ns = time.perf_counter_ns
 
 
-class Owner(Typing):
+class Owner(Protocol):
     """Who a connection answers to when its request completes (a `LoadRun`)."""
 
     def answered(self, conn: "Connection", slot: tuple, status: Optional[int], error: str, body: bytes) -> None: ...
