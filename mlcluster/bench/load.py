@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import random
 import string
 import sys
@@ -164,7 +165,10 @@ class LoadRun:
             else:  # from the index, so rounding does not accumulate
                 self._due = self.start_s + (index + 1) / self.plan.rate
         if self._scheduling:
-            self._timer = self.target.loop.call_later(max(0.0, self._due - self.now()), self._tick)
+            # Whole milliseconds, rounded up: the loop's timers count in ms, and a
+            # shorter wait would wake it early, again and again, until due.
+            wait_ms = math.ceil((self._due - self.now()) * 1000.0)
+            self._timer = self.target.loop.call_later(max(0, wait_ms) / 1000.0, self._tick)
         else:
             self._maybe_done()
 
