@@ -142,55 +142,76 @@ class Dispatcher:
         return self._gave_up(failures)
 
     async def _attempt(self, reservation: Reservation, body: bytes) -> tuple[int, "dict | bytes"]:
-        """Forward once. The reservation is released whatever happens (also when
-        the caller's task is cancelled); a container that failed at transport
-        level is marked down first, so it is not handed out again."""
+        """Forward once: (status, the worker's JSON bytes) for a 2xx, (status,
+        parsed answer) for a 4xx, ContainerFailed otherwise. The reservation is
+        released whatever happens (also when the caller's task is cancelled); a
+        container that failed is marked down first, so it is not handed out again.
+        Why `_settle` runs inside the connection's callback: the container is free
+        (and handed to the next waiter) as soon as its answer is whole, with no
+        event-loop hop before its next request."""
         container = reservation.container
-        start = self.clock()
-        ok, latency_ms = False, None
-        try:
-            status, answer = await self._forward(container, body)
-            ok = status < 400
-            if ok:
-                latency_ms = (self.clock() - start) * 1000
-                self._5xx_in_a_row.pop(container.id, None)
-            return status, answer
-        except ContainerFailed as failure:
-            self.on_event("failed", {"container": container.id, "kind": failure.kind})
-            if failure.kind != "http_5xx":
-                log.warning("container %s (%s) failed: %s; marking it down and retrying elsewhere",
-                            container.id, container.url, failure)
-                self.scheduler.set_health(container.id, False)
-            else:
-                in_a_row = self._5xx_in_a_row.get(container.id, 0) + 1
-                self._5xx_in_a_row[container.id] = in_a_row
-                if in_a_row >= MAX_5XX_IN_A_ROW:
-                    log.warning("container %s (%s) answered 5xx %d times in a row; marking it down",
-                                container.id, container.url, in_a_row)
-                    self.scheduler.set_health(container.id, False)
-                    self._5xx_in_a_row.pop(container.id, None)
-                else:
-                    log.warning("%s; trying another container", failure)
-            raise
-        finally:
-            self.scheduler.release(reservation, ok=ok, latency_ms=latency_ms)
-
-    async def _forward(self, container: Container, body: bytes) -> tuple[int, "dict | bytes"]:
-        """(status, the worker's JSON bytes) for a 2xx, (status, parsed answer) for a 4xx."""
         pool, head, _ = self._pool(container)
+        start = self.clock()
+        settled = False
+
+        def settle(status: int, data: bytes):
+            nonlocal settled
+            settled = True
+            return self._settle(reservation, start, status, data)
         try:
-            status, data = await pool.request(with_body(head, body or b"{}"), self.forward_timeout_s)
+            return await pool.request(with_body(head, body or b"{}"), self.forward_timeout_s, settle)
         except UpstreamError as exc:
-            raise ContainerFailed(exc.kind, f"{container.id} ({container.url}): {exc}") from None
-        if status >= 500:
-            raise ContainerFailed("http_5xx", f"container {container.id} answered {status}")
+            failure = ContainerFailed(exc.kind, f"{container.id} ({container.url}): {exc}")
+            self._blame(container, failure)
+            raise failure from None
+        finally:
+            if not settled:
+                self.scheduler.release(reservation, ok=False)
+
+    def _settle(self, reservation: Reservation, start: float, status: int, data: bytes) -> tuple[int, "dict | bytes"]:
+        """Sort a whole answer (see the module's docstring) and release the reservation."""
+        container = reservation.container
+        ok = False
         try:
-            answer = json.loads(data)  # checked, not re-encoded: a 2xx is passed on as these bytes
-        except (ValueError, RecursionError):
-            if status >= 400:  # an error answer that is not JSON: still the caller's error
-                return status, {"error": data[:200].decode("utf-8", "replace") or f"the worker answered {status}"}
-            raise ContainerFailed("bad_answer", f"{container.id} answered something that is not JSON") from None
-        return status, (answer if status >= 400 else data)
+            if status >= 500:
+                failure = ContainerFailed("http_5xx", f"container {container.id} answered {status}")
+                self._blame(container, failure)
+                raise failure
+            try:
+                answer = json.loads(data)  # checked, not re-encoded: a 2xx is passed on as these bytes
+            except (ValueError, RecursionError):
+                if status >= 400:  # an error answer that is not JSON: still the caller's error
+                    return status, {"error": data[:200].decode("utf-8", "replace") or f"the worker answered {status}"}
+                failure = ContainerFailed("bad_answer", f"{container.id} answered something that is not JSON")
+                self._blame(container, failure)
+                raise failure from None
+            if status >= 400:
+                return status, answer
+            ok = True
+            self._5xx_in_a_row.pop(container.id, None)
+            return status, data
+        finally:
+            self.scheduler.release(reservation, ok=ok,
+                                   latency_ms=(self.clock() - start) * 1000 if ok else None)
+
+    def _blame(self, container: Container, failure: ContainerFailed) -> None:
+        """Count a container's failure; mark it down at once for a transport
+        failure, after MAX_5XX_IN_A_ROW for 5xx answers."""
+        self.on_event("failed", {"container": container.id, "kind": failure.kind})
+        if failure.kind != "http_5xx":
+            log.warning("container %s (%s) failed: %s; marking it down and retrying elsewhere",
+                        container.id, container.url, failure)
+            self.scheduler.set_health(container.id, False)
+            return
+        in_a_row = self._5xx_in_a_row.get(container.id, 0) + 1
+        self._5xx_in_a_row[container.id] = in_a_row
+        if in_a_row >= MAX_5XX_IN_A_ROW:
+            log.warning("container %s (%s) answered 5xx %d times in a row; marking it down",
+                        container.id, container.url, in_a_row)
+            self.scheduler.set_health(container.id, False)
+            self._5xx_in_a_row.pop(container.id, None)
+        else:
+            log.warning("%s; trying another container", failure)
 
     def _callers_error(self, container: Container, status: int, answer: dict) -> Outcome:
         if status in (401, 403):

@@ -6,8 +6,11 @@ Why not aiohttp's client: on this 2-core machine a minimal aiohttp proxy tops
 out near 3,600 req/s; the per-request work here is one `transport.write` of
 pre-encoded header bytes and one parser feed.
 
-Contract of `Pool.request(head, body, timeout_s)`: returns `(status, body)`
-or raises `UpstreamError(kind)` with kind one of refused | timeout |
+Contract of `Pool.request(data, timeout_s, on_answer)`: returns what
+`on_answer(status, body)` returns (by default `(status, body)`), called inside
+the connection's callback the moment the answer is whole (so the caller can
+free the container with no event-loop hop; what it raises is raised to the
+awaiting caller), or raises `UpstreamError(kind)` with kind one of refused | timeout |
 disconnected (connect failure, no whole answer within `timeout_s`, the
 connection broke or the answer was not HTTP). A request on a reused
 connection that the worker had closed while idle (no byte of an answer came
@@ -17,13 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Deque, Optional
+from typing import Any, Callable, Deque, Optional
 
 import httptools
 
 # Workers close idle kept-alive connections after 30 s (gunicorn's keepalive);
 # ours retire sooner, so a request never races that close.
 CLIENT_KEEPALIVE_S = 15.0
+
+
+def _pair(status: int, body: bytes) -> tuple[int, bytes]:
+    return status, body
 
 
 class UpstreamError(Exception):
@@ -34,7 +41,7 @@ class UpstreamError(Exception):
 
 class _Connection(asyncio.Protocol):
     """One kept-alive connection; at most one request in flight."""
-    __slots__ = ("pool", "transport", "parser", "waiter", "status", "chunks", "timer", "reused",
+    __slots__ = ("pool", "transport", "parser", "waiter", "on_answer", "chunks", "timer", "reused",
                  "got_bytes", "idle_since", "closed")
 
     def __init__(self, pool: "Pool"):
@@ -42,6 +49,7 @@ class _Connection(asyncio.Protocol):
         self.transport: Optional[asyncio.Transport] = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: Optional[asyncio.Future] = None
+        self.on_answer: Callable[[int, bytes], Any] = _pair
         self.chunks: list[bytes] = []
         self.timer: Optional[asyncio.TimerHandle] = None
         self.reused = self.got_bytes = self.closed = False
@@ -79,7 +87,10 @@ class _Connection(asyncio.Protocol):
         body = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
         self.chunks = []
         if not waiter.done():
-            waiter.set_result((self.parser.get_status_code(), body))
+            try:
+                waiter.set_result(self.on_answer(self.parser.get_status_code(), body))
+            except Exception as exc:  # the caller's own verdict on the answer
+                waiter.set_exception(exc)
         if self.parser.should_keep_alive() and not self.closed:
             self.reused, self.got_bytes = True, False
             self.pool.give_back(self)
@@ -87,8 +98,9 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     # -- ours --------------------------------------------------------------
-    def send(self, data: bytes, timeout_s: float, loop) -> asyncio.Future:
+    def send(self, data: bytes, timeout_s: float, loop, on_answer) -> asyncio.Future:
         self.waiter = waiter = loop.create_future()
+        self.on_answer = on_answer
         self.timer = loop.call_later(timeout_s, self._timed_out)
         self.transport.write(data)
         return waiter
@@ -128,14 +140,14 @@ class Pool:
         except ValueError:
             pass
 
-    async def request(self, data: bytes, timeout_s: float) -> tuple[int, bytes]:
+    async def request(self, data: bytes, timeout_s: float, on_answer: Callable[[int, bytes], Any] = None) -> Any:
         """Send one whole request (`data`: head and body) and wait for the answer."""
         for _ in range(2):
             conn = self._take_idle()
             if conn is None:
                 conn = await self._connect()
             try:
-                return await conn.send(data, timeout_s, self.loop)
+                return await conn.send(data, timeout_s, self.loop, on_answer or _pair)
             except _Dropped:
                 continue
             except asyncio.CancelledError:  # the caller gave up: the answer would be out of step
