@@ -99,6 +99,9 @@ class Connection(asyncio.Protocol):
             return
         limits.open += 1
         self.counted = True
+        # One idle timer for the connection's life, re-armed only when it fires
+        # early (see _idle_expired): no timer work per request.
+        self.last_active = self.loop.time()
         self.idle_timer = self.loop.call_later(limits.idle_timeout_s, self._idle_expired)
 
     def connection_lost(self, exc) -> None:
@@ -113,9 +116,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing and not self.discarding:
             return
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        self.last_active = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -131,8 +132,6 @@ class Connection(asyncio.Protocol):
             self.header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_expired)
         elif self.in_body and self.body_timer is None:
             self.body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_expired)
-        elif not self.in_header and not self.in_body and not self.owed and not self.closing:
-            self._arm_idle()
 
     # -- httptools callbacks ---------------------------------------------
     def on_message_begin(self) -> None:
@@ -238,8 +237,8 @@ class Connection(asyncio.Protocol):
         if self.paused and len(owed) < MAX_PIPELINED // 2:
             self.paused = False
             transport.resume_reading()
-        if not owed and not self.in_header and not self.in_body and not self.closing:
-            self._arm_idle()
+        if not owed:
+            self.last_active = self.loop.time()  # idle from now
 
     def _refuse_body(self) -> None:
         """413 now, then read and drop the rest of the body before closing."""
@@ -263,14 +262,19 @@ class Connection(asyncio.Protocol):
         self.owed.append(last)
 
     # -- timers ------------------------------------------------------------
-    def _arm_idle(self) -> None:
-        if self.idle_timer is None:
-            self.idle_timer = self.loop.call_later(self.limits.idle_timeout_s, self._idle_expired)
-
     def _idle_expired(self) -> None:
+        """Close a connection silent for idle_timeout_s with nothing in progress;
+        otherwise look again when it could next be idle that long."""
         self.idle_timer = None
-        if not self.owed and not self.in_header and not self.in_body:
+        if self.closing:
+            return
+        due = self.last_active + self.limits.idle_timeout_s
+        now = self.loop.time()
+        if not self.owed and not self.in_header and not self.in_body and now >= due:
             self.transport.close()
+            return
+        self.idle_timer = self.loop.call_later(max(due - now, 0.05) if now < due else self.limits.idle_timeout_s,
+                                               self._idle_expired)
 
     def _header_expired(self) -> None:
         self.header_timer = None

@@ -222,15 +222,18 @@ class Scheduler:
         one timer. Must run on the loop that calls `release()`/`set_health()`.
         A request cancelled while it waits leaves the queue (or gives back what
         it was just granted). `avoid`: see `choose_container`."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future = None
 
         def wake() -> None:
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_result(None)
         granted = self._reserve_or_enqueue(front, queued_at, wake, avoid)
-        if isinstance(granted, Reservation):
+        if isinstance(granted, Reservation):  # the common case: no future, no timer
             return granted
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if granted.reservation is not None and not future.done():  # granted before the future existed
+            future.set_result(None)
         timer = loop.call_later(timeout, wake)
         try:
             await future
