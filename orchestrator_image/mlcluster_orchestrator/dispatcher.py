@@ -61,6 +61,32 @@ class ContainerFailed(Exception):
         self.kind = kind  # refused | timeout | disconnected | http_5xx | bad_answer
 
 
+class _Forward:
+    """One attempt at forwarding, with no event-loop hop on the way:
+    `grant` runs the moment the scheduler grants a container (inside the
+    callback of whichever answer freed it) and writes the request to an idle
+    connection at once; `settle` runs inside the connection's callback the
+    moment the answer is whole, sorts it and releases the container, which
+    hands it to the next waiter's `grant`."""
+    __slots__ = ("dispatcher", "body", "data", "pool", "reservation", "start", "settled", "sent")
+
+    def __init__(self, dispatcher: "Dispatcher", body: bytes):
+        self.dispatcher, self.body = dispatcher, body
+        self.settled, self.sent, self.reservation = False, None, None
+
+    def grant(self, reservation: Reservation) -> None:
+        d = self.dispatcher
+        self.reservation = reservation
+        self.pool, head, _ = d._pool(reservation.container)
+        self.data = with_body(head, self.body)
+        self.start = d.clock()
+        self.sent = self.pool.send_now(self.data, d.forward_timeout_s, self.settle)
+
+    def settle(self, status: int, data: bytes):
+        self.settled = True
+        return self.dispatcher._settle(self.reservation, self.start, status, data)
+
+
 class Dispatcher:
     """Use as `async with Dispatcher(...)` (or `await start()` / `await close()`):
     the connection pools belong to the running event loop."""
@@ -123,15 +149,23 @@ class Dispatcher:
         deadline = arrived + self.queue_timeout_s
         failures: list[ContainerFailed] = []
         tried: list[Container] = []  # a retry goes to another container while one is healthy
+        body = body or b"{}"
         for attempt in range(1, self.max_attempts + 1):
+            forward = _Forward(self, body)
             try:
                 reservation = await self.scheduler.acquire_async(
                     timeout=max(0.0, deadline - self.clock()), front=attempt > 1, queued_at=arrived,
-                    avoid=tried)
+                    avoid=tried, on_grant=forward.grant)
             except (QueueFull, QueueTimeout, NoContainers) as refusal:
                 return self._refused(refusal, failures)
+            except asyncio.CancelledError:  # granted (maybe sent), then cancelled: give it back
+                if forward.sent is not None:
+                    forward.sent[0].transport.close()  # its answer would be out of step
+                if forward.reservation is not None and not forward.settled:
+                    self.scheduler.release(forward.reservation, ok=False)
+                raise
             try:
-                status, answer = await self._attempt(reservation, body)
+                status, answer = await self._attempt(forward)
             except ContainerFailed as failure:
                 failures.append(failure)
                 tried.append(reservation.container)
@@ -141,32 +175,21 @@ class Dispatcher:
             return self._served(reservation, answer, arrived, attempt)
         return self._gave_up(failures)
 
-    async def _attempt(self, reservation: Reservation, body: bytes) -> tuple[int, "dict | bytes"]:
+    async def _attempt(self, forward: "_Forward") -> tuple[int, "dict | bytes"]:
         """Forward once: (status, the worker's JSON bytes) for a 2xx, (status,
         parsed answer) for a 4xx, ContainerFailed otherwise. The reservation is
         released whatever happens (also when the caller's task is cancelled); a
-        container that failed is marked down first, so it is not handed out again.
-        Why `_settle` runs inside the connection's callback: the container is free
-        (and handed to the next waiter) as soon as its answer is whole, with no
-        event-loop hop before its next request."""
-        container = reservation.container
-        pool, head, _ = self._pool(container)
-        start = self.clock()
-        settled = False
-
-        def settle(status: int, data: bytes):
-            nonlocal settled
-            settled = True
-            return self._settle(reservation, start, status, data)
+        container that failed is marked down first, so it is not handed out again."""
+        container = forward.reservation.container
         try:
-            return await pool.request(with_body(head, body or b"{}"), self.forward_timeout_s, settle)
+            return await forward.pool.request(forward.data, self.forward_timeout_s, forward.settle, forward.sent)
         except UpstreamError as exc:
             failure = ContainerFailed(exc.kind, f"{container.id} ({container.url}): {exc}")
             self._blame(container, failure)
             raise failure from None
         finally:
-            if not settled:
-                self.scheduler.release(reservation, ok=False)
+            if not forward.settled:
+                self.scheduler.release(forward.reservation, ok=False)
 
     def _settle(self, reservation: Reservation, start: float, status: int, data: bytes) -> tuple[int, "dict | bytes"]:
         """Sort a whole answer (see the module's docstring) and release the reservation."""

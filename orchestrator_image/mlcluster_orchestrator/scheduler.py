@@ -116,10 +116,12 @@ def choose_container(candidates: Iterable[Container], busy_by_host: dict[str, in
 
 class _Waiter:
     """A place in the queue; `wake()` is called (under the lock) once it holds a reservation."""
-    __slots__ = ("wake", "reservation", "queued_at", "avoid")
+    __slots__ = ("wake", "reservation", "queued_at", "avoid", "on_grant")
 
-    def __init__(self, queued_at: float, wake: Callable[[], None], avoid: Sequence[Container] = ()):
+    def __init__(self, queued_at: float, wake: Callable[[], None], avoid: Sequence[Container] = (),
+                 on_grant: Optional[Callable[[Reservation], None]] = None):
         self.wake = wake
+        self.on_grant = on_grant
         self.reservation: Optional[Reservation] = None
         self.queued_at = queued_at
         self.avoid = avoid
@@ -217,18 +219,26 @@ class Scheduler:
         return self._leave_queue(granted)
 
     async def acquire_async(self, timeout: float, front: bool = False,
-                            queued_at: Optional[float] = None, avoid: Sequence[Container] = ()) -> Reservation:
+                            queued_at: Optional[float] = None, avoid: Sequence[Container] = (),
+                            on_grant: Optional[Callable[[Reservation], None]] = None) -> Reservation:
         """`acquire()` for the event loop: a waiting request costs one future and
         one timer. Must run on the loop that calls `release()`/`set_health()`.
         A request cancelled while it waits leaves the queue (or gives back what
-        it was just granted). `avoid`: see `choose_container`."""
+        it was just granted). `avoid`: see `choose_container`.
+        `on_grant(reservation)` runs the moment the container is granted, inside
+        whatever released it and under the scheduler's lock (so it must not call
+        the scheduler): the dispatcher writes the request to the container there,
+        before this coroutine resumes. It must not raise; with it, a caller
+        cancelled after the grant releases the reservation itself."""
         future = None
 
         def wake() -> None:
             if future is not None and not future.done():
                 future.set_result(None)
-        granted = self._reserve_or_enqueue(front, queued_at, wake, avoid)
+        granted = self._reserve_or_enqueue(front, queued_at, wake, avoid, on_grant)
         if isinstance(granted, Reservation):  # the common case: no future, no timer
+            if on_grant is not None:
+                on_grant(granted)
             return granted
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -242,14 +252,16 @@ class Scheduler:
                 if granted.reservation is None:
                     self._waiters.remove(granted)
                     raise
-            self.release(granted.reservation, ok=True)
+            if on_grant is None:  # else the caller owns what it was granted (its request may be out already)
+                self.release(granted.reservation, ok=True)
             raise
         finally:
             timer.cancel()
         return self._leave_queue(granted)
 
     def _reserve_or_enqueue(self, front: bool, queued_at: Optional[float], wake: Callable[[], None],
-                            avoid: Sequence[Container] = ()) -> "Reservation | _Waiter":
+                            avoid: Sequence[Container] = (),
+                            on_grant: Optional[Callable[[Reservation], None]] = None) -> "Reservation | _Waiter":
         """A reservation at once when nobody waits and a container is free;
         otherwise a place in the queue (QueueFull past the limit)."""
         now = self.clock()
@@ -263,7 +275,7 @@ class Scheduler:
                     return self._reserve_locked(container, queued_at, now)
             if len(self._waiters) >= self.queue_limit and not front:
                 raise QueueFull()
-            waiter = _Waiter(queued_at, wake, avoid)
+            waiter = _Waiter(queued_at, wake, avoid, on_grant)
             if front:
                 self._waiters.appendleft(waiter)
             else:
@@ -315,6 +327,8 @@ class Scheduler:
                 break
             del waiters[i]
             waiter.reservation = self._reserve_locked(container, waiter.queued_at, self.clock())
+            if waiter.on_grant is not None:
+                waiter.on_grant(waiter.reservation)
             waiter.wake()
             handed += 1
         return handed

@@ -82,20 +82,23 @@ class _Connection(asyncio.Protocol):
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
-        waiter, self.waiter = self.waiter, None
+        waiter, on_answer, self.waiter = self.waiter, self.on_answer, None
         self.timer.cancel()
         body = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
         self.chunks = []
-        if not waiter.done():
-            try:
-                waiter.set_result(self.on_answer(self.parser.get_status_code(), body))
-            except Exception as exc:  # the caller's own verdict on the answer
-                waiter.set_exception(exc)
+        status = self.parser.get_status_code()
+        # Back in the pool before on_answer runs: on_answer frees the container,
+        # and its next request is written at once, on this same connection.
         if self.parser.should_keep_alive() and not self.closed:
             self.reused, self.got_bytes = True, False
             self.pool.give_back(self)
         else:
             self.transport.close()
+        if not waiter.done():
+            try:
+                waiter.set_result(on_answer(status, body))
+            except Exception as exc:  # the caller's own verdict on the answer
+                waiter.set_exception(exc)
 
     # -- ours --------------------------------------------------------------
     def send(self, data: bytes, timeout_s: float, loop, on_answer) -> asyncio.Future:
@@ -121,6 +124,9 @@ class _Dropped(Exception):
     """A reused connection closed by the worker before it read our request."""
 
 
+Sent = "tuple[_Connection, asyncio.Future]"
+
+
 class Pool:
     """Kept-alive connections to one container (host, port)."""
 
@@ -140,14 +146,26 @@ class Pool:
         except ValueError:
             pass
 
-    async def request(self, data: bytes, timeout_s: float, on_answer: Callable[[int, bytes], Any] = None) -> Any:
-        """Send one whole request (`data`: head and body) and wait for the answer."""
+    def send_now(self, data: bytes, timeout_s: float, on_answer: Callable[[int, bytes], Any]) -> Optional[Sent]:
+        """Write `data` at once on an idle connection if there is one (no await:
+        callable from inside another connection's callback); pass the result to
+        `request(..., sent=)` to wait for the answer. None: no idle connection."""
+        conn = self._take_idle()
+        return None if conn is None else (conn, conn.send(data, timeout_s, self.loop, on_answer))
+
+    async def request(self, data: bytes, timeout_s: float, on_answer: Callable[[int, bytes], Any] = None,
+                      sent: Optional[Sent] = None) -> Any:
+        """Send one whole request (`data`: head and body) and wait for the
+        answer; with `sent` (from send_now) it is on the wire already."""
+        on_answer = on_answer or _pair
         for _ in range(2):
-            conn = self._take_idle()
-            if conn is None:
-                conn = await self._connect()
+            if sent is not None:
+                (conn, answer), sent = sent, None
+            else:
+                conn = self._take_idle() or await self._connect()
+                answer = conn.send(data, timeout_s, self.loop, on_answer)
             try:
-                return await conn.send(data, timeout_s, self.loop, on_answer or _pair)
+                return await answer
             except _Dropped:
                 continue
             except asyncio.CancelledError:  # the caller gave up: the answer would be out of step
