@@ -134,3 +134,15 @@ def test_a_listener_without_admin_routes_answers_them_404(cluster, monkeypatch):
     finally:
         held["loop"].call_soon_threadsafe(held["stop"].set)
         thread.join(5)
+
+
+def test_expect_100_continue_is_answered_before_the_body(cluster):
+    s = socket.create_connection(("127.0.0.1", port_of(cluster.orchestrator)), timeout=10)
+    body = b'{"text": "after continue"}'
+    s.sendall(b"POST /new_request HTTP/1.1\r\nHost: o\r\nContent-Type: application/json\r\n"
+              b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+    assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    s.sendall(body)
+    answer = read_answer(s)
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 200") and b"after continue" in answer
