@@ -294,10 +294,21 @@ class Connection(asyncio.Protocol):
             self._close_with(encode(self.routes.too_slow(path), keep_alive=False))
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM/SIGINT: pass one to several `serve` calls (a
+    public and an admin listener) so both stop together."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def serve(routes: Routes, bind: str, *, header_timeout_s: float, body_timeout_s: float,
                 idle_timeout_s: float, max_connections: int, stop: Optional[asyncio.Event] = None) -> None:
     """Serve `routes` on `bind` ("host:port") until `stop` is set (by default:
-    SIGTERM/SIGINT). The caller starts and stops the Orchestrator itself."""
+    SIGTERM/SIGINT). The caller starts and stops the Orchestrator itself.
+    Listeners sharing one Orchestrator may each have their own Routes (for
+    example `Routes(state, admin=False)` on the public port)."""
     soft = raise_open_files_limit()
     if max_connections > soft - FD_RESERVE:
         log.warning("ORCH_MAX_CONNECTIONS=%d is above what %d open files allow; using %d",
@@ -309,9 +320,7 @@ async def serve(routes: Routes, bind: str, *, header_timeout_s: float, body_time
     log.info("Listening at http://%s (header time-out %gs, idle time-out %gs, at most %d connections%s)",
              bind, header_timeout_s, idle_timeout_s, max_connections, "" if routes.admin else ", no admin routes")
     if stop is None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
     try:
         await stop.wait()
     finally:
