@@ -34,7 +34,7 @@ def worker_command(python: str = sys.executable) -> list[str]:
 
 
 def orchestrator_command(python: str = sys.executable) -> list[str]:
-    return [python, "-m", "mlcluster_orchestrator"]  # aiohttp on one event loop; settings from orchestrator_env
+    return [python, "-m", "mlcluster_orchestrator"]  # httptools on one event loop; settings from orchestrator_env
 
 
 def process_env(own: Mapping[str, str], kind: str, caller: Mapping[str, str] = os.environ) -> dict[str, str]:

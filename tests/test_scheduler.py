@@ -2,6 +2,7 @@
 a fake clock, and real threads where waiting is the point."""
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 import time
@@ -353,3 +354,30 @@ def test_snapshot_counts_served_failed_and_recent_latency(clock):
     (c,) = snap["containers"]
     assert c == {"id": "c1", "host": "h", "port": 1, "capacity": 1, "status": FREE, "in_flight": 0,
                  "served": 2, "failed": 1, "recent_latency_ms": 15.0}
+
+
+def test_a_retry_avoids_the_container_that_failed_it_while_another_is_healthy(clock):
+    s = Scheduler(queue_limit=5, clock=clock)
+    a, b = s.add("h", 1, id="a"), s.add("h", 2, id="b")
+    assert choose_container([a, b], {}, avoid=[a]) is b
+    held_b = s.acquire(timeout=0)  # a was released longer ago? both 0: the smallest id first
+    if held_b.container is a:
+        s.release(held_b, ok=True)
+        held_b = s.acquire(timeout=0)
+    assert held_b.container is b
+    # Only `a` is free, but the retry must not repeat on it: it waits for b,
+    # and a new arrival behind it is not held up by it.
+    assert choose_container([a, b], {}, avoid=[a]) is None
+
+    async def run():
+        retry = asyncio.ensure_future(s.acquire_async(timeout=5, front=True, avoid=[a]))
+        await asyncio.sleep(0)
+        newcomer = await s.acquire_async(timeout=5)
+        assert newcomer.container is a and not retry.done()
+        s.release(held_b, ok=True)
+        granted = await retry
+        assert granted.container is b
+    asyncio.run(run())
+    # With b out of rotation, a retry may go to a again rather than fail.
+    s.set_health("b", False)
+    assert choose_container([a, b], {}, avoid=[a]) is a or not a.can_take()

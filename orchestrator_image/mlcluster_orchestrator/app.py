@@ -229,7 +229,7 @@ def create_app(config: dict | None = None) -> web.Application:
                             forward_timeout_s=settings["ORCH_FORWARD_TIMEOUT_S"],
                             max_attempts=settings["ORCH_MAX_ATTEMPTS"], worker_token=settings["ORCH_WORKER_TOKEN"],
                             on_event=telemetry.on_event)
-    health = HealthChecker(scheduler, lambda: dispatcher.session, interval_s=settings["ORCH_HEALTH_INTERVAL_S"])
+    health = HealthChecker(scheduler, dispatcher.probe_ready, interval_s=settings["ORCH_HEALTH_INTERVAL_S"])
     if settings["ORCH_STATUS_FILE"]:
         keep_registry_in(settings["ORCH_STATUS_FILE"], scheduler)
     state = Orchestrator(settings, scheduler, dispatcher, health, telemetry, time.monotonic())

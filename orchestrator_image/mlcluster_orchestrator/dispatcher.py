@@ -1,8 +1,7 @@
 """Forwarding a request to a worker container, with retries elsewhere.
 
-The scheduler decides who gets the request; this module does the HTTP (one
-aiohttp client session, kept-alive connections to every container) and sorts
-what comes back:
+The scheduler decides who gets the request; this module does the HTTP (a
+keep-alive pool per container, upstream.py) and sorts what comes back:
 
 - 2xx: served.
 - 4xx: the request itself was bad. Passed back to the caller with the same
@@ -10,8 +9,8 @@ what comes back:
   are the exception: the worker refused *our* credential, which is no fault of
   the caller: 502, logged, no retry.)
 - 5xx: the worker failed on this request. It is tried on another container
-  (ahead of the queue, within `max_attempts`), because the fault may be the
-  container's; the container leaves rotation only after `MAX_5XX_IN_A_ROW`
+  (ahead of the queue, within `max_attempts`; never the same one while another
+  healthy container exists), because the fault may be the container's; the container leaves rotation only after `MAX_5XX_IN_A_ROW`
   consecutive 5xx answers (as HAProxy's `observe layer7` + `error-limit`), so
   one bad request cannot take containers out.
 - refused, timed out, broken connection, an answer that is not JSON: the
@@ -24,26 +23,36 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import aiohttp
-
 from .scheduler import Container, NoContainers, QueueFull, QueueTimeout, Reservation, Scheduler
+from .upstream import Pool, UpstreamError, request_head, with_body
 
 log = logging.getLogger("mlcluster.orchestrator")
 MAX_5XX_IN_A_ROW = 3
-# Workers close idle kept-alive connections after 30 s (gunicorn's keepalive);
-# ours retire sooner, so a request never races that close.
-CLIENT_KEEPALIVE_S = 15.0
 
 
-@dataclass
 class Outcome:
-    """What the caller gets: an HTTP status, a JSON body and extra headers."""
-    status: int
-    body: dict
-    headers: dict = field(default_factory=dict)
+    """What the caller gets: an HTTP status, a JSON body and extra headers.
+    A served answer is built as bytes (`payload`: the worker's JSON spliced in
+    unparsed-and-re-encoded); `body` decodes it on demand."""
+    __slots__ = ("status", "_body", "headers", "_payload")
+
+    def __init__(self, status: int, body: Optional[dict] = None, headers: Optional[dict] = None,
+                 payload: Optional[bytes] = None):
+        self.status, self._body, self.headers, self._payload = status, body, headers or {}, payload
+
+    @property
+    def body(self) -> dict:
+        if self._body is None:
+            self._body = json.loads(self._payload)
+        return self._body
+
+    @property
+    def payload(self) -> bytes:
+        if self._payload is None:
+            self._payload = json.dumps(self._body).encode()
+        return self._payload
 
 
 class ContainerFailed(Exception):
@@ -52,9 +61,35 @@ class ContainerFailed(Exception):
         self.kind = kind  # refused | timeout | disconnected | http_5xx | bad_answer
 
 
+class _Forward:
+    """One attempt at forwarding, with no event-loop hop on the way:
+    `grant` runs the moment the scheduler grants a container (inside the
+    callback of whichever answer freed it) and writes the request to an idle
+    connection at once; `settle` runs inside the connection's callback the
+    moment the answer is whole, sorts it and releases the container, which
+    hands it to the next waiter's `grant`."""
+    __slots__ = ("dispatcher", "body", "data", "pool", "reservation", "start", "settled", "sent")
+
+    def __init__(self, dispatcher: "Dispatcher", body: bytes):
+        self.dispatcher, self.body = dispatcher, body
+        self.settled, self.sent, self.reservation = False, None, None
+
+    def grant(self, reservation: Reservation) -> None:
+        d = self.dispatcher
+        self.reservation = reservation
+        self.pool, head, _ = d._pool(reservation.container)
+        self.data = with_body(head, self.body)
+        self.start = d.clock()
+        self.sent = self.pool.send_now(self.data, d.forward_timeout_s, self.settle)
+
+    def settle(self, status: int, data: bytes):
+        self.settled = True
+        return self.dispatcher._settle(self.reservation, self.start, status, data)
+
+
 class Dispatcher:
     """Use as `async with Dispatcher(...)` (or `await start()` / `await close()`):
-    the client session belongs to the running event loop."""
+    the connection pools belong to the running event loop."""
 
     def __init__(self, scheduler: Scheduler, *, queue_timeout_s: float, forward_timeout_s: float,
                  max_attempts: int = 3, worker_token: str = "", connect_timeout_s: float = 2.0,
@@ -65,24 +100,40 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self.on_event = on_event  # metrics hook: ("served"|"failed"|"rejected", data)
         self.clock = clock
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=forward_timeout_s)
+        self.forward_timeout_s = forward_timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self.headers = {"Content-Type": "application/json"}
         if worker_token:  # never logged: only ever sent to workers
             self.headers["Authorization"] = f"Bearer {worker_token}"
-        self.session: Optional[aiohttp.ClientSession] = None
+        self._pools: dict[tuple[str, int], tuple[Pool, bytes, bytes]] = {}  # pool, /run_model head, /ready
         self._5xx_in_a_row: dict[str, int] = {}
 
     async def start(self) -> "Dispatcher":
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=CLIENT_KEEPALIVE_S, use_dns_cache=True,
-                                         ttl_dns_cache=60)
-        # No cookies, no proxies from the environment: workers are on private addresses.
-        self.session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-                                             timeout=self.timeout, trust_env=False, auto_decompress=False)
         return self
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        for pool, _, _ in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def _pool(self, container: Container) -> tuple[Pool, bytes, bytes]:
+        key = (container.host, container.port)
+        entry = self._pools.get(key)
+        if entry is None:
+            pool = Pool(container.host, container.port, self.connect_timeout_s)
+            run = request_head("POST", "/run_model", container.host, container.port, self.headers)
+            ready = with_body(request_head("GET", "/ready", container.host, container.port, {}), b"")
+            entry = self._pools[key] = (pool, run, ready)
+        return entry
+
+    async def probe_ready(self, container: Container, timeout_s: float) -> tuple[bool, str]:
+        """The health check: (healthy, why) from GET /ready on a pooled connection."""
+        pool, _, ready = self._pool(container)
+        try:
+            status, _ = await pool.request(ready, timeout_s)
+        except UpstreamError as exc:
+            return False, f"unreachable ({exc.kind})"
+        return status == 200, f"/ready answered {status}"
 
     async def __aenter__(self) -> "Dispatcher":
         return await self.start()
@@ -97,77 +148,93 @@ class Dispatcher:
         arrived = self.clock()
         deadline = arrived + self.queue_timeout_s
         failures: list[ContainerFailed] = []
+        tried: list[Container] = []  # a retry goes to another container while one is healthy
+        body = body or b"{}"
         for attempt in range(1, self.max_attempts + 1):
+            forward = _Forward(self, body)
             try:
                 reservation = await self.scheduler.acquire_async(
-                    timeout=max(0.0, deadline - self.clock()), front=attempt > 1, queued_at=arrived)
+                    timeout=max(0.0, deadline - self.clock()), front=attempt > 1, queued_at=arrived,
+                    avoid=tried, on_grant=forward.grant)
             except (QueueFull, QueueTimeout, NoContainers) as refusal:
                 return self._refused(refusal, failures)
+            except asyncio.CancelledError:  # granted (maybe sent), then cancelled: give it back
+                if forward.sent is not None:
+                    forward.sent[0].transport.close()  # its answer would be out of step
+                if forward.reservation is not None and not forward.settled:
+                    self.scheduler.release(forward.reservation, ok=False)
+                raise
             try:
-                status, answer = await self._attempt(reservation, body)
+                status, answer = await self._attempt(forward)
             except ContainerFailed as failure:
                 failures.append(failure)
+                tried.append(reservation.container)
                 continue
             if status >= 400:
                 return self._callers_error(reservation.container, status, answer)
             return self._served(reservation, answer, arrived, attempt)
         return self._gave_up(failures)
 
-    async def _attempt(self, reservation: Reservation, body: bytes) -> tuple[int, dict]:
-        """Forward once. The reservation is released whatever happens (also when
-        the caller's task is cancelled); a container that failed at transport
-        level is marked down first, so it is not handed out again."""
-        container = reservation.container
-        start = self.clock()
-        ok, latency_ms = False, None
+    async def _attempt(self, forward: "_Forward") -> tuple[int, "dict | bytes"]:
+        """Forward once: (status, the worker's JSON bytes) for a 2xx, (status,
+        parsed answer) for a 4xx, ContainerFailed otherwise. The reservation is
+        released whatever happens (also when the caller's task is cancelled); a
+        container that failed is marked down first, so it is not handed out again."""
+        container = forward.reservation.container
         try:
-            status, answer = await self._forward(container, body)
-            ok = status < 400
-            if ok:
-                latency_ms = (self.clock() - start) * 1000
-                self._5xx_in_a_row.pop(container.id, None)
-            return status, answer
-        except ContainerFailed as failure:
-            self.on_event("failed", {"container": container.id, "kind": failure.kind})
-            if failure.kind != "http_5xx":
-                log.warning("container %s (%s) failed: %s; marking it down and retrying elsewhere",
-                            container.id, container.url, failure)
-                self.scheduler.set_health(container.id, False)
-            else:
-                in_a_row = self._5xx_in_a_row.get(container.id, 0) + 1
-                self._5xx_in_a_row[container.id] = in_a_row
-                if in_a_row >= MAX_5XX_IN_A_ROW:
-                    log.warning("container %s (%s) answered 5xx %d times in a row; marking it down",
-                                container.id, container.url, in_a_row)
-                    self.scheduler.set_health(container.id, False)
-                    self._5xx_in_a_row.pop(container.id, None)
-                else:
-                    log.warning("%s; trying another container", failure)
-            raise
+            return await forward.pool.request(forward.data, self.forward_timeout_s, forward.settle, forward.sent)
+        except UpstreamError as exc:
+            failure = ContainerFailed(exc.kind, f"{container.id} ({container.url}): {exc}")
+            self._blame(container, failure)
+            raise failure from None
         finally:
-            self.scheduler.release(reservation, ok=ok, latency_ms=latency_ms)
+            if not forward.settled:
+                self.scheduler.release(forward.reservation, ok=False)
 
-    async def _forward(self, container: Container, body: bytes) -> tuple[int, dict]:
+    def _settle(self, reservation: Reservation, start: float, status: int, data: bytes) -> tuple[int, "dict | bytes"]:
+        """Sort a whole answer (see the module's docstring) and release the reservation."""
+        container = reservation.container
+        ok = False
         try:
-            async with self.session.post(f"{container.url}/run_model", data=body or b"{}",
-                                         headers=self.headers) as response:
-                status, data = response.status, await response.read()
-        except aiohttp.ClientConnectorError as exc:
-            kind = "timeout" if isinstance(exc.os_error, (TimeoutError, asyncio.TimeoutError)) else "refused"
-            raise ContainerFailed(kind, f"{container.id} ({container.url}): connection {kind}") from None
-        except (asyncio.TimeoutError, TimeoutError):  # ServerTimeoutError is one too
-            raise ContainerFailed("timeout", f"{container.id} ({container.url}): no answer in time") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ContainerFailed("disconnected", f"{container.id} ({container.url}): connection broke: "
-                                                  f"{type(exc).__name__}") from None
-        if status >= 500:
-            raise ContainerFailed("http_5xx", f"container {container.id} answered {status}")
-        try:
-            return status, json.loads(data)
-        except (ValueError, RecursionError):
-            if status >= 400:  # an error answer that is not JSON: still the caller's error
-                return status, {"error": data[:200].decode("utf-8", "replace") or f"the worker answered {status}"}
-            raise ContainerFailed("bad_answer", f"{container.id} answered something that is not JSON") from None
+            if status >= 500:
+                failure = ContainerFailed("http_5xx", f"container {container.id} answered {status}")
+                self._blame(container, failure)
+                raise failure
+            try:
+                answer = json.loads(data)  # checked, not re-encoded: a 2xx is passed on as these bytes
+            except (ValueError, RecursionError):
+                if status >= 400:  # an error answer that is not JSON: still the caller's error
+                    return status, {"error": data[:200].decode("utf-8", "replace") or f"the worker answered {status}"}
+                failure = ContainerFailed("bad_answer", f"{container.id} answered something that is not JSON")
+                self._blame(container, failure)
+                raise failure from None
+            if status >= 400:
+                return status, answer
+            ok = True
+            self._5xx_in_a_row.pop(container.id, None)
+            return status, data
+        finally:
+            self.scheduler.release(reservation, ok=ok,
+                                   latency_ms=(self.clock() - start) * 1000 if ok else None)
+
+    def _blame(self, container: Container, failure: ContainerFailed) -> None:
+        """Count a container's failure; mark it down at once for a transport
+        failure, after MAX_5XX_IN_A_ROW for 5xx answers."""
+        self.on_event("failed", {"container": container.id, "kind": failure.kind})
+        if failure.kind != "http_5xx":
+            log.warning("container %s (%s) failed: %s; marking it down and retrying elsewhere",
+                        container.id, container.url, failure)
+            self.scheduler.set_health(container.id, False)
+            return
+        in_a_row = self._5xx_in_a_row.get(container.id, 0) + 1
+        self._5xx_in_a_row[container.id] = in_a_row
+        if in_a_row >= MAX_5XX_IN_A_ROW:
+            log.warning("container %s (%s) answered 5xx %d times in a row; marking it down",
+                        container.id, container.url, in_a_row)
+            self.scheduler.set_health(container.id, False)
+            self._5xx_in_a_row.pop(container.id, None)
+        else:
+            log.warning("%s; trying another container", failure)
 
     def _callers_error(self, container: Container, status: int, answer: dict) -> Outcome:
         if status in (401, 403):
@@ -181,17 +248,15 @@ class Dispatcher:
         answer["status"] = status
         return Outcome(status, answer)
 
-    def _served(self, reservation: Reservation, answer: dict, arrived: float, attempts: int) -> Outcome:
+    def _served(self, reservation: Reservation, answer: bytes, arrived: float, attempts: int) -> Outcome:
+        """{"result": <the worker's answer as it came>, "container": {...}, "queue_ms",
+        "total_ms", "attempts"}, built as bytes."""
         container = reservation.container
         queue_s, total_s = reservation.queue_wait_s, self.clock() - arrived
         self.on_event("served", {"container": container.id, "queue_s": queue_s, "total_s": total_s})
-        return Outcome(200, {
-            "result": answer,
-            "container": {"id": container.id, "host": container.host, "port": container.port},
-            "queue_ms": round(queue_s * 1000, 3),
-            "total_ms": round(total_s * 1000, 3),
-            "attempts": attempts,
-        })
+        return Outcome(200, payload=b'{"result": %b, "container": %b, "queue_ms": %.3f, "total_ms": %.3f, '
+                                    b'"attempts": %d}' % (answer, container.reference_json, queue_s * 1000,
+                                                          total_s * 1000, attempts))
 
     def _refused(self, refusal: Exception, failures: list[ContainerFailed]) -> Outcome:
         if isinstance(refusal, QueueFull):

@@ -8,11 +8,9 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Awaitable, Callable, Optional
 
-import aiohttp
-
-from .scheduler import Scheduler
+from .scheduler import Container, Scheduler
 
 log = logging.getLogger("mlcluster.orchestrator")
 # Snapshot and write under one lock: two registrations saving at once must not
@@ -23,14 +21,16 @@ _save_lock = threading.Lock()
 class HealthChecker:
     """Probes every container's /ready every `interval_s` on the event loop; a
     failing one is taken out of rotation, a recovered one is brought back.
-    Uses the dispatcher's client session (its own time-outs per probe)."""
+    `probe(container, timeout_s)` -> (healthy, why) does the HTTP (the
+    dispatcher's `probe_ready`, on its kept-alive pools)."""
 
-    def __init__(self, scheduler: Scheduler, session_of: Callable[[], aiohttp.ClientSession],
+    def __init__(self, scheduler: Scheduler,
+                 probe: Callable[[Container, float], Awaitable[tuple[bool, str]]],
                  interval_s: float = 1.0, timeout_s: float = 2.0):
         self.scheduler = scheduler
-        self.session_of = session_of
+        self.probe = probe
         self.interval_s = interval_s
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(1.0, timeout_s))
+        self.timeout_s = timeout_s
         self._task: Optional[asyncio.Task] = None
         self._probes: set[asyncio.Task] = set()
 
@@ -60,12 +60,7 @@ class HealthChecker:
         await asyncio.gather(*(self._check(c) for c in containers))
 
     async def _check(self, container) -> None:
-        try:
-            async with self.session_of().get(f"{container.url}/ready", timeout=self.timeout) as response:
-                await response.read()
-                healthy, why = response.status == 200, f"/ready answered {response.status}"
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            healthy, why = False, f"unreachable ({type(exc).__name__})"
+        healthy, why = await self.probe(container, self.timeout_s)
         if healthy != container.healthy:
             log.warning("container %s (%s) is %s%s", container.id, container.url,
                         "up" if healthy else "down", "" if healthy else f": {why}")

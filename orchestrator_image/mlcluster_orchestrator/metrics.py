@@ -21,6 +21,7 @@ class Metrics:
                                  registry=r, buckets=LATENCY_BUCKETS)
         self.queue_wait = Histogram("orchestrator_queue_wait_seconds", "time spent waiting for a container",
                                     registry=r, buckets=LATENCY_BUCKETS)
+        self._by_status: dict[int, object] = {}  # status -> its counter child (labels() costs a lock and a lookup)
         Gauge("orchestrator_queue_depth", "requests waiting for a container", registry=r).set_function(
             lambda: scheduler.queue_depth)
         Gauge("orchestrator_in_flight", "requests being served by a container", registry=r).set_function(
@@ -37,7 +38,10 @@ class Metrics:
             self.errors.labels(kind=data["reason"]).inc()
 
     def answered(self, status: int) -> None:
-        self.requests.labels(status=str(status)).inc()
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self.requests.labels(status=str(status))
+        child.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Iterable, Optional
+from typing import Callable, Deque, Iterable, Optional, Sequence
 
 FREE, BUSY, DOWN, DRAINING = "free", "busy", "down", "draining"
 LATENCY_WINDOW = 50  # recent latencies kept per container for `status`
@@ -50,6 +51,11 @@ class Container:
     failed: int = 0
     last_released: float = 0.0  # clock time; smaller means idle longer
     latencies_ms: Deque[float] = field(default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW))
+    # {"id", "host", "port"} as JSON, for every answer it serves (id and address never change)
+    reference_json: bytes = field(default=b"", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.reference_json = json.dumps({"id": self.id, "host": self.host, "port": self.port}).encode()
 
     @property
     def url(self) -> str:
@@ -87,24 +93,38 @@ class Reservation:
         return self.granted_at - self.queued_at
 
 
-def choose_container(candidates: Iterable[Container], busy_by_host: dict[str, int]) -> Optional[Container]:
+def choose_container(candidates: Iterable[Container], busy_by_host: dict[str, int],
+                     avoid: Sequence[Container] = ()) -> Optional[Container]:
     """The dispatch policy: among containers that can take a request, prefer the
     host with the fewest busy containers (containers on one host share its CPUs),
-    then the container idle longest. Pure: no locking, no I/O."""
+    then the container idle longest. Containers in `avoid` (those that already
+    failed this request) are left out while any other is healthy, even a busy one:
+    a retry then waits for another container rather than repeat on the same.
+    Pure: no locking, no I/O."""
+    if avoid:  # by identity: Container's generated == compares every field
+        candidates = list(candidates)
+        others = [c for c in candidates if all(c is not a for a in avoid)]
+        if any(c.healthy and not c.draining for c in others):
+            candidates = others
     free = [c for c in candidates if c.can_take()]
     if not free:
         return None
+    if len(free) == 1:
+        return free[0]
     return min(free, key=lambda c: (busy_by_host.get(c.host, 0), c.last_released, c.id))
 
 
 class _Waiter:
     """A place in the queue; `wake()` is called (under the lock) once it holds a reservation."""
-    __slots__ = ("wake", "reservation", "queued_at")
+    __slots__ = ("wake", "reservation", "queued_at", "avoid", "on_grant")
 
-    def __init__(self, queued_at: float, wake: Callable[[], None]):
+    def __init__(self, queued_at: float, wake: Callable[[], None], avoid: Sequence[Container] = (),
+                 on_grant: Optional[Callable[[Reservation], None]] = None):
         self.wake = wake
+        self.on_grant = on_grant
         self.reservation: Optional[Reservation] = None
         self.queued_at = queued_at
+        self.avoid = avoid
 
 
 class Scheduler:
@@ -199,20 +219,31 @@ class Scheduler:
         return self._leave_queue(granted)
 
     async def acquire_async(self, timeout: float, front: bool = False,
-                            queued_at: Optional[float] = None) -> Reservation:
+                            queued_at: Optional[float] = None, avoid: Sequence[Container] = (),
+                            on_grant: Optional[Callable[[Reservation], None]] = None) -> Reservation:
         """`acquire()` for the event loop: a waiting request costs one future and
         one timer. Must run on the loop that calls `release()`/`set_health()`.
         A request cancelled while it waits leaves the queue (or gives back what
-        it was just granted)."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        it was just granted). `avoid`: see `choose_container`.
+        `on_grant(reservation)` runs the moment the container is granted, inside
+        whatever released it and under the scheduler's lock (so it must not call
+        the scheduler): the dispatcher writes the request to the container there,
+        before this coroutine resumes. It must not raise; with it, a caller
+        cancelled after the grant releases the reservation itself."""
+        future = None
 
         def wake() -> None:
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_result(None)
-        granted = self._reserve_or_enqueue(front, queued_at, wake)
-        if isinstance(granted, Reservation):
+        granted = self._reserve_or_enqueue(front, queued_at, wake, avoid, on_grant)
+        if isinstance(granted, Reservation):  # the common case: no future, no timer
+            if on_grant is not None:
+                on_grant(granted)
             return granted
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if granted.reservation is not None and not future.done():  # granted before the future existed
+            future.set_result(None)
         timer = loop.call_later(timeout, wake)
         try:
             await future
@@ -221,14 +252,16 @@ class Scheduler:
                 if granted.reservation is None:
                     self._waiters.remove(granted)
                     raise
-            self.release(granted.reservation, ok=True)
+            if on_grant is None:  # else the caller owns what it was granted (its request may be out already)
+                self.release(granted.reservation, ok=True)
             raise
         finally:
             timer.cancel()
         return self._leave_queue(granted)
 
-    def _reserve_or_enqueue(self, front: bool, queued_at: Optional[float],
-                            wake: Callable[[], None]) -> "Reservation | _Waiter":
+    def _reserve_or_enqueue(self, front: bool, queued_at: Optional[float], wake: Callable[[], None],
+                            avoid: Sequence[Container] = (),
+                            on_grant: Optional[Callable[[Reservation], None]] = None) -> "Reservation | _Waiter":
         """A reservation at once when nobody waits and a container is free;
         otherwise a place in the queue (QueueFull past the limit)."""
         now = self.clock()
@@ -237,12 +270,12 @@ class Scheduler:
             if not self._containers:
                 raise NoContainers()
             if not self._waiters:
-                container = choose_container(self._containers.values(), self._busy_by_host_locked())
+                container = choose_container(self._containers.values(), self._busy_by_host_locked(), avoid)
                 if container is not None:
                     return self._reserve_locked(container, queued_at, now)
             if len(self._waiters) >= self.queue_limit and not front:
                 raise QueueFull()
-            waiter = _Waiter(queued_at, wake)
+            waiter = _Waiter(queued_at, wake, avoid, on_grant)
             if front:
                 self._waiters.appendleft(waiter)
             else:
@@ -280,23 +313,31 @@ class Scheduler:
         return Reservation(container=container, queued_at=queued_at, granted_at=now)
 
     def _dispatch_locked(self) -> int:
-        """Hand free containers to the waiters at the head of the queue; returns how many."""
-        handed = 0
-        while self._waiters:
-            container = choose_container(self._containers.values(), self._busy_by_host_locked())
+        """Hand free containers to the waiters at the head of the queue; returns how many.
+        A waiter whose only free choices are containers it must avoid is passed
+        over (it keeps its place) so the ones behind it are not held up."""
+        handed, i, waiters = 0, 0, self._waiters
+        while i < len(waiters):
+            waiter = waiters[i]
+            container = choose_container(self._containers.values(), self._busy_by_host_locked(), waiter.avoid)
             if container is None:
+                if waiter.avoid and any(c.can_take() for c in self._containers.values()):
+                    i += 1
+                    continue
                 break
-            waiter = self._waiters.popleft()
+            del waiters[i]
             waiter.reservation = self._reserve_locked(container, waiter.queued_at, self.clock())
+            if waiter.on_grant is not None:
+                waiter.on_grant(waiter.reservation)
             waiter.wake()
             handed += 1
         return handed
 
     def _busy_by_host_locked(self) -> dict[str, int]:
-        busy: dict[str, int] = collections.Counter()
+        busy: dict[str, int] = {}
         for c in self._containers.values():
             if c.in_flight:
-                busy[c.host] += 1
+                busy[c.host] = busy.get(c.host, 0) + 1
         return busy
 
     # -- introspection ----------------------------------------------------

@@ -1,0 +1,231 @@
+"""The orchestrator's routes, independent of the HTTP transport (fastserver.py
+parses requests and writes answers; this module decides what they are).
+
+Every answer is an `Answer`: a status, JSON body bytes and extra header
+lines. Errors are `{"error": sentence, "status": code}`, as the aiohttp app
+(app.py) answered them: 404/405 for unknown paths and methods, 400 bad input,
+401 without the token (with `WWW-Authenticate: Bearer`), 409 id conflict,
+413 body over the limit, 408 body too slow, 503 + Retry-After, 504.
+
+`Routes(state, admin=True)`: with admin=False the admin routes (POST /workers,
+DELETE /workers/{id}) are 404 on that listener (a separate admin listener
+serves them with admin=True).
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Awaitable, Callable, Optional, Union
+
+from . import validation
+from .app import lab_ports, settings_from_env
+from .dispatcher import Dispatcher
+from .health import HealthChecker, keep_registry_in
+from .metrics import CONTENT_TYPE as METRICS_TYPE, Metrics
+from .scheduler import Scheduler
+
+log = logging.getLogger("mlcluster.orchestrator")
+JSON_TYPE = b"application/json"
+
+
+@dataclass(slots=True)
+class Request:
+    """What a route sees of a parsed request."""
+    method: bytes
+    path: str
+    authorization: bytes
+    body: bytes
+
+
+@dataclass(slots=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: bytes = b""  # extra header lines, each ending in CRLF
+    content_type: bytes = JSON_TYPE
+
+
+class Refused(Exception):
+    """An error answer raised from anywhere in a route."""
+
+    def __init__(self, status: int, message: str, headers: bytes = b""):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+def error(status: int, message: str, headers: bytes = b"") -> Answer:
+    if status == 401:
+        headers += b"WWW-Authenticate: Bearer\r\n"
+    return Answer(status, json.dumps({"error": message, "status": status}).encode(), headers)
+
+
+def header_lines(headers: dict) -> bytes:
+    return "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+
+
+def checked(check, *args):
+    """Run a validation check; its BadRequest becomes a 400 with its sentence."""
+    try:
+        return check(*args)
+    except validation.BadRequest as exc:
+        raise Refused(400, str(exc)) from None
+
+
+def as_json(body) -> Answer:
+    return Answer(200, json.dumps(body).encode())
+
+
+class Orchestrator:
+    """Everything one orchestrator process holds; `await start()` on the event loop, `await stop()` at the end."""
+
+    def __init__(self, config: Optional[dict] = None):
+        settings = settings_from_env()
+        settings.update(config or {})
+        if not settings["ORCH_TOKEN"]:
+            raise RuntimeError("ORCH_TOKEN is not set: the orchestrator needs a token for its admin endpoints")
+        self.lab_ports = lab_ports(settings["ORCH_LAB_PORTS"])  # fail at start, not at the first registration
+        self.settings = settings
+        self.token = settings["ORCH_TOKEN"].encode()
+        self.scheduler = Scheduler(queue_limit=settings["ORCH_QUEUE_LIMIT"])
+        self.metrics = Metrics(self.scheduler)
+        self.dispatcher = Dispatcher(self.scheduler, queue_timeout_s=settings["ORCH_QUEUE_TIMEOUT_S"],
+                                     forward_timeout_s=settings["ORCH_FORWARD_TIMEOUT_S"],
+                                     max_attempts=settings["ORCH_MAX_ATTEMPTS"],
+                                     worker_token=settings["ORCH_WORKER_TOKEN"], on_event=self.metrics.on_event)
+        self.health = HealthChecker(self.scheduler, self.dispatcher.probe_ready,
+                                    interval_s=settings["ORCH_HEALTH_INTERVAL_S"])
+        if settings["ORCH_STATUS_FILE"]:
+            keep_registry_in(settings["ORCH_STATUS_FILE"], self.scheduler)
+        self.started = time.monotonic()
+
+    async def start(self) -> None:
+        await self.dispatcher.start()
+        if self.settings["ORCH_HEALTH_INTERVAL_S"] > 0:
+            self.health.start()
+        elif self.scheduler.containers():  # restored ones still need one check to enter rotation
+            self.health.probe_soon(self.scheduler.containers())
+
+    async def stop(self) -> None:
+        await self.health.stop()
+        await self.dispatcher.close()
+
+
+Handler = Callable[[Request], Union[Answer, Awaitable[Answer]]]
+
+
+class Routes:
+    """`find(method, path)` -> (handler, is_async), or an error Answer (404/405)."""
+
+    def __init__(self, state: Orchestrator, admin: bool = True):
+        self.state = state
+        s = state.settings
+        self.max_texts = s["ORCH_MAX_TEXTS"]
+        self.max_body = s["ORCH_MAX_BODY_BYTES"]
+        self.body_timeout_s = s["ORCH_BODY_TIMEOUT_S"]
+        self.admin = admin
+        self.exact: dict[str, dict[bytes, tuple[Handler, bool]]] = {
+            "/new_request": {b"POST": (self.new_request, True)},
+            "/receive_ips_from_workers": {b"POST": (self.receive_ips, False)},
+            "/workers_info": {b"GET": (self.workers_info, False)},
+            "/status": {b"GET": (self.status, False)},
+            "/health_check": {b"GET": (self.health_check, False)},
+            "/metrics": {b"GET": (self.metrics, False)},
+        }
+        if admin:
+            self.exact["/workers"] = {b"POST": (self.add_workers, False)}
+        self.alive = Answer(200, b'{"status": "alive"}')
+
+    def find(self, method: bytes, path: str) -> Union[tuple[Handler, bool], Answer]:
+        methods = self.exact.get(path)
+        if methods is None:
+            if self.admin and path.startswith("/workers/") and path.count("/") == 2 and len(path) > 9:
+                methods = {b"DELETE": (self.remove_worker, False)}
+            else:
+                return error(404, "Not Found")
+        found = methods.get(method)
+        if found is None:
+            allow = ",".join(m.decode() for m in methods)
+            return error(405, "Method Not Allowed", f"Allow: {allow}\r\n".encode())
+        return found
+
+    def refused(self, path: str, status: int, message: str, headers: bytes = b"") -> Answer:
+        """An error answer; on /new_request it also counts (as the aiohttp app did)."""
+        if path == "/new_request":
+            self.state.metrics.answered(status)
+            self.state.metrics.errors.labels(kind="bad_request").inc()
+        return error(status, message, headers)
+
+    def too_big(self, path: str) -> Answer:
+        return self.refused(path, 413, f"the body is over the {self.max_body}-byte limit")
+
+    def too_slow(self, path: str) -> Answer:
+        return self.refused(path, 408, f"the body did not arrive within {self.body_timeout_s:g} s")
+
+    def require_token(self, request: Request) -> None:
+        given = request.authorization
+        if not (given.startswith(b"Bearer ") and hmac.compare_digest(given[7:], self.state.token)):
+            raise Refused(401, "this endpoint needs 'Authorization: Bearer <token>' with the cluster's token")
+
+    # -- the routes ---------------------------------------------------------
+    async def new_request(self, request: Request) -> Answer:
+        checked(validation.inference_request, request.body, self.max_texts)
+        outcome = await self.state.dispatcher.handle(request.body)
+        self.state.metrics.answered(outcome.status)
+        return Answer(outcome.status, outcome.payload, header_lines(outcome.headers) if outcome.headers else b"")
+
+    def register(self, specs: list[dict]) -> Answer:
+        state = self.state
+        try:
+            added = [state.scheduler.add(s["host"], s["port"], s["capacity"], id=s["id"], healthy=False)
+                     for s in specs]
+        except ValueError as exc:
+            raise Refused(409, str(exc)) from None
+        state.health.probe_soon(added)
+        log.info("registered %s", ", ".join(f"{c.id}={c.host}:{c.port}" for c in added))
+        return Answer(201, json.dumps({"registered": [c.describe() for c in added]}).encode())
+
+    def add_workers(self, request: Request) -> Answer:
+        self.require_token(request)
+        return self.register(checked(validation.container_specs, request.body))
+
+    def remove_worker(self, request: Request) -> Answer:
+        self.require_token(request)
+        container_id = request.path[len("/workers/"):]
+        try:
+            container = self.state.scheduler.drain(container_id)
+        except KeyError:
+            raise Refused(404, f"no container {container_id!r} is registered") from None
+        # With nothing in flight it has left the registry already.
+        return as_json({"draining": container.id, "in_flight": container.in_flight,
+                        "removed": container.in_flight == 0})
+
+    def receive_ips(self, request: Request) -> Answer:
+        """The lab's contract: a JSON list of worker IPs, two containers each."""
+        self.require_token(request)
+        ips = checked(validation.worker_ips, request.body)
+        return self.register([{"host": ip, "port": port, "capacity": 1, "id": None}
+                              for ip in ips for port in self.state.lab_ports])
+
+    def workers_info(self, request: Request) -> Answer:
+        """The lab's shape: {"workers info": {id: {"ip", "port", "status": busy|free}}}."""
+        return as_json({"workers info": {c.id: {"ip": c.host, "port": c.port,
+                                                "status": "busy" if c.in_flight else "free"}
+                                         for c in self.state.scheduler.containers()}})
+
+    def status(self, request: Request) -> Answer:
+        snapshot = self.state.scheduler.snapshot()
+        snapshot["uptime_s"] = round(time.monotonic() - self.state.started, 1)
+        return as_json(snapshot)
+
+    def health_check(self, request: Request) -> Answer:
+        return self.alive
+
+    def metrics(self, request: Request) -> Answer:
+        return Answer(200, self.state.metrics.exposition(), content_type=METRICS_TYPE.encode())
+
+
+STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
