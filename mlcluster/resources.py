@@ -33,6 +33,7 @@ class LocalProcess:
     port: int          # on 127.0.0.1
     log: str           # its log file
     pid: int = 0
+    admin_port: int = 0  # the orchestrator's admin listener, on 127.0.0.1 (0: none, an older cluster)
 
 
 @dataclass
@@ -43,6 +44,7 @@ class LocalDocker:
     images: dict[str, str] = field(default_factory=dict)      # kind -> image tag
     network: str = ""                                          # the bridge network's id
     orchestrator_port: Optional[int] = None                    # published on 127.0.0.1
+    admin_port: Optional[int] = None                           # the admin listener, published on 127.0.0.1
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class SSHService:
     runtime: str = "process"    # process | docker
     host: str = ""              # the host's name (a key of SSHResources.hosts)
     port: int = 0
+    admin_port: int = 0         # the orchestrator's admin listener, on the host's 127.0.0.1 (0: none)
     pid: int = 0                # process runtime: the session leader's pid
     log: str = ""               # process runtime: its log file on the host
     container: str = ""         # docker runtime: the container's name

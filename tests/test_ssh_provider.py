@@ -120,17 +120,47 @@ def test_follow_streams_new_lines(net, cluster):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         time.sleep(2)
-        # A registration is logged by the orchestrator: make one happen now.
-        token = cluster["state"]["token"]
-        requests.post(f"{cluster['url']}/workers", json={"host": "10.213.255.1", "port": 5999, "id": "probe"},
-                      headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        # A registration is logged by the orchestrator: make one happen now, on its admin listener.
+        admin_call(net, cluster, "POST", "/workers", {"host": "10.213.255.1", "port": 5999, "id": "probe"})
         seen = []
         wait_for(lambda: seen.append(proc.stdout.readline()) or "probe" in seen[-1], "the new line followed",
                  timeout=20, interval=0.3)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        requests.delete(f"{cluster['url']}/workers/probe", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        admin_call(net, cluster, "DELETE", "/workers/probe")
+
+
+def admin_call(net, cluster, method: str, path: str, body=None) -> tuple[int, dict]:
+    """A call to the orchestrator's admin listener from its own host (inside
+    its namespace, to its 127.0.0.1): the status code and the JSON answer."""
+    port = cluster["state"]["resources"]["ssh"]["services"]["orchestrator"]["admin_port"]
+    code = ("import json, sys, requests; r = requests.request(sys.argv[1], sys.argv[2], json=json.loads(sys.argv[3]), "
+            "headers={'Authorization': 'Bearer ' + sys.argv[4]}, timeout=5); print(r.status_code, r.text)")
+    done = net.hosts["orch"].exec(sys.executable, "-c", code, method, f"http://127.0.0.1:{port}{path}",
+                                  json.dumps(body), cluster["state"]["token"])
+    assert done.returncode == 0, done.stderr
+    code, text = done.stdout.split(" ", 1)
+    return int(code), json.loads(text)
+
+
+def test_admin_endpoints_only_on_the_orchestrator_hosts_loopback(net, cluster):
+    """`up` registered every container through SSH to the admin listener; the
+    public port answers the admin paths 404 even with the token, and the admin
+    port cannot be reached from the network."""
+    orch = net.hosts["orch"]
+    admin_port = cluster["state"]["resources"]["ssh"]["services"]["orchestrator"]["admin_port"]
+    assert admin_port == 8001  # orchestrator_port + 1
+    auth = {"Authorization": f"Bearer {cluster['state']['token']}"}
+    public = requests.post(f"{cluster['url']}/workers", json={"containers": []}, headers=auth, timeout=5)
+    assert public.status_code == 404 and public.json()["status"] == 404
+    assert requests.delete(f"{cluster['url']}/workers/w1-1", headers=auth, timeout=5).status_code == 404
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://{orch.address}:{admin_port}/status", timeout=5)
+    listening = orch.exec("ss", "-Htln", f"sport = :{admin_port}").stdout.split()
+    assert "127.0.0.1:8001" in listening and not any(a.endswith(":8001") and a != "127.0.0.1:8001" for a in listening)
+    code, answer = admin_call(net, cluster, "DELETE", "/workers/nosuch")  # served there: the id is unknown
+    assert code == 404 and answer["error"] == "no container 'nosuch' is registered"
 
 
 def test_host_losing_its_network_mid_load_loses_no_request(net, cluster):

@@ -1,5 +1,6 @@
 """`python -m mlcluster_orchestrator`: the orchestrator on BIND (127.0.0.1:8000),
-settings from the environment (see app.DEFAULTS). LOG_LEVEL sets the log level;
+settings from the environment (see app.DEFAULTS); with ORCH_ADMIN_BIND
+(host:port) the admin endpoints only there. LOG_LEVEL sets the log level;
 ORCH_UVLOOP=0 keeps asyncio's own event loop (uvloop is used when installed)."""
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import os
 import sys
 
-from .app import create_app, settings_from_env
+from .app import create_admin_app, create_app, settings_from_env
 from .server import serve
 
 
@@ -35,10 +36,11 @@ def main() -> int:
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         except ImportError:
             pass
+    admin = (create_admin_app(app), settings["ORCH_ADMIN_BIND"]) if settings["ORCH_ADMIN_BIND"] else None
     asyncio.run(serve(app, os.environ.get("BIND", "127.0.0.1:8000"),
                       header_timeout_s=settings["ORCH_HEADER_TIMEOUT_S"],
                       idle_timeout_s=settings["ORCH_IDLE_TIMEOUT_S"],
-                      max_connections=settings["ORCH_MAX_CONNECTIONS"]))
+                      max_connections=settings["ORCH_MAX_CONNECTIONS"], admin=admin))
     return 0
 
 

@@ -4,6 +4,13 @@
 
 One process, one event loop: a waiting request is a future in the scheduler's
 FIFO, not a thread. Settings come from the environment (DEFAULTS below).
+
+The admin endpoints (`admin_routes`: POST /workers, DELETE /workers/{id}) are
+served on the public listener only when ORCH_ADMIN_BIND is empty. With
+ORCH_ADMIN_BIND=host:port they are served only by a second application
+(`create_admin_app`) on that listener, a loopback one reached through SSH, and
+the public one answers them 404 JSON (`public_routes(app, include_admin=False)`).
+The lab's /receive_ips_from_workers stays public, with its token, by contract.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ log = logging.getLogger("mlcluster.orchestrator")
 
 DEFAULTS = {
     "ORCH_TOKEN": "",
+    "ORCH_ADMIN_BIND": "",  # host:port of the admin listener ("": admin endpoints on the public one)
     "ORCH_WORKER_TOKEN": "",  # sent to workers as a bearer token on /run_model; never logged
     "ORCH_QUEUE_LIMIT": 100,
     "ORCH_QUEUE_TIMEOUT_S": 30.0,
@@ -215,9 +223,41 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=request.app[STATE].metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
+async def admin_elsewhere(request: web.Request) -> web.Response:
+    """What the public listener answers for an admin path when an admin listener serves them."""
+    raise Refused(404, "not found (the admin endpoints are not served on this address)")
+
+
+def admin_routes(app: web.Application) -> None:
+    """The endpoints that change the cluster with the token (never the lab's contract)."""
+    app.router.add_post("/workers", add_workers)
+    app.router.add_delete("/workers/{container_id}", remove_worker)
+
+
+def read_only_routes(app: web.Application) -> None:
+    app.router.add_get("/workers_info", workers_info, allow_head=False)
+    app.router.add_get("/status", status, allow_head=False)
+    app.router.add_get("/health_check", health_check, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+
+
+def public_routes(app: web.Application, include_admin: bool) -> None:
+    """The lab's endpoints and the read-only ones; the admin ones too only with
+    `include_admin`, else every method on their paths is a 404."""
+    app.router.add_post("/new_request", new_request)
+    app.router.add_post("/receive_ips_from_workers", receive_ips)
+    read_only_routes(app)
+    if include_admin:
+        admin_routes(app)
+    else:
+        app.router.add_route("*", "/workers", admin_elsewhere)
+        app.router.add_route("*", "/workers/{tail:.*}", admin_elsewhere)
+
+
 def create_app(config: dict | None = None) -> web.Application:
-    """The application; the client session and the health checker start with
-    it (on_startup) and stop with it (on_cleanup)."""
+    """The public application; the client session and the health checker
+    start with it (on_startup) and stop with it (on_cleanup). It serves the
+    admin endpoints only when ORCH_ADMIN_BIND is empty (see the module docstring)."""
     settings = settings_from_env()
     settings.update(config or {})
     if not settings["ORCH_TOKEN"]:
@@ -249,12 +289,16 @@ def create_app(config: dict | None = None) -> web.Application:
     app[STATE] = state
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
-    app.router.add_post("/new_request", new_request)
-    app.router.add_post("/workers", add_workers)
-    app.router.add_delete("/workers/{container_id}", remove_worker)
-    app.router.add_post("/receive_ips_from_workers", receive_ips)
-    app.router.add_get("/workers_info", workers_info, allow_head=False)
-    app.router.add_get("/status", status, allow_head=False)
-    app.router.add_get("/health_check", health_check, allow_head=False)
-    app.router.add_get("/metrics", metrics, allow_head=False)
+    public_routes(app, include_admin=not settings["ORCH_ADMIN_BIND"])
+    return app
+
+
+def create_admin_app(public: web.Application) -> web.Application:
+    """The admin listener's application: the admin endpoints and the read-only
+    ones, over the same orchestrator as `public` (which starts and stops it)."""
+    state: Orchestrator = public[STATE]
+    app = web.Application(client_max_size=state.settings["ORCH_MAX_BODY_BYTES"], middlewares=[json_errors])
+    app[STATE] = state
+    admin_routes(app)
+    read_only_routes(app)
     return app

@@ -14,6 +14,10 @@ and `maxconn` do in front of a server):
   503 and is closed at once, before anything of it is read; connections that
   already hold a queued request are never touched;
 - the open-files soft limit is raised to the hard limit at start.
+
+`serve(..., admin=(admin_app, "127.0.0.1:8001"))` also runs the admin
+application (app.create_admin_app) on its own listener, with the same guards
+and a cap of its own (ORCH_ADMIN_BIND; see app.py).
 """
 from __future__ import annotations
 
@@ -130,31 +134,46 @@ def listen(bind: str) -> socket.socket:
     return sock
 
 
-async def serve(app: web.Application, bind: str, *, header_timeout_s: float, idle_timeout_s: float,
-                max_connections: int) -> None:
-    """Run `app` on `bind` ("host:port") until SIGTERM/SIGINT."""
-    soft = raise_open_files_limit()
-    if max_connections > soft - FD_RESERVE:
-        log.warning("ORCH_MAX_CONNECTIONS=%d is above what %d open files allow; using %d",
-                    max_connections, soft, soft - FD_RESERVE)
-        max_connections = max(1, soft - FD_RESERVE)
-    guards = Guards(header_timeout_s, max_connections)
+async def _guarded_listener(app: web.Application, bind: str, guards: Guards, idle_timeout_s: float):
+    """`app` served on `bind` with `guards`: (runner, listening server)."""
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout_s, handle_signals=False,
                            shutdown_timeout=5.0)
     await runner.setup()
     server = runner.server
     loop = asyncio.get_running_loop()
-    sock = listen(bind)
     # web.TCPSite would build plain RequestHandlers; the same server, guarded:
     listener = await loop.create_server(
-        lambda: GuardedHandler(guards, server, loop=loop, **server._kwargs), sock=sock, backlog=4096)
+        lambda: GuardedHandler(guards, server, loop=loop, **server._kwargs), sock=listen(bind), backlog=4096)
+    return runner, listener
+
+
+async def serve(app: web.Application, bind: str, *, header_timeout_s: float, idle_timeout_s: float,
+                max_connections: int, admin: tuple[web.Application, str] | None = None) -> None:
+    """Run `app` on `bind` ("host:port") until SIGTERM/SIGINT; `admin`, an
+    (application, "host:port") pair, on a listener of its own beside it."""
+    soft = raise_open_files_limit()
+    if max_connections > soft - FD_RESERVE:
+        log.warning("ORCH_MAX_CONNECTIONS=%d is above what %d open files allow; using %d",
+                    max_connections, soft, soft - FD_RESERVE)
+        max_connections = max(1, soft - FD_RESERVE)
+    runner, listener = await _guarded_listener(app, bind, Guards(header_timeout_s, max_connections), idle_timeout_s)
     log.info("Listening at http://%s (header time-out %gs, idle time-out %gs, at most %d connections)",
              bind, header_timeout_s, idle_timeout_s, max_connections)
+    admin_runner = admin_listener = None
+    if admin is not None:
+        admin_runner, admin_listener = await _guarded_listener(admin[0], admin[1], Guards(header_timeout_s, 64),
+                                                               idle_timeout_s)
+        log.info("Admin endpoints at http://%s only", admin[1])
+    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
-        listener.close()
+        for closing in (admin_listener, listener):
+            if closing is not None:
+                closing.close()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
         await runner.cleanup()

@@ -86,11 +86,14 @@ class ProcessRuntime:
     @staticmethod
     def _check_port_free(host: RemoteHost, python: str, service: ServiceSpec) -> None:
         bind = service.env.get("BIND", f"0.0.0.0:{service.port}").rsplit(":", 1)[0]
-        probe = ("import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
-                 f"s.bind(({bind!r}, {int(service.port)}))")
-        if not host.run(f"{quote(python)} -c {quote(probe)}", warn=True).ok:
-            raise MlclusterError(f"{host.name}: port {service.port} is already taken, so {service.id} cannot start",
-                                 "stop what listens there (another cluster?) or set worker_port / orchestrator_port")
+        wanted = [(bind, service.port)] + ([("127.0.0.1", service.admin_port)] if service.admin_port else [])
+        for address, port in wanted:
+            probe = ("import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                     f"s.bind(({address!r}, {int(port)}))")
+            if not host.run(f"{quote(python)} -c {quote(probe)}", warn=True).ok:
+                raise MlclusterError(f"{host.name}: port {port} is already taken, so {service.id} cannot start",
+                                     "stop what listens there (another cluster?) or set worker_port / "
+                                     "orchestrator_port / admin_port")
 
     def stop(self, host: RemoteHost, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
         """Stop the recorded services and (unless `only`) any other process of
