@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import ContextManager, Iterator, Optional
 
 from ... import services
+from ...autostop import settings as autostop_settings
 from ...errors import MlclusterError
 from ...models import resolve_model
 from ...resources import LocalProcess
 from ...state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir
 from ...ui import QuietUI
 from ..base import CostPlan, Deployment
+from . import autostop as local_autostop
 from .processes import (LOOPBACK, is_alive, find_marked, free_port, marker, port_free, read_log, spawn, terminate,
                         is_zombie)
 
@@ -58,10 +60,29 @@ class LocalProvider:
             if not docker_engine_answers():
                 raise MlclusterError("no Docker engine answers on this machine",
                                      "start dockerd, or use --runtime process")
-            return self._docker().up(spec, state, ui)
+            deployment = self._docker().up(spec, state, ui)
+        else:
+            deployment = self._up_processes(spec, state, ui)
+        self._watchdog(spec, state, deployment.orchestrator_url, ui)
+        return deployment
+
+    @staticmethod
+    def _watchdog(spec: ClusterSpec, state: ClusterState, url: str, ui: QuietUI) -> None:
+        """The autostop watchdog (local/autostop.py) when autostop or
+        max_lifetime is set; one no longer asked for is stopped."""
+        watch = autostop_settings(spec, state.resources)
+        if watch is None:
+            local_autostop.stop_watchdog(state)
+        else:
+            with ui.step("starting the autostop watchdog"):
+                record = local_autostop.ensure(state, f"{url}/status", *watch)
+                state.resources.processes[:] = [p for p in state.resources.processes if p.id != "watchdog"] + [record]
+        state.save()
+
+    def _up_processes(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
         model = resolve_model(spec.model, ui)
         procs = state.resources.processes
-        alive = {p.id: p for p in procs if is_alive(p.pid, marker(spec.name))}
+        alive = {p.id: p for p in procs if p.role != "watchdog" and is_alive(p.pid, marker(spec.name))}
         logs = cluster_dir(spec.name) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
 
@@ -165,7 +186,7 @@ class LocalProvider:
         return contextlib.nullcontext(f"http://{LOOPBACK}:{port}" if port else state.orchestrator_url)
 
     def stopped_itself(self, state: ClusterState) -> Optional[str]:
-        return None  # no watchdog runs for a local cluster
+        return local_autostop.stopped_itself(state)
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation

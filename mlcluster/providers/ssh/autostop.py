@@ -17,29 +17,14 @@ import shlex
 import time
 from typing import Optional
 
-from ...autostop import WATCHDOG_SOURCE, seconds_or_none, watchdog_command
+from ...autostop import WATCHDOG_SOURCE, describe, settings, watchdog_command  # noqa: F401 (re-exported)
 from ...remote.connection import quote
-from ...resources import SSHResources, SSHService
+from ...resources import SSHService
 from ...services import MARKER_VAR
-from ...state import ClusterSpec
 from .host import RemoteHost
 from .process import ProcessRuntime, _find_by_marker
 
 RECORD = "autostop.json"
-
-
-def settings(spec: ClusterSpec, resources: SSHResources) -> Optional[tuple[Optional[float], Optional[float]]]:
-    """(idle seconds, deadline epoch) or None when neither is set. The lifetime
-    counts from the cluster's first `up` with autostop (kept in
-    `resources.autostop_started`, saved with the next record)."""
-    idle = seconds_or_none(spec.autostop, "autostop")
-    lifetime = seconds_or_none(spec.max_lifetime, "max_lifetime")
-    if idle is None and lifetime is None:
-        return None
-    if resources.autostop_started is None:
-        resources.autostop_started = time.time()
-    started = resources.autostop_started
-    return idle, (started + lifetime if lifetime else None)
 
 
 def stop_script(cluster: str, marker: str, docker: str, power_off: bool) -> str:
@@ -80,15 +65,3 @@ def fired(host: RemoteHost) -> Optional[str]:
         host.prepare_workdir()
     result = host.run(f"cat {quote(host.path(RECORD))} 2>/dev/null", warn=True)
     return result.stdout.strip() if result.ok and result.stdout.strip() else None
-
-
-def describe(record_text: str) -> str:
-    """An autostop record as a phrase: "autostop at 2026-12-01 11:40 UTC"."""
-    import datetime
-    import json
-    try:
-        note = json.loads(record_text)  # what watchdog.py wrote when it fired
-        when = datetime.datetime.fromtimestamp(note["stopped_at"], datetime.timezone.utc)
-        return f"{note['reason']} at {when:%Y-%m-%d %H:%M:%S} UTC"
-    except (ValueError, KeyError, TypeError):
-        return "its watchdog fired"
