@@ -17,13 +17,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import requests
 
 from support.console import mlcluster_in as cli
 from support.sshcluster import CLUSTER, load, our_processes, status, toml_config
-from support.sshhosts import SSHTestNetwork, missing_facilities
+from support.sshhosts import LOGIN_ONLY_VALUE, LOGIN_ONLY_VAR, SSHTestNetwork, missing_facilities
 from support.waiting import wait_for
 
 pytestmark = [pytest.mark.ssh,
@@ -70,6 +71,31 @@ def test_up_registers_every_container_with_private_addresses(net, cluster):
     env_file = net.hosts["orch"].workdir / "orchestrator.env"
     assert oct(env_file.stat().st_mode & 0o777) == "0o600" and state["token"] in env_file.read_text()
     assert state["token"] not in cluster["up"].stdout + cluster["up"].stderr
+
+
+def test_services_get_only_the_environment_they_need(net, cluster):
+    """Started with `env -i`: a service's environment holds its own settings
+    (its env file) and the basics (PATH, HOME, the locale...), nothing else of
+    the login's, such as what sshd's SetEnv or the SSH session put there."""
+    from mlcluster.remote.connection import Connection, HostKeyStore
+    from mlcluster.services import PASSED_VARS, WORKER_PASSED_VARS
+    orch = net.hosts["orch"]
+    login = Connection(orch.address, "root", key_path=str(net.client_key), known_hosts=HostKeyStore())
+    try:
+        seen = login.run(f"echo ${LOGIN_ONLY_VAR} $SSH_CONNECTION").stdout.split()
+    finally:
+        login.close()
+    assert seen[0] == LOGIN_ONLY_VALUE and len(seen) > 1  # the login environment has both
+    resources = cluster["state"]["resources"]["ssh"]
+    for sid, record in resources["services"].items():
+        workdir = Path(resources["hosts"][record["host"]]["workdir"])
+        own = {line.split("=", 1)[0] for line in (workdir / f"{sid}.env").read_text().splitlines() if line}
+        raw = Path(f"/proc/{record['pid']}/environ").read_bytes().split(b"\0")
+        env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+        allowed = own | set(PASSED_VARS) | {"PWD"} | (set(WORKER_PASSED_VARS) if sid != "orchestrator" else set())
+        assert set(env) <= allowed, (sid, set(env) - allowed)
+        assert LOGIN_ONLY_VAR not in env and "SSH_CONNECTION" not in env and "DOCKER_HOST" not in env
+        assert env["MLCLUSTER_MARKER"] == f"ssh:{CLUSTER}:{record['host']}" and env["PATH"]
 
 
 def test_second_up_reuses_what_runs(net, cluster):

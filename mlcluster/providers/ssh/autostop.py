@@ -14,15 +14,16 @@ A watchdog is recorded as the service `watchdog-<host>` (process runtime), so
 from __future__ import annotations
 
 import shlex
-import time
 from typing import Optional
 
 from ...autostop import WATCHDOG_SOURCE, describe, settings, watchdog_command  # noqa: F401 (re-exported)
 from ...remote.connection import quote
 from ...resources import SSHService
-from ...services import MARKER_VAR
+from ...services import MARKER_VAR, PASSED_VARS
 from .host import RemoteHost
-from .process import ProcessRuntime, _find_by_marker
+from .process import ProcessRuntime, _find_by_marker, clean_env
+
+DOCKER_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG")
 
 RECORD = "autostop.json"
 
@@ -53,7 +54,9 @@ def start(host: RemoteHost, cluster: str, marker: str, status_url: str, idle_s: 
         runtime.stop(host, {"watchdog": known}, marker, only=True)
     host.conn.put(WATCHDOG_SOURCE, script)
     log, pidfile = host.path("watchdog.log"), host.path("watchdog.pid")
-    host.run(f"rm -f {quote(record)}; ( cd {quote(host.workdir)} && exec env {quote(f'{MARKER_VAR}={marker}')} "
+    # Only the basics of the login environment, and how to reach the host's Docker engine (the stop script).
+    clean = clean_env(PASSED_VARS + DOCKER_VARS)
+    host.run(f"rm -f {quote(record)}; ( cd {quote(host.workdir)} && exec {clean} {quote(f'{MARKER_VAR}={marker}')} "
              f"setsid {settings_key} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
     pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
     return SSHService(runtime=runtime.name, pid=pid, log=log, kind="watchdog", command=settings_key)

@@ -1,11 +1,16 @@
 """The process runtime over SSH: services as background processes on the host.
 
 Each service is `python -m gunicorn ...` (mlcluster.services' command line)
-started in its own session:
+started in its own session with only the environment it needs:
 
-    ( cd WORKDIR && set -a && . ./ID.env && set +a && exec setsid PY ... >>ID.log 2>&1 </dev/null & echo $! >ID.pid )
+    ( cd WORKDIR && exec env -i PATH=.. HOME=.. LANG=.. sh -c 'set -a && . "$0" && set +a && exec setsid "$@"' \
+        ./ID.env PY ... >>ID.log 2>&1 </dev/null & echo $! >ID.pid )
 
-so the SSH channel closes at once and `kill -- -PID` ends the whole service.
+`env -i` drops the login environment (SSH_CONNECTION, whatever the user's
+profile or sshd's SetEnv put there) but for the basics services.PASSED_VARS
+names (a worker also the proxy and Hugging Face ones it may need); its own
+settings come from the 0600 env file. The SSH channel closes at once and
+`kill -- -PID` ends the whole service.
 Its pid is recorded in the cluster state; every process carries
 MLCLUSTER_MARKER=<marker> in its environment, which is checked before any
 signal is sent (a recycled pid is never killed) and lets `down` find strays
@@ -27,7 +32,7 @@ from typing import Optional
 from ...errors import MlclusterError
 from ...resources import SSHService
 from .host import RemoteHost, ServiceSpec
-from ...services import MARKER_VAR, orchestrator_command, worker_command
+from ...services import MARKER_VAR, PASSED_VARS, WORKER_PASSED_VARS, orchestrator_command, worker_command
 from ...remote.connection import quote
 
 CHECK_IMPORTS = "import mlcluster_worker, mlcluster_orchestrator, gunicorn, flask, aiohttp"
@@ -65,8 +70,10 @@ class ProcessRuntime:
         command = " ".join(quote(a) for a in (worker_command(python) if service.kind == "worker"
                                               else orchestrator_command(python)))
         log, pidfile = host.path(f"{service.id}.log"), host.path(f"{service.id}.pid")
-        host.run(f"( cd {quote(host.workdir)} && set -a && . {quote(env_file)} && set +a && "
-                 f"exec setsid {command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
+        passed = PASSED_VARS + (WORKER_PASSED_VARS if service.kind == "worker" else ())
+        load = quote('set -a && . "$0" && set +a && exec setsid "$@"')
+        host.run(f"( cd {quote(host.workdir)} && exec {clean_env(passed)} /bin/sh -c {load} {quote(env_file)} "
+                 f"{command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
         pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
         host.facts.setdefault("just_started", []).append((service.id, pid, log, time.monotonic()))
         return SSHService(runtime=self.name, pid=pid, log=log)
@@ -121,6 +128,12 @@ class ProcessRuntime:
 
     def _any_alive(self, host: RemoteHost, pids: list[int], marker: str) -> bool:
         return host.run(" || ".join(f"({_has_marker(p, marker)})" for p in pids), warn=True).ok
+
+
+def clean_env(passed: tuple[str, ...]) -> str:
+    """`env -i` and those of `passed` the login shell has, as shell words
+    (expanded on the host: `${PATH+"PATH=$PATH"}` is nothing when PATH is unset)."""
+    return "env -i " + " ".join(f'${{{name}+"{name}=${name}"}}' for name in passed)
 
 
 def _has_marker(pid: int, marker: str) -> str:
