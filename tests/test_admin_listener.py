@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import socket
 import subprocess
+import sys
 
 import pytest
 import requests
@@ -132,3 +134,10 @@ def test_local_cluster_registers_through_its_admin_listener(home, tiny_model):
     assert len(requests.get(f"{url}/status", timeout=5).json()["containers"]) == 2
     cli("down", "--name", "adminlocal", "--yes")
     assert find_marked(marker("adminlocal")) == []
+
+
+@pytest.mark.parametrize("bind", ["nonsense", "127.0.0.1:", "127.0.0.1:99999", ":8001"])
+def test_a_bad_admin_bind_fails_at_start_with_a_sentence(bind):
+    done = subprocess.run([sys.executable, "-m", "mlcluster_orchestrator"], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, ORCH_TOKEN=TOKEN, ORCH_ADMIN_BIND=bind, BIND=f"127.0.0.1:{free_port()}"))
+    assert done.returncode == 2 and "ORCH_ADMIN_BIND" in done.stderr and "Traceback" not in done.stderr

@@ -263,6 +263,11 @@ def create_app(config: dict | None = None) -> web.Application:
     if not settings["ORCH_TOKEN"]:
         raise RuntimeError("ORCH_TOKEN is not set: the orchestrator needs a token for its admin endpoints")
     lab_ports(settings["ORCH_LAB_PORTS"])  # fail at start, not at the first registration
+    if settings["ORCH_ADMIN_BIND"]:
+        host, _, port = settings["ORCH_ADMIN_BIND"].rpartition(":")
+        if not (host and port.isdigit() and 0 < int(port) < 65536):
+            raise RuntimeError(f"ORCH_ADMIN_BIND={settings['ORCH_ADMIN_BIND']!r} must be host:port, "
+                               "such as 127.0.0.1:8001")
     scheduler = Scheduler(queue_limit=settings["ORCH_QUEUE_LIMIT"])
     telemetry = Metrics(scheduler)
     dispatcher = Dispatcher(scheduler, queue_timeout_s=settings["ORCH_QUEUE_TIMEOUT_S"],
