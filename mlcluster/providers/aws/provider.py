@@ -205,13 +205,11 @@ class AWSProvider:
     def _terminate_surplus(aws: AWS, state: ClusterState, surplus: list[Instance], ui: QuietUI) -> None:
         """Terminate workers beyond the count asked for, and forget them (and
         their services, which end with them) in the state."""
-        listed = ", ".join(f"{i.name} ({i.id})" for i in surplus)
-        with ui.step(f"terminating {listed}: no longer part of the cluster"):
+        with ui.step(f"terminating {', '.join(f'{i.name} ({i.id})' for i in surplus)}: no longer part of the cluster"):
             ec2.terminate(aws, [i.id for i in surplus])
-        gone = {i.name for i in surplus}
-        res = state.resources.aws
+        gone, ids, res = {i.name for i in surplus}, {i.id for i in surplus}, state.resources.aws
         _remember(state, aws, instances={n: i for n, i in res.instances.items() if n not in gone},
-                  address_owners={a: i for a, i in res.address_owners.items() if i not in {s.id for s in surplus}})
+                  address_owners={a: i for a, i in res.address_owners.items() if i not in ids})
         ssh = state.resources.ssh
         if ssh is not None:
             ssh.hosts = {n: h for n, h in ssh.hosts.items() if n not in gone}
