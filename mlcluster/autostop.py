@@ -8,9 +8,12 @@ import datetime
 import re
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .errors import MlclusterError
+
+if TYPE_CHECKING:
+    from .state import ClusterSpec
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -58,3 +61,29 @@ def summary(autostop: str, max_lifetime: str, started: Optional[float], hourly: 
 
 def _utc(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def settings(spec: "ClusterSpec", resources) -> Optional[tuple[Optional[float], Optional[float]]]:
+    """(idle seconds, deadline epoch) or None when neither is set. The lifetime
+    counts from the cluster's first `up` with autostop (kept in
+    `resources.autostop_started`: SSHResources' or, for a local cluster,
+    Resources'; saved with the next record)."""
+    idle = seconds_or_none(spec.autostop, "autostop")
+    lifetime = seconds_or_none(spec.max_lifetime, "max_lifetime")
+    if idle is None and lifetime is None:
+        return None
+    if resources.autostop_started is None:
+        resources.autostop_started = time.time()
+    started = resources.autostop_started
+    return idle, (started + lifetime if lifetime else None)
+
+
+def describe(record_text: str) -> str:
+    """An autostop record as a phrase: "autostop at 2026-12-01 11:40 UTC"."""
+    import json
+    try:
+        note = json.loads(record_text)  # what watchdog.py wrote when it fired
+        when = datetime.datetime.fromtimestamp(note["stopped_at"], datetime.timezone.utc)
+        return f"{note['reason']} at {when:%Y-%m-%d %H:%M:%S} UTC"
+    except (ValueError, KeyError, TypeError):
+        return "its watchdog fired"

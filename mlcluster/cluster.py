@@ -173,7 +173,7 @@ def status(name: str) -> dict:
                     orchestrator_url=state.orchestrator_url, model=state.spec.model,
                     backend=state.spec.backend)
     plan = provider.plan(state.spec)
-    started = state.resources.ssh.autostop_started if state.resources.ssh else None
+    started = state.resources.ssh.autostop_started if state.resources.ssh else state.resources.autostop_started
     watch = autostop.summary(state.spec.autostop, state.spec.max_lifetime, started, plan.hourly if plan else 0.0)
     if watch:
         snapshot["autostop"] = watch

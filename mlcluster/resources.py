@@ -26,13 +26,15 @@ def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class LocalProcess:
-    """One process of a local cluster with the process runtime."""
-    id: str            # orchestrator | worker<w>-<c>
-    role: str          # orchestrator | worker
+    """One process of a local cluster: the orchestrator and workers of the
+    process runtime, and the autostop watchdog (either runtime)."""
+    id: str            # orchestrator | worker<w>-<c> | watchdog
+    role: str          # orchestrator | worker | watchdog
     worker: str        # the simulated machine ("" for the orchestrator)
     port: int          # on 127.0.0.1
     log: str           # its log file
     pid: int = 0
+    admin_port: int = 0  # the orchestrator's admin listener, on 127.0.0.1 (0: none, an older cluster)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class LocalDocker:
     images: dict[str, str] = field(default_factory=dict)      # kind -> image tag
     network: str = ""                                          # the bridge network's id
     orchestrator_port: Optional[int] = None                    # published on 127.0.0.1
+    admin_port: Optional[int] = None                           # the admin listener, published on 127.0.0.1
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class SSHService:
     runtime: str = "process"    # process | docker
     host: str = ""              # the host's name (a key of SSHResources.hosts)
     port: int = 0
+    admin_port: int = 0         # the orchestrator's admin listener, on the host's 127.0.0.1 (0: none)
     pid: int = 0                # process runtime: the session leader's pid
     log: str = ""               # process runtime: its log file on the host
     container: str = ""         # docker runtime: the container's name
@@ -111,6 +115,8 @@ class Resources:
     ssh: Optional[SSHResources] = None
     aws: Optional[AWSResources] = None
     host_keys: dict[str, str] = field(default_factory=dict)  # "host:port" -> "keytype base64"
+    # A local cluster's first `up` with autostop (epoch): its lifetime counts from it (ssh: SSHResources').
+    autostop_started: Optional[float] = None
 
     def is_empty(self) -> bool:
         """True when no provider has recorded anything (a part it made, even empty, counts)."""
@@ -126,4 +132,4 @@ class Resources:
                    docker=LocalDocker(**_known(LocalDocker, docker)) if docker is not None else None,
                    ssh=SSHResources.from_json(ssh) if ssh is not None else None,
                    aws=AWSResources(**_known(AWSResources, aws)) if aws is not None else None,
-                   host_keys=dict(data.get("host_keys", {})))
+                   host_keys=dict(data.get("host_keys", {})), autostop_started=data.get("autostop_started"))

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from .state import ClusterSpec, ClusterState
 
 WORKER_APP = "mlcluster_worker.app:create_app()"
-ORCHESTRATOR_APP = "mlcluster_orchestrator.app:create_app()"
 # Every process we start carries this variable; `down` finds strays by it
 # (never by name patterns, which could hit other programs).
 MARKER_VAR = "MLCLUSTER_MARKER"
@@ -84,9 +83,11 @@ def cluster_worker_settings(spec: "ClusterSpec", state: "ClusterState") -> dict:
 
 def orchestrator_env(*, port: int, token: str, host: str = "127.0.0.1", queue_limit: int = 100,
                      queue_timeout_s: float = 30.0, status_file: str = "", health_interval_s: float = 1.0,
-                     marker: str = "", worker_token: str = "") -> dict[str, str]:
+                     marker: str = "", worker_token: str = "", admin_bind: str = "") -> dict[str, str]:
     """Environment for the orchestrator. `worker_token`, when set, is sent to
-    workers as `Authorization: Bearer ...` on every /run_model."""
+    workers as `Authorization: Bearer ...` on every /run_model. `admin_bind`
+    ("127.0.0.1:PORT"; in a container "0.0.0.0:PORT", published on the host's
+    loopback only) is where the admin endpoints are served, and then only there."""
     env = {
         "BIND": f"{host}:{port}",
         "ORCH_TOKEN": token,
@@ -96,6 +97,8 @@ def orchestrator_env(*, port: int, token: str, host: str = "127.0.0.1", queue_li
         "ORCH_STATUS_FILE": status_file,
         "ORCH_HEALTH_INTERVAL_S": str(health_interval_s),
     }
+    if admin_bind:
+        env["ORCH_ADMIN_BIND"] = admin_bind
     if marker:
         env[MARKER_VAR] = marker
     return env

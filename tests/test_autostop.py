@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -150,3 +151,61 @@ def test_watchdog_ends_the_lifetime_even_under_load(home, tiny_model, tmp_path):
     assert fired["reason"] == "max_lifetime" and fired["stopped_at"] >= deadline
     assert watchdog.returncode == 0, output
     assert find_marked(marker("idle")) == []
+
+
+@pytest.fixture
+def lhome(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
+    yield tmp_path / "home"
+    for pid in find_marked(marker("localidle")):
+        try:
+            os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_local_cluster_stops_itself_once_idle_but_not_while_serving(lhome, tiny_model):
+    """`up --autostop` on the local provider: its own watchdog process, which
+    does not fire while requests flow, fires after the idle time, stops every
+    process of the cluster and leaves the state, so `status` says it stopped
+    itself and `down` removes it. A second `up` keeps a watchdog that runs."""
+    idle_s = 6.0
+    args = ("up", "--name", "localidle", "--workers", "1", "--containers-per-worker", "1", "--model", tiny_model,
+            "--autostop", f"{idle_s:g}s")
+    cli(*args)
+    state = json.loads((lhome / "localidle" / "state.json").read_text())
+    url = state["orchestrator_url"]
+    watchdog = next(p for p in state["resources"]["processes"] if p["id"] == "watchdog")
+    assert watchdog["pid"] in find_marked(marker("localidle"))
+
+    stop, answered = threading.Event(), []
+
+    def client():
+        with requests.Session() as http:
+            while not stop.is_set():
+                answered.append(http.post(f"{url}/new_request", json={"text": "still here"}, timeout=30).ok)
+                time.sleep(0.5)
+    thread = threading.Thread(target=client)
+    thread.start()
+    started = time.monotonic()
+    cli(*args)  # the same settings, while busy: the same watchdog
+    again = json.loads((lhome / "localidle" / "state.json").read_text())
+    assert next(p for p in again["resources"]["processes"] if p["id"] == "watchdog")["pid"] == watchdog["pid"]
+    time.sleep(max(0.0, started + 2 * idle_s - time.monotonic()))
+    stop.set()
+    thread.join()
+    load_ended = time.time()
+    record = lhome / "localidle" / "autostop.json"
+    assert len(answered) >= 10 and all(answered) and not record.exists()
+    assert Path(f"/proc/{watchdog['pid']}").exists()
+
+    deadline = time.monotonic() + 60
+    while find_marked(marker("localidle")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert find_marked(marker("localidle")) == []  # every process stopped, the watchdog too
+    fired = json.loads(record.read_text())
+    assert fired["reason"] == "autostop" and fired["stopped_at"] >= load_ended + idle_s - 1.0
+    status = mlcluster("status", "--name", "localidle")
+    assert status.returncode == 1 and "stopped itself (autostop at " in status.stderr, status.stderr
+    down = cli("down", "--name", "localidle", "--yes")
+    assert "localidle" not in cli("list").stdout and not (lhome / "localidle").exists(), down.stdout

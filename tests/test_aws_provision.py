@@ -14,6 +14,7 @@ from support.moto import Fault, ec2_client, nothing_tagged, tagged
 from mlcluster.output import plan_rows, plan_text
 from mlcluster.providers.aws.options import plan
 from mlcluster.errors import MlclusterError
+from mlcluster.providers.aws.ec2 import TAG_CLUSTER
 from mlcluster.providers.aws.provider import KEY_FILE
 from mlcluster.state import ClusterSpec, ClusterState, remove_cluster_dir
 
@@ -129,14 +130,33 @@ def test_up_twice_creates_nothing_new(moto):
     assert ui.warnings == []
 
 
-def test_up_starts_stopped_instances_and_warns_about_extra_ones(moto):
+def test_up_starts_stopped_instances_and_terminates_ones_no_longer_asked_for(moto):
+    """`up -w 1` after `up -w 2`: worker2 is terminated and forgotten; worker1,
+    stopped meanwhile, is started again."""
     first, _ = provision(make_spec(moto, workers=2))
     ec2_client(moto).stop_instances(InstanceIds=[first["worker1"].id])
     ui = RecordingUI()
-    second, _ = provision(make_spec(moto, workers=1), ui=ui)
+    second, state = provision(make_spec(moto, workers=1), ui=ui)
     assert second["worker1"].id == first["worker1"].id and second["worker1"].state == "running"
     assert moto.faults.count("StartInstances") == 1 and moto.faults.count("RunInstances") == 3
-    assert any(first["worker2"].id in w and "more instance" in w for w in ui.warnings)
+    assert moto.faults.count("TerminateInstances") == 1 and ui.warnings == []
+    gone = ec2_client(moto).describe_instances(InstanceIds=[first["worker2"].id])["Reservations"][0]["Instances"][0]
+    assert gone["State"]["Name"] in ("shutting-down", "terminated")
+    assert set(state.resources.aws.instances) == {"orchestrator", "worker1"}
+    assert first["worker2"].id not in state.resources.aws.address_owners.values()
+
+
+def test_up_warns_about_a_tagged_instance_it_did_not_name_and_leaves_it(moto):
+    first, state = provision(make_spec(moto, workers=1))
+    client = ec2_client(moto)
+    image = client.describe_instances(InstanceIds=[first["worker1"].id])["Reservations"][0]["Instances"][0]["ImageId"]
+    stray = client.run_instances(  # tagged for the cluster, but with no name of ours: not ours to terminate
+        ImageId=image, MinCount=1, MaxCount=1, TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            {"Key": TAG_CLUSTER, "Value": "lab"}, {"Key": "Name", "Value": "someone-else"}]}])["Instances"][0]
+    ui = RecordingUI()
+    provision(make_spec(moto, workers=1), ui=ui)
+    assert any(stray["InstanceId"] in w and "more instance" in w for w in ui.warnings)
+    assert moto.faults.count("TerminateInstances") == 0
 
 
 def test_state_lost_up_reuses_tagged_resources_but_replaces_a_key_nobody_uses(moto):

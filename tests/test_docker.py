@@ -80,7 +80,7 @@ def cluster(engine, built, tiny_model):
     state = ClusterState(name=NAME, provider="local", token=TOKEN, runtime="docker")
     try:
         deployment = runtime.up(spec, state, QuietUI())
-        register(deployment)
+        register(deployment, state)
         yield runtime, spec, state, deployment
     finally:
         left = runtime.down(NAME, None, QuietUI())
@@ -89,10 +89,16 @@ def cluster(engine, built, tiny_model):
         assert not left, left
 
 
-def register(deployment, timeout: float = 120.0) -> None:
+def register(deployment, state, timeout: float = 120.0) -> None:
+    """Through the orchestrator's admin listener (published on 127.0.0.1 only);
+    its public port does not serve the admin endpoints."""
     body = {"containers": [{"id": c.id, "host": c.host, "port": c.port} for c in deployment.containers]}
-    response = requests.post(f"{deployment.orchestrator_url}/workers", json=body,
-                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    public = requests.post(f"{deployment.orchestrator_url}/workers", json=body, headers=headers, timeout=10)
+    assert public.status_code == 404, public.text
+    admin_port = state.resources.docker.admin_port
+    assert admin_port and admin_port != state.resources.docker.orchestrator_port
+    response = requests.post(f"http://127.0.0.1:{admin_port}/workers", json=body, headers=headers, timeout=10)
     assert response.status_code in (201, 409), response.text
     wait_all_free(deployment.orchestrator_url, len(deployment.containers), timeout)
 
@@ -157,6 +163,8 @@ def test_containers_run_as_non_root_hardened_on_loopback(engine, cluster):
         assert host_config["ReadonlyRootfs"] and host_config["CapDrop"] == ["ALL"]
         for bindings in container.attrs["NetworkSettings"]["Ports"].values():
             assert bindings and all(b["HostIp"] == "127.0.0.1" for b in bindings)
+        if container.labels["mlcluster.role"] == "orchestrator":  # its admin listener too, on loopback only
+            assert set(container.attrs["NetworkSettings"]["Ports"]) == {"8000/tcp", "8001/tcp"}
 
 
 def test_logs_and_details(cluster):

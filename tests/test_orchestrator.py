@@ -1,4 +1,4 @@
-"""The orchestrator as a real process (aiohttp), with overhead-test workers
+"""The orchestrator as a real process (httptools on raw asyncio protocols), with overhead-test workers
 (real worker processes that answer after a fixed time, no model): admission
 control, tokens, bad input, the read-only endpoints, persistence, draining."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The dispatcher (aiohttp client) against small real HTTP servers on loopback
+"""The dispatcher (raw asyncio connections, upstream.py) against small real HTTP servers on loopback
 that misbehave on purpose (answer 500, garbage, nothing, too late, 4xx), which
 real workers cannot be made to do on demand."""
 from __future__ import annotations

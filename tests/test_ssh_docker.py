@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from mlcluster.providers.ssh.options import parse_options
 from mlcluster.providers.ssh.docker import DockerRuntime
@@ -180,3 +181,34 @@ def test_build_on_the_host_then_reuse(net, tmp_path):
         runtime.close()
         host.close()
         subprocess.run(["docker", "rmi", offline_base], capture_output=True)
+
+
+def test_orchestrator_container_serves_admin_only_on_its_hosts_loopback(net, tiny_model, tmp_path):
+    """The orchestrator in Docker: its admin listener (0.0.0.0 inside the
+    container) is published on the host's 127.0.0.1 only; `up` registers the
+    workers through SSH to it, the public port answers the admin paths 404,
+    and the admin port cannot be reached from the network."""
+    wd, name = net.hosts["wd"], "sshadm"
+    home = tmp_path / "home"
+    home.mkdir()
+    config = home / "cluster.toml"
+    config.write_text(toml_config(net, tiny_model, ["w1"], orchestrator="wd", docker=("wd",), images="ship",
+                                  orchestrator_port=8100, worker_port=5100)
+                      .replace(f'name = "{CLUSTER}"', f'name = "{name}"'))
+    up = cli(home, "up", "--provider", "ssh", "--config", str(config), timeout=1800)
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        state = json.loads((home / name / "state.json").read_text())
+        url = state["orchestrator_url"]
+        assert state["resources"]["ssh"]["services"]["orchestrator"]["admin_port"] == 8101
+        assert sorted((c["id"], c["status"]) for c in status(url)["containers"]) == [("w1-1", "free"), ("w1-2", "free")]
+        auth = {"Authorization": f"Bearer {state['token']}"}
+        public = requests.post(f"{url}/workers", json={"containers": []}, headers=auth, timeout=5)
+        assert public.status_code == 404 and public.json()["status"] == 404
+        bindings = json.loads(dk(wd, "inspect", f"mlc-{name}-orchestrator").stdout)[0]["HostConfig"]["PortBindings"]
+        assert bindings["8101/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "8101"}]
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://{wd.address}:8101/status", timeout=5)
+    finally:
+        down = cli(home, "down", "--name", name, "--yes")
+    assert down.returncode == 0, down.stderr[-2000:]

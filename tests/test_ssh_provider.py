@@ -17,13 +17,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import requests
 
 from support.console import mlcluster_in as cli
 from support.sshcluster import CLUSTER, load, our_processes, status, toml_config
-from support.sshhosts import SSHTestNetwork, missing_facilities
+from support.sshhosts import LOGIN_ONLY_VALUE, LOGIN_ONLY_VAR, SSHTestNetwork, missing_facilities
 from support.waiting import wait_for
 
 pytestmark = [pytest.mark.ssh,
@@ -70,6 +71,31 @@ def test_up_registers_every_container_with_private_addresses(net, cluster):
     env_file = net.hosts["orch"].workdir / "orchestrator.env"
     assert oct(env_file.stat().st_mode & 0o777) == "0o600" and state["token"] in env_file.read_text()
     assert state["token"] not in cluster["up"].stdout + cluster["up"].stderr
+
+
+def test_services_get_only_the_environment_they_need(net, cluster):
+    """Started with `env -i`: a service's environment holds its own settings
+    (its env file) and the basics (PATH, HOME, the locale...), nothing else of
+    the login's, such as what sshd's SetEnv or the SSH session put there."""
+    from mlcluster.remote.connection import Connection, HostKeyStore
+    from mlcluster.services import PASSED_VARS, WORKER_PASSED_VARS
+    orch = net.hosts["orch"]
+    login = Connection(orch.address, "root", key_path=str(net.client_key), known_hosts=HostKeyStore())
+    try:
+        seen = login.run(f"echo ${LOGIN_ONLY_VAR} $SSH_CONNECTION").stdout.split()
+    finally:
+        login.close()
+    assert seen[0] == LOGIN_ONLY_VALUE and len(seen) > 1  # the login environment has both
+    resources = cluster["state"]["resources"]["ssh"]
+    for sid, record in resources["services"].items():
+        workdir = Path(resources["hosts"][record["host"]]["workdir"])
+        own = {line.split("=", 1)[0] for line in (workdir / f"{sid}.env").read_text().splitlines() if line}
+        raw = Path(f"/proc/{record['pid']}/environ").read_bytes().split(b"\0")
+        env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+        allowed = own | set(PASSED_VARS) | {"PWD"} | (set(WORKER_PASSED_VARS) if sid != "orchestrator" else set())
+        assert set(env) <= allowed, (sid, set(env) - allowed)
+        assert LOGIN_ONLY_VAR not in env and "SSH_CONNECTION" not in env and "DOCKER_HOST" not in env
+        assert env["MLCLUSTER_MARKER"] == f"ssh:{CLUSTER}:{record['host']}" and env["PATH"]
 
 
 def test_second_up_reuses_what_runs(net, cluster):
@@ -120,17 +146,47 @@ def test_follow_streams_new_lines(net, cluster):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         time.sleep(2)
-        # A registration is logged by the orchestrator: make one happen now.
-        token = cluster["state"]["token"]
-        requests.post(f"{cluster['url']}/workers", json={"host": "10.213.255.1", "port": 5999, "id": "probe"},
-                      headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        # A registration is logged by the orchestrator: make one happen now, on its admin listener.
+        admin_call(net, cluster, "POST", "/workers", {"host": "10.213.255.1", "port": 5999, "id": "probe"})
         seen = []
         wait_for(lambda: seen.append(proc.stdout.readline()) or "probe" in seen[-1], "the new line followed",
                  timeout=20, interval=0.3)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        requests.delete(f"{cluster['url']}/workers/probe", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        admin_call(net, cluster, "DELETE", "/workers/probe")
+
+
+def admin_call(net, cluster, method: str, path: str, body=None) -> tuple[int, dict]:
+    """A call to the orchestrator's admin listener from its own host (inside
+    its namespace, to its 127.0.0.1): the status code and the JSON answer."""
+    port = cluster["state"]["resources"]["ssh"]["services"]["orchestrator"]["admin_port"]
+    code = ("import json, sys, requests; r = requests.request(sys.argv[1], sys.argv[2], json=json.loads(sys.argv[3]), "
+            "headers={'Authorization': 'Bearer ' + sys.argv[4]}, timeout=5); print(r.status_code, r.text)")
+    done = net.hosts["orch"].exec(sys.executable, "-c", code, method, f"http://127.0.0.1:{port}{path}",
+                                  json.dumps(body), cluster["state"]["token"])
+    assert done.returncode == 0, done.stderr
+    code, text = done.stdout.split(" ", 1)
+    return int(code), json.loads(text)
+
+
+def test_admin_endpoints_only_on_the_orchestrator_hosts_loopback(net, cluster):
+    """`up` registered every container through SSH to the admin listener; the
+    public port answers the admin paths 404 even with the token, and the admin
+    port cannot be reached from the network."""
+    orch = net.hosts["orch"]
+    admin_port = cluster["state"]["resources"]["ssh"]["services"]["orchestrator"]["admin_port"]
+    assert admin_port == 8001  # orchestrator_port + 1
+    auth = {"Authorization": f"Bearer {cluster['state']['token']}"}
+    public = requests.post(f"{cluster['url']}/workers", json={"containers": []}, headers=auth, timeout=5)
+    assert public.status_code == 404 and public.json()["status"] == 404
+    assert requests.delete(f"{cluster['url']}/workers/w1-1", headers=auth, timeout=5).status_code == 404
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://{orch.address}:{admin_port}/status", timeout=5)
+    listening = orch.exec("ss", "-Htln", f"sport = :{admin_port}").stdout.split()
+    assert "127.0.0.1:8001" in listening and not any(a.endswith(":8001") and a != "127.0.0.1:8001" for a in listening)
+    code, answer = admin_call(net, cluster, "DELETE", "/workers/nosuch")  # served there: the id is unknown
+    assert code == 404 and answer["error"] == "no container 'nosuch' is registered"
 
 
 def test_host_losing_its_network_mid_load_loses_no_request(net, cluster):

@@ -126,11 +126,16 @@ def test_saved_resources_keep_their_json_shape(home, kind):
     ClusterState.load("lab").save()
     saved = json.loads((home / "lab" / "state.json").read_text())["resources"]
     assert set(saved) == set(V2_RESOURCES[kind]) | {"processes", "host_keys"}
+    added = {"admin_port": 0}  # fields records gained since version 2, with their defaults
     for part, value in V2_RESOURCES[kind].items():
         if part == "ssh":
             assert saved["ssh"]["hosts"] == value["hosts"]
             for sid, record in value["services"].items():
                 assert saved["ssh"]["services"][sid].items() >= record.items()
+        elif part == "processes":
+            assert saved[part] == [{**p, **added} for p in value]
+        elif part == "docker":
+            assert saved[part] == {**value, "admin_port": None}
         else:
             assert saved[part] == value
     assert ClusterState.load("lab").resources == ClusterState.from_json(

@@ -1,7 +1,9 @@
 """`python -m mlcluster_orchestrator`: the orchestrator on BIND (127.0.0.1:8000),
-settings from the environment (see app.DEFAULTS). LOG_LEVEL sets the log level;
-ORCH_UVLOOP=0 keeps asyncio's own event loop (uvloop is used when installed).
-The listener is fastserver.py (httptools on raw protocols) over routes.py."""
+settings from the environment (see settings.DEFAULTS); with ORCH_ADMIN_BIND
+(host:port, a loopback address) the admin endpoints are served only there.
+LOG_LEVEL sets the log level; ORCH_UVLOOP=0 keeps asyncio's own event loop
+(uvloop is used when installed). The listeners are fastserver.py (httptools
+on raw protocols) over routes.py."""
 from __future__ import annotations
 
 import asyncio
@@ -9,9 +11,10 @@ import logging
 import os
 import sys
 
-from .app import settings_from_env
-from .fastserver import serve
+from .fastserver import serve, stop_on_signals
 from .routes import Orchestrator, Routes
+
+ADMIN_MAX_CONNECTIONS = 64  # the CLI opens one or two; the cap keeps a local flood from costing file descriptors
 
 
 def _setup_logging() -> None:
@@ -26,7 +29,6 @@ def _setup_logging() -> None:
 def main() -> int:
     _setup_logging()
     try:
-        settings = settings_from_env()
         state = Orchestrator()
     except RuntimeError as exc:
         print(f"mlcluster orchestrator: {exc}", file=sys.stderr)
@@ -37,16 +39,24 @@ def main() -> int:
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         except ImportError:
             pass
-    asyncio.run(run(state, settings))
+    asyncio.run(run(state, os.environ.get("BIND", "127.0.0.1:8000")))
     return 0
 
 
-async def run(state: Orchestrator, settings: dict) -> None:
+async def run(state: Orchestrator, bind: str) -> None:
+    """Serve the public listener on `bind` (and the admin one on ORCH_ADMIN_BIND) until SIGTERM/SIGINT."""
+    s = state.settings
+    limits = dict(header_timeout_s=s["ORCH_HEADER_TIMEOUT_S"], body_timeout_s=s["ORCH_BODY_TIMEOUT_S"],
+                  idle_timeout_s=s["ORCH_IDLE_TIMEOUT_S"])
     await state.start()
+    stop = stop_on_signals()
+    listeners = [serve(Routes(state, admin=not state.admin_bind), bind, max_connections=s["ORCH_MAX_CONNECTIONS"],
+                       stop=stop, **limits)]
+    if state.admin_bind:
+        listeners.append(serve(Routes(state, public=False), state.admin_bind,
+                               max_connections=ADMIN_MAX_CONNECTIONS, stop=stop, **limits))
     try:
-        await serve(Routes(state, admin=True), os.environ.get("BIND", "127.0.0.1:8000"),
-                    header_timeout_s=settings["ORCH_HEADER_TIMEOUT_S"], body_timeout_s=settings["ORCH_BODY_TIMEOUT_S"],
-                    idle_timeout_s=settings["ORCH_IDLE_TIMEOUT_S"], max_connections=settings["ORCH_MAX_CONNECTIONS"])
+        await asyncio.gather(*listeners)
     finally:
         await state.stop()
 

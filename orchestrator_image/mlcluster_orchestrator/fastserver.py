@@ -26,17 +26,41 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import resource
 import signal
+import socket
 from typing import Deque, Optional
 
 import httptools
 
 from .routes import STATUS_LINES, Answer, Refused, Request, Routes, error
-from .server import FD_RESERVE, listen, raise_open_files_limit
 
 log = logging.getLogger("mlcluster.orchestrator")
 MAX_PIPELINED = 32  # answers owed on one connection before it stops being read
 MAX_DISCARD = 64 << 20  # bytes of an over-limit body read and dropped before a hard close
+FD_RESERVE = 256  # descriptors kept for connections to workers, the status file, logs
+
+
+def raise_open_files_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to its hard limit; returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, hard, exc)
+    return soft
+
+
+def listen(bind: str) -> socket.socket:
+    """A listening socket on "host:port" (SO_REUSEADDR, as create_server sets it)."""
+    host, _, port = bind.rpartition(":")
+    sock = socket.create_server((host.strip("[]") or "127.0.0.1", int(port)), backlog=4096)
+    sock.setblocking(False)
+    return sock
 
 
 def encode(answer: Answer, keep_alive: bool, http10: bool = False) -> bytes:
@@ -308,7 +332,8 @@ async def serve(routes: Routes, bind: str, *, header_timeout_s: float, body_time
     """Serve `routes` on `bind` ("host:port") until `stop` is set (by default:
     SIGTERM/SIGINT). The caller starts and stops the Orchestrator itself.
     Listeners sharing one Orchestrator may each have their own Routes (for
-    example `Routes(state, admin=False)` on the public port)."""
+    example `Routes(state, admin=False)` on the public port and
+    `Routes(state, public=False)` on the loopback admin one)."""
     soft = raise_open_files_limit()
     if max_connections > soft - FD_RESERVE:
         log.warning("ORCH_MAX_CONNECTIONS=%d is above what %d open files allow; using %d",
@@ -318,7 +343,8 @@ async def serve(routes: Routes, bind: str, *, header_timeout_s: float, body_time
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(lambda: Connection(routes, limits, loop), sock=listen(bind), backlog=4096)
     log.info("Listening at http://%s (header time-out %gs, idle time-out %gs, at most %d connections%s)",
-             bind, header_timeout_s, idle_timeout_s, max_connections, "" if routes.admin else ", no admin routes")
+             bind, header_timeout_s, idle_timeout_s, max_connections,
+             "" if routes.admin and routes.public else ", no admin routes" if routes.public else ", admin routes only")
     if stop is None:
         stop = stop_on_signals()
     try:

@@ -2,14 +2,16 @@
 parses requests and writes answers; this module decides what they are).
 
 Every answer is an `Answer`: a status, JSON body bytes and extra header
-lines. Errors are `{"error": sentence, "status": code}`, as the aiohttp app
-(app.py) answered them: 404/405 for unknown paths and methods, 400 bad input,
+lines. Errors are `{"error": sentence, "status": code}`: 404/405 for unknown paths and methods, 400 bad input,
 401 without the token (with `WWW-Authenticate: Bearer`), 409 id conflict,
 413 body over the limit, 408 body too slow, 503 + Retry-After, 504.
 
-`Routes(state, admin=True)`: with admin=False the admin routes (POST /workers,
-DELETE /workers/{id}) are 404 on that listener (a separate admin listener
-serves them with admin=True).
+Which routes a listener serves: `Routes(state, public=True, admin=True)`.
+With ORCH_ADMIN_BIND set, the public listener is `admin=False` (POST /workers
+and DELETE /workers/{id} are 404 there, token or not) and the loopback admin
+listener is `public=False` (the admin routes and the read-only GETs; no
+/new_request, no /receive_ips_from_workers). The lab's
+/receive_ips_from_workers stays on the public listener, with its token, by contract.
 """
 from __future__ import annotations
 
@@ -22,11 +24,11 @@ from http import HTTPStatus
 from typing import Awaitable, Callable, Optional, Union
 
 from . import validation
-from .app import lab_ports, settings_from_env
 from .dispatcher import Dispatcher
 from .health import HealthChecker, keep_registry_in
 from .metrics import CONTENT_TYPE as METRICS_TYPE, Metrics
 from .scheduler import Scheduler
+from .settings import admin_bind, lab_ports, settings_from_env
 
 log = logging.getLogger("mlcluster.orchestrator")
 JSON_TYPE = b"application/json"
@@ -88,6 +90,7 @@ class Orchestrator:
         if not settings["ORCH_TOKEN"]:
             raise RuntimeError("ORCH_TOKEN is not set: the orchestrator needs a token for its admin endpoints")
         self.lab_ports = lab_ports(settings["ORCH_LAB_PORTS"])  # fail at start, not at the first registration
+        self.admin_bind = admin_bind(settings["ORCH_ADMIN_BIND"])
         self.settings = settings
         self.token = settings["ORCH_TOKEN"].encode()
         self.scheduler = Scheduler(queue_limit=settings["ORCH_QUEUE_LIMIT"])
@@ -120,21 +123,22 @@ Handler = Callable[[Request], Union[Answer, Awaitable[Answer]]]
 class Routes:
     """`find(method, path)` -> (handler, is_async), or an error Answer (404/405)."""
 
-    def __init__(self, state: Orchestrator, admin: bool = True):
+    def __init__(self, state: Orchestrator, public: bool = True, admin: bool = True):
         self.state = state
         s = state.settings
         self.max_texts = s["ORCH_MAX_TEXTS"]
         self.max_body = s["ORCH_MAX_BODY_BYTES"]
         self.body_timeout_s = s["ORCH_BODY_TIMEOUT_S"]
-        self.admin = admin
+        self.public, self.admin = public, admin
         self.exact: dict[str, dict[bytes, tuple[Handler, bool]]] = {
-            "/new_request": {b"POST": (self.new_request, True)},
-            "/receive_ips_from_workers": {b"POST": (self.receive_ips, False)},
             "/workers_info": {b"GET": (self.workers_info, False)},
             "/status": {b"GET": (self.status, False)},
             "/health_check": {b"GET": (self.health_check, False)},
             "/metrics": {b"GET": (self.metrics, False)},
         }
+        if public:
+            self.exact["/new_request"] = {b"POST": (self.new_request, True)}
+            self.exact["/receive_ips_from_workers"] = {b"POST": (self.receive_ips, False)}
         if admin:
             self.exact["/workers"] = {b"POST": (self.add_workers, False)}
         self.alive = Answer(200, b'{"status": "alive"}')
@@ -153,7 +157,7 @@ class Routes:
         return found
 
     def refused(self, path: str, status: int, message: str, headers: bytes = b"") -> Answer:
-        """An error answer; on /new_request it also counts (as the aiohttp app did)."""
+        """An error answer; on /new_request it also counts (as every answer to it does)."""
         if path == "/new_request":
             self.state.metrics.answered(status)
             self.state.metrics.errors.labels(kind="bad_request").inc()

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 TEST_RANGE = ipaddress.ip_network("10.213.0.0/16")
+LOGIN_ONLY_VAR, LOGIN_ONLY_VALUE = "MLCT_LOGIN_ONLY", "set-by-sshd"  # in every login's env, never a service's
 SSHD = "/usr/sbin/sshd"
 DOCKERD_CANDIDATES = ("/usr/sbin/dockerd", "/usr/bin/dockerd")
 
@@ -235,10 +236,9 @@ class SSHTestNetwork:
             "PermitRootLogin prohibit-password", "UsePAM no", "StrictModes no",
             "Subsystem sftp internal-sftp", "MaxSessions 64", "MaxStartups 64:30:128",
         ]
-        # The hosts share this machine's filesystem, so /var/run/docker.sock would
-        # reach this machine's engine: point every session at the host's own.
+        # /var/run/docker.sock would reach this machine's engine (a shared filesystem): each host's own.
         host.docker_host = f"unix://{host.dir / 'docker.sock'}"
-        lines.append(f"SetEnv DOCKER_HOST={host.docker_host}")
+        lines.append(f"SetEnv DOCKER_HOST={host.docker_host} {LOGIN_ONLY_VAR}={LOGIN_ONLY_VALUE}")
         path = host.dir / "sshd_config"
         path.write_text("\n".join(lines) + "\n")
         return path

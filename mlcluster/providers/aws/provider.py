@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import re
 import time
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Optional
@@ -170,6 +171,10 @@ class AWSProvider:
                    subnets: list[tuple[str, str]], ui: QuietUI) -> dict[str, Instance]:
         names = ["orchestrator"] + [f"worker{i}" for i in range(1, spec.workers + 1)]
         chosen, extra = _match(ec2.find_instances(aws, spec.name, ec2.UP_STATES), names)
+        surplus = [i for i in extra if re.fullmatch(r"worker\d+", i.name) and i.name not in names]
+        if surplus:  # a smaller cluster than last time: what is no longer asked for goes
+            self._terminate_surplus(aws, state, surplus, ui)
+            extra = [i for i in extra if i not in surplus]
         if extra:
             listed = ", ".join(f"{i.id} ({i.name or 'unnamed'})" for i in extra)
             ui.warn(f"{len(extra)} more instance(s) are tagged for cluster {spec.name!r} than it asks for: "
@@ -195,6 +200,21 @@ class AWSProvider:
                                          self.timeout_s, self.poll_s, self.sleep)
         by_id = {i.id: i for i in running}
         return {n: by_id[chosen[n].id] for n in names}
+
+    @staticmethod
+    def _terminate_surplus(aws: AWS, state: ClusterState, surplus: list[Instance], ui: QuietUI) -> None:
+        """Terminate workers beyond the count asked for, and forget them (and
+        their services, which end with them) in the state."""
+        with ui.step(f"terminating {', '.join(f'{i.name} ({i.id})' for i in surplus)}: no longer part of the cluster"):
+            ec2.terminate(aws, [i.id for i in surplus])
+        gone, ids, res = {i.name for i in surplus}, {i.id for i in surplus}, state.resources.aws
+        _remember(state, aws, instances={n: i for n, i in res.instances.items() if n not in gone},
+                  address_owners={a: i for a, i in res.address_owners.items() if i not in ids})
+        ssh = state.resources.ssh
+        if ssh is not None:
+            ssh.hosts = {n: h for n, h in ssh.hosts.items() if n not in gone}
+            ssh.services = {k: r for k, r in ssh.services.items() if r.host not in gone}
+            state.save()
 
     def _start_stopped(self, stopped: list[Instance], aws: AWS, ui: QuietUI) -> None:
         if not stopped:

@@ -11,7 +11,8 @@ What `up` makes, all labelled `mlcluster.cluster=<name>` and
   container by its name, on port 5000;
 - a volume `mlcluster-<name>-state` for the orchestrator's registry, so a
   restarted orchestrator keeps its containers;
-- the orchestrator container (port 8000 published on 127.0.0.1) and N×M worker
+- the orchestrator container (port 8000 published on 127.0.0.1; its admin
+  listener, port 8001 inside, published on another 127.0.0.1 port) and N×M worker
   containers `mlcluster-<name>-worker<w>-<c>` (port 5000 published on a free
   127.0.0.1 port, for looking at one directly). A local model directory is
   mounted read-only at /model; one whose files the containers' user could not
@@ -41,7 +42,7 @@ from ...ui import QuietUI
 from ..base import Deployment
 from .processes import LOOPBACK, free_port
 
-WORKER_PORT, ORCHESTRATOR_PORT = 5000, 8000
+WORKER_PORT, ORCHESTRATOR_PORT, ADMIN_PORT = 5000, 8000, 8001
 MODEL_MOUNT, STATE_MOUNT = "/model", "/var/lib/mlcluster"
 L_CLUSTER, L_PROVIDER, L_ROLE, L_ID, L_WORKER, L_CONFIG = (
     "mlcluster.cluster", "mlcluster.provider", "mlcluster.role", "mlcluster.id", "mlcluster.worker", "mlcluster.config")
@@ -85,12 +86,14 @@ class ContainerPlan:
     port: int                 # inside the container
     host_port: Optional[int]  # published on 127.0.0.1 (None: any free port)
     volumes: dict = field(default_factory=dict)
+    extra_ports: dict = field(default_factory=dict)  # more container ports -> their 127.0.0.1 port (None: any)
 
     def name(self, cluster: str) -> str:
         return f"mlcluster-{cluster}-{self.cid}"
 
     def digest(self, image_id: str) -> str:
-        text = json.dumps([image_id, self.env, self.port, self.host_port, self.volumes], sort_keys=True)
+        text = json.dumps([image_id, self.env, self.port, self.host_port, self.volumes]
+                          + ([self.extra_ports] if self.extra_ports else []), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -137,6 +140,7 @@ class LocalDockerRuntime:
                 step.advance()
         orchestrator = client.containers.get(plans[0].name(spec.name))
         res.orchestrator_port = _published_port(orchestrator, ORCHESTRATOR_PORT)
+        res.admin_port = _published_port(orchestrator, ADMIN_PORT)
         state.save()
         url = f"http://{LOOPBACK}:{res.orchestrator_port}"
         services.wait_answering(url, what=f"the orchestrator container {orchestrator.name}",
@@ -174,9 +178,11 @@ class LocalDockerRuntime:
         orchestrator_env = services.orchestrator_env(
             port=ORCHESTRATOR_PORT, token=state.token, worker_token=state.worker_token, host="0.0.0.0",
             queue_limit=spec.queue_limit,
-            queue_timeout_s=spec.queue_timeout_s, status_file=f"{STATE_MOUNT}/registry.json")
+            queue_timeout_s=spec.queue_timeout_s, status_file=f"{STATE_MOUNT}/registry.json",
+            admin_bind=f"0.0.0.0:{ADMIN_PORT}")  # inside; published on this machine's 127.0.0.1 only
         plans = [ContainerPlan("orchestrator", "orchestrator", "", tags["orchestrator"], orchestrator_env,
-                      ORCHESTRATOR_PORT, int(port), {state_volume.name: {"bind": STATE_MOUNT, "mode": "rw"}})]
+                               ORCHESTRATOR_PORT, int(port), {state_volume.name: {"bind": STATE_MOUNT, "mode": "rw"}},
+                               {ADMIN_PORT: res.admin_port or free_port(avoid=int(port))})]
         model_ref, model_volumes = self._model(spec, res, state, tags["worker"], ui)
         total = spec.workers * spec.containers_per_worker
         threads = max(1, int(self.client.info().get("NCPU") or 1) // total)
@@ -243,7 +249,8 @@ class LocalDockerRuntime:
             labels[L_WORKER] = plan.worker
         container = self.client.containers.create(
             plan.image, name=name, hostname=plan.cid, environment=plan.env, labels=labels, volumes=plan.volumes,
-            ports={f"{plan.port}/tcp": (LOOPBACK, plan.host_port) if plan.host_port else (LOOPBACK,)},
+            ports={f"{p}/tcp": (LOOPBACK, h) if h else (LOOPBACK,)
+                   for p, h in {plan.port: plan.host_port, **plan.extra_ports}.items()},
             network=network.name, **HARDENING)
         res.containers[name] = container.id
         state.save()  # recorded the moment it exists, so `down` can always clean it

@@ -104,10 +104,14 @@ def port_free(port: int) -> bool:
             return False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+def free_port(avoid: int = 0) -> int:
+    """A free loopback port, not `avoid` (one picked a moment ago, not bound yet)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port != avoid:
+            return port
 
 
 def read_log(path: Path, follow: bool, tail: int) -> Iterator[str]:

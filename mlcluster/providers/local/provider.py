@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import ContextManager, Iterator, Optional
 
 from ... import services
+from ...autostop import settings as autostop_settings
 from ...errors import MlclusterError
 from ...models import resolve_model
 from ...resources import LocalProcess
 from ...state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir
 from ...ui import QuietUI
 from ..base import CostPlan, Deployment
+from . import autostop as local_autostop
 from .processes import (LOOPBACK, is_alive, find_marked, free_port, marker, port_free, read_log, spawn, terminate,
                         is_zombie)
 
@@ -58,10 +60,29 @@ class LocalProvider:
             if not docker_engine_answers():
                 raise MlclusterError("no Docker engine answers on this machine",
                                      "start dockerd, or use --runtime process")
-            return self._docker().up(spec, state, ui)
+            deployment = self._docker().up(spec, state, ui)
+        else:
+            deployment = self._up_processes(spec, state, ui)
+        self._watchdog(spec, state, deployment.orchestrator_url, ui)
+        return deployment
+
+    @staticmethod
+    def _watchdog(spec: ClusterSpec, state: ClusterState, url: str, ui: QuietUI) -> None:
+        """The autostop watchdog (local/autostop.py) when autostop or
+        max_lifetime is set; one no longer asked for is stopped."""
+        watch = autostop_settings(spec, state.resources)
+        if watch is None:
+            local_autostop.stop_watchdog(state)
+        else:
+            with ui.step("starting the autostop watchdog"):
+                record = local_autostop.ensure(state, f"{url}/status", *watch)
+                state.resources.processes[:] = [p for p in state.resources.processes if p.id != "watchdog"] + [record]
+        state.save()
+
+    def _up_processes(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
         model = resolve_model(spec.model, ui)
         procs = state.resources.processes
-        alive = {p.id: p for p in procs if is_alive(p.pid, marker(spec.name))}
+        alive = {p.id: p for p in procs if p.role != "watchdog" and is_alive(p.pid, marker(spec.name))}
         logs = cluster_dir(spec.name) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
 
@@ -81,11 +102,13 @@ class LocalProvider:
         with ui.step(f"starting {len(missing)} process(es)" if missing else "all processes already run", total=len(missing) or None) as step:
             for role, pid_id, worker in missing:
                 previous = next((p for p in procs if p.id == pid_id), None)
-                port = self._port(role, previous, requested_port)
-                if role == "orchestrator":
+                port = self._port(role, previous.port if previous else 0, requested_port)
+                admin_port = 0
+                if role == "orchestrator":  # its admin endpoints only on a loopback port of their own
+                    admin_port = self._port("admin", previous.admin_port if previous else 0, None, avoid=port)
                     env = services.orchestrator_env(
                         port=port, token=state.token, worker_token=state.worker_token, queue_limit=spec.queue_limit,
-                        queue_timeout_s=spec.queue_timeout_s,
+                        queue_timeout_s=spec.queue_timeout_s, admin_bind=f"{LOOPBACK}:{admin_port}",
                         status_file=str(cluster_dir(spec.name) / "orchestrator-status.json"), marker=marker(spec.name))
                     cmd = services.orchestrator_command()
                 else:
@@ -95,7 +118,8 @@ class LocalProvider:
                     if model.local:
                         env["HF_HUB_OFFLINE"] = "1"
                     cmd = services.worker_command()
-                record = LocalProcess(id=pid_id, role=role, worker=worker, port=port, log=str(logs / f"{pid_id}.log"))
+                record = LocalProcess(id=pid_id, role=role, worker=worker, port=port, log=str(logs / f"{pid_id}.log"),
+                                      admin_port=admin_port)
                 record.pid = spawn(cmd, role, env, Path(record.log))
                 procs[:] = [p for p in procs if p.id != pid_id] + [record]
                 state.save()  # recorded the moment it exists, so `down` can always clean it
@@ -110,15 +134,15 @@ class LocalProvider:
                       for p in procs if p.role == "worker" and p.id in {w[1] for w in wanted}]
         return Deployment(orchestrator_url=url, containers=containers)
 
-    def _port(self, role: str, previous: Optional[LocalProcess], requested: Optional[int]) -> int:
+    def _port(self, role: str, previous: int, requested: Optional[int], avoid: int = 0) -> int:
         if role == "orchestrator" and requested:
             if not port_free(int(requested)):
                 raise MlclusterError(f"port {requested} on {LOOPBACK} is already in use",
                                      "choose another with --port, or leave --port out to take a free one")
             return int(requested)
-        if previous and port_free(previous.port):
-            return previous.port  # a restarted process keeps its address
-        return free_port()
+        if previous and port_free(previous):
+            return previous  # a restarted process keeps its address
+        return free_port(avoid)
 
     # -- down -------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
@@ -152,10 +176,17 @@ class LocalProvider:
                 f"(MLCLUSTER_MARKER={marker(state.name)} in their environment)")
 
     def admin_channel(self, state: ClusterState) -> ContextManager[str]:
-        return contextlib.nullcontext(state.orchestrator_url)  # on 127.0.0.1 already, for both runtimes
+        """The orchestrator's admin listener, on 127.0.0.1 (the docker runtime
+        publishes it there only); a cluster started before it had one serves
+        the admin endpoints on its public address, which is 127.0.0.1 too."""
+        if state.runtime == "docker":
+            port = state.resources.docker.admin_port if state.resources.docker else None
+        else:
+            port = next((p.admin_port for p in state.resources.processes if p.id == "orchestrator"), 0)
+        return contextlib.nullcontext(f"http://{LOOPBACK}:{port}" if port else state.orchestrator_url)
 
     def stopped_itself(self, state: ClusterState) -> Optional[str]:
-        return None  # no watchdog runs for a local cluster
+        return local_autostop.stopped_itself(state)
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation

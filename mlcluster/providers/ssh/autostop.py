@@ -14,32 +14,18 @@ A watchdog is recorded as the service `watchdog-<host>` (process runtime), so
 from __future__ import annotations
 
 import shlex
-import time
 from typing import Optional
 
-from ...autostop import WATCHDOG_SOURCE, seconds_or_none, watchdog_command
+from ...autostop import WATCHDOG_SOURCE, describe, settings, watchdog_command  # noqa: F401 (re-exported)
 from ...remote.connection import quote
-from ...resources import SSHResources, SSHService
-from ...services import MARKER_VAR
-from ...state import ClusterSpec
+from ...resources import SSHService
+from ...services import MARKER_VAR, PASSED_VARS
 from .host import RemoteHost
-from .process import ProcessRuntime, _find_by_marker
+from .process import ProcessRuntime, _find_by_marker, clean_env
+
+DOCKER_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG")
 
 RECORD = "autostop.json"
-
-
-def settings(spec: ClusterSpec, resources: SSHResources) -> Optional[tuple[Optional[float], Optional[float]]]:
-    """(idle seconds, deadline epoch) or None when neither is set. The lifetime
-    counts from the cluster's first `up` with autostop (kept in
-    `resources.autostop_started`, saved with the next record)."""
-    idle = seconds_or_none(spec.autostop, "autostop")
-    lifetime = seconds_or_none(spec.max_lifetime, "max_lifetime")
-    if idle is None and lifetime is None:
-        return None
-    if resources.autostop_started is None:
-        resources.autostop_started = time.time()
-    started = resources.autostop_started
-    return idle, (started + lifetime if lifetime else None)
 
 
 def stop_script(cluster: str, marker: str, docker: str, power_off: bool) -> str:
@@ -68,7 +54,9 @@ def start(host: RemoteHost, cluster: str, marker: str, status_url: str, idle_s: 
         runtime.stop(host, {"watchdog": known}, marker, only=True)
     host.conn.put(WATCHDOG_SOURCE, script)
     log, pidfile = host.path("watchdog.log"), host.path("watchdog.pid")
-    host.run(f"rm -f {quote(record)}; ( cd {quote(host.workdir)} && exec env {quote(f'{MARKER_VAR}={marker}')} "
+    # Only the basics of the login environment, and how to reach the host's Docker engine (the stop script).
+    clean = clean_env(PASSED_VARS + DOCKER_VARS)
+    host.run(f"rm -f {quote(record)}; ( cd {quote(host.workdir)} && exec {clean} {quote(f'{MARKER_VAR}={marker}')} "
              f"setsid {settings_key} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
     pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
     return SSHService(runtime=runtime.name, pid=pid, log=log, kind="watchdog", command=settings_key)
@@ -80,15 +68,3 @@ def fired(host: RemoteHost) -> Optional[str]:
         host.prepare_workdir()
     result = host.run(f"cat {quote(host.path(RECORD))} 2>/dev/null", warn=True)
     return result.stdout.strip() if result.ok and result.stdout.strip() else None
-
-
-def describe(record_text: str) -> str:
-    """An autostop record as a phrase: "autostop at 2026-12-01 11:40 UTC"."""
-    import datetime
-    import json
-    try:
-        note = json.loads(record_text)  # what watchdog.py wrote when it fired
-        when = datetime.datetime.fromtimestamp(note["stopped_at"], datetime.timezone.utc)
-        return f"{note['reason']} at {when:%Y-%m-%d %H:%M:%S} UTC"
-    except (ValueError, KeyError, TypeError):
-        return "its watchdog fired"

@@ -176,7 +176,7 @@ class DockerRuntime:
         """Run the service's container unless an identical one already runs."""
         name, image = self.container_name(service.id), host.facts["images"][service.kind]
         digest = hashlib.sha256(repr((image, sorted(service.env.items()), service.port, service.model_dir,
-                                      host.config.bind, HARDENING_FLAGS)).encode()).hexdigest()[:16]
+                                      host.config.bind, HARDENING_FLAGS, service.admin_port)).encode()).hexdigest()[:16]
         record = SSHService(runtime=self.name, container=name, image=image)
         current = host.run(f"{docker(host)} inspect --format '{{{{.State.Running}}}} "
                            f"{{{{index .Config.Labels \"mlcluster.config\"}}}}' {quote(name)} 2>/dev/null", warn=True)
@@ -190,6 +190,8 @@ class DockerRuntime:
                  f"{docker(host)} run -d --name {quote(name)}{HARDENING_FLAGS}"
                  + "".join(f" --label {quote(f'{k}={v}')}" for k, v in labels.items())
                  + f" --env-file {quote(env_file)} -p {quote(f'{host.config.bind}:{service.port}:{service.port}')}"
+                 # the admin listener: published on the host's loopback only, reached through SSH
+                 + (f" -p {quote(f'127.0.0.1:{service.admin_port}:{service.admin_port}')}" if service.admin_port else "")
                  + f"{mount} {quote(image)}", timeout=120)
         return record
 

@@ -24,6 +24,7 @@ class ServiceSpec:
     port: int
     env: dict[str, str]     # its environment (may hold the token: written to a 0600 file)
     model_dir: str = ""     # a model directory on the host (mounted read-only into a container)
+    admin_port: int = 0     # the orchestrator's admin listener: on the host's 127.0.0.1 only
 
 
 @dataclass

@@ -25,6 +25,8 @@
     bind = "10.0.0.10"          # address the services listen on, on their host (default: the host's
                                 # private_address when it is an IP address, else 0.0.0.0)
     orchestrator_port = 8000
+    admin_port = 8001           # the admin endpoints, on the orchestrator host's 127.0.0.1 only (reached
+                                # through SSH); default orchestrator_port + 1
     worker_port = 5000          # the first one; the next containers use 5001, 5002...
     connect_timeout = 10        # seconds for one connect + login
     reach_timeout = 120         # seconds `up` waits for every host to answer SSH
@@ -57,7 +59,7 @@ RUNTIMES = ("docker", "process")
 IMAGE_MODES = ("build", "ship", "pull")
 HOST_KEYS = {"address", "private_address", "name", "user", "port", "key", "runtime", "python", "workdir", "bind"}
 TOP_KEYS = HOST_KEYS - {"address", "private_address", "name"} | {
-    "images", "worker_image", "orchestrator_image", "build_args", "wheelhouse", "ca_bundle", "orchestrator_port", "worker_port", "connect_timeout",
+    "images", "worker_image", "orchestrator_image", "build_args", "wheelhouse", "ca_bundle", "orchestrator_port", "admin_port", "worker_port", "connect_timeout",
     "reach_timeout", "orchestrator_env", "worker_env", "orchestrator", "workers"}
 
 
@@ -72,6 +74,7 @@ class SSHOptions:
     wheelhouse: str = ""
     ca_bundle: str = ""
     orchestrator_port: int = 8000
+    admin_port: int = 8001
     worker_port: int = 5000
     connect_timeout: float = 10.0
     reach_timeout: float = 120.0
@@ -128,6 +131,7 @@ def parse_options(spec: ClusterSpec) -> SSHOptions:
     images = table.get("images", "build")
     if images not in IMAGE_MODES:
         raise MlclusterError(f"[ssh] images must be one of {', '.join(IMAGE_MODES)}, not {images!r}")
+    orchestrator_port = _port(table.get("orchestrator_port", 8000), "[ssh] orchestrator_port")
     options = SSHOptions(
         orchestrator=orchestrator, workers=workers, images=images,
         worker_image=_str(table, "worker_image", "", "[ssh]"),
@@ -135,13 +139,17 @@ def parse_options(spec: ClusterSpec) -> SSHOptions:
         build_args=_env(table.get("build_args", {}), "[ssh] build_args"),
         wheelhouse=_local_path(table.get("wheelhouse", ""), "[ssh] wheelhouse", directory=True),
         ca_bundle=_local_path(table.get("ca_bundle", ""), "[ssh] ca_bundle", directory=False),
-        orchestrator_port=_port(table.get("orchestrator_port", 8000), "[ssh] orchestrator_port"),
+        orchestrator_port=orchestrator_port,
+        admin_port=_port(table.get("admin_port", orchestrator_port % 65535 + 1), "[ssh] admin_port"),
         worker_port=_port(table.get("worker_port", 5000), "[ssh] worker_port"),
         connect_timeout=_seconds(table.get("connect_timeout", 10), "[ssh] connect_timeout"),
         reach_timeout=_seconds(table.get("reach_timeout", 120), "[ssh] reach_timeout"),
         orchestrator_env=_env(table.get("orchestrator_env", {}), "[ssh] orchestrator_env"),
         worker_env=_env(table.get("worker_env", {}), "[ssh] worker_env"),
     )
+    if options.admin_port == options.orchestrator_port:
+        raise MlclusterError(f"[ssh] admin_port and orchestrator_port are both {options.admin_port}",
+                             "the admin endpoints need a port of their own (leave admin_port out: orchestrator_port + 1)")
     if images == "pull" and not (options.worker_image and options.orchestrator_image):
         raise MlclusterError("[ssh] images = \"pull\" needs worker_image and orchestrator_image (registry references)")
     return options

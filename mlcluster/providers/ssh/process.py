@@ -1,11 +1,16 @@
 """The process runtime over SSH: services as background processes on the host.
 
 Each service is `python -m gunicorn ...` (mlcluster.services' command line)
-started in its own session:
+started in its own session with only the environment it needs:
 
-    ( cd WORKDIR && set -a && . ./ID.env && set +a && exec setsid PY ... >>ID.log 2>&1 </dev/null & echo $! >ID.pid )
+    ( cd WORKDIR && exec env -i PATH=.. HOME=.. LANG=.. sh -c 'set -a && . "$0" && set +a && exec setsid "$@"' \
+        ./ID.env PY ... >>ID.log 2>&1 </dev/null & echo $! >ID.pid )
 
-so the SSH channel closes at once and `kill -- -PID` ends the whole service.
+`env -i` drops the login environment (SSH_CONNECTION, whatever the user's
+profile or sshd's SetEnv put there) but for the basics services.PASSED_VARS
+names (a worker also the proxy and Hugging Face ones it may need); its own
+settings come from the 0600 env file. The SSH channel closes at once and
+`kill -- -PID` ends the whole service.
 Its pid is recorded in the cluster state; every process carries
 MLCLUSTER_MARKER=<marker> in its environment, which is checked before any
 signal is sent (a recycled pid is never killed) and lets `down` find strays
@@ -27,10 +32,10 @@ from typing import Optional
 from ...errors import MlclusterError
 from ...resources import SSHService
 from .host import RemoteHost, ServiceSpec
-from ...services import MARKER_VAR, orchestrator_command, worker_command
+from ...services import MARKER_VAR, PASSED_VARS, WORKER_PASSED_VARS, orchestrator_command, worker_command
 from ...remote.connection import quote
 
-CHECK_IMPORTS = "import mlcluster_worker, mlcluster_orchestrator, gunicorn, flask, aiohttp"
+CHECK_IMPORTS = "import mlcluster_worker, mlcluster_orchestrator, gunicorn, flask, httptools"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 STARTUP_CHECK_S = 1.5
 
@@ -65,8 +70,10 @@ class ProcessRuntime:
         command = " ".join(quote(a) for a in (worker_command(python) if service.kind == "worker"
                                               else orchestrator_command(python)))
         log, pidfile = host.path(f"{service.id}.log"), host.path(f"{service.id}.pid")
-        host.run(f"( cd {quote(host.workdir)} && set -a && . {quote(env_file)} && set +a && "
-                 f"exec setsid {command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
+        passed = PASSED_VARS + (WORKER_PASSED_VARS if service.kind == "worker" else ())
+        load = quote('set -a && . "$0" && set +a && exec setsid "$@"')
+        host.run(f"( cd {quote(host.workdir)} && exec {clean_env(passed)} /bin/sh -c {load} {quote(env_file)} "
+                 f"{command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
         pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
         host.facts.setdefault("just_started", []).append((service.id, pid, log, time.monotonic()))
         return SSHService(runtime=self.name, pid=pid, log=log)
@@ -86,11 +93,14 @@ class ProcessRuntime:
     @staticmethod
     def _check_port_free(host: RemoteHost, python: str, service: ServiceSpec) -> None:
         bind = service.env.get("BIND", f"0.0.0.0:{service.port}").rsplit(":", 1)[0]
-        probe = ("import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
-                 f"s.bind(({bind!r}, {int(service.port)}))")
-        if not host.run(f"{quote(python)} -c {quote(probe)}", warn=True).ok:
-            raise MlclusterError(f"{host.name}: port {service.port} is already taken, so {service.id} cannot start",
-                                 "stop what listens there (another cluster?) or set worker_port / orchestrator_port")
+        wanted = [(bind, service.port)] + ([("127.0.0.1", service.admin_port)] if service.admin_port else [])
+        for address, port in wanted:
+            probe = ("import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                     f"s.bind(({address!r}, {int(port)}))")
+            if not host.run(f"{quote(python)} -c {quote(probe)}", warn=True).ok:
+                raise MlclusterError(f"{host.name}: port {port} is already taken, so {service.id} cannot start",
+                                     "stop what listens there (another cluster?) or set worker_port / "
+                                     "orchestrator_port / admin_port")
 
     def stop(self, host: RemoteHost, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
         """Stop the recorded services and (unless `only`) any other process of
@@ -118,6 +128,12 @@ class ProcessRuntime:
 
     def _any_alive(self, host: RemoteHost, pids: list[int], marker: str) -> bool:
         return host.run(" || ".join(f"({_has_marker(p, marker)})" for p in pids), warn=True).ok
+
+
+def clean_env(passed: tuple[str, ...]) -> str:
+    """`env -i` and those of `passed` the login shell has, as shell words
+    (expanded on the host: `${PATH+"PATH=$PATH"}` is nothing when PATH is unset)."""
+    return "env -i " + " ".join(f'${{{name}+"{name}=${name}"}}' for name in passed)
 
 
 def _has_marker(pid: int, marker: str) -> str:

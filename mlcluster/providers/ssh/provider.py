@@ -152,17 +152,25 @@ class SSHProvider:
         host = session.hosts[config.name]
         runtime = session.runtime(config.runtime)
         docker = config.runtime == "docker"
+        # The admin endpoints on the host's loopback only (a container's port is published there
+        # only), so the CLI reaches them through SSH and the public port answers them 404.
         env = services.orchestrator_env(
             port=options.orchestrator_port, token=session.state.token, worker_token=session.state.worker_token,
             host="0.0.0.0" if docker else config.bind, queue_limit=spec.queue_limit,
             queue_timeout_s=spec.queue_timeout_s, marker=marker(spec.name, config.name),
-            status_file="" if docker else host.path("orchestrator-status.json"))
+            status_file="" if docker else host.path("orchestrator-status.json"),
+            admin_bind=f"{'0.0.0.0' if docker else '127.0.0.1'}:{options.admin_port}")
         env.update(options.orchestrator_env)
-        service = ServiceSpec("orchestrator", "orchestrator", options.orchestrator_port, env)
+        service = ServiceSpec("orchestrator", "orchestrator", options.orchestrator_port, env,
+                              admin_port=options.admin_port)
         with ui.step(f"starting the orchestrator on {config.name}"):
             known = session.services_on(config.name).get("orchestrator")
+            if known and known.runtime == "process" and known.admin_port != service.admin_port:
+                runtime.stop(host, {"orchestrator": known}, marker(spec.name, config.name), only=True)
+                known = None  # started before its admin listener moved (or existed): start it anew
             record = runtime.start(host, service, marker(spec.name, config.name), known)
-            session.record_service("orchestrator", dataclasses.replace(record, host=config.name, port=service.port))
+            session.record_service("orchestrator", dataclasses.replace(record, host=config.name, port=service.port,
+                                                                       admin_port=service.admin_port))
             runtime.verify(host, marker(spec.name, config.name))
 
     def _start_workers(self, session: Session, spec: ClusterSpec, options: SSHOptions,
@@ -294,9 +302,9 @@ class SSHProvider:
     @contextlib.contextmanager
     def admin_channel(self, state: ClusterState) -> Iterator[str]:
         """The orchestrator's admin endpoints through SSH: a local port forwarded
-        over the checked connection to the orchestrator's host, to the address the
-        orchestrator listens on as that host sees it (its loopback when it binds
-        every address), so the token never crosses the network in cleartext."""
+        over the checked connection to the orchestrator's host, to its admin
+        listener on that host's 127.0.0.1, so the token never crosses the
+        network in cleartext (and the public port does not serve them at all)."""
         session = Session(state, _options_or_none(state))
         try:
             found = _orchestrator_host(session)
@@ -304,8 +312,12 @@ class SSHProvider:
                 raise MlclusterError(f"cluster {state.name!r} has no orchestrator recorded",
                                      f"`mlcluster up --name {state.name}` starts it")
             record, host = found
-            target = "127.0.0.1" if host.config.bind in ("0.0.0.0", "::") else host.config.bind
-            with Forward(host.conn, target, record.port) as forward:
+            if record.admin_port:  # the admin listener, on the host's loopback
+                target, port = "127.0.0.1", record.admin_port
+            else:  # an orchestrator started before it had one serves them on its public port
+                target = "127.0.0.1" if host.config.bind in ("0.0.0.0", "::") else host.config.bind
+                port = record.port
+            with Forward(host.conn, target, port) as forward:
                 yield forward.url
         finally:
             session.close()
