@@ -108,7 +108,13 @@ def quantize(fp32: Path, out: Path, recipe: Recipe) -> None:
         from onnxruntime.quantization.shape_inference import quant_pre_process
         optimized = out.with_suffix(".opt.onnx")
         # Its symbolic shape inference fails on this export ("Incomplete symbolic shape inference").
-        quant_pre_process(str(source), str(optimized), skip_optimization=False, skip_symbolic_shape=True)
+        # It leaves temporary files in the working directory: keep them in ours.
+        cwd = os.getcwd()
+        os.chdir(out.parent)
+        try:
+            quant_pre_process(str(source), str(optimized), skip_optimization=False, skip_symbolic_shape=True)
+        finally:
+            os.chdir(cwd)
         if source != fp32:
             source.unlink()
         source = optimized
