@@ -13,9 +13,11 @@ same run, and shown as ratios to it.
     flock /tmp/mlc-bench.lock python benchmarks/int8_recipes.py [--seconds 2] [--rounds 3] [--base]
         [--sweep]   also print the per-node sensitivity (one MatMul quantized at a time)
 
-Why U8U8 matters on our CPUs (AVX2, no AVX-512/VNNI): ONNX Runtime's u8s8
-kernel (QInt8 weights) uses VPMADDUBSW there, whose int16 sums saturate; its
-u8u8 kernel (QUInt8 weights) does not (ORT's quantization docs, "saturation").
+Why U8U8 is in the table (our CPUs: AVX2, no AVX-512/VNNI): ONNX Runtime's u8s8
+kernel (QInt8 weights) uses VPMADDUBSW there, whose int16 sums can saturate; its
+u8u8 kernel (QUInt8 weights) cannot (ORT's quantization docs). Measured: it does
+not change the agreement, so saturation is not what flips the labels.
+Per-token recipes run at ORT's basic level (see mlcluster_worker/per_token.py).
 """
 from __future__ import annotations
 
