@@ -59,9 +59,17 @@ def test_onnx_fp32_agrees_with_torch(setup):
     assert result.texts == N_TEXTS and result.fraction >= 0.999 and result.max_prob_diff < 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason="measured 95.5 % (largest probability difference 0.004) with per-channel dynamic int8; "
-                                       "the issue's bar is 99.5 %; recipes that reach it lose int8's speed "
-                                       "(export._quantize lists them): see the report to the lead")
+def test_onnx_int8_keeps_its_measured_agreement(setup):
+    """RECIPE 3 (per-token activation scales) measured 97.3 % here, per-tensor scales 95.5 %, and
+    the same graph under ORT's full optimisation (its MatMulIntegerToFloat fusion takes one scale per
+    tensor) 85.3 %: this holds the gain and catches either regression."""
+    result = agreement(setup, "onnx-int8")
+    assert result.texts == N_TEXTS and result.fraction >= 0.965 and result.max_prob_diff < 0.01
+
+
+@pytest.mark.xfail(strict=True, reason="measured 97.3 % (largest probability difference 0.0026) with per-channel "
+                                       "weights and per-token activation scales; the issue's bar is 99.5 %; no int8 "
+                                       "recipe measured reaches it (benchmarks/int8_recipes.py; the README's table)")
 def test_onnx_int8_agrees_on_at_least_99_5_percent_of_labels(setup):
     result = agreement(setup, "onnx-int8")
     assert result.texts == N_TEXTS and result.fraction >= 0.995

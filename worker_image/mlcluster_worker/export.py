@@ -9,7 +9,9 @@
   source hash, file names) written last, so a half-made directory is never taken
   for a finished one.
 - `onnx-int8`: the same, with `model.onnx` replaced by ONNX Runtime's dynamic
-  quantization of it (int8 weights; activations quantized per call).
+  quantization of it (int8 weights per channel; activations quantized per call,
+  with one scale per token: `per_token.py`), and `ort_optimization: "basic"`
+  in the manifest, the level the worker's session must use for that graph.
 
 The cache key is a sha256 over the model directory's files (relative paths and
 contents), so a second call with the same model returns the existing directory
@@ -36,8 +38,8 @@ ONNX_FILE = "model.onnx"
 SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
               "MLCLUSTER_RANDOM_WEIGHTS.json")
 OPSET = 17
-QUANTIZATION = "dynamic int8, QInt8 weights, per channel"
-RECIPE = 2  # raise when the export or quantization changes: older exports are then redone
+QUANTIZATION = "dynamic int8, QInt8 weights per channel, per-token activation scales"
+RECIPE = 3  # raise when the export or quantization changes: older exports are then redone
 
 
 def model_hash(model_dir: str | Path) -> str:
@@ -93,7 +95,9 @@ def prepare_model(model_dir: str | Path, backend: str, cache_dir: str | Path) ->
         (work / MANIFEST).write_text(json.dumps(
             {"backend": backend, "source_hash": digest, "source": str(source), "onnx": ONNX_FILE,
              "opset": OPSET, "recipe": RECIPE, "labels": labels,
-             "quantization": QUANTIZATION if backend == "onnx-int8" else None}, indent=2))
+             "quantization": QUANTIZATION if backend == "onnx-int8" else None,
+             # per_token.py: ORT's extended fusions would apply one scale per tensor to its graph
+             "ort_optimization": "basic" if backend == "onnx-int8" else "all"}, indent=2))
         for path in [work, *work.iterdir()]:  # readable by a container's non-root user when mounted
             path.chmod(0o755 if path.is_dir() else 0o644)
         if target.exists():  # a stale or half-made one: replace it
@@ -124,23 +128,32 @@ def _export_onnx(source: Path, out: Path) -> list[str]:
 
 
 def _quantize(fp32: Path, out: Path) -> None:
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # Per-channel weight scales: on all-MiniLM-L6-v2 they raised label agreement
-    # with fp32 from 93.7 % to 95.5-96.1 % at the same speed (tests/test_agreement.py).
-    # Measured and NOT taken (agreement on the guard; DistilBERT-base, batch 1,
-    # one thread, speed relative to onnx fp32 in the same run; this recipe: 95.5 %, 2.1x):
+    from .per_token import per_token
+
+    # Per-channel weight scales and per-token activation scales: on the agreement
+    # guard (all-MiniLM-L6-v2, tests/test_agreement.py) 97.3 % of labels, against
+    # 95.5 % per tensor (RECIPE 2), for ~6 % of DistilBERT-base's int8 speed (1.70x
+    # vs 1.81x onnx fp32; on MiniLM 1.13x vs 1.47x). The guard's 99.5 % was not
+    # reached by any int8 recipe measured: benchmarks/int8_recipes.py prints them
+    # all (U8U8, reduce_range, MatMul only, ORT pre-processing, SmoothQuant, the
+    # most sensitive MatMuls left fp32), and the README has its table. Earlier,
+    # also measured and not taken (DistilBERT-base, speed relative to onnx fp32):
     #   MatMulNBits 8-bit, block 16, int8 compute (accuracy_level 4): 99.6 % (99.3 % with head seed 1), 0.76x
     #   MatMulNBits 8-bit, block 32, fp32 compute (accuracy_level 0): 99.5 %, ~0.15x
-    #   MatMulNBits 4-bit, block 32 / 16, accuracy_level 4: 94.3 % / 95.1 %
-    #   fp16 weights (onnxruntime.transformers.float16, fp32 in/out): 100 %, 0.74-1.24x (two runs)
-    #   only MatMul with constant weights (MatMulConstBOnly), per channel: 95.1 %
-    #   same, layers 0 and 5 left in fp32: 96.3 %, 1.7x; static QDQ S8S8: 85.3 %
-    #   ORT transformers optimizer (fused Attention) before quantizing: 94.4 %
-    # int8 activations with one scale per tensor are the error that counts: fp32
-    # compute or per-block activation scales remove it, and both cost the speed
-    # on our AVX2 CPUs (no VNNI). Scripts and full table: the issue-11 report.
-    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True)
+    #   fp16 weights (onnxruntime.transformers.float16, fp32 in/out): 100 %, 0.74-1.24x
+    #   static QDQ S8S8: 85.3 %; ORT transformers optimizer (fused Attention) first: 94.4 %
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic's "please consider pre-processing" line
+    try:
+        quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
+    per_token(out, out)
 
 
 def main(argv: list[str] | None = None) -> int:

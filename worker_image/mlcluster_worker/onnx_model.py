@@ -18,6 +18,7 @@ from .make_model import WARNING as RANDOM_WARNING, is_random_stand_in
 from .model import format_results
 
 log = logging.getLogger("mlcluster.worker")
+OPTIMIZATION_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC"}
 
 
 class OnnxClassifier:
@@ -47,7 +48,10 @@ class OnnxClassifier:
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # An export may ask for less than ORT's full optimisation: the per-token int8 graph
+        # (per_token.py) must not meet the MatMulIntegerToFloat fusion, which takes one scale per tensor.
+        level = OPTIMIZATION_LEVELS[manifest.get("ort_optimization") or "all"]
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         self.session = ort.InferenceSession(str(root / manifest["onnx"]), options,
                                             providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
