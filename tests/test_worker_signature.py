@@ -157,3 +157,20 @@ def test_a_worker_with_another_credential_is_marked_down_and_nothing_is_lost(clu
     log = cluster.orchestrator.log()
     assert "container a (http://127.0.0.1:" in log and "refused our signature: clock skew or wrong credential" in log
     assert TOKEN not in log and OTHER not in log
+
+
+def test_the_nonce_memory_is_bounded_and_a_forgotten_nonce_still_cannot_be_replayed():
+    """The Verifier on its own (its clock given), past its `max_nonces`."""
+    from mlcluster_worker.auth import Verifier
+
+    now = [1_000_000.0]
+    verifier = Verifier(TOKEN, window_s=300, max_nonces=3, clock=lambda: now[0])
+    signed = [(sign(TOKEN, b"{}", t=int(now[0]) + i)[HEADER]) for i in range(4)]
+    assert [verifier.check(h, b"{}") for h in signed] == [None] * 4  # the 4th made room: the 1st forgotten
+    assert len(verifier._seen) == 3
+    assert "replay" in verifier.check(signed[0], b"{}")  # forgotten, yet refused: signed at or before the floor
+    assert "replay" in verifier.check(signed[3], b"{}")  # remembered
+    now[0] += 304  # every nonce's timestamp has left the window: forgotten for age, and refused by the clock
+    assert "clock" in verifier.check(signed[3], b"{}")
+    assert verifier.check(sign(TOKEN, b"{}", t=int(now[0]))[HEADER], b"{}") is None
+    assert len(verifier._seen) == 1
