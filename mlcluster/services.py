@@ -50,7 +50,7 @@ def worker_env(*, model: str, port: int, token: str, host: str = "127.0.0.1", to
     """Environment for one worker container. `model` is a hub id, a local
     directory (for an ONNX backend: one made by `prepare_model`), or
     `overhead-test` (no model: answers after `service_ms`). `token` is the
-    credential /run_model requires (the cluster's worker token)."""
+    credential /run_model's signatures are checked with (the cluster's worker token)."""
     env = {
         "MODEL": model,
         "BIND": f"{host}:{port}",
@@ -84,8 +84,8 @@ def cluster_worker_settings(spec: "ClusterSpec", state: "ClusterState") -> dict:
 def orchestrator_env(*, port: int, token: str, host: str = "127.0.0.1", queue_limit: int = 100,
                      queue_timeout_s: float = 30.0, status_file: str = "", health_interval_s: float = 1.0,
                      marker: str = "", worker_token: str = "", admin_bind: str = "") -> dict[str, str]:
-    """Environment for the orchestrator. `worker_token`, when set, is sent to
-    workers as `Authorization: Bearer ...` on every /run_model. `admin_bind`
+    """Environment for the orchestrator. `worker_token`, when set, signs
+    every /run_model (mlcluster_orchestrator/signing.py); it is never sent. `admin_bind`
     ("127.0.0.1:PORT"; in a container "0.0.0.0:PORT", published on the host's
     loopback only) is where the admin endpoints are served, and then only there."""
     env = {

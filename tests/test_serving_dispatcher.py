@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from support.services import free_port
+from support.signing import sign
 from mlcluster_orchestrator.dispatcher import MAX_5XX_IN_A_ROW, Dispatcher
 from mlcluster_orchestrator.scheduler import Scheduler
 
@@ -28,6 +29,7 @@ class Handler(BaseHTTPRequestHandler):
         server.requests += 1
         server.last_client_port = self.client_address[1]
         server.authorization.append(self.headers.get("Authorization"))
+        server.signatures.append((self.headers.get("X-Mlcluster-Signature"), body))
         mode = server.mode
         if mode == "close":  # drop the connection without an answer
             self.close_connection = True
@@ -63,6 +65,7 @@ def servers():
     def start(mode: str, hang_s: float = 2.0) -> Server:
         server = Server(("127.0.0.1", 0), Handler)
         server.mode, server.hang_s, server.requests, server.authorization = mode, hang_s, 0, []
+        server.signatures = []
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         started.append(server)
         return server
@@ -169,19 +172,30 @@ def test_a_4xx_from_the_worker_is_passed_on_without_blame_or_retry(servers, mode
     assert not [e for e in events if e[0] == "failed"]
 
 
-def test_a_worker_refusing_our_credential_is_a_502_not_the_callers_401(servers):
-    server = servers("401")
-    dispatcher, scheduler, _ = make_dispatcher({"w": server.server_port})
-    outcome = handle(dispatcher, b"{}")
-    assert outcome.status == 502 and "credential" in outcome.body["error"]
-    assert scheduler.get("w").status == "free"
+def test_a_worker_refusing_our_signature_is_marked_down_and_the_request_goes_elsewhere(servers):
+    refusing, other = servers("401"), servers("ok")
+    dispatcher, scheduler, events = make_dispatcher({"a": refusing.server_port, "b": other.server_port})
+    outcome = handle(dispatcher, b'{"text": "x"}')
+    assert outcome.status == 200 and outcome.body["container"]["id"] == "b" and outcome.body["attempts"] == 2
+    assert scheduler.get("a").status == "down" and scheduler.get("a").in_flight == 0
+    assert ("failed", {"container": "a", "kind": "unauthorized"}) in events
+
+    async def probe():  # its /ready is open, but the health check keeps it out for a while
+        async with dispatcher:
+            return await dispatcher.probe_ready(scheduler.get("a"), 2.0)
+    healthy, why = asyncio.run(probe())
+    assert not healthy and "signature" in why
 
 
-def test_the_worker_token_is_sent_on_every_request_when_set(servers):
+def test_every_request_is_signed_anew_and_the_token_never_sent(servers):
     server = servers("ok")
-    handle(make_dispatcher({"w": server.server_port}, worker_token="s3cret")[0], b"{}", b"{}")
+    handle(make_dispatcher({"w": server.server_port}, worker_token="s3cret")[0], b'{"text": "a"}', b'{"text": "a"}')
     handle(make_dispatcher({"w": server.server_port})[0], b"{}")
-    assert server.authorization == ["Bearer s3cret", "Bearer s3cret", None]
+    assert server.authorization == [None, None, None]
+    (first, body), (second, _), (unsigned, _) = server.signatures
+    assert first != second and unsigned is None
+    t, nonce = first.split(",")[0][2:], first.split(",")[1][2:]
+    assert first == sign("s3cret", body, int(t), nonce)["X-Mlcluster-Signature"]  # the documented format
 
 
 def test_connections_are_reused_and_one_the_worker_closed_is_replaced(servers):

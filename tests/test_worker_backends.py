@@ -19,6 +19,7 @@ import requests
 from support.services import Service, free_port
 from mlcluster import services
 from support.serving import Cluster, stop_service
+from support.signing import sign
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 # int8 weights move probabilities a little; fp32 ONNX matches torch closely.
@@ -199,11 +200,13 @@ def test_the_worker_token_guards_run_model_only(tmp_path, prepared):
     token = "s3cret-worker-token"
     w = start(tmp_path, prepared["onnx-int8"], "onnx-int8", WORKER_TOKEN=token)
     try:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token},
-                        {"Authorization": f"Basic {token}"}):
-            r = run(w, json={"text": "hello"}, headers=headers)
-            assert r.status_code == 401 and r.json()["error"] and r.headers["WWW-Authenticate"] == "Bearer"
-        assert run(w, json={"text": "hello"}, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        body = json.dumps({"text": "hello"}).encode()
+        for headers in ({}, {"Authorization": f"Bearer {token}"}, sign("wrong", body),
+                        {"X-Mlcluster-Signature": token}):
+            r = run(w, data=body, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]
+            assert r.headers["WWW-Authenticate"] == "Mlcluster-Signature"
+        assert run(w, data=body, headers=sign(token, body)).status_code == 200
         assert requests.get(w.url + "/ready", timeout=10).status_code == 200
         assert requests.get(w.url + "/health_check", timeout=10).status_code == 200
         assert token not in w.log()

@@ -5,9 +5,12 @@ keep-alive pool per container, upstream.py) and sorts what comes back:
 
 - 2xx: served.
 - 4xx: the request itself was bad. Passed back to the caller with the same
-  status (as JSON); no retry, and the container stays in rotation. (401/403
-  are the exception: the worker refused *our* credential, which is no fault of
-  the caller: 502, logged, no retry.)
+  status (as JSON); no retry, and the container stays in rotation. Two
+  exceptions, neither the caller's fault: a 401 means the worker refused our
+  signature (signing.py: clock skew or another credential), so the container
+  is marked down, kept out for `SIGNATURE_HOLD_S` (its open /ready would
+  bring it back at once) and the request goes to another one; a 403 is a 502,
+  logged, no retry.
 - 5xx: the worker failed on this request. It is tried on another container
   (ahead of the queue, within `max_attempts`; never the same one while another
   healthy container exists), because the fault may be the container's; the container leaves rotation only after `MAX_5XX_IN_A_ROW`
@@ -26,10 +29,12 @@ import time
 from typing import Callable, Optional
 
 from .scheduler import Container, NoContainers, QueueFull, QueueTimeout, Reservation, Scheduler
+from .signing import Signer
 from .upstream import Pool, UpstreamError, request_head, with_body
 
 log = logging.getLogger("mlcluster.orchestrator")
 MAX_5XX_IN_A_ROW = 3
+SIGNATURE_HOLD_S = 30.0  # a container that refused our signature stays out this long
 
 
 class Outcome:
@@ -58,7 +63,7 @@ class Outcome:
 class ContainerFailed(Exception):
     def __init__(self, kind: str, detail: str):
         super().__init__(detail)
-        self.kind = kind  # refused | timeout | disconnected | http_5xx | bad_answer
+        self.kind = kind  # refused | timeout | disconnected | http_5xx | bad_answer | unauthorized
 
 
 class _Forward:
@@ -78,7 +83,8 @@ class _Forward:
         d = self.dispatcher
         self.reservation = reservation
         self.pool, head, _ = d._pool(reservation.container)
-        self.data = with_body(head, self.body)
+        signer = d.signer
+        self.data = with_body(head, self.body, signer.line(self.body) if signer is not None else b"")
         self.start = d.clock()
         self.sent = self.pool.send_now(self.data, d.forward_timeout_s, self.settle)
 
@@ -103,8 +109,9 @@ class Dispatcher:
         self.forward_timeout_s = forward_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.headers = {"Content-Type": "application/json"}
-        if worker_token:  # never logged: only ever sent to workers
-            self.headers["Authorization"] = f"Bearer {worker_token}"
+        # The token signs each request (never sent, never logged); without one, requests go unsigned.
+        self.signer = Signer(worker_token) if worker_token else None
+        self._refused_signature: dict[str, float] = {}  # container id -> when it refused (clock())
         self._pools: dict[tuple[str, int], tuple[Pool, bytes, bytes]] = {}  # pool, /run_model head, /ready
         self._5xx_in_a_row: dict[str, int] = {}
 
@@ -128,6 +135,11 @@ class Dispatcher:
 
     async def probe_ready(self, container: Container, timeout_s: float) -> tuple[bool, str]:
         """The health check: (healthy, why) from GET /ready on a pooled connection."""
+        refused_at = self._refused_signature.get(container.id)
+        if refused_at is not None:
+            if self.clock() - refused_at < SIGNATURE_HOLD_S:
+                return False, f"it refused our signature; kept out for {SIGNATURE_HOLD_S:g} s"
+            del self._refused_signature[container.id]
         pool, _, ready = self._pool(container)
         try:
             status, _ = await pool.request(ready, timeout_s)
@@ -200,6 +212,10 @@ class Dispatcher:
                 failure = ContainerFailed("http_5xx", f"container {container.id} answered {status}")
                 self._blame(container, failure)
                 raise failure
+            if status == 401:
+                failure = ContainerFailed("unauthorized", f"container {container.id} refused our signature")
+                self._blame(container, failure)
+                raise failure
             try:
                 answer = json.loads(data)  # checked, not re-encoded: a 2xx is passed on as these bytes
             except (ValueError, RecursionError):
@@ -221,6 +237,13 @@ class Dispatcher:
         """Count a container's failure; mark it down at once for a transport
         failure, after MAX_5XX_IN_A_ROW for 5xx answers."""
         self.on_event("failed", {"container": container.id, "kind": failure.kind})
+        if failure.kind == "unauthorized":
+            log.error("container %s (%s) refused our signature: clock skew or wrong credential; "
+                      "marking it down for %g s and retrying elsewhere", container.id, container.url,
+                      SIGNATURE_HOLD_S)
+            self._refused_signature[container.id] = self.clock()
+            self.scheduler.set_health(container.id, False)
+            return
         if failure.kind != "http_5xx":
             log.warning("container %s (%s) failed: %s; marking it down and retrying elsewhere",
                         container.id, container.url, failure)
@@ -237,7 +260,7 @@ class Dispatcher:
             log.warning("%s; trying another container", failure)
 
     def _callers_error(self, container: Container, status: int, answer: dict) -> Outcome:
-        if status in (401, 403):
+        if status == 403:
             log.error("container %s (%s) refused the orchestrator's worker credential (%d): "
                       "check ORCH_WORKER_TOKEN", container.id, container.url, status)
             return Outcome(502, {"error": f"worker {container.id} refused the orchestrator's credential",

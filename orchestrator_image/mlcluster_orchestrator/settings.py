@@ -7,7 +7,7 @@ import os
 DEFAULTS = {
     "ORCH_TOKEN": "",
     "ORCH_ADMIN_BIND": "",  # host:port of the admin listener ("": admin endpoints on the public one)
-    "ORCH_WORKER_TOKEN": "",  # sent to workers as a bearer token on /run_model; never logged
+    "ORCH_WORKER_TOKEN": "",  # signs every /run_model (signing.py); never sent, never logged
     "ORCH_QUEUE_LIMIT": 100,
     "ORCH_QUEUE_TIMEOUT_S": 30.0,
     "ORCH_FORWARD_TIMEOUT_S": 30.0,

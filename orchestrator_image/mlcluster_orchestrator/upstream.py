@@ -204,5 +204,6 @@ def request_head(method: str, path: str, host: str, port: int, headers: dict[str
     return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
 
 
-def with_body(head: bytes, body: bytes) -> bytes:
-    return b"%b%d\r\n\r\n%b" % (head, len(body), body)
+def with_body(head: bytes, body: bytes, extra: bytes = b"") -> bytes:
+    """The whole request: `head`, the length, `extra` header lines (each ending in CRLF), the body."""
+    return b"%b%d\r\n%b\r\n%b" % (head, len(body), extra, body)

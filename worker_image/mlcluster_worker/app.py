@@ -10,7 +10,6 @@ takes at once) for the orchestrator's registration.
 """
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import random
@@ -22,6 +21,7 @@ from flask import Flask, Response, abort, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
+from .auth import HEADER as SIGNATURE_HEADER, Verifier
 from .batching import Batcher
 from .config import CHARS_PER_TOKEN, resolve_backend, resolve_batching, settings_from_env, threads
 from .model import load_classifier
@@ -69,12 +69,11 @@ class _State:
         self.served = 0
 
 
-def _parse_texts(max_batch: int, max_body: int, max_chars: int) -> tuple[list[str], bool]:
-    """The request's texts, and whether it was a batch. Aborts with 400 on bad
+def _parse_texts(raw: bytes, max_batch: int, max_chars: int) -> tuple[list[str], bool]:
+    """The texts of the request body `raw`, and whether it was a batch. Aborts with 400 on bad
     input (also text that is not valid Unicode, such as a lone surrogate), 413
-    on a body over `max_body` bytes or a text over `max_chars` characters.
+    on a text over `max_chars` characters.
     `{"payload": ...}` (the lab's body) classifies a random lab text."""
-    raw = read_body(max_body)
     if not raw.strip():
         return [random_text()], False
     try:
@@ -117,13 +116,6 @@ def _check_text(text: str, what: str, max_chars: int) -> None:
         abort(400, f"{what} is not valid Unicode (it holds a lone surrogate)")
 
 
-def _authorized(token: str) -> bool:
-    """Whether the request carries `Authorization: Bearer <token>` (compared in constant time)."""
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
-
-
 def create_app(config: dict | None = None, classifier=None) -> Flask:
     settings = settings_from_env()
     settings.update(config or {})
@@ -134,7 +126,8 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
     backend = resolve_backend(settings)
     batching = resolve_batching(settings, backend)
     n_threads = threads(settings)
-    worker_token = settings["WORKER_TOKEN"]
+    # No WORKER_TOKEN (a hand-run worker): unsigned requests are served, as before.
+    verifier = Verifier(settings["WORKER_TOKEN"], settings["SIGNATURE_WINDOW_S"]) if settings["WORKER_TOKEN"] else None
     echo_chars = settings["ECHO_CHARS"]
     state = _State()
     registry = CollectorRegistry()
@@ -175,11 +168,13 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
 
     @app.post("/run_model")
     def run_model():
-        if worker_token and not _authorized(worker_token):
+        raw = read_body(max_body)
+        refusal = verifier and verifier.check(request.headers.get(SIGNATURE_HEADER), raw)
+        if refusal:
             errors_total.labels(kind="401").inc()
-            response = jsonify(error="this worker needs `Authorization: Bearer <its worker token>`", status=401)
+            response = jsonify(error=refusal, status=401)
             response.status_code = 401
-            response.headers["WWW-Authenticate"] = "Bearer"
+            response.headers["WWW-Authenticate"] = "Mlcluster-Signature"
             return response
         classifier, batcher = state.classifier, state.batcher
         if classifier is None:
@@ -187,7 +182,7 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
             response.status_code = 503
             response.headers["Retry-After"] = "1"
             return response
-        texts, batch = _parse_texts(settings["MAX_BATCH"], max_body, settings["MAX_TEXT_CHARS"])
+        texts, batch = _parse_texts(raw, settings["MAX_BATCH"], settings["MAX_TEXT_CHARS"])
         # The model reads max_length tokens: what lies far beyond is cut before the tokenizer sees it.
         cut = classifier.max_length * CHARS_PER_TOKEN
         with state.lock:

@@ -10,7 +10,9 @@
                      fill (negative: the backend's default)
     MAX_TEXT_CHARS   a text over this many characters is refused (413)
     ECHO_CHARS       answers echo at most this many characters of each text
-    WORKER_TOKEN     when set, /run_model requires `Authorization: Bearer <it>`
+    WORKER_TOKEN     when set, /run_model requires the orchestrator's signature made
+                     with it (auth.py); the token itself is never sent
+    SIGNATURE_WINDOW_S  a signature's timestamp may be this far off our clock
     MAX_BATCH, MAX_BODY_BYTES, WORKER_ID, SERVICE_TIME_MS, GUNICORN_THREADS: as before
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ DEFAULTS = {
     "MAX_BODY_BYTES": 1 << 20,
     "WORKER_ID": "",
     "WORKER_TOKEN": "",
+    "SIGNATURE_WINDOW_S": 300.0,
 }
 
 
