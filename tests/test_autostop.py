@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from mlcluster.autostop import WATCHDOG_SOURCE, parse_duration, watchdog_command
 from mlcluster.errors import MlclusterError
 from mlcluster.providers.local.processes import find_marked, marker
 from mlcluster.watchdog import IdleClock
-from support.console import MLCLUSTER, Trickle, home_fixture, mlcluster
+from support.console import MLCLUSTER, Trickle, home_fixture, kill_marked, mlcluster
 
 cli = functools.partial(mlcluster, check=True)
 
@@ -157,11 +158,7 @@ def test_watchdog_ends_the_lifetime_even_under_load(home, tiny_model, tmp_path):
 def lhome(tmp_path, monkeypatch):
     monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
     yield tmp_path / "home"
-    for pid in find_marked(marker("localidle")):
-        try:
-            os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_marked("localidle")
 
 
 def test_local_cluster_stops_itself_once_idle_but_not_while_serving(lhome, tiny_model):

@@ -15,7 +15,6 @@ import logging
 import random
 import string
 import threading
-import time
 
 from flask import Flask, Response, abort, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, CONTENT_TYPE_LATEST

@@ -35,7 +35,7 @@ from typing import Iterator, Optional
 from ... import services
 from ...errors import MlclusterError
 from ...images import ensure_image, worker_kind
-from ...models import OVERHEAD_TEST, hub_snapshot, resolve_model
+from ...models import hub_snapshot, resolve_model
 from ...resources import LocalDocker
 from ...state import ClusterSpec, ClusterState, ContainerRecord
 from ...ui import QuietUI
