@@ -215,7 +215,7 @@ def main() -> None:
         h, o = bench.phase(haproxy, 15), bench.phase(orch, 15)
         lines += [row("P1 HAProxy, 8 x 50 ms, 15 clients", h, f"{h.rate / ideal:.3f} of ideal"),
                   row("P1 orchestrator", o, f"{o.rate / ideal:.3f} of ideal; {o.rate / ideal - h.rate / ideal:+.3f} "
-                                            f"vs HAProxy (within 0.005)")]
+                                            f"vs HAProxy (no worse than -0.005)")]
 
         bench.set_service([50] * 4 + [150] * 4)
         ideal = 4 / 0.05 + 4 / 0.15

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 
 import pytest
 import requests
@@ -309,3 +310,74 @@ def test_callers_connections_are_kept_alive_even_with_a_large_queue(make_cluster
         assert len(local_ports) == 1  # one connection served all three
     finally:
         conn.close()
+
+
+def established_to(port: int) -> int:
+    """Open TCP connections (ESTABLISHED, from /proc) whose far end is 127.0.0.1:`port`."""
+    count = 0
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[2].split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
+def test_a_removed_container_keeps_no_connection_from_the_orchestrator(make_cluster):
+    c = make_cluster()
+    w1, w2 = c.start_workers(["w1", "w2"], service_ms=0)
+    c.start_orchestrator()
+    c.register()
+    for i in range(6):
+        assert c.new_request({"text": f"warm {i}"}).status_code == 200
+    assert established_to(port_of(w1)) >= 1  # kept alive in the orchestrator's pool
+    r = requests.delete(f"{c.url}/workers/w1", headers=AUTH, timeout=10)
+    assert r.json() == {"draining": "w1", "in_flight": 0, "removed": True}
+    wait_for(lambda: established_to(port_of(w1)) == 0, "the orchestrator to close its connections to w1")
+    assert c.new_request({"text": "after"}).json()["container"]["id"] == "w2"
+    assert established_to(port_of(w2)) >= 1
+
+
+def test_a_caller_that_leaves_while_queued_never_reaches_a_container(make_cluster):
+    c = make_cluster()
+    c.start_workers(["slow"], service_ms=1500)
+    c.start_orchestrator()
+    c.register()
+    bg = Background(1)
+    try:
+        first = bg.submit(c.new_request, {"text": "in flight"})
+        wait_for(lambda: c.container("slow")["in_flight"] == 1, "the first request to be in flight")
+        body = b'{"text": "abandoned"}'
+        leaver = socket.create_connection(("127.0.0.1", port_of(c.orchestrator)), timeout=10)
+        leaver.sendall(b"POST /new_request HTTP/1.1\r\nHost: o\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+        wait_for(lambda: c.status()["queue"]["depth"] == 1, "the second request to wait in the queue")
+        leaver.close()
+        wait_for(lambda: c.status()["queue"]["depth"] == 0, "the abandoned request to leave the queue")
+        assert first.result(timeout=60).json()["result"]["text"] == "in flight"
+    finally:
+        bg.close()
+    # Had it stayed queued, it would be in flight now, on the container the first one freed.
+    assert c.container("slow")["in_flight"] == 0
+    assert c.worker_stats("slow")["served"] == 1
+    assert 'orchestrator_errors_total{kind="caller_gone"} 1.0' in requests.get(c.url + "/metrics", timeout=10).text
+    assert c.new_request({"text": "still serving"}).status_code == 200
+
+
+def test_latency_histograms_count_every_answer(make_cluster):
+    c = make_cluster()
+    c.start_workers(["w"], service_ms=0)
+    c.start_orchestrator()
+    c.register()
+    for i in range(7):
+        assert c.new_request({"text": f"r{i}"}).status_code == 200
+    assert c.new_request(data=b"not json").status_code == 400
+    metrics = requests.get(c.url + "/metrics", timeout=10).text
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in metrics.splitlines() if line and not line.startswith("#")}
+    assert values['orchestrator_requests_total{status="200"}'] == 7
+    assert values['orchestrator_requests_total{status="400"}'] == 1
+    for name in ("orchestrator_request_seconds", "orchestrator_queue_wait_seconds"):
+        buckets = [v for k, v in values.items() if k.startswith(name + "_bucket")]
+        assert buckets == sorted(buckets) and buckets[-1] == values[name + "_count"] == 7  # cumulative, +Inf last
+        assert values[name + '_bucket{le="30.0"}'] == 7
+    assert 0 < values["orchestrator_request_seconds_sum"] < 7 * 5

@@ -13,12 +13,20 @@ keep-alive pool per container, upstream.py) and sorts what comes back:
   logged, no retry.
 - 5xx: the worker failed on this request. It is tried on another container
   (ahead of the queue, within `max_attempts`; never the same one while another
-  healthy container exists), because the fault may be the container's; the container leaves rotation only after `MAX_5XX_IN_A_ROW`
-  consecutive 5xx answers (as HAProxy's `observe layer7` + `error-limit`), so
+  healthy container exists), because the fault may be the container's; the
+  container leaves rotation only after `MAX_5XX_IN_A_ROW` consecutive 5xx answers (as HAProxy's `observe layer7` + `error-limit`), so
   one bad request cannot take containers out.
 - refused, timed out, broken connection, an answer that is not JSON: the
   container is marked down at once (the health checker brings it back) and the
   request goes to another one.
+
+How (`_Job`): callbacks end to end, no task, future or timer per request. At
+several thousand requests a second on one core, each of those cost as much as
+the rest of a request's Python; the queue's deadlines and the forwards'
+time-outs are swept a few times a second instead (`QUEUE_TICK_S`,
+upstream.TICK_S). A caller that disconnects while its request waits takes it
+out of the queue (`_Job.cancel`); a container that leaves the registry has its
+connections closed (`forget`).
 """
 from __future__ import annotations
 
@@ -28,12 +36,15 @@ import logging
 import time
 from typing import Callable, Optional
 
+import orjson
+
 from .scheduler import Container, NoContainers, QueueFull, QueueTimeout, Reservation, Scheduler
 from .signing import Signer
-from .upstream import Pool, UpstreamError, request_head, with_body
+from .upstream import Dropped, Pool, UpstreamError, request_head, with_body
 
 log = logging.getLogger("mlcluster.orchestrator")
 MAX_5XX_IN_A_ROW = 3
+QUEUE_TICK_S = 0.05  # how often waiting requests are checked against their deadline (no timer per request)
 SIGNATURE_HOLD_S = 30.0  # a container that refused our signature stays out this long
 
 
@@ -66,31 +77,109 @@ class ContainerFailed(Exception):
         self.kind = kind  # refused | timeout | disconnected | http_5xx | bad_answer | unauthorized
 
 
-class _Forward:
-    """One attempt at forwarding, with no event-loop hop on the way:
-    `grant` runs the moment the scheduler grants a container (inside the
-    callback of whichever answer freed it) and writes the request to an idle
-    connection at once; `settle` runs inside the connection's callback the
-    moment the answer is whole, sorts it and releases the container, which
-    hands it to the next waiter's `grant`."""
-    __slots__ = ("dispatcher", "body", "data", "pool", "reservation", "start", "settled", "sent")
+class _Job:
+    """One request through its attempts, as callbacks with no event-loop hop
+    and no future: `_attempt` asks the scheduler for a container; `_granted`
+    runs the moment one is granted (perhaps inside the callback of the answer
+    that freed it) and writes the request on an idle connection at once;
+    `_answered` runs inside the connection's callback the moment the answer
+    is whole, releases the container (which grants it to the next waiter)
+    and answers the caller; `_broke` blames the container and tries another.
+    `done(outcome)` is called exactly once, unless `cancel()` came first."""
+    __slots__ = ("d", "body", "done", "arrived", "deadline", "attempt", "failures", "tried", "waiter",
+                 "reservation", "start", "resent", "cancelled")
 
-    def __init__(self, dispatcher: "Dispatcher", body: bytes):
-        self.dispatcher, self.body = dispatcher, body
-        self.settled, self.sent, self.reservation = False, None, None
+    def __init__(self, dispatcher: "Dispatcher", body: bytes, done: Callable[[Outcome], None]):
+        self.d, self.body, self.done = dispatcher, body, done
+        self.arrived = dispatcher.clock()
+        self.deadline = self.arrived + dispatcher.queue_timeout_s
+        self.attempt = 0
+        self.failures: list[ContainerFailed] = []
+        self.tried: list[Container] = []  # a retry goes to another container while one is healthy
+        self.waiter = self.reservation = None
+        self.start = 0.0
+        self.resent = self.cancelled = False
 
-    def grant(self, reservation: Reservation) -> None:
-        d = self.dispatcher
+    def _attempt(self) -> None:
+        d = self.d
+        if self.cancelled:
+            return
+        self.attempt += 1
+        if self.attempt > d.max_attempts:
+            return self._finish(d._gave_up(self.failures))
+        self.reservation, self.resent = None, False
+        try:
+            waiter = d.scheduler.request(self._granted, front=self.attempt > 1, queued_at=self.arrived,
+                                         avoid=self.tried)
+        except (QueueFull, NoContainers) as refusal:
+            return self._finish(d._refused(refusal, self.failures))
+        if waiter is not None and self.reservation is None:  # it waits: until its deadline at most
+            self.waiter = waiter
+            d._wait(self)
+
+    def _granted(self, reservation: Reservation) -> None:
+        """Under the scheduler's lock, maybe: writes, never calls the scheduler."""
+        d = self.d
+        if self.waiter is not None:
+            self.waiter = None
+            d._waiting.discard(self)
         self.reservation = reservation
-        self.pool, head, _ = d._pool(reservation.container)
+        pool, head, _ = d._pool(reservation.container)
         signer = d.signer
-        self.data = with_body(head, self.body, signer.line(self.body) if signer is not None else b"")
         self.start = d.clock()
-        self.sent = self.pool.send_now(self.data, d.forward_timeout_s, self.settle)
+        pool.send(with_body(head, self.body, signer.line(self.body) if signer is not None else b""),
+                  d.forward_timeout_s, self._answered, self._broke)
 
-    def settle(self, status: int, data: bytes):
-        self.settled = True
-        return self.dispatcher._settle(self.reservation, self.start, status, data)
+    def _expired(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        self.d._waiting.discard(self)
+        if waiter is not None and self.d.scheduler.withdraw(waiter):
+            self._finish(self.d._refused(QueueTimeout(), self.failures))
+
+    def _answered(self, status: int, data: bytes) -> None:
+        d, reservation = self.d, self.reservation
+        try:
+            status, answer = d._settle(reservation, self.start, status, data)
+        except ContainerFailed as failure:
+            self.failures.append(failure)
+            self.tried.append(reservation.container)
+            return self._attempt()
+        if status >= 400:
+            return self._finish(d._callers_error(reservation.container, status, answer))
+        self._finish(d._served(reservation, answer, self.arrived, self.attempt))
+
+    def _broke(self, exc: UpstreamError) -> None:
+        d, container = self.d, self.reservation.container
+        if isinstance(exc, Dropped) and not self.resent:  # the worker never saw it: send it again
+            self.resent = True
+            pool, head, _ = d._pool(container)
+            signer = d.signer
+            return pool.send(with_body(head, self.body, signer.line(self.body) if signer is not None else b""),
+                             d.forward_timeout_s, self._answered, self._broke, fresh=True)
+        failure = ContainerFailed(exc.kind, f"{container.id} ({container.url}): {exc}")
+        d._blame(container, failure)  # marked down first, so it is not handed out again
+        d.scheduler.release(self.reservation, ok=False)
+        self.failures.append(failure)
+        self.tried.append(container)
+        self._attempt()
+
+    def _finish(self, outcome: Outcome) -> None:
+        if not self.cancelled:
+            self.cancelled = True  # done once
+            done, self.done = self.done, None  # no reference cycle left for the garbage collector
+            done(outcome)
+
+    def cancel(self) -> None:
+        """The caller is gone: leave the queue if still in it. A request
+        already with a container runs to its end (the container stays in
+        step and is released as usual); its answer is dropped."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        waiter, self.waiter = self.waiter, None
+        self.d._waiting.discard(self)
+        if waiter is not None and self.d.scheduler.withdraw(waiter):
+            self.d.on_event("rejected", {"reason": "caller_gone"})
 
 
 class Dispatcher:
@@ -114,8 +203,13 @@ class Dispatcher:
         self._refused_signature: dict[str, float] = {}  # container id -> when it refused (clock())
         self._pools: dict[tuple[str, int], tuple[Pool, bytes, bytes]] = {}  # pool, /run_model head, /ready
         self._5xx_in_a_row: dict[str, int] = {}
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self._waiting: set[_Job] = set()  # jobs in the scheduler's queue, checked every QUEUE_TICK_S
+        self._ticking = False
+        scheduler.on_forget = self.forget
 
     async def start(self) -> "Dispatcher":
+        self.loop = asyncio.get_running_loop()
         return self
 
     async def close(self) -> None:
@@ -133,8 +227,34 @@ class Dispatcher:
             entry = self._pools[key] = (pool, run, ready)
         return entry
 
+    def _wait(self, job: _Job) -> None:
+        self._waiting.add(job)
+        if not self._ticking:
+            self._ticking = True
+            self.loop.call_later(QUEUE_TICK_S, self._tick)
+
+    def _tick(self) -> None:
+        """Answer 504 to the waiting requests past their deadline; runs every QUEUE_TICK_S while any waits."""
+        now = self.clock()
+        for job in [j for j in self._waiting if j.deadline <= now]:
+            job._expired()
+        if self._waiting:
+            self.loop.call_later(QUEUE_TICK_S, self._tick)
+        else:
+            self._ticking = False
+
+    def forget(self, container: Container) -> None:
+        """A container left the registry: close its connections (busy ones as their answers come back)."""
+        entry = self._pools.pop((container.host, container.port), None)
+        if entry is not None:
+            entry[0].close()
+        self._5xx_in_a_row.pop(container.id, None)
+        self._refused_signature.pop(container.id, None)
+
     async def probe_ready(self, container: Container, timeout_s: float) -> tuple[bool, str]:
         """The health check: (healthy, why) from GET /ready on a pooled connection."""
+        if self.scheduler.get(container.id) is not container:  # it left: make no new pool for it
+            return False, "it is no longer registered"
         refused_at = self._refused_signature.get(container.id)
         if refused_at is not None:
             if self.clock() - refused_at < SIGNATURE_HOLD_S:
@@ -153,55 +273,27 @@ class Dispatcher:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def handle(self, body: bytes) -> Outcome:
+    def submit(self, body: bytes, done: Callable[[Outcome], None]) -> _Job:
         """Serve one request: wait for a container (first come, first served),
         forward the body, and on a container's failure try another one, ahead
-        of the queue. Every outcome is an HTTP answer, never an exception."""
-        arrived = self.clock()
-        deadline = arrived + self.queue_timeout_s
-        failures: list[ContainerFailed] = []
-        tried: list[Container] = []  # a retry goes to another container while one is healthy
-        body = body or b"{}"
-        for attempt in range(1, self.max_attempts + 1):
-            forward = _Forward(self, body)
-            try:
-                reservation = await self.scheduler.acquire_async(
-                    timeout=max(0.0, deadline - self.clock()), front=attempt > 1, queued_at=arrived,
-                    avoid=tried, on_grant=forward.grant)
-            except (QueueFull, QueueTimeout, NoContainers) as refusal:
-                return self._refused(refusal, failures)
-            except asyncio.CancelledError:  # granted (maybe sent), then cancelled: give it back
-                if forward.sent is not None:
-                    forward.sent[0].transport.close()  # its answer would be out of step
-                if forward.reservation is not None and not forward.settled:
-                    self.scheduler.release(forward.reservation, ok=False)
-                raise
-            try:
-                status, answer = await self._attempt(forward)
-            except ContainerFailed as failure:
-                failures.append(failure)
-                tried.append(reservation.container)
-                continue
-            if status >= 400:
-                return self._callers_error(reservation.container, status, answer)
-            return self._served(reservation, answer, arrived, attempt)
-        return self._gave_up(failures)
+        of the queue. `done(outcome)` gets every outcome as an HTTP answer
+        (never an exception), maybe before this returns; `cancel()` what this
+        returns when the caller is gone."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        job = _Job(self, body or b"{}", done)
+        job._attempt()
+        return job
 
-    async def _attempt(self, forward: "_Forward") -> tuple[int, "dict | bytes"]:
-        """Forward once: (status, the worker's JSON bytes) for a 2xx, (status,
-        parsed answer) for a 4xx, ContainerFailed otherwise. The reservation is
-        released whatever happens (also when the caller's task is cancelled); a
-        container that failed is marked down first, so it is not handed out again."""
-        container = forward.reservation.container
+    async def handle(self, body: bytes) -> Outcome:
+        """`submit` as a coroutine."""
+        outcome = asyncio.get_running_loop().create_future()
+        job = self.submit(body, outcome.set_result)
         try:
-            return await forward.pool.request(forward.data, self.forward_timeout_s, forward.settle, forward.sent)
-        except UpstreamError as exc:
-            failure = ContainerFailed(exc.kind, f"{container.id} ({container.url}): {exc}")
-            self._blame(container, failure)
-            raise failure from None
-        finally:
-            if not forward.settled:
-                self.scheduler.release(forward.reservation, ok=False)
+            return await outcome
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
 
     def _settle(self, reservation: Reservation, start: float, status: int, data: bytes) -> tuple[int, "dict | bytes"]:
         """Sort a whole answer (see the module's docstring) and release the reservation."""
@@ -217,8 +309,8 @@ class Dispatcher:
                 self._blame(container, failure)
                 raise failure
             try:
-                answer = json.loads(data)  # checked, not re-encoded: a 2xx is passed on as these bytes
-            except (ValueError, RecursionError):
+                answer = orjson.loads(data)  # checked, not re-encoded: a 2xx is passed on as these bytes
+            except orjson.JSONDecodeError:
                 if status >= 400:  # an error answer that is not JSON: still the caller's error
                     return status, {"error": data[:200].decode("utf-8", "replace") or f"the worker answered {status}"}
                 failure = ContainerFailed("bad_answer", f"{container.id} answered something that is not JSON")
@@ -227,7 +319,8 @@ class Dispatcher:
             if status >= 400:
                 return status, answer
             ok = True
-            self._5xx_in_a_row.pop(container.id, None)
+            if self._5xx_in_a_row:
+                self._5xx_in_a_row.pop(container.id, None)
             return status, data
         finally:
             self.scheduler.release(reservation, ok=ok,

@@ -87,12 +87,14 @@ class Limits:
 
 
 class _Slot:
-    """An answer owed, in request order; `data` is None until it is ready."""
-    __slots__ = ("data", "close")
+    """An answer owed, in request order; `data` is None until it is ready.
+    `cancel`: a deferred handler's, called if the connection is lost first."""
+    __slots__ = ("data", "close", "cancel")
 
     def __init__(self):
         self.data: Optional[bytes] = None
         self.close = False
+        self.cancel = None
 
 
 class Connection(asyncio.Protocol):
@@ -131,6 +133,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closing = True
+        for slot in self.owed:  # requests still waiting for a container leave the queue
+            if slot.data is None and slot.cancel is not None:
+                slot.cancel()
         for timer in (self.header_timer, self.body_timer, self.idle_timer):
             if timer is not None:
                 timer.cancel()
@@ -220,40 +225,29 @@ class Connection(asyncio.Protocol):
         if isinstance(found, Answer):
             self._fill(slot, found, keep_alive, http10)
             return
-        handler, is_async = found
+        handler, deferred = found
         body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         request = Request(parser.get_method(), path, self.authorization, body)
-        if is_async:
-            self.loop.create_task(self._answer_later(slot, handler(request), path, keep_alive, http10))
-            if len(self.owed) >= MAX_PIPELINED and not self.paused:
-                self.paused = True
-                self.transport.pause_reading()
-        else:
-            self._fill(slot, self._run(handler, request, path), keep_alive, http10)
-
-    # -- answers -----------------------------------------------------------
-    def _run(self, handler, request: Request, path: str) -> Answer:
         try:
-            return handler(request)
+            if not deferred:
+                return self._fill(slot, handler(request), keep_alive, http10)
+            slot.cancel = handler(request, lambda answer: self._fill(slot, answer, keep_alive, http10))
         except Refused as exc:
-            return self.routes.refused(path, exc.status, exc.message, exc.headers)
+            return self._fill(slot, self.routes.refused(path, exc.status, exc.message, exc.headers), keep_alive, http10)
         except Exception:  # a bug: logged, answered as a 500 sentence
             log.exception("error while answering %s %s", request.method.decode(), path)
-            return self.routes.refused(path, 500, "internal error (see the orchestrator's log)")
+            return self._fill(slot, self.routes.refused(path, 500, "internal error (see the orchestrator's log)"),
+                              keep_alive, http10)
+        if slot.data is None and len(self.owed) >= MAX_PIPELINED and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
 
-    async def _answer_later(self, slot: _Slot, pending, path: str, keep_alive: bool, http10: bool) -> None:
-        try:
-            answer = await pending
-        except Refused as exc:
-            answer = self.routes.refused(path, exc.status, exc.message, exc.headers)
-        except Exception:
-            log.exception("error while answering %s", path)
-            answer = self.routes.refused(path, 500, "internal error (see the orchestrator's log)")
-        self._fill(slot, answer, keep_alive, http10)
+    # -- answers -----------------------------------------------------------
 
     def _fill(self, slot: _Slot, answer: Answer, keep_alive: bool, http10: bool) -> None:
         """Write every answer that is ready at the head of the line (pipelining keeps order)."""
         slot.data = encode(answer, keep_alive, http10)
+        slot.cancel = None  # no reference cycle (slot -> handler's state -> reply -> slot) left for the collector
         owed, transport = self.owed, self.transport
         while owed and owed[0].data is not None:
             done = owed.popleft()

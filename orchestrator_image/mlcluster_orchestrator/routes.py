@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Awaitable, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 from . import validation
 from .dispatcher import Dispatcher
@@ -117,11 +117,14 @@ class Orchestrator:
         await self.dispatcher.close()
 
 
-Handler = Callable[[Request], Union[Answer, Awaitable[Answer]]]
+Cancel = Callable[[], None]
+# A handler answers at once (`handler(request) -> Answer`) or, deferred,
+# `handler(request, reply) -> cancel`; either may raise Refused.
+Handler = Union[Callable[[Request], Answer], Callable[[Request, Callable[[Answer], None]], Cancel]]
 
 
 class Routes:
-    """`find(method, path)` -> (handler, is_async), or an error Answer (404/405)."""
+    """`find(method, path)` -> (handler, deferred), or an error Answer (404/405)."""
 
     def __init__(self, state: Orchestrator, public: bool = True, admin: bool = True):
         self.state = state
@@ -175,11 +178,16 @@ class Routes:
             raise Refused(401, "this endpoint needs 'Authorization: Bearer <token>' with the cluster's token")
 
     # -- the routes ---------------------------------------------------------
-    async def new_request(self, request: Request) -> Answer:
+    def new_request(self, request: Request, reply: Callable[[Answer], None]) -> Cancel:
+        """Deferred: `reply(answer)` once the dispatcher has an outcome; the
+        returned `cancel()` is called if the caller leaves before that."""
         checked(validation.inference_request, request.body, self.max_texts)
-        outcome = await self.state.dispatcher.handle(request.body)
-        self.state.metrics.answered(outcome.status)
-        return Answer(outcome.status, outcome.payload, header_lines(outcome.headers) if outcome.headers else b"")
+        metrics = self.state.metrics
+
+        def done(outcome) -> None:
+            metrics.answered(outcome.status)
+            reply(Answer(outcome.status, outcome.payload, header_lines(outcome.headers) if outcome.headers else b""))
+        return self.state.dispatcher.submit(request.body, done).cancel
 
     def register(self, specs: list[dict]) -> Answer:
         state = self.state

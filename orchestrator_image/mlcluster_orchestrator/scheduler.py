@@ -1,9 +1,10 @@
 """Who gets which container: the registry, reservations and the wait queue.
 
 Plain Python, no HTTP, so the policy can be read and tested on its own (with
-a fake clock). The dispatcher awaits `acquire_async()` (a waiting request is a
-future on the event loop) before it forwards a request and always `release()`s
-the reservation afterwards; `acquire()` is the same queue for threads.
+a fake clock). The dispatcher calls `request(on_grant)` (a waiting request is
+a place in the queue and a callback, no future, no thread) before it forwards a
+request and always `release()`s the reservation afterwards; `acquire_async()`
+is the same queue as a coroutine, `acquire()` for threads.
 
 Invariants, all kept under one lock:
 - a container never holds more reservations than its capacity;
@@ -106,19 +107,24 @@ def choose_container(candidates: Iterable[Container], busy_by_host: dict[str, in
         others = [c for c in candidates if all(c is not a for a in avoid)]
         if any(c.healthy and not c.draining for c in others):
             candidates = others
-    free = [c for c in candidates if c.can_take()]
-    if not free:
-        return None
-    if len(free) == 1:
-        return free[0]
-    return min(free, key=lambda c: (busy_by_host.get(c.host, 0), c.last_released, c.id))
+    best, best_key = None, None
+    for c in candidates:  # min() over the free ones, unrolled: this runs for every request
+        if c.healthy and not c.draining and c.in_flight < c.capacity:
+            key = (busy_by_host.get(c.host, 0), c.last_released, c.id)
+            if best is None or key < best_key:
+                best, best_key = c, key
+    return best
+
+
+def _no_wake() -> None:
+    pass
 
 
 class _Waiter:
     """A place in the queue; `wake()` is called (under the lock) once it holds a reservation."""
     __slots__ = ("wake", "reservation", "queued_at", "avoid", "on_grant")
 
-    def __init__(self, queued_at: float, wake: Callable[[], None], avoid: Sequence[Container] = (),
+    def __init__(self, queued_at: float, wake: Callable[[], None] = _no_wake, avoid: Sequence[Container] = (),
                  on_grant: Optional[Callable[[Reservation], None]] = None):
         self.wake = wake
         self.on_grant = on_grant
@@ -136,8 +142,11 @@ class Scheduler:
         self._lock = threading.Lock()
         self._containers: dict[str, Container] = {}
         self._waiters: Deque[_Waiter] = collections.deque()
+        self._busy_by_host: dict[str, int] = {}  # host -> its containers with a request in flight
         self._ids = itertools.count(1)
         self.on_change: Callable[[], None] = lambda: None  # called after registry edits
+        # called (under the lock) when a drained container leaves the registry
+        self.on_forget: Callable[[Container], None] = lambda container: None
 
     # -- registry ---------------------------------------------------------
     def add(self, host: str, port: int, capacity: int = 1, id: Optional[str] = None,
@@ -184,7 +193,8 @@ class Scheduler:
 
     def _forget_if_drained_locked(self, container: Container) -> None:
         if container.draining and container.in_flight == 0:
-            self._containers.pop(container.id, None)
+            if self._containers.pop(container.id, None) is not None:
+                self.on_forget(container)
 
     def containers(self) -> list[Container]:
         with self._lock:
@@ -204,6 +214,31 @@ class Scheduler:
                 self._dispatch_locked()
 
     # -- reservations -----------------------------------------------------
+    def request(self, on_grant: Callable[[Reservation], None], front: bool = False,
+                queued_at: Optional[float] = None, avoid: Sequence[Container] = ()) -> Optional[_Waiter]:
+        """Reserve a container for `on_grant(reservation)`, in FIFO order, with
+        no future and no thread: it runs before this returns (which returns None)
+        when nobody waits and a container is free; otherwise this returns the
+        request's place in the queue, and it runs later, inside whatever
+        release(), set_health() or add() frees a container, under the lock (so
+        it must not call the scheduler, and must not raise). `withdraw` the
+        place to give up waiting. QueueFull / NoContainers as `acquire`;
+        `front`, `queued_at`, `avoid` as there."""
+        granted = self._reserve_or_enqueue(front, queued_at, _no_wake, avoid, on_grant)
+        if isinstance(granted, Reservation):
+            on_grant(granted)
+            return None
+        return granted
+
+    def withdraw(self, waiter: _Waiter) -> bool:
+        """Take a waiting request out of the queue: True if it was still
+        waiting, False if it was granted a container already (its on_grant ran)."""
+        with self._lock:
+            if waiter.reservation is not None:
+                return False
+            self._waiters.remove(waiter)
+            return True
+
     def acquire(self, timeout: float, front: bool = False, queued_at: Optional[float] = None) -> Reservation:
         """Reserve a container, waiting up to `timeout` seconds in FIFO order
         (blocking this thread).
@@ -270,7 +305,7 @@ class Scheduler:
             if not self._containers:
                 raise NoContainers()
             if not self._waiters:
-                container = choose_container(self._containers.values(), self._busy_by_host_locked(), avoid)
+                container = choose_container(self._containers.values(), self._busy_by_host, avoid)
                 if container is not None:
                     return self._reserve_locked(container, queued_at, now)
             if len(self._waiters) >= self.queue_limit and not front:
@@ -298,6 +333,8 @@ class Scheduler:
         container = reservation.container
         with self._lock:
             container.in_flight -= 1
+            if container.in_flight == 0:
+                self._busy_by_host[container.host] -= 1
             container.last_released = self.clock()
             if ok:
                 container.served += 1
@@ -309,6 +346,8 @@ class Scheduler:
             return self._dispatch_locked()
 
     def _reserve_locked(self, container: Container, queued_at: float, now: float) -> Reservation:
+        if container.in_flight == 0:
+            self._busy_by_host[container.host] = self._busy_by_host.get(container.host, 0) + 1
         container.in_flight += 1
         return Reservation(container=container, queued_at=queued_at, granted_at=now)
 
@@ -319,7 +358,7 @@ class Scheduler:
         handed, i, waiters = 0, 0, self._waiters
         while i < len(waiters):
             waiter = waiters[i]
-            container = choose_container(self._containers.values(), self._busy_by_host_locked(), waiter.avoid)
+            container = choose_container(self._containers.values(), self._busy_by_host, waiter.avoid)
             if container is None:
                 if waiter.avoid and any(c.can_take() for c in self._containers.values()):
                     i += 1
@@ -332,13 +371,6 @@ class Scheduler:
             waiter.wake()
             handed += 1
         return handed
-
-    def _busy_by_host_locked(self) -> dict[str, int]:
-        busy: dict[str, int] = {}
-        for c in self._containers.values():
-            if c.in_flight:
-                busy[c.host] = busy.get(c.host, 0) + 1
-        return busy
 
     # -- introspection ----------------------------------------------------
     @property

@@ -6,31 +6,36 @@ Why not aiohttp's client: on this 2-core machine a minimal aiohttp proxy tops
 out near 3,600 req/s; the per-request work here is one `transport.write` of
 pre-encoded header bytes and one parser feed.
 
-Contract of `Pool.request(data, timeout_s, on_answer)`: returns what
-`on_answer(status, body)` returns (by default `(status, body)`), called inside
-the connection's callback the moment the answer is whole (so the caller can
-free the container with no event-loop hop; what it raises is raised to the
-awaiting caller), or raises `UpstreamError(kind)` with kind one of refused | timeout |
+Contract of `Pool.send(data, timeout_s, on_answer, on_error)` (callbacks, no
+future: the dispatcher frees the container and answers its caller from inside
+the callback of the answer): exactly one of `on_answer(status, body)` (the
+moment the answer is whole) or `on_error(UpstreamError)` is called, later,
+never from inside `send`. UpstreamError's kind is one of refused | timeout |
 disconnected (connect failure, no whole answer within `timeout_s`, the
-connection broke or the answer was not HTTP). A request on a reused
-connection that the worker had closed while idle (no byte of an answer came
-back) is sent once more on a new connection: the worker never saw it.
+connection broke or the answer was not HTTP). `Dropped` (a disconnected kind)
+says a reused connection was closed by the worker while idle before any byte
+of an answer came back: the worker never saw the request, so it can be sent
+again (`fresh=True`: on a new connection). `await Pool.request(data,
+timeout_s)` is the same as a coroutine, resending once after `Dropped`.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any, Callable, Deque, Optional
+from typing import Callable, Deque, Optional
 
 import httptools
 
 # Workers close idle kept-alive connections after 30 s (gunicorn's keepalive);
 # ours retire sooner, so a request never races that close.
 CLIENT_KEEPALIVE_S = 15.0
+# How often a pool looks for answers past their deadline: a time-out fires up
+# to this much late, and costs no timer per request (a timer and its cancel
+# cost more than the rest of sending a request).
+TICK_S = 0.1
 
-
-def _pair(status: int, body: bytes) -> tuple[int, bytes]:
-    return status, body
+OnAnswer = Callable[[int, bytes], None]
+OnError = Callable[["UpstreamError"], None]
 
 
 class UpstreamError(Exception):
@@ -39,19 +44,26 @@ class UpstreamError(Exception):
         self.kind = kind  # refused | timeout | disconnected
 
 
+class Dropped(UpstreamError):
+    """A reused connection closed by the worker before it read our request."""
+
+    def __init__(self):
+        super().__init__("disconnected", "a kept-alive connection closed before the request was read")
+
+
 class _Connection(asyncio.Protocol):
-    """One kept-alive connection; at most one request in flight."""
-    __slots__ = ("pool", "transport", "parser", "waiter", "on_answer", "chunks", "timer", "reused",
+    """One kept-alive connection; at most one request in flight (`on_answer` set)."""
+    __slots__ = ("pool", "transport", "parser", "on_answer", "on_error", "chunks", "deadline", "reused",
                  "got_bytes", "idle_since", "closed")
 
     def __init__(self, pool: "Pool"):
         self.pool = pool
         self.transport: Optional[asyncio.Transport] = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: Optional[asyncio.Future] = None
-        self.on_answer: Callable[[int, bytes], Any] = _pair
+        self.on_answer: Optional[OnAnswer] = None
+        self.on_error: Optional[OnError] = None
         self.chunks: list[bytes] = []
-        self.timer: Optional[asyncio.TimerHandle] = None
+        self.deadline = 0.0  # loop time by which the answer in flight must be whole
         self.reused = self.got_bytes = self.closed = False
         self.idle_since = 0.0
 
@@ -60,21 +72,21 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None:  # bytes nobody asked for: the connection is out of step
+        if self.on_answer is None:  # bytes nobody asked for: the connection is out of step
             self.transport.close()
             return
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            self._fail(UpstreamError("disconnected", "the answer was not valid HTTP"))
             self.transport.close()
+            self._fail(UpstreamError("disconnected", "the answer was not valid HTTP"))
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.pool.forget(self)
-        if self.waiter is not None:
-            self._fail(_Dropped() if self.reused and not self.got_bytes else
+        if self.on_answer is not None:
+            self._fail(Dropped() if self.reused and not self.got_bytes else
                        UpstreamError("disconnected", "the connection broke before a whole answer"))
 
     # -- httptools callbacks ---------------------------------------------
@@ -82,9 +94,10 @@ class _Connection(asyncio.Protocol):
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
-        waiter, on_answer, self.waiter = self.waiter, self.on_answer, None
-        self.timer.cancel()
-        body = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+        on_answer, self.on_answer, self.on_error = self.on_answer, None, None
+        self.pool.busy.discard(self)
+        chunks = self.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self.chunks = []
         status = self.parser.get_status_code()
         # Back in the pool before on_answer runs: on_answer frees the container,
@@ -94,37 +107,28 @@ class _Connection(asyncio.Protocol):
             self.pool.give_back(self)
         else:
             self.transport.close()
-        if not waiter.done():
-            try:
-                waiter.set_result(on_answer(status, body))
-            except Exception as exc:  # the caller's own verdict on the answer
-                waiter.set_exception(exc)
+        on_answer(status, body)
 
     # -- ours --------------------------------------------------------------
-    def send(self, data: bytes, timeout_s: float, loop, on_answer) -> asyncio.Future:
-        self.waiter = waiter = loop.create_future()
-        self.on_answer = on_answer
-        self.timer = loop.call_later(timeout_s, self._timed_out)
+    def send(self, data: bytes, timeout_s: float, on_answer: OnAnswer, on_error: OnError) -> None:
+        self.on_answer, self.on_error = on_answer, on_error
+        pool = self.pool
+        self.deadline = pool.loop.time() + timeout_s
+        pool.busy.add(self)
+        if not pool.ticking:
+            pool.ticking = True
+            pool.loop.call_later(TICK_S, pool.tick)
         self.transport.write(data)
-        return waiter
 
     def _timed_out(self) -> None:
-        self._fail(UpstreamError("timeout", "no answer in time"))
         self.transport.close()
+        self._fail(UpstreamError("timeout", "no answer in time"))
 
-    def _fail(self, exc: Exception) -> None:
-        waiter, self.waiter = self.waiter, None
-        if self.timer is not None:
-            self.timer.cancel()
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-
-
-class _Dropped(Exception):
-    """A reused connection closed by the worker before it read our request."""
-
-
-Sent = "tuple[_Connection, asyncio.Future]"
+    def _fail(self, exc: UpstreamError) -> None:
+        on_error, self.on_answer, self.on_error = self.on_error, None, None
+        self.pool.busy.discard(self)
+        if on_error is not None:
+            on_error(exc)
 
 
 class Pool:
@@ -135,8 +139,24 @@ class Pool:
         self.connect_timeout_s = connect_timeout_s
         self.idle: Deque[_Connection] = collections.deque()
         self.loop = asyncio.get_running_loop()
+        self.closed = False
+        self.busy: set[_Connection] = set()  # with a request in flight
+        self.ticking = False
+
+    def tick(self) -> None:
+        """Time out the answers past their deadline; runs every TICK_S while any is in flight."""
+        now = self.loop.time()
+        for conn in [c for c in self.busy if c.deadline <= now]:
+            conn._timed_out()
+        if self.busy:
+            self.loop.call_later(TICK_S, self.tick)
+        else:
+            self.ticking = False
 
     def give_back(self, conn: _Connection) -> None:
+        if self.closed:
+            conn.transport.close()
+            return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
 
@@ -146,37 +166,51 @@ class Pool:
         except ValueError:
             pass
 
-    def send_now(self, data: bytes, timeout_s: float, on_answer: Callable[[int, bytes], Any]) -> Optional[Sent]:
-        """Write `data` at once on an idle connection if there is one (no await:
-        callable from inside another connection's callback); pass the result to
-        `request(..., sent=)` to wait for the answer. None: no idle connection."""
-        conn = self._take_idle()
-        return None if conn is None else (conn, conn.send(data, timeout_s, self.loop, on_answer))
+    def send(self, data: bytes, timeout_s: float, on_answer: OnAnswer, on_error: OnError,
+             fresh: bool = False) -> None:
+        """Send one whole request (`data`: head and body): written at once on an
+        idle connection (no await: callable from inside another connection's
+        callback), else on a new one once it is up. See the module's contract."""
+        conn = None if fresh else self._take_idle()
+        if conn is not None:
+            conn.send(data, timeout_s, on_answer, on_error)
+        else:
+            self.loop.create_task(self._connect_and_send(data, timeout_s, on_answer, on_error))
 
-    async def request(self, data: bytes, timeout_s: float, on_answer: Callable[[int, bytes], Any] = None,
-                      sent: Optional[Sent] = None) -> Any:
-        """Send one whole request (`data`: head and body) and wait for the
-        answer; with `sent` (from send_now) it is on the wire already."""
-        on_answer = on_answer or _pair
-        for _ in range(2):
-            if sent is not None:
-                (conn, answer), sent = sent, None
-            else:
-                conn = self._take_idle() or await self._connect()
-                answer = conn.send(data, timeout_s, self.loop, on_answer)
+    async def _connect_and_send(self, data: bytes, timeout_s: float, on_answer: OnAnswer, on_error: OnError) -> None:
+        try:
+            conn = await self._connect()
+        except UpstreamError as exc:
+            on_error(exc)
+            return
+        conn.send(data, timeout_s, on_answer, on_error)
+
+    async def request(self, data: bytes, timeout_s: float) -> tuple[int, bytes]:
+        """`send` as a coroutine: (status, body), or UpstreamError. A caller
+        that is cancelled leaves the exchange to finish (or time out) on its
+        connection, which stays in step."""
+        for fresh in (False, True):
+            answer = self.loop.create_future()
+
+            def on_answer(status: int, body: bytes, answer=answer) -> None:
+                if not answer.done():
+                    answer.set_result((status, body))
+
+            def on_error(exc: UpstreamError, answer=answer) -> None:
+                if not answer.done():
+                    answer.set_exception(exc)
+            self.send(data, timeout_s, on_answer, on_error, fresh=fresh)
             try:
                 return await answer
-            except _Dropped:
+            except Dropped:
                 continue
-            except asyncio.CancelledError:  # the caller gave up: the answer would be out of step
-                conn.transport.close()
-                raise
         raise UpstreamError("disconnected", "two connections in a row closed before an answer")
 
     def _take_idle(self) -> Optional[_Connection]:
         oldest_ok = self.loop.time() - CLIENT_KEEPALIVE_S
-        while self.idle:
-            conn = self.idle.pop()  # the most recently used: the likeliest still open
+        idle = self.idle
+        while idle:
+            conn = idle.pop()  # the most recently used: the likeliest still open
             if not conn.closed and conn.idle_since >= oldest_ok:
                 return conn
             conn.transport.close()
@@ -191,9 +225,14 @@ class Pool:
             raise UpstreamError("timeout", "connection timed out") from None
         except OSError as exc:
             raise UpstreamError("refused", f"connection refused ({type(exc).__name__})") from None
+        if self.closed:  # the container left while we connected
+            conn.transport.close()
+            raise UpstreamError("disconnected", "the container was removed")
         return conn
 
     def close(self) -> None:
+        """Close the idle connections now, and each busy one as its answer comes back."""
+        self.closed = True
         while self.idle:
             self.idle.pop().transport.close()
 

@@ -35,7 +35,7 @@ from .host import RemoteHost, ServiceSpec
 from ...services import MARKER_VAR, PASSED_VARS, WORKER_PASSED_VARS, orchestrator_command, worker_command
 from ...remote.connection import quote
 
-CHECK_IMPORTS = "import mlcluster_worker, mlcluster_orchestrator, gunicorn, flask, httptools"
+CHECK_IMPORTS = "import mlcluster_worker, mlcluster_orchestrator, gunicorn, flask, httptools, orjson"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 STARTUP_CHECK_S = 1.5
 
