@@ -40,11 +40,12 @@ import orjson
 
 from .scheduler import Container, NoContainers, QueueFull, QueueTimeout, Reservation, Scheduler
 from .signing import Signer
+from .sweep import Sweep
 from .upstream import Dropped, Pool, UpstreamError, request_head, with_body
 
 log = logging.getLogger("mlcluster.orchestrator")
 MAX_5XX_IN_A_ROW = 3
-QUEUE_TICK_S = 0.05  # how often waiting requests are checked against their deadline (no timer per request)
+QUEUE_TICK_S = 0.05  # how often waiting requests are checked against their deadline (sweep.py)
 SIGNATURE_HOLD_S = 30.0  # a container that refused our signature stays out this long
 
 
@@ -115,7 +116,7 @@ class _Job:
             return self._finish(d._refused(refusal, self.failures))
         if waiter is not None and self.reservation is None:  # it waits: until its deadline at most
             self.waiter = waiter
-            d._wait(self)
+            d._waiting.add(self)
 
     def _granted(self, reservation: Reservation) -> None:
         """Under the scheduler's lock, maybe: writes, never calls the scheduler."""
@@ -204,8 +205,7 @@ class Dispatcher:
         self._pools: dict[tuple[str, int], tuple[Pool, bytes, bytes]] = {}  # pool, /run_model head, /ready
         self._5xx_in_a_row: dict[str, int] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self._waiting: set[_Job] = set()  # jobs in the scheduler's queue, checked every QUEUE_TICK_S
-        self._ticking = False
+        self._waiting: Sweep[_Job] = Sweep(QUEUE_TICK_S, clock, _Job._expired)  # jobs in the scheduler's queue
         scheduler.on_forget = self.forget
 
     async def start(self) -> "Dispatcher":
@@ -226,22 +226,6 @@ class Dispatcher:
             ready = with_body(request_head("GET", "/ready", container.host, container.port, {}), b"")
             entry = self._pools[key] = (pool, run, ready)
         return entry
-
-    def _wait(self, job: _Job) -> None:
-        self._waiting.add(job)
-        if not self._ticking:
-            self._ticking = True
-            self.loop.call_later(QUEUE_TICK_S, self._tick)
-
-    def _tick(self) -> None:
-        """Answer 504 to the waiting requests past their deadline; runs every QUEUE_TICK_S while any waits."""
-        now = self.clock()
-        for job in [j for j in self._waiting if j.deadline <= now]:
-            job._expired()
-        if self._waiting:
-            self.loop.call_later(QUEUE_TICK_S, self._tick)
-        else:
-            self._ticking = False
 
     def forget(self, container: Container) -> None:
         """A container left the registry: close its connections (busy ones as their answers come back)."""

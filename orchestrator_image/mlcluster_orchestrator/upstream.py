@@ -26,13 +26,12 @@ from typing import Callable, Deque, Optional
 
 import httptools
 
+from .sweep import Sweep
+
 # Workers close idle kept-alive connections after 30 s (gunicorn's keepalive);
 # ours retire sooner, so a request never races that close.
 CLIENT_KEEPALIVE_S = 15.0
-# How often a pool looks for answers past their deadline: a time-out fires up
-# to this much late, and costs no timer per request (a timer and its cancel
-# cost more than the rest of sending a request).
-TICK_S = 0.1
+TICK_S = 0.1  # how often a pool looks for answers past their deadline (sweep.py: no timer per request)
 
 OnAnswer = Callable[[int, bytes], None]
 OnError = Callable[["UpstreamError"], None]
@@ -115,9 +114,6 @@ class _Connection(asyncio.Protocol):
         pool = self.pool
         self.deadline = pool.loop.time() + timeout_s
         pool.busy.add(self)
-        if not pool.ticking:
-            pool.ticking = True
-            pool.loop.call_later(TICK_S, pool.tick)
         self.transport.write(data)
 
     def _timed_out(self) -> None:
@@ -140,18 +136,7 @@ class Pool:
         self.idle: Deque[_Connection] = collections.deque()
         self.loop = asyncio.get_running_loop()
         self.closed = False
-        self.busy: set[_Connection] = set()  # with a request in flight
-        self.ticking = False
-
-    def tick(self) -> None:
-        """Time out the answers past their deadline; runs every TICK_S while any is in flight."""
-        now = self.loop.time()
-        for conn in [c for c in self.busy if c.deadline <= now]:
-            conn._timed_out()
-        if self.busy:
-            self.loop.call_later(TICK_S, self.tick)
-        else:
-            self.ticking = False
+        self.busy: Sweep[_Connection] = Sweep(TICK_S, self.loop.time, _Connection._timed_out)  # in flight
 
     def give_back(self, conn: _Connection) -> None:
         if self.closed:
