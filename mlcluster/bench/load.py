@@ -87,6 +87,8 @@ class LoadRun:
         self._scheduling = False                   # open loop: the schedule has more to send
         self._rng = random.Random(plan.seed)
         self._due = 0.0
+        # Read once per request on the loop: kept as plain attributes, not looked up through plan/recorder.
+        self._open_loop, self._step, self._record = plan.open_loop, plan.step, recorder.add_raw
 
     def now(self) -> float:
         return (now_ns() - self.origin_ns) * 1e-9
@@ -178,7 +180,8 @@ class LoadRun:
         self.in_flight += 1
         sent = now_ns()
         sent_s = (sent - self.origin_ns) * 1e-9
-        slot = (index, sent_s if scheduled_s is None else scheduled_s, sent_s)
+        # The record's first fields; `answered` appends the rest (see stats.RawRecord).
+        slot = (self._step, index, sent_s if scheduled_s is None else scheduled_s, sent_s)
         data = self.requests[index % len(self.requests)]
         if conn is None or not conn.open:
             conn = self.target.take()
@@ -202,13 +205,12 @@ class LoadRun:
                  body: bytes) -> None:
         """A request ended (answer, error or time-out): record it, then reuse its slot."""
         done = (now_ns() - self.origin_ns) * 1e-9
-        index, scheduled_s, sent_s = slot
-        self.recorder.add_raw((self.plan.step, index, scheduled_s, sent_s, done, status, error, body))
+        self._record(slot + (done, status, error, body))
         if done > self.end_s:
             self.end_s = done
         self.in_flight -= 1
         try:
-            if not self.plan.open_loop:
+            if not self._open_loop:
                 self._next_in_slot(conn)
             elif self._waiting and not self._stopped:
                 self._send(conn, *self._waiting.popleft())
