@@ -16,7 +16,8 @@ from .stats import Recorder, RequestRecord, StepSummary, Summary, summarise
 from .sweep import Settling, StepPolicy, find_knee
 
 DEFAULT_DURATION_S = 10.0
-POLL_S = 0.1
+POLL_S = 0.1     # the main thread's wake-ups during a run (stop checks, the bar)
+RENAME_S = 1.0   # how often the progress text is rewritten
 
 
 @dataclass
@@ -128,7 +129,10 @@ def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=N
             interrupted = True
             break
     offered = config.rate if not config.is_sweep else None
-    overall = summarise(recorder.records(), window[0] or 0.0, window[1], offered_rps=offered)
+    if not config.is_sweep and len(steps) == 1:
+        overall = steps[0].summary  # the same records, window and rate: not summarised twice
+    else:
+        overall = summarise(recorder.records(), window[0] or 0.0, window[1], offered_rps=offered)
     knee = find_knee(steps, config.knee_factor) if config.is_sweep else None
     return BenchResult(config=config, summary=overall, steps=steps, knee=knee, records=recorder.records(),
                        interrupted=interrupted, started_at=started_at, model=recorder.model, unanswered=unanswered)
@@ -190,21 +194,34 @@ def _step_limit(config: BenchConfig, plan: LoadStep, run: LoadRun, recorder: Rec
 def _drive(run: LoadRun, bar, should_stop: Callable[[], Optional[str]], grace_s: float,
            count: Optional[Callable[[], int]] = None, describe: Optional[Callable[[int], str]] = None) -> str:
     """Wait for `run`, moving the progress bar; returns why it ended:
-    done | stable | time limit | interrupted."""
-    why, shown = "done", 0
+    done | stable | time limit | interrupted.
+
+    This thread shares the GIL and the machine with the load generator while
+    the cluster is measured, so it does little: every POLL_S it advances the
+    bar and asks `should_stop`; the description (a line printed, where no
+    terminal shows a live bar) is renamed once a RENAME_S, and once more at
+    the end so the last line holds the final count."""
+    why, shown, named, renamed_at = "done", 0, 0, 0.0
+
+    def show(final: bool) -> None:
+        nonlocal shown, named, renamed_at
+        done = count()
+        bar.advance(done - shown)
+        shown = done
+        if describe is not None and done != named and (final or time.monotonic() - renamed_at >= RENAME_S):
+            bar.update(describe(done))
+            named, renamed_at = done, time.monotonic()
+
     try:
-        while not run.finished():
-            time.sleep(POLL_S)
+        while not run.join(POLL_S):  # wakes at once when the run ends
             if count is not None:
-                done = count()
-                bar.advance(done - shown)
-                if describe is not None and done != shown:
-                    bar.update(describe(done))
-                shown = done
+                show(final=False)
             reason = should_stop()
             if reason and not run.stopped():
                 why = reason
                 run.stop()
+        if count is not None:
+            show(final=True)
     except KeyboardInterrupt:
         run.stop()
         why = "interrupted"
