@@ -138,10 +138,10 @@ class LoadRun:
         self._issued += 1
         return self._issued - 1
 
-    def _next_in_slot(self, conn: Optional[Connection]) -> None:
-        """Closed loop: the slot holding `conn` (None: no connection yet) sends again, or ends."""
-        at = self.now()
-        index = self._claim(at)
+    def _next_in_slot(self, conn: Optional[Connection], at: Optional[float] = None) -> None:
+        """Closed loop: the slot holding `conn` (None: no connection yet) sends again,
+        or ends; `at` is now (None: read the clock)."""
+        index = self._claim(self.now() if at is None else at)
         if index is None:
             self.target.give_back(conn)
             self._slots -= 1
@@ -186,7 +186,8 @@ class LoadRun:
         if conn is None or not conn.open:
             conn = self.target.take()
         if conn is not None:
-            conn.send(self, slot, data, sent)
+            conn.owner, conn.slot, conn.sent_ns = self, slot, sent  # Connection.send, inlined (once a request)
+            conn.transport.write(data)
         else:
             self.target.loop.create_task(self._connect_and_send(slot, data, sent))
 
@@ -211,7 +212,7 @@ class LoadRun:
         self.in_flight -= 1
         try:
             if not self._open_loop:
-                self._next_in_slot(conn)
+                self._next_in_slot(conn, done)  # its last answer's time is now, near enough
             elif self._waiting and not self._stopped:
                 self._send(conn, *self._waiting.popleft())
             else:
