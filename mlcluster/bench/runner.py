@@ -16,8 +16,9 @@ from .stats import Recorder, RequestRecord, StepSummary, Summary, summarise
 from .sweep import Settling, StepPolicy, find_knee
 
 DEFAULT_DURATION_S = 10.0
-POLL_S = 0.1     # the main thread's wake-ups during a run (stop checks, the bar)
-RENAME_S = 1.0   # how often the progress text is rewritten
+POLL_S = 0.1       # the main thread's wake-ups during a run that it may have to stop (a sweep step)...
+PROGRESS_S = 0.5   # ...and during one that ends by itself: only the progress bar to move
+RENAME_S = 1.0     # how often the progress text is rewritten
 
 
 @dataclass
@@ -147,7 +148,7 @@ def _warm_up(config: BenchConfig, plan: LoadStep, target: Target, bodies: Sequen
         return "done"
     run = LoadRun(target, bodies, warm, Recorder(), origin).start()
     with ui.step(f"warm-up {_label(plan)}", total=warm.requests) as bar:
-        why = _drive(run, bar, lambda: None, config.grace_s, count=lambda: len(run.recorder))
+        why = _drive(run, bar, None, config.grace_s, count=lambda: len(run.recorder))
     _check(run)
     return why
 
@@ -169,10 +170,12 @@ def _label(plan: LoadStep) -> str:
     return f"at {plan.rate:g} req/s ({plan.arrivals})" if plan.open_loop else f"with concurrency {plan.concurrency}"
 
 
-def _step_limit(config: BenchConfig, plan: LoadStep, run: LoadRun, recorder: Recorder) -> Callable[[], Optional[str]]:
-    """For a sweep step with no fixed size: stop when stable or at the time limit."""
+def _step_limit(config: BenchConfig, plan: LoadStep, run: LoadRun,
+                recorder: Recorder) -> Optional[Callable[[], Optional[str]]]:
+    """For a sweep step with no fixed size: stop when stable or at the time
+    limit. None for a step that ends by itself."""
     if plan.requests is not None or plan.duration_s is not None:
-        return lambda: None
+        return None
     policy = config.policy
     settling, position = Settling(policy, run.start_s), 0
 
@@ -191,14 +194,15 @@ def _step_limit(config: BenchConfig, plan: LoadStep, run: LoadRun, recorder: Rec
     return check
 
 
-def _drive(run: LoadRun, bar, should_stop: Callable[[], Optional[str]], grace_s: float,
+def _drive(run: LoadRun, bar, should_stop: Optional[Callable[[], Optional[str]]], grace_s: float,
            count: Optional[Callable[[], int]] = None, describe: Optional[Callable[[int], str]] = None) -> str:
     """Wait for `run`, moving the progress bar; returns why it ended:
     done | stable | time limit | interrupted.
 
     This thread shares the GIL and the machine with the load generator while
     the cluster is measured, so it does little: every POLL_S it advances the
-    bar and asks `should_stop`; the description (a line printed, where no
+    bar and asks `should_stop` (None: the run ends by itself, and the bar
+    moves every PROGRESS_S); the description (a line printed, where no
     terminal shows a live bar) is renamed once a RENAME_S, and once more at
     the end so the last line holds the final count."""
     why, shown, named, renamed_at = "done", 0, 0, 0.0
@@ -213,10 +217,10 @@ def _drive(run: LoadRun, bar, should_stop: Callable[[], Optional[str]], grace_s:
             named, renamed_at = done, time.monotonic()
 
     try:
-        while not run.join(POLL_S):  # wakes at once when the run ends
+        while not run.join(POLL_S if should_stop else PROGRESS_S):  # wakes at once when the run ends
             if count is not None:
                 show(final=False)
-            reason = should_stop()
+            reason = should_stop() if should_stop else None
             if reason and not run.stopped():
                 why = reason
                 run.stop()
