@@ -2,19 +2,22 @@
 measured run (what the cluster under test loses) and after it (decoding the
 answers, summaries, the report: costs time, takes nothing from the cluster).
 
-    python benchmarks/bench_cpu.py [--seconds 5] [--runs 3] [--connections 64] [--baseline REV]
+    python benchmarks/bench_cpu.py [--seconds 4] [--runs 3] [--connections 64]
+                                   [--delay-ms 0] [--baseline REV]
 
 Starts bench_client.py's trivial endpoint on loopback (one Python process
-answering /new_request at once), then runs the real `mlcluster bench`
-command against it, closed loop, with progress on a pipe (as scripts and
-benchmarks/bench_vs_wrk.py run it), and wrk beside it as the reference.
-The command's CPU (utime + stime from
-/proc/<pid>/stat) is read when it prints "measuring ..." and when it prints
-"done: measuring ...", so "run" is the measured step's own CPU and "after"
-is everything from then to exit. With --baseline REV the package as it was
-at git revision REV is extracted to a temporary folder and run alternately
-with the working tree's, so the ratio new / baseline comes from one run of
-a shared, noisy machine. Prints a table; asserts nothing.
+answering /new_request, at once or --delay-ms late: 64 connections and 10 ms
+pace it at ~5k req/s, 15 and 100 ms at ~150), then runs the real `mlcluster
+bench` command against it, closed loop, with progress on a pipe (as scripts
+and benchmarks/bench_vs_wrk.py run it), and wrk -t1 beside it as the
+reference. The command's CPU (utime + stime from /proc/<pid>/stat, in ticks
+of 10 ms: coarse for short, slow runs) is read when it prints "measuring ..."
+and when it prints "done: measuring ...", so "run" is the measured step's
+own CPU (its main thread's apart) and "after" is everything from then to
+exit; "total" includes start-up (~0.6 s of imports). With --baseline REV the
+package as it was at git revision REV is extracted to a temporary folder and
+run alternately with the working tree's, so the ratio new / baseline comes
+from one run of a shared, noisy machine. Prints a table; asserts nothing.
 """
 from __future__ import annotations
 
@@ -129,7 +132,7 @@ def extract(rev: str, into: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--baseline", help="a git revision to compare with, run alternately")
