@@ -87,6 +87,8 @@ class LoadRun:
         self._scheduling = False                   # open loop: the schedule has more to send
         self._rng = random.Random(plan.seed)
         self._due = 0.0
+        # Read once per request on the loop: kept as plain attributes, not looked up through plan/recorder.
+        self._open_loop, self._step, self._record = plan.open_loop, plan.step, recorder.add_raw
 
     def now(self) -> float:
         return (now_ns() - self.origin_ns) * 1e-9
@@ -136,10 +138,10 @@ class LoadRun:
         self._issued += 1
         return self._issued - 1
 
-    def _next_in_slot(self, conn: Optional[Connection]) -> None:
-        """Closed loop: the slot holding `conn` (None: no connection yet) sends again, or ends."""
-        at = self.now()
-        index = self._claim(at)
+    def _next_in_slot(self, conn: Optional[Connection], at: Optional[float] = None) -> None:
+        """Closed loop: the slot holding `conn` (None: no connection yet) sends again,
+        or ends; `at` is now (None: read the clock)."""
+        index = self._claim(self.now() if at is None else at)
         if index is None:
             self.target.give_back(conn)
             self._slots -= 1
@@ -178,12 +180,14 @@ class LoadRun:
         self.in_flight += 1
         sent = now_ns()
         sent_s = (sent - self.origin_ns) * 1e-9
-        slot = (index, sent_s if scheduled_s is None else scheduled_s, sent_s)
+        # The record's first fields; `answered` appends the rest (see stats.RawRecord).
+        slot = (self._step, index, sent_s if scheduled_s is None else scheduled_s, sent_s)
         data = self.requests[index % len(self.requests)]
         if conn is None or not conn.open:
             conn = self.target.take()
         if conn is not None:
-            conn.send(self, slot, data, sent)
+            conn.owner, conn.slot, conn.sent_ns = self, slot, sent  # Connection.send, inlined (once a request)
+            conn.transport.write(data)
         else:
             self.target.loop.create_task(self._connect_and_send(slot, data, sent))
 
@@ -202,14 +206,13 @@ class LoadRun:
                  body: bytes) -> None:
         """A request ended (answer, error or time-out): record it, then reuse its slot."""
         done = (now_ns() - self.origin_ns) * 1e-9
-        index, scheduled_s, sent_s = slot
-        self.recorder.add_raw((self.plan.step, index, scheduled_s, sent_s, done, status, error, body))
+        self._record(slot + (done, status, error, body))
         if done > self.end_s:
             self.end_s = done
         self.in_flight -= 1
         try:
-            if not self.plan.open_loop:
-                self._next_in_slot(conn)
+            if not self._open_loop:
+                self._next_in_slot(conn, done)  # its last answer's time is now, near enough
             elif self._waiting and not self._stopped:
                 self._send(conn, *self._waiting.popleft())
             else:

@@ -13,10 +13,12 @@ from ..ui import QuietUI
 from .load import LoadRun, LoadStep, Target
 from .wire import now_ns
 from .stats import Recorder, RequestRecord, StepSummary, Summary, summarise
-from .sweep import StepPolicy, find_knee
+from .sweep import Settling, StepPolicy, find_knee
 
 DEFAULT_DURATION_S = 10.0
-POLL_S = 0.1
+POLL_S = 0.1       # the main thread's wake-ups during a run that it may have to stop (a sweep step)...
+PROGRESS_S = 0.5   # ...and during one that ends by itself: only the progress bar to move
+RENAME_S = 1.0     # how often the progress text is rewritten
 
 
 @dataclass
@@ -128,7 +130,10 @@ def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=N
             interrupted = True
             break
     offered = config.rate if not config.is_sweep else None
-    overall = summarise(recorder.records(), window[0] or 0.0, window[1], offered_rps=offered)
+    if not config.is_sweep and len(steps) == 1:
+        overall = steps[0].summary  # the same records, window and rate: not summarised twice
+    else:
+        overall = summarise(recorder.records(), window[0] or 0.0, window[1], offered_rps=offered)
     knee = find_knee(steps, config.knee_factor) if config.is_sweep else None
     return BenchResult(config=config, summary=overall, steps=steps, knee=knee, records=recorder.records(),
                        interrupted=interrupted, started_at=started_at, model=recorder.model, unanswered=unanswered)
@@ -143,7 +148,7 @@ def _warm_up(config: BenchConfig, plan: LoadStep, target: Target, bodies: Sequen
         return "done"
     run = LoadRun(target, bodies, warm, Recorder(), origin).start()
     with ui.step(f"warm-up {_label(plan)}", total=warm.requests) as bar:
-        why = _drive(run, bar, lambda: None, config.grace_s, count=lambda: len(run.recorder))
+        why = _drive(run, bar, None, config.grace_s, count=lambda: len(run.recorder))
     _check(run)
     return why
 
@@ -165,40 +170,62 @@ def _label(plan: LoadStep) -> str:
     return f"at {plan.rate:g} req/s ({plan.arrivals})" if plan.open_loop else f"with concurrency {plan.concurrency}"
 
 
-def _step_limit(config: BenchConfig, plan: LoadStep, run: LoadRun, recorder: Recorder) -> Callable[[], Optional[str]]:
-    """For a sweep step with no fixed size: stop when stable or at the time limit."""
+def _step_limit(config: BenchConfig, plan: LoadStep, run: LoadRun,
+                recorder: Recorder) -> Optional[Callable[[], Optional[str]]]:
+    """For a sweep step with no fixed size: stop when stable or at the time
+    limit. None for a step that ends by itself."""
     if plan.requests is not None or plan.duration_s is not None:
-        return lambda: None
+        return None
     policy = config.policy
+    settling, position = Settling(policy, run.start_s), 0
 
     def check() -> Optional[str]:
+        nonlocal position
         now = run.now()
         if now - run.start_s >= policy.time_limit_s:
             return "time limit"
-        if policy.settled(recorder.done_times(plan.step), run.start_s, now):
+        # Only the answers new since the last poll: this runs 10 times a second
+        # during the measurement, on CPU the cluster under test would otherwise have.
+        times, position = recorder.done_times_since(plan.step, position)
+        settling.add(times)
+        if settling.settled(now):
             return "stable"
         return None
     return check
 
 
-def _drive(run: LoadRun, bar, should_stop: Callable[[], Optional[str]], grace_s: float,
+def _drive(run: LoadRun, bar, should_stop: Optional[Callable[[], Optional[str]]], grace_s: float,
            count: Optional[Callable[[], int]] = None, describe: Optional[Callable[[int], str]] = None) -> str:
     """Wait for `run`, moving the progress bar; returns why it ended:
-    done | stable | time limit | interrupted."""
-    why, shown = "done", 0
+    done | stable | time limit | interrupted.
+
+    This thread shares the GIL and the machine with the load generator while
+    the cluster is measured, so it does little: every POLL_S it advances the
+    bar and asks `should_stop` (None: the run ends by itself, and the bar
+    moves every PROGRESS_S); the description (a line printed, where no
+    terminal shows a live bar) is renamed once a RENAME_S, and once more at
+    the end so the last line holds the final count."""
+    why, shown, named, renamed_at = "done", 0, 0, 0.0
+
+    def show(final: bool) -> None:
+        nonlocal shown, named, renamed_at
+        done = count()
+        bar.advance(done - shown)
+        shown = done
+        if describe is not None and done != named and (final or time.monotonic() - renamed_at >= RENAME_S):
+            bar.update(describe(done))
+            named, renamed_at = done, time.monotonic()
+
     try:
-        while not run.finished():
-            time.sleep(POLL_S)
+        while not run.join(POLL_S if should_stop else PROGRESS_S):  # wakes at once when the run ends
             if count is not None:
-                done = count()
-                bar.advance(done - shown)
-                if describe is not None and done != shown:
-                    bar.update(describe(done))
-                shown = done
-            reason = should_stop()
+                show(final=False)
+            reason = should_stop() if should_stop else None
             if reason and not run.stopped():
                 why = reason
                 run.stop()
+        if count is not None:
+            show(final=True)
     except KeyboardInterrupt:
         run.stop()
         why = "interrupted"

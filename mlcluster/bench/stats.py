@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import threading
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import orjson
 
 PERCENTILES = (50, 90, 99)
 
@@ -34,18 +35,26 @@ class Answer:
     def of_http(cls, status: Optional[int], error: str, body: bytes) -> "tuple[Answer, Optional[str]]":
         """The answer to one request from its HTTP status (None: no answer),
         transport error and body, and the model it names (None if none)."""
-        if error or status is None:
-            return cls(status, error or "connection"), None
-        if status != 200:
-            return cls(status, f"http_{status}"), None
-        try:
-            answer = json.loads(body)
-            result = answer.get("result") or {}
-            return cls(200, container=str(answer["container"]["id"]), queue_ms=answer.get("queue_ms"),
-                       server_ms=answer.get("total_ms"), inference_ms=result.get("inference_ms"),
-                       attempts=answer.get("attempts")), (str(result["model"]) if result.get("model") else None)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return cls(200, "bad_answer"), None
+        values, model = _answer_values(status, error, body)
+        return cls(*values), model
+
+
+def _answer_values(status: Optional[int], error: str, body: bytes) -> tuple[tuple, Optional[str]]:
+    """`Answer.of_http`'s fields, in order, and model: positional values, so a
+    `RequestRecord` is built from them directly (no Answer in between; this
+    runs once per request after the run). orjson decodes ~4x faster than json."""
+    if error or status is None:
+        return (status, error or "connection"), None
+    if status != 200:
+        return (status, f"http_{status}"), None
+    try:
+        answer = orjson.loads(body)
+        result = answer.get("result") or {}
+        return ((200, "", str(answer["container"]["id"]), answer.get("queue_ms"), result.get("inference_ms"),
+                 answer.get("total_ms"), answer.get("attempts")),
+                str(result["model"]) if result.get("model") else None)
+    except (ValueError, KeyError, TypeError, AttributeError):  # orjson.JSONDecodeError is a ValueError
+        return (200, "bad_answer"), None
 
 
 @dataclass(kw_only=True)
@@ -124,22 +133,27 @@ RawRecord = tuple
 class Recorder:
     """Thread-safe collection of request records. The load generator adds raw
     tuples (`add_raw`: cheap on its hot path); they become `RequestRecord`s,
-    answers decoded, when first read. `model` is the first good answer's."""
+    answers decoded, when first read. `model` is the first good answer's.
+
+    `add_raw` takes no lock: it is one `list.append`, atomic under the GIL
+    (and under free-threading's per-list lock), and the readers, which do
+    lock among themselves, only ever remove a prefix of `_raw` they have
+    already read, so an append racing with them is never lost. Records keep
+    the order they were added in (raw ones after decoded ones), so a count of
+    them is a stable position (`done_times_since`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._records: list[RequestRecord] = []
         self._raw: list[RawRecord] = []
         self.model: Optional[str] = None
+        # The load generator's hot path: one C call, no lock (see above).
+        self.add_raw: Callable[[RawRecord], None] = self._raw.append
 
     def add(self, record: RequestRecord) -> None:
         with self._lock:
             self._decode()
             self._records.append(record)
-
-    def add_raw(self, raw: RawRecord) -> None:
-        with self._lock:
-            self._raw.append(raw)
 
     def __len__(self) -> int:
         return len(self._records) + len(self._raw)
@@ -151,18 +165,29 @@ class Recorder:
         return records if step is None else [r for r in records if r.step == step]
 
     def done_times(self, step: int) -> list[float]:
-        with self._lock:
-            return ([r.done_s for r in self._records if r.step == step]
-                    + [raw[4] for raw in self._raw if raw[0] == step])
+        return self.done_times_since(step, 0)[0]
+
+    def done_times_since(self, step: int, position: int) -> tuple[list[float], int]:
+        """The done times of `step`'s records from the `position`-th record on
+        (in the order added), and the position after the last: a caller
+        polling during a run reads only what is new."""
+        with self._lock:  # no decoding meanwhile: `_records` is fixed, `_raw` only grows
+            decoded = len(self._records)
+            times = [r.done_s for r in self._records[position:] if r.step == step]
+            skip = max(0, position - decoded)
+            raw = self._raw[skip:]
+            times += [t[4] for t in raw if t[0] == step]
+            return times, decoded + skip + len(raw)
 
     def _decode(self) -> None:
-        for step, index, scheduled_s, sent_s, done_s, status, error, body in self._raw:
-            answer, model = Answer.of_http(status, error, body)
+        count = len(self._raw)  # what was added up to now; later appends wait for the next read
+        for step, index, scheduled_s, sent_s, done_s, status, error, body in self._raw[:count]:
+            values, model = _answer_values(status, error, body)
             if self.model is None and model:
                 self.model = model
-            self._records.append(RequestRecord(index=index, step=step, scheduled_s=scheduled_s, sent_s=sent_s,
-                                               done_s=done_s, **answer.__dict__))
-        self._raw.clear()
+            self._records.append(RequestRecord(*values, index=index, step=step, scheduled_s=scheduled_s,
+                                               sent_s=sent_s, done_s=done_s))
+        del self._raw[:count]
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """How long a measurement step runs, and where the knee of a sweep is."""
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -22,6 +23,30 @@ class StepPolicy:
         if len(done_times) < self.min_requests:
             return False
         return is_stable(window_rates(done_times, start_s, now_s, self.window_s), self.windows, self.tolerance)
+
+
+class Settling:
+    """`StepPolicy.settled` for one step polled while it runs, kept up as
+    answers come: `add` the done times new since the last poll, then ask
+    `settled(now)`. The same answer as `settled` over all the step's done
+    times, at a cost per new answer instead of per answer so far per poll."""
+
+    def __init__(self, policy: StepPolicy, start_s: float):
+        self.policy, self.start_s = policy, start_s
+        self.total = 0
+        self.buckets: collections.Counter = collections.Counter()  # window index -> answers done in it
+
+    def add(self, done_times: Sequence[float]) -> None:
+        self.total += len(done_times)
+        self.buckets.update(int((t - self.start_s) // self.policy.window_s) for t in done_times)
+
+    def settled(self, now_s: float) -> bool:
+        policy = self.policy
+        if self.total < policy.min_requests:
+            return False
+        count = int((now_s - self.start_s) // policy.window_s)  # whole windows so far, as window_rates
+        rates = [self.buckets[i] / policy.window_s for i in range(max(0, count))]
+        return is_stable(rates, policy.windows, policy.tolerance)
 
 
 def parse_steps(text: str, kind: type, option: str) -> list:

@@ -73,11 +73,13 @@ class Connection(asyncio.Protocol):
         self.body = self.body + body if self.body else body
 
     def on_message_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if not self.parser.should_keep_alive():
+        parser = self.parser
+        if not parser.should_keep_alive():
             self.open = False
             self.transport.close()
-        self._complete(status, "")
+        owner, slot, body = self.owner, self.slot, self.body  # _complete, inlined: once a request
+        self.owner, self.body = None, b""
+        owner.answered(self, slot, parser.get_status_code(), "", body)
 
     # -- used by the load -----------------------------------------------------
     def send(self, owner: Owner, slot: tuple, data: bytes, sent_ns: int) -> None:
