@@ -1,7 +1,7 @@
 """Does `mlcluster bench` slow what it measures? Its figures beside wrk's,
 through the same orchestrator, in one run (issue 13, "the bench keeps up").
 
-    python benchmarks/bench_vs_wrk.py [--seconds 5] [--runs 3] [--setups tiny,instant]
+    python benchmarks/bench_vs_wrk.py [--seconds 5] [--runs 7] [--setups tiny,instant]
 
 Setups, each behind a real orchestrator (`python -m mlcluster_orchestrator`)
 on loopback:
@@ -149,7 +149,7 @@ def _children_cpu(before: os.times_result) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each client per setup")
+    parser.add_argument("--runs", type=int, default=7, help="runs of each client per setup (pairs: the machine drifts within seconds)")
     parser.add_argument("--setups", default="tiny,instant", help="which setups: tiny, instant or both")
     parser.add_argument("--wrk-threads", type=int, default=1)
     args = parser.parse_args()

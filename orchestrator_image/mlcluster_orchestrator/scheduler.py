@@ -254,26 +254,18 @@ class Scheduler:
         return self._leave_queue(granted)
 
     async def acquire_async(self, timeout: float, front: bool = False,
-                            queued_at: Optional[float] = None, avoid: Sequence[Container] = (),
-                            on_grant: Optional[Callable[[Reservation], None]] = None) -> Reservation:
+                            queued_at: Optional[float] = None, avoid: Sequence[Container] = ()) -> Reservation:
         """`acquire()` for the event loop: a waiting request costs one future and
         one timer. Must run on the loop that calls `release()`/`set_health()`.
         A request cancelled while it waits leaves the queue (or gives back what
-        it was just granted). `avoid`: see `choose_container`.
-        `on_grant(reservation)` runs the moment the container is granted, inside
-        whatever released it and under the scheduler's lock (so it must not call
-        the scheduler): the dispatcher writes the request to the container there,
-        before this coroutine resumes. It must not raise; with it, a caller
-        cancelled after the grant releases the reservation itself."""
+        it was just granted). `avoid`: see `choose_container`."""
         future = None
 
         def wake() -> None:
             if future is not None and not future.done():
                 future.set_result(None)
-        granted = self._reserve_or_enqueue(front, queued_at, wake, avoid, on_grant)
+        granted = self._reserve_or_enqueue(front, queued_at, wake, avoid)
         if isinstance(granted, Reservation):  # the common case: no future, no timer
-            if on_grant is not None:
-                on_grant(granted)
             return granted
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -287,8 +279,7 @@ class Scheduler:
                 if granted.reservation is None:
                     self._waiters.remove(granted)
                     raise
-            if on_grant is None:  # else the caller owns what it was granted (its request may be out already)
-                self.release(granted.reservation, ok=True)
+            self.release(granted.reservation, ok=True)
             raise
         finally:
             timer.cancel()
@@ -310,12 +301,15 @@ class Scheduler:
                     return self._reserve_locked(container, queued_at, now)
             if len(self._waiters) >= self.queue_limit and not front:
                 raise QueueFull()
+            # Behind a head that could take any container, nothing is free (see _dispatch_locked).
+            behind_any = bool(self._waiters) and not front and not self._waiters[0].avoid
             waiter = _Waiter(queued_at, wake, avoid, on_grant)
             if front:
                 self._waiters.appendleft(waiter)
             else:
                 self._waiters.append(waiter)
-            self._dispatch_locked()
+            if not behind_any:
+                self._dispatch_locked()
         return waiter
 
     def _leave_queue(self, waiter: _Waiter) -> Reservation:
@@ -343,7 +337,7 @@ class Scheduler:
             else:
                 container.failed += 1
             self._forget_if_drained_locked(container)
-            return self._dispatch_locked()
+            return self._dispatch_locked(freed=container)
 
     def _reserve_locked(self, container: Container, queued_at: float, now: float) -> Reservation:
         if container.in_flight == 0:
@@ -351,11 +345,23 @@ class Scheduler:
         container.in_flight += 1
         return Reservation(container=container, queued_at=queued_at, granted_at=now)
 
-    def _dispatch_locked(self) -> int:
+    def _dispatch_locked(self, freed: Optional[Container] = None) -> int:
         """Hand free containers to the waiters at the head of the queue; returns how many.
         A waiter whose only free choices are containers it must avoid is passed
-        over (it keeps its place) so the ones behind it are not held up."""
+        over (it keeps its place) so the ones behind it are not held up.
+
+        So a waiter that may take any container (no `avoid`) never waits while
+        one is free: every change that frees capacity (release, set_health, add)
+        ends here. Hence `freed` (the one container a release just freed): while
+        the head may take any container, `freed` is the only free one, and it is
+        handed over without looking at the others (the policy could choose nothing else)."""
         handed, i, waiters = 0, 0, self._waiters
+        if freed is not None:
+            while waiters and not waiters[0].avoid and freed.can_take():
+                self._grant_locked(waiters.popleft(), freed)
+                handed += 1
+            if not waiters or not waiters[0].avoid:
+                return handed
         while i < len(waiters):
             waiter = waiters[i]
             container = choose_container(self._containers.values(), self._busy_by_host, waiter.avoid)
@@ -365,12 +371,15 @@ class Scheduler:
                     continue
                 break
             del waiters[i]
-            waiter.reservation = self._reserve_locked(container, waiter.queued_at, self.clock())
-            if waiter.on_grant is not None:
-                waiter.on_grant(waiter.reservation)
-            waiter.wake()
+            self._grant_locked(waiter, container)
             handed += 1
         return handed
+
+    def _grant_locked(self, waiter: _Waiter, container: Container) -> None:
+        waiter.reservation = self._reserve_locked(container, waiter.queued_at, self.clock())
+        if waiter.on_grant is not None:
+            waiter.on_grant(waiter.reservation)
+        waiter.wake()
 
     # -- introspection ----------------------------------------------------
     @property
