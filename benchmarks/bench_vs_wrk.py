@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -149,7 +150,8 @@ def _children_cpu(before: os.times_result) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
-    parser.add_argument("--runs", type=int, default=7, help="runs of each client per setup (pairs: the machine drifts within seconds)")
+    parser.add_argument("--runs", type=int, default=7,
+                        help="runs of each client per setup (alternating pairs: the machine drifts within seconds)")
     parser.add_argument("--setups", default="tiny,instant", help="which setups: tiny, instant or both")
     parser.add_argument("--wrk-threads", type=int, default=1)
     args = parser.parse_args()
@@ -168,8 +170,12 @@ def main() -> None:
                 lines += setup.compare("8 instant light containers", url, 64, args.runs)
             else:
                 raise SystemExit(f"unknown setup {name!r}: choose tiny or instant")
+        except BaseException:
+            print(f"failed; the services' logs are in {setup.tmp}", file=sys.stderr)
+            raise
         finally:
             setup.stop()
+        shutil.rmtree(setup.tmp, ignore_errors=True)
         print("\n".join(lines[-(4 + 2 * args.runs):]), flush=True)
 
 
