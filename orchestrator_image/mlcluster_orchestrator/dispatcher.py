@@ -140,14 +140,18 @@ class _Job:
     def _answered(self, status: int, data: bytes) -> None:
         d, reservation = self.d, self.reservation
         try:
-            status, answer = d._settle(reservation, self.start, status, data)
-        except ContainerFailed as failure:
-            self.failures.append(failure)
-            self.tried.append(reservation.container)
-            return self._attempt()
-        if status >= 400:
-            return self._finish(d._callers_error(reservation.container, status, answer))
-        self._finish(d._served(reservation, answer, self.arrived, self.attempt))
+            try:
+                status, answer = d._settle(reservation, self.start, status, data)
+            except ContainerFailed as failure:
+                self.failures.append(failure)
+                self.tried.append(reservation.container)
+                return self._attempt()
+            if status >= 400:
+                return self._finish(d._callers_error(reservation.container, status, answer))
+            self._finish(d._served(reservation, answer, self.arrived, self.attempt))
+        except Exception:  # a bug (the reservation is released already): logged, and the caller is answered
+            log.exception("error while sorting an answer of %s", reservation.container.id)
+            self._finish(Outcome(500, {"error": "internal error (see the orchestrator's log)", "status": 500}))
 
     def _broke(self, exc: UpstreamError) -> None:
         d, container = self.d, self.reservation.container
