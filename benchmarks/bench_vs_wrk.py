@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -164,8 +163,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; wrk -t{args.wrk_threads}; {args.runs} alternating runs per client")
     lines: list[str] = []
     for name in args.setups.split(","):
-        setup = Setup(args.seconds, args.wrk_threads)
-        try:
+        with Setup(args.seconds, args.wrk_threads) as setup:
             if name == "tiny":
                 url = setup.orchestrator(setup.tiny_workers(4))
                 lines += setup.compare("tiny model, 2 x 2 containers", url, 15, args.runs)
@@ -175,12 +173,6 @@ def main() -> None:
                 lines += setup.compare("8 instant light containers", url, 64, args.runs)
             else:
                 raise SystemExit(f"unknown setup {name!r}: choose tiny or instant")
-        except BaseException:
-            print(f"failed; the services' logs are in {setup.tmp}", file=sys.stderr)
-            raise
-        finally:
-            setup.stop()
-        shutil.rmtree(setup.tmp, ignore_errors=True)
         print("\n".join(lines[-(5 + 2 * args.runs):]), flush=True)
 
 

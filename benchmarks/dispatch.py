@@ -113,6 +113,17 @@ class Bench:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
+    def __enter__(self) -> "Bench":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        """Stop every process; keep the logs folder (and say where) only after a failure."""
+        if kind is not None:
+            print(f"failed; the services' logs are in {self.tmp}", file=sys.stderr)
+        self.stop()
+        if kind is None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
     # -- the three setups ---------------------------------------------------
     def start_containers(self) -> None:
         half = CONTAINERS // 2  # two processes: one event loop would cap the instant phases
@@ -226,9 +237,8 @@ def main() -> None:
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    bench = Bench(args.seconds)
     lines = ["| phase | req/s | p50 ms | p99 ms | max conc. | errors | ratio (target) |", "|---|---|---|---|---|---|---|"]
-    try:
+    with Bench(args.seconds) as bench:
         bench.start_containers()
         haproxy, orch = bench.start_haproxy(), bench.start_orchestrator()
         direct = f"http://127.0.0.1:{bench.ports[0]}/run_model"
@@ -279,12 +289,6 @@ def main() -> None:
         lines += [row("slow: orchestrator, instant, 15 clients", quiet),
                   row(f"slow: same, {args.slow:,} half-sent + {args.slow:,} idle connections open", busy,
                       f"p50 {busy.p50_ms - quiet.p50_ms:+.2f} ms (within 100)")]
-    except Exception:
-        print(f"failed; the services' logs are in {bench.tmp}", file=sys.stderr)
-        raise
-    finally:
-        bench.stop()
-    shutil.rmtree(bench.tmp, ignore_errors=True)
     print(f"{CONTAINERS} light containers, {args.seconds:g} s per phase, wrk; "
           f"HAProxy {subprocess.run(['haproxy', '-v'], capture_output=True, text=True).stdout.split()[2]} (nbthread 1)")
     print("\n".join(lines))

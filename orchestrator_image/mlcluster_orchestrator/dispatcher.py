@@ -88,7 +88,7 @@ class _Job:
     and answers the caller; `_broke` blames the container and tries another.
     `done(outcome)` is called exactly once, unless `cancel()` came first."""
     __slots__ = ("d", "body", "done", "arrived", "deadline", "attempt", "failures", "tried", "waiter",
-                 "reservation", "start", "resent", "cancelled")
+                 "reservation", "start", "resent", "ended")
 
     def __init__(self, dispatcher: "Dispatcher", body: bytes, done: Callable[[Outcome], None]):
         self.d, self.body, self.done = dispatcher, body, done
@@ -99,11 +99,12 @@ class _Job:
         self.tried: list[Container] = []  # a retry goes to another container while one is healthy
         self.waiter = self.reservation = None
         self.start = 0.0
-        self.resent = self.cancelled = False
+        self.resent = False
+        self.ended = False  # done() was called, or the caller left: nothing more is sent or answered
 
     def _attempt(self) -> None:
         d = self.d
-        if self.cancelled:
+        if self.ended:
             return
         self.attempt += 1
         if self.attempt > d.max_attempts:
@@ -125,11 +126,8 @@ class _Job:
             self.waiter = None
             d._waiting.discard(self)
         self.reservation = reservation
-        pool, head, _ = d._pool(reservation.container)
-        signer = d.signer
         self.start = d.clock()
-        pool.send(with_body(head, self.body, signer.line(self.body) if signer is not None else b""),
-                  d.forward_timeout_s, self._answered, self._broke)
+        d._send(reservation.container, self.body, self._answered, self._broke)
 
     def _expired(self) -> None:
         waiter, self.waiter = self.waiter, None
@@ -157,10 +155,7 @@ class _Job:
         d, container = self.d, self.reservation.container
         if isinstance(exc, Dropped) and not self.resent:  # the worker never saw it: send it again
             self.resent = True
-            pool, head, _ = d._pool(container)
-            signer = d.signer
-            return pool.send(with_body(head, self.body, signer.line(self.body) if signer is not None else b""),
-                             d.forward_timeout_s, self._answered, self._broke, fresh=True)
+            return d._send(container, self.body, self._answered, self._broke, fresh=True)
         failure = ContainerFailed(exc.kind, f"{container.id} ({container.url}): {exc}")
         d._blame(container, failure)  # marked down first, so it is not handed out again
         d.scheduler.release(self.reservation, ok=False)
@@ -169,8 +164,8 @@ class _Job:
         self._attempt()
 
     def _finish(self, outcome: Outcome) -> None:
-        if not self.cancelled:
-            self.cancelled = True  # done once
+        if not self.ended:
+            self.ended = True
             done, self.done = self.done, None  # no reference cycle left for the garbage collector
             done(outcome)
 
@@ -178,9 +173,9 @@ class _Job:
         """The caller is gone: leave the queue if still in it. A request
         already with a container runs to its end (the container stays in
         step and is released as usual); its answer is dropped."""
-        if self.cancelled:
+        if self.ended:
             return
-        self.cancelled = True
+        self.ended = True
         waiter, self.waiter = self.waiter, None
         self.d._waiting.discard(self)
         if waiter is not None and self.d.scheduler.withdraw(waiter):
@@ -208,12 +203,10 @@ class Dispatcher:
         self._refused_signature: dict[str, float] = {}  # container id -> when it refused (clock())
         self._pools: dict[tuple[str, int], tuple[Pool, bytes, bytes]] = {}  # pool, /run_model head, /ready
         self._5xx_in_a_row: dict[str, int] = {}
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
         self._waiting: Sweep[_Job] = Sweep(QUEUE_TICK_S, clock, _Job._expired)  # jobs in the scheduler's queue
         scheduler.on_forget = self.forget
 
     async def start(self) -> "Dispatcher":
-        self.loop = asyncio.get_running_loop()
         return self
 
     async def close(self) -> None:
@@ -230,6 +223,13 @@ class Dispatcher:
             ready = with_body(request_head("GET", "/ready", container.host, container.port, {}), b"")
             entry = self._pools[key] = (pool, run, ready)
         return entry
+
+    def _send(self, container: Container, body: bytes, on_answer, on_error, fresh: bool = False) -> None:
+        """/run_model with `body` to `container`, signed anew (every attempt and resend)."""
+        pool, head, _ = self._pool(container)
+        signer = self.signer
+        pool.send(with_body(head, body, signer.line(body) if signer is not None else b""),
+                  self.forward_timeout_s, on_answer, on_error, fresh=fresh)
 
     def forget(self, container: Container) -> None:
         """A container left the registry: close its connections (busy ones as their answers come back)."""
@@ -267,8 +267,6 @@ class Dispatcher:
         of the queue. `done(outcome)` gets every outcome as an HTTP answer
         (never an exception), maybe before this returns; `cancel()` what this
         returns when the caller is gone."""
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
         job = _Job(self, body or b"{}", done)
         job._attempt()
         return job

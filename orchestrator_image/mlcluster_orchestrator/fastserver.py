@@ -243,7 +243,6 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     # -- answers -----------------------------------------------------------
-
     def _fill(self, slot: _Slot, answer: Answer, keep_alive: bool, http10: bool) -> None:
         """Write every answer that is ready at the head of the line (pipelining keeps order)."""
         slot.data = encode(answer, keep_alive, http10)
