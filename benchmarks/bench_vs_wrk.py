@@ -2,6 +2,7 @@
 through the same orchestrator, in one run (issue 13, "the bench keeps up").
 
     python benchmarks/bench_vs_wrk.py [--seconds 5] [--runs 7] [--setups tiny,instant]
+                                      [--engines c,python]
 
 Setups, each behind a real orchestrator (`python -m mlcluster_orchestrator`)
 on loopback:
@@ -11,8 +12,10 @@ on loopback:
            once, loaded by 64 connections.
 In each, wrk (Debian's package; -t1 unless --wrk-threads) and the real
 `mlcluster bench` command alternate, `--runs` times each, with the same
-duration, connections and request body. Prints every run, then the ratios
-bench / wrk of throughput and p50 (median, min-max over the pairs) and each
+duration, connections and request body; with two --engines (the compiled
+closed loop, `c`, and the Python one, MLCLUSTER_BENCH_ENGINE=python) each
+round is wrk, then the bench on each. Prints every run, then per engine the
+ratios bench / wrk of throughput and p50 (median, min-max over the rounds) and each
 client's CPU per request (the bench's less its start-up: the CPU of a
 one-request run). Both clients share the machine with the cluster,
 which is the point: a heavier client leaves the cluster less CPU.
@@ -107,42 +110,46 @@ class Setup(Bench):
         rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) * (total - errors) / max(total, 1)
         return Run("wrk", rate, p50, errors, cpu / max(1, total - errors) * 1e6)
 
-    def run_bench(self, url: str, connections: int) -> Run:
-        data, cpu = self._bench(url, "--concurrency", str(connections), "--duration", str(self.seconds),
+    def run_bench(self, url: str, connections: int, engine: str) -> Run:
+        data, cpu = self._bench(url, engine, "--concurrency", str(connections), "--duration", str(self.seconds),
                                 "--warmup", str(connections))
-        net = max(0.0, cpu - self.startup_cpu)  # less the command's own start-up (imports, report)
-        return Run("mlcluster bench", data["throughput_rps"], data["latency_ms"]["p50"], data["errors"],
+        net = max(0.0, cpu - self.startup_cpu[engine])  # less the command's own start-up (imports, report)
+        return Run(f"bench ({engine})", data["throughput_rps"], data["latency_ms"]["p50"], data["errors"],
                    net / max(1, data["ok"] + connections) * 1e6)
 
-    def _bench(self, url: str, *args: str) -> tuple[dict, float]:
-        """The real command; its JSON result and CPU seconds."""
+    def _bench(self, url: str, engine: str, *args: str) -> tuple[dict, float]:
+        """The real command on `engine`; its JSON result and CPU seconds."""
         result = self.tmp / "bench.json"
         before = os.times()
         subprocess.run([MLCLUSTER, "bench", "--url", url, "--texts", str(self.texts), "--json", str(result), *args],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env={**os.environ, "COLUMNS": "120"}, timeout=self.seconds + 120)
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=self.seconds + 120,
+                       env={**os.environ, "COLUMNS": "120", "MLCLUSTER_BENCH_ENGINE": engine})
         return json.loads(result.read_text()), _children_cpu(before)
 
-    def compare(self, name: str, url: str, connections: int, runs: int) -> list[str]:
+    def compare(self, name: str, url: str, connections: int, runs: int, engines: list[str]) -> list[str]:
         self.run_wrk(url, connections)  # warm-up, uncounted
-        self.startup_cpu = min(self._bench(url, "--requests", "1", "--warmup", "0")[1] for _ in range(2))
-        pairs = [(self.run_wrk(url, connections), self.run_bench(url, connections)) for _ in range(runs)]
+        self.startup_cpu = {e: min(self._bench(url, e, "--requests", "1", "--warmup", "0")[1] for _ in range(2))
+                            for e in engines}
+        rounds = [[self.run_wrk(url, connections)] + [self.run_bench(url, connections, e) for e in engines]
+                  for _ in range(runs)]
         lines = [f"\n{name}: {connections} connections, {self.seconds:g} s per run",
                  f"{'run':>4} {'client':>16} {'req/s':>9} {'p50 ms':>8} {'errors':>7} {'CPU µs/req':>11}"]
-        for i, pair in enumerate(pairs, 1):
+        for i, runs_of_round in enumerate(rounds, 1):
             lines += [f"{i:>4} {r.client:>16} {r.rate:>9.1f} {r.p50_ms:>8.2f} {r.errors:>7} {r.cpu_us:>11.0f}"
-                      for r in pair]
-        rates = [b.rate / w.rate for w, b in pairs]
-        p50s = [b.p50_ms / w.p50_ms for w, b in pairs]
-        lines += [f"  bench / wrk throughput: median {statistics.median(rates):.3f} "
-                  f"(min {min(rates):.3f}, max {max(rates):.3f}); target 0.95-1.05",
-                  f"  bench / wrk p50:        median {statistics.median(p50s):.3f} "
-                  f"(min {min(p50s):.3f}, max {max(p50s):.3f}); target 0.95-1.05",
-                  # The machine drifts within seconds, more than the clients differ: the means over
-                  # all the alternating runs are the steadier estimate of how much the bench's own cost weighs.
-                  f"  over all runs, mean bench / mean wrk: throughput "
-                  f"{statistics.mean(b.rate for _, b in pairs) / statistics.mean(w.rate for w, _ in pairs):.3f}, "
-                  f"p50 {statistics.mean(b.p50_ms for _, b in pairs) / statistics.mean(w.p50_ms for w, _ in pairs):.3f}"]
+                      for r in runs_of_round]
+        for k, engine in enumerate(engines, 1):
+            pairs = [(r[0], r[k]) for r in rounds]
+            rates = [b.rate / w.rate for w, b in pairs]
+            p50s = [b.p50_ms / w.p50_ms for w, b in pairs]
+            lines += [f"  bench ({engine}) / wrk throughput: median {statistics.median(rates):.3f} "
+                      f"(min {min(rates):.3f}, max {max(rates):.3f}); target 0.95-1.05",
+                      f"  bench ({engine}) / wrk p50:        median {statistics.median(p50s):.3f} "
+                      f"(min {min(p50s):.3f}, max {max(p50s):.3f}); target 0.95-1.05",
+                      # The machine drifts within seconds, more than the clients differ: the means over
+                      # all the alternating runs are the steadier estimate of how much the bench's own cost weighs.
+                      f"  over all runs, mean bench ({engine}) / mean wrk: throughput "
+                      f"{statistics.mean(b.rate for _, b in pairs) / statistics.mean(w.rate for w, _ in pairs):.3f}"
+                      f", p50 {statistics.mean(b.p50_ms for _, b in pairs) / statistics.mean(w.p50_ms for w, _ in pairs):.3f}"]
         return lines
 
 
@@ -158,7 +165,12 @@ def main() -> None:
                         help="runs of each client per setup (alternating pairs: the machine drifts within seconds)")
     parser.add_argument("--setups", default="tiny,instant", help="which setups: tiny, instant or both")
     parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--engines", default="c,python",
+                        help="the bench's closed-loop engines to run beside wrk: c (compiled), python, or both")
     args = parser.parse_args()
+    engines = args.engines.split(",")
+    if not set(engines) <= {"c", "python"}:
+        raise SystemExit(f"unknown --engines {args.engines!r}: choose from c, python")
     os.environ["HF_HUB_OFFLINE"] = "1"
     print(f"machine: {os.cpu_count()} cores; wrk -t{args.wrk_threads}; {args.runs} alternating runs per client")
     lines: list[str] = []
@@ -166,14 +178,14 @@ def main() -> None:
         with Setup(args.seconds, args.wrk_threads) as setup:
             if name == "tiny":
                 url = setup.orchestrator(setup.tiny_workers(4))
-                lines += setup.compare("tiny model, 2 x 2 containers", url, 15, args.runs)
+                lines += setup.compare("tiny model, 2 x 2 containers", url, 15, args.runs, engines)
             elif name == "instant":
                 setup.start_containers()
                 url = setup.orchestrator(setup.ports)
-                lines += setup.compare("8 instant light containers", url, 64, args.runs)
+                lines += setup.compare("8 instant light containers", url, 64, args.runs, engines)
             else:
                 raise SystemExit(f"unknown setup {name!r}: choose tiny or instant")
-        print("\n".join(lines[-(5 + 2 * args.runs):]), flush=True)
+        print("\n".join(lines[-(2 + (1 + len(engines)) * args.runs + 3 * len(engines)):]), flush=True)
 
 
 if __name__ == "__main__":

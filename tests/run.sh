@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite on a fresh machine (Debian 12, Python 3.11).
 # As root it also installs and starts what the Docker and SSH tests need
-# (Debian's docker.io with a local base image; openssh-server, iproute2);
+# (Debian's docker.io with a local base image; openssh-server, iproute2; gcc);
 # otherwise those tests are skipped, saying why. With CI=true nothing may be skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then
     bash .ci/setup-docker.sh
     bash .ci/setup-ssh.sh
+    bash .ci/setup-build.sh   # a C compiler for the bench's compiled engine
 else
     echo "not root: Docker and SSH test hosts are not set up; those tests will be skipped" >&2
 fi

@@ -2,10 +2,12 @@
 (tests/support/endpoint.py, its own process): the closed loop keeps exactly C
 requests in flight, the open loop sends on schedule whatever the answers do,
 connections are kept alive, and every failure is recorded, not raised.
-Counts come from the server's side."""
+Counts come from the server's side. The closed-loop tests run on both
+engines: the Python loop and the compiled one (mlcluster/bench/_engine.c)."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import statistics
 import sys
@@ -16,7 +18,9 @@ import pytest
 import requests
 
 from support.services import Service, free_port
-from mlcluster.bench.load import LoadRun, LoadStep, Target
+from mlcluster.bench import engine as compiled
+from mlcluster.bench.load import LoadStep, Target, start_run
+from mlcluster.errors import MlclusterError
 from mlcluster.bench.runner import BenchConfig, run_bench
 from mlcluster.bench.stats import Recorder
 from mlcluster.bench.wire import now_ns
@@ -35,6 +39,15 @@ def endpoint(tmp_path_factory):
         service.stop()
 
 
+@pytest.fixture(params=["python", "c"])
+def engine(request, monkeypatch):
+    """The closed loop's engine for this test (MLCLUSTER_BENCH_ENGINE)."""
+    if request.param == "c" and not compiled.available():
+        pytest.skip("the compiled engine is not built (no C compiler when mlcluster was installed)")
+    monkeypatch.setenv(compiled.ENV, request.param)
+    return request.param
+
+
 def counts(url: str) -> dict:
     """The endpoint's counts since the last call (and zero them)."""
     return requests.get(url + "/counts?reset=1", timeout=5).json()
@@ -48,7 +61,7 @@ def run(url: str, plan: LoadStep, texts: list[bytes], timeout_s: float = 10.0) -
     """Run `plan` to its end on a fresh target; the records, by index."""
     target, recorder = Target(url, timeout_s=timeout_s), Recorder()
     try:
-        load = LoadRun(target, texts, plan, recorder, now_ns()).start()
+        load = start_run(target, texts, plan, recorder, now_ns())
         assert load.join(60), "the run did not finish"
         assert load.error is None
         assert load.sent == len(recorder)
@@ -57,7 +70,7 @@ def run(url: str, plan: LoadStep, texts: list[bytes], timeout_s: float = 10.0) -
     return sorted(recorder.records(), key=lambda r: r.index)
 
 
-def test_closed_loop_keeps_exactly_c_in_flight_on_c_kept_alive_connections(endpoint):
+def test_closed_loop_keeps_exactly_c_in_flight_on_c_kept_alive_connections(endpoint, engine):
     counts(endpoint)
     records = run(endpoint, LoadStep(concurrency=7, requests=140), bodies("sleep:40"))
     seen = counts(endpoint)
@@ -70,7 +83,7 @@ def test_closed_loop_keeps_exactly_c_in_flight_on_c_kept_alive_connections(endpo
     assert all(r.scheduled_s == r.sent_s for r in records)  # closed loop: due when sent
 
 
-def test_records_carry_the_answer_fields(endpoint):
+def test_records_carry_the_answer_fields(endpoint, engine):
     records = run(endpoint, LoadStep(concurrency=2, requests=10), bodies("fine"))
     record = records[0]
     assert (record.status, record.error, record.container, record.queue_ms, record.server_ms,
@@ -110,7 +123,7 @@ def test_poisson_arrivals_follow_the_rate_on_average(endpoint):
     assert statistics.pstdev(gaps) == pytest.approx(statistics.mean(gaps), rel=0.3)  # exponential: sd = mean
 
 
-def test_errors_timeouts_and_resets_are_recorded_not_raised(endpoint):
+def test_errors_timeouts_and_resets_are_recorded_not_raised(endpoint, engine):
     texts = bodies("fine", "reset", "hang", "status:503", "garbage", "close", "status:400")
     records = run(endpoint, LoadStep(concurrency=7, requests=7), texts, timeout_s=1.0)
     kinds = {r.index: (r.status, r.error) for r in records}
@@ -120,14 +133,14 @@ def test_errors_timeouts_and_resets_are_recorded_not_raised(endpoint):
     assert 1.0 <= hung.done_s - hung.sent_s < 3.0
 
 
-def test_a_slot_goes_on_after_its_connection_failed(endpoint):
+def test_a_slot_goes_on_after_its_connection_failed(endpoint, engine):
     counts(endpoint)
     records = run(endpoint, LoadStep(concurrency=2, requests=40), bodies("reset", "fine", "close", "fine"))
     assert [r.error for r in records] == ["connection", "", "", ""] * 10
     assert counts(endpoint)["requests"] == 40
 
 
-def test_nothing_listening_is_a_connection_error_per_request():
+def test_nothing_listening_is_a_connection_error_per_request(engine):
     with socket.socket() as s:  # a port that refuses
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
@@ -135,11 +148,10 @@ def test_nothing_listening_is_a_connection_error_per_request():
     assert [r.error for r in records] == ["connection"] * 12
 
 
-def test_stop_sends_nothing_new_and_waits_for_what_is_in_flight(endpoint):
+def test_stop_sends_nothing_new_and_waits_for_what_is_in_flight(endpoint, engine):
     target, recorder = Target(endpoint), Recorder()
     try:
-        load = LoadRun(target, bodies("sleep:200"), LoadStep(concurrency=5, duration_s=60), recorder,
-                       now_ns()).start()
+        load = start_run(target, bodies("sleep:200"), LoadStep(concurrency=5, duration_s=60), recorder, now_ns())
         time.sleep(0.5)
         load.stop()
         assert load.join(5)
@@ -149,7 +161,7 @@ def test_stop_sends_nothing_new_and_waits_for_what_is_in_flight(endpoint):
         target.close()
 
 
-def test_warm_up_and_measurement_share_kept_alive_connections(endpoint):
+def test_warm_up_and_measurement_share_kept_alive_connections(endpoint, engine):
     counts(endpoint)
     target = Target(endpoint, pool_size=6)
     try:
@@ -159,3 +171,50 @@ def test_warm_up_and_measurement_share_kept_alive_connections(endpoint):
     seen = counts(endpoint)
     assert result.summary.ok == 60 and result.model == "endpoint"
     assert seen["requests"] == 90 and seen["connections"] == 6
+
+
+def test_answers_in_pieces_in_chunks_large_or_after_an_interim_one_are_read_whole(endpoint, engine):
+    records = run(endpoint, LoadStep(concurrency=3, requests=40), bodies("chunked", "split", "interim", "big"))
+    assert [(r.status, r.error, r.container) for r in records] == [(200, "", "c0")] * 40
+
+
+def test_answers_that_cannot_be_read_are_connection_errors_and_the_slot_goes_on(endpoint, engine):
+    records = run(endpoint, LoadStep(concurrency=2, requests=12), bodies("nonhttp", "fine", "badchunk"))
+    assert [(r.status, r.error) for r in records] == [(None, "connection"), (200, ""), (None, "connection")] * 4
+
+
+def test_an_answer_ended_by_its_close_is_read_whole_by_the_compiled_engine(endpoint, engine):
+    counts(endpoint)
+    records = run(endpoint, LoadStep(concurrency=2, requests=20), bodies("eof", "fine"))
+    # httptools cannot be told where the stream ended, so the Python loop counts
+    # an answer with no length (HTTP/1.0) a connection error; the orchestrator never sends one.
+    expected = (200, "", "c0") if engine == "c" else (None, "connection", "")
+    assert [(r.status, r.error, r.container) for r in records] == [expected, (200, "", "c0")] * 10
+    # Each such answer costs its slot a new connection, but for the last if its slot sends no more.
+    assert 2 + 9 <= counts(endpoint)["connections"] <= 2 + 10
+
+
+def test_closing_the_target_ends_a_run_that_hangs(endpoint, engine):
+    target, recorder = Target(endpoint), Recorder()
+    load = start_run(target, bodies("hang"), LoadStep(concurrency=4, duration_s=60), recorder, now_ns())
+    time.sleep(0.3)
+    started = time.monotonic()
+    target.close()
+    assert load.join(5) and time.monotonic() - started < 3
+    if engine == "c":
+        assert target.compiled.open == 0 and not target.compiled.running
+
+
+def test_the_compiled_engine_is_built_where_a_compiler_is():
+    if not shutil.which("cc") and not shutil.which("gcc"):
+        pytest.skip("no C compiler here: the bench uses its Python loop")
+    assert compiled.available(), "pip install should have built mlcluster/bench/_engine.c"
+
+
+def test_the_engine_choice_is_checked(monkeypatch):
+    monkeypatch.setenv(compiled.ENV, "fast")
+    with pytest.raises(MlclusterError, match="not one of auto, c, python"):
+        compiled.engine_for(Target("http://127.0.0.1:9"))
+    monkeypatch.setenv(compiled.ENV, "c")
+    with pytest.raises(MlclusterError, match="plain HTTP only|not built"):
+        compiled.engine_for(Target("https://127.0.0.1:9"))

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import MlclusterError
+from .engine import CHUNK_S, engine_for
 from .stats import Recorder
 from .wire import Connection, Target, now_ns
 
-__all__ = ["LoadRun", "LoadStep", "Target", "random_bodies", "text_bodies"]
+__all__ = ["LoadRun", "LoadStep", "Target", "random_bodies", "start_run", "text_bodies"]
 
 
 def random_bodies(count: int = 1024, length: int = 50, seed: Optional[int] = None) -> list[bytes]:
@@ -65,22 +66,59 @@ class LoadStep:
         return self.rate is not None
 
 
-class LoadRun:
-    """Runs one `LoadStep` on `target`'s event loop, recording into `recorder`.
-    `origin_ns` is the run's time zero (`time.perf_counter_ns()`). `stop()`
-    sends nothing new; requests in flight still finish. Every method but the
-    ones marked "on the loop" may be called from any thread."""
+def start_run(target: Target, bodies: Sequence[bytes], plan: LoadStep, recorder: Recorder, origin_ns: int):
+    """`plan` running on `target`: a closed loop on the compiled engine where it
+    serves (see `engine`), anything else on the Python loop (`LoadRun`)."""
+    compiled = None if plan.open_loop else engine_for(target)
+    if compiled is not None:
+        return EngineRun(compiled, target, bodies, plan, recorder, origin_ns).start()
+    return LoadRun(target, bodies, plan, recorder, origin_ns).start()
+
+
+class Run:
+    """What both kinds of run share: one `LoadStep` against `target`, recorded
+    into `recorder`, `origin_ns` its time zero (`time.perf_counter_ns()`);
+    `start()`, `stop()` (sends nothing new; requests in flight still finish),
+    `stopped()`, `finished()`, `join(timeout)`, from any thread."""
 
     def __init__(self, target: Target, bodies: Sequence[bytes], plan: LoadStep, recorder: Recorder, origin_ns: int):
         self.target, self.plan, self.recorder, self.origin_ns = target, plan, recorder, origin_ns
         self.requests = target.encode(bodies)
         self._done = threading.Event()
         self._stopped = False
-        self._issued = 0
         self.sent = 0          # requests that left the client (issued ones may be dropped by stop())
         self.in_flight = 0     # sent (or connecting) and not yet answered
         self.start_s = self.end_s = 0.0
         self.error: Optional[BaseException] = None
+
+    def now(self) -> float:
+        return (now_ns() - self.origin_ns) * 1e-9
+
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def join(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.error = exc
+        self._stopped = True
+        self._done.set()
+        print(f"mlcluster bench: the load generator failed: {exc!r}", file=sys.stderr)
+
+
+class LoadRun(Run):
+    """Runs one `LoadStep` on `target`'s event loop, recording into `recorder`.
+    `origin_ns` is the run's time zero (`time.perf_counter_ns()`). `stop()`
+    sends nothing new; requests in flight still finish. Every method but the
+    ones marked "on the loop" may be called from any thread."""
+
+    def __init__(self, target: Target, bodies: Sequence[bytes], plan: LoadStep, recorder: Recorder, origin_ns: int):
+        super().__init__(target, bodies, plan, recorder, origin_ns)
+        self._issued = 0
         self._slots = 0                            # closed loop: slots still sending
         self._waiting: collections.deque = collections.deque()  # open loop: (index, due_s) not yet sent
         self._timer = None
@@ -89,9 +127,6 @@ class LoadRun:
         self._due = 0.0
         # Read once per request on the loop: kept as plain attributes, not looked up through plan/recorder.
         self._open_loop, self._step, self._record = plan.open_loop, plan.step, recorder.add_raw
-
-    def now(self) -> float:
-        return (now_ns() - self.origin_ns) * 1e-9
 
     @property
     def issued(self) -> int:
@@ -105,15 +140,6 @@ class LoadRun:
     def stop(self) -> None:
         self._stopped = True  # read on the loop; a plain flag is enough (and cheap to read per request)
         self.target.call(self._halt)
-
-    def stopped(self) -> bool:
-        return self._stopped
-
-    def finished(self) -> bool:
-        return self._done.is_set()
-
-    def join(self, timeout: float) -> bool:
-        return self._done.wait(timeout)
 
     # -- on the loop ------------------------------------------------------------
     def _begin(self) -> None:
@@ -131,9 +157,11 @@ class LoadRun:
     def _claim(self, at: float) -> Optional[int]:
         """The index of the request due at `at`, or None when the plan is done."""
         plan = self.plan
-        if self._stopped or (plan.requests is not None and self._issued >= plan.requests):
+        if self._stopped or self.target.closing or (plan.requests is not None and self._issued >= plan.requests):
             return None
-        if plan.duration_s is not None and at - self.start_s >= plan.duration_s:
+        # Within a nanosecond counts as the end: an open loop's due times are start + i / rate,
+        # and that sum, less start, may round to just below the duration.
+        if plan.duration_s is not None and at - self.start_s >= plan.duration_s - 1e-9:
             return None
         self._issued += 1
         return self._issued - 1
@@ -234,7 +262,41 @@ class LoadRun:
             self._done.set()
 
     def _fail(self, exc: BaseException) -> None:
-        self.error = exc
+        self._failed(exc)
+
+
+class EngineRun(Run):
+    """A closed-loop `LoadStep` on `engine` (see `engine`): it runs on the
+    engine's own thread; this one's hands the records finished meanwhile to
+    the recorder every `CHUNK_S`."""
+
+    def __init__(self, engine, target: Target, bodies: Sequence[bytes], plan: LoadStep, recorder: Recorder,
+                 origin_ns: int):
+        super().__init__(target, bodies, plan, recorder, origin_ns)
+        self.engine = engine
+
+    def start(self) -> "EngineRun":
+        plan = self.plan
+        self.start_s = self.end_s = self.now()
+        end_ns = 0 if plan.duration_s is None else self.origin_ns + int((self.start_s + plan.duration_s) * 1e9)
+        self.engine.begin(tuple(self.requests), plan.concurrency, -1 if plan.requests is None else plan.requests,
+                          end_ns, plan.step, self.origin_ns)
+        threading.Thread(target=self._hand_over, name="bench-engine", daemon=True).start()
+        return self
+
+    def _hand_over(self) -> None:
+        add = self.recorder.add_many
+        try:
+            finished = False
+            while not finished:
+                records, finished, self.sent, self.in_flight = self.engine.take(CHUNK_S)
+                if records:
+                    add(records)
+                    self.end_s = max(self.end_s, records[-1][4])  # in the order they ended
+            self._done.set()
+        except BaseException as exc:  # never leave the caller waiting for a run that died
+            self._failed(exc)
+
+    def stop(self) -> None:
         self._stopped = True
-        self._done.set()
-        print(f"mlcluster bench: the load generator failed: {exc!r}", file=sys.stderr)
+        self.engine.stop()

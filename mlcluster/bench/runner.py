@@ -10,7 +10,7 @@ from typing import Callable, Optional, Sequence
 
 from ..errors import MlclusterError
 from ..ui import QuietUI
-from .load import LoadRun, LoadStep, Target
+from .load import LoadRun, LoadStep, Target, start_run
 from .wire import now_ns
 from .stats import Recorder, RequestRecord, StepSummary, Summary, summarise
 from .sweep import Settling, StepPolicy, find_knee
@@ -118,7 +118,7 @@ def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=N
         if _warm_up(config, plan, target, bodies, origin, ui) == "interrupted":
             interrupted = True
             break
-        run = LoadRun(target, bodies, plan, recorder, origin).start()
+        run = start_run(target, bodies, plan, recorder, origin)
         why = _measure(config, plan, run, recorder, ui)
         _check(run)
         step_records = recorder.records(plan.step)
@@ -146,7 +146,7 @@ def _warm_up(config: BenchConfig, plan: LoadStep, target: Target, bodies: Sequen
                 requests=config.warmup_for(plan), step=-1, seed=plan.seed)
     if not warm.requests:
         return "done"
-    run = LoadRun(target, bodies, warm, Recorder(), origin).start()
+    run = start_run(target, bodies, warm, Recorder(), origin)
     with ui.step(f"warm-up {_label(plan)}", total=warm.requests) as bar:
         why = _drive(run, bar, None, config.grace_s, count=lambda: len(run.recorder))
     _check(run)

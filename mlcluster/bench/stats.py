@@ -149,6 +149,7 @@ class Recorder:
         self.model: Optional[str] = None
         # The load generator's hot path: one C call, no lock (see above).
         self.add_raw: Callable[[RawRecord], None] = self._raw.append
+        self.add_many: Callable[[list[RawRecord]], None] = self._raw.extend  # the compiled engine's, a batch at once
 
     def add(self, record: RequestRecord) -> None:
         with self._lock:

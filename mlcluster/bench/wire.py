@@ -74,6 +74,9 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         parser = self.parser
+        if parser.get_status_code() < 200:  # an interim answer (100 Continue): the real one follows
+            self.body = b""
+            return
         if not parser.should_keep_alive():
             self.open = False
             self.transport.close()
@@ -117,6 +120,8 @@ class Target:
         self.timeout_s, self.pool_size = timeout_s, pool_size
         self.connections: set[Connection] = set()   # open ones (the time-out sweep's)
         self.idle: list[Connection] = []
+        self.closing = False  # set by close(): a run sends nothing new (its slots end as their requests do)
+        self.compiled = None  # the compiled engine, once a closed loop has used it (see engine.engine_for)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         _raise_open_files_limit()
@@ -144,6 +149,7 @@ class Target:
         asyncio.set_event_loop(self._loop)
         self._loop.call_soon(self._sweep)
         self._loop.run_forever()
+        self.closing = True
         for conn in list(self.connections):
             conn.transport.abort()
         self._loop.run_until_complete(asyncio.sleep(0))  # let the aborts run their callbacks
@@ -180,6 +186,8 @@ class Target:
         return conn
 
     def close(self) -> None:
+        if self.compiled is not None:  # ends its run, if one goes, and closes its connections
+            self.compiled.close()
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)

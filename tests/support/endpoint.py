@@ -7,7 +7,10 @@ and counts what the client did from the server's side.
 The request's text says what to do: "sleep:N" answers after N ms; "reset"
 drops the connection unanswered; "hang" never answers; "status:N" answers
 status N; "garbage" answers 200 with a body that is not JSON; "close"
-answers with `Connection: close`; anything else answers at once.
+answers with `Connection: close`; "chunked" answers in chunks, "split" in
+three writes 10 ms apart, "eof" as HTTP/1.0 with no length, ended by closing,
+"interim" after a `100 Continue`, "big" with 300 kB more; "nonhttp" answers bytes that are not HTTP, "badchunk" a
+chunked body with a size that is not hex; anything else answers at once.
 GET /counts gives {"requests", "connections", "max_in_flight", "midway"}
 (midway: how many requests were in flight, this one included, halfway
 through each "sleep:N" -> how often); GET /counts?reset=1 gives them and zeroes them.
@@ -94,11 +97,36 @@ class Endpoint(asyncio.Protocol):
             self.transport.write(response(int(text[7:]), b'{"error": "asked for"}'))
         elif text == "garbage":
             self.transport.write(response(200, b"this is not json"))
+        elif text == "chunked":
+            await self.trickle([b"HTTP/1.1 200 X\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                                b"a\r\n%s\r\n" % ANSWER[:10], b"%x\r\n%s\r\n" % (len(ANSWER) - 10, ANSWER[10:]),
+                                b"0\r\n\r\n"])
+        elif text == "split":
+            whole = response(200, ANSWER)
+            await self.trickle([whole[:20], whole[20:90], whole[90:]])
+        elif text == "eof":
+            self.transport.write(b"HTTP/1.0 200 X\r\nContent-Type: application/json\r\n\r\n" + ANSWER)
+            self.transport.close()
+        elif text == "big":
+            self.transport.write(response(200, ANSWER[:-1] + b', "padding": "' + b"x" * 300_000 + b'"}'))
+        elif text == "nonhttp":
+            self.transport.write(b"SPAM SPAM SPAM\r\n\r\n")
+        elif text == "badchunk":
+            self.transport.write(b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+        elif text == "interim":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n" + response(200, ANSWER))
         elif text == "close":
             self.transport.write(response(200, ANSWER, close=True))
             self.transport.close()
         else:
             self.transport.write(response(200, ANSWER))
+
+
+    async def trickle(self, parts: list[bytes]) -> None:
+        for i, part in enumerate(parts):
+            if i:
+                await asyncio.sleep(0.01)
+            self.transport.write(part)
 
 
 async def main(port: int) -> None:
