@@ -14,7 +14,10 @@ In each, wrk (Debian's package; -t1 unless --wrk-threads) and the real
 `mlcluster bench` command alternate, `--runs` times each, with the same
 duration, connections and request body; with two --engines (the compiled
 closed loop, `c`, and the Python one, MLCLUSTER_BENCH_ENGINE=python) each
-round is wrk, then the bench on each. Prints every run, then per engine the
+round is wrk and the bench on each, every other round in reverse order
+(ABBA: a machine that drifts steadily favours no client). `--engines c,wrk`
+runs wrk a second time in place of an engine: the spread of wrk against
+itself is the floor under any comparison this machine can make. Prints every run, then per engine the
 ratios bench / wrk of throughput and p50 (median, min-max over the rounds) and each
 client's CPU per request (the bench's less its start-up: the CPU of a
 one-request run). Both clients share the machine with the cluster,
@@ -97,7 +100,7 @@ class Setup(Bench):
         return ports
 
     # -- the two clients --------------------------------------------------------
-    def run_wrk(self, url: str, connections: int) -> Run:
+    def run_wrk(self, url: str, connections: int, name: str = "wrk") -> Run:
         before = os.times()
         out = subprocess.run(["wrk", f"-t{self.wrk_threads}", f"-c{connections}", f"-d{round(self.seconds)}s",
                               "--latency", "-s", str(self.lua), url + "/new_request"],
@@ -108,7 +111,7 @@ class Setup(Bench):
         errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
         errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
         rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) * (total - errors) / max(total, 1)
-        return Run("wrk", rate, p50, errors, cpu / max(1, total - errors) * 1e6)
+        return Run(name, rate, p50, errors, cpu / max(1, total - errors) * 1e6)
 
     def run_bench(self, url: str, connections: int, engine: str) -> Run:
         data, cpu = self._bench(url, engine, "--concurrency", str(connections), "--duration", str(self.seconds),
@@ -129,9 +132,15 @@ class Setup(Bench):
     def compare(self, name: str, url: str, connections: int, runs: int, engines: list[str]) -> list[str]:
         self.run_wrk(url, connections)  # warm-up, uncounted
         self.startup_cpu = {e: min(self._bench(url, e, "--requests", "1", "--warmup", "0")[1] for _ in range(2))
-                            for e in engines}
-        rounds = [[self.run_wrk(url, connections)] + [self.run_bench(url, connections, e) for e in engines]
-                  for _ in range(runs)]
+                            for e in engines if e != "wrk"}
+        clients = [lambda: self.run_wrk(url, connections)] + [
+            (lambda: self.run_wrk(url, connections, "wrk again")) if e == "wrk"
+            else (lambda e=e: self.run_bench(url, connections, e)) for e in engines]
+        rounds = []
+        for i in range(runs):  # ABBA order (every other round reversed), so a steady drift favours no client
+            order = range(len(clients)) if i % 2 == 0 else reversed(range(len(clients)))
+            done = {k: clients[k]() for k in order}
+            rounds.append([done[k] for k in range(len(clients))])
         lines = [f"\n{name}: {connections} connections, {self.seconds:g} s per run",
                  f"{'run':>4} {'client':>16} {'req/s':>9} {'p50 ms':>8} {'errors':>7} {'CPU µs/req':>11}"]
         for i, runs_of_round in enumerate(rounds, 1):
@@ -141,13 +150,14 @@ class Setup(Bench):
             pairs = [(r[0], r[k]) for r in rounds]
             rates = [b.rate / w.rate for w, b in pairs]
             p50s = [b.p50_ms / w.p50_ms for w, b in pairs]
-            lines += [f"  bench ({engine}) / wrk throughput: median {statistics.median(rates):.3f} "
+            who = "wrk again" if engine == "wrk" else f"bench ({engine})"
+            lines += [f"  {who} / wrk throughput: median {statistics.median(rates):.3f} "
                       f"(min {min(rates):.3f}, max {max(rates):.3f}); target 0.95-1.05",
-                      f"  bench ({engine}) / wrk p50:        median {statistics.median(p50s):.3f} "
+                      f"  {who} / wrk p50:        median {statistics.median(p50s):.3f} "
                       f"(min {min(p50s):.3f}, max {max(p50s):.3f}); target 0.95-1.05",
                       # The machine drifts within seconds, more than the clients differ: the means over
                       # all the alternating runs are the steadier estimate of how much the bench's own cost weighs.
-                      f"  over all runs, mean bench ({engine}) / mean wrk: throughput "
+                      f"  over all runs, mean {who} / mean wrk: throughput "
                       f"{statistics.mean(b.rate for _, b in pairs) / statistics.mean(w.rate for w, _ in pairs):.3f}"
                       f", p50 {statistics.mean(b.p50_ms for _, b in pairs) / statistics.mean(w.p50_ms for w, _ in pairs):.3f}"]
         return lines
@@ -166,11 +176,12 @@ def main() -> None:
     parser.add_argument("--setups", default="tiny,instant", help="which setups: tiny, instant or both")
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--engines", default="c,python",
-                        help="the bench's closed-loop engines to run beside wrk: c (compiled), python, or both")
+                        help="the bench's closed-loop engines to run beside wrk: c (compiled), python, or both; "
+                             "wrk adds wrk itself again, a control for how much two runs of one client differ")
     args = parser.parse_args()
     engines = args.engines.split(",")
-    if not set(engines) <= {"c", "python"}:
-        raise SystemExit(f"unknown --engines {args.engines!r}: choose from c, python")
+    if not set(engines) <= {"c", "python", "wrk"}:
+        raise SystemExit(f"unknown --engines {args.engines!r}: choose from c, python, wrk")
     os.environ["HF_HUB_OFFLINE"] = "1"
     print(f"machine: {os.cpu_count()} cores; wrk -t{args.wrk_threads}; {args.runs} alternating runs per client")
     lines: list[str] = []

@@ -5,10 +5,11 @@ client's cost per request; `load.EngineRun` runs a step on it.
 Why: at 64 connections on a 2-core machine, where the cluster under test
 takes both cores, the Python loop (raw protocols on uvloop, httptools) spent
 20 µs of user CPU per request where wrk spends 4, and the cluster lost that
-CPU: the bench reported 0.92 of wrk's throughput there (README, "The bench
-keeps up"). The engine runs its epoll loop on a thread of its own that never
-takes the GIL; every `CHUNK_S` the records finished meanwhile are handed over
-as `stats.RawRecord` tuples.
+CPU: the bench reported 0.87-0.98 of wrk's throughput there, the compiled
+engine 0.94-1.04 and wrk against itself 1.02-1.07 (README, "The bench keeps
+up"). The engine runs its epoll loop on a thread of its own that never takes
+the GIL; every `CHUNK_S` the records finished meanwhile are handed over as
+`stats.RawRecord` tuples.
 
 It serves closed loops over plain HTTP where it was built (`pip install`
 compiles it when a C compiler is found). Open loops, HTTPS and machines
