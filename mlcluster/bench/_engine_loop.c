@@ -45,17 +45,13 @@ static int reserve(Loop *e, size_t more) {  /* room for one more record and `mor
 }
 
 /* Records a request's end; its body, `blen` bytes, is already at the arena's end. */
-static void add_rec_in_place(Loop *e, long index, long long sent, long long done, int status, int error,
-                             size_t blen) {
+static void add_rec(Loop *e, long index, long long sent, long long done, int status, int error, size_t blen) {
     e->out.recs[e->out.n++] = (Rec){index, sent, done, status, error, e->out.len, blen};
     e->out.len += blen;
 }
 
-static void add_rec(Loop *e, long index, long long sent, long long done, int status, int error,
-                    const char *body, size_t blen) {
-    if (reserve(e, blen) < 0) return;
-    memcpy(e->out.arena + e->out.len, body, blen);
-    add_rec_in_place(e, index, sent, done, status, error, blen);
+static void add_error(Loop *e, long index, long long sent, long long done, int error) {
+    if (reserve(e, 0) == 0) add_rec(e, index, sent, done, 0, error, 0);
 }
 
 /* -- connections ----------------------------------------------------------- */
@@ -138,7 +134,7 @@ static void fail(Loop *e, Conn *c, int error) {
     conn_close(e, c);
     if (busy) {
         e->in_flight--;
-        add_rec(e, c->index, c->sent_ns, loop_now_ns(), 0, error, "", 0);
+        add_error(e, c->index, c->sent_ns, loop_now_ns(), error);
         e->pending++;
     }
 }
@@ -172,7 +168,7 @@ static void slot_next(Loop *e, Conn *c, long long now) {
     if (!c) c = conn_open(e);
     e->sent++;
     if (!c) {  /* no socket: the request fails now, and the slot goes on with the next */
-        add_rec(e, index, now, now, 0, ERR_CONNECTION, "", 0);
+        add_error(e, index, now, now, ERR_CONNECTION);
         e->pending++;
         return;
     }
@@ -196,7 +192,7 @@ static void parse(Loop *e, Conn *c, int eof) {
     long long done = loop_now_ns();
     c->busy = 0;
     e->in_flight--;
-    add_rec_in_place(e, c->index, c->sent_ns, done, a.status, ERR_NONE, a.body_len);
+    add_rec(e, c->index, c->sent_ns, done, a.status, ERR_NONE, a.body_len);
     if (!a.keep_alive || a.msg_len != c->len || eof) {  /* closed, or bytes beyond the answer: not reusable */
         conn_close(e, c);
         slot_next(e, NULL, done);
@@ -244,23 +240,14 @@ static void on_event(Loop *e, Conn *c, uint32_t events) {
     if (c->len > before) parse(e, c, 0);
 }
 
-/* Fails every request in flight for longer than its time-out. */
+/* Fails every request in flight for longer than its time-out. Backwards:
+ * closing a connection moves the last one, already looked at, into its place. */
 static void sweep(Loop *e, long long now) {
-    int count = 0;
-    for (int i = 0; i < e->n_all; i++) {
+    for (int i = e->n_all - 1; i >= 0; i--) {
         Conn *c = e->all[i];
-        count += c->busy && now - c->sent_ns > (c->connecting ? e->connect_timeout_ns : e->timeout_ns);
+        if (c->busy && now - c->sent_ns > (c->connecting ? e->connect_timeout_ns : e->timeout_ns))
+            fail(e, c, ERR_TIMEOUT);
     }
-    if (!count) return;
-    Conn **late = malloc(count * sizeof(Conn *));  /* a copy: failing a connection reorders `all` */
-    if (!late) { e->oom = 1; return; }
-    int n = 0;
-    for (int i = 0; i < e->n_all && n < count; i++) {
-        Conn *c = e->all[i];
-        if (c->busy && now - c->sent_ns > (c->connecting ? e->connect_timeout_ns : e->timeout_ns)) late[n++] = c;
-    }
-    for (int i = 0; i < n; i++) fail(e, late[i], ERR_TIMEOUT);
-    free(late);
 }
 
 static void run_pending(Loop *e, long long until) {

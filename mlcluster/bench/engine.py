@@ -56,6 +56,19 @@ def engine_for(target: Target) -> Optional["_engine.Engine"]:
             raise MlclusterError(f"{ENV}=c: the compiled engine cannot serve {target.url}: {reason}")
         return None
     if target.compiled is None:
-        family, _, _, _, address = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)[0]
-        target.compiled = _engine.Engine(family, address[0], target.port, target.timeout_s, target.pool_size)
+        family, address = _address(target)
+        target.compiled = _engine.Engine(family, address, target.port, target.timeout_s, target.pool_size)
     return target.compiled
+
+
+def _address(target: Target) -> tuple[int, str]:
+    """The address the engine connects to: the first of the host's that takes a
+    connection, as `asyncio`'s create_connection (the Python loop's) chooses
+    (`localhost` may name ::1 first while the orchestrator listens on 127.0.0.1).
+    Where none does, the first: every request then fails, as in the Python loop."""
+    try:
+        with socket.create_connection((target.host, target.port), timeout=min(5.0, target.timeout_s)) as probe:
+            return probe.family, probe.getpeername()[0]
+    except OSError:
+        family, _, _, _, address = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)[0]
+        return family, address[0]

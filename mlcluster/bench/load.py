@@ -152,7 +152,7 @@ class LoadRun(Run):
                 for _ in range(self.plan.concurrency):
                     self._next_in_slot(None)
         except BaseException as exc:  # never leave the caller waiting for a run that died
-            self._fail(exc)
+            self._failed(exc)
 
     def _claim(self, at: float) -> Optional[int]:
         """The index of the request due at `at`, or None when the plan is done."""
@@ -226,7 +226,7 @@ class LoadRun(Run):
             self.answered(None, slot, None, "timeout" if isinstance(exc, TimeoutError) else "connection", b"")
             return
         except BaseException as exc:
-            self._fail(exc)
+            self._failed(exc)
             raise
         conn.send(self, slot, data, sent)
 
@@ -247,7 +247,7 @@ class LoadRun(Run):
                 self.target.give_back(conn)
                 self._maybe_done()
         except BaseException as exc:
-            self._fail(exc)
+            self._failed(exc)
 
     def _halt(self) -> None:
         self._scheduling = False
@@ -260,9 +260,6 @@ class LoadRun(Run):
     def _maybe_done(self) -> None:
         if self.in_flight == 0 and self._slots <= 0 and not self._scheduling and not self._waiting:
             self._done.set()
-
-    def _fail(self, exc: BaseException) -> None:
-        self._failed(exc)
 
 
 class EngineRun(Run):

@@ -120,7 +120,7 @@ class Target:
         self.timeout_s, self.pool_size = timeout_s, pool_size
         self.connections: set[Connection] = set()   # open ones (the time-out sweep's)
         self.idle: list[Connection] = []
-        self.closing = False  # set by close(): a run sends nothing new (its slots end as their requests do)
+        self.closing = False  # once close() has stopped the loop: a run sends nothing new, its slots just end
         self.compiled = None  # the compiled engine, once a closed loop has used it (see engine.engine_for)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
