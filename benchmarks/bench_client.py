@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlcluster.providers.local.processes import free_port
+from mlcluster.deploy.localhost import free_port
 
 ANSWER = json.dumps({"result": {"model": "trivial", "inference_ms": 0.0}, "queue_ms": 0.0, "total_ms": 0.0,
                      "attempts": 1, "container": {"id": "trivial", "host": "127.0.0.1", "port": 1}}).encode()

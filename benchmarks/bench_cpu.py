@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_client import BODY, Trivial, wait_listening  # noqa: E402  (the same trivial endpoint)
 
-from mlcluster.providers.local.processes import free_port  # noqa: E402
+from mlcluster.deploy.localhost import free_port  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlcluster import services
-from mlcluster.providers.local.processes import free_port
+from mlcluster.deploy.localhost import free_port
 
 TOKEN = "benchmark-token"
 

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 
 import requests
 
-from . import autostop
+from .deploy import watchdog
 from .errors import MlclusterError
 from .models import OVERHEAD_TEST, served_model
 from .providers import get_provider
@@ -173,8 +173,8 @@ def status(name: str) -> dict:
                     orchestrator_url=state.orchestrator_url, model=state.spec.model,
                     backend=state.spec.backend)
     plan = provider.plan(state.spec)
-    started = state.resources.ssh.autostop_started if state.resources.ssh else state.resources.autostop_started
-    watch = autostop.summary(state.spec.autostop, state.spec.max_lifetime, started, plan.hourly if plan else 0.0)
+    watch = watchdog.summary(state.spec.autostop, state.spec.max_lifetime, state.resources.autostop_started,
+                             plan.hourly if plan else 0.0)
     if watch:
         snapshot["autostop"] = watch
     return snapshot

@@ -51,7 +51,8 @@ class LocalDocker:
 @dataclass(frozen=True)
 class HostConfig:
     """One machine as the ssh provider uses it: parsed from the [ssh] table
-    (providers/ssh/options.py) and recorded in the state, so `down` and `logs`
+    (providers/ssh/options.py) or made from the aws provider's instances, and
+    recorded in the state by the deployment (deploy/remote.py), so `down` and `logs`
     reach it even once the config no longer names it."""
     name: str               # how messages and container ids name it
     address: str            # what this machine connects to (SSH, the orchestrator's URL)
@@ -69,7 +70,7 @@ class HostConfig:
 class SSHService:
     """One service (the orchestrator, a worker container, an autostop
     watchdog) on an ssh host; `runtime` says which runtime stops it
-    (providers/ssh/runtime.py)."""
+    (deploy/runtime.py)."""
     runtime: str = "process"    # process | docker
     host: str = ""              # the host's name (a key of SSHResources.hosts)
     port: int = 0
@@ -86,13 +87,11 @@ class SSHService:
 class SSHResources:
     hosts: dict[str, HostConfig] = field(default_factory=dict)       # name -> how it was reached
     services: dict[str, SSHService] = field(default_factory=dict)    # service id -> where it runs
-    autostop_started: Optional[float] = None  # epoch of the first `up` with autostop: the lifetime counts from it
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "SSHResources":
         return cls(hosts={n: HostConfig(**_known(HostConfig, h)) for n, h in data.get("hosts", {}).items()},
-                   services={s: SSHService(**_known(SSHService, r)) for s, r in data.get("services", {}).items()},
-                   autostop_started=data.get("autostop_started"))
+                   services={s: SSHService(**_known(SSHService, r)) for s, r in data.get("services", {}).items()})
 
 
 @dataclass
@@ -115,7 +114,7 @@ class Resources:
     ssh: Optional[SSHResources] = None
     aws: Optional[AWSResources] = None
     host_keys: dict[str, str] = field(default_factory=dict)  # "host:port" -> "keytype base64"
-    # A local cluster's first `up` with autostop (epoch): its lifetime counts from it (ssh: SSHResources').
+    # The cluster's first `up` with autostop (epoch): its lifetime counts from it (deploy/watchdog.py).
     autostop_started: Optional[float] = None
 
     def is_empty(self) -> bool:
@@ -132,4 +131,6 @@ class Resources:
                    docker=LocalDocker(**_known(LocalDocker, docker)) if docker is not None else None,
                    ssh=SSHResources.from_json(ssh) if ssh is not None else None,
                    aws=AWSResources(**_known(AWSResources, aws)) if aws is not None else None,
-                   host_keys=dict(data.get("host_keys", {})), autostop_started=data.get("autostop_started"))
+                   host_keys=dict(data.get("host_keys", {})),
+                   # files written before it had one place kept an ssh cluster's in its ssh part
+                   autostop_started=data.get("autostop_started", (ssh or {}).get("autostop_started")))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .durations import seconds_or_none
 from .errors import ClusterNotFound, MlclusterError
 from .resources import Resources
 
@@ -26,6 +27,8 @@ from .resources import Resources
 # labels on the agreement guard, so it is asked for, not given (README, "Inference").
 BACKENDS = ("torch", "onnx", "onnx-int8")
 DEFAULT_BACKEND = "onnx"
+# Where machines come from (the registry in mlcluster/providers maps each to its implementation).
+PROVIDERS = ("local", "ssh", "aws")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
 
@@ -68,8 +71,9 @@ class ClusterSpec:
 
     def validate(self) -> "ClusterSpec":
         check_name(self.name)
-        from .providers import check_provider_name
-        check_provider_name(self.provider)
+        if self.provider not in PROVIDERS:
+            raise MlclusterError(f"unknown provider {self.provider!r}",
+                                 f"choose {', '.join(PROVIDERS[:-1])} or {PROVIDERS[-1]}")
         if self.runtime not in ("process", "docker", "auto"):
             raise MlclusterError(f"unknown runtime {self.runtime!r}", "choose process, docker or auto")
         if not 1 <= self.workers <= 64:
@@ -84,7 +88,6 @@ class ClusterSpec:
             raise MlclusterError("--batch-max must be between 1 and 64 (0: the backend's default)")
         if self.batch_wait_ms > 1000:
             raise MlclusterError("--batch-wait-ms must be at most 1000")
-        from .autostop import seconds_or_none
         seconds_or_none(self.autostop, "autostop")
         seconds_or_none(self.max_lifetime, "max_lifetime")
         return self

@@ -14,7 +14,7 @@ import sys
 import pytest
 import requests
 
-from mlcluster.providers.local.processes import find_marked, marker, terminate
+from mlcluster.deploy.localhost import find_marked, marker, terminate
 from support.console import mlcluster
 from support.services import free_port, start_orchestrator
 

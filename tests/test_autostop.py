@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from mlcluster.autostop import WATCHDOG_SOURCE, parse_duration, watchdog_command
+from mlcluster.deploy.watchdog import WATCHDOG_SOURCE, watchdog_command
+from mlcluster.durations import parse_duration
 from mlcluster.errors import MlclusterError
-from mlcluster.providers.local.processes import find_marked, marker
-from mlcluster.watchdog import IdleClock
+from mlcluster.deploy.localhost import find_marked, marker
+from mlcluster.deploy.agent import IdleClock
 from support.console import MLCLUSTER, Trickle, home_fixture, kill_marked, mlcluster
 
 cli = functools.partial(mlcluster, check=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from mlcluster.providers.local.processes import find_marked, marker
+from mlcluster.deploy.localhost import find_marked, marker
 from support.console import MLCLUSTER, home_fixture, mlcluster, plain_bind_fails
 
 cli = functools.partial(mlcluster, check=True)  # a failing command fails the test, unless check=False

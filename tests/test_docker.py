@@ -21,7 +21,7 @@ import requests
 
 from mlcluster import images
 from mlcluster.errors import MlclusterError
-from mlcluster.providers.local.docker import L_CLUSTER, L_PROVIDER, LocalDockerRuntime, connect
+from mlcluster.deploy.local_docker import L_CLUSTER, L_PROVIDER, LocalDockerRuntime, connect
 from mlcluster.state import ClusterSpec, ClusterState
 from mlcluster.ui import QuietUI
 from support.console import mlcluster

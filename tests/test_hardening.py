@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from mlcluster.providers.local.processes import find_marked, marker, port_free
+from mlcluster.deploy.localhost import find_marked, marker, port_free
 from support.console import home_fixture, mlcluster, plain_bind_fails
 
 cli = functools.partial(mlcluster, check=True)

@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from mlcluster.providers.ssh.options import parse_options
-from mlcluster.providers.ssh.docker import DockerRuntime
-from mlcluster.providers.ssh.host import RemoteHost
+from mlcluster.deploy.docker import DockerRuntime
+from mlcluster.deploy.host import RemoteHost
 from mlcluster.remote.connection import HostKeyStore
 from mlcluster.state import ClusterSpec
 from mlcluster.ui import Step

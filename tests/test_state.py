@@ -110,8 +110,8 @@ def test_version_2_resources_load_as_typed_records(home):
         services={"w1-1": SSHService("docker", "w1", 5000, container="mlc-lab-w1-1", image="mlcluster-worker:1"),
                   "orchestrator": SSHService("process", "w1", 8000, pid=77, log="/r/orchestrator.log"),
                   "watchdog-w1": SSHService("process", "w1", 0, pid=78, log="/r/watchdog.log", kind="watchdog",
-                                            command="python3 -I /r/watchdog.py")},
-        autostop_started=1764590000.5)
+                                            command="python3 -I /r/watchdog.py")})
+    assert loaded.autostop_started == 1764590000.5  # kept in one place now: Resources'
     assert loaded.host_keys == {"10.0.0.2:22": "ssh-ed25519 AAAA"} and loaded.aws is None and not loaded.processes
     write_state(home, V2_RESOURCES["aws"])
     assert ClusterState.load("lab").resources.aws == AWSResources(
@@ -125,7 +125,12 @@ def test_saved_resources_keep_their_json_shape(home, kind):
     write_state(home, V2_RESOURCES[kind])
     ClusterState.load("lab").save()
     saved = json.loads((home / "lab" / "state.json").read_text())["resources"]
-    assert set(saved) == set(V2_RESOURCES[kind]) | {"processes", "host_keys"}
+    # an ssh cluster's autostop start moved from its ssh part to the one place every cluster keeps it
+    moved = {"autostop_started"} if "autostop_started" in V2_RESOURCES[kind].get("ssh", {}) else set()
+    assert set(saved) == set(V2_RESOURCES[kind]) | {"processes", "host_keys"} | moved
+    if moved:
+        assert saved["autostop_started"] == V2_RESOURCES[kind]["ssh"]["autostop_started"]
+        assert "autostop_started" not in saved["ssh"]
     added = {"admin_port": 0}  # fields records gained since version 2, with their defaults
     for part, value in V2_RESOURCES[kind].items():
         if part == "ssh":

@@ -10,17 +10,19 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ..errors import MlclusterError
+from ..state import PROVIDERS
 
 if TYPE_CHECKING:
     from .base import Provider
 
 # name -> "module:class", imported only when that provider is used
 REGISTRY: dict[str, str] = {
-    "local": "mlcluster.providers.local.provider:LocalProvider",
+    "local": "mlcluster.providers.local:LocalProvider",
     "ssh": "mlcluster.providers.ssh.provider:SSHProvider",
     "aws": "mlcluster.providers.aws.provider:AWSProvider",
 }
-NAMES = tuple(REGISTRY)
+NAMES = PROVIDERS
+assert set(REGISTRY) == set(NAMES), "every provider a spec may name has an implementation"
 
 
 def check_provider_name(name: str) -> str:

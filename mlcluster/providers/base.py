@@ -20,10 +20,11 @@ Rules for every implementation:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ContextManager, Iterator, Optional, Protocol
 
-from ..state import ClusterSpec, ClusterState, ContainerRecord
+from ..deploy.runtime import Deployment
+from ..state import ClusterSpec, ClusterState
 from ..ui import QuietUI
 
 
@@ -55,14 +56,6 @@ class CostPlan:
     def hourly(self) -> Optional[float]:
         costs = [row.hourly for row in self.lines]
         return None if any(c is None for c in costs) else sum(costs)
-
-
-@dataclass
-class Deployment:
-    """What runs after `up`: where this machine reaches the orchestrator, and
-    where the orchestrator reaches each worker container."""
-    orchestrator_url: str
-    containers: list[ContainerRecord] = field(default_factory=list)
 
 
 class Provider(Protocol):

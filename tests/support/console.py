@@ -15,7 +15,7 @@ from typing import Optional
 import pytest
 import requests
 
-from mlcluster.providers.local.processes import find_marked, marker
+from mlcluster.deploy.localhost import find_marked, marker
 
 # The console script pip installed next to this interpreter.
 MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")

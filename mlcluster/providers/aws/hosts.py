@@ -1,10 +1,10 @@
-"""From running EC2 instances to the ssh provider's hosts.
+"""From running EC2 instances to the deployment layer's hosts.
 
 - `user_data`: the first-boot script that makes a fresh image ready for the
   ssh deployment (Python >= 3.10 with venv, Docker), on either image family.
-- `ssh_table`: the `[ssh]` table describing the instances (public address for
-  this machine, private address for the orchestrator), with the user's own
-  `[ssh]` settings (runtime, images, python, ports...) kept.
+- `remote_options`: the instances as the deployment layer's hosts (public
+  address for this machine, private address for the orchestrator), with the
+  user's own `[ssh]` deployment settings (runtime, images, python, ports...).
 - `wait_for_ssh`: every instance answers SSH and has finished first boot,
   with a deadline and a reason while it waits; never forever.
 """
@@ -13,12 +13,16 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from .ec2 import Instance
-from .options import AWSOptions
+from ...config import check_known
+from ...deploy.options import (HOST_SETTINGS, SETTINGS, RemoteOptions, bind_for, check_port, host_settings,
+                                parse_settings)
 from ...errors import MlclusterError
 from ...remote.connection import Connection, HostKeyStore, Unreachable, run_on_hosts
+from ...resources import HostConfig
 from ...state import ClusterSpec
 from ...ui import QuietUI
+from .ec2 import Instance
+from .options import AWSOptions
 
 # Set by AWS on every instance, not ours to choose: the [ssh] table's hosts.
 FROM_AWS = ("orchestrator", "workers", "key", "user")
@@ -82,26 +86,30 @@ def addresses(o: AWSOptions, instances: dict[str, Instance]) -> dict[str, tuple[
     return out
 
 
-def ssh_table(spec: ClusterSpec, o: AWSOptions, addressed: dict[str, tuple[str, str]], key_file: str) -> dict:
-    """The `[ssh]` table for the instances, keeping the user's other settings."""
+def remote_options(spec: ClusterSpec, o: AWSOptions, addressed: dict[str, tuple[str, str]],
+                   key_file: str) -> RemoteOptions:
+    """The instances as the deployment layer's hosts (public address for this
+    machine, private address for the orchestrator), with the deployment
+    settings the user gave in `[ssh]` (runtime, images, python, ports...)."""
     own: dict[str, Any] = dict(spec.provider_options.get("ssh") or {})
     clash = [k for k in ("orchestrator", "workers") if k in own]
     if clash:
         raise MlclusterError(f"[ssh] {', '.join(clash)} cannot be set with the aws provider: EC2 makes the hosts",
                              "keep only settings such as runtime, images, python or ports in [ssh]")
+    check_known(own, SETTINGS | HOST_SETTINGS | set(FROM_AWS) | {"port"}, "[ssh]")
+    defaults = host_settings(own, spec.name, spec.runtime)
+    port = check_port(own.get("port", 22), "[ssh] port")
 
-    def host(name: str) -> dict:
+    def host(name: str) -> HostConfig:
         public, private = addressed[name]
-        entry = {"name": name, "address": public, "private_address": private}
         mapped = o.address_map.get(name)
-        if isinstance(mapped, dict) and "workdir" in mapped:
-            entry["workdir"] = mapped["workdir"]
-        return entry
+        workdir = mapped["workdir"] if isinstance(mapped, dict) and "workdir" in mapped else defaults["workdir"]
+        return HostConfig(name=name, address=public, private_address=private, user=o.user, port=port, key=key_file,
+                          runtime=defaults["runtime"], python=defaults["python"], workdir=workdir,
+                          bind=defaults["bind"] or bind_for(private))
 
-    table = {k: v for k, v in own.items() if k not in FROM_AWS}
-    table.update(key=key_file, user=o.user, orchestrator=host("orchestrator"),
-                 workers=[host(n) for n in addressed if n != "orchestrator"])
-    return table
+    return RemoteOptions(orchestrator=host("orchestrator"), workers=[host(n) for n in addressed if n != "orchestrator"],
+                         **parse_settings(own))
 
 
 def wait_for_ssh(hosts: dict[str, str], user: str, key_file: str, store: HostKeyStore, timeout_s: float,

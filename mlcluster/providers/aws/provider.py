@@ -1,11 +1,11 @@
-"""The aws provider: EC2 instances made with boto3, then the ssh provider's
-deployment onto them.
+"""The aws provider: EC2 instances made with boto3, then the deployment layer's
+remote deployment onto them (deploy/remote.py), as for the ssh provider's hosts.
 
 `up`: image and network -> key pair -> security group and its rules ->
 instances (one orchestrator, N workers; those found by tag are reused,
 stopped ones started) -> wait until running -> wait for SSH and first boot
--> deploy exactly as the ssh provider does (public addresses from this
-machine, private addresses from the orchestrator to the workers).
+-> deploy as onto any remote hosts (public addresses from this machine,
+private addresses from the orchestrator to the workers).
 
 Everything created is tagged at creation and recorded in
 `state.resources.aws` at once. When `up` fails or is interrupted, what
@@ -25,20 +25,23 @@ from typing import Callable, ContextManager, Iterator, Optional
 from . import ec2
 from .api import AWS, AWSError, Backoff
 from .ec2 import Instance, LaunchSpec
-from .hosts import addresses, ports, ssh_table, user_data, wait_for_ssh
-from .options import AMI_PARAMETERS, PRICES, AWSOptions, normalise_cidr, plan
+from .hosts import addresses, ports, remote_options, user_data, wait_for_ssh
+from .options import AMI_PARAMETERS, AWSOptions, normalise_cidr, plan
+from .placement import limit_error, match, skip_zone, zone_order
+from ...deploy.options import SETTINGS, RemoteOptions, parse_settings
+from ...deploy.remote import RemoteDeployment
+from ...deploy.runtime import Deployment
 from ...errors import MlclusterError
 from ...remote.connection import HostKeyStore
 from ...resources import AWSResources
 from ...state import ClusterSpec, ClusterState, write_private
 from ...ui import QuietUI
-from ..base import CostPlan, Deployment
+from ..base import CostPlan
 
 __all__ = ["AWSProvider", "plan"]
 
 KEY_FILE = "aws-key.pem"
 IP_LOOKUP_URL = "https://checkip.amazonaws.com"
-STANDARD_QUOTA = "'Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances' (quota code L-1216C47A)"
 
 
 def lookup_public_ip() -> str:
@@ -170,7 +173,7 @@ class AWSProvider:
     def _instances(self, aws: AWS, spec: ClusterSpec, state: ClusterState, launch: LaunchSpec,
                    subnets: list[tuple[str, str]], ui: QuietUI) -> dict[str, Instance]:
         names = ["orchestrator"] + [f"worker{i}" for i in range(1, spec.workers + 1)]
-        chosen, extra = _match(ec2.find_instances(aws, spec.name, ec2.UP_STATES), names)
+        chosen, extra = match(ec2.find_instances(aws, spec.name, ec2.UP_STATES), names)
         surplus = [i for i in extra if re.fullmatch(r"worker\d+", i.name) and i.name not in names]
         if surplus:  # a smaller cluster than last time: what is no longer asked for goes
             self._terminate_surplus(aws, state, surplus, ui)
@@ -182,19 +185,19 @@ class AWSProvider:
         _remember(state, aws, instances={n: i.id for n, i in chosen.items()})
         self._start_stopped([i for i in chosen.values() if i.state in ("stopping", "stopped")], aws, ui)
         missing = [n for n in names if n not in chosen]
-        zones = _zone_order(subnets, chosen.values())
+        zones = zone_order(subnets, chosen.values())
         for n, name in enumerate(missing, 1):
             with ui.step(f"launching {name} ({launch.instance_type}), {n} of {len(missing)}"):
                 try:
-                    inst = ec2.launch(aws, launch, name, zones, lambda zone, code: _skip_zone(zones, zone, code, ui))
+                    inst = ec2.launch(aws, launch, name, zones, lambda zone, code: skip_zone(zones, zone, code, ui))
                 except AWSError as exc:
                     if exc.code in ec2.LIMIT_CODES:
-                        raise _limit_error(exc, aws.region, launch.instance_type, len(names), len(chosen),
+                        raise limit_error(exc, aws.region, launch.instance_type, len(names), len(chosen),
                                            spec.name) from None
                     raise
             chosen[name] = inst
             _remember(state, aws, instances={**state.resources.aws.instances, name: inst.id})
-            zones = _zone_order(zones, [inst])
+            zones = zone_order(zones, [inst])
         with ui.step(f"waiting for {len(chosen)} instance(s) to run"):
             running = ec2.wait_for_state(aws, [chosen[n].id for n in names], "running",
                                          self.timeout_s, self.poll_s, self.sleep)
@@ -227,21 +230,16 @@ class AWSProvider:
     # -- up: the ssh deployment ------------------------------------------------
     def deploy(self, spec: ClusterSpec, state: ClusterState, instances: dict[str, Instance],
                ui: QuietUI) -> Deployment:
-        """Wait for SSH on the instances, then the ssh provider's `up` onto them."""
-        from ..ssh.provider import SSHProvider
+        """Wait for SSH on the instances, then deploy onto them (deploy/remote.py)."""
         o = AWSOptions.from_spec(spec)
         with _accounted(state, ui):
             addressed = addresses(o, instances)
             key_file = state.resources.aws.key_file
-            table = ssh_table(spec, o, addressed, key_file)
-            # Kept in the state, so the ssh provider's logs (and a later down) read the hosts from it.
-            state.spec.provider_options["ssh"] = table
+            options = remote_options(spec, o, addressed, key_file)
             store = HostKeyStore(_forget_reused_addresses(state, instances, addressed), on_change=state.save)
             state.save()
             wait_for_ssh({n: a[0] for n, a in addressed.items()}, o.user, key_file, store, o.ssh_timeout_s, ui)
-            ssh_spec = dataclasses.replace(spec, provider="ssh",
-                                           provider_options={**spec.provider_options, "ssh": table})
-            return SSHProvider().up(ssh_spec, state, ui)
+            return RemoteDeployment().up(spec, state, options, ui)
 
     # -- down ---------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
@@ -302,12 +300,26 @@ class AWSProvider:
         return None
 
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
-        from ..ssh.provider import SSHProvider
-        return SSHProvider().logs(state, target, follow, tail)
+        return RemoteDeployment().logs(state, _recorded_options(state), target, follow, tail)
 
     def admin_channel(self, state: ClusterState) -> ContextManager[str]:
-        from ..ssh.provider import SSHProvider
-        return SSHProvider().admin_channel(state)  # over the instances' checked SSH connections
+        # over the instances' checked SSH connections
+        return RemoteDeployment().admin_channel(state, _recorded_options(state))
+
+
+def _recorded_options(state: ClusterState) -> Optional[RemoteOptions]:
+    """The deployment's hosts as `up` recorded them, with the `[ssh]` settings
+    (None when no orchestrator host is recorded, or the settings changed)."""
+    hosts = state.resources.ssh.hosts if state.resources.ssh else {}
+    if "orchestrator" not in hosts:
+        return None
+    try:
+        settings = parse_settings({k: v for k, v in (state.spec.provider_options.get("ssh") or {}).items()
+                                   if k in SETTINGS})
+    except MlclusterError:
+        return None
+    return RemoteOptions(orchestrator=hosts["orchestrator"],
+                         workers=[h for n, h in sorted(hosts.items()) if n != "orchestrator"], **settings)
 
 
 def _remember(state: ClusterState, aws: AWS, **items) -> None:
@@ -330,43 +342,8 @@ def _forget_reused_addresses(state: ClusterState, instances: dict[str, Instance]
     return keys
 
 
-def _match(found: list[Instance], names: list[str]) -> tuple[dict[str, Instance], list[Instance]]:
-    """One instance per wanted name (running ones first); the rest are extra."""
-    chosen: dict[str, Instance] = {}
-    extra: list[Instance] = []
-    for inst in sorted(found, key=lambda i: (i.state != "running", i.id)):
-        if inst.name in names and inst.name not in chosen:
-            chosen[inst.name] = inst
-        else:
-            extra.append(inst)
-    return chosen, extra
 
 
-def _zone_order(subnets: list[tuple[str, str]], placed) -> list[tuple[str, str]]:
-    """Subnets with the zones of already placed instances first (less
-    cross-zone traffic), in their given order otherwise."""
-    used = {i.zone for i in placed}
-    return [s for s in subnets if s[0] in used] + [s for s in subnets if s[0] not in used]
-
-
-def _skip_zone(zones: list[tuple[str, str]], zone: str, code: str, ui: QuietUI) -> None:
-    """A zone without capacity goes to the end of the list for the rest of `up`."""
-    ui.warn(f"{zone}: {code}; trying the next availability zone")
-    zones[:] = [z for z in zones if z[0] != zone] + [z for z in zones if z[0] == zone]
-
-
-def _limit_error(exc: AWSError, region: str, instance_type: str, total: int, existing: int,
-                 cluster: str) -> MlclusterError:
-    vcpus = PRICES.get(instance_type, (0, 0))[1]
-    need = f"at least {vcpus * total} vCPUs" if vcpus else "enough vCPUs"
-    family = instance_type.split(".")[0]
-    quota = STANDARD_QUOTA if family[:1] in "acdhimrtz" else f"the Running On-Demand quota for {family} instances"
-    return MlclusterError(
-        f"AWS refused more {instance_type} instances in {region}: your account's vCPU limit is reached "
-        f"({exc.code}; {existing} of this cluster's {total} instance(s) exist)",
-        f"ask AWS (Service Quotas, EC2) to raise {quota} in {region} to {need} plus what else you run there, "
-        f"or use fewer --workers; `mlcluster down --name {cluster}` removes what was started",
-        names_cleanup=True)
 
 
 @contextlib.contextmanager

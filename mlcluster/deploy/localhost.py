@@ -1,4 +1,4 @@
-"""Processes of a local cluster: started in their own session, found again by
+"""This machine as a host: processes of a local cluster started in their own session, found again by
 the marker in their environment (never by name patterns), stopped by group.
 
 Every process carries MLCLUSTER_MARKER=<name>@<state dir>; `down` finds them
@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ... import services
-from ...state import home
+from .. import services
+from ..state import home
 
 LOOPBACK = "127.0.0.1"
 
@@ -126,3 +126,11 @@ def read_log(path: Path, follow: bool, tail: int) -> Iterator[str]:
                 yield line
             else:
                 time.sleep(0.3)
+
+
+def cmdline(pid: int) -> list[str]:
+    """A process's argv ([] when it is gone)."""
+    try:
+        return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+    except OSError:
+        return []

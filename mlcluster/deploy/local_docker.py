@@ -1,7 +1,7 @@
-"""The local provider's Docker runtime: the cluster as containers on this machine's engine.
+"""The Docker runtime on this machine: the cluster as containers on the local engine, through
+the docker SDK.
 
-`LocalProvider` delegates here when `spec.runtime == "docker"`; the methods are
-those of the Provider protocol (see providers/base.py).
+The local provider delegates here when `spec.runtime == "docker"`.
 
 What `up` makes, all labelled `mlcluster.cluster=<name>` and
 `mlcluster.provider=local` (plus `mlcluster.role`, `mlcluster.id`):
@@ -32,22 +32,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ... import services
-from ...errors import MlclusterError
-from ...images import ensure_image, worker_kind
-from ...models import hub_snapshot, resolve_model
-from ...resources import LocalDocker
-from ...state import ClusterSpec, ClusterState, ContainerRecord
-from ...ui import QuietUI
-from ..base import Deployment
-from .processes import LOOPBACK, free_port
+from .. import services
+from ..errors import MlclusterError
+from ..images import ensure_image, worker_kind
+from ..models import hub_snapshot, resolve_model
+from ..resources import LocalDocker
+from ..state import ClusterSpec, ClusterState, ContainerRecord
+from ..ui import QuietUI
+from .docker import HARDENING
+from .localhost import LOOPBACK, free_port
+from .runtime import Deployment
 
 WORKER_PORT, ORCHESTRATOR_PORT, ADMIN_PORT = 5000, 8000, 8001
 MODEL_MOUNT, STATE_MOUNT = "/model", "/var/lib/mlcluster"
 L_CLUSTER, L_PROVIDER, L_ROLE, L_ID, L_WORKER, L_CONFIG = (
     "mlcluster.cluster", "mlcluster.provider", "mlcluster.role", "mlcluster.id", "mlcluster.worker", "mlcluster.config")
-HARDENING = dict(read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"}, cap_drop=["ALL"],
-                 security_opt=["no-new-privileges"], restart_policy={"Name": "unless-stopped"})
 
 
 def connect(timeout: float = 600):
@@ -71,7 +70,7 @@ def labels_for(cluster: str, role: str = "", cid: str = "") -> dict[str, str]:
     return labels
 
 
-def _filters(cluster: str, **extra: str) -> dict:
+def label_filters(cluster: str, **extra: str) -> dict:
     return {"label": [f"{L_CLUSTER}={cluster}", f"{L_PROVIDER}=local"] + [f"{k}={v}" for k, v in extra.items()]}
 
 
@@ -129,7 +128,7 @@ class LocalDockerRuntime:
         network = self._network(spec.name, res, state)
         plans = self._plans(spec, state, tags, res, ui)
         wanted = {p.name(spec.name) for p in plans}
-        for container in client.containers.list(all=True, filters=_filters(spec.name)):
+        for container in client.containers.list(all=True, filters=label_filters(spec.name)):
             if container.name not in wanted and container.labels.get(L_ROLE) in ("orchestrator", "worker"):
                 ui.info(f"removing {container.name}: no longer part of the cluster")
                 container.remove(force=True)
@@ -151,7 +150,7 @@ class LocalDockerRuntime:
         return Deployment(orchestrator_url=url, containers=containers)
 
     def _network(self, cluster: str, res: LocalDocker, state: ClusterState):
-        found = self.client.networks.list(names=[f"mlcluster-{cluster}"], filters=_filters(cluster))
+        found = self.client.networks.list(names=[f"mlcluster-{cluster}"], filters=label_filters(cluster))
         network = found[0] if found else self.client.networks.create(
             f"mlcluster-{cluster}", driver="bridge", labels=labels_for(cluster, "network"))
         res.network = network.id
@@ -207,7 +206,7 @@ class LocalDockerRuntime:
             return MODEL_MOUNT, {str(source): {"bind": MODEL_MOUNT, "mode": "ro"}}
         # One volume per source folder: a cluster moved to another model gets a new one.
         name = f"mlcluster-{spec.name}-model-{hashlib.sha256(str(source).encode()).hexdigest()[:8]}"
-        if name not in {v.name for v in self.client.volumes.list(filters=_filters(spec.name))}:
+        if name not in {v.name for v in self.client.volumes.list(filters=label_filters(spec.name))}:
             self._copy_model(source, name, spec.name, image, res, state, ui)
         return MODEL_MOUNT, {name: {"bind": MODEL_MOUNT, "mode": "ro"}}
 
@@ -265,7 +264,7 @@ class LocalDockerRuntime:
         except MlclusterError:
             return ["the Docker engine does not answer: the cluster's containers may still exist"] if res is not None else []
         left: list[str] = []
-        containers = {c.id: c for c in client.containers.list(all=True, filters=_filters(name))}
+        containers = {c.id: c for c in client.containers.list(all=True, filters=label_filters(name))}
         for cid in (res.containers if res else {}).values():
             try:
                 containers.setdefault(cid, client.containers.get(cid))
@@ -275,19 +274,19 @@ class LocalDockerRuntime:
             for container in containers.values():
                 _remove(container, left, "container", force=True)
                 step.advance()
-        for network in client.networks.list(filters=_filters(name)):
+        for network in client.networks.list(filters=label_filters(name)):
             _remove(network, left, "network")
-        for volume in client.volumes.list(filters=_filters(name)):
+        for volume in client.volumes.list(filters=label_filters(name)):
             _remove(volume, left, "volume", force=True)
-        left += [f"container {c.name} is still there" for c in client.containers.list(all=True, filters=_filters(name))]
+        left += [f"container {c.name} is still there" for c in client.containers.list(all=True, filters=label_filters(name))]
         return left
 
     # -- logs, details --------------------------------------------------------------
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
         target = target or "orchestrator"
-        found = self.client.containers.list(all=True, filters=_filters(state.name, **{L_ID: target}))
+        found = self.client.containers.list(all=True, filters=label_filters(state.name, **{L_ID: target}))
         if not found:
-            known = sorted(c.labels.get(L_ID, "") for c in self.client.containers.list(all=True, filters=_filters(state.name)))
+            known = sorted(c.labels.get(L_ID, "") for c in self.client.containers.list(all=True, filters=label_filters(state.name)))
             raise MlclusterError(f"cluster {state.name!r} has no container {target!r}",
                                  f"known: {', '.join(k for k in known if k)}")
         stream = found[0].logs(stream=True, follow=follow, tail=tail if tail > 0 else "all")
@@ -301,7 +300,7 @@ class LocalDockerRuntime:
 
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
         facts = {}
-        for c in self.client.containers.list(all=True, filters=_filters(state.name, **{L_ROLE: "worker"})):
+        for c in self.client.containers.list(all=True, filters=label_filters(state.name, **{L_ROLE: "worker"})):
             health = (c.attrs.get("State", {}).get("Health") or {}).get("Status", "")
             port = _published_port(c, WORKER_PORT)
             facts[c.labels.get(L_ID, c.name)] = {

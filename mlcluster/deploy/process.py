@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ...errors import MlclusterError
-from ...resources import SSHService
+from ..errors import MlclusterError
+from ..resources import SSHService
 from .host import RemoteHost, ServiceSpec
-from ...services import MARKER_VAR, PASSED_VARS, WORKER_PASSED_VARS, orchestrator_command, worker_command
-from ...remote.connection import quote
+from ..services import MARKER_VAR, PASSED_VARS, WORKER_PASSED_VARS, orchestrator_command, worker_command
+from ..remote.connection import quote
 
 CHECK_IMPORTS = "import mlcluster_worker, mlcluster_orchestrator, gunicorn, flask, httptools, orjson"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -62,7 +62,7 @@ class ProcessRuntime:
 
     def start(self, host: RemoteHost, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
         """Start the service unless the recorded process still runs; returns its record."""
-        if known and self._alive(host, known.pid, marker):
+        if known and self.alive(host, known.pid, marker):
             return known
         python = host.facts["python"]
         self._check_port_free(host, python, service)
@@ -86,7 +86,7 @@ class ProcessRuntime:
             return
         time.sleep(max(0.0, started[-1][3] + STARTUP_CHECK_S - time.monotonic()))
         for sid, pid, log, _ in started:
-            if not self._alive(host, pid, marker):
+            if not self.alive(host, pid, marker):
                 tail = host.run(f"tail -n 15 {quote(log)}", warn=True).stdout
                 raise MlclusterError(f"{host.name}: {sid} exited right after starting; its log ends:\n{tail}")
 
@@ -106,7 +106,7 @@ class ProcessRuntime:
         """Stop the recorded services and (unless `only`) any other process of
         ours on the host, found by marker; returns what is still running."""
         pids = [r.pid for r in records.values() if r.pid]
-        found = [] if only else host.run(_find_by_marker(marker), warn=True).stdout.split()
+        found = [] if only else host.run(find_by_marker(marker), warn=True).stdout.split()
         targets = sorted({int(p) for p in [*pids, *found]})
         if targets:
             host.run(_signal_script(targets, marker, "TERM"), timeout=30, warn=True)
@@ -114,7 +114,7 @@ class ProcessRuntime:
             while time.monotonic() < deadline and self._any_alive(host, targets, marker):
                 time.sleep(0.5)
             host.run(_signal_script(targets, marker, "KILL"), timeout=30, warn=True)
-        left = [p for p in targets if self._alive(host, p, marker)]
+        left = [p for p in targets if self.alive(host, p, marker)]
         if not only:
             host.run(f"rm -f {quote(host.workdir)}/*.env {quote(host.workdir)}/*.pid", warn=True)
         return [f"{host.name}: process {p} is still running" for p in left]
@@ -123,7 +123,7 @@ class ProcessRuntime:
         lines = "+1" if tail <= 0 else str(int(tail))  # 0: the whole log
         return f"tail -n {lines} {'-F ' if follow else ''}{quote(record.log)} 2>&1"
 
-    def _alive(self, host: RemoteHost, pid: int, marker: str) -> bool:
+    def alive(self, host: RemoteHost, pid: int, marker: str) -> bool:
         return bool(pid) and host.run(_has_marker(pid, marker), warn=True).ok
 
     def _any_alive(self, host: RemoteHost, pids: list[int], marker: str) -> bool:
@@ -141,7 +141,7 @@ def _has_marker(pid: int, marker: str) -> str:
             f"| grep -qxF {quote(f'{MARKER_VAR}={marker}')}")
 
 
-def _find_by_marker(marker: str) -> str:
+def find_by_marker(marker: str) -> str:
     """Session leaders (our services) whose environment holds the marker."""
     needle = quote(f"{MARKER_VAR}={marker}")
     return (f"for f in $(grep -lzxF {needle} /proc/[0-9]*/environ 2>/dev/null); do p=${{f#/proc/}}; p=${{p%/environ}}; "

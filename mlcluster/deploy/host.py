@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ...errors import MlclusterError
-from .options import HostConfig
-from ...remote.connection import Connection, HostKeyStore, quote
+from ..errors import MlclusterError
+from ..resources import HostConfig
+from ..remote.connection import Connection, HostKeyStore, quote
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The ssh provider's working set for one command (providers/ssh/provider.py):
+"""The remote deployment's working set for one command (deploy/remote.py):
 the cluster's state and its `ssh` part, saved under one lock (many threads
 record what they start at once), the host-key store, the connections made, and
 one runtime object per kind."""
@@ -8,11 +8,11 @@ import dataclasses
 import threading
 from typing import Optional
 
-from ...remote.connection import HostKeyStore
-from ...resources import HostConfig, SSHResources, SSHService
-from ...state import ClusterState
+from ..remote.connection import HostKeyStore
+from ..resources import HostConfig, SSHResources, SSHService
+from ..state import ClusterState
 from .host import RemoteHost
-from .options import SSHOptions
+from .options import RemoteOptions
 from .process import ProcessRuntime
 from .runtime import RemoteRuntime
 
@@ -21,7 +21,7 @@ class Session:
     """Everything one command needs: the state (saved under one lock, as many
     threads record what they start), the host-key store and the connections."""
 
-    def __init__(self, state: ClusterState, options: Optional[SSHOptions]):
+    def __init__(self, state: ClusterState, options: Optional[RemoteOptions]):
         self.state, self.options = state, options
         self.lock = threading.RLock()
         self._runtimes: dict[str, RemoteRuntime] = {}
@@ -65,7 +65,7 @@ class Session:
                 if kind == "process":
                     self._runtimes[kind] = ProcessRuntime()
                 else:
-                    from ...images import worker_kind
+                    from ..images import worker_kind
                     from .docker import DockerRuntime
                     self._runtimes[kind] = DockerRuntime(self.options, self.state.name,
                                                          worker_kind(self.state.spec.backend))

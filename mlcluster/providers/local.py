@@ -3,7 +3,7 @@
 Runtime `process` (the default): one orchestrator and N×M worker processes
 (gunicorn), each in its own session, on free loopback ports. "Workers" are
 simulated machines: worker2's containers are `worker2-1`, `worker2-2`, ...
-Runtime `docker`: delegated to `LocalDockerRuntime`.
+Runtime `docker`: delegated to `LocalDockerRuntime` (deploy/local_docker.py).
 
 Every process carries MLCLUSTER_MARKER=<name>@<state dir> in its environment;
 `down` finds them by it when the state is lost (never by name patterns).
@@ -15,17 +15,17 @@ import os
 from pathlib import Path
 from typing import ContextManager, Iterator, Optional
 
-from ... import services
-from ...autostop import settings as autostop_settings
-from ...errors import MlclusterError
-from ...models import resolve_model
-from ...resources import LocalProcess
-from ...state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir
-from ...ui import QuietUI
-from ..base import CostPlan, Deployment
-from . import autostop as local_autostop
-from .processes import (LOOPBACK, is_alive, find_marked, free_port, marker, port_free, read_log, spawn, terminate,
-                        is_zombie)
+from .. import services
+from ..deploy import watchdog
+from ..deploy.localhost import (LOOPBACK, find_marked, free_port, is_alive, is_zombie, marker, port_free, read_log,
+                                spawn, terminate)
+from ..deploy.runtime import Deployment
+from ..errors import MlclusterError
+from ..models import resolve_model
+from ..resources import LocalProcess
+from ..state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir
+from ..ui import QuietUI
+from .base import CostPlan
 
 
 def docker_engine_answers() -> bool:
@@ -41,7 +41,7 @@ class LocalProvider:
     name = "local"
 
     def _docker(self):
-        from .docker import LocalDockerRuntime
+        from ..deploy.local_docker import LocalDockerRuntime
         return LocalDockerRuntime()
 
     def _runtime(self, spec_or_state_runtime: str) -> str:
@@ -68,14 +68,14 @@ class LocalProvider:
 
     @staticmethod
     def _watchdog(spec: ClusterSpec, state: ClusterState, url: str, ui: QuietUI) -> None:
-        """The autostop watchdog (local/autostop.py) when autostop or
+        """The autostop watchdog (deploy/watchdog.py) when autostop or
         max_lifetime is set; one no longer asked for is stopped."""
-        watch = autostop_settings(spec, state.resources)
+        watch = watchdog.settings(spec, state.resources)
         if watch is None:
-            local_autostop.stop_watchdog(state)
+            watchdog.stop_local(state)
         else:
             with ui.step("starting the autostop watchdog"):
-                record = local_autostop.ensure(state, f"{url}/status", *watch)
+                record = watchdog.ensure_local(state, f"{url}/status", *watch)
                 state.resources.processes[:] = [p for p in state.resources.processes if p.id != "watchdog"] + [record]
         state.save()
 
@@ -186,7 +186,7 @@ class LocalProvider:
         return contextlib.nullcontext(f"http://{LOOPBACK}:{port}" if port else state.orchestrator_url)
 
     def stopped_itself(self, state: ClusterState) -> Optional[str]:
-        return local_autostop.stopped_itself(state)
+        return watchdog.fired_local(state)
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation

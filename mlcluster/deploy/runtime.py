@@ -1,5 +1,6 @@
-"""What the ssh provider asks of a runtime on a host: the contract that
-`ProcessRuntime` (process.py) and `DockerRuntime` (docker.py) implement.
+"""The deployment layer's contract: what runs after `up` (`Deployment`), and
+what a runtime does on a host (`RemoteRuntime`, which `ProcessRuntime`
+(process.py) and `DockerRuntime` (docker.py) implement).
 
 A service's record (what `start` returns) is an `SSHService`, saved in the
 cluster's state under resources.ssh.services; its `runtime` tells `down`
@@ -7,11 +8,23 @@ which runtime stops it.
 """
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional, Protocol
 
-from ...resources import SSHService
-from ...ui import Step
-from .host import RemoteHost, ServiceSpec
+from ..resources import SSHService
+from ..state import ContainerRecord
+from ..ui import Step
+
+if TYPE_CHECKING:  # paramiko only where a remote host is used: a local cluster never loads it
+    from .host import RemoteHost, ServiceSpec
+
+
+@dataclass
+class Deployment:
+    """What runs after `up`: where this machine reaches the orchestrator, and
+    where the orchestrator reaches each worker container."""
+    orchestrator_url: str
+    containers: list[ContainerRecord] = field(default_factory=list)
 
 
 class RemoteRuntime(Protocol):

@@ -36,15 +36,14 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from ... import images
-from ...errors import MlclusterError
-from ...images import IMAGE_REPOS
-from ..local.docker import HARDENING
-from .options import SSHOptions
+from .. import images
+from ..errors import MlclusterError
+from ..images import IMAGE_REPOS
+from .options import RemoteOptions
 from .host import RemoteHost, ServiceSpec
-from ...remote.connection import quote
-from ...resources import SSHService
-from ...ui import QuietUI
+from ..remote.connection import quote
+from ..resources import SSHService
+from ..ui import QuietUI
 
 INSTALL_SCRIPT = r"""
 set -e
@@ -70,7 +69,7 @@ echo "dockerd did not answer within 60 s" >&2; exit 1
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, options: Optional[SSHOptions], cluster: str, worker_kind: str = "worker"):
+    def __init__(self, options: Optional[RemoteOptions], cluster: str, worker_kind: str = "worker"):
         self.options, self.cluster = options, cluster
         self.worker_kind = worker_kind  # worker or worker-onnx (images.worker_kind of the backend)
         # What was prepared here once for every host, by (what, kind); one lock
@@ -220,9 +219,15 @@ class DockerRuntime:
         return f"{docker(host)} logs --tail {lines} {'-f ' if follow else ''}{quote(record.container)} 2>&1"
 
 
+# Every container of ours, on every host: the images' non-root user, a read-only root file
+# system with a small tmpfs, no capability, no privilege gain, restarted unless stopped. As the
+# docker SDK's container settings (deploy/local_docker.py) and, below, as `docker run` flags.
+HARDENING = dict(read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"}, cap_drop=["ALL"],
+                 security_opt=["no-new-privileges"], restart_policy={"Name": "unless-stopped"})
+
+
 def _cli_flags(settings: dict) -> str:
-    """The docker SDK's container settings (local/docker.py's HARDENING) as
-    `docker run` flags, so both runtimes harden containers from one definition."""
+    """HARDENING as `docker run` flags, so both forms come from one definition."""
     flags = " --read-only" if settings["read_only"] else ""
     flags += "".join(f" --tmpfs {quote(f'{path}:{opts}')}" for path, opts in settings["tmpfs"].items())
     flags += "".join(f" --cap-drop {quote(cap)}" for cap in settings["cap_drop"])

@@ -1,0 +1,208 @@
+"""Autostop on any host: one watchdog agent (deploy/agent.py, standard library
+only) per host of the cluster, started by `up` when `autostop` or
+`max_lifetime` is set, stopped by `down` like every other service.
+
+Each agent reads the orchestrator's public /status; when the cluster has
+served nothing for its idle time, or its lifetime is over, it writes why and
+when to `autostop.json` and becomes the command that stops its host's part of
+the cluster (without the marker, so it is not among what it stops):
+- this machine (a local cluster): `python -m mlcluster.deploy.watchdog NAME`,
+  which stops the cluster's processes (found by marker) and its labelled
+  containers; the agent is recorded as the process `watchdog`;
+- a remote host (ssh, aws): a shell script that stops its processes and
+  containers and, on aws, powers the instance off (launched to terminate on
+  shutdown); the agent is recorded as the service `watchdog-<host>`.
+The state stays: `status` then says the cluster stopped itself, `down` removes
+what is left and keeps the logs.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from shlex import quote
+
+from ..durations import seconds_or_none
+from ..resources import LocalProcess, Resources, SSHService
+from ..services import MARKER_VAR, PASSED_VARS
+from ..state import ClusterState, cluster_dir, home
+from . import localhost
+
+if TYPE_CHECKING:  # the remote parts import paramiko when used: a local cluster never loads it
+    from ..state import ClusterSpec
+    from .host import RemoteHost
+
+WATCHDOG_SOURCE = Path(__file__).with_name("agent.py")
+RECORD = "autostop.json"
+# What a stop command needs to reach its host's Docker engine.
+DOCKER_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY")
+
+
+def watchdog_command(python: str, script: str, status_url: str, record: str, idle_s: Optional[float],
+                     deadline: Optional[float], stop: list[str], interval_s: float = 10.0) -> list[str]:
+    """The agent's argv: it runs `stop` once the cluster was idle for
+    `idle_s` or the wall clock passed `deadline` (epoch seconds)."""
+    return [python, "-I", script, "--status-url", status_url, "--record", record,
+            "--idle-s", str(idle_s or 0), "--deadline", str(deadline or 0), "--interval-s", str(interval_s),
+            "--", *stop]
+
+
+def look_interval(idle_s: Optional[float]) -> float:
+    """Several looks within one idle time, at most one every 10 s."""
+    return max(0.2, min(10.0, (idle_s or 40.0) / 4))
+
+
+def settings(spec: "ClusterSpec", resources: Resources) -> Optional[tuple[Optional[float], Optional[float]]]:
+    """(idle seconds, deadline epoch) or None when neither is set. The lifetime
+    counts from the cluster's first `up` with autostop (`resources.autostop_started`,
+    saved with the next record)."""
+    idle = seconds_or_none(spec.autostop, "autostop")
+    lifetime = seconds_or_none(spec.max_lifetime, "max_lifetime")
+    if idle is None and lifetime is None:
+        return None
+    if resources.autostop_started is None:
+        resources.autostop_started = time.time()
+    started = resources.autostop_started
+    return idle, (started + lifetime if lifetime else None)
+
+
+def summary(autostop: str, max_lifetime: str, started: Optional[float], hourly: Optional[float],
+            now: Optional[float] = None) -> Optional[dict]:
+    """What `status` shows of a cluster with autostop: its settings, the
+    lifetime's deadline (UTC) and the cost so far (`hourly` estimate × the
+    time since `started`, epoch seconds; None where unknown)."""
+    if not (autostop or max_lifetime):
+        return None
+    now = time.time() if now is None else now
+    lifetime = seconds_or_none(max_lifetime, "max_lifetime")
+    deadline = started + lifetime if started and lifetime else None
+    return {"autostop": autostop or None, "max_lifetime": max_lifetime or None,
+            "deadline": _utc(deadline) if deadline else None,
+            "running_s": round(now - started) if started else None,
+            "cost_so_far_usd": round(hourly * (now - started) / 3600, 3) if started and hourly is not None else None}
+
+
+def _utc(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def describe(record_text: str) -> str:
+    """An autostop record as a phrase: "autostop at 2026-12-01 11:40 UTC"."""
+    try:
+        note = json.loads(record_text)  # what agent.py wrote when it fired
+        when = datetime.datetime.fromtimestamp(note["stopped_at"], datetime.timezone.utc)
+        return f"{note['reason']} at {when:%Y-%m-%d %H:%M:%S} UTC"
+    except (ValueError, KeyError, TypeError):
+        return "its watchdog fired"
+
+
+# -- this machine ----------------------------------------------------------------
+def local_command(name: str, status_url: str, idle_s: Optional[float], deadline: Optional[float]) -> list[str]:
+    stop = [sys.executable, "-m", "mlcluster.deploy.watchdog", name]
+    return watchdog_command(sys.executable, str(WATCHDOG_SOURCE), status_url, str(cluster_dir(name) / RECORD),
+                            idle_s, deadline, stop, look_interval(idle_s))
+
+
+def ensure_local(state: ClusterState, status_url: str, idle_s: Optional[float], deadline: Optional[float],
+                 caller_env=None) -> LocalProcess:
+    """The cluster's agent on this machine with these settings: kept if it
+    runs, else (re)started; its record (the caller adds it to the state)."""
+    name, procs = state.name, state.resources.processes
+    mark = localhost.marker(name)
+    argv = local_command(name, status_url, idle_s, deadline)
+    known = next((p for p in procs if p.id == "watchdog"), None)
+    if known and localhost.is_alive(known.pid, mark) and localhost.cmdline(known.pid) == argv:
+        return known
+    if known and localhost.is_alive(known.pid, mark):
+        localhost.terminate({known.pid})  # other settings: replaced
+    (cluster_dir(name) / RECORD).unlink(missing_ok=True)
+    caller = os.environ if caller_env is None else caller_env
+    env = {"MLCLUSTER_HOME": str(home().resolve()), MARKER_VAR: mark,
+           **{k: caller[k] for k in DOCKER_VARS if k in caller}}
+    log = cluster_dir(name) / "logs" / "watchdog.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    record = LocalProcess(id="watchdog", role="watchdog", worker="", port=0, log=str(log))
+    record.pid = localhost.spawn(argv, "watchdog", env, log)
+    return record
+
+
+def stop_local(state: ClusterState) -> None:
+    """Stop an agent no longer asked for (autostop and max_lifetime unset)."""
+    known = next((p for p in state.resources.processes if p.id == "watchdog"), None)
+    if known is not None:
+        if localhost.is_alive(known.pid, localhost.marker(state.name)):
+            localhost.terminate({known.pid})
+        state.resources.processes.remove(known)
+
+
+def fired_local(state: ClusterState) -> Optional[str]:
+    """Why and when the agent stopped the cluster (a phrase), or None."""
+    record = cluster_dir(state.name) / RECORD
+    return describe(record.read_text()) if record.exists() else None
+
+
+def stop_local_cluster(name: str) -> None:
+    """What a fired agent on this machine runs: stop the cluster's processes and containers."""
+    localhost.terminate(set(localhost.find_marked(localhost.marker(name))))
+    state = ClusterState.load_or_none(name)
+    if state is not None and state.runtime == "docker":
+        from .local_docker import L_ROLE, connect, label_filters
+        for container in connect(timeout=60).containers.list(filters=label_filters(name)):
+            if container.labels.get(L_ROLE) in ("orchestrator", "worker"):
+                container.stop(timeout=10)
+
+
+# -- a remote host -----------------------------------------------------------------
+def stop_script(cluster: str, marker: str, docker: str, power_off: bool) -> str:
+    """What a fired agent runs on its host (it no longer carries the marker)."""
+    from .process import find_by_marker
+    label = quote(f"label=mlcluster.cluster={cluster}")
+    script = (f"for p in $({find_by_marker(marker)}); do kill -TERM -$p 2>/dev/null; done; "
+              f"if command -v docker >/dev/null; then {docker} ps -aq --filter {label} "
+              f"--filter label=mlcluster.provider=ssh | xargs -r {docker} rm -f >/dev/null; fi")
+    return script + ("; sudo -n shutdown -h now || shutdown -h now" if power_off else "")
+
+
+def start_remote(host: "RemoteHost", cluster: str, marker: str, status_url: str, idle_s: Optional[float],
+                 deadline: Optional[float], power_off: bool, known: Optional[SSHService]) -> SSHService:
+    """Start the host's agent unless one with these settings runs; its
+    record (without `host` and `port`: the caller's to fill)."""
+    from .process import ProcessRuntime, clean_env
+    runtime = ProcessRuntime()
+    script, record = host.path("watchdog.py"), host.path(RECORD)
+    command = watchdog_command(host.config.python or "python3", script, status_url, record, idle_s, deadline,
+                               ["sh", "-c", stop_script(cluster, marker, host.facts.get("docker", "docker"),
+                                                        power_off)], look_interval(idle_s))
+    settings_key = shlex.join(command)
+    if known and known.command == settings_key and runtime.alive(host, known.pid, marker):
+        return known
+    if known:
+        runtime.stop(host, {"watchdog": known}, marker, only=True)
+    host.conn.put(WATCHDOG_SOURCE, script)
+    log, pidfile = host.path("watchdog.log"), host.path("watchdog.pid")
+    # Only the basics of the login environment, and how to reach the host's Docker engine (the stop script).
+    clean = clean_env(PASSED_VARS + DOCKER_VARS[:3])
+    host.run(f"rm -f {quote(record)}; ( cd {quote(host.workdir)} && exec {clean} {quote(f'{MARKER_VAR}={marker}')} "
+             f"setsid {settings_key} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
+    pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
+    return SSHService(runtime=runtime.name, pid=pid, log=log, kind="watchdog", command=settings_key)
+
+
+def fired_remote(host: "RemoteHost") -> Optional[str]:
+    """The host's autostop record (JSON text) if its agent fired, else None."""
+    if not host.workdir:
+        host.prepare_workdir()
+    result = host.run(f"cat {quote(host.path(RECORD))} 2>/dev/null", warn=True)
+    return result.stdout.strip() if result.ok and result.stdout.strip() else None
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python -m mlcluster.deploy.watchdog NAME ({shlex.join(sys.argv[1:])!r} given)")
+    stop_local_cluster(sys.argv[1])
