@@ -189,21 +189,28 @@ def check_aws(spec: ClusterSpec) -> list[Finding]:
 
 
 def vcpu_quota(aws, instance_type: str, instances: int, prices: dict) -> Finding:
-    what = "vCPU quota"
+    """The standard on-demand vCPU quota against what the cluster needs; "could not check" where
+    Service Quotas does not answer (not allowed, not in the region) or the type is not a standard one."""
     if instance_type not in prices or instance_type[0] not in STANDARD_FAMILIES:
-        return Finding(what, None, f"could not check: the vCPUs of {instance_type} are not known here")
+        return Finding("vCPU quota", None, f"could not check: the vCPUs of {instance_type} are not known here")
     needed = instances * prices[instance_type][1]
     try:
         answer = aws.call("service-quotas", "get_service_quota", ServiceCode="ec2", QuotaCode=STANDARD_QUOTA_CODE)
         limit = float(answer["Quota"]["Value"])
     except (MlclusterError, KeyError, TypeError, ValueError) as exc:
         reason = exc.message if isinstance(exc, MlclusterError) else "Service Quotas gave no value"
-        return Finding(what, None, f"could not check ({reason})",
+        return Finding("vCPU quota", None, f"could not check ({reason})",
                        f"make sure quota {STANDARD_QUOTA_CODE} allows {needed} vCPUs (Service Quotas console)")
-    detail = f"{needed:g} vCPUs needed ({instances} × {instance_type}), quota {limit:g} ({STANDARD_QUOTA_CODE})"
+    return quota_verdict(needed, limit, f"{instances} × {instance_type}")
+
+
+def quota_verdict(needed: float, limit: float, what: str) -> Finding:
+    """Pure: is a vCPU quota of `limit` enough for `needed` vCPUs (`what` names the instances)?"""
+    detail = f"{needed:g} vCPUs needed ({what}), quota {limit:g} ({STANDARD_QUOTA_CODE})"
     if needed > limit:
-        return Finding(what, False, detail, f"request a higher quota {STANDARD_QUOTA_CODE}, or use fewer workers")
-    return Finding(what, True, detail)
+        return Finding("vCPU quota", False, detail,
+                       f"ask AWS for a higher quota {STANDARD_QUOTA_CODE} (Service Quotas), or use fewer workers")
+    return Finding("vCPU quota", True, detail)
 
 
 # -- for people ---------------------------------------------------------------------
