@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import MlclusterError
+from .errors import MlclusterError, see_docs
 from .state import ClusterSpec, ClusterState, home
 
 PROVIDERS = ("local", "ssh", "aws")
@@ -155,7 +155,7 @@ def pinned_host_keys(name: str) -> dict[str, str]:
 
 
 def ssh_host(host, keys: dict[str, str], timeout: float) -> Finding:
-    from .remote.connection import Connection, HostKeyStore
+    from .remote.connection import Connection, HostKeyChanged, HostKeyStore
     what = f"host {host.name} ({host.user}@{host.address}:{host.port})"
     pinned = f"{host.address}:{host.port}" in keys
     try:
@@ -163,7 +163,9 @@ def ssh_host(host, keys: dict[str, str], timeout: float) -> Finding:
                         known_hosts=HostKeyStore(dict(keys)), label=host.name) as conn:
             conn.run("true", timeout=timeout)
     except MlclusterError as exc:
-        return Finding(what, False, exc.message, exc.hint or "check the host's address, user and key in [ssh]")
+        anchor = "ssh-host-key-changed" if isinstance(exc, HostKeyChanged) else "ssh-unreachable"
+        return Finding(what, False, exc.message,
+                       f"{exc.hint or 'check the address, user and key of this host in [ssh]'}; {see_docs(anchor)}")
     key = "its pinned host key" if pinned else "a host key seen for the first time (up will pin it)"
     return Finding(what, True, f"logged in with {host.key or 'the SSH agent'}; {key}")
 
@@ -176,13 +178,14 @@ def check_aws(spec: ClusterSpec) -> list[Finding]:
         options = AWSOptions.from_spec(spec)
         aws = AWS(options.region, options.profile, options.endpoint_url)
     except MlclusterError as exc:
-        return [Finding("region", False, exc.message, exc.hint or "fix the [aws] table")]
+        return [Finding("region", False, exc.message, f"{exc.hint or 'fix the [aws] table'}; {see_docs('aws-region')}")]
     findings = [Finding("region", True, aws.region)]
     try:
         aws.require_credentials()
         identity = aws.call("sts", "get_caller_identity")
     except MlclusterError as exc:
-        return findings + [Finding("credentials", False, exc.message, exc.hint or "")]
+        return findings + [Finding("credentials", False, exc.message,
+                                   f"{exc.hint + '; ' if exc.hint else ''}{see_docs('aws-credentials')}")]
     findings.append(Finding("credentials", True, f"accepted for {identity.get('Arn', 'an identity')}"))
     findings.append(vcpu_quota(aws, options.instance_type, spec.workers + 1, PRICES))
     return findings
@@ -209,7 +212,8 @@ def quota_verdict(needed: float, limit: float, what: str) -> Finding:
     detail = f"{needed:g} vCPUs needed ({what}), quota {limit:g} ({STANDARD_QUOTA_CODE})"
     if needed > limit:
         return Finding("vCPU quota", False, detail,
-                       f"ask AWS for a higher quota {STANDARD_QUOTA_CODE} (Service Quotas), or use fewer workers")
+                       f"ask AWS for a higher quota {STANDARD_QUOTA_CODE} (Service Quotas), or use fewer workers; "
+                       + see_docs("aws-vcpu-quota"))
     return Finding("vCPU quota", True, detail)
 
 

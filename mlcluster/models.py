@@ -16,7 +16,7 @@ from typing import Optional
 
 from mlcluster_worker.config import OVERHEAD_TEST  # one definition, shared with the worker (no torch import)
 
-from .errors import MlclusterError
+from .errors import MlclusterError, see_docs
 from .state import ClusterSpec, home
 from .ui import QuietUI
 
@@ -52,7 +52,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 MODEL_STACK = ("torch", "transformers", "onnx", "onnxruntime")
-LOCAL_EXTRA_HINT = "pip install torch==2.13.0 && pip install 'mlcluster[local]' (the model stack)"
+LOCAL_EXTRA_HINT = ("pip install torch==2.13.0 && pip install 'mlcluster[local]' (the model stack); "
+                    + see_docs("model-stack"))
 
 
 def require_model_stack(what: str) -> None:

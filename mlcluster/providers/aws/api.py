@@ -20,7 +20,7 @@ import boto3
 from botocore import exceptions as bx
 from botocore.config import Config
 
-from ...errors import MlclusterError
+from ...errors import MlclusterError, see_docs
 
 THROTTLING = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestThrottled",
                         "RequestThrottledException", "TooManyRequestsException", "ThrottledException",
@@ -30,7 +30,7 @@ EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired", 
 REJECTED = frozenset({"AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch",
                       "UnrecognizedClientException", "InvalidAccessKeyId"})
 FORBIDDEN = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
-POLICY_HINT = "the README's section \"A minimal IAM policy\" lists what mlcluster needs"
+POLICY_HINT = "the minimal IAM policy lists what mlcluster needs; " + see_docs("aws-not-allowed")
 
 
 class AWSError(MlclusterError):
