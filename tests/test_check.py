@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from support.console import mlcluster
 from support.moto import Fault
 from support.sshcluster import host_network, ssh_marks, toml_config
