@@ -22,6 +22,17 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import MlclusterError, see_docs
+from .models import (
+    DEFAULT_MODEL,
+    LOCAL_EXTRA_HINT,
+    MODEL_STACK,
+    OVERHEAD_TEST,
+    exported_dir,
+    hub_cached,
+    is_local_dir,
+    looks_like_path,
+    stand_in_dir,
+)
 from .state import ClusterSpec, ClusterState, home
 
 PROVIDERS = ("local", "ssh", "aws")
@@ -72,12 +83,10 @@ def check_providers(spec: ClusterSpec, providers: tuple[str, ...] | list[str] = 
 
 # -- local ------------------------------------------------------------------------
 def check_local(spec: ClusterSpec) -> list[Finding]:
-    findings = [model_stack(), docker_engine(required=spec.runtime == "docker"), model_cache(spec)]
-    return findings
+    return [model_stack(), docker_engine(required=spec.runtime == "docker"), model_cache(spec)]
 
 
 def model_stack() -> Finding:
-    from .models import LOCAL_EXTRA_HINT, MODEL_STACK
     missing = [m for m in MODEL_STACK if importlib.util.find_spec(m) is None]
     if missing:
         return Finding("model stack", False, f"not installed here: {', '.join(missing)}",
@@ -100,7 +109,6 @@ def docker_engine(required: bool) -> Finding:
 
 def model_cache(spec: ClusterSpec) -> Finding:
     """Where `up` will find spec.model. Never blocking: `up` downloads it or writes the stand-in."""
-    from .models import OVERHEAD_TEST, exported_dir, is_local_dir, looks_like_path, stand_in_dir
     model = spec.model
     if model == OVERHEAD_TEST:
         return Finding("model cache", True, "overhead-test needs no model", required=False)
@@ -113,19 +121,12 @@ def model_cache(spec: ClusterSpec) -> Finding:
     exported = f"; {len(exports)} {spec.backend} export(s) cached" if exports and spec.backend != "torch" else ""
     if hub_cached(model):
         return Finding("model cache", True, f"{model} is in the Hugging Face cache{exported}", required=False)
-    if (stand_in_dir() / "config.json").is_file() and model == "distilbert-base-uncased":
+    if (stand_in_dir() / "config.json").is_file() and model == DEFAULT_MODEL:
         return Finding("model cache", True, f"the offline stand-in (RANDOM weights) is at {stand_in_dir()}"
                        f"{exported}", "pass --model DIR to serve a real model", required=False)
     return Finding("model cache", False, f"{model} is not cached here",
                    "`mlcluster up` downloads it (or, without the hub, writes a random-weight stand-in)",
                    required=False)
-
-
-def hub_cached(model: str) -> bool:
-    if importlib.util.find_spec("huggingface_hub") is None:
-        return False
-    from huggingface_hub import try_to_load_from_cache
-    return isinstance(try_to_load_from_cache(model, "config.json"), str)
 
 
 # -- ssh --------------------------------------------------------------------------

@@ -65,7 +65,8 @@ def require_model_stack(what: str) -> None:
                              "not installed here", LOCAL_EXTRA_HINT)
 
 
-def _cached(model: str) -> bool:
+def hub_cached(model: str) -> bool:
+    """Whether the Hugging Face cache holds `model` (a hub id)."""
     import importlib.util
     if importlib.util.find_spec("huggingface_hub") is None:  # the base install: nothing is cached by it
         return False
@@ -106,7 +107,7 @@ def resolve_model(model: str, ui: QuietUI) -> ResolvedModel:
         if not (path / "config.json").exists():
             raise MlclusterError(f"{model} holds no config.json, so it is not a Hugging Face model directory")
         return ResolvedModel(str(path), local=True)
-    if _cached(model):
+    if hub_cached(model):
         return ResolvedModel(model, local=False)
     if hub_reachable():
         require_model_stack(f"downloading {model}")
