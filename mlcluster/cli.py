@@ -21,7 +21,7 @@ from . import __version__, cluster
 from .bench.cli import bench_app
 from .config import build_spec, load_config
 from .errors import MlclusterError, UsageError
-from .models import quiet_libraries
+from .models import quiet_libraries, require_model_stack
 from .output import cluster_list_table, cluster_table, plan_text, status_table
 from .providers import get_provider
 from .state import ClusterSpec, ClusterState, check_name, home, known_clusters
@@ -102,12 +102,17 @@ def up(
     config: ConfigFile = None,
     as_json: JsonFlag = False,
     yes: Yes = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the libraries' warnings and progress bars "
+                                          "(hidden by default).")] = False,
 ):
     """Create the machines, start the orchestrator and the worker containers, register them."""
+    quiet_libraries(verbose)
     spec = _spec(config, name=name, provider=provider, workers=workers, containers_per_worker=containers_per_worker,
                  model=model, backend=backend, batch_max=batch_max, batch_wait_ms=batch_wait_ms,
                  runtime=runtime, queue_limit=queue_limit, service_ms=service_ms, autostop=autostop,
                  max_lifetime=max_lifetime, local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile)
+    if spec.provider == "local" and spec.runtime != "docker":  # the services run from this environment
+        require_model_stack("serving on this machine")
     cost_plan = get_provider(spec.provider).plan(spec)
     if cost_plan is not None:
         err.print(escape(plan_text(cost_plan)))
@@ -226,6 +231,7 @@ def make_model(
     size: Annotated[str, typer.Option(help="base (distilbert-base-uncased's shape) or tiny (tests).")] = "base",
 ):
     """Write a DistilBERT classifier with RANDOM weights, for machines without the hub."""
+    require_model_stack("make-model")
     from mlcluster_worker.make_model import WARNING, make_model as write
     if size not in ("base", "tiny"):
         raise UsageError("--size must be base or tiny")
@@ -233,6 +239,27 @@ def make_model(
         path = write(out_dir, size)
     out.print(str(path))
     err.print(f"[bold red]{WARNING}[/]")
+
+
+@app.command()
+def check(
+    provider: Annotated[Optional[str], typer.Option(help="Check only this provider: local, ssh or aws.")] = None,
+    name: NameForUp = None,
+    config: ConfigFile = None,
+    as_json: JsonFlag = False,
+):
+    """Which providers are ready for `up` (Docker, SSH hosts, AWS credentials and quota, the model), and what to do
+    next. Exit 1 when the provider asked for with --provider is not ready."""
+    from .check import PROVIDERS, check_providers, readiness_table
+    if provider is not None and provider not in PROVIDERS:
+        raise UsageError(f"unknown provider {provider!r}", "choose local, ssh or aws")
+    report = check_providers(_spec(config, name=name), [provider] if provider else PROVIDERS)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        out.print(readiness_table(report))
+    if provider is not None and not report.ready(provider):
+        raise typer.Exit(1)
 
 
 @app.command()

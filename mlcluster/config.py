@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .errors import MlclusterError, UsageError
 from .state import ClusterSpec
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli package
+    import tomli as tomllib
 
 PROVIDER_TABLES = ("local", "ssh", "aws")   # [ssh] and [aws] are checked by their providers
 LOCAL_KEYS = {"port": int}

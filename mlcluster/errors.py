@@ -1,6 +1,13 @@
 """The one kind of error a person sees: a sentence, and a hint of what to do next."""
 from __future__ import annotations
 
+TROUBLESHOOTING = "docs/troubleshooting.md"  # in the checkout; on the docs site: troubleshooting/
+
+
+def see_docs(anchor: str) -> str:
+    """Where an error's longer explanation is: a section (`anchor`) of the troubleshooting page."""
+    return f"see {TROUBLESHOOTING}#{anchor}"
+
 
 class MlclusterError(Exception):
     """A known failure. The CLI prints `message` (and `hint`) and exits 1;

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import MlclusterError
+from mlcluster_worker.config import OVERHEAD_TEST  # one definition, shared with the worker (no torch import)
+
+from .errors import MlclusterError, see_docs
 from .state import ClusterSpec, home
 from .ui import QuietUI
 
 DEFAULT_MODEL = "distilbert-base-uncased"
-from mlcluster_worker.config import OVERHEAD_TEST  # one definition, shared with the worker (no torch import)
 HUB_HOST = "huggingface.co"
+VERBOSE_ENV = "MLCLUSTER_VERBOSE"
 
 
 @dataclass
@@ -48,7 +51,25 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _cached(model: str) -> bool:
+MODEL_STACK = ("torch", "transformers", "onnx", "onnxruntime")
+LOCAL_EXTRA_HINT = ("pip install torch==2.13.0 && pip install 'mlcluster[local]' (the model stack); "
+                    + see_docs("model-stack"))
+
+
+def require_model_stack(what: str) -> None:
+    """One sentence instead of an ImportError deep inside, where the base install (no [local]) lacks the stack."""
+    import importlib.util
+    missing = [m for m in MODEL_STACK if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MlclusterError(f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                             "not installed here", LOCAL_EXTRA_HINT)
+
+
+def hub_cached(model: str) -> bool:
+    """Whether the Hugging Face cache holds `model` (a hub id)."""
+    import importlib.util
+    if importlib.util.find_spec("huggingface_hub") is None:  # the base install: nothing is cached by it
+        return False
     from huggingface_hub import try_to_load_from_cache  # a dependency of transformers; slow to import
     return isinstance(try_to_load_from_cache(model, "config.json"), str)
 
@@ -57,12 +78,21 @@ def stand_in_dir() -> Path:
     return home() / "models" / f"{DEFAULT_MODEL}-random-weights"
 
 
-def quiet_libraries() -> None:
-    """Our progress lines are the only ones: the hub's and transformers' tqdm
-    bars would scribble over them (read when those libraries are imported)."""
+def quiet_libraries(verbose: bool = False) -> None:
+    """Our progress lines are the only ones: no library warnings (torch.onnx's
+    TracerWarnings, UserWarnings) and no hub or transformers tqdm bars, which
+    would scribble over them (the variables are read when those libraries are
+    imported). `verbose` (`up -v`) lets them all through, for this process and
+    the exporter (MLCLUSTER_VERBOSE=1)."""
+    if verbose or os.environ.get(VERBOSE_ENV) == "1":
+        os.environ.update({VERBOSE_ENV: "1", "HF_HUB_DISABLE_PROGRESS_BARS": "0", "TRANSFORMERS_VERBOSITY": "warning"})
+        os.environ.pop("TRANSFORMERS_NO_ADVISORY_WARNINGS", None)
+        warnings.resetwarnings()
+        return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.simplefilter("ignore")
 
 
 def resolve_model(model: str, ui: QuietUI) -> ResolvedModel:
@@ -77,9 +107,10 @@ def resolve_model(model: str, ui: QuietUI) -> ResolvedModel:
         if not (path / "config.json").exists():
             raise MlclusterError(f"{model} holds no config.json, so it is not a Hugging Face model directory")
         return ResolvedModel(str(path), local=True)
-    if _cached(model):
+    if hub_cached(model):
         return ResolvedModel(model, local=False)
     if hub_reachable():
+        require_model_stack(f"downloading {model}")
         with ui.step(f"downloading {model} from the Hugging Face hub"):
             from huggingface_hub import snapshot_download
             snapshot_download(model)
@@ -90,6 +121,7 @@ def resolve_model(model: str, ui: QuietUI) -> ResolvedModel:
     target = stand_in_dir()
     ui.warn(f"the Hugging Face hub cannot be reached: using an OFFLINE STAND-IN for {DEFAULT_MODEL} "
             f"(same architecture and compute cost, RANDOM WEIGHTS: its answers are meaningless) at {target}")
+    require_model_stack("writing the offline stand-in model")
     with ui.step("writing the stand-in model (once)"):
         from mlcluster_worker.make_model import make_model
         make_model(target, size="base")
@@ -127,6 +159,9 @@ def served_model(spec: ClusterSpec, ui: QuietUI) -> str:
     with ui.step(f"preparing {source.name} for the {spec.backend} backend (exported once, then reused)"):
         try:
             return str(prepare_model(source, spec.backend, exported_dir()))
+        except ModuleNotFoundError as exc:  # the base install, without [local], and no export cached
+            raise MlclusterError(f"preparing {source.name} for the {spec.backend} backend needs {exc.name}, "
+                                 "which is not installed here", LOCAL_EXTRA_HINT) from None
         except Exception as exc:  # the exporter's and ONNX Runtime's errors are many; each gets one sentence
             raise MlclusterError(f"exporting {source} for the {spec.backend} backend failed: "
                                  f"{type(exc).__name__}: {exc}",

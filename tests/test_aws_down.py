@@ -116,7 +116,7 @@ def test_missing_permission_names_the_call_and_the_policy(moto):
                              message="You are not authorized. Encoded authorization failure message: xyz"))
     with pytest.raises(MlclusterError, match="not allowed to call ec2:RunInstances") as caught:
         provision(make_spec(moto))
-    assert "A minimal IAM policy" in caught.value.hint and "xyz" not in str(caught.value)
+    assert "minimal IAM policy" in caught.value.hint and "xyz" not in str(caught.value)
 
 
 def test_ubuntu_parameter_missing_and_bad_ami_are_clear(moto):

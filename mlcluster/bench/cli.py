@@ -2,6 +2,7 @@
 hand the result to the report. Results go to stdout, progress to stderr."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -59,6 +60,8 @@ def bench(
         raise UsageError(exc.message, exc.hint) from None
     if step_time <= 0 or knee_factor < 1 or timeout <= 0:
         raise UsageError("--step-time and --timeout must be positive and --knee-factor at least 1")
+    if plot_file is not None and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib, which is not installed here", "pip install 'mlcluster[plot]'")  # one sentence: exit 2
     to_stdout = str(json_file) == "-"
     bodies = text_bodies(texts) if texts else random_bodies(seed=seed)
     for path in (None if to_stdout else json_file, csv_file, plot_file):

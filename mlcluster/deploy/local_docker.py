@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .. import services
-from ..errors import MlclusterError
+from ..errors import MlclusterError, see_docs
 from ..images import ensure_image, worker_kind
 from ..models import hub_snapshot, resolve_model
 from ..resources import LocalDocker
@@ -58,7 +58,8 @@ def connect(timeout: float = 600):
         return client
     except Exception as exc:  # the SDK raises several kinds; all mean "no engine here"
         raise MlclusterError(f"no Docker engine answers on this machine ({type(exc).__name__})",
-                             "start dockerd (as root: .ci/setup-docker.sh), or use --runtime process") from None
+                             "start dockerd (as root: .ci/setup-docker.sh), or use --runtime process; "
+                             + see_docs("no-docker-engine")) from None
 
 
 def labels_for(cluster: str, role: str = "", cid: str = "") -> dict[str, str]:

@@ -203,5 +203,5 @@ def ensure_venv(host: RemoteHost) -> str:
              f"(test -x {quote(python)} || python3 -m venv {quote(venv)}) && "
              f"{quote(python)} -m pip install -q --upgrade pip && "
              f"{quote(python)} -m pip install -q --extra-index-url {TORCH_INDEX} torch=={torch_version} && "
-             f"{quote(python)} -m pip install -q ./src && touch {quote(stamp)}", timeout=1800)
+             f"{quote(python)} -m pip install -q './src[local]' && touch {quote(stamp)}", timeout=1800)
     return python

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable, Optional, Union
 
-from . import validation
+from . import openapi, validation
 from .dispatcher import Dispatcher
 from .health import HealthChecker, keep_registry_in
 from .metrics import CONTENT_TYPE as METRICS_TYPE, Metrics
@@ -138,6 +138,7 @@ class Routes:
             "/status": {b"GET": (self.status, False)},
             "/health_check": {b"GET": (self.health_check, False)},
             "/metrics": {b"GET": (self.metrics, False)},
+            "/openapi.json": {b"GET": (lambda request: Answer(200, openapi.DOCUMENT_BYTES), False)},
         }
         if public:
             self.exact["/new_request"] = {b"POST": (self.new_request, True)}

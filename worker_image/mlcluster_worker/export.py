@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -121,7 +122,9 @@ def _export_onnx(source: Path, out: Path) -> list[str]:
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        if os.environ.get("MLCLUSTER_VERBOSE") != "1":  # `mlcluster up -v` shows the tracer's warnings
+            warnings.simplefilter("ignore")  # TracerWarnings and a UserWarning about advanced indexing
         torch.onnx.export(model, tuple(sample[n] for n in names), str(out), input_names=names,
                           output_names=["logits"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     return [model.config.id2label[i] for i in range(model.config.num_labels)]

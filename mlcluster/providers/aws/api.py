@@ -20,7 +20,7 @@ import boto3
 from botocore import exceptions as bx
 from botocore.config import Config
 
-from ...errors import MlclusterError
+from ...errors import MlclusterError, see_docs
 
 THROTTLING = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestThrottled",
                         "RequestThrottledException", "TooManyRequestsException", "ThrottledException",
@@ -30,7 +30,7 @@ EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired", 
 REJECTED = frozenset({"AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch",
                       "UnrecognizedClientException", "InvalidAccessKeyId"})
 FORBIDDEN = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
-POLICY_HINT = "the README's section \"A minimal IAM policy\" lists what mlcluster needs"
+POLICY_HINT = "the minimal IAM policy lists what mlcluster needs; " + see_docs("aws-not-allowed")
 
 
 class AWSError(MlclusterError):
@@ -73,9 +73,9 @@ class AWS:
                            "pass --region, set `region` in the [aws] table, or set AWS_REGION")
         config = Config(retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=60,
                         user_agent_extra="mlcluster")
-        endpoint = endpoint_url or None
-        self._ec2 = session.client("ec2", endpoint_url=endpoint, config=config)
-        self._ssm = session.client("ssm", endpoint_url=endpoint, config=config)
+        self._endpoint, self._config = endpoint_url or None, config
+        self._ec2 = session.client("ec2", endpoint_url=self._endpoint, config=config)
+        self._ssm = session.client("ssm", endpoint_url=self._endpoint, config=config)
 
     def require_credentials(self) -> None:
         """Raise AWSError unless boto3's chain finds credentials. Local: no AWS
@@ -92,6 +92,11 @@ class AWS:
 
     def ssm(self, operation: str, **kwargs: Any) -> dict:
         return self._call(self._ssm, "ssm", operation, kwargs)
+
+    def call(self, service: str, operation: str, **kwargs: Any) -> dict:
+        """One call to another service of the same session (sts, service-quotas), with the same retries."""
+        client = self._session.client(service, endpoint_url=self._endpoint, config=self._config)
+        return self._call(client, service, operation, kwargs)
 
     def _call(self, client: Any, service: str, operation: str, kwargs: dict) -> dict:
         method = getattr(client, operation)
