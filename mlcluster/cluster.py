@@ -12,11 +12,11 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import requests
 
-from . import autostop
+from . import autostop, security
 from .errors import MlclusterError
 from .models import OVERHEAD_TEST, served_model
 from .providers import get_provider
@@ -28,7 +28,8 @@ from .ui import QuietUI
 READY_TIMEOUT_S = 600.0
 
 
-def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READY_TIMEOUT_S) -> ClusterState:
+def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READY_TIMEOUT_S,
+       prepare: Optional[Callable[[ClusterState], None]] = None) -> ClusterState:
     """Start what is missing of the cluster, register its containers and wait
     until all are ready. Safe to run again: it reconciles."""
     spec.validate()
@@ -46,6 +47,8 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
     if not state.worker_token:  # also for a state written before workers had a credential
         state.worker_token = secrets.token_urlsafe(32)
     state.spec = copy.deepcopy(spec)  # the provider may add to it (aws adds the [ssh] table it made)
+    if prepare is not None:  # TLS and API keys (security.py): recorded before the orchestrator starts
+        prepare(state)
     state.save()
     provider = get_provider(spec.provider)
     try:
@@ -143,9 +146,14 @@ def orchestrator_status(state: ClusterState, timeout: float = 5.0) -> dict:
         raise MlclusterError(f"cluster {state.name!r} has no orchestrator running",
                              f"`mlcluster up --name {state.name}` starts it")
     try:
-        response = requests.get(f"{state.orchestrator_url}/status", timeout=timeout)
+        with security.http_session(state) as http:  # pinned to the cluster's certificate over HTTPS
+            response = http.get(f"{state.orchestrator_url}/status", timeout=timeout)
         response.raise_for_status()
         return response.json()
+    except requests.exceptions.SSLError:
+        raise MlclusterError(f"the TLS certificate at {state.orchestrator_url} is not the one recorded for cluster "
+                             f"{state.name!r}: refused",
+                             "if it was replaced on purpose, run `mlcluster up` again to record it") from None
     except (requests.RequestException, ValueError) as exc:
         raise MlclusterError(f"the orchestrator of cluster {state.name!r} at {state.orchestrator_url} is not answering "
                              f"({type(exc).__name__})",
