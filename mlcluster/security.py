@@ -12,6 +12,7 @@ The public endpoint's threat model, per provider:
 """
 from __future__ import annotations
 
+import base64
 import ipaddress
 import time
 from dataclasses import dataclass
@@ -22,6 +23,12 @@ from urllib.parse import urlsplit
 from . import apikeys, tls
 from .errors import UsageError
 from .state import ApiKeyRecord, ClusterState
+
+
+# Where an endpoint is not on the internet (ipaddress's is_private also counts documentation ranges).
+PRIVATE_RANGES = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "fc00::/7", "fe80::/10", "::1/128"))
 
 
 @dataclass(frozen=True)
@@ -52,10 +59,15 @@ def prepare(state: ClusterState, request: SecurityRequest, hosts: list[str]) -> 
     return made
 
 
-def orchestrator_env(state: ClusterState) -> dict[str, str]:
-    """The orchestrator's TLS and key settings (paths and hashes; nothing secret but the key file's path)."""
+def orchestrator_env(state: ClusterState, inline: bool = False) -> dict[str, str]:
+    """The orchestrator's TLS and key settings: the key hashes, and the certificate and key by path (a
+    process on this machine) or `inline` (base64 of the PEM files: a container, or another host, where
+    the environment is kept as the cluster's token is: a 0600 file, the container's config)."""
     env = {}
-    if state.tls_fingerprint:
+    if state.tls_fingerprint and inline:
+        env.update(ORCH_TLS_CERT_B64=base64.b64encode(Path(state.tls_cert).read_bytes()).decode(),
+                   ORCH_TLS_KEY_B64=base64.b64encode(Path(state.tls_key).read_bytes()).decode())
+    elif state.tls_fingerprint:
         env.update(ORCH_TLS_CERT=state.tls_cert, ORCH_TLS_KEY=state.tls_key)
     if state.api_keys:
         env["ORCH_API_KEYS"] = apikeys.orchestrator_setting(state.api_keys)
@@ -64,6 +76,11 @@ def orchestrator_env(state: ClusterState) -> dict[str, str]:
 
 def scheme(state: ClusterState) -> str:
     return "https" if state.tls_fingerprint else "http"
+
+
+def with_scheme(state: ClusterState, url: str) -> str:
+    """`url` (made http://) with the scheme the cluster serves."""
+    return f"{scheme(state)}://{url.split('://', 1)[1]}"
 
 
 def http_session(state: ClusterState):
@@ -79,7 +96,7 @@ def exposure_warning(provider: str, url: str, allowed_cidr: str, tls_on: bool, k
     open_to = allowed_cidr or (urlsplit(url).hostname or "")
     try:
         network = ipaddress.ip_network(open_to, strict=False)
-        private = network.is_private or network.is_loopback
+        private = any(network.version == p.version and network.subnet_of(p) for p in PRIVATE_RANGES)
     except ValueError:
         private = False  # a host name: assume it can be reached from anywhere
     if private:

@@ -13,15 +13,14 @@ import ssl
 
 import pytest
 import requests
-
-from mlcluster import apikeys, tls
-from mlcluster.state import ClusterState
 from support.console import home_fixture, mlcluster
-from support.serving import AUTH, Cluster, port_of
 from support.services import Service, free_port
+from support.serving import AUTH, Cluster, port_of
 from support.waiting import wait_for
-from mlcluster import services
 from test_slow_clients import closed_by_peer, read_answer
+
+from mlcluster import apikeys, security, services, tls
+from mlcluster.state import ClusterState
 
 
 @pytest.fixture
@@ -189,3 +188,36 @@ def test_up_tls_api_keys_status_bench_keys_and_a_changed_certificate(home, tiny_
         assert refused.returncode == 1 and "not the one recorded" in refused.stderr, refused.stderr
     session.close()
     mlcluster("down", "--name", "sec", "--yes", check=True)
+
+
+def test_the_certificate_can_be_given_inline_as_a_remote_orchestrator_gets_it(cluster, tmp_path):
+    """What the ssh and docker runtimes pass (security.orchestrator_env(inline=True)): base64 of the PEM files."""
+    cert = tls.make_self_signed(tmp_path, "inline")
+    state = ClusterState(name="inline", provider="ssh", token="t", tls_cert=cert.cert_path, tls_key=cert.key_path,
+                         tls_fingerprint=cert.fingerprint)
+    inline = security.orchestrator_env(state, inline=True)
+    assert set(inline) == {"ORCH_TLS_CERT_B64", "ORCH_TLS_KEY_B64"}
+    port = free_port()
+    env = {**services.orchestrator_env(port=port, token="test-token"), **inline}
+    orch = Service(services.orchestrator_command(), env, f"https://127.0.0.1:{port}", tmp_path / "orch.log")
+    cluster.services.append(orch)
+    with tls.pinned_session(cert.cert_path, cert.fingerprint) as http:
+        wait_for(lambda: orch.proc.poll() is None and http.get(orch.url + "/health_check", timeout=2).ok,
+                 "the orchestrator with an inline certificate")
+
+
+@pytest.mark.parametrize("provider, url, cidr, tls_on, keys_on, warned", [
+    ("local", "http://127.0.0.1:8000", "", False, False, False),
+    ("ssh", "http://10.0.0.5:8000", "", False, False, False),         # a private address
+    ("ssh", "http://198.51.100.7:8000", "", False, False, True),    # a documentation range, still public
+    ("ssh", "https://54.1.2.3:8000", "", True, False, True),       # TLS without keys: anyone may send
+    ("ssh", "https://head.example.com:8000", "", True, True, False),
+    ("aws", "http://54.1.2.3:8000", "203.0.113.5/32", False, True, True),
+    ("aws", "http://54.1.2.3:8000", "10.1.0.0/16", False, False, False),  # reachable from a private range only
+    ("aws", "http://54.1.2.3:8000", "0.0.0.0/0", False, False, True),
+])
+def test_up_warns_when_an_endpoint_is_open_beyond_private_ranges(provider, url, cidr, tls_on, keys_on, warned):
+    warning = security.exposure_warning(provider, url, cidr, tls_on, keys_on)
+    assert (warning is not None) == warned, warning
+    if warned:
+        assert ("TLS" in warning) == (not tls_on) and ("API keys" in warning) == (not keys_on)

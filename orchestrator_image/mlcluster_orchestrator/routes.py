@@ -103,7 +103,8 @@ class Orchestrator:
         self.token = settings["ORCH_TOKEN"].encode()
         self.head_limits = HeadLimits(settings["ORCH_MAX_REQUEST_LINE"], settings["ORCH_MAX_HEADER_BYTES"],
                                       settings["ORCH_MAX_HEADER_FIELDS"])
-        self.ssl_context = server_context(settings["ORCH_TLS_CERT"], settings["ORCH_TLS_KEY"])
+        self.ssl_context = server_context(settings["ORCH_TLS_CERT"], settings["ORCH_TLS_KEY"],
+                                          settings["ORCH_TLS_CERT_B64"], settings["ORCH_TLS_KEY_B64"])
         self.api_keys = apikeys.ApiKeys(settings["ORCH_API_KEYS"])
         self.scheduler = Scheduler(queue_limit=settings["ORCH_QUEUE_LIMIT"])
         self.metrics = Metrics(self.scheduler)

@@ -26,6 +26,8 @@ DEFAULTS = {
     "ORCH_MAX_HEADER_FIELDS": 100,  # fields of a request's header block (431 beyond)
     "ORCH_TLS_CERT": "",  # with ORCH_TLS_KEY: paths of the public listener's certificate (PEM) and key (HTTPS)
     "ORCH_TLS_KEY": "",
+    "ORCH_TLS_CERT_B64": "",  # or both inline, base64 of the PEM (for a service on another host or in a container)
+    "ORCH_TLS_KEY_B64": "",
     "ORCH_API_KEYS": "",  # "id:sha256hex,...": with one or more, /new_request and /workers_info need a key
 }
 
