@@ -21,9 +21,8 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from . import apikeys, tls
-from .errors import UsageError
+from .errors import MlclusterError, UsageError
 from .state import ApiKeyRecord, ClusterState
-
 
 # Where an endpoint is not on the internet (ipaddress's is_private also counts documentation ranges).
 PRIVATE_RANGES = tuple(ipaddress.ip_network(n) for n in (
@@ -45,14 +44,27 @@ class SecurityRequest:
 
 def prepare(state: ClusterState, request: SecurityRequest, hosts: list[str]) -> Optional[apikeys.NewKey]:
     """Record the certificate and the first key in `state` before the orchestrator
-    starts (it reads them at start). Returns the new key, to be shown once."""
+    starts (it reads them at start). Returns the new key, to be shown once.
+    A running orchestrator is not restarted by `up`, so what it would not
+    take is refused rather than recorded."""
+    running = bool(state.orchestrator_url)
+    cert = None
     if request.tls_cert is not None:
         cert = tls.given(request.tls_cert, request.tls_key)
-        state.tls_cert, state.tls_key, state.tls_fingerprint = cert.cert_path, cert.key_path, cert.fingerprint
     elif request.tls and not state.tls_fingerprint:
+        if running:
+            raise MlclusterError(f"cluster {state.name!r} already serves plain HTTP; TLS is chosen at its first `up`",
+                                 f"`mlcluster down --name {state.name}`, then `mlcluster up --tls`")
         cert = tls.make_self_signed(state.dir, state.name, hosts)
+    if cert is not None and cert.fingerprint != state.tls_fingerprint:
+        if running:
+            raise MlclusterError(f"cluster {state.name!r} already runs with another certificate",
+                                 f"`mlcluster down --name {state.name}` first to change it")
         state.tls_cert, state.tls_key, state.tls_fingerprint = cert.cert_path, cert.key_path, cert.fingerprint
     made = None
+    if request.api_keys and not state.api_keys and running:
+        raise MlclusterError(f"cluster {state.name!r} already runs without API keys",
+                             f"`mlcluster keys create --name {state.name}` adds one at once")
     if request.api_keys and not state.api_keys:
         made = apikeys.new_key()
         state.api_keys.append(ApiKeyRecord(made.id, apikeys.digest(made.key), time.time()))

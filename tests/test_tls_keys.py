@@ -178,8 +178,13 @@ def test_up_tls_api_keys_status_bench_keys_and_a_changed_certificate(home, tiny_
     for key in (first, second):
         assert all(key.rsplit("_", 1)[1] not in t for t in texts)
     assert hashlib.sha256(first.encode()).hexdigest() in texts[0]
-    # Another certificate than the recorded one is refused by status and bench.
+    # `up` does not restart a running orchestrator: another certificate is refused, not recorded.
     other = tls.make_self_signed(tmp_path / "other", "sec")
+    again = mlcluster("up", "--name", "sec", "--workers", "1", "--containers-per-worker", "1", "--model", tiny_model,
+                      "--tls-cert", other.cert_path, "--tls-key", other.key_path)
+    assert again.returncode == 1 and "another certificate" in again.stderr, again.stderr
+    assert ClusterState.load("sec").tls_fingerprint == state.tls_fingerprint
+    # Another certificate than the recorded one is refused by status and bench.
     data = json.loads((home / "sec" / "state.json").read_text())
     data.update(tls_cert=other.cert_path, tls_fingerprint=other.fingerprint)
     (home / "sec" / "state.json").write_text(json.dumps(data))
