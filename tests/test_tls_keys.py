@@ -226,3 +226,13 @@ def test_up_warns_when_an_endpoint_is_open_beyond_private_ranges(provider, url, 
     assert (warning is not None) == warned, warning
     if warned:
         assert ("TLS" in warning) == (not tls_on) and ("API keys" in warning) == (not keys_on)
+
+
+def test_a_bad_inline_certificate_is_one_sentence_and_exit_2(tmp_path):
+    env = {**services.orchestrator_env(port=free_port(), token="t"),
+           "ORCH_TLS_CERT_B64": "bm90IGEgY2VydA==", "ORCH_TLS_KEY_B64": "bm90IGEga2V5"}
+    orch = Service(services.orchestrator_command(), env, "http://unused", tmp_path / "orch.log")
+    assert orch.proc.wait(timeout=30) == 2
+    orch.stop()
+    assert "cannot load the TLS certificate and key given in ORCH_TLS_CERT_B64" in orch.log()
+    assert "Traceback" not in orch.log()

@@ -40,14 +40,15 @@ def _inline_context(cert_b64: str, key_b64: str) -> ssl.SSLContext:
         cert, key = base64.b64decode(cert_b64, validate=True), base64.b64decode(key_b64, validate=True)
     except (binascii.Error, ValueError):
         raise RuntimeError("ORCH_TLS_CERT_B64 and ORCH_TLS_KEY_B64 must be base64 of PEM files") from None
-    with tempfile.TemporaryDirectory(prefix="mlcluster-tls-") as folder:  # mode 0700
-        paths = []
-        for name, data in (("cert.pem", cert), ("key.pem", key)):
-            path = os.path.join(folder, name)
-            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-                f.write(data)
-            paths.append(path)
-        try:
+    try:
+        with tempfile.TemporaryDirectory(prefix="mlcluster-tls-") as folder:  # mode 0700
+            paths = []
+            for name, data in (("cert.pem", cert), ("key.pem", key)):
+                path = os.path.join(folder, name)
+                with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+                    f.write(data)
+                paths.append(path)
             return server_context(*paths)
-        except RuntimeError:
-            raise RuntimeError("cannot load the TLS certificate and key given in ORCH_TLS_CERT_B64/KEY_B64") from None
+    except (OSError, RuntimeError) as exc:
+        raise RuntimeError(f"cannot load the TLS certificate and key given in ORCH_TLS_CERT_B64/KEY_B64 "
+                           f"({type(exc).__name__})") from None
