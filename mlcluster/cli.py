@@ -17,10 +17,11 @@ import typer
 from rich.live import Live
 from rich.markup import escape
 
-from . import __version__, cluster
+from . import __version__, cluster, security
 from .bench.cli import bench_app
 from .config import build_spec, load_config
 from .errors import MlclusterError, UsageError
+from .keys_cli import keys_app
 from .models import quiet_libraries, require_model_stack
 from .output import cluster_list_table, cluster_table, plan_text, status_table
 from .providers import get_provider
@@ -99,6 +100,10 @@ def up(
     profile: Annotated[Optional[str], typer.Option(help="AWS profile from your AWS config.")] = None,
     autostop: Annotated[Optional[str], typer.Option(help='Stop the cluster after serving nothing this long ("30m").')] = None,
     max_lifetime: Annotated[Optional[str], typer.Option(help='Stop the cluster this long after it started ("8h").')] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="Serve HTTPS with a self-signed certificate made for the cluster (clients pin it).")] = False,
+    tls_cert: Annotated[Optional[Path], typer.Option(help="Serve HTTPS with this PEM certificate (with --tls-key).")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option(help="The PEM key of --tls-cert.")] = None,
+    api_keys: Annotated[bool, typer.Option("--api-keys", help="Require API keys; makes the first one (shown once).")] = False,
     config: ConfigFile = None,
     as_json: JsonFlag = False,
     yes: Yes = False,
@@ -107,6 +112,7 @@ def up(
 ):
     """Create the machines, start the orchestrator and the worker containers, register them."""
     quiet_libraries(verbose)
+    asked = security.SecurityRequest(tls=tls, tls_cert=tls_cert, tls_key=tls_key, api_keys=api_keys)
     spec = _spec(config, name=name, provider=provider, workers=workers, containers_per_worker=containers_per_worker,
                  model=model, backend=backend, batch_max=batch_max, batch_wait_ms=batch_wait_ms,
                  runtime=runtime, queue_limit=queue_limit, service_ms=service_ms, autostop=autostop,
@@ -117,12 +123,22 @@ def up(
     if cost_plan is not None:
         err.print(escape(plan_text(cost_plan)))
         confirm(f"create these {spec.provider.upper()} resources for cluster {spec.name!r}?", yes)
-    state = cluster.up(spec, ui)
+    made = []
+    state = cluster.up(spec, ui, prepare=lambda s: made.extend(filter(None, [security.prepare(s, asked, [])])))
+    warning = security.exposure_warning(state.provider, state.orchestrator_url,
+                                        str(spec.provider_options.get("aws", {}).get("allowed_cidr", "")),
+                                        bool(state.tls_fingerprint), bool(state.api_keys))
+    if warning:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
     if as_json:
         print(json.dumps({"name": state.name, "provider": state.provider, "orchestrator_url": state.orchestrator_url,
-                          "containers": [dataclasses.asdict(c) for c in state.containers]}, indent=2))
+                          "containers": [dataclasses.asdict(c) for c in state.containers],
+                          "tls_fingerprint": state.tls_fingerprint or None,
+                          **({"api_key": {"id": made[0].id, "key": made[0].key}} if made else {})}, indent=2))
         return
     out.print(cluster_table(state))
+    if made:
+        out.print(f"API key {made[0].id} (shown once; `mlcluster keys create` makes more): {made[0].key}", soft_wrap=True)
     capacity = state.containers[0].capacity if state.containers else 1
     out.print(f"serving {state.spec.model} with the {state.spec.backend} backend "
               f"({capacity} request(s) per container at once)")
@@ -269,6 +285,7 @@ def version():
 
 
 app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

@@ -12,23 +12,25 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import requests
 
+from . import apikeys, security
 from .deploy import watchdog
 from .errors import MlclusterError
 from .models import OVERHEAD_TEST, served_model
 from .providers import get_provider
 from .providers.base import Provider
-from .state import (ClusterSpec, ClusterState, ContainerRecord, cluster_dir, home, remove_cluster_dir, write_private,
-                    write_private_json)
+from .state import (ApiKeyRecord, ClusterSpec, ClusterState, ContainerRecord, cluster_dir, home, remove_cluster_dir,
+                    write_private, write_private_json)
 from .ui import QuietUI
 
 READY_TIMEOUT_S = 600.0
 
 
-def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READY_TIMEOUT_S) -> ClusterState:
+def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READY_TIMEOUT_S,
+       prepare: Optional[Callable[[ClusterState], None]] = None) -> ClusterState:
     """Start what is missing of the cluster, register its containers and wait
     until all are ready. Safe to run again: it reconciles."""
     spec.validate()
@@ -46,6 +48,8 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
     if not state.worker_token:  # also for a state written before workers had a credential
         state.worker_token = secrets.token_urlsafe(32)
     state.spec = copy.deepcopy(spec)  # the provider may add to it (aws adds the [ssh] table it made)
+    if prepare is not None:  # TLS and API keys (security.py): recorded before the orchestrator starts
+        prepare(state)
     state.save()
     provider = get_provider(spec.provider)
     try:
@@ -143,9 +147,14 @@ def orchestrator_status(state: ClusterState, timeout: float = 5.0) -> dict:
         raise MlclusterError(f"cluster {state.name!r} has no orchestrator running",
                              f"`mlcluster up --name {state.name}` starts it")
     try:
-        response = requests.get(f"{state.orchestrator_url}/status", timeout=timeout)
+        with security.http_session(state) as http:  # pinned to the cluster's certificate over HTTPS
+            response = http.get(f"{state.orchestrator_url}/status", timeout=timeout)
         response.raise_for_status()
         return response.json()
+    except requests.exceptions.SSLError:
+        raise MlclusterError(f"the TLS certificate at {state.orchestrator_url} is not the one recorded for cluster "
+                             f"{state.name!r}: refused",
+                             "if it was replaced on purpose, run `mlcluster up` again to record it") from None
     except (requests.RequestException, ValueError) as exc:
         raise MlclusterError(f"the orchestrator of cluster {state.name!r} at {state.orchestrator_url} is not answering "
                              f"({type(exc).__name__})",
@@ -262,5 +271,48 @@ def logs(name: str, target: Optional[str], follow: bool, tail: int) -> Iterator[
     state = ClusterState.load(name)
     return get_provider(state.provider).logs(state, target, follow, tail)
 
+
+# -- API keys (the library of `mlcluster keys`) --------------------------------
+
+def _apply_key_change(state: ClusterState, method: str, path: str, body: dict | None = None) -> bool:
+    """Apply a change on the running orchestrator; False when none runs (the state is then what it reads at start)."""
+    if not state.orchestrator_url:
+        return False
+    try:
+        with get_provider(state.provider).admin_channel(state) as admin, requests.Session() as http:
+            http.headers["Authorization"] = f"Bearer {state.token}"
+            response = http.request(method, f"{admin}{path}", json=body, timeout=10)
+    except (requests.RequestException, MlclusterError) as exc:
+        raise MlclusterError(f"the orchestrator of cluster {state.name!r} did not take the change "
+                             f"({type(exc).__name__}); the state is unchanged",
+                             f"`mlcluster up --name {state.name}` restarts what is missing") from None
+    if response.status_code not in (200, 201, 404):
+        raise MlclusterError(f"the orchestrator refused the change ({response.status_code}); the state is unchanged")
+    return True
+
+
+def create_key(name: str) -> apikeys.NewKey:
+    state = ClusterState.load(name)
+    made = apikeys.new_key()
+    record = ApiKeyRecord(made.id, apikeys.digest(made.key), time.time())
+    _apply_key_change(state, "POST", "/api_keys", {"id": record.id, "sha256": record.sha256})
+    state.api_keys.append(record)
+    state.save()
+    return made
+
+
+def list_keys(name: str) -> list[ApiKeyRecord]:
+    return list(ClusterState.load(name).api_keys)
+
+
+def revoke_key(name: str, key_id: str) -> ApiKeyRecord:
+    state = ClusterState.load(name)
+    record = next((r for r in state.api_keys if r.id == key_id), None)
+    if record is None:
+        raise MlclusterError(f"cluster {name!r} has no API key {key_id!r}", f"`mlcluster keys list --name {name}`")
+    _apply_key_change(state, "DELETE", f"/api_keys/{key_id}")
+    state.api_keys.remove(record)
+    state.save()
+    return record
 
 __all__ = ["up", "down", "DownReport", "removal_question", "archive_logs", "status", "logs", "register", "wait_ready", "orchestrator_status", "ContainerRecord"]

@@ -105,7 +105,7 @@ def orchestrator_env(*, port: int, token: str, host: str = "127.0.0.1", queue_li
 
 
 def wait_answering(url: str, *, what: str, timeout: float = 60.0, running: Callable[[], bool] = lambda: True,
-                   log_tail: Optional[Callable[[], str]] = None, hint: str = "") -> None:
+                   log_tail: Optional[Callable[[], str]] = None, hint: str = "", session=None) -> None:
     """Wait until `url`/health_check answers 200. Give up early when
     `running()` says the service is gone; the error shows the end of its log
     when `log_tail` can read it (a local service), else why it did not answer."""
@@ -117,7 +117,7 @@ def wait_answering(url: str, *, what: str, timeout: float = 60.0, running: Calla
     why = "no answer yet"
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{url}/health_check", timeout=2).ok:
+            if (session or requests).get(f"{url}/health_check", timeout=2).ok:  # session: a pinned one over HTTPS
                 return
             why = "it answered with an error"
         except requests.RequestException as exc:

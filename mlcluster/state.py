@@ -113,6 +113,14 @@ STATE_VERSION = 2
 
 
 @dataclass
+class ApiKeyRecord:
+    """An API key of the public endpoint: its id and sha256, never the key (mlcluster/apikeys.py)."""
+    id: str
+    sha256: str
+    created_at: float = 0.0
+
+
+@dataclass
 class ClusterState:
     """What was started for a cluster, saved as state.json (see the module docstring)."""
     name: str
@@ -129,6 +137,10 @@ class ClusterState:
     # `up` can always be cleaned by `down`.
     resources: Resources = field(default_factory=Resources)
     created_at: float = field(default_factory=time.time)
+    tls_cert: str = ""         # the public endpoint's certificate (PEM path) when it serves HTTPS ...
+    tls_key: str = ""          # ... its key (PEM path, mode 0600)
+    tls_fingerprint: str = ""  # ... and the sha256 of the certificate that clients pin (mlcluster/tls.py)
+    api_keys: list[ApiKeyRecord] = field(default_factory=list)  # ids and hashes; keys required when any
 
     @property
     def dir(self) -> Path:
@@ -156,6 +168,7 @@ class ClusterState:
             raise ValueError(f"it was written by a newer mlcluster (state version {version})")
         data["containers"] = [ContainerRecord(**c) for c in data.get("containers", [])]
         data["resources"] = Resources.from_json(data.get("resources") or {})
+        data["api_keys"] = [ApiKeyRecord(**k) for k in data.get("api_keys", [])]
         # Version 1 kept whatever part of the spec it had (possibly nothing):
         # the known fields are read, the cluster's own name and provider fill the gaps.
         spec = {"name": data["name"], "provider": data["provider"], **(data.get("spec") or {})}

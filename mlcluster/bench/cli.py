@@ -14,7 +14,7 @@ from ..ui import run_ui
 from . import report
 from .load import Target, random_bodies, text_bodies
 from .runner import BenchConfig, run_bench
-from .setup import describe_setup, fetch_status, resolve_url
+from .setup import describe_setup, fetch_status, pin, resolve_url
 from .sweep import StepPolicy, parse_steps
 
 bench_app = typer.Typer(invoke_without_command=True, no_args_is_help=False, add_completion=False,
@@ -43,6 +43,8 @@ def bench(
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write one row per request as CSV.")] = None,
     plot_file: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG with four panels.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for random text and Poisson arrivals.", hidden=True)] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="MLCLUSTER_API_KEY", show_envvar=True,
+                                                   help="An API key of the cluster (when it requires keys).")] = None,
 ) -> None:
     """Closed loop (--concurrency), open loop (--rate) or a sweep of either,
     through the orchestrator's /new_request."""
@@ -73,7 +75,7 @@ def bench(
     if not status["containers"]:
         ui.warn("the orchestrator has no containers registered: every request will fail")
     slots = max([p.concurrency for p in config.plans()])
-    target = Target(target_url, timeout_s=timeout, pool_size=slots)
+    target = Target(target_url, timeout_s=timeout, pool_size=slots, api_key=api_key or "", **pin(state))
     try:
         result = run_bench(config, target, bodies, ui=ui)
     finally:

@@ -9,6 +9,7 @@ import urllib3
 
 import mlcluster
 
+from .. import tls
 from ..errors import MlclusterError
 from ..state import ClusterState
 
@@ -32,11 +33,25 @@ def resolve_url(name: Optional[str], url: Optional[str]) -> tuple[str, Optional[
     return state.orchestrator_url.rstrip("/"), state
 
 
+def pin(state: Optional[ClusterState]) -> dict:
+    """The TLS pin of a cluster that serves HTTPS (mlcluster/tls.py): keywords for `Target`."""
+    if state is None or not state.tls_fingerprint:
+        return {}
+    return {"ssl_context": tls.ssl_context(state.tls_cert), "fingerprint": state.tls_fingerprint}
+
+
 def fetch_status(url: str, state: Optional[ClusterState], timeout_s: float = 5.0) -> dict:
-    """The orchestrator's /status; a clear error when nothing answers there."""
-    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s))
+    """The orchestrator's /status (over HTTPS pinned to the cluster's certificate); a clear error when nothing
+    answers there."""
+    pinned = pin(state)
+    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+                               **({"ssl_context": pinned["ssl_context"], "assert_fingerprint": pinned["fingerprint"]}
+                                  if pinned else {}))
     try:
         response = http.request("GET", url + "/status")
+    except urllib3.exceptions.SSLError:
+        raise MlclusterError(f"the TLS certificate at {url} is not the one recorded for this cluster: refused",
+                             "if it was replaced on purpose, run `mlcluster up` again to record it") from None
     except urllib3.exceptions.HTTPError:
         if state is not None:
             raise MlclusterError(f"the orchestrator of cluster {state.name!r} at {url} is not answering, "

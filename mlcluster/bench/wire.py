@@ -13,6 +13,7 @@ of the open connections a few times a second (as wrk does).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import resource
 import ssl
 import threading
@@ -108,14 +109,18 @@ class Target:
     keep-alive connections, kept across warm-up and measurement steps.
     `pool_size` is how many idle connections are kept for reuse."""
 
-    def __init__(self, url: str, timeout_s: float = 60.0, pool_size: int = 64):
+    def __init__(self, url: str, timeout_s: float = 60.0, pool_size: int = 64,
+                 ssl_context: Optional[ssl.SSLContext] = None, fingerprint: str = "", api_key: str = ""):
+        """Over https, `ssl_context` and `fingerprint` pin a cluster's certificate (mlcluster/tls.py);
+        `api_key` goes in every request's Authorization header."""
         self.url = url.rstrip("/")
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise MlclusterError(f"{url!r} is not an http(s) URL")
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self.ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
+        self.fingerprint, self.api_key = fingerprint, api_key
         self.path = parts.path.rstrip("/") + "/new_request"
         self.timeout_s, self.pool_size = timeout_s, pool_size
         self.connections: set[Connection] = set()   # open ones (the time-out sweep's)
@@ -129,7 +134,8 @@ class Target:
     def encode(self, bodies) -> list[bytes]:
         """Each body as the whole request's bytes, ready to write."""
         head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                "Content-Type: application/json\r\nContent-Length: ").encode()
+                + (f"Authorization: Bearer {self.api_key}\r\n" if self.api_key else "")
+                + "Content-Type: application/json\r\nContent-Length: ").encode()
         return [head + b"%d\r\n\r\n" % len(body) + body for body in bodies]
 
     # -- the loop ---------------------------------------------------------------
@@ -183,6 +189,11 @@ class Target:
         _, conn = await asyncio.wait_for(
             self._loop.create_connection(lambda: Connection(self), self.host, self.port, ssl=self.ssl),
             timeout=min(5.0, self.timeout_s))
+        if self.fingerprint:  # the pin: exactly the cluster's certificate
+            der = conn.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            if hashlib.sha256(der).hexdigest() != self.fingerprint:
+                conn.transport.abort()
+                raise ssl.SSLError(f"the certificate of {self.url} is not the cluster's (its fingerprint changed)")
         return conn
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .. import services
+from .. import security, services
 from ..errors import MlclusterError, see_docs
 from ..images import ensure_image, worker_kind
 from ..models import hub_snapshot, resolve_model
@@ -142,8 +142,9 @@ class LocalDockerRuntime:
         res.orchestrator_port = _published_port(orchestrator, ORCHESTRATOR_PORT)
         res.admin_port = _published_port(orchestrator, ADMIN_PORT)
         state.save()
-        url = f"http://{LOOPBACK}:{res.orchestrator_port}"
+        url = f"{security.scheme(state)}://{LOOPBACK}:{res.orchestrator_port}"
         services.wait_answering(url, what=f"the orchestrator container {orchestrator.name}",
+                                session=security.http_session(state),
                                 running=lambda: _still_running(orchestrator),
                                 log_tail=lambda: orchestrator.logs(tail=15).decode(errors="replace"))
         containers = [ContainerRecord(id=p.cid, host=p.name(spec.name), port=WORKER_PORT, worker=p.worker)
@@ -180,6 +181,7 @@ class LocalDockerRuntime:
             queue_limit=spec.queue_limit,
             queue_timeout_s=spec.queue_timeout_s, status_file=f"{STATE_MOUNT}/registry.json",
             admin_bind=f"0.0.0.0:{ADMIN_PORT}")  # inside; published on this machine's 127.0.0.1 only
+        orchestrator_env.update(security.orchestrator_env(state, inline=True))  # TLS and API keys, when asked
         plans = [ContainerPlan("orchestrator", "orchestrator", "", tags["orchestrator"], orchestrator_env,
                                ORCHESTRATOR_PORT, int(port), {state_volume.name: {"bind": STATE_MOUNT, "mode": "rw"}},
                                {ADMIN_PORT: res.admin_port or free_port(avoid=int(port))})]

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 
-from .. import services
+from .. import security, services
 from . import watchdog
 from ..errors import MlclusterError
 from ..models import OVERHEAD_TEST, is_local_dir
@@ -73,9 +73,10 @@ class RemoteDeployment:
             watch = watchdog.settings(spec, session.state.resources)
             if watch is not None:
                 self._start_watchdogs(session, spec, options, *watch, ui)
-            url = _url(options.orchestrator.address, options.orchestrator_port)
+            url = security.with_scheme(state, _url(options.orchestrator.address, options.orchestrator_port))
             services.wait_answering(
                 url, what=f"the orchestrator on {options.orchestrator.name}", timeout=ORCHESTRATOR_READY_S,
+                session=security.http_session(state),
                 hint="check that this machine can reach its orchestrator_port (firewall, security group); "
                      "`mlcluster logs` shows its log")
             return Deployment(orchestrator_url=url, containers=containers)
@@ -162,6 +163,7 @@ class RemoteDeployment:
             status_file="" if docker else host.path("orchestrator-status.json"),
             admin_bind=f"{'0.0.0.0' if docker else '127.0.0.1'}:{options.admin_port}")
         env.update(options.orchestrator_env)
+        env.update(security.orchestrator_env(session.state, inline=True))  # TLS and API keys, when asked
         service = ServiceSpec("orchestrator", "orchestrator", options.orchestrator_port, env,
                               admin_port=options.admin_port)
         with ui.step(f"starting the orchestrator on {config.name}"):

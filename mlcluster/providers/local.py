@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import ContextManager, Iterator, Optional
 
-from .. import services
+from .. import security, services
 from ..deploy import watchdog
 from ..deploy.localhost import (LOOPBACK, find_marked, free_port, is_alive, is_zombie, marker, port_free, read_log,
                                 spawn, terminate)
@@ -110,6 +110,7 @@ class LocalProvider:
                         port=port, token=state.token, worker_token=state.worker_token, queue_limit=spec.queue_limit,
                         queue_timeout_s=spec.queue_timeout_s, admin_bind=f"{LOOPBACK}:{admin_port}",
                         status_file=str(cluster_dir(spec.name) / "orchestrator-status.json"), marker=marker(spec.name))
+                    env.update(security.orchestrator_env(state))
                     cmd = services.orchestrator_command()
                 else:
                     env = services.worker_env(model=model.ref, port=port, torch_threads=threads, worker_id=pid_id,
@@ -125,11 +126,11 @@ class LocalProvider:
                 state.save()  # recorded the moment it exists, so `down` can always clean it
                 step.advance()
         orchestrator = next(p for p in procs if p.id == "orchestrator")
-        url = f"http://{LOOPBACK}:{orchestrator.port}"
+        url = f"{security.scheme(state)}://{LOOPBACK}:{orchestrator.port}"
         services.wait_answering(
             url, what="the orchestrator",
             running=lambda: Path(f"/proc/{orchestrator.pid}").exists() and not is_zombie(orchestrator.pid),
-            log_tail=lambda: "".join(read_log(Path(orchestrator.log), False, 15)))
+            log_tail=lambda: "".join(read_log(Path(orchestrator.log), False, 15)), session=security.http_session(state))
         containers = [ContainerRecord(id=p.id, host=LOOPBACK, port=p.port, worker=p.worker)
                       for p in procs if p.role == "worker" and p.id in {w[1] for w in wanted}]
         return Deployment(orchestrator_url=url, containers=containers)

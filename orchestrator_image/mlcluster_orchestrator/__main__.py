@@ -47,11 +47,11 @@ async def run(state: Orchestrator, bind: str) -> None:
     """Serve the public listener on `bind` (and the admin one on ORCH_ADMIN_BIND) until SIGTERM/SIGINT."""
     s = state.settings
     limits = dict(header_timeout_s=s["ORCH_HEADER_TIMEOUT_S"], body_timeout_s=s["ORCH_BODY_TIMEOUT_S"],
-                  idle_timeout_s=s["ORCH_IDLE_TIMEOUT_S"])
+                  idle_timeout_s=s["ORCH_IDLE_TIMEOUT_S"], head=state.head_limits)
     await state.start()
     stop = stop_on_signals()
     listeners = [serve(Routes(state, admin=not state.admin_bind), bind, max_connections=s["ORCH_MAX_CONNECTIONS"],
-                       stop=stop, **limits)]
+                       stop=stop, ssl_context=state.ssl_context, **limits)]
     if state.admin_bind:
         listeners.append(serve(Routes(state, public=False), state.admin_bind,
                                max_connections=ADMIN_MAX_CONNECTIONS, stop=stop, **limits))

@@ -19,40 +19,32 @@ Contracts per connection:
   (connections holding queued requests are never touched);
 - a body over the limit (declared or chunked) is a 413; the rest of it is
   read and dropped, then the connection closes (an early close would reset
-  the connection before the caller reads the 413).
+  the connection before the caller reads the 413);
+- a request head over the limits (limits.py) is a 414 or 431, answered at
+  once, then the connection closes: what a connection holds is bounded
+  whatever its client sends;
+- the same over TLS (`ssl_context`): asyncio's TLS transport hands this
+  protocol the decrypted bytes, and the TLS handshake must end within
+  `header_timeout_s`.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import logging
-import resource
 import signal
 import socket
+import ssl
 from typing import Deque, Optional
 
 import httptools
 
+from .limits import FD_RESERVE, HeadLimits, HeadTooLarge, Limits, raise_open_files_limit
 from .routes import STATUS_LINES, Answer, Refused, Request, Routes, error
 
 log = logging.getLogger("mlcluster.orchestrator")
 MAX_PIPELINED = 32  # answers owed on one connection before it stops being read
 MAX_DISCARD = 64 << 20  # bytes of an over-limit body read and dropped before a hard close
-FD_RESERVE = 256  # descriptors kept for connections to workers, the status file, logs
-
-
-def raise_open_files_limit() -> int:
-    """Raise RLIMIT_NOFILE's soft limit to its hard limit; returns the soft limit now."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-files limit from %d to %d: %s", soft, hard, exc)
-    return soft
 
 
 def listen(bind: str) -> socket.socket:
@@ -76,14 +68,11 @@ HEADER_TOO_SLOW = encode(error(408, "the request header did not arrive in time")
 BAD_HTTP = encode(error(400, "the request is not valid HTTP/1.1"), keep_alive=False)
 
 
-class Limits:
-    """The limits every connection shares, and how many are open."""
-    __slots__ = ("header_timeout_s", "body_timeout_s", "idle_timeout_s", "max_connections", "open", "refused")
-
-    def __init__(self, header_timeout_s: float, body_timeout_s: float, idle_timeout_s: float, max_connections: int):
-        self.header_timeout_s, self.body_timeout_s = header_timeout_s, body_timeout_s
-        self.idle_timeout_s, self.max_connections = idle_timeout_s, max_connections
-        self.open = self.refused = 0
+def head_refusals(head: HeadLimits) -> tuple[bytes, bytes, bytes]:
+    """The 414 and the two 431 answers for these limits."""
+    return (encode(error(414, f"the request target is over the {head.max_request_line}-byte limit"), False),
+            encode(error(431, f"the request header block is over the {head.max_header_bytes}-byte limit"), False),
+            encode(error(431, f"the request has more than {head.max_header_fields} header fields"), False))
 
 
 class _Slot:
@@ -105,6 +94,8 @@ class Connection(asyncio.Protocol):
         self.counted = self.closing = self.paused = False
         self.in_header = self.in_body = False
         self.discarding = 0  # > 0: bytes of an over-limit body dropped so far (+1)
+        self.head_bytes = self.header_bytes = self.header_fields = 0  # of the head being read
+        self.head_refusal: Optional[bytes] = None
         self.url = b""
         self.authorization = b""
         self.length = -1  # Content-Length, when given
@@ -147,32 +138,73 @@ class Connection(asyncio.Protocol):
         if self.closing and not self.discarding:
             return
         self.last_active = self.loop.time()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._close_with(BAD_HTTP)
-        except httptools.HttpParserError:
-            if not self.closing:
-                self._close_with(BAD_HTTP)
-            else:
-                self.transport.close()
-            return
+        cap = self.limits.head_cap
+        if self.in_body or len(data) <= cap:
+            if not self._feed(data):
+                return
+        else:  # a large read holding a head: in slices, so no head grows past the cap unseen (limits.py)
+            view, pos, end = memoryview(data), 0, len(data)
+            while pos < end:
+                upto = end if self.in_body or self.discarding else pos + cap
+                if not self._feed(view[pos:upto]):
+                    return
+                pos = upto
         # Timers only when a request straddles reads: the common case arms none.
         if self.in_header and self.header_timer is None and not self.closing:
             self.header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_expired)
         elif self.in_body and self.body_timer is None:
             self.body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_expired)
 
+    def _feed(self, data) -> bool:
+        """Parse `data`; False when the connection is done with reading."""
+        if self.in_header:  # a head straddling reads: count its raw bytes
+            self.head_bytes += len(data)
+            if self.head_bytes > self.limits.head_cap:
+                self._refuse_head(self.limits.refusals[1])
+                return False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._close_with(BAD_HTTP)
+            return False
+        except httptools.HttpParserError:
+            if self.head_refusal is not None:
+                self._refuse_head(self.head_refusal)
+            elif not self.closing:
+                self._close_with(BAD_HTTP)
+            else:
+                self.transport.close()
+            return False
+        return not self.closing or bool(self.discarding)
+
+    def _refuse_head(self, answer: bytes) -> None:
+        self.in_header = False
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+        self.url = b""
+        self._close_with(answer)
+
     # -- httptools callbacks ---------------------------------------------
     def on_message_begin(self) -> None:
         self.in_header = True
         self.url, self.authorization, self.chunks, self.size, self.length = b"", b"", [], 0, -1
         self.expect = False
+        self.head_bytes = self.header_bytes = self.header_fields = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > self.limits.head.max_request_line:
+            self.head_refusal = self.limits.refusals[0]
+            raise HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_fields += 1
+        self.header_bytes += len(name) + len(value) + 4
+        head = self.limits.head
+        if self.header_bytes > head.max_header_bytes or self.header_fields > head.max_header_fields:
+            self.head_refusal = self.limits.refusals[1 if self.header_bytes > head.max_header_bytes else 2]
+            raise HeadTooLarge
         if len(name) == 13 and name.lower() == b"authorization":
             self.authorization = value
         elif len(name) == 14 and name.lower() == b"content-length" and value.isdigit():
@@ -321,9 +353,10 @@ def stop_on_signals() -> asyncio.Event:
 
 
 async def serve(routes: Routes, bind: str, *, header_timeout_s: float, body_timeout_s: float,
-                idle_timeout_s: float, max_connections: int, stop: Optional[asyncio.Event] = None) -> None:
+                idle_timeout_s: float, max_connections: int, stop: Optional[asyncio.Event] = None,
+                head: HeadLimits = HeadLimits(), ssl_context: Optional[ssl.SSLContext] = None) -> None:
     """Serve `routes` on `bind` ("host:port") until `stop` is set (by default:
-    SIGTERM/SIGINT). The caller starts and stops the Orchestrator itself.
+    SIGTERM/SIGINT); over TLS with `ssl_context`. The caller starts and stops the Orchestrator itself.
     Listeners sharing one Orchestrator may each have their own Routes (for
     example `Routes(state, admin=False)` on the public port and
     `Routes(state, public=False)` on the loopback admin one)."""
@@ -332,11 +365,14 @@ async def serve(routes: Routes, bind: str, *, header_timeout_s: float, body_time
         log.warning("ORCH_MAX_CONNECTIONS=%d is above what %d open files allow; using %d",
                     max_connections, soft, soft - FD_RESERVE)
         max_connections = max(1, soft - FD_RESERVE)
-    limits = Limits(header_timeout_s, body_timeout_s, idle_timeout_s, max_connections)
+    limits = Limits(header_timeout_s, body_timeout_s, idle_timeout_s, max_connections, head)
+    limits.refusals = head_refusals(head)
     loop = asyncio.get_running_loop()
-    listener = await loop.create_server(lambda: Connection(routes, limits, loop), sock=listen(bind), backlog=4096)
-    log.info("Listening at http://%s (header time-out %gs, idle time-out %gs, at most %d connections%s)",
-             bind, header_timeout_s, idle_timeout_s, max_connections,
+    tls = dict(ssl=ssl_context, ssl_handshake_timeout=header_timeout_s) if ssl_context is not None else {}
+    listener = await loop.create_server(lambda: Connection(routes, limits, loop), sock=listen(bind), backlog=4096,
+                                        **tls)
+    log.info("Listening at %s://%s (header time-out %gs, idle time-out %gs, at most %d connections%s)",
+             "https" if ssl_context else "http", bind, header_timeout_s, idle_timeout_s, max_connections,
              "" if routes.admin and routes.public else ", no admin routes" if routes.public else ", admin routes only")
     if stop is None:
         stop = stop_on_signals()

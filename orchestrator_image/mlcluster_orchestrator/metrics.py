@@ -56,6 +56,11 @@ class _Collector:
         for status, count in sorted(m.by_status.items()):
             by_status.add_metric([str(status)], count)
         yield by_status
+        by_key = CounterMetricFamily("orchestrator_api_key_requests", "requests accepted with each API key, by key id",
+                                     labels=["key_id"])
+        for key_id, count in sorted(m.by_key.items()):
+            by_key.add_metric([key_id], count)
+        yield by_key
         yield m.latency.family()
         yield m.queue_wait.family()
 
@@ -67,6 +72,7 @@ class Metrics:
     def __init__(self, scheduler: Scheduler):
         self.registry = r = CollectorRegistry()
         self.by_status: dict[int, int] = {}
+        self.by_key: dict[str, int] = {}  # API key id -> requests (the id only: never the key)
         self.latency = _Histogram("orchestrator_request_seconds", "time from arrival to answer")
         self.queue_wait = _Histogram("orchestrator_queue_wait_seconds", "time spent waiting for a container")
         r.register(_Collector(self))
@@ -89,6 +95,9 @@ class Metrics:
     def answered(self, status: int) -> None:
         by_status = self.by_status
         by_status[status] = by_status.get(status, 0) + 1
+
+    def keyed(self, key_id: str) -> None:
+        self.by_key[key_id] = self.by_key.get(key_id, 0) + 1
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

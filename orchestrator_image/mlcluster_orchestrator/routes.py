@@ -12,6 +12,11 @@ and DELETE /workers/{id} are 404 there, token or not) and the loopback admin
 listener is `public=False` (the admin routes and the read-only GETs; no
 /new_request, no /receive_ips_from_workers). The lab's
 /receive_ips_from_workers stays on the public listener, with its token, by contract.
+
+With API keys in force (apikeys.py) /new_request and /workers_info need
+`Authorization: Bearer <key>` (401 without a valid one) and count requests
+per key id; the admin routes GET/POST /api_keys and DELETE /api_keys/{id}
+(with the token) list, add and revoke them at run time.
 """
 from __future__ import annotations
 
@@ -23,12 +28,15 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable, Optional, Union
 
-from . import openapi, validation
+from . import apikeys, openapi, validation
 from .dispatcher import Dispatcher
 from .health import HealthChecker, keep_registry_in
-from .metrics import CONTENT_TYPE as METRICS_TYPE, Metrics
+from .limits import HeadLimits
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import Metrics
 from .scheduler import Scheduler
 from .settings import admin_bind, lab_ports, settings_from_env
+from .tls import server_context
 
 log = logging.getLogger("mlcluster.orchestrator")
 JSON_TYPE = b"application/json"
@@ -93,6 +101,11 @@ class Orchestrator:
         self.admin_bind = admin_bind(settings["ORCH_ADMIN_BIND"])
         self.settings = settings
         self.token = settings["ORCH_TOKEN"].encode()
+        self.head_limits = HeadLimits(settings["ORCH_MAX_REQUEST_LINE"], settings["ORCH_MAX_HEADER_BYTES"],
+                                      settings["ORCH_MAX_HEADER_FIELDS"])
+        self.ssl_context = server_context(settings["ORCH_TLS_CERT"], settings["ORCH_TLS_KEY"],
+                                          settings["ORCH_TLS_CERT_B64"], settings["ORCH_TLS_KEY_B64"])
+        self.api_keys = apikeys.ApiKeys(settings["ORCH_API_KEYS"])
         self.scheduler = Scheduler(queue_limit=settings["ORCH_QUEUE_LIMIT"])
         self.metrics = Metrics(self.scheduler)
         self.dispatcher = Dispatcher(self.scheduler, queue_timeout_s=settings["ORCH_QUEUE_TIMEOUT_S"],
@@ -145,6 +158,7 @@ class Routes:
             self.exact["/receive_ips_from_workers"] = {b"POST": (self.receive_ips, False)}
         if admin:
             self.exact["/workers"] = {b"POST": (self.add_workers, False)}
+            self.exact["/api_keys"] = {b"GET": (self.list_keys, False), b"POST": (self.add_key, False)}
         self.alive = Answer(200, b'{"status": "alive"}')
 
     def find(self, method: bytes, path: str) -> Union[tuple[Handler, bool], Answer]:
@@ -152,6 +166,8 @@ class Routes:
         if methods is None:
             if self.admin and path.startswith("/workers/") and path.count("/") == 2 and len(path) > 9:
                 methods = {b"DELETE": (self.remove_worker, False)}
+            elif self.admin and path.startswith("/api_keys/") and path.count("/") == 2 and len(path) > 10:
+                methods = {b"DELETE": (self.revoke_key, False)}
             else:
                 return error(404, "Not Found")
         found = methods.get(method)
@@ -178,10 +194,22 @@ class Routes:
         if not (given.startswith(b"Bearer ") and hmac.compare_digest(given[7:], self.state.token)):
             raise Refused(401, "this endpoint needs 'Authorization: Bearer <token>' with the cluster's token")
 
+    def require_key(self, request: Request) -> None:
+        """With API keys in force: a valid one, counted by its id; else 401."""
+        keys = self.state.api_keys
+        if not keys.required:
+            return
+        key_id = keys.identify(request.authorization)
+        if key_id is None:
+            raise Refused(401, "this endpoint needs 'Authorization: Bearer <key>' with one of the cluster's API keys "
+                               "(mlcluster keys create)")
+        self.state.metrics.keyed(key_id)
+
     # -- the routes ---------------------------------------------------------
     def new_request(self, request: Request, reply: Callable[[Answer], None]) -> Cancel:
         """Deferred: `reply(answer)` once the dispatcher has an outcome; the
         returned `cancel()` is called if the caller leaves before that."""
+        self.require_key(request)
         checked(validation.inference_request, request.body, self.max_texts)
         metrics = self.state.metrics
 
@@ -225,9 +253,33 @@ class Routes:
 
     def workers_info(self, request: Request) -> Answer:
         """The lab's shape: {"workers info": {id: {"ip", "port", "status": busy|free}}}."""
+        self.require_key(request)
         return as_json({"workers info": {c.id: {"ip": c.host, "port": c.port,
                                                 "status": "busy" if c.in_flight else "free"}
                                          for c in self.state.scheduler.containers()}})
+
+    def list_keys(self, request: Request) -> Answer:
+        self.require_token(request)
+        return as_json({"ids": self.state.api_keys.ids()})
+
+    def add_key(self, request: Request) -> Answer:
+        """{"id": ..., "sha256": hexdigest}: the key itself never reaches the orchestrator."""
+        self.require_token(request)
+        entry = checked(validation.api_key_entry, request.body)
+        try:
+            new = self.state.api_keys.add(entry.id, entry.sha256)
+        except ValueError as exc:
+            raise Refused(400, str(exc)) from None
+        log.info("API key %s %s", entry.id, "added" if new else "replaced")
+        return Answer(201 if new else 200, json.dumps({"id": entry.id, "added": new}).encode())
+
+    def revoke_key(self, request: Request) -> Answer:
+        self.require_token(request)
+        key_id = request.path[len("/api_keys/"):]
+        if not self.state.api_keys.revoke(key_id):
+            raise Refused(404, f"no API key {key_id!r} is in force")
+        log.info("API key %s revoked", key_id)
+        return as_json({"revoked": key_id})
 
     def status(self, request: Request) -> Answer:
         snapshot = self.state.scheduler.snapshot()

@@ -21,6 +21,14 @@ DEFAULTS = {
     "ORCH_BODY_TIMEOUT_S": 30.0,  # ... and its body within this after the header
     "ORCH_IDLE_TIMEOUT_S": 30.0,  # a kept-alive connection idle this long is closed
     "ORCH_MAX_CONNECTIONS": 10000,  # open connections beyond this are answered 503 and closed
+    "ORCH_MAX_REQUEST_LINE": 8192,  # bytes of a request target (414 beyond)
+    "ORCH_MAX_HEADER_BYTES": 16384,  # bytes of a request's header block (431 beyond)
+    "ORCH_MAX_HEADER_FIELDS": 100,  # fields of a request's header block (431 beyond)
+    "ORCH_TLS_CERT": "",  # with ORCH_TLS_KEY: paths of the public listener's certificate (PEM) and key (HTTPS)
+    "ORCH_TLS_KEY": "",
+    "ORCH_TLS_CERT_B64": "",  # or both inline, base64 of the PEM (for a service on another host or in a container)
+    "ORCH_TLS_KEY_B64": "",
+    "ORCH_API_KEYS": "",  # "id:sha256hex,...": with one or more, /new_request and /workers_info need a key
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -110,3 +111,17 @@ def worker_ips(raw: bytes) -> list[str]:
         except ValueError:
             raise BadRequest(f"{ip!r} is not an IPv4 address") from None
     return ips
+
+
+@dataclass(frozen=True)
+class ApiKeyEntry:
+    id: str
+    sha256: str
+
+
+def api_key_entry(raw: bytes) -> ApiKeyEntry:
+    """POST /api_keys: {"id": "...", "sha256": "<64 hex digits>"} (the key's digest, never the key)."""
+    body = _json(raw)
+    if not isinstance(body, dict) or set(body) != {"id", "sha256"} or not all(isinstance(v, str) for v in body.values()):
+        raise BadRequest('the body must be {"id": "<key id>", "sha256": "<the key\'s sha256, hex>"}')
+    return ApiKeyEntry(body["id"], body["sha256"])
