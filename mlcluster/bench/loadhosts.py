@@ -93,10 +93,10 @@ def host_configs(config: BenchConfig, hosts: int) -> list[list[BenchConfig]]:
         else:
             shares = split_concurrency(plan.concurrency, hosts)
             loads = [dict(concurrency=c) if sized else dict(sweep=[c]) for c in shares]
-        per_step.append([dataclasses.replace(config, rate=None, sweep=None, rate_sweep=None, concurrency=15,
-                                             requests=requests[i], duration_s=plan.duration_s,
-                                             warmup=None if config.warmup is None else -(-config.warmup // hosts),
-                                             **loads[i]) for i in range(hosts)])
+        common = dict(rate=None, sweep=None, rate_sweep=None, concurrency=15, duration_s=plan.duration_s,
+                      warmup=None if config.warmup is None else -(-config.warmup // hosts))
+        per_step.append([dataclasses.replace(config, **{**common, **loads[i]}, requests=requests[i])
+                         for i in range(hosts)])
     return per_step
 
 
