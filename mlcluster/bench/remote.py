@@ -2,38 +2,16 @@
 which machines, the orchestrator's URL as each sees it, and the agent started
 there over the cluster's pinned SSH connection.
 
-Nothing for the user to install: the orchestrator's host already has the
-orchestrator's Python (the host's `python`, or the venv `up` made), which
-holds everything the load generator imports (httptools, orjson, uvloop,
-rich). This package's bench modules are uploaded beside it, once per
-content digest, and run from there, so the agent is always this machine's
-version. The compiled engine (`_engine*.so`) is uploaded too when the host's
-interpreter takes the same extension suffix (same Python version, machine
-and ABI); otherwise the agent runs closed loops on the Python loop, and the
-report says which engine each host used.
+The agent is started over SSH by `sshagent` (uploaded there first).
 """
 from __future__ import annotations
 
-import hashlib
-import sysconfig
-from pathlib import Path
 from typing import Optional
 
-import paramiko
-
-import mlcluster
-
 from ..errors import MlclusterError, UsageError
-from ..remote.connection import Connection, HostKeyStore, quote
 from ..resources import HostConfig
 from ..state import ClusterState
 from .loadhosts import LoadHost, local_host
-
-PACKAGE = Path(mlcluster.__file__).parent
-# The modules the agent imports: the bench's load generator and what it needs of mlcluster.
-AGENT_FILES = ["__init__.py", "errors.py", "ui.py"] + [f"bench/{n}.py" for n in (
-    "__init__", "agent", "engine", "load", "runner", "stats", "sweep", "wire")]
-CONNECT_S = 10.0
 
 
 def default_from(state: Optional[ClusterState]) -> str:
@@ -59,7 +37,8 @@ def load_hosts(spec: str, state: Optional[ClusterState], url: str) -> list[LoadH
     orchestrator = ssh.services.get("orchestrator")
     if orchestrator is None or orchestrator.host not in ssh.hosts:
         raise MlclusterError("the cluster's state names no orchestrator host", "`mlcluster status` shows the cluster")
-    store = HostKeyStore(dict(state.resources.host_keys))
+    from .sshagent import SSHAgentStarter, pinned_keys  # paramiko only when SSH is used
+    store = pinned_keys(state)
     hosts = []
     for i, name in enumerate(names):
         if name == "here":
@@ -86,80 +65,3 @@ def _local_bind(config: HostConfig) -> str:
 
 def _bracket(address: str) -> str:
     return f"[{address}]" if ":" in address else address
-
-
-def agent_digest() -> str:
-    digest = hashlib.sha256()
-    for name in AGENT_FILES:
-        digest.update(name.encode() + b"\0" + (PACKAGE / name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _engine_file() -> Optional[Path]:
-    found = sorted(PACKAGE.glob("bench/_engine*" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")))
-    return found[0] if found else None
-
-
-class SSHAgent:
-    """An agent started over SSH on one host: its channel's stdin and stdout."""
-
-    def __init__(self, conn: Connection, command: str):
-        self.conn = conn
-        try:
-            self.channel = conn.open().get_transport().open_session(timeout=CONNECT_S)
-            self.channel.exec_command(command)
-        except (paramiko.SSHException, OSError) as exc:
-            conn.close()
-            raise MlclusterError(f"could not start the load agent on {conn.label}: {exc}") from None
-        self.stdin = self.channel.makefile_stdin("wb")
-        self.stdout = self.channel.makefile("rb")
-
-    def error_text(self) -> str:
-        stderr = bytearray()
-        while self.channel.recv_stderr_ready():
-            stderr += self.channel.recv_stderr(65536)
-        return stderr.decode(errors="replace")
-
-    def close(self) -> None:
-        self.channel.close()
-        self.conn.close()
-
-
-class SSHAgentStarter:
-    """Starts an agent on a cluster host (uploading it there first if needed),
-    over a connection checked against the host key `up` pinned."""
-
-    def __init__(self, config: HostConfig, store: HostKeyStore):
-        self.config, self.store = config, store
-
-    def __call__(self) -> SSHAgent:
-        config = self.config
-        if self.store.get(config.address, config.port) is None:
-            raise MlclusterError(f"no host key of {config.name} is pinned in the cluster's state",
-                                 "`mlcluster up` records it; load from there after it")
-        conn = Connection(config.address, config.user, config.port, key_path=config.key or None,
-                          connect_timeout=CONNECT_S, known_hosts=self.store, label=config.name)
-        python = config.python or f"{config.workdir}/venv/bin/python"
-        directory = self.upload(conn, python)
-        command = f"cd {quote(directory)} && PYTHONPATH=. exec {quote(python)} -m mlcluster.bench.agent"
-        return SSHAgent(conn, command)
-
-    def upload(self, conn: Connection, python: str) -> str:
-        """This package's agent modules on the host (once per digest); returns their directory."""
-        directory = f"{self.config.workdir}/bench-agent-{agent_digest()}"
-        probe = conn.run(f"test -f {quote(directory)}/.complete && echo present; {quote(python)} -c "
-                         + quote("import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))"), warn=True)
-        lines = probe.stdout.split()
-        if not probe.ok and "present" not in lines:
-            raise MlclusterError(f"{self.config.name}: {python} does not run: {probe.tail(2)}",
-                                 "set `python` for this host in the [ssh] config")
-        if "present" in lines:
-            return directory
-        conn.run(f"mkdir -p {quote(directory)}/mlcluster/bench")
-        for name in AGENT_FILES:
-            conn.put(PACKAGE / name, f"{directory}/mlcluster/{name}")
-        engine = _engine_file()
-        if engine is not None and lines and lines[-1] == sysconfig.get_config_var("EXT_SUFFIX"):
-            conn.put(engine, f"{directory}/mlcluster/bench/{engine.name}")
-        conn.run(f"touch {quote(directory)}/.complete")
-        return directory
