@@ -98,23 +98,21 @@ def bench(
     hosts = load_hosts(load_from or default_from(state), state, target_url)
     measure = Measurer(target_url, hosts, bodies, timeout, ui)
     capacity = None
-    try:
-        if find_capacity:
-            hourly, note = hourly_cost(state)
-            policy = SearchPolicy(start_rps=rate or SearchPolicy.start_rps, precision=precision)
-            capacity = search.find_capacity(slos, lambda r: measure(search.step_config(config, r)), policy,
-                                            hourly, note, ui)
-            result = measure.last
-        else:
-            result = measure(config)
-    finally:
-        measure.close()
+    if find_capacity:
+        hourly, note = hourly_cost(state)
+        policy = SearchPolicy(start_rps=rate or SearchPolicy.start_rps, precision=precision)
+        capacity = search.find_capacity(slos, lambda r: measure(search.step_config(config, r)), policy,
+                                        hourly, note, ui)
+        result = measure.last  # the last step: the report's setup and CSV (each step's verdicts are in `capacity`)
+    else:
+        result = measure(config)
     texts_note = f"{texts} ({len(bodies)} texts)" if texts else "random lowercase text, 50 characters"
     setup = describe_setup(target_url, state, status, result, texts_note)
     setup["load_from"] = measure.origins()
     run = report.report_of(result, setup)
     run.capacity = capacity
-    run.slo = outcome(slos, result.records, result.summary.duration_s, result.unanswered) if slos else None
+    if slos and capacity is None:
+        run.slo = outcome(slos, result.records, result.summary.duration_s, result.unanswered)
     report.print_result(run, ui.console if to_stdout else ui.out)  # `--json -`: stdout holds only the JSON
     if to_stdout:
         print(json.dumps(run.to_json(), indent=2))

@@ -14,8 +14,9 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Protocol, Sequence
+from typing import BinaryIO, Callable, Optional, Protocol, Sequence
 
 import orjson
 
@@ -150,16 +151,21 @@ def run_from_hosts(config: BenchConfig, hosts: Sequence[LoadHost], bodies: Seque
     window = [None, 0.0]
     for i, (plan, configs) in enumerate(zip(config.plans(), host_configs(config, len(hosts)))):
         talks = [Conversation(h, c, bodies, timeout_s) for h, c in zip(hosts, configs)]
-        with ThreadPoolExecutor(max_workers=len(talks)) as pool:
-            try:
-                with ui.step(f"starting the load on {', '.join(h.name for h in hosts)}"):
-                    list(pool.map(lambda t: t.ready(), talks))
-                syncs = [t.go() for t in talks]  # one after the other, at once: the hosts start together
-                with ui.step(f"measuring step {i + 1} from {len(hosts)} load host(s)"):
-                    parts = list(pool.map(lambda ts: ts[0].result(ts[1]), zip(talks, syncs)))
-            finally:
-                for talk in talks:
-                    talk.close()
+        pool = ThreadPoolExecutor(max_workers=len(talks))
+        try:
+            with ui.step(f"starting the load on {', '.join(h.name for h in hosts)}"):
+                list(pool.map(lambda t: t.ready(), talks, timeout=READY_S))
+            syncs = [t.go() for t in talks]  # one after the other, at once: the hosts start together
+            with ui.step(f"measuring step {i + 1} from {len(hosts)} load host(s)"):
+                parts = list(pool.map(lambda ts: ts[0].result(ts[1]), zip(talks, syncs),
+                                      timeout=_bound(config, plan, timeout_s)))
+        except FutureTimeout:
+            raise MlclusterError(f"a load host did not answer in time ({', '.join(t.host.name for t in talks)})",
+                                 "check the hosts with `mlcluster status`, or use --from here") from None
+        finally:
+            for talk in talks:  # closing unblocks any read still waiting
+                talk.close()
+            pool.shutdown(wait=False, cancel_futures=True)
         merged = merge(parts, origin)
         step_records = [dataclasses.replace(r, step=i) for r in merged.records]
         records += step_records
@@ -180,6 +186,16 @@ def run_from_hosts(config: BenchConfig, hosts: Sequence[LoadHost], bodies: Seque
     return BenchResult(config=config, summary=overall, steps=steps, knee=knee, records=records,
                        interrupted=interrupted, started_at=started_at, model=model, unanswered=unanswered,
                        window_s=(window[0] or 0.0, window[1]), origin_ns=origin)
+
+
+def _bound(config: BenchConfig, plan, timeout_s: float) -> Optional[float]:
+    """How long a step's records may take to come back: its length, the last
+    answer's time-out and a margin; None for a step of a number of requests."""
+    if plan.duration_s is not None:
+        return plan.duration_s + timeout_s + READY_S
+    if plan.requests is None:  # held until stable, at most the step's time limit
+        return config.policy.time_limit_s + timeout_s + READY_S
+    return None
 
 
 def _stopped_by(parts: Sequence[HostRecords]) -> str:

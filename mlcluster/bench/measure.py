@@ -37,6 +37,3 @@ class Measurer:
         if not self.hosts:
             return [{"host": f"here ({platform.node()})", "url": self.url, "engine": self.engine}]
         return [{"host": h.name, "url": h.url, "engine": h.engine} for h in self.hosts]
-
-    def close(self) -> None:
-        pass
