@@ -114,3 +114,18 @@ def test_merge_puts_each_host_on_the_controllers_clock():
     assert (merged.start_s, merged.end_s) == (pytest.approx(1.5), pytest.approx(3.5))
     assert merged.unanswered == 1 and merged.model == "m"
     assert a.sync.uncertainty_s == pytest.approx(0.001)
+
+
+def test_load_hosts_named_by_from():
+    from mlcluster.bench.remote import default_from, load_hosts
+    from mlcluster.errors import UsageError
+    from mlcluster.state import ClusterState
+    url = "http://127.0.0.1:1"
+    assert load_hosts("here", None, url) == [] and default_from(None) == "here"
+    assert [h.name for h in load_hosts("here,here", None, url)] == ["here1", "here2"]
+    local = ClusterState(name="x", provider="local", token="t")
+    assert default_from(local) == "here" and [h.name for h in load_hosts("orchestrator", local, url)] == ["orchestrator"]
+    assert default_from(ClusterState(name="y", provider="aws", token="t")) == "orchestrator"
+    for spec, state in (("orchestrator", None), ("w1", local), (",", None)):
+        with pytest.raises(UsageError):
+            load_hosts(spec, state, url)

@@ -27,13 +27,18 @@ def load_hosts(spec: str, state: Optional[ClusterState], url: str) -> list[LoadH
         raise UsageError("--from needs one or more of: here, orchestrator, a host of the cluster")
     if names == ["here"]:
         return []
-    ssh = state.resources.ssh if state is not None else None
+    if state is None:
+        if set(names) == {"here"}:  # several agents on this machine
+            return [local_host(url, f"here{i + 1}") for i in range(len(names))]
+        raise UsageError(f"--from {spec}: with --url there is no cluster whose hosts could send the load",
+                         "give the cluster's --name, or use --from here")
+    ssh = state.resources.ssh
     if ssh is None or not ssh.hosts:
-        if all(n in ("here", "orchestrator") for n in names) and (state is None or state.provider == "local"):
+        if set(names) <= {"here", "orchestrator"} and state.provider == "local":
             # a local cluster's orchestrator runs here: every load host is a process of this machine
             return [local_host(url, f"{n}{i + 1}" if len(names) > 1 else n) for i, n in enumerate(names)]
-        raise UsageError(f"--from {spec}: this cluster has no SSH hosts to send load from",
-                         "use --from here (a local cluster, or --url)")
+        raise UsageError(f"--from {spec}: cluster {state.name!r} has no SSH hosts to send load from",
+                         "use --from here")
     orchestrator = ssh.services.get("orchestrator")
     if orchestrator is None or orchestrator.host not in ssh.hosts:
         raise MlclusterError("the cluster's state names no orchestrator host", "`mlcluster status` shows the cluster")
