@@ -89,8 +89,7 @@ def host_configs(config: BenchConfig, hosts: int) -> list[list[BenchConfig]]:
         requests = split_requests(plan.requests, hosts)
         if plan.open_loop:
             shares = split_rate(plan.rate, hosts)
-            loads = [dict(rate=r, concurrency=max(1, config.open_loop_slots(r) // hosts)) if sized
-                     else dict(rate_sweep=[r]) for r in shares]
+            loads = [dict(rate=r) if sized else dict(rate_sweep=[r]) for r in shares]  # slots follow the share
         else:
             shares = split_concurrency(plan.concurrency, hosts)
             loads = [dict(concurrency=c) if sized else dict(sweep=[c]) for c in shares]
