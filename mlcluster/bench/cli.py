@@ -26,7 +26,7 @@ SLO_MISSED = 3  # exit code: an objective was missed (--find-capacity: no rate m
 
 bench_app = typer.Typer(invoke_without_command=True, no_args_is_help=False, add_completion=False,
                         pretty_exceptions_enable=False,
-                        help="Load-test a cluster through its orchestrator; `compare` two saved runs.")
+                        help="Load-test a cluster through its orchestrator; `compare` saved runs.")
 
 
 @bench_app.callback()
@@ -91,11 +91,11 @@ def bench(
         if path is not None and not path.parent.is_dir():
             raise MlclusterError(f"cannot write {path}: the folder {path.parent} does not exist")
     target_url, state = resolve_url(name, url)
+    hosts = load_hosts(load_from or default_from(state), state, target_url)
     status = fetch_status(target_url, state)
     ui = run_ui()
     if not status["containers"]:
         ui.warn("the orchestrator has no containers registered: every request will fail")
-    hosts = load_hosts(load_from or default_from(state), state, target_url)
     measure = Measurer(target_url, hosts, bodies, timeout, ui)
     capacity = None
     if find_capacity:
