@@ -62,17 +62,8 @@ def bench(
     if concurrency is not None and (rate is not None or rate_sweep is not None):
         raise UsageError("--concurrency is for a closed loop; --rate and --rate-sweep send on a schedule",
                          "give one of them")
-    try:
-        slos = parse_slos(slo or [])
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if find_capacity and not slos:
-        raise UsageError("--find-capacity needs at least one --slo to search against", "add --slo 'p99<=200ms'")
-    if find_capacity and (concurrency or sweep or rate_sweep or requests or duration):
-        raise UsageError("--find-capacity chooses its own rates and holds each until stable",
-                         "leave out --concurrency, --sweep, --rate-sweep, --requests and --duration")
-    if not 0 < precision < 1:
-        raise UsageError("--precision is a fraction between 0 and 1, like 0.05")
+    slos = _objectives(slo or [], find_capacity, precision,
+                       fixed_load=bool(concurrency or sweep or rate_sweep or requests or duration))
     try:
         config = BenchConfig(
             concurrency=concurrency or 15, rate=None if find_capacity else rate, arrivals=arrivals, requests=requests,
@@ -85,9 +76,8 @@ def bench(
         raise UsageError(exc.message, exc.hint) from None
     if step_time <= 0 or knee_factor < 1 or timeout <= 0:
         raise UsageError("--step-time and --timeout must be positive and --knee-factor at least 1")
-    to_stdout = str(json_file) == "-"
     bodies = text_bodies(texts) if texts else random_bodies(seed=seed)
-    for path in (None if to_stdout else json_file, csv_file, plot_file):
+    for path in (None if str(json_file) == "-" else json_file, csv_file, plot_file):
         if path is not None and not path.parent.is_dir():
             raise MlclusterError(f"cannot write {path}: the folder {path.parent} does not exist")
     target_url, state = resolve_url(name, url)
@@ -107,8 +97,29 @@ def bench(
     else:
         result = measure(config)
     texts_note = f"{texts} ({len(bodies)} texts)" if texts else "random lowercase text, 50 characters"
-    setup = describe_setup(target_url, state, status, result, texts_note)
-    setup["load_from"] = measure.origins()
+    setup = {**describe_setup(target_url, state, status, result, texts_note), "load_from": measure.origins()}
+    _report(result, setup, capacity, slos, ui, json_file, csv_file, plot_file)
+
+
+def _objectives(texts: list[str], find_capacity: bool, precision: float, fixed_load: bool) -> list:
+    """The --slo objectives, checked with --find-capacity's options (UsageError on any misfit)."""
+    try:
+        slos = parse_slos(texts)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if find_capacity and not slos:
+        raise UsageError("--find-capacity needs at least one --slo to search against", "add --slo 'p99<=200ms'")
+    if find_capacity and fixed_load:
+        raise UsageError("--find-capacity chooses its own rates and holds each until stable",
+                         "leave out --concurrency, --sweep, --rate-sweep, --requests and --duration")
+    if not 0 < precision < 1:
+        raise UsageError("--precision is a fraction between 0 and 1, like 0.05")
+    return slos
+
+
+def _report(result, setup: dict, capacity, slos: list, ui, json_file, csv_file, plot_file) -> None:
+    """Print and write the run; exit 130 when interrupted, 3 when an objective was missed."""
+    to_stdout = str(json_file) == "-"
     run = report.report_of(result, setup)
     run.capacity = capacity
     if slos and capacity is None:
