@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,23 @@ def test_cli_from_two_local_hosts_splits_the_load_and_says_where_it_came_from(cl
     assert [h["host"] for h in data["setup"]["load_from"]] == ["here1", "here2"]
     # an open loop's rate is split in two halves, each sending 20/s for 3 s (its last due time may round in)
     assert abs(data["requests"] - expected) <= 2 and data["ok"] == data["requests"]
+
+
+def test_ctrl_c_stops_every_load_host_and_keeps_what_they_measured(cluster, tmp_path):
+    out = tmp_path / "r.json"
+    before = status(cluster)["served"]
+    process = subprocess.Popen([MLCLUSTER, "bench", "--url", cluster, "--from", "here,here", "--concurrency", "4",
+                                "--duration", "60", "--warmup", "0", "--json", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={"PATH": str(Path(sys.executable).parent), "COLUMNS": "200", "HOME": "/tmp"})
+    try:
+        wait_for(lambda: status(cluster)["served"] - before >= 40, "both hosts to be under way", timeout=60)
+        process.send_signal(signal.SIGINT)  # the command only: its agents hear it from the command
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    wait_for(lambda: status(cluster)["in_flight"] == 0, "the hosts to stop sending", timeout=30)
+    data = json.loads(out.read_text())
+    assert data["interrupted"] and 40 <= data["requests"] <= status(cluster)["served"] - before
+    assert data["duration_s"] < 30 and "interrupted" in stderr

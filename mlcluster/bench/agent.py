@@ -5,7 +5,8 @@ Speaks JSON lines on stdin/stdout with the controller (`loadhosts`):
 1. reads the job: the orchestrator's URL, a one-step `BenchConfig`, the bodies;
 2. answers `{"ready": ..., "engine": "c" | "python"}`;
 3. on the line `go`, answers at once `{"go_ns": <its monotonic clock>}` (the
-   clock exchange of `merge.ClockSync`), then warms up and measures;
+   clock exchange of `merge.ClockSync`), then warms up and measures; a line
+   `stop` (or the end of its input: the controller is gone) interrupts it;
 4. writes `{"result": ...}`: every record, the window, its origin, and exits.
 
 It imports only the bench's load generator (no state, no providers), so the
@@ -15,7 +16,10 @@ Python (httptools, orjson, uvloop) and nothing else of ours.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import sys
+import threading
 from typing import Any, BinaryIO
 
 import orjson
@@ -51,6 +55,17 @@ def _write(out: BinaryIO, message: dict) -> None:
     out.flush()
 
 
+def _stop_when_told(inp: BinaryIO) -> None:
+    """`stop` from the controller (its Ctrl-C), or the controller gone (end of
+    input): interrupt the run as Ctrl-C would here, so it stops sending, waits
+    briefly for what is in flight and still reports what it measured."""
+    try:
+        inp.readline()
+    except (OSError, ValueError):
+        pass
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def serve(inp: BinaryIO, out: BinaryIO) -> int:
     job = orjson.loads(inp.readline())
     config = config_from_json(job["config"]).validate()
@@ -63,6 +78,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
         if inp.readline().strip() != b"go":
             return 1
         _write(out, {"go_ns": now_ns()})
+        threading.Thread(target=_stop_when_told, args=(inp,), daemon=True).start()
         result = run_bench(config, target, bodies)
     finally:
         target.close()

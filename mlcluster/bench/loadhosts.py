@@ -13,7 +13,7 @@ import dataclasses
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional, Protocol, Sequence
@@ -136,6 +136,14 @@ class Conversation:
                            data["window_s"][0], data["window_s"][1], data["unanswered"], sync, data["model"],
                            data["interrupted"], self.host.engine, data["stopped_by"])
 
+    def stop(self) -> None:
+        """Ask the agent to stop sending (it still reports what it measured)."""
+        try:
+            self.agent.stdin.write(b"stop\n")
+            self.agent.stdin.flush()
+        except (OSError, ValueError):
+            pass  # it has ended already
+
     def close(self) -> None:
         if self.agent is not None:
             self.agent.close()
@@ -155,9 +163,15 @@ def run_from_hosts(config: BenchConfig, hosts: Sequence[LoadHost], bodies: Seque
             with ui.step(f"starting the load on {', '.join(h.name for h in hosts)}"):
                 list(pool.map(lambda t: t.ready(), talks, timeout=READY_S))
             syncs = [t.go() for t in talks]  # one after the other, at once: the hosts start together
+            futures = [pool.submit(t.result, sync) for t, sync in zip(talks, syncs)]
             with ui.step(f"measuring step {i + 1} from {len(hosts)} load host(s)"):
-                parts = list(pool.map(lambda ts: ts[0].result(ts[1]), zip(talks, syncs),
-                                      timeout=_bound(config, plan, timeout_s)))
+                try:
+                    parts = _results(futures, _bound(config, plan, timeout_s))
+                except KeyboardInterrupt:  # stop every host; keep what they measured
+                    for talk in talks:
+                        talk.stop()
+                    parts = _results(futures, config.grace_s + 10.0)
+                    interrupted = True
         except FutureTimeout:
             raise MlclusterError(f"a load host did not answer in time ({', '.join(t.host.name for t in talks)})",
                                  "check the hosts with `mlcluster status`, or use --from here") from None
@@ -171,11 +185,11 @@ def run_from_hosts(config: BenchConfig, hosts: Sequence[LoadHost], bodies: Seque
         unanswered += merged.unanswered
         model = model or merged.model
         window = [merged.start_s if window[0] is None else window[0], max(window[1], merged.end_s)]
-        why = "interrupted" if merged.interrupted else _stopped_by(parts)
+        interrupted = interrupted or merged.interrupted
+        why = "interrupted" if interrupted else _stopped_by(parts)
         steps.append(StepSummary(i, None if plan.open_loop else plan.concurrency, plan.rate, why,
                                  summarise(step_records, merged.start_s, merged.end_s, offered_rps=plan.rate)))
-        if merged.interrupted:
-            interrupted = True
+        if interrupted:
             break
     if len(steps) == 1 and not config.is_sweep:
         overall = steps[0].summary
@@ -185,6 +199,11 @@ def run_from_hosts(config: BenchConfig, hosts: Sequence[LoadHost], bodies: Seque
     return BenchResult(config=config, summary=overall, steps=steps, knee=knee, records=records,
                        interrupted=interrupted, started_at=started_at, model=model, unanswered=unanswered,
                        window_s=(window[0] or 0.0, window[1]), origin_ns=origin)
+
+
+def _results(futures: list[Future], within_s: Optional[float]) -> list[HostRecords]:
+    deadline = None if within_s is None else time.monotonic() + within_s
+    return [f.result(None if deadline is None else max(0.0, deadline - time.monotonic())) for f in futures]
 
 
 def _bound(config: BenchConfig, plan, timeout_s: float) -> Optional[float]:
