@@ -11,17 +11,22 @@ delaying relay standing for the distance between a laptop and the cluster.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from support.console import mlcluster_in as cli
 from support.relay import Relay
-from support.sshcluster import CLUSTER, status, toml_config
+from support.sshcluster import CLUSTER, our_processes, status, toml_config
 from support.sshhosts import SSHTestNetwork, missing_facilities
 from support.waiting import wait_for
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
 
+MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
 SERVICE_MS = 20
 DELAY_MS = 40
 
@@ -87,3 +92,29 @@ def test_two_load_hosts_merge_every_request_the_orchestrator_served(net, cluster
 def test_unknown_load_host_is_a_usage_error(cluster):
     result = cli(cluster["home"], "bench", "--name", CLUSTER, "--from", "nosuchhost", "--requests", "5")
     assert result.returncode == 2 and "nosuchhost" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_load_host_whose_controller_vanished_stops_sending(net, cluster):
+    env = dict(os.environ, MLCLUSTER_HOME=str(cluster["home"]), COLUMNS="200")
+    before = status(cluster["url"])["served"]
+    process = subprocess.Popen([MLCLUSTER, "bench", "--name", CLUSTER, "--from", "orchestrator", "--concurrency", "4",
+                                "--duration", "120", "--warmup", "0"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: status(cluster["url"])["served"] - before >= 50, "the remote load to be under way", timeout=60)
+    finally:
+        process.kill()  # no goodbye: the SSH connection just drops
+        process.wait()
+    # the agent reads the end of its input and stops (its run's grace for what is in flight is 10 s)
+    wait_for(lambda: status(cluster["url"])["in_flight"] == 0, "the remote load to stop", timeout=30)
+    wait_for(lambda: not [p for p in our_processes(net, "orch") if "mlcluster.bench.agent" in _cmdline(p)],
+             "the agent on the orchestrator's host to end", timeout=30)
+    settled = status(cluster["url"])["served"]
+    assert settled - before < 120 * 1000 / SERVICE_MS  # far from the 120 s it was asked to run
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
