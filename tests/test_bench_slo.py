@@ -129,3 +129,18 @@ def test_load_hosts_named_by_from():
     for spec, state in (("orchestrator", None), ("w1", local), (",", None)):
         with pytest.raises(UsageError):
             load_hosts(spec, state, url)
+
+
+def test_the_load_agent_imports_neither_rich_nor_state():
+    """An orchestrator's image has no rich: the agent must not need it (nor providers, nor state)."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['rich'] = None; import mlcluster.bench.agent; "
+            "print(sorted(m for m in sys.modules if m.startswith('mlcluster')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    loaded = eval(result.stdout)
+    from mlcluster.bench.sshagent import AGENT_FILES
+    uploaded = {"mlcluster." + f.removesuffix(".py").replace("/", ".").replace(".__init__", "") for f in AGENT_FILES}
+    uploaded = {m.removesuffix(".__init__") for m in uploaded} | {"mlcluster"}
+    assert set(loaded) - {"mlcluster.bench._engine"} <= uploaded, set(loaded) - uploaded

@@ -9,18 +9,20 @@ Speaks JSON lines on stdin/stdout with the controller (`loadhosts`):
    `stop` (or the end of its input: the controller is gone) interrupts it;
 4. writes `{"result": ...}`: every record, the window, its origin, and exits.
 
-It imports only the bench's load generator (no state, no providers), so the
-controller can upload this package to a host that has the orchestrator's
-Python (httptools, orjson, uvloop) and nothing else of ours.
+It imports only the bench's load generator and `mlcluster.errors` (no state,
+no providers, no rich), so the controller can upload these modules to a host
+that has the orchestrator's Python (httptools, orjson, uvloop: a venv, or the
+orchestrator's image) and nothing else of ours.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
 import sys
 import threading
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator, Optional
 
 import orjson
 
@@ -48,6 +50,23 @@ def record_row(record: RequestRecord) -> list:
 
 def record_of(row: list) -> RequestRecord:
     return RequestRecord(**dict(zip(RECORD_FIELDS, row)))
+
+
+class Silent:
+    """The UI the runner reports to here: nothing (the controller shows progress).
+    Not `mlcluster.ui.QuietUI`, which needs rich: an orchestrator's image has none."""
+
+    def info(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+    @contextlib.contextmanager
+    def step(self, description: str, total: Optional[int] = None) -> Iterator["Silent"]:
+        yield self
+
+    def advance(self, n: int = 1) -> None: ...
+
+    def update(self, description: str) -> None: ...
 
 
 def _write(out: BinaryIO, message: dict) -> None:
@@ -79,7 +98,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
             return 1
         _write(out, {"go_ns": now_ns()})
         threading.Thread(target=_stop_when_told, args=(inp,), daemon=True).start()
-        result = run_bench(config, target, bodies)
+        result = run_bench(config, target, bodies, ui=Silent())
     finally:
         target.close()
     _write(out, {"result": {

@@ -56,8 +56,9 @@ def load_hosts(spec: str, state: Optional[ClusterState], url: str) -> list[LoadH
         config = ssh.hosts[host_name]
         on_orchestrator = host_name == orchestrator.host
         address = _local_bind(config) if on_orchestrator else ssh.hosts[orchestrator.host].private_address
+        image = orchestrator.image if on_orchestrator and orchestrator.runtime == "docker" else ""
         hosts.append(LoadHost(host_name, f"http://{_bracket(address)}:{orchestrator.port}",
-                              SSHAgentStarter(config, store)))
+                              SSHAgentStarter(config, store, image, state.name)))
     if len({h.name for h in hosts}) < len(hosts):
         raise UsageError(f"--from {spec} names a host twice")
     return hosts

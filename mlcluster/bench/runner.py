@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from ..errors import MlclusterError
-from ..ui import QuietUI
 from .load import LoadRun, LoadStep, Target, start_run
 from .stats import Recorder, RequestRecord, StepSummary, Summary, summarise
 from .sweep import Settling, StepPolicy, find_knee
@@ -110,7 +109,9 @@ class BenchResult:
 
 def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=None) -> BenchResult:
     """Run every step of `config` against `target`; see the module docstring."""
-    ui = ui or QuietUI()
+    if ui is None:
+        from ..ui import QuietUI  # here, not above: a load agent runs this without rich (it passes its own)
+        ui = QuietUI()
     recorder = Recorder()
     steps: list[StepSummary] = []
     origin, started_at = now_ns(), time.time()

@@ -28,7 +28,7 @@ from ..state import ClusterState
 
 PACKAGE = Path(mlcluster.__file__).parent
 # The modules the agent imports: the bench's load generator and what it needs of mlcluster.
-AGENT_FILES = ["__init__.py", "errors.py", "ui.py"] + [f"bench/{n}.py" for n in (
+AGENT_FILES = ["__init__.py", "errors.py"] + [f"bench/{n}.py" for n in (
     "__init__", "agent", "engine", "load", "runner", "stats", "sweep", "wire")]
 CONNECT_S = 10.0
 
@@ -77,10 +77,17 @@ class SSHAgent:
 
 class SSHAgentStarter:
     """Starts an agent on a cluster host (uploading it there first if needed),
-    over a connection checked against the host key `up` pinned."""
+    over a connection checked against the host key `up` pinned.
 
-    def __init__(self, config: HostConfig, store: HostKeyStore):
-        self.config, self.store = config, store
+    Where the host runs its orchestrator in Docker (`image`), the agent runs in
+    a container of that image (Python, httptools, orjson, uvloop), on the
+    host's network, the uploaded modules mounted read-only, as a non-root user
+    with no capabilities; `--rm`, and `-i` so that the end of the SSH session
+    ends it. Otherwise with the host's Python (its `python`, or the venv `up`
+    made)."""
+
+    def __init__(self, config: HostConfig, store: HostKeyStore, image: str = "", cluster: str = ""):
+        self.config, self.store, self.image, self.cluster = config, store, image, cluster
 
     def __call__(self) -> SSHAgent:
         config = self.config
@@ -89,27 +96,41 @@ class SSHAgentStarter:
                                  "`mlcluster up` records it; load from there after it")
         conn = Connection(config.address, config.user, config.port, key_path=config.key or None,
                           connect_timeout=CONNECT_S, known_hosts=self.store, label=config.name)
-        python = config.python or f"{config.workdir}/venv/bin/python"
-        directory = self.upload(conn, python)
-        command = f"cd {quote(directory)} && PYTHONPATH=. exec {quote(python)} -m mlcluster.bench.agent"
+        if self.image:
+            docker = "docker" if config.user == "root" else "sudo -n docker"
+            python = f"{docker} run --rm --entrypoint python {quote(self.image)}"
+            directory = self.upload(conn, python)
+            command = (f"exec {docker} run --rm -i --network host --cap-drop ALL --security-opt no-new-privileges "
+                       f"--label mlcluster.cluster={quote(self.cluster)} --label mlcluster.role=bench-agent "
+                       f"-v {quote(directory)}:/agent:ro -e PYTHONPATH=/agent -w /agent --entrypoint python "
+                       f"{quote(self.image)} -m mlcluster.bench.agent")
+        else:
+            python = quote(config.python or f"{config.workdir}/venv/bin/python")
+            directory = self.upload(conn, python)
+            command = f"cd {quote(directory)} && PYTHONPATH=. exec {python} -m mlcluster.bench.agent"
         return SSHAgent(conn, command)
 
     def upload(self, conn: Connection, python: str) -> str:
-        """This package's agent modules on the host (once per digest); returns their directory."""
+        """This package's agent modules on the host (once per digest); returns
+        their absolute directory. `python` is the command line of the
+        interpreter that will run them, asked for its extension suffix."""
         directory = f"{self.config.workdir}/bench-agent-{agent_digest()}"
-        probe = conn.run(f"test -f {quote(directory)}/.complete && echo present; {quote(python)} -c "
+        probe = conn.run(f"mkdir -p {quote(directory)} && cd {quote(directory)} && pwd && "
+                         f"(test -f .complete && echo present || true) && {python} -c "
                          + quote("import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))"), warn=True)
         lines = probe.stdout.split()
-        if not probe.ok and "present" not in lines:
-            raise MlclusterError(f"{self.config.name}: {python} does not run: {probe.tail(2)}",
-                                 "set `python` for this host in the [ssh] config")
+        if not probe.ok:
+            raise MlclusterError(f"{self.config.name}: no Python to run the load agent with ({probe.tail(2)})",
+                                 "set `python` for this host in the [ssh] config, or load from the orchestrator")
+        directory = lines[0]
         if "present" in lines:
             return directory
         conn.run(f"mkdir -p {quote(directory)}/mlcluster/bench")
         for name in AGENT_FILES:
             conn.put(PACKAGE / name, f"{directory}/mlcluster/{name}")
         engine = _engine_file()
-        if engine is not None and lines and lines[-1] == sysconfig.get_config_var("EXT_SUFFIX"):
+        if engine is not None and lines[-1] == sysconfig.get_config_var("EXT_SUFFIX"):
             conn.put(engine, f"{directory}/mlcluster/bench/{engine.name}")
-        conn.run(f"touch {quote(directory)}/.complete")
+        # readable by the image's non-root user (the workdir above it stays 0700)
+        conn.run(f"chmod -R a+rX {quote(directory)} && touch {quote(directory)}/.complete")
         return directory
