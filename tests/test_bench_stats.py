@@ -177,7 +177,7 @@ def test_the_json_form_keeps_its_keys_and_reads_back():
     data = report_of(result, {"model": "m"}).to_json()
     assert list(data) == ["setup", "mode", "requests", "ok", "errors", "errors_by_kind", "duration_s",
                           "throughput_rps", "sent_rps", "offered_rps", "latency_ms", "per_container", "breakdown_ms",
-                          "concurrency", "rate", "interrupted", "unanswered", "steps", "knee"]
+                          "concurrency", "rate", "interrupted", "unanswered", "steps", "knee", "slo", "capacity"]
     assert list(data["steps"][0])[:5] == ["step", "concurrency", "rate", "stopped_by", "requests"]
     assert list(data["latency_ms"]) == ["p50", "p90", "p99", "max", "min", "mean", "count"]
     assert data["knee"] == {"step": 0, "concurrency": 2, "rate": None, "throughput_rps": 4.0, "p99_ms": 13.0,

@@ -18,7 +18,10 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from ..errors import MlclusterError
+from .outcome import capacity_table, slo_table
 from .runner import BenchResult
+from .search import CapacityResult
+from .slo import SLOOutcome
 from .stats import CSV_FIELDS, RequestRecord, StepSummary, Summary
 
 BREAKDOWN_ROWS = [
@@ -57,12 +60,16 @@ class Report:
     unanswered: int = 0
     steps: list[StepSummary] = dataclasses.field(default_factory=list)
     knee: Optional[Knee] = None
+    slo: Optional[SLOOutcome] = None            # --slo: the verdicts and goodput
+    capacity: Optional[CapacityResult] = None   # --find-capacity
 
     def to_json(self) -> dict[str, Any]:
         return {"setup": self.setup, "mode": self.mode, **self.summary.to_json(), "concurrency": self.concurrency,
                 "rate": self.rate, "interrupted": self.interrupted, "unanswered": self.unanswered,
                 "steps": [s.to_json() for s in self.steps],
-                "knee": dataclasses.asdict(self.knee) if self.knee else None}
+                "knee": dataclasses.asdict(self.knee) if self.knee else None,
+                "slo": self.slo.to_json() if self.slo else None,
+                "capacity": self.capacity.to_json() if self.capacity else None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Report":
@@ -70,7 +77,9 @@ class Report:
         return cls(setup=data["setup"], mode=data["mode"], summary=Summary.from_json(data),
                    concurrency=data["concurrency"], rate=data["rate"], interrupted=data["interrupted"],
                    unanswered=data["unanswered"], steps=[StepSummary.from_json(s) for s in data["steps"]],
-                   knee=Knee(**data["knee"]) if data["knee"] else None)
+                   knee=Knee(**data["knee"]) if data["knee"] else None,
+                   slo=SLOOutcome.from_json(data["slo"]) if data.get("slo") else None,
+                   capacity=CapacityResult.from_json(data["capacity"]) if data.get("capacity") else None)
 
 
 def report_of(result: BenchResult, setup: dict[str, Any]) -> Report:
@@ -200,10 +209,14 @@ def sweep_table(report: Report) -> Table:
 
 
 def render(report: Report) -> Group:
+    if report.capacity is not None:
+        return Group(capacity_table(report.capacity))
     parts = [summary_table(report)]
     if report.steps:
         parts.append(sweep_table(report))
     parts += [breakdown_table(report), container_table(report)]
+    if report.slo is not None:
+        parts.append(slo_table(report.slo))
     return Group(*parts)
 
 

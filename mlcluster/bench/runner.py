@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from ..errors import MlclusterError
-from ..ui import QuietUI
 from .load import LoadRun, LoadStep, Target, start_run
-from .wire import now_ns
 from .stats import Recorder, RequestRecord, StepSummary, Summary, summarise
 from .sweep import Settling, StepPolicy, find_knee
+from .wire import now_ns
 
 DEFAULT_DURATION_S = 10.0
 POLL_S = 0.1       # the main thread's wake-ups during a run that it may have to stop (a sweep step)...
@@ -104,11 +103,15 @@ class BenchResult:
     started_at: float              # wall clock (time.time())
     model: Optional[str]
     unanswered: int                # sent but not answered when the run stopped
+    window_s: tuple[float, float] = (0.0, 0.0)  # the measurement's start and end (seconds from the origin)
+    origin_ns: int = 0             # time zero of the records' times (`time.perf_counter_ns()` of this process)
 
 
 def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=None) -> BenchResult:
     """Run every step of `config` against `target`; see the module docstring."""
-    ui = ui or QuietUI()
+    if ui is None:
+        from ..ui import QuietUI  # here, not above: a load agent runs this without rich (it passes its own)
+        ui = QuietUI()
     recorder = Recorder()
     steps: list[StepSummary] = []
     origin, started_at = now_ns(), time.time()
@@ -136,7 +139,8 @@ def run_bench(config: BenchConfig, target: Target, bodies: Sequence[bytes], ui=N
         overall = summarise(recorder.records(), window[0] or 0.0, window[1], offered_rps=offered)
     knee = find_knee(steps, config.knee_factor) if config.is_sweep else None
     return BenchResult(config=config, summary=overall, steps=steps, knee=knee, records=recorder.records(),
-                       interrupted=interrupted, started_at=started_at, model=recorder.model, unanswered=unanswered)
+                       interrupted=interrupted, started_at=started_at, model=recorder.model, unanswered=unanswered,
+                       window_s=(window[0] or 0.0, window[1]), origin_ns=origin)
 
 
 def _warm_up(config: BenchConfig, plan: LoadStep, target: Target, bodies: Sequence[bytes], origin: int,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+from pathlib import Path
 from typing import Optional
 
 import urllib3
@@ -12,6 +13,7 @@ import mlcluster
 from .. import tls
 from ..errors import MlclusterError
 from ..state import ClusterState
+from .wire import Access
 
 
 def resolve_url(name: Optional[str], url: Optional[str]) -> tuple[str, Optional[ClusterState]]:
@@ -31,6 +33,13 @@ def resolve_url(name: Optional[str], url: Optional[str]) -> tuple[str, Optional[
         raise MlclusterError(f"the cluster {name!r} has no running orchestrator",
                              f"`mlcluster up --name {name}` starts it")
     return state.orchestrator_url.rstrip("/"), state
+
+
+def access_of(state: Optional[ClusterState], api_key: str) -> Access:
+    """The API key and, for a cluster that serves HTTPS, its pinned certificate."""
+    if state is None or not state.tls_fingerprint:
+        return Access(api_key=api_key)
+    return Access(api_key, Path(state.tls_cert).read_text(), state.tls_fingerprint)
 
 
 def pin(state: Optional[ClusterState]) -> dict:

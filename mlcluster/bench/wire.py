@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import resource
 import ssl
+from dataclasses import dataclass
 import threading
 import time
 from typing import Callable, Optional, Protocol
@@ -102,6 +103,26 @@ class Connection(asyncio.Protocol):
         owner, slot, body = self.owner, self.slot, self.body
         self.owner, self.body = None, b""
         owner.answered(self, slot, status, error, body)
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a request needs besides the URL, in a form a load host can be sent:
+    an API key, and a cluster's certificate over HTTPS (the only trust anchor;
+    `fingerprint` its sha256, checked on every connection)."""
+    api_key: str = ""
+    cert_pem: str = ""
+    fingerprint: str = ""
+
+    def target_options(self) -> dict:
+        """Keywords of `Target`."""
+        options: dict = {"api_key": self.api_key}
+        if self.cert_pem:
+            context = ssl.create_default_context(cadata=self.cert_pem)
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a self-signed certificate is its own chain
+            context.check_hostname = False  # pinned by content: a head's address is known only after it was made
+            options.update(ssl_context=context, fingerprint=self.fingerprint)
+        return options
 
 
 class Target:

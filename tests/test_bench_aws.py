@@ -1,0 +1,90 @@
+"""`bench --find-capacity` on an aws cluster (moto's EC2 on 127.0.0.1, the
+instances mapped onto SSH test hosts, as tests/test_aws_e2e.py): the load runs
+on the orchestrator's host (the default for aws), and the capacity found is
+priced from the aws provider's cost plan as $ per million requests. Then
+`bench compare` shows saved capacities side by side."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import paramiko
+import pytest
+from support.aws import RecordingUI, make_provider, new_state
+from support.console import mlcluster as cli
+from support.sshhosts import SSHTestNetwork, missing_facilities
+
+from mlcluster.config import build_spec, load_config
+from mlcluster.providers.aws.options import plan
+from mlcluster.providers.aws.provider import KEY_FILE
+
+pytestmark = [pytest.mark.ssh,
+              pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
+
+CLUSTER = "awsbench"
+HOSTS = {"orchestrator": "orch", "worker1": "w1"}
+SERVICE_MS = 25
+CONTAINERS = 2
+CAPACITY_RPS = CONTAINERS * 1000 / SERVICE_MS
+
+
+@pytest.fixture
+def net():
+    network = SSHTestNetwork()
+    try:
+        network.add_hosts(list(HOSTS.values()))
+        yield network
+    finally:
+        network.close()
+
+
+def write_config(path: Path, server, net: SSHTestNetwork) -> Path:
+    mapping = ", ".join(f'{name} = {{ address = "{net.hosts[h].address}", workdir = "{net.hosts[h].workdir}" }}'
+                        for name, h in HOSTS.items())
+    path.write_text("\n".join([
+        f'name = "{CLUSTER}"', 'provider = "aws"', "workers = 1", f"containers_per_worker = {CONTAINERS}",
+        'model = "overhead-test"', f"service_ms = {SERVICE_MS}", 'runtime = "process"',
+        "[aws]", 'region = "us-east-1"', f'endpoint_url = "{server.url}"', f'allowed_cidr = "{net.subnet}"',
+        'ssh_user = "root"', "ssh_timeout_s = 60", f"address_map = {{ {mapping} }}",
+        "[ssh]", f'python = "{sys.executable}"', "connect_timeout = 3", "reach_timeout = 20",
+    ]) + "\n")
+    return path
+
+
+def test_find_capacity_reports_dollars_per_million_from_the_cost_plan(moto, net, tmp_path):
+    config = write_config(tmp_path / "aws.toml", moto, net)
+    spec = build_spec(load_config(config))
+    state = new_state(spec)
+    make_provider().provision(spec, state, RecordingUI())  # the instances exist; the hosts take the cluster's key
+    public = paramiko.Ed25519Key.from_private_key_file(str(state.dir / KEY_FILE))
+    with open(net.authorized_keys, "a") as f:
+        f.write(f"{public.get_name()} {public.get_base64()} mlcluster-{CLUSTER}\n")
+    up = cli("up", "--config", str(config), "--yes")
+    assert up.returncode == 0, up.stderr[-3000:]
+    try:
+        out = tmp_path / "aws.json"
+        bench = cli("bench", "--name", CLUSTER, "--find-capacity", "--slo", f"p99<={4 * SERVICE_MS}ms",
+                    "--rate", "20", "--step-time", "6", "--json", str(out), timeout=600)
+        assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
+        data = json.loads(out.read_text())
+        capacity = data["capacity"]
+        hourly = plan(spec).hourly
+        assert hourly and capacity["hourly_usd"] == pytest.approx(hourly)
+        assert abs(capacity["capacity_rps"] - CAPACITY_RPS) <= 0.15 * CAPACITY_RPS, capacity
+        assert capacity["usd_per_million"] == pytest.approx(hourly / (capacity["capacity_rps"] * 3600) * 1e6)
+        assert f"{capacity['usd_per_million']:,.2f} per million" in bench.stdout
+        assert [h["host"] for h in data["setup"]["load_from"]] == ["orchestrator"]  # the aws host names
+
+        # compare: a second saved capacity (here the same cluster described as twice as big and dear)
+        other = dict(data, capacity=dict(capacity, capacity_rps=2 * capacity["capacity_rps"],
+                                         hourly_usd=2 * hourly, usd_per_million=capacity["usd_per_million"]),
+                     setup=dict(data["setup"], workers=2))
+        (tmp_path / "other.json").write_text(json.dumps(other))
+        compare = cli("bench", "compare", str(out), str(tmp_path / "other.json"))
+        assert compare.returncode == 0, compare.stderr
+        assert "$ per million requests" in compare.stdout and f"{capacity['capacity_rps']:g}" in compare.stdout
+        assert f"{2 * capacity['capacity_rps']:g}" in compare.stdout
+    finally:
+        down = cli("down", "--name", CLUSTER, "--yes")
+        assert down.returncode == 0, down.stderr[-3000:]
