@@ -40,9 +40,11 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
                              f"`mlcluster down --name {spec.name}` first, or pick another --name")
     new = state is None
     if state is not None and state.containers and _serving(state.spec) != _serving(spec):
-        raise MlclusterError(f"cluster {spec.name!r} already serves with backend {state.spec.backend} "
-                             f"(batch_max {state.spec.batch_max}, batch_wait_ms {state.spec.batch_wait_ms})",
-                             f"`mlcluster down --name {spec.name}` first to change how it serves")
+        # Refused, never recorded: its containers would go on serving what they serve (no rolling update yet).
+        raise MlclusterError(f"cluster {spec.name!r} already serves {state.spec.model} with backend "
+                             f"{state.spec.backend} (batch_max {state.spec.batch_max}, batch_wait_ms "
+                             f"{state.spec.batch_wait_ms})",
+                             f"`mlcluster down --name {spec.name}` first to change what or how it serves")
     if state is None:
         state = ClusterState(name=spec.name, provider=spec.provider, token=secrets.token_urlsafe(32))
     if not state.worker_token:  # also for a state written before workers had a credential
@@ -75,7 +77,9 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
 
 
 def _serving(spec: ClusterSpec) -> tuple:
-    return spec.backend, spec.batch_max, spec.batch_wait_ms
+    """What the containers serve and how: a change of any of it needs new containers."""
+    model = Path(spec.model).expanduser()
+    return (str(model.resolve()) if model.is_dir() else spec.model), spec.backend, spec.batch_max, spec.batch_wait_ms
 
 
 def container_capacity(spec: ClusterSpec) -> int:
