@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from mlcluster_contract import DEFAULT_MODEL, OVERHEAD_TEST
+
+from . import worker_code
 from .errors import MlclusterError
 from .state import ClusterSpec, home
 from .ui import QuietUI
 
-DEFAULT_MODEL = "distilbert-base-uncased"
-from mlcluster_worker.config import OVERHEAD_TEST  # one definition, shared with the worker (no torch import)
 HUB_HOST = "huggingface.co"
 
 
@@ -91,8 +92,7 @@ def resolve_model(model: str, ui: QuietUI) -> ResolvedModel:
     ui.warn(f"the Hugging Face hub cannot be reached: using an OFFLINE STAND-IN for {DEFAULT_MODEL} "
             f"(same architecture and compute cost, RANDOM WEIGHTS: its answers are meaningless) at {target}")
     with ui.step("writing the stand-in model (once)"):
-        from mlcluster_worker.make_model import make_model
-        make_model(target, size="base")
+        worker_code.make_model(target, size="base")
     return ResolvedModel(str(target), local=True, stand_in=True)
 
 
@@ -123,10 +123,9 @@ def served_model(spec: ClusterSpec, ui: QuietUI) -> str:
     if source is None:
         raise MlclusterError(f"model {spec.model!r} is not on this machine, so it cannot be exported for "
                              f"the {spec.backend} backend", "pass a local model directory, or --backend torch")
-    from mlcluster_worker.export import prepare_model
     with ui.step(f"preparing {source.name} for the {spec.backend} backend (exported once, then reused)"):
         try:
-            return str(prepare_model(source, spec.backend, exported_dir()))
+            return str(worker_code.prepare_model(source, spec.backend, exported_dir()))
         except Exception as exc:  # the exporter's and ONNX Runtime's errors are many; each gets one sentence
             raise MlclusterError(f"exporting {source} for the {spec.backend} backend failed: "
                                  f"{type(exc).__name__}: {exc}",
