@@ -9,20 +9,9 @@ import time
 from collections import Counter
 
 import pytest
-
 from mlcluster_orchestrator.containers import BUSY, DOWN, DRAINING, FREE, Container, Reservation, choose_container
 from mlcluster_orchestrator.scheduler import NoContainers, QueueFull, QueuePlace, Scheduler
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from support.clock import FakeClock
 
 
 @pytest.fixture
