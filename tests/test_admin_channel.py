@@ -13,7 +13,7 @@ import time
 
 import requests
 
-from support.console import mlcluster_in as cli
+from support.console import cli
 from support.sshcluster import cluster_config, host_network, ssh_marks
 from support.sshhosts import missing_facilities
 
@@ -53,19 +53,19 @@ def test_token_never_crosses_the_network_in_cleartext(net, tiny_model, tmp_path)
     config = cluster_config(home, net, tiny_model, ["w1"], name=CLUSTER)
     capture = Capture(net.bridge, tmp_path / "bridge.pcap")
     try:
-        up = cli(home, "up", "--provider", "ssh", "--config", str(config))
+        up = cli("up", "--provider", "ssh", "--config", str(config), home=home, check=False)
         assert up.returncode == 0, up.stderr[-3000:]
         state = json.loads((home / CLUSTER / "state.json").read_text())
         token, url = state["token"], state["orchestrator_url"]
         assert url.startswith(f"http://{net.hosts['orch'].address}:")  # a non-loopback link
-        status = cli(home, "status", "--name", CLUSTER, "--json")
+        status = cli("status", "--name", CLUSTER, "--json", home=home, check=False)
         assert status.returncode == 0, status.stderr
         assert {c["status"] for c in json.loads(status.stdout)["containers"]} == {"free"}
-        again = cli(home, "up", "--config", str(config))  # reconciles: no new registration needed
+        again = cli("up", "--config", str(config), home=home, check=False)  # reconciles: no new registration needed
         assert again.returncode == 0, again.stderr[-2000:]
         answer = requests.post(f"{url}/new_request", json={"text": "plain lab request"}, timeout=30)
         assert answer.status_code == 200 and answer.json()["container"]["id"].startswith("w1-")
-        down = cli(home, "down", "--name", CLUSTER, "--yes")
+        down = cli("down", "--name", CLUSTER, "--yes", home=home, check=False)
         assert down.returncode == 0, down.stderr[-2000:]
     finally:
         packets = capture.stop()

@@ -1,7 +1,6 @@
 """The `mlcluster` console script, run for real as a subprocess on loopback."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -13,9 +12,7 @@ from pathlib import Path
 import requests
 
 from mlcluster.providers.local.processes import find_marked, marker
-from support.console import MLCLUSTER, home_fixture, mlcluster, plain_bind_fails
-
-cli = functools.partial(mlcluster, check=True)  # a failing command fails the test, unless check=False
+from support.console import MLCLUSTER, cli, home_fixture, plain_bind_fails
 
 
 home = home_fixture("default", "lab", "other", "ctrlc")

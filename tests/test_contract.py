@@ -85,7 +85,8 @@ def test_every_build_context_carries_the_contract(tmp_path, kind, package, modul
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(context / "mlcluster_contract" / "__init__.py")
     dockerfile = (context / "Dockerfile").read_text()
-    assert f"cp -a /ctx/{package} /extras/app/" in dockerfile and "cp -a /ctx/mlcluster_contract /extras/app/" in dockerfile
+    assert f"cp -a /ctx/{package} /extras/app/" in dockerfile
+    assert "cp -a /ctx/mlcluster_contract /extras/app/" in dockerfile
 
 
 def test_the_source_the_ssh_runtime_uploads_carries_the_contract():
