@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
-import time
+import uuid
 
 import requests
 
 from support.console import cli
 from support.sshcluster import cluster_config, host_network, ssh_marks
 from support.sshhosts import missing_facilities
+from support.waiting import wait_for
 
 
 def _missing() -> str | None:
@@ -38,8 +40,13 @@ class Capture:
         line = self.proc.stderr.readline()  # "listening on ...": capturing from now on
         assert "listening on" in line, line
 
-    def stop(self) -> bytes:
-        time.sleep(0.5)  # the last packets' echoes
+    def stop(self, across: str) -> bytes:
+        """Everything captured. A datagram to `across` (an address beyond the
+        interface) goes last: once the file holds it, it holds all before it."""
+        marker = f"end of capture {uuid.uuid4()}".encode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            wait_for(lambda: udp.sendto(marker, (across, 9)) and marker in self.path.read_bytes(),
+                     "the capture to hold the last packets", timeout=10, interval=0.1)
         self.proc.terminate()
         self.proc.wait(timeout=10)
         return self.path.read_bytes()
@@ -68,7 +75,7 @@ def test_token_never_crosses_the_network_in_cleartext(net, tiny_model, tmp_path)
         down = cli("down", "--name", CLUSTER, "--yes", home=home, check=False)
         assert down.returncode == 0, down.stderr[-2000:]
     finally:
-        packets = capture.stop()
+        packets = capture.stop(net.hosts["orch"].address)
     assert b"plain lab request" in packets and b"POST /new_request" in packets  # the capture sees HTTP
     assert b"SSH-2.0-" in packets  # ... and the SSH connections the admin calls went through
     assert token.encode() not in packets

@@ -101,9 +101,9 @@ def test_a_taken_port_is_named(net, tmp_path):
     """Something else listens on w1's first worker port: `up` says so."""
     blocker = subprocess.Popen(["nsenter", f"--net=/run/netns/{net.hosts['w1'].namespace}", sys.executable, "-c",
                                 "import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 5000)); s.listen(); "
-                                "time.sleep(120)"])
+                                "print('listening', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1)
+        assert blocker.stdout.readline() == "listening\n"  # it holds the port now (or it died: "")
         config = tmp_path / "c.toml"
         config.write_text(toml_config(net, "overhead-test", ["w1"]).replace('name = "sshe2e"', 'name = "taken"'))
         result = cli("up", "--config", str(config), home=tmp_path, check=False)
