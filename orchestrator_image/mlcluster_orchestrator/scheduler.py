@@ -23,6 +23,7 @@ from typing import Callable, Deque, Optional, Sequence
 
 from .containers import Container, Reservation, choose_container
 
+
 class QueueFull(Exception):
     """The wait queue is at its limit; the caller should retry later."""
 
