@@ -30,9 +30,9 @@ import threading
 import time
 from pathlib import Path
 
-from mlcluster import services
+from mlcluster_contract import BACKENDS
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+from mlcluster import services
 
 
 def lab_text() -> str:

@@ -17,7 +17,7 @@ import typer
 from rich.live import Live
 from rich.markup import escape
 
-from . import __version__, cluster, security
+from . import __version__, cluster, security, worker_code
 from .bench.cli import bench_app
 from .config import build_spec, load_config
 from .errors import MlclusterError, UsageError
@@ -248,13 +248,12 @@ def make_model(
 ):
     """Write a DistilBERT classifier with RANDOM weights, for machines without the hub."""
     require_model_stack("make-model")
-    from mlcluster_worker.make_model import WARNING, make_model as write
     if size not in ("base", "tiny"):
         raise UsageError("--size must be base or tiny")
     with ui.step(f"writing a {size} DistilBERT classifier"):
-        path = write(out_dir, size)
+        path = worker_code.make_model(out_dir, size)
     out.print(str(path))
-    err.print(f"[bold red]{WARNING}[/]")
+    err.print(f"[bold red]{worker_code.random_weights_warning()}[/]")
 
 
 @app.command()

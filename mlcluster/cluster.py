@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import requests
+from mlcluster_contract import BATCH_DEFAULTS, OVERHEAD_TEST
 
 from . import apikeys, security
 from .deploy import watchdog
 from .errors import MlclusterError
-from .models import OVERHEAD_TEST, served_model
+from .models import served_model
 from .providers import get_provider
 from .providers.base import Provider
 from .state import (ApiKeyRecord, ClusterSpec, ClusterState, ContainerRecord, cluster_dir, home, remove_cluster_dir,
@@ -87,7 +88,6 @@ def container_capacity(spec: ClusterSpec) -> int:
     worker's own per-backend default unless `batch_max` is set)."""
     if spec.batch_max > 0:
         return spec.batch_max
-    from mlcluster_worker.config import BATCH_DEFAULTS
     return BATCH_DEFAULTS[OVERHEAD_TEST if spec.model == OVERHEAD_TEST else spec.backend].max_requests
 
 

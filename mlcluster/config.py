@@ -24,6 +24,11 @@ import difflib
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
+
 from .errors import MlclusterError, UsageError
 from .state import ClusterSpec
 

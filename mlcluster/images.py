@@ -6,7 +6,7 @@ Two kinds, `worker` and `orchestrator`, each built from its folder
 Interface (also used by the SSH runtime, which uploads contexts and builds on hosts):
 - `prepare_context(kind, dest_dir, *, wheelhouse=None, ca_bundle=None, model_dir=None) -> Path`
   writes a complete build context into `dest_dir` (emptied first) and returns it:
-  the image folder, plus `wheels/*.whl` (a local wheelhouse pip looks in first:
+  the image folder, plus `mlcluster_contract/` (the package both sides import), `wheels/*.whl` (a local wheelhouse pip looks in first:
   all wheels of `wheelhouse`, plus single files given as `wheels=`), `ca-certificates.crt` (the CA bundle pip trusts
   inside the build, never kept in the image) and, for the worker, `model/` (a
   model directory baked in at /model). The Dockerfiles find these by themselves:
@@ -33,6 +33,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
+
+import mlcluster_contract
 
 from .errors import MlclusterError
 from .state import home
@@ -93,6 +95,8 @@ def context_manifest(kind: str, *, wheelhouse: Optional[Path] = None, ca_bundle:
                      model_dir: Optional[Path] = None, wheels: Sequence[Path] = ()) -> dict[str, Path]:
     """What `prepare_context` would write, as {path in the context: source file}."""
     manifest = _walk(image_dir(kind))
+    # The contract both sides import (backend names, variables and defaults), beside the service's package.
+    manifest.update(_walk(Path(mlcluster_contract.__file__).resolve().parent, "mlcluster_contract/"))
     if wheelhouse is not None:
         folder = Path(wheelhouse).expanduser()
         if not folder.is_dir():

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from mlcluster_worker.config import OVERHEAD_TEST  # one definition, shared with the worker (no torch import)
+from mlcluster_contract import DEFAULT_MODEL, OVERHEAD_TEST
 
+from . import worker_code
 from .errors import MlclusterError, see_docs
 from .state import ClusterSpec, home
 from .ui import QuietUI
 
-DEFAULT_MODEL = "distilbert-base-uncased"
 HUB_HOST = "huggingface.co"
 VERBOSE_ENV = "MLCLUSTER_VERBOSE"
 
@@ -123,8 +123,7 @@ def resolve_model(model: str, ui: QuietUI) -> ResolvedModel:
             f"(same architecture and compute cost, RANDOM WEIGHTS: its answers are meaningless) at {target}")
     require_model_stack("writing the offline stand-in model")
     with ui.step("writing the stand-in model (once)"):
-        from mlcluster_worker.make_model import make_model
-        make_model(target, size="base")
+        worker_code.make_model(target, size="base")
     return ResolvedModel(str(target), local=True, stand_in=True)
 
 
@@ -155,10 +154,9 @@ def served_model(spec: ClusterSpec, ui: QuietUI) -> str:
     if source is None:
         raise MlclusterError(f"model {spec.model!r} is not on this machine, so it cannot be exported for "
                              f"the {spec.backend} backend", "pass a local model directory, or --backend torch")
-    from mlcluster_worker.export import prepare_model
     with ui.step(f"preparing {source.name} for the {spec.backend} backend (exported once, then reused)"):
         try:
-            return str(prepare_model(source, spec.backend, exported_dir()))
+            return str(worker_code.prepare_model(source, spec.backend, exported_dir()))
         except ModuleNotFoundError as exc:  # the base install, without [local], and no export cached
             raise MlclusterError(f"preparing {source.name} for the {spec.backend} backend needs {exc.name}, "
                                  "which is not installed here", LOCAL_EXTRA_HINT) from None

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
+from mlcluster_contract import BIND, ORCHESTRATOR_DEFAULTS, WORKER_DEFAULTS, env_vars
+
 if TYPE_CHECKING:
     from .state import ClusterSpec, ClusterState
 
@@ -51,24 +53,15 @@ def worker_env(*, model: str, port: int, token: str, host: str = "127.0.0.1", to
     directory (for an ONNX backend: one made by `prepare_model`), or
     `overhead-test` (no model: answers after `service_ms`). `token` is the
     credential /run_model's signatures are checked with (the cluster's worker token)."""
-    env = {
-        "MODEL": model,
-        "BIND": f"{host}:{port}",
-        "WORKER_TOKEN": token,
-        "BACKEND": backend,
-        "THREADS": str(torch_threads),
-        "TORCH_THREADS": str(torch_threads),
-        "OMP_NUM_THREADS": str(torch_threads),
-        "WORKER_ID": worker_id,
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # no progress bars in the logs
-    }
-    if batch_max > 0:
-        env["BATCH_MAX"] = str(batch_max)
-    if batch_wait_ms >= 0:
-        env["BATCH_WAIT_MS"] = str(batch_wait_ms)
-    if service_ms is not None:
-        env["SERVICE_TIME_MS"] = str(service_ms)
+    # The worker's own settings (names and defaults: mlcluster_contract.WORKER_DEFAULTS) ...
+    optional = {"BATCH_MAX": batch_max if batch_max > 0 else None,
+                "BATCH_WAIT_MS": batch_wait_ms if batch_wait_ms >= 0 else None, "SERVICE_TIME_MS": service_ms}
+    env = env_vars(WORKER_DEFAULTS, MODEL=model, WORKER_TOKEN=token, BACKEND=backend, THREADS=torch_threads,
+                   TORCH_THREADS=torch_threads, WORKER_ID=worker_id,
+                   **{key: value for key, value in optional.items() if value is not None})
+    # ... then where it listens, and its libraries' settings.
+    env.update({BIND: f"{host}:{port}", "OMP_NUM_THREADS": str(torch_threads), "TOKENIZERS_PARALLELISM": "false",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1"})  # no progress bars in the logs
     if marker:
         env[MARKER_VAR] = marker
     return env
@@ -88,17 +81,11 @@ def orchestrator_env(*, port: int, token: str, host: str = "127.0.0.1", queue_li
     every /run_model (mlcluster_orchestrator/signing.py); it is never sent. `admin_bind`
     ("127.0.0.1:PORT"; in a container "0.0.0.0:PORT", published on the host's
     loopback only) is where the admin endpoints are served, and then only there."""
-    env = {
-        "BIND": f"{host}:{port}",
-        "ORCH_TOKEN": token,
-        "ORCH_WORKER_TOKEN": worker_token,
-        "ORCH_QUEUE_LIMIT": str(queue_limit),
-        "ORCH_QUEUE_TIMEOUT_S": str(queue_timeout_s),
-        "ORCH_STATUS_FILE": status_file,
-        "ORCH_HEALTH_INTERVAL_S": str(health_interval_s),
-    }
-    if admin_bind:
-        env["ORCH_ADMIN_BIND"] = admin_bind
+    admin = {"ORCH_ADMIN_BIND": admin_bind} if admin_bind else {}
+    env = {BIND: f"{host}:{port}",  # names and defaults of the rest: mlcluster_contract.ORCHESTRATOR_DEFAULTS
+           **env_vars(ORCHESTRATOR_DEFAULTS, ORCH_TOKEN=token, ORCH_WORKER_TOKEN=worker_token,
+                      ORCH_QUEUE_LIMIT=queue_limit, ORCH_QUEUE_TIMEOUT_S=queue_timeout_s,
+                      ORCH_STATUS_FILE=status_file, ORCH_HEALTH_INTERVAL_S=health_interval_s, **admin)}
     if marker:
         env[MARKER_VAR] = marker
     return env

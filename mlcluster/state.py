@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from mlcluster_contract import BACKENDS, DEFAULT_MODEL
+
 from .durations import seconds_or_none
 from .errors import ClusterNotFound, MlclusterError
 from .resources import Resources
@@ -25,7 +27,7 @@ from .resources import Resources
 # What serves the model. onnx (ONNX Runtime fp32) is the default: faster than
 # torch with the same labels; onnx-int8 is faster still but changed 4.5 % of the
 # labels on the agreement guard, so it is asked for, not given (README, "Inference").
-BACKENDS = ("torch", "onnx", "onnx-int8")
+# BACKENDS (their names) are the contract the images share: mlcluster_contract.
 DEFAULT_BACKEND = "onnx"
 # Where machines come from (the registry in mlcluster/providers maps each to its implementation).
 PROVIDERS = ("local", "ssh", "aws")
@@ -58,7 +60,7 @@ class ClusterSpec:
                                             # Docker only when asked; ssh: the [ssh] table's, else docker)
     workers: int = 4                        # machines (the local provider simulates them)
     containers_per_worker: int = 2
-    model: str = "distilbert-base-uncased"  # hub id, local directory, or overhead-test
+    model: str = DEFAULT_MODEL              # hub id, local directory, or overhead-test
     backend: str = DEFAULT_BACKEND          # torch | onnx | onnx-int8 (see BACKENDS and the README)
     batch_max: int = 0                      # requests per forward pass (0: the backend's measured default)
     batch_wait_ms: float = -1.0             # how long a batch waits to fill (< 0: the backend's default)

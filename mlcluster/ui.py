@@ -10,7 +10,7 @@ import contextlib
 import os
 import threading
 import time
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -50,15 +50,21 @@ class LineProgress:
     """Progress where no terminal shows a live bar (a pipe, a log, CI): a line
     when a task starts or is renamed, and every `interval` s a line per
     unfinished task, so a long wait is never silent. The subset of
-    rich.progress.Progress that `Step` uses."""
+    rich.progress.Progress that `Step` uses.
 
-    def __init__(self, console: Console, interval: float):
-        self.console, self.interval = console, interval
+    Time is `clock()`'s (seconds; time.monotonic unless a test passes its own):
+    the heartbeat thread looks at it every interval/10 (at most 0.5 s) and
+    writes the lines that are due."""
+
+    def __init__(self, console: Console, interval: float, clock: Callable[[], float] = time.monotonic):
+        self.console, self.interval, self.clock = console, interval, clock
         self._tasks: dict[int, list] = {}   # id -> [description, completed, total, started]
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="progress")
+        self._look_every = min(0.5, max(0.01, interval / 10))
 
     def __enter__(self) -> "LineProgress":
+        self._due = self.clock() + self.interval
         self._thread.start()
         return self
 
@@ -72,7 +78,7 @@ class LineProgress:
     def add_task(self, description: str, total: Optional[int] = None) -> int:
         with self._lock:
             task = len(self._tasks)
-            self._tasks[task] = [description, 0, total, time.monotonic()]
+            self._tasks[task] = [description, 0, total, self.clock()]
         self._line(description, None)
         return task
 
@@ -88,14 +94,17 @@ class LineProgress:
             self._line(description, entry[3])
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(self._look_every):
+            if self.clock() < self._due:
+                continue
+            self._due += self.interval
             with self._lock:
                 pending = [list(t) for t in self._tasks.values() if t[2] is None or t[1] < t[2]]
             for description, completed, total, started in pending:
                 self._line(description + (f" {completed}/{total}" if total is not None else ""), started)
 
     def _line(self, text: str, started: Optional[float]) -> None:
-        elapsed = f" ({time.monotonic() - started:.0f} s)" if started is not None else ""
+        elapsed = f" ({self.clock() - started:.0f} s)" if started is not None else ""
         self.console.print(f"{text}{elapsed}", highlight=False, soft_wrap=True)
 
 
@@ -112,9 +121,11 @@ class RichUI(QuietUI):
     data a command prints, tables included. Messages are plain text (a
     `[ssh]` in one is a table's name, not markup)."""
 
-    def __init__(self, console: Optional[Console] = None, out: Optional[Console] = None):
+    def __init__(self, console: Optional[Console] = None, out: Optional[Console] = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.console = console or Console(stderr=True)
         self.out = out or Console()
+        self.clock = clock  # the progress lines' time (a test's fake clock)
 
     def info(self, message: str) -> None:
         self.console.print(escape(message))
@@ -124,7 +135,7 @@ class RichUI(QuietUI):
 
     def _progress(self, *columns) -> "Progress | LineProgress":
         if not self.console.is_terminal:
-            return LineProgress(self.console, progress_interval())
+            return LineProgress(self.console, progress_interval(), self.clock)
         return Progress(SpinnerColumn(), TextColumn("{task.description}"), *columns, TimeElapsedColumn(),
                         console=self.console)
 

@@ -5,6 +5,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 
+from support.serving import Cluster
+
 # Shared fixtures (moto's server); the helpers are imported from `support.*` by name.
 pytest_plugins = ["support.moto"]
 
@@ -14,6 +16,16 @@ def tiny_model(tmp_path_factory) -> str:
     """A tiny DistilBERT classifier (dim 32, 2 layers) with the real tokenizer."""
     from mlcluster_worker.make_model import make_model
     return str(make_model(tmp_path_factory.mktemp("models") / "tiny-distilbert", size="tiny"))
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Real worker and orchestrator processes on loopback (support.serving.Cluster:
+    nothing started yet), stopped after the test. Modules that share one
+    cluster started once define their own `cluster`."""
+    c = Cluster(tmp_path)
+    yield c
+    c.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
-import time
+import uuid
 
 import requests
 
-from support.console import mlcluster_in as cli
+from support.console import cli
 from support.sshcluster import cluster_config, host_network, ssh_marks
 from support.sshhosts import missing_facilities
+from support.waiting import wait_for
 
 
 def _missing() -> str | None:
@@ -38,8 +40,13 @@ class Capture:
         line = self.proc.stderr.readline()  # "listening on ...": capturing from now on
         assert "listening on" in line, line
 
-    def stop(self) -> bytes:
-        time.sleep(0.5)  # the last packets' echoes
+    def stop(self, across: str) -> bytes:
+        """Everything captured. A datagram to `across` (an address beyond the
+        interface) goes last: once the file holds it, it holds all before it."""
+        marker = f"end of capture {uuid.uuid4()}".encode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            wait_for(lambda: udp.sendto(marker, (across, 9)) and marker in self.path.read_bytes(),
+                     "the capture to hold the last packets", timeout=10, interval=0.1)
         self.proc.terminate()
         self.proc.wait(timeout=10)
         return self.path.read_bytes()
@@ -53,22 +60,22 @@ def test_token_never_crosses_the_network_in_cleartext(net, tiny_model, tmp_path)
     config = cluster_config(home, net, tiny_model, ["w1"], name=CLUSTER)
     capture = Capture(net.bridge, tmp_path / "bridge.pcap")
     try:
-        up = cli(home, "up", "--provider", "ssh", "--config", str(config))
+        up = cli("up", "--provider", "ssh", "--config", str(config), home=home, check=False)
         assert up.returncode == 0, up.stderr[-3000:]
         state = json.loads((home / CLUSTER / "state.json").read_text())
         token, url = state["token"], state["orchestrator_url"]
         assert url.startswith(f"http://{net.hosts['orch'].address}:")  # a non-loopback link
-        status = cli(home, "status", "--name", CLUSTER, "--json")
+        status = cli("status", "--name", CLUSTER, "--json", home=home, check=False)
         assert status.returncode == 0, status.stderr
         assert {c["status"] for c in json.loads(status.stdout)["containers"]} == {"free"}
-        again = cli(home, "up", "--config", str(config))  # reconciles: no new registration needed
+        again = cli("up", "--config", str(config), home=home, check=False)  # reconciles: no new registration needed
         assert again.returncode == 0, again.stderr[-2000:]
         answer = requests.post(f"{url}/new_request", json={"text": "plain lab request"}, timeout=30)
         assert answer.status_code == 200 and answer.json()["container"]["id"].startswith("w1-")
-        down = cli(home, "down", "--name", CLUSTER, "--yes")
+        down = cli("down", "--name", CLUSTER, "--yes", home=home, check=False)
         assert down.returncode == 0, down.stderr[-2000:]
     finally:
-        packets = capture.stop()
+        packets = capture.stop(net.hosts["orch"].address)
     assert b"plain lab request" in packets and b"POST /new_request" in packets  # the capture sees HTTP
     assert b"SSH-2.0-" in packets  # ... and the SSH connections the admin calls went through
     assert token.encode() not in packets

@@ -4,7 +4,6 @@ token; a local cluster registers its containers through it; it is bound to
 127.0.0.1 only. Real orchestrator processes and a real local cluster."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
@@ -15,10 +14,9 @@ import pytest
 import requests
 
 from mlcluster.deploy.localhost import find_marked, marker, terminate
-from support.console import mlcluster
+from support.console import cli, home_fixture
 from support.services import free_port, start_orchestrator
 
-cli = functools.partial(mlcluster, check=True)
 TOKEN = "admin-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BODY = {"containers": [{"id": "probe-1", "host": "127.0.0.1", "port": 9, "capacity": 1}]}
@@ -104,11 +102,7 @@ def test_admin_listener_is_bound_to_loopback_only(orchestrator):
     assert refused(global_address(), port)
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
-    yield tmp_path / "home"
-    terminate(set(find_marked(marker("adminlocal"))), grace_s=5)
+home = home_fixture("adminlocal")
 
 
 def test_local_cluster_registers_through_its_admin_listener(home, tiny_model):

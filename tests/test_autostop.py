@@ -3,7 +3,6 @@ in), and the real watchdog script against a real local cluster: it stops the
 cluster after a test-sized idle time, and not while requests flow."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -20,9 +19,7 @@ from mlcluster.durations import parse_duration
 from mlcluster.errors import MlclusterError
 from mlcluster.deploy.localhost import find_marked, marker
 from mlcluster.deploy.agent import IdleClock
-from support.console import MLCLUSTER, Trickle, home_fixture, kill_marked, mlcluster
-
-cli = functools.partial(mlcluster, check=True)
+from support.console import MLCLUSTER, Trickle, cli, home_fixture, kill_marked
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("8h", 28800), ("1d", 86400),
@@ -87,11 +84,11 @@ def test_idle_clock_lifetime_wins_even_while_busy():
 
 
 def test_up_refuses_a_bad_autostop_in_flags_and_config(tmp_path):
-    result = mlcluster("up", "--autostop", "soon", home=tmp_path)
+    result = cli("up", "--autostop", "soon", home=tmp_path, check=False)
     assert result.returncode != 0 and "'soon' is not a duration" in result.stderr and "Traceback" not in result.stderr
     config = tmp_path / "c.toml"
     config.write_text('max_lifetime = "8 hours"\n')
-    result = mlcluster("up", "--config", str(config), home=tmp_path)
+    result = cli("up", "--config", str(config), home=tmp_path, check=False)
     assert result.returncode != 0 and "max_lifetime '8 hours' is not a duration" in result.stderr
 
 
@@ -130,7 +127,7 @@ def test_watchdog_stops_an_idle_cluster_but_not_one_serving(home, tiny_model, tm
     fired = json.loads(record.read_text())
     assert fired["reason"] == "autostop" and fired["stopped_at"] >= load_ended + idle_s - 1.0
     assert "autostop" in output and find_marked(marker("idle")) == []
-    assert mlcluster("status", "--name", "idle").returncode != 0  # the cluster is gone
+    assert cli("status", "--name", "idle", check=False).returncode != 0  # the cluster is gone
 
 
 def test_watchdog_ends_the_lifetime_even_under_load(home, tiny_model, tmp_path):
@@ -203,7 +200,7 @@ def test_local_cluster_stops_itself_once_idle_but_not_while_serving(lhome, tiny_
     assert find_marked(marker("localidle")) == []  # every process stopped, the watchdog too
     fired = json.loads(record.read_text())
     assert fired["reason"] == "autostop" and fired["stopped_at"] >= load_ended + idle_s - 1.0
-    status = mlcluster("status", "--name", "localidle")
+    status = cli("status", "--name", "localidle", check=False)
     assert status.returncode == 1 and "stopped itself (autostop at " in status.stderr, status.stderr
     down = cli("down", "--name", "localidle", "--yes")
     assert "localidle" not in cli("list").stdout and not (lhome / "localidle").exists(), down.stdout

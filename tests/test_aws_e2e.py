@@ -15,8 +15,9 @@ import paramiko
 import pytest
 
 from support.aws import RecordingUI, make_provider, new_state
-from support.console import mlcluster as cli
+from support.console import cli
 from support.moto import nothing_tagged, tagged
+from support.sshcluster import host_network
 from mlcluster.providers.aws.hosts import wait_for_ssh
 from mlcluster.config import build_spec, load_config
 from mlcluster.errors import MlclusterError
@@ -31,14 +32,7 @@ CLUSTER = "awse2e"
 HOSTS = {"orchestrator": "orch", "worker1": "w1", "worker2": "w2"}
 
 
-@pytest.fixture
-def net():
-    network = SSHTestNetwork()
-    try:
-        network.add_hosts(list(HOSTS.values()))
-        yield network
-    finally:
-        network.close()  # also ends every service started over SSH on the hosts
+net = host_network(*HOSTS.values(), scope="function")  # each test changes its hosts
 
 
 def write_config(path: Path, server, net: SSHTestNetwork, model: str) -> Path:
@@ -66,14 +60,14 @@ def test_up_status_bench_logs_down(moto, net, tiny_model, tmp_path):
         f.write(f"{public.get_name()} {public.get_base64()} mlcluster-{CLUSTER}\n")
     launched = moto.faults.count("RunInstances")
 
-    up = cli("up", "--config", str(config), "--yes")
+    up = cli("up", "--config", str(config), "--yes", check=False)
     assert up.returncode == 0, up.stderr[-3000:]
     assert "estimate" in up.stderr and "m4.large" in up.stderr
     assert moto.faults.count("RunInstances") == launched  # resumed: nothing new in EC2
     orchestrator = net.hosts["orch"].address
     assert f"http://{orchestrator}:8000" in up.stdout
 
-    status = cli("status", "--name", CLUSTER, "--json")
+    status = cli("status", "--name", CLUSTER, "--json", check=False)
     assert status.returncode == 0, status.stderr
     rows = {c["id"]: c for c in json.loads(status.stdout)["containers"]}
     assert sorted(rows) == ["worker1-1", "worker2-1"]
@@ -85,15 +79,16 @@ def test_up_status_bench_logs_down(moto, net, tiny_model, tmp_path):
         assert row["zone"].startswith("us-east-1") and row["instance_state"] == "running"
 
     result_file = tmp_path / "bench.json"
-    bench = cli("bench", "--name", CLUSTER, "--requests", "40", "--concurrency", "4", "--json", str(result_file))
+    bench = cli("bench", "--name", CLUSTER, "--requests", "40", "--concurrency", "4", "--json", str(result_file),
+                check=False)
     assert bench.returncode == 0, bench.stderr[-3000:]
     figures = json.loads(result_file.read_text())
     assert (figures["requests"], figures["ok"], figures["errors"]) == (40, 40, 0)
 
-    logs = cli("logs", "--name", CLUSTER, "worker2-1", "--tail", "20")
+    logs = cli("logs", "--name", CLUSTER, "worker2-1", "--tail", "20", check=False)
     assert logs.returncode == 0 and "Listening at" in logs.stdout, logs.stderr
 
-    down = cli("down", "--name", CLUSTER, "--yes")
+    down = cli("down", "--name", CLUSTER, "--yes", check=False)
     assert down.returncode == 0, down.stderr[-3000:]
     assert nothing_tagged(moto, CLUSTER)
     assert not state.dir.exists()

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from support.services import Service, free_port
+from support.waiting import wait_for
 from mlcluster.bench import engine as compiled
 from mlcluster.bench.load import LoadStep, Target, start_run
 from mlcluster.errors import MlclusterError
@@ -51,6 +52,11 @@ def engine(request, monkeypatch):
 def counts(url: str) -> dict:
     """The endpoint's counts since the last call (and zero them)."""
     return requests.get(url + "/counts?reset=1", timeout=5).json()
+
+
+def arrived(url: str) -> int:
+    """How many requests reached the endpoint since the counts were last zeroed (zeroing nothing)."""
+    return requests.get(url + "/counts", timeout=5).json()["requests"]
 
 
 def bodies(*texts: str) -> list[bytes]:
@@ -151,8 +157,9 @@ def test_nothing_listening_is_a_connection_error_per_request(engine):
 def test_stop_sends_nothing_new_and_waits_for_what_is_in_flight(endpoint, engine):
     target, recorder = Target(endpoint), Recorder()
     try:
+        counts(endpoint)
         load = start_run(target, bodies("sleep:200"), LoadStep(concurrency=5, duration_s=60), recorder, now_ns())
-        time.sleep(0.5)
+        wait_for(lambda: arrived(endpoint) >= 5, "the first 5 requests in flight", timeout=10, interval=0.01)
         load.stop()
         assert load.join(5)
         assert len(recorder) == load.sent and all(r.ok for r in recorder.records())
@@ -196,8 +203,9 @@ def test_an_answer_ended_by_its_close_is_read_whole_by_the_compiled_engine(endpo
 
 def test_closing_the_target_ends_a_run_that_hangs(endpoint, engine):
     target, recorder = Target(endpoint), Recorder()
+    counts(endpoint)
     load = start_run(target, bodies("hang"), LoadStep(concurrency=4, duration_s=60), recorder, now_ns())
-    time.sleep(0.3)
+    wait_for(lambda: arrived(endpoint) >= 4, "4 requests hanging at the endpoint", timeout=10, interval=0.01)
     started = time.monotonic()
     target.close()
     assert load.join(5) and time.monotonic() - started < 3

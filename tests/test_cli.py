@@ -1,7 +1,6 @@
 """The `mlcluster` console script, run for real as a subprocess on loopback."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -13,9 +12,8 @@ from pathlib import Path
 import requests
 
 from mlcluster.deploy.localhost import find_marked, marker
-from support.console import MLCLUSTER, home_fixture, mlcluster, plain_bind_fails
-
-cli = functools.partial(mlcluster, check=True)  # a failing command fails the test, unless check=False
+from support.console import MLCLUSTER, cli, home_fixture, plain_bind_fails
+from support.waiting import wait_for
 
 
 home = home_fixture("default", "lab", "other", "ctrlc")
@@ -182,12 +180,21 @@ def test_person_made_errors_get_one_sentence(home, tiny_model, tmp_path):
     assert find_marked(marker("lab")) == []
 
 
+
+def refused(url: str) -> bool:
+    """Nothing listens at `url` any more."""
+    try:
+        requests.get(url + "/health_check", timeout=2)
+    except requests.ConnectionError:
+        return True
+    return False
+
 def test_bench_without_a_running_cluster(home, tiny_model):
     cli(*up_args(tiny_model, workers=1, per=1))
     state = json.loads((home / "lab" / "state.json").read_text())
     orchestrator = next(p for p in state["resources"]["processes"] if p["id"] == "orchestrator")
     os.killpg(orchestrator["pid"], signal.SIGKILL)
-    time.sleep(0.5)
+    wait_for(lambda: refused(state["orchestrator_url"]), "the killed orchestrator's port to refuse")
     assert_clean_error(cli("bench", "--name", "lab", "--requests", "5", check=False), "not answering")
     assert_clean_error(cli("status", "--name", "lab", check=False), "not answering")
     cli("down", "--name", "lab", "--yes")

@@ -13,17 +13,14 @@ from rich.console import Console
 from mlcluster import __version__
 from mlcluster.output import status_table
 from mlcluster.state import ClusterState
-from support.console import mlcluster
+from support.console import cli, home_fixture
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+home = home_fixture()
 
 
 def usage_error(*args: str, home=None) -> str:
-    result = mlcluster(*args, home=home)
+    result = cli(*args, home=home, check=False)
     assert result.returncode == 2, (args, result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
     return " ".join(result.stderr.split())
@@ -31,14 +28,14 @@ def usage_error(*args: str, home=None) -> str:
 
 def test_version_help_and_completion():
     for flag in ("--version", "-V"):
-        result = mlcluster(flag, check=True)
+        result = cli(flag)
         assert result.stdout.strip() == f"mlcluster {__version__}"
-    assert "--workers" in mlcluster("up", "-h", check=True).stdout
-    assert "down" in mlcluster("-h", check=True).stdout
+    assert "--workers" in cli("up", "-h").stdout
+    assert "down" in cli("-h").stdout
     # Typer's completion: what bash would get for `mlcluster do<TAB>`.
     env = dict(os.environ, _MLCLUSTER_COMPLETE="complete_bash", COMP_WORDS="mlcluster do", COMP_CWORD="1")
-    assert "down" in mlcluster(env=env, check=True).stdout.split()
-    assert "_MLCLUSTER_COMPLETE" in mlcluster("--show-completion", "bash", check=True).stdout
+    assert "down" in cli(env=env).stdout.split()
+    assert "_MLCLUSTER_COMPLETE" in cli("--show-completion", "bash").stdout
 
 
 def test_usage_errors_exit_2_bad_values_and_conflicts_included(home, tmp_path):
@@ -69,11 +66,11 @@ def test_config_typos_are_refused_by_name_in_every_table(home, tmp_path, text, w
 
 
 def test_list_has_a_header_and_says_when_it_is_empty(home):
-    empty = mlcluster("list", home=home, check=True)
+    empty = cli("list", home=home)
     assert empty.stdout == "" and "no clusters are known" in empty.stderr
-    assert json.loads(mlcluster("list", "--json", home=home, check=True).stdout) == []
+    assert json.loads(cli("list", "--json", home=home).stdout) == []
     ClusterState(name="lab", provider="ssh", token="t", orchestrator_url="http://10.0.0.1:8000").save()
-    lines = mlcluster("list", home=home, check=True).stdout.splitlines()
+    lines = cli("list", home=home).stdout.splitlines()
     assert lines[0].split() == ["name", "provider", "containers", "orchestrator"]
     assert lines[1].split() == ["lab", "ssh", "0", "http://10.0.0.1:8000"]
 
@@ -96,5 +93,5 @@ def test_status_tables_keep_every_header_whole_at_80_columns():
 
 
 def test_writing_a_model_shows_no_library_progress_bar(tmp_path):
-    result = mlcluster("make-model", str(tmp_path / "m"), "--size", "tiny", check=True)
+    result = cli("make-model", str(tmp_path / "m"), "--size", "tiny")
     assert "it/s" not in result.stderr and "%|" not in result.stderr, result.stderr

@@ -8,7 +8,6 @@ them. Skipped only where no Docker engine answers.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import json
 import os
 import shutil
@@ -24,9 +23,8 @@ from mlcluster.errors import MlclusterError
 from mlcluster.deploy.local_docker import L_CLUSTER, L_PROVIDER, LocalDockerRuntime, connect
 from mlcluster.state import ClusterSpec, ClusterState
 from mlcluster.ui import QuietUI
-from support.console import mlcluster
+from support.console import cli
 
-cli = functools.partial(mlcluster, check=True, timeout=600)
 
 pytestmark = pytest.mark.docker
 NAME = f"dockertest-{os.getpid()}"  # two runs on one engine must not meet
@@ -297,7 +295,7 @@ def test_cli_up_logs_down_with_the_docker_runtime(engine, built, tiny_model, tmp
     name = f"{NAME}-cli"
     try:
         cli("up", "--name", name, "--runtime", "docker", "--workers", "1", "--containers-per-worker", "1",
-            "--model", str(model), "--backend", "torch", env=env)
+            "--model", str(model), "--backend", "torch", env=env, timeout=600)
         url = json.loads(cli("status", "--name", name, "--json", env=env).stdout)["orchestrator_url"]
         assert classify(url, "from the command line")["result"]["backend"] == "torch"
         assert "Listening at" in cli("logs", "--name", name, env=env).stdout
@@ -316,7 +314,7 @@ def test_cli_onnx_int8_serves_from_the_torch_free_image(engine, built, tiny_mode
     name = f"{NAME}-onnx"
     try:
         up = cli("up", "--name", name, "--runtime", "docker", "--workers", "1", "--containers-per-worker", "1",
-                 "--model", tiny_model, "--backend", "onnx-int8", env=env)
+                 "--model", tiny_model, "--backend", "onnx-int8", env=env, timeout=600)
         assert "onnx-int8 backend" in up.stdout
         url = json.loads(cli("status", "--name", name, "--json", env=env).stdout)["orchestrator_url"]
         assert classify(url, "served without torch")["result"]["backend"] == "onnx-int8"

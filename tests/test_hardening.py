@@ -3,7 +3,6 @@ service keeps its port although its old connections linger in TIME-WAIT.
 Real sockets and a real local cluster started by the console script."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -14,9 +13,8 @@ from pathlib import Path
 import requests
 
 from mlcluster.deploy.localhost import find_marked, marker, port_free
-from support.console import home_fixture, mlcluster, plain_bind_fails
+from support.console import cli, home_fixture, plain_bind_fails
 
-cli = functools.partial(mlcluster, check=True)
 SECRET = "wJalrXUtnFEMI-not-a-real-secret-K7MDENG"
 
 

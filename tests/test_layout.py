@@ -1,6 +1,9 @@
-"""The package's shape: no import circle inside mlcluster/, an interface that
-knows no provider, local commands that never load the cloud or SSH clients,
-and files small enough to read."""
+"""The packages' shape: no import circle in any of them (every import counts:
+module level, inside functions, under TYPE_CHECKING); no private name taken
+from another module; providers that never import each other; an interface that
+knows no provider; local commands that never load the cloud or SSH clients;
+the contract the CLI shares with the images kept standard-library only; and
+files small enough to read."""
 from __future__ import annotations
 
 import ast
@@ -8,100 +11,122 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "mlcluster"
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from support.importgraph import (
+    PACKAGES,
+    ROOT,
+    Import,
+    all_cycles,
+    all_imports,
+    find_cycle,
+    import_graph,
+    project_files,
+    provider_of,
+)
+
 MAX_LINES = 400
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
-
-def _runtime_nodes(tree: ast.AST):
-    """Every node, except those under `if TYPE_CHECKING:` (never run)."""
-    for child in ast.iter_child_nodes(tree):
-        if isinstance(child, ast.If) and getattr(child.test, "id", getattr(child.test, "attr", "")) == "TYPE_CHECKING":
-            yield from (n for orelse in child.orelse for n in [orelse, *_runtime_nodes(orelse)])
-            continue
-        yield child
-        yield from _runtime_nodes(child)
-
-
-def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """The mlcluster modules `path` imports, at any depth of its code
-    (function-level imports count: a circle through them is still a circle)."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
-        targets: list[str] = []
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
-        for target in targets:
-            # the longest known module the target names (`from . import x` may name a module or a value)
-            while target and target not in modules:
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                found.add(target)
+@pytest.fixture(scope="module")
+def imports() -> list[Import]:
+    files = project_files()
+    assert {m.split(".")[0] for m in files} == set(PACKAGES), "some package's files were not found"
+    found = all_imports()
+    assert {i.importer.split(".")[0] for i in found} >= set(PACKAGES) - {"mlcluster_contract"}
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    modules = set(files)
-    return {name: imports_of(path, modules) for name, path in files.items()}
+def private_imports(imports: list[Import], compiled: set[str]) -> set[tuple[str, str]]:
+    """`_name`s taken from another module. A private submodule imported from
+    inside its own package (a compiled half such as bench/_engine) is the
+    package's own business."""
+    found = set()
+    for imp in imports:
+        if not imp.private:
+            continue
+        target = f"{imp.module}.{imp.name}" if not imp.module.endswith("." + imp.name) else imp.module
+        if target in compiled or imp.module.endswith("." + imp.name):  # the name is a module
+            if target.rpartition(".")[0] in (imp.importer, imp.importer.rpartition(".")[0]):
+                continue
+        found.add((imp.importer, target))
+    return found
 
 
-def find_cycle(graph: dict[str, set[str]]) -> list[str]:
-    """One import circle as a list of modules, or [] when the graph has none.
-    A package's own __init__ importing a submodule is not a circle with it."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
+def compiled_modules() -> set[str]:
+    """The C extension modules pyproject.toml builds (they have no .py to read)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return {ext["name"] for ext in pyproject["tool"]["setuptools"].get("ext-modules", [])}
 
-    def visit(node: str) -> list[str]:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(graph.get(node, ())):
-            if node.startswith(nxt + "."):
-                continue  # a module's import of its parent package: Python runs the parent first
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
-            if nxt not in state and (cycle := visit(nxt)):
-                return cycle
-        stack.pop()
-        state[node] = 2
-        return []
 
-    for start in sorted(graph):
-        if start not in state and (cycle := visit(start)):
-            return cycle
-    return []
+def provider_crossings(imports: list[Import]) -> set[tuple[str, str]]:
+    return {(i.importer, i.module) for i in imports
+            if provider_of(i.importer) and provider_of(i.module) and provider_of(i.importer) != provider_of(i.module)}
 
 
 def test_the_cycle_finder_finds_a_circle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    assert all_cycles({"a": {"b"}, "b": {"a", "c"}, "c": {"b"}}) == [["a", "b", "a"], ["b", "c", "b"]]
 
 
-def test_no_import_circle_inside_mlcluster():
-    graph = import_graph()
-    assert "mlcluster.providers.aws.provider" in graph and graph["mlcluster.cli"], "the graph was not built"
-    assert find_cycle(graph) == []
+def test_every_kind_of_import_is_counted(tmp_path):
+    """A function-level import and one under TYPE_CHECKING are edges like any other."""
+    from support.importgraph import imports_in
+    (tmp_path / "m.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from a import b\n"
+                                   "def f():\n    import c\n    from .d import _e\n")
+    found = imports_in("pkg.m", tmp_path / "m.py", {"a", "a.b", "c", "pkg", "pkg.d"})
+    assert [(i.module, i.name) for i in found] == [("a.b", "b"), ("c", ""), ("pkg.d", "_e")]
+    assert private_imports(found, set()) == {("pkg.m", "pkg.d._e")}
 
 
-def test_the_provider_interface_imports_no_provider():
-    imported = import_graph()["mlcluster.providers.base"]
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_no_import_circle_in_any_package(imports, package):
+    graph = import_graph(imports)
+    assert any(m.split(".")[0] == package for m in graph), "the graph was not built"
+    assert "mlcluster.providers.aws.provider" in graph and graph["mlcluster.cli"] and graph["mlcluster_worker.app"]
+    assert graph["mlcluster.deploy.remote"], "the graph was not built"
+    cycles = all_cycles(graph, ignored_edges=set())
+    assert [c for c in cycles if c[0].split(".")[0] == package] == []
+
+
+def test_no_private_name_is_imported_from_another_module(imports):
+    assert private_imports(imports, compiled_modules()) == set()
+
+
+def test_providers_never_import_each_other(imports):
+    assert provider_crossings(imports) == set()
+
+
+def test_the_contract_is_standard_library_only():
+    """The images install it as it is: it may import nothing outside the standard library."""
+    path = ROOT / "contract" / "mlcluster_contract" / "__init__.py"
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            imported.add(node.module.split(".")[0])
+    assert imported and imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+
+
+def test_only_the_adapter_imports_the_worker_from_the_cli(imports):
+    """The CLI takes the contract from mlcluster_contract; it runs worker code
+    (making and exporting models) through mlcluster/worker_code.py only."""
+    importers = {i.importer for i in imports if i.module.startswith("mlcluster_worker")
+                 and i.importer.startswith("mlcluster.")}
+    assert importers == {"mlcluster.worker_code"}
+
+
+def test_the_provider_interface_imports_no_provider(imports):
+    imported = import_graph(imports)["mlcluster.providers.base"]
     providers = {m for m in imported if m.startswith("mlcluster.providers.") and m != "mlcluster.providers"}
     assert imported and not providers, providers
 
@@ -144,7 +169,8 @@ def test_the_aws_provider_does_load_boto3():
     assert result.stdout.strip() == "True"
 
 
-@pytest.mark.parametrize("folder", ["mlcluster", "tests", "benchmarks"])
+@pytest.mark.parametrize("folder", ["mlcluster", "contract", "worker_image", "orchestrator_image", "tests",
+                                    "benchmarks"])
 def test_no_file_over_400_lines(folder):
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / folder).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}

@@ -10,7 +10,7 @@ import socket
 import pytest
 import requests
 
-from support.serving import AUTH, Background, Cluster, TOKEN, port_of
+from support.serving import AUTH, TOKEN, Background, Cluster, error_of, port_of
 from support.waiting import wait_for
 
 
@@ -39,15 +39,6 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.stop()
-
-
-def error_of(r: requests.Response, status: int) -> str:
-    """Assert a JSON error answer with this status; return its sentence."""
-    assert r.status_code == status, r.text
-    assert r.headers["Content-Type"].startswith("application/json")
-    body = r.json()
-    assert body["status"] == status and isinstance(body["error"], str) and body["error"]
-    return body["error"]
 
 
 # -- the token ------------------------------------------------------------------

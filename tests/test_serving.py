@@ -8,15 +8,8 @@ import threading
 import pytest
 import requests
 
-from support.serving import Background, Cluster, port_of
+from support.serving import Background, port_of
 from support.waiting import wait_for
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    c.stop()
 
 
 @pytest.fixture(scope="module")

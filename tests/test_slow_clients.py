@@ -8,21 +8,13 @@ from __future__ import annotations
 import socket
 import time
 
-import pytest
 import requests
 
-from support.serving import Background, Cluster, port_of
+from support.serving import Background, port_of
 from support.waiting import wait_for
 
 HALF_HEADER = b"POST /new_request HTTP/1.1\r\nHost: orchestrator\r\nContent-Type: appl"
 FULL_REQUEST = b"POST /new_request HTTP/1.1\r\nHost: o\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    c.stop()
 
 
 def open_connections(port: int, n: int, first_bytes: bytes = b"") -> list[socket.socket]:

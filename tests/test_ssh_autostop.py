@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from support.console import Trickle, mlcluster_in as cli
+from support.console import Trickle, cli
 from support.sshcluster import cluster_config, host_network, our_processes, ssh_marks
 
 CLUSTER = "autostop"  # not the other ssh tests' name: markers are made of cluster and host names
@@ -24,7 +24,7 @@ net = host_network("orch", "w1")
 def test_watchdogs_stop_an_idle_cluster_but_not_a_busy_one(net, tiny_model, tmp_path):
     home = tmp_path / "home"
     config = cluster_config(home, net, tiny_model, ["w1"], name=CLUSTER)
-    up = cli(home, "up", "--provider", "ssh", "--config", str(config), "--autostop", f"{IDLE_S:g}s")
+    up = cli("up", "--provider", "ssh", "--config", str(config), "--autostop", f"{IDLE_S:g}s", home=home, check=False)
     assert up.returncode == 0, up.stderr[-3000:]
     try:
         state = json.loads((home / CLUSTER / "state.json").read_text())
@@ -34,11 +34,11 @@ def test_watchdogs_stop_an_idle_cluster_but_not_a_busy_one(net, tiny_model, tmp_
         trickle = Trickle(url, "busy")
         started = time.monotonic()
         # While requests flow, status shows the autostop settings.
-        shown = cli(home, "status", "--name", CLUSTER, "--json")
+        shown = cli("status", "--name", CLUSTER, "--json", home=home, check=False)
         assert shown.returncode == 0, shown.stderr
         watch = json.loads(shown.stdout)["autostop"]
         assert watch["autostop"] == f"{IDLE_S:g}s" and watch["deadline"] is None and watch["cost_so_far_usd"] == 0
-        assert "autostop 4s idle" in cli(home, "status", "--name", CLUSTER).stdout
+        assert "autostop 4s idle" in cli("status", "--name", CLUSTER, home=home, check=False).stdout
         time.sleep(max(0.0, started + 3 * IDLE_S - time.monotonic()))
         answered = trickle.stop()
         assert len(answered) >= 10 and all(answered)
@@ -57,10 +57,10 @@ def test_watchdogs_stop_an_idle_cluster_but_not_a_busy_one(net, tiny_model, tmp_
             assert our_processes(net, name) == [], f"{name} still runs services"
         with pytest.raises(requests.RequestException):
             requests.get(f"{url}/health_check", timeout=3)
-        after = cli(home, "status", "--name", CLUSTER)
+        after = cli("status", "--name", CLUSTER, home=home, check=False)
         assert after.returncode == 1 and "stopped itself (autostop at " in after.stderr, after.stderr
         assert "mlcluster down --name autostop" in after.stderr
     finally:
-        down = cli(home, "down", "--name", CLUSTER, "--yes")
+        down = cli("down", "--name", CLUSTER, "--yes", home=home, check=False)
     assert down.returncode == 0, down.stderr[-2000:]
     assert not (home / CLUSTER).exists()

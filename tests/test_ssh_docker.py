@@ -25,9 +25,9 @@ from mlcluster.deploy.host import RemoteHost
 from mlcluster.remote.connection import HostKeyStore
 from mlcluster.state import ClusterSpec
 from mlcluster.ui import Step
-from support.console import mlcluster_in as cli
-from support.sshcluster import our_processes, status, toml_config
-from support.sshhosts import SSHTestNetwork, missing_facilities
+from support.console import cli
+from support.sshcluster import host_network, our_processes, status, toml_config
+from support.sshhosts import missing_facilities
 
 BASE_IMAGE = "mlcluster-base:bookworm"
 CLUSTER = "sshe2e"
@@ -53,11 +53,7 @@ def dk(host, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", "-H", host.docker_host, *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def net():
-    with SSHTestNetwork() as network:
-        network.add_hosts(["orch", "w1", "wd"], docker=["wd"])
-        yield network
+net = host_network("orch", "w1", "wd", docker=("wd",))
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +62,12 @@ def cluster(net, tiny_model, tmp_path_factory):
     config = home / "cluster.toml"
     config.write_text(toml_config(net, tiny_model, ["w1", "wd"], docker=("wd",), images="ship"))
     started = time.monotonic()
-    result = cli(home, "up", "--provider", "ssh", "--config", str(config), timeout=1800)
+    result = cli("up", "--provider", "ssh", "--config", str(config), timeout=1800, home=home, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     print(f"\n`mlcluster up` with one Docker host (images shipped): {time.monotonic() - started:.1f} s")
     state = json.loads((home / CLUSTER / "state.json").read_text())
     yield {"home": home, "config": config, "state": state, "url": state["orchestrator_url"]}
-    cli(home, "down", "--name", CLUSTER, "--yes")
+    cli("down", "--name", CLUSTER, "--yes", home=home, check=False)
 
 
 def test_docker_host_runs_labelled_non_root_containers(net, cluster):
@@ -109,8 +105,8 @@ def test_docker_host_containers_are_hardened(net, cluster):
 
 def test_bench_is_served_by_docker_and_process_containers(cluster, tmp_path):
     result_file = tmp_path / "bench.json"
-    bench = cli(cluster["home"], "bench", "--name", CLUSTER, "--concurrency", "15", "--requests", "300",
-                "--json", str(result_file))
+    bench = cli("bench", "--name", CLUSTER, "--concurrency", "15", "--requests", "300",
+                "--json", str(result_file), home=cluster["home"], check=False)
     assert bench.returncode == 0, bench.stderr
     result = json.loads(result_file.read_text())
     assert result["requests"] == 300 and result["ok"] == 300 and not result["errors"]
@@ -119,7 +115,7 @@ def test_bench_is_served_by_docker_and_process_containers(cluster, tmp_path):
 
 
 def test_container_logs_over_ssh(cluster):
-    result = cli(cluster["home"], "logs", "--name", CLUSTER, "wd-1")
+    result = cli("logs", "--name", CLUSTER, "wd-1", home=cluster["home"], check=False)
     assert result.returncode == 0, result.stderr
     assert "Listening at: http://0.0.0.0:5000" in result.stdout
 
@@ -127,14 +123,14 @@ def test_container_logs_over_ssh(cluster):
 def test_second_up_keeps_identical_containers(net, cluster):
     wd = net.hosts["wd"]
     before = dk(wd, "ps", "-q", "--no-trunc", "--filter", f"label=mlcluster.cluster={CLUSTER}").stdout.split()
-    result = cli(cluster["home"], "up", "--config", str(cluster["config"]), timeout=900)
+    result = cli("up", "--config", str(cluster["config"]), timeout=900, home=cluster["home"], check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     after = dk(wd, "ps", "-q", "--no-trunc", "--filter", f"label=mlcluster.cluster={CLUSTER}").stdout.split()
     assert sorted(after) == sorted(before) and len(after) == 2
 
 
 def test_down_removes_the_containers(net, cluster):
-    result = cli(cluster["home"], "down", "--name", CLUSTER, "--yes")
+    result = cli("down", "--name", CLUSTER, "--yes", home=cluster["home"], check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     wd = net.hosts["wd"]
     assert dk(wd, "ps", "-aq", "--filter", f"label=mlcluster.cluster={CLUSTER}").stdout.split() == []
@@ -195,7 +191,7 @@ def test_orchestrator_container_serves_admin_only_on_its_hosts_loopback(net, tin
     config.write_text(toml_config(net, tiny_model, ["w1"], orchestrator="wd", docker=("wd",), images="ship",
                                   orchestrator_port=8100, worker_port=5100)
                       .replace(f'name = "{CLUSTER}"', f'name = "{name}"'))
-    up = cli(home, "up", "--provider", "ssh", "--config", str(config), timeout=1800)
+    up = cli("up", "--provider", "ssh", "--config", str(config), timeout=1800, home=home, check=False)
     try:
         assert up.returncode == 0, up.stderr[-3000:]
         state = json.loads((home / name / "state.json").read_text())
@@ -210,5 +206,5 @@ def test_orchestrator_container_serves_admin_only_on_its_hosts_loopback(net, tin
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://{wd.address}:8101/status", timeout=5)
     finally:
-        down = cli(home, "down", "--name", name, "--yes")
+        down = cli("down", "--name", name, "--yes", home=home, check=False)
     assert down.returncode == 0, down.stderr[-2000:]

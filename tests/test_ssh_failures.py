@@ -10,19 +10,15 @@ import time
 import pytest
 import requests
 
-from support.console import mlcluster_in as cli
-from support.sshcluster import CLUSTER, toml_config
-from support.sshhosts import SSHTestNetwork, missing_facilities
+from support.console import cli
+from support.sshcluster import CLUSTER, host_network, toml_config
+from support.sshhosts import missing_facilities
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
 
 
-@pytest.fixture(scope="module")
-def net():
-    with SSHTestNetwork() as network:
-        network.add_hosts(["orch", "w1", "gone", "cut"])
-        yield network
+net = host_network("orch", "w1", "gone", "cut")
 
 
 def test_unreachable_hosts_fail_up_within_the_deadline_naming_host_and_reason(net, tmp_path):
@@ -33,7 +29,7 @@ def test_unreachable_hosts_fail_up_within_the_deadline_naming_host_and_reason(ne
         config.write_text(toml_config(net, "overhead-test", ["w1", "gone", "cut"]).replace(
             "reach_timeout = 20", "reach_timeout = 6"))
         started = time.monotonic()
-        result = cli(tmp_path, "up", "--config", str(config))
+        result = cli("up", "--config", str(config), home=tmp_path, check=False)
         elapsed = time.monotonic() - started
     finally:
         net.restore(net.hosts["cut"])
@@ -55,13 +51,14 @@ def test_a_refused_port_fails_up_at_once_and_down_purge_forgets_the_dead_cluster
         config = tmp_path / "c.toml"
         config.write_text(toml_config(net, "overhead-test", ["gone"]).replace("reach_timeout = 20", "reach_timeout = 90"))
         started = time.monotonic()
-        result = cli(tmp_path, "up", "--config", str(config), env=dict(os.environ, MLCLUSTER_PROGRESS_S="0.5"))
+        result = cli("up", "--config", str(config), env=dict(os.environ, MLCLUSTER_PROGRESS_S="0.5"), home=tmp_path,
+                     check=False)
         elapsed = time.monotonic() - started
         # The failed `up` left a cluster whose worker host cannot be reached.
-        assert CLUSTER in cli(tmp_path, "list").stdout
-        down = cli(tmp_path, "down", "--name", CLUSTER, "--yes")
+        assert CLUSTER in cli("list", home=tmp_path, check=False).stdout
+        down = cli("down", "--name", CLUSTER, "--yes", home=tmp_path, check=False)
         kept = (tmp_path / CLUSTER / "state.json").exists()
-        purged = cli(tmp_path, "down", "--name", CLUSTER, "--purge", "--yes")
+        purged = cli("down", "--name", CLUSTER, "--purge", "--yes", home=tmp_path, check=False)
     finally:
         net.start_sshd(net.hosts["gone"])
     assert result.returncode == 1, result.stderr
@@ -76,25 +73,25 @@ def test_a_refused_port_fails_up_at_once_and_down_purge_forgets_the_dead_cluster
     said = " ".join(purged.stderr.split())
     assert "forgotten" in said and "gone" in said and net.hosts["gone"].address in said
     assert "mlcluster.cluster=" + CLUSTER in said  # where to look for what may be left
-    assert CLUSTER not in cli(tmp_path, "list").stdout and not (tmp_path / CLUSTER).exists()
+    assert CLUSTER not in cli("list", home=tmp_path, check=False).stdout and not (tmp_path / CLUSTER).exists()
 
 
 def test_changed_host_key_is_refused(net, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(toml_config(net, "overhead-test", ["w1"]))
-    first = cli(tmp_path, "up", "--config", str(config))
+    first = cli("up", "--config", str(config), home=tmp_path, check=False)
     assert first.returncode == 0, first.stderr[-2000:]
     recorded = json.loads((tmp_path / CLUSTER / "state.json").read_text())["resources"]["host_keys"]
 
     net.replace_host_key(net.hosts["w1"])  # "someone else" now answers at w1's address
-    again = cli(tmp_path, "up", "--config", str(config))
+    again = cli("up", "--config", str(config), home=tmp_path, check=False)
     assert again.returncode == 1
     err = " ".join(again.stderr.split())
     assert "w1" in err and "host key" in err and "changed" in err and "Traceback" not in again.stderr
     state = json.loads((tmp_path / CLUSTER / "state.json").read_text())
     assert state["resources"]["host_keys"] == recorded  # never silently replaced
 
-    down = cli(tmp_path, "down", "--name", CLUSTER, "--yes")
+    down = cli("down", "--name", CLUSTER, "--yes", home=tmp_path, check=False)
     assert down.returncode == 1 and "w1" in down.stderr and "host key" in " ".join(down.stderr.split())
     assert (tmp_path / CLUSTER / "state.json").exists(), (list(tmp_path.rglob("*")), down.stderr)  # kept: w1's worker may still run
     net.kill_services(net.hosts["w1"])
@@ -104,18 +101,18 @@ def test_a_taken_port_is_named(net, tmp_path):
     """Something else listens on w1's first worker port: `up` says so."""
     blocker = subprocess.Popen(["nsenter", f"--net=/run/netns/{net.hosts['w1'].namespace}", sys.executable, "-c",
                                 "import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 5000)); s.listen(); "
-                                "time.sleep(120)"])
+                                "print('listening', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1)
+        assert blocker.stdout.readline() == "listening\n"  # it holds the port now (or it died: "")
         config = tmp_path / "c.toml"
         config.write_text(toml_config(net, "overhead-test", ["w1"]).replace('name = "sshe2e"', 'name = "taken"'))
-        result = cli(tmp_path, "up", "--config", str(config))
+        result = cli("up", "--config", str(config), home=tmp_path, check=False)
         assert result.returncode == 1
         assert "port 5000 is already taken" in " ".join(result.stderr.split()) and "w1" in result.stderr
     finally:
         blocker.kill()
         blocker.wait()
-        cli(tmp_path, "down", "--name", "taken", "--yes")
+        cli("down", "--name", "taken", "--yes", home=tmp_path, check=False)
 
 
 def test_a_smaller_cluster_stops_what_is_no_longer_wanted(net, tmp_path):
@@ -123,11 +120,11 @@ def test_a_smaller_cluster_stops_what_is_no_longer_wanted(net, tmp_path):
     list: the extra ones stop (also on the dropped host), the rest stay."""
     config = tmp_path / "c.toml"
     config.write_text(toml_config(net, "overhead-test", ["w1", "cut"]).replace('name = "sshe2e"', 'name = "shrink"'))
-    assert cli(tmp_path, "up", "--config", str(config)).returncode == 0
+    assert cli("up", "--config", str(config), home=tmp_path, check=False).returncode == 0
     before = json.loads((tmp_path / "shrink" / "state.json").read_text())["resources"]["ssh"]["services"]
     config.write_text(toml_config(net, "overhead-test", ["w1"]).replace('name = "sshe2e"', 'name = "shrink"')
                       .replace("containers_per_worker = 2", "containers_per_worker = 1"))
-    result = cli(tmp_path, "up", "--config", str(config))
+    result = cli("up", "--config", str(config), home=tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     after = json.loads((tmp_path / "shrink" / "state.json").read_text())
     services = after["resources"]["ssh"]["services"]
@@ -137,7 +134,7 @@ def test_a_smaller_cluster_stops_what_is_no_longer_wanted(net, tmp_path):
         assert not os.path.exists(f"/proc/{gone}") or b"zombie" in open(f"/proc/{gone}/status", "rb").read().lower()
     assert [c["id"] for c in requests.get(f"{after['orchestrator_url']}/status", timeout=5).json()["containers"]
             if c["status"] != "draining"] == ["w1-1"]
-    assert cli(tmp_path, "down", "--name", "shrink", "--yes").returncode == 0
+    assert cli("down", "--name", "shrink", "--yes", home=tmp_path, check=False).returncode == 0
 
 
 def test_down_without_state_finds_services_by_marker(net, tmp_path):
@@ -145,7 +142,7 @@ def test_down_without_state_finds_services_by_marker(net, tmp_path):
     stops this cluster's processes, found by their marker, and only those."""
     config = tmp_path / "c.toml"
     config.write_text(toml_config(net, "overhead-test", ["w1"]).replace('name = "sshe2e"', 'name = "lost"'))
-    assert cli(tmp_path, "up", "--config", str(config)).returncode == 0
+    assert cli("up", "--config", str(config), home=tmp_path, check=False).returncode == 0
     pids = [s["pid"] for s in json.loads((tmp_path / "lost" / "state.json").read_text())
             ["resources"]["ssh"]["services"].values()]
     bystander = subprocess.Popen(["nsenter", f"--net=/run/netns/{net.hosts['w1'].namespace}",
@@ -153,7 +150,7 @@ def test_down_without_state_finds_services_by_marker(net, tmp_path):
     try:
         import shutil
         shutil.rmtree(tmp_path / "lost")
-        result = cli(tmp_path, "down", "--name", "lost", "--config", str(config), "--yes")
+        result = cli("down", "--name", "lost", "--config", str(config), "--yes", home=tmp_path, check=False)
         assert result.returncode == 0, result.stderr[-2000:]
         for pid in pids:
             assert not os.path.exists(f"/proc/{pid}") or b"zombie" in open(f"/proc/{pid}/status", "rb").read().lower()

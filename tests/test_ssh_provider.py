@@ -22,19 +22,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from support.console import mlcluster_in as cli
-from support.sshcluster import CLUSTER, load, our_processes, status, toml_config
-from support.sshhosts import LOGIN_ONLY_VALUE, LOGIN_ONLY_VAR, SSHTestNetwork, missing_facilities
+from support.console import cli
+from support.sshcluster import (CLUSTER, LineReader, host_network, load, our_processes, served_by, status,
+                                toml_config)
+from support.sshhosts import LOGIN_ONLY_VALUE, LOGIN_ONLY_VAR, missing_facilities
 from support.waiting import wait_for
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
 
-@pytest.fixture(scope="module")
-def net():
-    with SSHTestNetwork() as network:
-        network.add_hosts(["orch", "w1", "w2"])
-        yield network
+net = host_network("orch", "w1", "w2")
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +41,13 @@ def cluster(net, tiny_model, tmp_path_factory):
     config = home / "cluster.toml"
     config.write_text(toml_config(net, tiny_model, ["w1", "w2"]))
     started = time.monotonic()
-    result = cli(home, "up", "--provider", "ssh", "--config", str(config))
+    result = cli("up", "--provider", "ssh", "--config", str(config), home=home, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     print(f"\n`mlcluster up --provider ssh` onto 3 hosts (process runtime): {time.monotonic() - started:.1f} s")
     state = json.loads((home / CLUSTER / "state.json").read_text())
     yield {"home": home, "config": config, "state": state, "url": state["orchestrator_url"],
            "up_s": time.monotonic() - started, "up": result}
-    cli(home, "down", "--name", CLUSTER, "--yes")
+    cli("down", "--name", CLUSTER, "--yes", home=home, check=False)
 
 
 def test_up_registers_every_container_with_private_addresses(net, cluster):
@@ -100,7 +97,7 @@ def test_services_get_only_the_environment_they_need(net, cluster):
 
 def test_second_up_reuses_what_runs(net, cluster):
     before = cluster["state"]["resources"]["ssh"]["services"]
-    result = cli(cluster["home"], "up", "--config", str(cluster["config"]))
+    result = cli("up", "--config", str(cluster["config"]), home=cluster["home"], check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     after = json.loads((cluster["home"] / CLUSTER / "state.json").read_text())["resources"]["ssh"]["services"]
     assert {k: v["pid"] for k, v in after.items()} == {k: v["pid"] for k, v in before.items()}
@@ -117,8 +114,8 @@ def test_load_through_the_orchestrator_reaches_every_container(cluster):
 
 def test_mlcluster_bench_through_the_orchestrator(cluster, tmp_path):
     out = tmp_path / "bench.json"
-    result = cli(cluster["home"], "bench", "--name", CLUSTER, "--concurrency", "15", "--requests", "200",
-                 "--json", str(out))
+    result = cli("bench", "--name", CLUSTER, "--concurrency", "15", "--requests", "200",
+                 "--json", str(out), home=cluster["home"], check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["ok"] >= 200 and data["errors"] == 0
@@ -128,15 +125,15 @@ def test_mlcluster_bench_through_the_orchestrator(cluster, tmp_path):
 
 
 def test_logs_over_ssh(cluster):
-    orchestrator = cli(cluster["home"], "logs", "--name", CLUSTER)
+    orchestrator = cli("logs", "--name", CLUSTER, home=cluster["home"], check=False)
     assert orchestrator.returncode == 0, orchestrator.stderr
     assert "registered" in orchestrator.stdout
-    worker = cli(cluster["home"], "logs", "--name", CLUSTER, "w2-1", "--tail", "50")
+    worker = cli("logs", "--name", CLUSTER, "w2-1", "--tail", "50", home=cluster["home"], check=False)
     assert worker.returncode == 0, worker.stderr
     # It listens on its host's private address (the test range), not on every interface.
     assert re.search(r"Listening at: http://10\.213\.\d+\.\d+:5000", worker.stdout), worker.stdout
     assert "Listening at: http://0.0.0.0" not in worker.stdout
-    unknown = cli(cluster["home"], "logs", "--name", CLUSTER, "w9-9")
+    unknown = cli("logs", "--name", CLUSTER, "w9-9", home=cluster["home"], check=False)
     assert unknown.returncode == 1 and "w9-9" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
@@ -145,12 +142,11 @@ def test_follow_streams_new_lines(net, cluster):
     proc = subprocess.Popen([sys.executable, "-m", "mlcluster", "logs", "--name", CLUSTER, "--follow", "--tail", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        time.sleep(2)
+        output = LineReader(proc.stdout)
+        wait_for(lambda: output.lines, "the log's last line (--tail 1): the follower is attached", timeout=30)
         # A registration is logged by the orchestrator: make one happen now, on its admin listener.
         admin_call(net, cluster, "POST", "/workers", {"host": "10.213.255.1", "port": 5999, "id": "probe"})
-        seen = []
-        wait_for(lambda: seen.append(proc.stdout.readline()) or "probe" in seen[-1], "the new line followed",
-                 timeout=20, interval=0.3)
+        wait_for(lambda: output.saw("probe"), "the new line followed", timeout=20, interval=0.3)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -192,20 +188,22 @@ def test_admin_endpoints_only_on_the_orchestrator_hosts_loopback(net, cluster):
 def test_host_losing_its_network_mid_load_loses_no_request(net, cluster):
     url = cluster["url"]
     stop = threading.Event()
-    box: dict = {}
-    runner = threading.Thread(target=lambda: box.update(results=load(url, 15, stop)))
+    results: list[dict] = []
+    runner = threading.Thread(target=load, args=(url, 15, stop), kwargs={"results": results})
     runner.start()
     try:
-        time.sleep(1.5)
+        wait_for(lambda: served_by(results, "w1") and served_by(results, "w2"), "load served by both hosts",
+                 timeout=60, interval=0.1)
         net.cut(net.hosts["w2"])
         wait_for(lambda: all(c["status"] == "down" for c in status(url)["containers"] if c["id"].startswith("w2")),
                  "w2's containers shown as down", timeout=30, interval=0.3)
-        time.sleep(1.0)
+        down_at = len(results)
+        wait_for(lambda: len(results) >= down_at + 50 and len(results) > 100, "50 more answers with w2 down",
+                 timeout=60, interval=0.1)
     finally:
         stop.set()
         runner.join(timeout=120)
         net.restore(net.hosts["w2"])
-    results = box["results"]
     assert len(results) > 100
     assert all(r["status"] == 200 for r in results), Counter(str(r.get("status")) for r in results)
     late = [r for r in results[-50:]]
@@ -216,7 +214,7 @@ def test_host_losing_its_network_mid_load_loses_no_request(net, cluster):
 
 
 def test_status_and_details(net, cluster):
-    result = cli(cluster["home"], "status", "--name", CLUSTER, "--json")
+    result = cli("status", "--name", CLUSTER, "--json", home=cluster["home"], check=False)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     rows = {c["id"]: c for c in data["containers"]}
@@ -224,7 +222,7 @@ def test_status_and_details(net, cluster):
 
 
 def test_down_stops_everything_and_hosts_stay(net, cluster):
-    result = cli(cluster["home"], "down", "--name", CLUSTER, "--yes")
+    result = cli("down", "--name", CLUSTER, "--yes", home=cluster["home"], check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("orch", "w1", "w2"):
         assert our_processes(net, name) == []

@@ -11,12 +11,10 @@ from mlcluster.errors import MlclusterError
 from mlcluster.resources import (AWSResources, HostConfig, LocalDocker, LocalProcess, Resources, SSHResources,
                                  SSHService)
 from mlcluster.state import STATE_VERSION, ClusterSpec, ClusterState, ContainerRecord
+from support.console import home_fixture
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+home = home_fixture(autouse=True)  # every test here writes state: always a private home
 
 
 def test_a_saved_state_loads_as_the_same_records(home):

@@ -10,7 +10,7 @@ import sys
 import pytest
 import requests
 
-from support.serving import Cluster
+from support.serving import Cluster, error_of
 from support.waiting import wait_for
 
 MAX_BATCH = 64  # the worker's default
@@ -35,13 +35,6 @@ def reference(tiny_model):
 
 def run(worker, **kw) -> requests.Response:
     return requests.post(worker.url + "/run_model", timeout=30, **kw)
-
-
-def error_of(r: requests.Response, status: int) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["status"] == status and body["error"]
-    return body["error"]
 
 
 def assert_same(answer: dict, expected: dict) -> None:

@@ -15,13 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from mlcluster_contract import BACKENDS
 
 from support.services import Service, free_port
 from mlcluster import services
 from support.serving import Cluster, stop_service
 from support.signing import sign
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
 # int8 weights move probabilities a little; fp32 ONNX matches torch closely.
 TOLERANCE = {"torch": 1e-4, "onnx": 1e-4, "onnx-int8": 0.05}
 

@@ -9,22 +9,14 @@ import socket
 import threading
 import time
 
-import pytest
 import requests
 
-from support.serving import AUTH, Cluster, port_of
+from support.serving import AUTH, port_of
 from support.signing import HEADER, sign
 from support.waiting import wait_for
 
 TOKEN = "worker-credential-1f0c9a"
 OTHER = "another-credential-77b2e4"
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    c.stop()
 
 
 def post(worker, body: bytes, headers: dict) -> requests.Response:

@@ -35,7 +35,7 @@ from .host import RemoteHost, ServiceSpec
 from ..services import MARKER_VAR, PASSED_VARS, WORKER_PASSED_VARS, orchestrator_command, worker_command
 from ..remote.connection import quote
 
-CHECK_IMPORTS = "import mlcluster_worker, mlcluster_orchestrator, gunicorn, flask, httptools, orjson"
+CHECK_IMPORTS = "import mlcluster_contract, mlcluster_worker, mlcluster_orchestrator, gunicorn, flask, httptools, orjson"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 STARTUP_CHECK_S = 1.5
 
@@ -155,7 +155,7 @@ def _signal_script(pids: list[int], marker: str, sig: str) -> str:
 
 # -- the default interpreter: a venv with this project -----------------------------
 def project_root() -> Path:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # mlcluster/deploy/process.py -> the checkout
     if not (root / "pyproject.toml").exists():
         raise MlclusterError("this mlcluster is installed without its source tree, so no venv can be made on hosts",
                              "set `python` in the [ssh] config to an interpreter on the hosts with mlcluster installed")
@@ -168,7 +168,7 @@ def source_tarball() -> tuple[bytes, str]:
     root = project_root()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
-        for name in ("pyproject.toml", "README.md", "mlcluster", "worker_image", "orchestrator_image"):
+        for name in ("pyproject.toml", "README.md", "mlcluster", "contract", "worker_image", "orchestrator_image"):
             if (root / name).exists():
                 tar.add(root / name, arcname=f"src/{name}",
                         filter=lambda t: None if "__pycache__" in t.name or t.name.endswith(".pyc") else _clean(t))

@@ -38,7 +38,8 @@ from typing import Callable, Optional
 
 import orjson
 
-from .scheduler import Container, NoContainers, QueueFull, QueueTimeout, Reservation, Scheduler
+from .containers import Container, Reservation
+from .scheduler import NoContainers, QueueFull, QueueTimeout, Scheduler
 from .signing import Signer
 from .sweep import Sweep
 from .upstream import Dropped, Pool, UpstreamError, request_head, with_body

@@ -10,7 +10,8 @@ import threading
 from pathlib import Path
 from typing import Awaitable, Callable, Optional
 
-from .scheduler import Container, Scheduler
+from .containers import Container
+from .scheduler import Scheduler
 
 log = logging.getLogger("mlcluster.orchestrator")
 # Snapshot and write under one lock: two registrations saving at once must not

@@ -1,10 +1,11 @@
 """Who gets which container: the registry, reservations and the wait queue.
 
 Plain Python, no HTTP, so the policy can be read and tested on its own (with
-a fake clock). The dispatcher calls `request(on_grant)` (a waiting request is
-a place in the queue and a callback, no future, no thread) before it forwards a
-request and always `release()`s the reservation afterwards; `acquire_async()`
-is the same queue as a coroutine, `acquire()` for threads.
+a fake clock). The dispatcher calls `request(on_grant)` before it forwards a
+request (a waiting request is a place in the queue and a callback: no future,
+no thread), `withdraw`s the place if it gives up waiting (its own deadline, or
+the caller left), and always `release()`s the reservation afterwards. The
+records and the choice of container are in `containers`.
 
 Invariants, all kept under one lock:
 - a container never holds more reservations than its capacity;
@@ -14,17 +15,13 @@ Invariants, all kept under one lock:
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import itertools
-import json
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Deque, Iterable, Optional, Sequence
+from typing import Callable, Deque, Optional, Sequence
 
-FREE, BUSY, DOWN, DRAINING = "free", "busy", "down", "draining"
-LATENCY_WINDOW = 50  # recent latencies kept per container for `status`
+from .containers import Container, Reservation, choose_container
 
 
 class QueueFull(Exception):
@@ -39,94 +36,11 @@ class NoContainers(Exception):
     """Nothing is registered, so waiting would be pointless."""
 
 
-@dataclass
-class Container:
-    id: str
-    host: str
-    port: int
-    capacity: int = 1
-    healthy: bool = True
-    draining: bool = False
-    in_flight: int = 0
-    served: int = 0
-    failed: int = 0
-    last_released: float = 0.0  # clock time; smaller means idle longer
-    latencies_ms: Deque[float] = field(default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW))
-    # {"id", "host", "port"} as JSON, for every answer it serves (id and address never change)
-    reference_json: bytes = field(default=b"", repr=False, compare=False)
+class QueuePlace:
+    """A request's place in the queue; `on_grant` runs (under the lock) once it holds a reservation."""
+    __slots__ = ("on_grant", "reservation", "queued_at", "avoid")
 
-    def __post_init__(self) -> None:
-        self.reference_json = json.dumps({"id": self.id, "host": self.host, "port": self.port}).encode()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def status(self) -> str:
-        if self.draining:
-            return DRAINING
-        if not self.healthy:
-            return DOWN
-        return BUSY if self.in_flight >= self.capacity else FREE
-
-    def can_take(self) -> bool:
-        return self.healthy and not self.draining and self.in_flight < self.capacity
-
-    def describe(self) -> dict:
-        recent = list(self.latencies_ms)
-        return {
-            "id": self.id, "host": self.host, "port": self.port, "capacity": self.capacity,
-            "status": self.status, "in_flight": self.in_flight,
-            "served": self.served, "failed": self.failed,
-            "recent_latency_ms": round(sum(recent) / len(recent), 2) if recent else None,
-        }
-
-
-@dataclass
-class Reservation:
-    container: Container
-    queued_at: float
-    granted_at: float
-
-    @property
-    def queue_wait_s(self) -> float:
-        return self.granted_at - self.queued_at
-
-
-def choose_container(candidates: Iterable[Container], busy_by_host: dict[str, int],
-                     avoid: Sequence[Container] = ()) -> Optional[Container]:
-    """The dispatch policy: among containers that can take a request, prefer the
-    host with the fewest busy containers (containers on one host share its CPUs),
-    then the container idle longest. Containers in `avoid` (those that already
-    failed this request) are left out while any other is healthy, even a busy one:
-    a retry then waits for another container rather than repeat on the same.
-    Pure: no locking, no I/O."""
-    if avoid:  # by identity: Container's generated == compares every field
-        candidates = list(candidates)
-        others = [c for c in candidates if all(c is not a for a in avoid)]
-        if any(c.healthy and not c.draining for c in others):
-            candidates = others
-    best, best_key = None, None
-    for c in candidates:  # min() over the free ones, unrolled: this runs for every request
-        if c.healthy and not c.draining and c.in_flight < c.capacity:
-            key = (busy_by_host.get(c.host, 0), c.last_released, c.id)
-            if best is None or key < best_key:
-                best, best_key = c, key
-    return best
-
-
-def _no_wake() -> None:
-    pass
-
-
-class _Waiter:
-    """A place in the queue; `wake()` is called (under the lock) once it holds a reservation."""
-    __slots__ = ("wake", "reservation", "queued_at", "avoid", "on_grant")
-
-    def __init__(self, queued_at: float, wake: Callable[[], None] = _no_wake, avoid: Sequence[Container] = (),
-                 on_grant: Optional[Callable[[Reservation], None]] = None):
-        self.wake = wake
+    def __init__(self, queued_at: float, on_grant: Callable[[Reservation], None], avoid: Sequence[Container] = ()):
         self.on_grant = on_grant
         self.reservation: Optional[Reservation] = None
         self.queued_at = queued_at
@@ -141,7 +55,7 @@ class Scheduler:
         self.clock = clock
         self._lock = threading.Lock()
         self._containers: dict[str, Container] = {}
-        self._waiters: Deque[_Waiter] = collections.deque()
+        self._waiters: Deque[QueuePlace] = collections.deque()
         self._busy_by_host: dict[str, int] = {}  # host -> its containers with a request in flight
         self._ids = itertools.count(1)
         self.on_change: Callable[[], None] = lambda: None  # called after registry edits
@@ -215,79 +129,37 @@ class Scheduler:
 
     # -- reservations -----------------------------------------------------
     def request(self, on_grant: Callable[[Reservation], None], front: bool = False,
-                queued_at: Optional[float] = None, avoid: Sequence[Container] = ()) -> Optional[_Waiter]:
+                queued_at: Optional[float] = None, avoid: Sequence[Container] = ()) -> Optional[QueuePlace]:
         """Reserve a container for `on_grant(reservation)`, in FIFO order, with
         no future and no thread: it runs before this returns (which returns None)
         when nobody waits and a container is free; otherwise this returns the
         request's place in the queue, and it runs later, inside whatever
         release(), set_health() or add() frees a container, under the lock (so
         it must not call the scheduler, and must not raise). `withdraw` the
-        place to give up waiting. QueueFull / NoContainers as `acquire`;
-        `front`, `queued_at`, `avoid` as there."""
-        granted = self._reserve_or_enqueue(front, queued_at, _no_wake, avoid, on_grant)
+        place to give up waiting (the caller keeps the time: QueueTimeout is
+        the caller's to raise).
+
+        QueueFull when the queue is at its limit; NoContainers when nothing is
+        registered. `front` puts the request at the head of the queue, past the
+        limit (a retry of a request that already waited its turn); `queued_at`
+        keeps its original arrival time; `avoid`: see `choose_container`."""
+        granted = self._reserve_or_enqueue(on_grant, front, queued_at, avoid)
         if isinstance(granted, Reservation):
             on_grant(granted)
             return None
         return granted
 
-    def withdraw(self, waiter: _Waiter) -> bool:
+    def withdraw(self, place: QueuePlace) -> bool:
         """Take a waiting request out of the queue: True if it was still
         waiting, False if it was granted a container already (its on_grant ran)."""
         with self._lock:
-            if waiter.reservation is not None:
+            if place.reservation is not None:
                 return False
-            self._waiters.remove(waiter)
+            self._waiters.remove(place)
             return True
 
-    def acquire(self, timeout: float, front: bool = False, queued_at: Optional[float] = None) -> Reservation:
-        """Reserve a container, waiting up to `timeout` seconds in FIFO order
-        (blocking this thread).
-
-        `front` puts the request at the head of the queue (a retry of a request
-        that already waited its turn); `queued_at` keeps its original arrival time.
-        """
-        event = threading.Event()
-        granted = self._reserve_or_enqueue(front, queued_at, event.set)
-        if isinstance(granted, Reservation):
-            return granted
-        event.wait(timeout)
-        return self._leave_queue(granted)
-
-    async def acquire_async(self, timeout: float, front: bool = False,
-                            queued_at: Optional[float] = None, avoid: Sequence[Container] = ()) -> Reservation:
-        """`acquire()` for the event loop: a waiting request costs one future and
-        one timer. Must run on the loop that calls `release()`/`set_health()`.
-        A request cancelled while it waits leaves the queue (or gives back what
-        it was just granted). `avoid`: see `choose_container`."""
-        future = None
-
-        def wake() -> None:
-            if future is not None and not future.done():
-                future.set_result(None)
-        granted = self._reserve_or_enqueue(front, queued_at, wake, avoid)
-        if isinstance(granted, Reservation):  # the common case: no future, no timer
-            return granted
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        if granted.reservation is not None and not future.done():  # granted before the future existed
-            future.set_result(None)
-        timer = loop.call_later(timeout, wake)
-        try:
-            await future
-        except asyncio.CancelledError:
-            with self._lock:
-                if granted.reservation is None:
-                    self._waiters.remove(granted)
-                    raise
-            self.release(granted.reservation, ok=True)
-            raise
-        finally:
-            timer.cancel()
-        return self._leave_queue(granted)
-
-    def _reserve_or_enqueue(self, front: bool, queued_at: Optional[float], wake: Callable[[], None],
-                            avoid: Sequence[Container] = (),
-                            on_grant: Optional[Callable[[Reservation], None]] = None) -> "Reservation | _Waiter":
+    def _reserve_or_enqueue(self, on_grant: Callable[[Reservation], None], front: bool,
+                            queued_at: Optional[float], avoid: Sequence[Container]) -> "Reservation | QueuePlace":
         """A reservation at once when nobody waits and a container is free;
         otherwise a place in the queue (QueueFull past the limit)."""
         now = self.clock()
@@ -303,7 +175,7 @@ class Scheduler:
                 raise QueueFull()
             # Behind a head that could take any container, nothing is free (see _dispatch_locked).
             behind_any = bool(self._waiters) and not front and not self._waiters[0].avoid
-            waiter = _Waiter(queued_at, wake, avoid, on_grant)
+            waiter = QueuePlace(queued_at, on_grant, avoid)
             if front:
                 self._waiters.appendleft(waiter)
             else:
@@ -311,14 +183,6 @@ class Scheduler:
             if not behind_any:
                 self._dispatch_locked()
         return waiter
-
-    def _leave_queue(self, waiter: _Waiter) -> Reservation:
-        """After the wait: the reservation if one was granted, else QueueTimeout."""
-        with self._lock:
-            if waiter.reservation is not None:
-                return waiter.reservation
-            self._waiters.remove(waiter)
-        raise QueueTimeout()
 
     def release(self, reservation: Reservation, ok: bool, latency_ms: Optional[float] = None) -> int:
         """Give the container back; `ok=False` counts a failure (the caller marks
@@ -375,11 +239,9 @@ class Scheduler:
             handed += 1
         return handed
 
-    def _grant_locked(self, waiter: _Waiter, container: Container) -> None:
+    def _grant_locked(self, waiter: QueuePlace, container: Container) -> None:
         waiter.reservation = self._reserve_locked(container, waiter.queued_at, self.clock())
-        if waiter.on_grant is not None:
-            waiter.on_grant(waiter.reservation)
-        waiter.wake()
+        waiter.on_grant(waiter.reservation)
 
     # -- introspection ----------------------------------------------------
     @property

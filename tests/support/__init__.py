@@ -1,6 +1,6 @@
 """Shared test support, loaded by tests/conftest.py through `pytest_plugins`.
 
-- console:   `mlcluster(...)`, the installed console script run as a subprocess
+- console:   `cli(...)`, the installed console script run as a subprocess; `home_fixture(...)`
 - waiting:   `wait_for(predicate, what)`
 - services:  `free_port()`, `Service`, `start_worker()`, `start_orchestrator()` (real gunicorn processes)
 - serving:   a small cluster of real worker/orchestrator processes (`Cluster`, `Background`, `port_of`...)

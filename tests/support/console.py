@@ -21,12 +21,14 @@ from mlcluster.deploy.localhost import find_marked, marker
 MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
 
 
-def mlcluster(*args: str, home: Optional[Path] = None, env: Optional[dict] = None, check: bool = False,
-              timeout: float = 300.0) -> subprocess.CompletedProcess:
+def cli(*args: str, home: Optional[Path] = None, env: Optional[dict] = None, check: bool = True,
+        timeout: float = 300.0) -> subprocess.CompletedProcess:
     """Run `mlcluster *args` with its output captured and no stdin (so nothing
-    can wait on a prompt). `env` replaces the environment (default: this one);
-    `home` sets MLCLUSTER_HOME. Wide columns keep Rich from wrapping what tests
-    read. With `check`, a non-zero exit fails the test, showing both outputs."""
+    can wait on a prompt). `home` sets MLCLUSTER_HOME (default: the caller's,
+    such as a `home_fixture`'s); `env` replaces the environment (default: this
+    one). Wide columns keep Rich from wrapping what tests read. A non-zero exit
+    fails the test, showing both outputs, unless `check=False` (the test looks
+    at the exit itself)."""
     env = dict(os.environ if env is None else env, COLUMNS="200", HF_HUB_OFFLINE="1")
     if home is not None:
         env["MLCLUSTER_HOME"] = str(home)
@@ -37,15 +39,10 @@ def mlcluster(*args: str, home: Optional[Path] = None, env: Optional[dict] = Non
     return result
 
 
-def mlcluster_in(home: Path, *args: str, **kw) -> subprocess.CompletedProcess:
-    """`mlcluster(*args, home=home)`, for tests that keep a state directory per cluster."""
-    return mlcluster(*args, home=home, **kw)
-
-
-def home_fixture(*clusters: str):
+def home_fixture(*clusters: str, autouse: bool = False):
     """A `home` fixture: a private state directory (MLCLUSTER_HOME); whatever
     a test leaves running of the named clusters is killed afterwards."""
-    @pytest.fixture
+    @pytest.fixture(autouse=autouse)
     def home(tmp_path, monkeypatch) -> Path:
         monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
         yield tmp_path / "home"

@@ -17,6 +17,16 @@ TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+def error_of(r: requests.Response, status: int) -> str:
+    """Assert a JSON error answer with this status (a worker's or the
+    orchestrator's: {"error": sentence, "status": status}); return its sentence."""
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"].startswith("application/json"), r.headers["Content-Type"]
+    body = r.json()
+    assert body["status"] == status and isinstance(body["error"], str) and body["error"]
+    return body["error"]
+
+
 def stop_service(service: Service) -> None:
     """End the service's process group at once (SIGKILL: nothing of a test
     service needs a graceful end, and gunicorn's can linger for seconds)."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import requests
@@ -23,12 +24,14 @@ def ssh_marks(missing=missing_facilities, label: str = "SSH test hosts") -> list
     return [pytest.mark.ssh, pytest.mark.skipif(bool(reason), reason=f"{label}: {reason}")]
 
 
-def host_network(*names: str):
-    """A module-scoped `net` fixture: SSH test hosts with these names."""
-    @pytest.fixture(scope="module")
+def host_network(*names: str, docker: tuple[str, ...] = (), scope: str = "module"):
+    """A `net` fixture (module-scoped unless `scope` says otherwise): SSH test
+    hosts with these names, those in `docker` running a Docker engine too.
+    Closing the network also ends every service started on the hosts."""
+    @pytest.fixture(scope=scope)
     def net():
         with SSHTestNetwork() as network:
-            network.add_hosts(list(names))
+            network.add_hosts(list(names), docker=docker)
             yield network
     return net
 
@@ -61,10 +64,12 @@ def toml_config(net: SSHTestNetwork, model: str, workers: list[str], orchestrato
     return "\n".join(lines) + "\n"
 
 
-def load(url: str, concurrency: int, stop: threading.Event, limit: int = 0) -> list[dict]:
+def load(url: str, concurrency: int, stop: threading.Event, limit: int = 0,
+         results: Optional[list[dict]] = None) -> list[dict]:
     """Closed-loop load: `concurrency` threads posting to /new_request until
-    `stop` (or `limit` requests in all). Every answer (or error) is kept."""
-    results: list[dict] = []
+    `stop` (or `limit` requests in all). Every answer (or error) is kept, in
+    `results` when given (another thread may watch it fill), and returned."""
+    results = [] if results is None else results
     lock = threading.Lock()
 
     def client(i: int) -> None:
@@ -93,6 +98,28 @@ def load(url: str, concurrency: int, stop: threading.Event, limit: int = 0) -> l
 
 def status(url: str) -> dict:
     return requests.get(f"{url}/status", timeout=5).json()
+
+
+def served_by(results: list[dict], host: str) -> int:
+    """How many of `results` (load's) a container of `host` answered."""
+    return sum(1 for r in list(results) if r.get("status") == 200 and r["body"]["container"]["id"].startswith(host))
+
+
+class LineReader:
+    """The lines a process writes to stdout, read on a thread as they come,
+    so a test can wait for one without blocking on a read."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def saw(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
 
 
 def our_processes(net: SSHTestNetwork, name: str) -> list[str]:

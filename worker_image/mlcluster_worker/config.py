@@ -14,50 +14,21 @@
                      with it (auth.py); the token itself is never sent
     SIGNATURE_WINDOW_S  a signature's timestamp may be this far off our clock
     MAX_BATCH, MAX_BODY_BYTES, WORKER_ID, SERVICE_TIME_MS, GUNICORN_THREADS: as before
+
+Defaults: mlcluster_contract.WORKER_DEFAULTS.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
-from .export import BACKENDS, read_manifest
+import mlcluster_contract as contract
+from mlcluster_contract import BACKENDS, BATCH_DEFAULTS, OVERHEAD_TEST, Batching
 
-OVERHEAD_TEST = "overhead-test"  # MODEL for no model at all: answers after SERVICE_TIME_MS
+from .export import read_manifest
 
-DEFAULTS = {
-    "MODEL": "distilbert-base-uncased",
-    "BACKEND": "",
-    "THREADS": 0,
-    "TORCH_THREADS": 1,
-    "SERVICE_TIME_MS": 50.0,  # only for MODEL=overhead-test
-    "MAX_BATCH": 64,  # texts in one request's "texts"
-    "BATCH_MAX": 0,
-    "BATCH_WAIT_MS": -1.0,
-    "MAX_TEXT_CHARS": 100_000,
-    "ECHO_CHARS": 200,
-    "MAX_BODY_BYTES": 1 << 20,
-    "WORKER_ID": "",
-    "WORKER_TOKEN": "",
-    "SIGNATURE_WINDOW_S": 300.0,
-}
+# The variables and their defaults (contract.WORKER_DEFAULTS) and the backends'
+# batching (BATCH_DEFAULTS) are the contract the CLI shares: mlcluster_contract.
 
-
-@dataclass(frozen=True)
-class Batching:
-    """How many requests share a forward pass, and how long the first waits."""
-    max_requests: int
-    wait_ms: float
-
-
-# Measured with benchmarks/inference.py (DistilBERT-base, one thread, random
-# 50-character texts): torch fp32 and ONNX fp32 gain from batches; ONNX int8
-# does not on our CPUs, so it keeps the lab's one-at-a-time.
-BATCH_DEFAULTS = {
-    "torch": Batching(8, 10.0),
-    "onnx": Batching(8, 10.0),
-    "onnx-int8": Batching(1, 0.0),
-    OVERHEAD_TEST: Batching(1, 0.0),
-}
 # A token is rarely more than a few characters of text: cutting at this many
 # characters per token the model reads keeps the tokenizer's cost bounded
 # (1 MB costs ~2 s) without changing what the model sees for ordinary text.
@@ -65,14 +36,7 @@ CHARS_PER_TOKEN = 16
 
 
 def settings_from_env(env=os.environ) -> dict:
-    settings = dict(DEFAULTS)
-    for key, default in DEFAULTS.items():
-        if key in env and env[key] != "":
-            try:
-                settings[key] = type(default)(env[key])
-            except ValueError:
-                raise RuntimeError(f"{key}={env[key]!r} is not a valid {type(default).__name__}") from None
-    return settings
+    return contract.settings_from_env(contract.WORKER_DEFAULTS, env)
 
 
 def resolve_backend(settings: dict) -> str:

@@ -32,7 +32,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+from mlcluster_contract import BACKENDS
+
 MANIFEST = "mlcluster_export.json"
 ONNX_FILE = "model.onnx"
 # What the ONNX worker needs besides the graph (whichever of these exist).

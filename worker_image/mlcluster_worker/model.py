@@ -13,21 +13,13 @@ import threading
 import time
 from pathlib import Path
 
-from .make_model import WARNING as RANDOM_WARNING, is_random_stand_in
+from mlcluster_contract import OVERHEAD_TEST
+
+from .make_model import WARNING as RANDOM_WARNING
+from .make_model import is_random_stand_in
+from .results import format_results
 
 log = logging.getLogger("mlcluster.worker")
-from .config import OVERHEAD_TEST
-
-
-def format_results(probs, labels: dict[int, str]) -> list[dict]:
-    """Rows of probabilities -> the answer's records (label, probabilities by label)."""
-    results = []
-    for row in probs:
-        row = [float(p) for p in row]
-        best = max(range(len(row)), key=row.__getitem__)
-        results.append({"label": labels.get(best, str(best)),
-                        "probabilities": {labels.get(i, str(i)): round(p, 6) for i, p in enumerate(row)}})
-    return results
 
 
 class Classifier:

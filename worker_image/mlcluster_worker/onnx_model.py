@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .export import MANIFEST, read_manifest
-from .make_model import WARNING as RANDOM_WARNING, is_random_stand_in
-from .model import format_results
+from .make_model import WARNING as RANDOM_WARNING
+from .make_model import is_random_stand_in
+from .results import format_results
 
 log = logging.getLogger("mlcluster.worker")
 OPTIMIZATION_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC"}
