@@ -30,9 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-from mlcluster_contract import BACKENDS
-
 from mlcluster import services
+from mlcluster_contract import BACKENDS
 
 
 def lab_text() -> str:

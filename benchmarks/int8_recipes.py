@@ -81,6 +81,7 @@ def calibration_feeds(onnx_dir: Path, inputs: set[str], n: int = 128) -> list[di
     """Batch-1 inputs from sentences (seed 1: not the guard's seed-0 sentences) and lab texts."""
     import numpy as np
     from tokenizers import Tokenizer
+
     import mlcluster_worker.agreement as ag
 
     tokenizer = Tokenizer.from_file(str(onnx_dir / "tokenizer.json"))
@@ -96,13 +97,12 @@ def calibration_feeds(onnx_dir: Path, inputs: set[str], n: int = 128) -> list[di
 
 
 def quantize(fp32: Path, out: Path, recipe: Recipe) -> None:
-    import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source = fp32
     if recipe.smooth_alpha:
-        from smoothquant import smooth  # benchmarks/smoothquant.py
         import onnx
+        from smoothquant import smooth  # benchmarks/smoothquant.py
         inputs = {i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input}
         source = out.with_suffix(".smooth.onnx")
         smooth(fp32, source, calibration_feeds(fp32.parent, inputs), recipe.smooth_alpha)
@@ -166,6 +166,7 @@ def sensitivity(fp32: Path, onnx_dir: Path, texts: list[str], reference: list[di
                 weight_type: str) -> list[tuple[float, str]]:
     """Mean |probability margin error| with one MatMul quantized at a time, largest first."""
     import onnx
+
     import mlcluster_worker.agreement as ag
     from mlcluster_worker.onnx_model import OnnxClassifier
 

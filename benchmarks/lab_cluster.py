@@ -134,7 +134,7 @@ def main() -> None:
     torch_row = next((r for r in rows if r["backend"] == "torch"), rows[0])
     print(f"\nthe lab's cluster (4 workers x 2 containers, this machine), mlcluster bench --concurrency 15, "
           f"{args.seconds:g} s per backend")
-    print(f"| backend | up s | req/s | ratio to torch | p50 ms | p99 ms | p99 ratio | errors | containers served |")
+    print("| backend | up s | req/s | ratio to torch | p50 ms | p99 ms | p99 ratio | errors | containers served |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['backend']} | {r['up_s']:.0f} | {r['rps']:.1f} | {r['rps'] / torch_row['rps']:.2f} | "

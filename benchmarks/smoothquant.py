@@ -26,7 +26,6 @@ import numpy as np
 
 def smooth(fp32_in: Path, fp32_out: Path, feeds: list[dict], alpha: float = 0.5) -> int:
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(fp32_in))

@@ -171,7 +171,7 @@ def main() -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         direct_p50 = rows[0][3]
-        print(f"| stack | req/s, 64 conns | p50 ms, 1 conn | added p50 ms |\n|---|---|---|---|")
+        print("| stack | req/s, 64 conns | p50 ms, 1 conn | added p50 ms |\n|---|---|---|---|")
         for name, rate, _, p50 in rows:
             print(f"| {name} | {rate:,.0f} | {p50:.3f} | {p50 - direct_p50:+.3f} |")
     finally:

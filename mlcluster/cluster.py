@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import requests
+
 from mlcluster_contract import BATCH_DEFAULTS, OVERHEAD_TEST
 
 from . import apikeys, security
@@ -23,8 +24,17 @@ from .errors import MlclusterError
 from .models import served_model
 from .providers import get_provider
 from .providers.base import Provider
-from .state import (ApiKeyRecord, ClusterSpec, ClusterState, ContainerRecord, cluster_dir, home, remove_cluster_dir,
-                    write_private, write_private_json)
+from .state import (
+    ApiKeyRecord,
+    ClusterSpec,
+    ClusterState,
+    ContainerRecord,
+    cluster_dir,
+    home,
+    remove_cluster_dir,
+    write_private,
+    write_private_json,
+)
 from .ui import QuietUI
 
 READY_TIMEOUT_S = 600.0
@@ -214,8 +224,8 @@ def _lost_state(name: str, spec: Optional[ClusterSpec]) -> Optional[ClusterState
         state = ClusterState(name=name, provider=spec.provider, token="", spec=spec)
     if state is None and not cluster_dir(name).exists():
         raise MlclusterError(f"no cluster named {name!r} is known here",
-                             f"`mlcluster list` shows the known ones; for a cluster whose state was lost, "
-                             f"--provider (and --config) say where to look for it")
+                             "`mlcluster list` shows the known ones; for a cluster whose state was lost, "
+                             "--provider (and --config) say where to look for it")
     return state
 
 
@@ -265,7 +275,7 @@ def archive_logs(state: ClusterState, provider: Provider, ui: QuietUI, budget_s:
                 failed_hosts.add(host)
                 missing.append(f"{target}: {exc}")
                 continue
-            write_private(archive / f"{target}.log", "".join(l if l.endswith("\n") else l + "\n" for l in lines))
+            write_private(archive / f"{target}.log", "".join(line if line.endswith("\n") else line + "\n" for line in lines))
     if missing:
         write_private(archive / "MISSING.txt", "\n".join(missing) + "\n")
     return archive

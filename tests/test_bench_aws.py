@@ -11,13 +11,13 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from support.aws import RecordingUI, make_provider, new_state
-from support.console import mlcluster as cli
-from support.sshhosts import SSHTestNetwork, missing_facilities
 
 from mlcluster.config import build_spec, load_config
 from mlcluster.providers.aws.options import plan
 from mlcluster.providers.aws.provider import KEY_FILE
+from support.aws import RecordingUI, make_provider, new_state
+from support.console import mlcluster as cli
+from support.sshhosts import SSHTestNetwork, missing_facilities
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]

@@ -15,13 +15,13 @@ from pathlib import Path
 import orjson
 import pytest
 import requests
-from support.services import start_orchestrator, start_worker
-from support.waiting import wait_for
 
 from mlcluster.bench.agent import RECORD_FIELDS
 from mlcluster.bench.load import random_bodies
 from mlcluster.bench.loadhosts import LoadHost, LocalAgent, run_from_hosts
 from mlcluster.bench.runner import BenchConfig
+from support.services import start_orchestrator, start_worker
+from support.waiting import wait_for
 
 CONTAINERS = 4
 SERVICE_MS = 50

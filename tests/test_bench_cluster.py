@@ -24,11 +24,11 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from support.services import free_port, start_orchestrator, start_worker
 from mlcluster.bench.cli import bench_app
 from mlcluster.bench.plot import PANELS
 from mlcluster.errors import MlclusterError
 from mlcluster.state import ClusterSpec, ClusterState
+from support.services import free_port, start_orchestrator, start_worker
 
 CONTAINERS = 8
 SERVICE_MS = 100

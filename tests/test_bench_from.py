@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from support.console import mlcluster_in as cli
 from support.relay import Relay
 from support.sshcluster import CLUSTER, our_processes, status, toml_config

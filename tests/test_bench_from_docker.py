@@ -10,6 +10,7 @@ import json
 import subprocess
 
 import pytest
+
 from support.console import mlcluster_in as cli
 from support.sshcluster import toml_config
 from support.sshhosts import SSHTestNetwork, missing_facilities

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from support.services import Service, free_port
-from support.waiting import wait_for
 from mlcluster.bench import engine as compiled
 from mlcluster.bench.load import LoadStep, Target, start_run
-from mlcluster.errors import MlclusterError
 from mlcluster.bench.runner import BenchConfig, run_bench
 from mlcluster.bench.stats import Recorder
 from mlcluster.bench.wire import now_ns
+from mlcluster.errors import MlclusterError
+from support.services import Service, free_port
+from support.waiting import wait_for
 
 ENDPOINT = Path(__file__).parent / "support" / "endpoint.py"
 

@@ -12,8 +12,17 @@ from mlcluster.bench.load import text_bodies
 from mlcluster.bench.report import Report, compare_rows, load_result, ratio, read_csv, report_of, write_csv
 from mlcluster.bench.runner import BenchConfig, BenchResult
 from mlcluster.bench.setup import _instance_types
-from mlcluster.bench.stats import (Distribution, RequestRecord, StepSummary, Summary, distribution, is_stable,
-                                   percentile, summarise, window_rates)
+from mlcluster.bench.stats import (
+    Distribution,
+    RequestRecord,
+    StepSummary,
+    Summary,
+    distribution,
+    is_stable,
+    percentile,
+    summarise,
+    window_rates,
+)
 from mlcluster.bench.sweep import StepPolicy, find_knee, parse_steps
 from mlcluster.errors import MlclusterError
 

@@ -7,13 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.console import mlcluster
-from support.moto import Fault
-from support.sshcluster import host_network, ssh_marks, toml_config
 
 from mlcluster.check import quota_verdict
 from mlcluster.resources import Resources
 from mlcluster.state import ClusterState
+from support.console import mlcluster
+from support.moto import Fault
+from support.sshcluster import host_network, ssh_marks, toml_config
 
 
 def checked(home: Path, *args: str, env: dict | None = None) -> tuple[int, dict]:

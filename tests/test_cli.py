@@ -15,7 +15,6 @@ from mlcluster.deploy.localhost import find_marked, marker
 from support.console import MLCLUSTER, cli, home_fixture, plain_bind_fails
 from support.waiting import wait_for
 
-
 home = home_fixture("default", "lab", "other", "ctrlc")
 
 

@@ -15,7 +15,6 @@ from mlcluster.output import status_table
 from mlcluster.state import ClusterState
 from support.console import cli, home_fixture
 
-
 home = home_fixture()
 
 

@@ -8,9 +8,9 @@ import subprocess
 import sys
 import tarfile
 
-import mlcluster_contract as contract
 import pytest
 
+import mlcluster_contract as contract
 from mlcluster import images, services
 from mlcluster.state import BACKENDS, ClusterSpec
 

@@ -19,12 +19,11 @@ import pytest
 import requests
 
 from mlcluster import images
-from mlcluster.errors import MlclusterError
 from mlcluster.deploy.local_docker import L_CLUSTER, L_PROVIDER, LocalDockerRuntime, connect
+from mlcluster.errors import MlclusterError
 from mlcluster.state import ClusterSpec, ClusterState
 from mlcluster.ui import QuietUI
 from support.console import cli
-
 
 pytestmark = pytest.mark.docker
 NAME = f"dockertest-{os.getpid()}"  # two runs on one engine must not meet

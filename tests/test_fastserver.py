@@ -12,12 +12,11 @@ import time
 import pytest
 import requests
 
-from support.serving import AUTH, TOKEN, Cluster, port_of
-from support.services import free_port
-from test_slow_clients import closed_by_peer, read_answer
-
 from mlcluster_orchestrator.fastserver import serve
 from mlcluster_orchestrator.routes import Orchestrator, Routes
+from support.services import free_port
+from support.serving import AUTH, TOKEN, Cluster, port_of
+from test_slow_clients import closed_by_peer, read_answer
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import requests
+
 from support.flood import PeakRss, header_flood, rss_bytes
 from support.serving import Cluster, port_of
 from test_slow_clients import closed_by_peer, read_answer

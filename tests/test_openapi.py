@@ -7,8 +7,9 @@ import json
 import jsonschema
 import pytest
 import requests
-from mlcluster_orchestrator.openapi import DOCUMENT
 from openapi_spec_validator import validate
+
+from mlcluster_orchestrator.openapi import DOCUMENT
 from support.serving import Cluster
 
 

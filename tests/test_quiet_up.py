@@ -4,6 +4,7 @@ onnx backend, so the export runs (each run in a fresh home: no cached export).""
 from __future__ import annotations
 
 import pytest
+
 from support.console import kill_marked, mlcluster
 
 

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import pytest
+
 from mlcluster_orchestrator.containers import BUSY, DOWN, DRAINING, FREE, Container, Reservation, choose_container
 from mlcluster_orchestrator.scheduler import NoContainers, QueueFull, QueuePlace, Scheduler
 from support.clock import FakeClock

@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from support.services import free_port
-from support.signing import sign
 from mlcluster_orchestrator.dispatcher import MAX_5XX_IN_A_ROW, Dispatcher
 from mlcluster_orchestrator.scheduler import Scheduler
+from support.services import free_port
+from support.signing import sign
 
 
 class Handler(BaseHTTPRequestHandler):

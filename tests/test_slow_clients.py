@@ -141,8 +141,8 @@ def test_past_the_connection_cap_new_connections_are_refused_and_queued_requests
 
 
 def test_the_open_files_soft_limit_is_raised_to_the_hard_limit(cluster, tmp_path):
-    from support.services import Service, free_port
     from mlcluster import services
+    from support.services import Service, free_port
     port = free_port()
     env = services.orchestrator_env(port=port, token="t")
     orch = Service(["prlimit", "--nofile=512:4096", "--", *services.orchestrator_command()], env,

@@ -1,7 +1,6 @@
 """The [ssh] config table: defaults, overrides, and a clear sentence for each mistake."""
 from __future__ import annotations
 
-
 import pytest
 
 from mlcluster.errors import MlclusterError

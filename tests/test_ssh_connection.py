@@ -8,8 +8,16 @@ import time
 import pytest
 
 from mlcluster.errors import MlclusterError
-from mlcluster.remote.connection import (CommandTimedOut, Connection, HostKeyChanged, HostKeyStore, HostsFailed, Unreachable,
-                           UnexpectedExit, run_on_hosts)
+from mlcluster.remote.connection import (
+    CommandTimedOut,
+    Connection,
+    HostKeyChanged,
+    HostKeyStore,
+    HostsFailed,
+    UnexpectedExit,
+    Unreachable,
+    run_on_hosts,
+)
 from support.sshcluster import host_network, ssh_marks
 
 pytestmark = ssh_marks()
@@ -60,8 +68,8 @@ def test_stdin_large_output_and_stream(net):
         big = c.run("head -c 3000000 /dev/zero | tr '\\0' a")
         assert len(big.stdout) == 3_000_000
         lines = list(c.stream("for i in 1 2 3; do echo n$i; echo e$i >&2; done"))
-    assert [l for l in lines if l.startswith("n")] == ["n1", "n2", "n3"]
-    assert sorted(l for l in lines if l.startswith("e")) == ["e1", "e2", "e3"]
+    assert [line for line in lines if line.startswith("n")] == ["n1", "n2", "n3"]
+    assert sorted(line for line in lines if line.startswith("e")) == ["e1", "e2", "e3"]
 
 
 def test_background_process_does_not_hold_the_channel(net):

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from mlcluster.providers.ssh.options import parse_options
 from mlcluster.deploy.docker import DockerRuntime
 from mlcluster.deploy.host import RemoteHost
+from mlcluster.providers.ssh.options import parse_options
 from mlcluster.remote.connection import HostKeyStore
 from mlcluster.state import ClusterSpec
 from mlcluster.ui import Step

@@ -8,10 +8,9 @@ hosts share its filesystem), or in Docker: see test_ssh_docker.py.
 """
 from __future__ import annotations
 
-import re
-
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -23,8 +22,7 @@ import pytest
 import requests
 
 from support.console import cli
-from support.sshcluster import (CLUSTER, LineReader, host_network, load, our_processes, served_by, status,
-                                toml_config)
+from support.sshcluster import CLUSTER, LineReader, host_network, load, our_processes, served_by, status, toml_config
 from support.sshhosts import LOGIN_ONLY_VALUE, LOGIN_ONLY_VAR, missing_facilities
 from support.waiting import wait_for
 

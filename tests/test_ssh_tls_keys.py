@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from mlcluster import tls
 from support.console import mlcluster_in as cli
 from support.sshcluster import CLUSTER, toml_config
 from support.sshhosts import SSHTestNetwork, missing_facilities
-
-from mlcluster import tls
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]

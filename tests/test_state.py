@@ -8,11 +8,9 @@ import stat
 import pytest
 
 from mlcluster.errors import MlclusterError
-from mlcluster.resources import (AWSResources, HostConfig, LocalDocker, LocalProcess, Resources, SSHResources,
-                                 SSHService)
+from mlcluster.resources import AWSResources, HostConfig, LocalDocker, LocalProcess, Resources, SSHResources, SSHService
 from mlcluster.state import STATE_VERSION, ClusterSpec, ClusterState, ContainerRecord
 from support.console import home_fixture
-
 
 home = home_fixture(autouse=True)  # every test here writes state: always a private home
 

@@ -13,14 +13,14 @@ import ssl
 
 import pytest
 import requests
+
+from mlcluster import apikeys, security, services, tls
+from mlcluster.state import ClusterState
 from support.console import home_fixture, mlcluster
 from support.services import Service, free_port
 from support.serving import AUTH, Cluster, port_of
 from support.waiting import wait_for
 from test_slow_clients import closed_by_peer, read_answer
-
-from mlcluster import apikeys, security, services, tls
-from mlcluster.state import ClusterState
 
 
 @pytest.fixture

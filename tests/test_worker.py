@@ -158,6 +158,7 @@ def test_the_overhead_test_mode_says_it_has_no_model(tmp_path):
 # -- the random-weight stand-in ----------------------------------------------------
 def test_make_model_writes_a_loud_stand_in_with_the_real_tokenizer(tmp_path, tiny_model):
     from transformers import AutoTokenizer
+
     from mlcluster_worker.make_model import SIZES
 
     assert SIZES["base"] == {"dim": 768, "n_layers": 6, "n_heads": 12, "hidden_dim": 3072}  # distilbert-base

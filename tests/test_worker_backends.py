@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from mlcluster_contract import BACKENDS
 
-from support.services import Service, free_port
 from mlcluster import services
+from mlcluster_contract import BACKENDS
+from support.services import Service, free_port
 from support.serving import Cluster, stop_service
 from support.signing import sign
 

@@ -11,8 +11,7 @@ import typer
 
 from ..errors import MlclusterError, UsageError
 from ..ui import run_ui
-from . import outcome as outcome_tables
-from . import report, search
+from . import outcome as outcome_tables, report, search
 from .capacity import SearchPolicy
 from .cost import hourly_cost
 from .load import random_bodies, text_bodies

@@ -13,8 +13,7 @@ import dataclasses
 import subprocess
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional, Protocol, Sequence
 

@@ -16,9 +16,9 @@ import asyncio
 import hashlib
 import resource
 import ssl
-from dataclasses import dataclass
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 from urllib.parse import urlsplit
 

@@ -39,11 +39,11 @@ from typing import Optional
 from .. import images
 from ..errors import MlclusterError
 from ..images import IMAGE_REPOS
-from .options import RemoteOptions
-from .host import RemoteHost, ServiceSpec
 from ..remote.connection import quote
 from ..resources import SSHService
 from ..ui import QuietUI
+from .host import RemoteHost, ServiceSpec
+from .options import RemoteOptions
 
 INSTALL_SCRIPT = r"""
 set -e

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import MlclusterError
-from ..resources import HostConfig
 from ..remote.connection import Connection, HostKeyStore, quote
+from ..resources import HostConfig
 
 
 @dataclass

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import MlclusterError
-from ..resources import SSHService
-from .host import RemoteHost, ServiceSpec
-from ..services import MARKER_VAR, PASSED_VARS, WORKER_PASSED_VARS, orchestrator_command, worker_command
 from ..remote.connection import quote
+from ..resources import SSHService
+from ..services import MARKER_VAR, PASSED_VARS, WORKER_PASSED_VARS, orchestrator_command, worker_command
+from .host import RemoteHost, ServiceSpec
 
 CHECK_IMPORTS = "import mlcluster_contract, mlcluster_worker, mlcluster_orchestrator, gunicorn, flask, httptools, orjson"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"

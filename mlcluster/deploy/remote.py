@@ -28,20 +28,19 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-
 from .. import security, services
-from . import watchdog
 from ..errors import MlclusterError
 from ..models import OVERHEAD_TEST, is_local_dir
-from .options import RemoteOptions
-from .host import RemoteHost, ServiceSpec
-from .session import Session
 from ..remote.connection import HostsFailed, run_on_hosts
 from ..remote.forward import Forward
 from ..resources import HostConfig, SSHResources, SSHService
 from ..state import ClusterSpec, ClusterState, ContainerRecord
 from ..ui import QuietUI
+from . import watchdog
+from .host import RemoteHost, ServiceSpec
+from .options import RemoteOptions
 from .runtime import Deployment
+from .session import Session
 
 ORCHESTRATOR_READY_S = 90.0
 

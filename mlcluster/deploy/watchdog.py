@@ -24,9 +24,8 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
-
 from shlex import quote
+from typing import TYPE_CHECKING, Optional
 
 from ..durations import seconds_or_none
 from ..resources import LocalProcess, Resources, SSHService

@@ -17,8 +17,18 @@ from typing import ContextManager, Iterator, Optional
 
 from .. import security, services
 from ..deploy import watchdog
-from ..deploy.localhost import (LOOPBACK, find_marked, free_port, is_alive, is_zombie, marker, port_free, read_log,
-                                spawn, terminate)
+from ..deploy.localhost import (
+    LOOPBACK,
+    find_marked,
+    free_port,
+    is_alive,
+    is_zombie,
+    marker,
+    port_free,
+    read_log,
+    spawn,
+    terminate,
+)
 from ..deploy.runtime import Deployment
 from ..errors import MlclusterError
 from ..models import resolve_model

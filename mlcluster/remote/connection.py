@@ -29,8 +29,17 @@ import paramiko
 
 from ..errors import MlclusterError
 from .group import HostOutcome, HostsFailed, run_on_hosts
-from .results import (CommandFailed, CommandTimedOut, HostKeyChanged, Result, UnexpectedExit, Unreachable,
-                      fingerprint, quote, short)
+from .results import (
+    CommandFailed,
+    CommandTimedOut,
+    HostKeyChanged,
+    Result,
+    UnexpectedExit,
+    Unreachable,
+    fingerprint,
+    quote,
+    short,
+)
 
 __all__ = ["Connection", "Result", "HostKeyStore", "UnexpectedExit", "CommandTimedOut", "CommandFailed",
            "HostKeyChanged", "Unreachable", "load_private_key", "fingerprint", "classify_connect_error",

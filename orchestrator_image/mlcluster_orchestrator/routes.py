@@ -32,8 +32,7 @@ from . import apikeys, openapi, validation
 from .dispatcher import Dispatcher
 from .health import HealthChecker, keep_registry_in
 from .limits import HeadLimits
-from .metrics import CONTENT_TYPE as METRICS_TYPE
-from .metrics import Metrics
+from .metrics import CONTENT_TYPE as METRICS_TYPE, Metrics
 from .scheduler import Scheduler
 from .settings import admin_bind, lab_ports, settings_from_env
 from .tls import server_context

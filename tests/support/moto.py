@@ -132,9 +132,8 @@ class MotoServer(ThreadedMotoServer):
 
     def _server_entry(self) -> None:
         # The parent builds moto's app and serves it; wrap the app once built.
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
-        from moto.moto_server.werkzeug_app import (DomainDispatcherApplication, MotoRequestHandler,
-                                                   create_backend_app)
         self.faults = FaultLayer(DomainDispatcherApplication(create_backend_app))
         self._server = make_server(self._ip_address, self._port, self.faults, True,
                                    request_handler=MotoRequestHandler)

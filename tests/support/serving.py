@@ -9,9 +9,10 @@ from pathlib import Path
 
 import requests
 
+from mlcluster import services
+
 from .services import Service, free_port, start_worker
 from .waiting import wait_for
-from mlcluster import services
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -362,7 +362,7 @@ class SSHTestNetwork:
         _ip("link", "del", self.bridge, check=False)
         for rule in self._iptables_rules:
             subprocess.run(["iptables", "-D", *rule], capture_output=True)
-        if not any(l.startswith("mlctbr") for l in _links()):
+        if not any(name.startswith("mlctbr") for name in _links()):
             _ip("route", "del", "unreachable", str(TEST_RANGE), check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -389,7 +389,7 @@ def _comm(pid: int) -> str:
 
 
 def _links() -> list[str]:
-    return [l.get("ifname", "") for l in json.loads(_ip("-j", "link", "show", check=False).stdout or "[]")]
+    return [link.get("ifname", "") for link in json.loads(_ip("-j", "link", "show", check=False).stdout or "[]")]
 
 
 def _unmount_under(path: Path) -> None:

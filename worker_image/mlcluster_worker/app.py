@@ -17,7 +17,7 @@ import string
 import threading
 
 from flask import Flask, Response, abort, jsonify, request
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from .auth import HEADER as SIGNATURE_HEADER, Verifier

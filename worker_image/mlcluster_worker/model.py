@@ -15,8 +15,7 @@ from pathlib import Path
 
 from mlcluster_contract import OVERHEAD_TEST
 
-from .make_model import WARNING as RANDOM_WARNING
-from .make_model import is_random_stand_in
+from .make_model import WARNING as RANDOM_WARNING, is_random_stand_in
 from .results import format_results
 
 log = logging.getLogger("mlcluster.worker")

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .export import MANIFEST, read_manifest
-from .make_model import WARNING as RANDOM_WARNING
-from .make_model import is_random_stand_in
+from .make_model import WARNING as RANDOM_WARNING, is_random_stand_in
 from .results import format_results
 
 log = logging.getLogger("mlcluster.worker")

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .api import AWS, AWSError
 from ...errors import MlclusterError
+from .api import AWS, AWSError
 
 TAG_CLUSTER = "mlcluster:cluster"
 TAG_ROLE = "mlcluster:role"      # orchestrator | worker

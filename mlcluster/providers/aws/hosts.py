@@ -14,8 +14,15 @@ import time
 from typing import Any, Callable
 
 from ...config import check_known
-from ...deploy.options import (HOST_SETTINGS, SETTINGS, RemoteOptions, bind_for, check_port, host_settings,
-                                parse_settings)
+from ...deploy.options import (
+    HOST_SETTINGS,
+    SETTINGS,
+    RemoteOptions,
+    bind_for,
+    check_port,
+    host_settings,
+    parse_settings,
+)
 from ...errors import MlclusterError
 from ...remote.connection import Connection, HostKeyStore, Unreachable, run_on_hosts
 from ...resources import HostConfig

@@ -3,11 +3,11 @@ wanted, the order of availability zones, and what to say when AWS refuses
 more instances. Pure functions over ec2.Instance records (no AWS call)."""
 from __future__ import annotations
 
+from ...errors import MlclusterError
+from ...ui import QuietUI
 from .api import AWSError
 from .ec2 import Instance
 from .options import PRICES
-from ...errors import MlclusterError
-from ...ui import QuietUI
 
 STANDARD_QUOTA = "'Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances' (quota code L-1216C47A)"
 

@@ -22,12 +22,6 @@ import time
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Optional
 
-from . import ec2
-from .api import AWS, AWSError, Backoff
-from .ec2 import Instance, LaunchSpec
-from .hosts import addresses, ports, remote_options, user_data, wait_for_ssh
-from .options import AMI_PARAMETERS, AWSOptions, normalise_cidr, plan
-from .placement import limit_error, match, skip_zone, zone_order
 from ...deploy.options import SETTINGS, RemoteOptions, parse_settings
 from ...deploy.remote import RemoteDeployment
 from ...deploy.runtime import Deployment
@@ -37,6 +31,12 @@ from ...resources import AWSResources
 from ...state import ClusterSpec, ClusterState, write_private
 from ...ui import QuietUI
 from ..base import CostPlan
+from . import ec2
+from .api import AWS, AWSError, Backoff
+from .ec2 import Instance, LaunchSpec
+from .hosts import addresses, ports, remote_options, user_data, wait_for_ssh
+from .options import AMI_PARAMETERS, AWSOptions, normalise_cidr, plan
+from .placement import limit_error, match, skip_zone, zone_order
 
 __all__ = ["AWSProvider", "plan"]
 

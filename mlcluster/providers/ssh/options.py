@@ -49,8 +49,16 @@ from pathlib import Path
 from typing import Any
 
 from ...config import check_known
-from ...deploy.options import (HOST_SETTINGS, SETTINGS, RemoteOptions, bind_for, check_port, check_str,
-                               host_settings, parse_settings)
+from ...deploy.options import (
+    HOST_SETTINGS,
+    SETTINGS,
+    RemoteOptions,
+    bind_for,
+    check_port,
+    check_str,
+    host_settings,
+    parse_settings,
+)
 from ...errors import MlclusterError
 from ...resources import HostConfig  # one host, as parsed here and recorded in the state
 from ...state import ClusterSpec
