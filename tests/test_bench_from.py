@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from support.console import mlcluster_in as cli
+from support.console import cli
 from support.relay import Relay
-from support.sshcluster import CLUSTER, our_processes, status, toml_config
-from support.sshhosts import SSHTestNetwork, missing_facilities
+from support.sshcluster import CLUSTER, host_network, our_processes, status, toml_config
+from support.sshhosts import missing_facilities
 from support.waiting import wait_for
 
 pytestmark = [pytest.mark.ssh,
@@ -32,11 +32,7 @@ SERVICE_MS = 20
 DELAY_MS = 40
 
 
-@pytest.fixture(scope="module")
-def net():
-    with SSHTestNetwork() as network:
-        network.add_hosts(["orch", "w1", "w2"])
-        yield network
+net = host_network("orch", "w1", "w2")
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +41,16 @@ def cluster(net, tmp_path_factory):
     config = home / "cluster.toml"
     config.write_text(toml_config(net, "overhead-test", ["w1", "w2"])
                       .replace('model = "overhead-test"', f'model = "overhead-test"\nservice_ms = {SERVICE_MS}'))
-    result = cli(home, "up", "--provider", "ssh", "--config", str(config))
+    result = cli("up", "--provider", "ssh", "--config", str(config), check=False, home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((home / CLUSTER / "state.json").read_text())
     yield {"home": home, "url": state["orchestrator_url"], "state": state}
-    cli(home, "down", "--name", CLUSTER, "--yes")
+    cli("down", "--name", CLUSTER, "--yes", check=False, home=home)
 
 
 def bench_json(home, tmp_path, name: str, *args: str) -> dict:
     out = tmp_path / f"{name}.json"
-    result = cli(home, "bench", *args, "--json", str(out), timeout=300)
+    result = cli("bench", *args, "--json", str(out), timeout=300, check=False, home=home)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -91,7 +87,7 @@ def test_two_load_hosts_merge_every_request_the_orchestrator_served(net, cluster
 
 
 def test_unknown_load_host_is_a_usage_error(cluster):
-    result = cli(cluster["home"], "bench", "--name", CLUSTER, "--from", "nosuchhost", "--requests", "5")
+    result = cli("bench", "--name", CLUSTER, "--from", "nosuchhost", "--requests", "5", check=False, home=cluster["home"])
     assert result.returncode == 2 and "nosuchhost" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -10,19 +10,15 @@ import json
 import pytest
 
 from mlcluster import tls
-from support.console import mlcluster_in as cli
-from support.sshcluster import CLUSTER, toml_config
-from support.sshhosts import SSHTestNetwork, missing_facilities
+from support.console import cli
+from support.sshcluster import CLUSTER, host_network, toml_config
+from support.sshhosts import missing_facilities
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
 
 
-@pytest.fixture(scope="module")
-def net():
-    with SSHTestNetwork() as network:
-        network.add_hosts(["orch", "w1"])
-        yield network
+net = host_network("orch", "w1")
 
 
 def test_ssh_cluster_with_tls_and_keys(net, tiny_model, tmp_path):
@@ -31,7 +27,7 @@ def test_ssh_cluster_with_tls_and_keys(net, tiny_model, tmp_path):
     config = home / "cluster.toml"
     config.write_text(toml_config(net, tiny_model, ["w1"]).replace("containers_per_worker = 2",
                                                                    "containers_per_worker = 1"))
-    up = cli(home, "up", "--provider", "ssh", "--config", str(config), "--tls", "--api-keys", "--json")
+    up = cli("up", "--provider", "ssh", "--config", str(config), "--tls", "--api-keys", "--json", check=False, home=home)
     try:
         assert up.returncode == 0, up.stderr[-3000:]
         made = json.loads(up.stdout)
@@ -43,16 +39,16 @@ def test_ssh_cluster_with_tls_and_keys(net, tiny_model, tmp_path):
         env = env_file.read_text()
         assert oct(env_file.stat().st_mode & 0o777) == "0o600"
         assert "ORCH_TLS_KEY_B64" in env and state["api_keys"][0]["sha256"] in env and key not in env
-        assert cli(home, "status", "--name", CLUSTER).returncode == 0
+        assert cli("status", "--name", CLUSTER, check=False, home=home).returncode == 0
         url = made["orchestrator_url"]
         with tls.pinned_session(state["tls_cert"], state["tls_fingerprint"]) as http:
             def post(k):
                 return http.post(url + "/new_request", json={"text": "hi"}, timeout=20,
                                  headers={"Authorization": f"Bearer {k}"} if k else {}).status_code
             assert post(None) == 401 and post(key) == 200
-            second = cli(home, "keys", "create", "--name", CLUSTER).stdout.strip()
+            second = cli("keys", "create", "--name", CLUSTER, check=False, home=home).stdout.strip()
             assert post(second) == 200
-            assert cli(home, "keys", "revoke", second.split("_")[1], "--name", CLUSTER).returncode == 0
+            assert cli("keys", "revoke", second.split("_")[1], "--name", CLUSTER, check=False, home=home).returncode == 0
             assert post(second) == 401 and post(key) == 200
     finally:
-        cli(home, "down", "--name", CLUSTER, "--yes")
+        cli("down", "--name", CLUSTER, "--yes", check=False, home=home)
