@@ -20,7 +20,7 @@ from mlcluster.bench.agent import RECORD_FIELDS
 from mlcluster.bench.load import random_bodies
 from mlcluster.bench.loadhosts import LoadHost, LocalAgent, run_from_hosts
 from mlcluster.bench.runner import BenchConfig
-from support.services import start_orchestrator, start_worker
+from support.services import overhead_cluster
 from support.waiting import wait_for
 
 CONTAINERS = 4
@@ -32,26 +32,9 @@ MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> str:
-    tmp = tmp_path_factory.mktemp("bench-capacity")
-    services = []
-    try:
-        orchestrator = start_orchestrator(tmp, token=TOKEN, queue_limit=2000)
-        services.append(orchestrator)
-        workers = [start_worker(tmp, "overhead-test", service_ms=SERVICE_MS) for _ in range(CONTAINERS)]
-        services += workers
-        orchestrator.wait()
-        for worker in workers:
-            worker.wait("/ready")
-        body = {"containers": [{"host": "127.0.0.1", "port": int(w.url.rsplit(":", 1)[1])} for w in workers]}
-        r = requests.post(orchestrator.url + "/workers", json=body, timeout=10,
-                          headers={"Authorization": f"Bearer {TOKEN}"})
-        assert r.status_code == 201, r.text
-        wait_for(lambda: [c["status"] for c in status(orchestrator.url)["containers"]] == ["free"] * CONTAINERS,
-                 "every container to be free", timeout=30)
-        yield orchestrator.url
-    finally:
-        for service in services:
-            service.stop()
+    with overhead_cluster(tmp_path_factory.mktemp("bench-capacity"), CONTAINERS, SERVICE_MS, queue_limit=2000,
+                          token=TOKEN) as url:
+        yield url
 
 
 def status(url: str) -> dict:

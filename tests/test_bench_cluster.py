@@ -28,7 +28,7 @@ from mlcluster.bench.cli import bench_app
 from mlcluster.bench.plot import PANELS
 from mlcluster.errors import MlclusterError
 from mlcluster.state import ClusterSpec, ClusterState
-from support.services import free_port, start_orchestrator, start_worker
+from support.services import free_port, overhead_cluster
 
 CONTAINERS = 8
 SERVICE_MS = 100
@@ -38,34 +38,11 @@ MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> str:
-    """The orchestrator's URL, once every container is registered and free."""
-    tmp = tmp_path_factory.mktemp("bench-cluster")
-    services = []
-    try:
-        # A queue long enough that the overload scenarios queue rather than reject.
-        orchestrator = start_orchestrator(tmp, token=TOKEN, queue_limit=300)
-        services.append(orchestrator)
-        workers = [start_worker(tmp, "overhead-test", service_ms=SERVICE_MS) for _ in range(CONTAINERS)]
-        services += workers
-        orchestrator.wait()
-        for worker in workers:
-            worker.wait("/ready")
-        body = {"containers": [{"host": "127.0.0.1", "port": int(w.url.rsplit(":", 1)[1])} for w in workers]}
-        response = requests.post(orchestrator.url + "/workers", json=body, timeout=10,
-                                 headers={"Authorization": f"Bearer {TOKEN}"})
-        assert response.status_code == 201, response.text
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            status = requests.get(orchestrator.url + "/status", timeout=5).json()
-            if [c["status"] for c in status["containers"]] == ["free"] * CONTAINERS:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"containers never became free: {status}")
-        yield orchestrator.url
-    finally:
-        for service in services:
-            service.stop()
+    """The orchestrator's URL, once every container is registered and free. A queue long
+    enough that the overload scenarios queue rather than reject."""
+    with overhead_cluster(tmp_path_factory.mktemp("bench-cluster"), CONTAINERS, SERVICE_MS, queue_limit=300,
+                          token=TOKEN) as url:
+        yield url
 
 
 def bench(*args: str) -> str:

@@ -1,12 +1,14 @@
 """Shared helpers for tests: real service processes on loopback."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import requests
 
@@ -70,3 +72,32 @@ def start_orchestrator(tmp_path: Path, token: str = "test-token", port: int | No
     port = port or free_port()
     env = services.orchestrator_env(port=port, token=token, **kw)
     return Service(services.orchestrator_command(), env, f"http://127.0.0.1:{port}", tmp_path / f"orchestrator-{port}.log")
+
+
+@contextlib.contextmanager
+def overhead_cluster(tmp_path: Path, containers: int, service_ms: float, queue_limit: int,
+                     token: str = "bench-test-token") -> Iterator[str]:
+    """An orchestrator with `containers` overhead-test workers of `service_ms`
+    each (capacity 1), registered and all free: yields its URL; stops them all."""
+    from support.waiting import wait_for
+    services_started = []
+    try:
+        orchestrator = start_orchestrator(tmp_path, token=token, queue_limit=queue_limit)
+        services_started.append(orchestrator)
+        workers = [start_worker(tmp_path, "overhead-test", service_ms=service_ms) for _ in range(containers)]
+        services_started += workers
+        orchestrator.wait()
+        for worker in workers:
+            worker.wait("/ready")
+        body = {"containers": [{"host": "127.0.0.1", "port": int(w.url.rsplit(":", 1)[1])} for w in workers]}
+        response = requests.post(orchestrator.url + "/workers", json=body, timeout=10,
+                                 headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 201, response.text
+
+        def statuses() -> list[str]:
+            return [c["status"] for c in requests.get(orchestrator.url + "/status", timeout=5).json()["containers"]]
+        wait_for(lambda: statuses() == ["free"] * containers, "every container to be free", timeout=30)
+        yield orchestrator.url
+    finally:
+        for service in services_started:
+            service.stop()
