@@ -140,14 +140,16 @@ class Bench:
         return max(requests.get(f"http://127.0.0.1:{p}/stats", timeout=5).json()["max_concurrency"]
                    for p in self.ports)
 
-    def start_haproxy(self) -> str:
-        port = free_port()
+    def haproxy_config(self, frontends: dict[str, str], global_extra: str = "") -> Path:
+        """HAProxy in front of the containers (leastconn, `maxconn 1` each, one thread), with
+        these frontends (name -> its `bind` line's arguments); the file's path."""
         servers = "\n".join(f"  server c{i} 127.0.0.1:{p} maxconn 1" for i, p in enumerate(self.ports))
+        fronts = "".join(f"frontend {name}\n  bind {bind}\n  default_backend b\n" for name, bind in frontends.items())
         cfg = self.tmp / "haproxy.cfg"
         cfg.write_text(f"""global
   nbthread 1
   maxconn 9000
-defaults
+{global_extra}defaults
   mode http
   timeout connect 2s
   timeout client 60s
@@ -155,13 +157,15 @@ defaults
   timeout queue 30s
   timeout http-request 10s
   timeout http-keep-alive 30s
-frontend f
-  bind 127.0.0.1:{port}
-  default_backend b
-backend b
+{fronts}backend b
   balance leastconn
 {servers}
 """)
+        return cfg
+
+    def start_haproxy(self) -> str:
+        port = free_port()
+        cfg = self.haproxy_config({"f": f"127.0.0.1:{port}"})
         self.start(["haproxy", "-db", "-f", str(cfg)], log="haproxy.log")
         wait_port(port)
         return f"http://127.0.0.1:{port}/run_model"

@@ -44,30 +44,9 @@ class TlsBench(Bench):
 
     def start_haproxy_pair(self) -> tuple[str, str]:
         plain, secure = free_port(), free_port()
-        servers = "\n".join(f"  server c{i} 127.0.0.1:{p} maxconn 1" for i, p in enumerate(self.ports))
-        cfg = self.tmp / "haproxy.cfg"
-        cfg.write_text(f"""global
-  nbthread 1
-  maxconn 9000
-  ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
-  timeout queue 30s
-  timeout http-request 10s
-  timeout http-keep-alive 30s
-frontend plain
-  bind 127.0.0.1:{plain}
-  default_backend b
-frontend secure
-  bind 127.0.0.1:{secure} ssl crt {self.tmp / "tls" / "haproxy.pem"}
-  default_backend b
-backend b
-  balance leastconn
-{servers}
-""")
+        cfg = self.haproxy_config({"plain": f"127.0.0.1:{plain}",
+                                   "secure": f"127.0.0.1:{secure} ssl crt {self.tmp / 'tls' / 'haproxy.pem'}"},
+                                  global_extra="  ssl-default-bind-options ssl-min-ver TLSv1.2\n")
         self.start(["haproxy", "-db", "-f", str(cfg)], log="haproxy.log")
         wait_port(plain)
         wait_port(secure)

@@ -22,11 +22,10 @@ from mlcluster.remote.connection import HostKeyStore
 from support.aws import RecordingUI, make_provider, new_state
 from support.console import cli
 from support.moto import nothing_tagged, tagged
-from support.sshcluster import host_network
-from support.sshhosts import SSHTestNetwork, missing_facilities
+from support.sshcluster import host_network, ssh_marks
+from support.sshhosts import SSHTestNetwork
 
-pytestmark = [pytest.mark.ssh,
-              pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
+pytestmark = ssh_marks()
 
 CLUSTER = "awse2e"
 HOSTS = {"orchestrator": "orch", "worker1": "w1", "worker2": "w2"}

@@ -17,11 +17,10 @@ from mlcluster.providers.aws.options import plan
 from mlcluster.providers.aws.provider import KEY_FILE
 from support.aws import RecordingUI, make_provider, new_state
 from support.console import cli
-from support.sshcluster import host_network
-from support.sshhosts import SSHTestNetwork, missing_facilities
+from support.sshcluster import host_network, ssh_marks
+from support.sshhosts import SSHTestNetwork
 
-pytestmark = [pytest.mark.ssh,
-              pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
+pytestmark = ssh_marks()
 
 CLUSTER = "awsbench"
 HOSTS = {"orchestrator": "orch", "worker1": "w1"}

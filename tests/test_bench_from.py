@@ -20,12 +20,10 @@ import pytest
 
 from support.console import cli
 from support.relay import Relay
-from support.sshcluster import CLUSTER, host_network, our_processes, status, toml_config
-from support.sshhosts import missing_facilities
+from support.sshcluster import CLUSTER, host_network, our_processes, ssh_marks, status, toml_config
 from support.waiting import wait_for
 
-pytestmark = [pytest.mark.ssh,
-              pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
+pytestmark = ssh_marks()
 
 MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
 SERVICE_MS = 20

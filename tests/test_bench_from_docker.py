@@ -12,25 +12,17 @@ import subprocess
 import pytest
 
 from support.console import cli
-from support.sshcluster import host_network, toml_config
-from support.sshhosts import missing_facilities
+from support.sshcluster import docker_over_ssh_missing, host_network, ssh_marks, toml_config
 from support.waiting import wait_for
 
-BASE_IMAGE = "mlcluster-base:bookworm"
 NAME = "benchdk"
 SERVICE_MS = 20
 
 
-def _docker_missing() -> str | None:
-    reason = missing_facilities(docker=True)
-    if reason:
-        return reason
-    probe = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True, text=True)
-    return None if probe.returncode == 0 else f"no Docker engine with the base image {BASE_IMAGE} here"
 
 
-pytestmark = [pytest.mark.ssh, pytest.mark.docker, pytest.mark.timeout(1500),
-              pytest.mark.skipif(bool(_docker_missing()), reason=f"Docker over SSH: {_docker_missing()}")]
+pytestmark = [*ssh_marks(docker_over_ssh_missing, "Docker over SSH"), pytest.mark.docker,
+              pytest.mark.timeout(1500)]
 
 
 net = host_network("w1", "wd", docker=("wd",))

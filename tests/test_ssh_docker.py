@@ -26,26 +26,23 @@ from mlcluster.remote.connection import HostKeyStore
 from mlcluster.state import ClusterSpec
 from mlcluster.ui import Step
 from support.console import cli
-from support.sshcluster import host_network, our_processes, status, toml_config
-from support.sshhosts import missing_facilities
+from support.sshcluster import (
+    BASE_IMAGE,
+    docker_over_ssh_missing,
+    host_network,
+    our_processes,
+    ssh_marks,
+    status,
+    toml_config,
+)
 
-BASE_IMAGE = "mlcluster-base:bookworm"
 CLUSTER = "sshe2e"
 
 
-def _docker_missing() -> str | None:
-    reason = missing_facilities(docker=True)
-    if reason:
-        return reason
-    probe = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"no Docker engine with the base image {BASE_IMAGE} here (run .ci/setup-docker.sh)"
-    return None
 
 
-pytestmark = [pytest.mark.ssh, pytest.mark.docker,
-              pytest.mark.timeout(1500),  # a first run builds the worker image on this machine (minutes)
-              pytest.mark.skipif(bool(_docker_missing()), reason=f"Docker over SSH: {_docker_missing()}")]
+pytestmark = [*ssh_marks(docker_over_ssh_missing, "Docker over SSH"), pytest.mark.docker,
+              pytest.mark.timeout(1500)]  # a first run builds the worker image on this machine (minutes)
 
 
 def dk(host, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

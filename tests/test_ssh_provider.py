@@ -22,12 +22,21 @@ import pytest
 import requests
 
 from support.console import cli
-from support.sshcluster import CLUSTER, LineReader, host_network, load, our_processes, served_by, status, toml_config
-from support.sshhosts import LOGIN_ONLY_VALUE, LOGIN_ONLY_VAR, missing_facilities
+from support.sshcluster import (
+    CLUSTER,
+    LineReader,
+    host_network,
+    load,
+    our_processes,
+    served_by,
+    ssh_marks,
+    status,
+    toml_config,
+)
+from support.sshhosts import LOGIN_ONLY_VALUE, LOGIN_ONLY_VAR
 from support.waiting import wait_for
 
-pytestmark = [pytest.mark.ssh,
-              pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
+pytestmark = ssh_marks()
 
 net = host_network("orch", "w1", "w2")
 

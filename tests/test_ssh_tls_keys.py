@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from mlcluster import tls
 from support.console import cli
-from support.sshcluster import CLUSTER, host_network, toml_config
-from support.sshhosts import missing_facilities
+from support.sshcluster import CLUSTER, host_network, ssh_marks, toml_config
 
-pytestmark = [pytest.mark.ssh,
-              pytest.mark.skipif(bool(missing_facilities()), reason=f"SSH test hosts: {missing_facilities()}")]
+pytestmark = ssh_marks()
 
 
 net = host_network("orch", "w1")

@@ -17,6 +17,20 @@ from .sshhosts import SSHTestNetwork, missing_facilities
 CLUSTER = "sshe2e"
 
 
+BASE_IMAGE = "mlcluster-base:bookworm"  # .ci/setup-docker.sh builds it with debootstrap
+
+
+def docker_over_ssh_missing() -> Optional[str]:
+    """What SSH test hosts with a Docker engine lack here (None: nothing)."""
+    reason = missing_facilities(docker=True)
+    if reason:
+        return reason
+    probe = subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"no Docker engine with the base image {BASE_IMAGE} here (run .ci/setup-docker.sh)"
+    return None
+
+
 def ssh_marks(missing=missing_facilities, label: str = "SSH test hosts") -> list:
     """A test module's `pytestmark`: marked ssh, skipped when `missing()`
     (by default: what the SSH test hosts lack) names something, saying what."""
