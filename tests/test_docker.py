@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from mlcluster import images
-from mlcluster.deploy.local_docker import L_CLUSTER, L_PROVIDER, LocalDockerRuntime, connect
+from mlcluster.deploy.local_docker import L_CLUSTER, L_PROVIDER, LocalDockerDeployment, connect
 from mlcluster.errors import MlclusterError
 from mlcluster.state import ClusterSpec, ClusterState
 from mlcluster.ui import QuietUI
@@ -69,7 +69,7 @@ def built(engine, home) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cluster(engine, built, tiny_model):
     """One orchestrator and two worker containers, registered and ready."""
-    runtime = LocalDockerRuntime(engine)
+    runtime = LocalDockerDeployment()
     # The runtime gets the model as workers load it: the torch backend serves the model directory itself
     # (the ONNX backends get a directory that cluster.up exports first: see the CLI test below).
     spec = ClusterSpec(name=NAME, runtime="docker", workers=1, containers_per_worker=2, model=tiny_model,

@@ -16,13 +16,15 @@ Images, `[ssh] images = ...`:
   once, uploaded to and loaded on every host whose image id differs.
 - `pull`: `docker pull` of `worker_image` / `orchestrator_image`.
 
-Containers: `mlc-<cluster>-<id>`, labelled mlcluster.cluster=<cluster> (and
-role, id, and a digest of their settings: a container whose settings changed
-is replaced, an identical running one is kept), `--restart unless-stopped`,
-the port published on the host's `bind` address, settings in a 0600 env file,
-a local model directory mounted read-only at /model. Hardened as the local
-Docker runtime's containers are (the same HARDENING settings): read-only root
-file system with a tmpfs at /tmp, every capability dropped, no-new-privileges.
+Containers: `mlc-<cluster>-<id>` (`mlcluster-<cluster>-<id>` on this machine:
+deploy/local_docker.py runs this runtime on a LocalHost), labelled
+mlcluster.cluster=<cluster> and mlcluster.provider (and role, id, and a digest
+of their settings: a container whose settings changed is replaced, an identical
+one is kept, started again if it stopped), `--restart unless-stopped`, the port
+published on the host's `bind` address, settings in a 0600 env file, a local
+model directory mounted read-only at /model. Hardened the same everywhere
+(HARDENING_FLAGS): read-only root file system with a tmpfs at /tmp, every
+capability dropped, no-new-privileges.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from ..images import IMAGE_REPOS
 from ..remote.connection import quote
 from ..resources import SSHService
 from ..ui import QuietUI
-from .host import RemoteHost, ServiceSpec
+from .host import Host, RemoteHost, ServiceSpec
 from .options import RemoteOptions
 
 INSTALL_SCRIPT = r"""
@@ -69,17 +71,29 @@ echo "dockerd did not answer within 60 s" >&2; exit 1
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, options: Optional[RemoteOptions], cluster: str, worker_kind: str = "worker"):
+    def __init__(self, options: Optional[RemoteOptions], cluster: str, worker_kind: str = "worker",
+                 provider: str = "ssh", prefix: str = "mlc"):
         self.options, self.cluster = options, cluster
+        # Its containers' label mlcluster.provider and name prefix: a cluster on this machine ("local",
+        # "mlcluster") and one on remote hosts ("ssh", "mlc") never take each other's containers.
+        self.provider, self.prefix = provider, prefix
         self.worker_kind = worker_kind  # worker or worker-onnx (images.worker_kind of the backend)
         # What was prepared here once for every host, by (what, kind); one lock
         # per kind, so the small orchestrator image need not wait for the worker's.
         self._locks = {kind: threading.Lock() for kind in IMAGE_REPOS}
         self._local: dict[tuple[str, str], tuple] = {}
-        self._tmp = Path(tempfile.mkdtemp(prefix="mlcluster-images-"))
+        self._tmp_dir: Optional[Path] = None
+
+    @property
+    def _tmp(self) -> Path:
+        """Scratch space on this machine for build contexts and saved images, made when first needed."""
+        if self._tmp_dir is None:
+            self._tmp_dir = Path(tempfile.mkdtemp(prefix="mlcluster-images-"))
+        return self._tmp_dir
 
     def close(self) -> None:
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
 
     # -- host preparation ---------------------------------------------------
     def prepare(self, host: RemoteHost, step) -> None:
@@ -101,7 +115,7 @@ class DockerRuntime:
         if host.run(f"{docker(host)} image inspect {quote(tag)} >/dev/null 2>&1", warn=True).ok:
             return tag
         remote = host.path(f"context-{kind}.tar.gz")
-        host.conn.put(tarball, remote)
+        host.put(tarball, remote)
         build_args = {**images.BUILD_ARGS.get(kind, {}), **self.options.build_args}
         args = "".join(f" --build-arg {quote(f'{k}={v}')}" for k, v in sorted(build_args.items()))
         host.run(f"{docker(host)} build -q -t {quote(tag)}{args} "
@@ -116,7 +130,7 @@ class DockerRuntime:
             return tag
         saved = self._saved_image(kind, tag)
         remote = host.path(f"image-{kind}.tar.gz")
-        host.conn.put(saved, remote)
+        host.put(saved, remote)
         host.run(f"{docker(host)} load -q -i {quote(remote)} && rm -f {quote(remote)}", timeout=1800)
         return tag
 
@@ -169,73 +183,73 @@ class DockerRuntime:
 
     # -- containers ---------------------------------------------------------
     def container_name(self, service_id: str) -> str:
-        return f"mlc-{self.cluster}-{service_id}"
+        return f"{self.prefix}-{self.cluster}-{service_id}"
 
-    def start(self, host: RemoteHost, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
-        """Run the service's container unless an identical one already runs."""
+    def label_filter(self) -> str:
+        """`docker ps` filters for this cluster's containers."""
+        return f"--filter {quote(f'label=mlcluster.cluster={self.cluster}')} --filter label=mlcluster.provider={self.provider}"
+
+    def start(self, host: Host, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
+        """Run the service's container unless an identical one already runs (a
+        stopped identical one is started again, keeping its id)."""
         name, image = self.container_name(service.id), host.facts["images"][service.kind]
+        publish = service.publish or {service.port: f"{host.bind}:{service.port}",
+                                      # the admin listener: on the host's loopback only, reached through SSH
+                                      **({service.admin_port: f"127.0.0.1:{service.admin_port}"} if service.admin_port else {})}
+        mounts = service.mounts or ({service.model_dir: "/model:ro"} if service.model_dir else {})
+        local = (service.publish, service.mounts, service.network, service.labels)
         digest = hashlib.sha256(repr((image, sorted(service.env.items()), service.port, service.model_dir,
-                                      host.config.bind, HARDENING_FLAGS, service.admin_port)).encode()).hexdigest()[:16]
+                                      host.bind, HARDENING_FLAGS, service.admin_port)
+                                     + ((local,) if any(local) else ())).encode()).hexdigest()[:16]
         record = SSHService(runtime=self.name, container=name, image=image)
         current = host.run(f"{docker(host)} inspect --format '{{{{.State.Running}}}} "
                            f"{{{{index .Config.Labels \"mlcluster.config\"}}}}' {quote(name)} 2>/dev/null", warn=True)
-        if current.ok and current.stdout.split() == ["true", digest]:
+        if current.ok and current.stdout.split()[1:] == [digest]:
+            if current.stdout.split()[0] != "true":
+                host.run(f"{docker(host)} start {quote(name)} >/dev/null", timeout=120)
             return record
         env_file = host.write_env(service, shell=False)
-        labels = {"mlcluster.cluster": self.cluster, "mlcluster.provider": "ssh", "mlcluster.role": service.kind,
-                  "mlcluster.id": service.id, "mlcluster.config": digest}
-        mount = f" -v {quote(service.model_dir)}:/model:ro" if service.model_dir else ""
+        labels = {"mlcluster.cluster": self.cluster, "mlcluster.provider": self.provider, "mlcluster.role": service.kind,
+                  "mlcluster.id": service.id, "mlcluster.config": digest, **service.labels}
         host.run(f"{docker(host)} rm -f {quote(name)} >/dev/null 2>&1; "
                  f"{docker(host)} run -d --name {quote(name)}{HARDENING_FLAGS}"
                  + "".join(f" --label {quote(f'{k}={v}')}" for k, v in labels.items())
-                 + f" --env-file {quote(env_file)} -p {quote(f'{host.config.bind}:{service.port}:{service.port}')}"
-                 # the admin listener: published on the host's loopback only, reached through SSH
-                 + (f" -p {quote(f'127.0.0.1:{service.admin_port}:{service.admin_port}')}" if service.admin_port else "")
-                 + f"{mount} {quote(image)}", timeout=120)
+                 + f" --env-file {quote(env_file)}"
+                 + "".join(f" -p {quote(f'{at}:{port}')}" for port, at in publish.items())
+                 + "".join(f" -v {quote(f'{source}:{target}')}" for source, target in mounts.items())
+                 + (f" --network {quote(service.network)} --hostname {quote(service.id)}" if service.network else "")
+                 + f" {quote(image)} >/dev/null", timeout=120)
         return record
 
-    def verify(self, host: RemoteHost, marker: str) -> None:
+    def verify(self, host: Host, marker: str) -> None:
         """Nothing to wait for: `docker run -d` failed loudly if the container
         could not start, and the restart policy handles later exits."""
 
-    def stop(self, host: RemoteHost, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
+    def stop(self, host: Host, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
         """Remove the recorded containers and (unless `only`) every container
         labelled with this cluster's name; returns what is left."""
-        if not _has_docker(host):
+        if not has_docker(host):
             return []
         names = [r.container for r in records.values() if r.container]
-        label = f"{quote(f'label=mlcluster.cluster={self.cluster}')} --filter label=mlcluster.provider=ssh"
+        label = self.label_filter()
         if names:
             host.run(f"{docker(host)} rm -f {' '.join(quote(n) for n in names)} >/dev/null 2>&1", warn=True, timeout=120)
         if only:
             return []
-        host.run(f"{docker(host)} ps -aq --filter {label} | xargs -r {docker(host)} rm -f >/dev/null", timeout=120)
-        left = host.run(f"{docker(host)} ps -aq --filter {label}", warn=True).stdout.split()
+        host.run(f"{docker(host)} ps -aq {label} | xargs -r {docker(host)} rm -f >/dev/null", timeout=120)
+        left = host.run(f"{docker(host)} ps -aq {label}", warn=True).stdout.split()
         host.run(f"rm -f {quote(host.workdir)}/*.env", warn=True)
         return [f"{host.name}: container {c} is still there" for c in left]
 
-    def log_command(self, host: RemoteHost, record: SSHService, follow: bool, tail: int) -> str:
+    def log_command(self, host: Host, record: SSHService, follow: bool, tail: int) -> str:
         lines = "all" if tail <= 0 else str(int(tail))
         return f"{docker(host)} logs --tail {lines} {'-f ' if follow else ''}{quote(record.container)} 2>&1"
 
 
 # Every container of ours, on every host: the images' non-root user, a read-only root file
-# system with a small tmpfs, no capability, no privilege gain, restarted unless stopped. As the
-# docker SDK's container settings (deploy/local_docker.py) and, below, as `docker run` flags.
-HARDENING = dict(read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"}, cap_drop=["ALL"],
-                 security_opt=["no-new-privileges"], restart_policy={"Name": "unless-stopped"})
-
-
-def _cli_flags(settings: dict) -> str:
-    """HARDENING as `docker run` flags, so both forms come from one definition."""
-    flags = " --read-only" if settings["read_only"] else ""
-    flags += "".join(f" --tmpfs {quote(f'{path}:{opts}')}" for path, opts in settings["tmpfs"].items())
-    flags += "".join(f" --cap-drop {quote(cap)}" for cap in settings["cap_drop"])
-    flags += "".join(f" --security-opt {quote(opt)}" for opt in settings["security_opt"])
-    return flags + f" --restart {quote(settings['restart_policy']['Name'])}"
-
-
-HARDENING_FLAGS = _cli_flags(HARDENING)
+# system with a small tmpfs, no capability, no privilege gain, restarted unless stopped.
+HARDENING_FLAGS = (" --read-only --tmpfs /tmp:rw,nosuid,nodev,size=256m --cap-drop ALL"
+                   " --security-opt no-new-privileges --restart unless-stopped")
 
 
 @contextlib.contextmanager
@@ -253,12 +267,12 @@ def _local_engine(kind: str):
                              "images = \"ship\" needs a Docker engine here; \"build\" builds on the hosts") from None
 
 
-def docker(host: RemoteHost) -> str:
+def docker(host: Host) -> str:
     """How to call docker on this host ("docker" or "sudo -n docker")."""
     return host.facts.get("docker", "docker")
 
 
-def _has_docker(host: RemoteHost) -> bool:
+def has_docker(host: Host) -> bool:
     if "docker" in host.facts:
         return True
     for command in ("docker", f"{host.sudo}docker"):
@@ -270,7 +284,7 @@ def _has_docker(host: RemoteHost) -> bool:
 
 def ensure_docker(host: RemoteHost, step) -> None:
     """Docker installed, running and usable by the login user (or via sudo)."""
-    if _has_docker(host):
+    if has_docker(host):
         return
     sudo = host.sudo
     if not host.run("command -v docker >/dev/null", warn=True).ok:
@@ -285,9 +299,9 @@ def ensure_docker(host: RemoteHost, step) -> None:
         raise MlclusterError(f"{host.name}: Docker is installed but does not start: {result.tail(3)}")
     if sudo:
         # The group applies to new logins: reconnect so later commands have it.
-        host.run(f"{sudo}usermod -aG docker {quote(host.config.user)}", warn=True)
+        host.run(f"{sudo}usermod -aG docker {quote(host.user)}", warn=True)
         host.conn.close()
         host.facts.pop("docker", None)
-    if not _has_docker(host):
-        raise MlclusterError(f"{host.name}: Docker runs but user {host.config.user!r} cannot use it, not even with sudo",
+    if not has_docker(host):
+        raise MlclusterError(f"{host.name}: Docker runs but user {host.user!r} cannot use it, not even with sudo",
                              "give the user password-less sudo or membership of the docker group")

@@ -1,19 +1,30 @@
-"""One machine reached over SSH, as the ssh provider uses it: its config, its
-connection, and what we learned about it (absolute working directory, CPUs),
-plus the few file chores every runtime needs (env files, model upload).
+"""A machine services run on, whoever provided it: a `Host` runs shell lines
+(`run` -> Result, `stream`) and receives files (`put`, `put_text`); the file
+chores every runtime needs (env files, model upload) are built on those, so
+the runtimes (process.py, docker.py) work on either kind:
+- `LocalHost`: this machine, through /bin/sh (subprocess);
+- `RemoteHost`: a machine reached over SSH (remote.Connection), with its
+  config and what we learned about it (absolute working directory, CPUs).
 """
 from __future__ import annotations
 
+import getpass
 import hashlib
+import os
 import shlex
+import shutil
 import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from ..errors import MlclusterError
-from ..remote.connection import Connection, HostKeyStore, quote
+from ..remote.results import CommandTimedOut, Result, UnexpectedExit, quote
 from ..resources import HostConfig
+
+if TYPE_CHECKING:  # paramiko only where a remote host is used: a local cluster never loads it
+    from ..remote.connection import Connection, HostKeyStore
 
 
 @dataclass
@@ -25,41 +36,39 @@ class ServiceSpec:
     env: dict[str, str]     # its environment (may hold the token: written to a 0600 file)
     model_dir: str = ""     # a model directory on the host (mounted read-only into a container)
     admin_port: int = 0     # the orchestrator's admin listener: on the host's 127.0.0.1 only
+    # Docker on this machine only (empty elsewhere): container port -> "address:host port" (an empty
+    # host port: any free one), mounts (volume or directory -> "/path:ro|rw"), the network, more labels.
+    publish: dict[int, str] = field(default_factory=dict)
+    mounts: dict[str, str] = field(default_factory=dict)
+    network: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class RemoteHost:
-    config: HostConfig
-    conn: Connection
-    workdir: str = ""       # absolute, once `prepare_workdir` ran
-    cpus: int = 1
-    facts: dict = field(default_factory=dict)
+class Host:
+    """What the runtimes need of a machine; see the module docstring."""
+    name: str
+    workdir: str            # absolute: where env files, logs and uploads go
+    bind: str               # the address its services listen on
+    user: str
+    cpus: int
+    facts: dict
 
-    @classmethod
-    def connect(cls, config: HostConfig, store: HostKeyStore, connect_timeout: float) -> "RemoteHost":
-        conn = Connection(config.address, config.user, config.port, key_path=config.key or None,
-                          connect_timeout=connect_timeout, known_hosts=store, label=config.name)
-        return cls(config, conn)
+    def run(self, command: str, timeout: float = 60.0, warn: bool = False) -> Result:
+        raise NotImplementedError
 
-    @property
-    def name(self) -> str:
-        return self.config.name
+    def stream(self, command: str) -> Iterator[str]:
+        raise NotImplementedError
+
+    def put(self, local: str | Path, remote: str, mode: Optional[int] = None) -> None:
+        raise NotImplementedError
+
+    def put_text(self, text: str, remote: str, mode: int = 0o600) -> None:
+        raise NotImplementedError
 
     @property
     def sudo(self) -> str:
         """Prefix for commands that need root ("" when we log in as root)."""
-        return "" if self.config.user == "root" else "sudo -n "
-
-    def run(self, command: str, timeout: float = 60.0, warn: bool = False):
-        return self.conn.run(command, timeout=timeout, warn=warn)
-
-    def prepare_workdir(self) -> None:
-        """Create this cluster's directory (0700: env files hold the token) and
-        learn the host's CPU count."""
-        result = self.run(f"mkdir -p {quote(self.config.workdir)} && chmod 700 {quote(self.config.workdir)} "
-                          f"&& cd {quote(self.config.workdir)} && pwd && (nproc 2>/dev/null || echo 1)")
-        lines = result.stdout.split()
-        self.workdir, self.cpus = lines[0], max(1, int(lines[1]))
+        return "" if self.user == "root" else "sudo -n "
 
     def path(self, name: str) -> str:
         return f"{self.workdir}/{name}"
@@ -73,7 +82,7 @@ class RemoteHost:
                 raise MlclusterError(f"environment variable {key} of {service.id} has a newline in its value")
         lines = [f"{k}={shlex.quote(v) if shell else v}" for k, v in sorted(service.env.items())]
         path = self.path(f"{service.id}.env")
-        self.conn.put_text("\n".join(lines) + "\n", path, mode=0o600)
+        self.put_text("\n".join(lines) + "\n", path, mode=0o600)
         return path
 
     def upload_model(self, local_dir: Path) -> str:
@@ -90,10 +99,109 @@ class RemoteHost:
                  + "".join(f" && mkdir -p {quote(staging + '/' + d)}" for d in dirs))
         for path in files:
             mode = stat.S_IMODE(path.stat().st_mode) | 0o444
-            self.conn.put(path, f"{staging}/{path.relative_to(local_dir)}", mode=mode)
+            self.put(path, f"{staging}/{path.relative_to(local_dir)}", mode=mode)
         self.run(f"chmod 755 {quote(staging)} && touch {quote(staging)}/.complete && rm -rf {quote(target)} "
                  f"&& mv {quote(staging)} {quote(target)}")
         return target
+
+    def close(self) -> None:
+        pass
+
+
+class LocalHost(Host):
+    """This machine: shell lines through /bin/sh, files copied in place."""
+
+    def __init__(self, workdir: Path, bind: str = "127.0.0.1"):
+        self.name, self.workdir, self.bind = "this machine", str(workdir.resolve()), bind
+        self.user, self.cpus, self.facts = getpass.getuser(), os.cpu_count() or 1, {}
+
+    @property
+    def sudo(self) -> str:
+        return ""  # this machine's Docker engine is used as the caller can, never through sudo
+
+    def run(self, command: str, timeout: float = 60.0, warn: bool = False) -> Result:
+        try:
+            done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise CommandTimedOut(Result(self.name, command, _text(exc.stdout), _text(exc.stderr), -1), timeout) from None
+        result = Result(self.name, command, _text(done.stdout), _text(done.stderr), done.returncode)
+        if not result.ok and not warn:
+            raise UnexpectedExit(result)
+        return result
+
+    def stream(self, command: str) -> Iterator[str]:
+        with subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL) as proc:
+            try:
+                for line in proc.stdout:
+                    yield line.decode(errors="replace").rstrip("\n")
+            finally:
+                proc.kill()
+
+    def put(self, local: str | Path, remote: str, mode: Optional[int] = None) -> None:
+        shutil.copyfile(local, remote)
+        if mode is not None:
+            os.chmod(remote, mode)
+
+    def put_text(self, text: str, remote: str, mode: int = 0o600) -> None:
+        Path(remote).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(remote + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(remote + ".tmp", remote)
+
+
+def _text(data: Optional[bytes]) -> str:
+    return (data or b"").decode(errors="replace")
+
+
+@dataclass
+class RemoteHost(Host):
+    config: HostConfig
+    conn: "Connection"
+    workdir: str = ""       # absolute, once `prepare_workdir` ran
+    cpus: int = 1
+    facts: dict = field(default_factory=dict)
+
+    @classmethod
+    def connect(cls, config: HostConfig, store: "HostKeyStore", connect_timeout: float) -> "RemoteHost":
+        from ..remote.connection import Connection
+        conn = Connection(config.address, config.user, config.port, key_path=config.key or None,
+                          connect_timeout=connect_timeout, known_hosts=store, label=config.name)
+        return cls(config, conn)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def bind(self) -> str:
+        return self.config.bind
+
+    @property
+    def user(self) -> str:
+        return self.config.user
+
+    def run(self, command: str, timeout: float = 60.0, warn: bool = False) -> Result:
+        return self.conn.run(command, timeout=timeout, warn=warn)
+
+    def stream(self, command: str) -> Iterator[str]:
+        return self.conn.stream(command)
+
+    def put(self, local: str | Path, remote: str, mode: Optional[int] = None) -> None:
+        self.conn.put(local, remote, mode=mode)
+
+    def put_text(self, text: str, remote: str, mode: int = 0o600) -> None:
+        self.conn.put_text(text, remote, mode=mode)
+
+    def prepare_workdir(self) -> None:
+        """Create this cluster's directory (0700: env files hold the token) and
+        learn the host's CPU count."""
+        result = self.run(f"mkdir -p {quote(self.config.workdir)} && chmod 700 {quote(self.config.workdir)} "
+                          f"&& cd {quote(self.config.workdir)} && pwd && (nproc 2>/dev/null || echo 1)")
+        lines = result.stdout.split()
+        self.workdir, self.cpus = lines[0], max(1, int(lines[1]))
 
     def close(self) -> None:
         self.conn.close()

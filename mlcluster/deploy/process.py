@@ -198,7 +198,7 @@ def ensure_venv(host: RemoteHost) -> str:
     with tempfile.NamedTemporaryFile(suffix=".tar.gz") as f:
         f.write(data)
         f.flush()
-        host.conn.put(f.name, host.path("src.tar.gz"))
+        host.put(f.name, host.path("src.tar.gz"))
     host.run(f"cd {quote(host.workdir)} && rm -rf src && tar xzf src.tar.gz && "
              f"(test -x {quote(python)} || python3 -m venv {quote(venv)}) && "
              f"{quote(python)} -m pip install -q --upgrade pip && "

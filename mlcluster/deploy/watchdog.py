@@ -151,10 +151,8 @@ def stop_local_cluster(name: str) -> None:
     localhost.terminate(set(localhost.find_marked(localhost.marker(name))))
     state = ClusterState.load_or_none(name)
     if state is not None and state.runtime == "docker":
-        from .local_docker import L_ROLE, connect, label_filters
-        for container in connect(timeout=60).containers.list(filters=label_filters(name)):
-            if container.labels.get(L_ROLE) in ("orchestrator", "worker"):
-                container.stop(timeout=10)
+        from .local_docker import stop_containers
+        stop_containers(name)
 
 
 # -- a remote host -----------------------------------------------------------------
@@ -183,7 +181,7 @@ def start_remote(host: "RemoteHost", cluster: str, marker: str, status_url: str,
         return known
     if known:
         runtime.stop(host, {"watchdog": known}, marker, only=True)
-    host.conn.put(WATCHDOG_SOURCE, script)
+    host.put(WATCHDOG_SOURCE, script)
     log, pidfile = host.path("watchdog.log"), host.path("watchdog.pid")
     # Only the basics of the login environment, and how to reach the host's Docker engine (the stop script).
     clean = clean_env(PASSED_VARS + DOCKER_VARS[:3])

@@ -3,7 +3,7 @@
 Runtime `process` (the default): one orchestrator and N×M worker processes
 (gunicorn), each in its own session, on free loopback ports. "Workers" are
 simulated machines: worker2's containers are `worker2-1`, `worker2-2`, ...
-Runtime `docker`: delegated to `LocalDockerRuntime` (deploy/local_docker.py).
+Runtime `docker`: delegated to `LocalDockerDeployment` (deploy/local_docker.py).
 
 Every process carries MLCLUSTER_MARKER=<name>@<state dir> in its environment;
 `down` finds them by it when the state is lost (never by name patterns).
@@ -51,8 +51,8 @@ class LocalProvider:
     name = "local"
 
     def _docker(self):
-        from ..deploy.local_docker import LocalDockerRuntime
-        return LocalDockerRuntime()
+        from ..deploy.local_docker import LocalDockerDeployment
+        return LocalDockerDeployment()
 
     def _runtime(self, spec_or_state_runtime: str) -> str:
         if spec_or_state_runtime == "auto":
