@@ -41,7 +41,7 @@ from typing import Optional
 from .. import images
 from ..errors import MlclusterError
 from ..images import IMAGE_REPOS
-from ..remote.connection import quote
+from ..remote.results import quote
 from ..resources import SSHService
 from ..ui import QuietUI
 from .host import Host, RemoteHost, ServiceSpec

@@ -1,4 +1,5 @@
-"""The process runtime over SSH: services as background processes on the host.
+"""The process runtime: services as background processes on a host, this
+machine (the local provider's processes) or a remote one over SSH.
 
 Each service is `python -m gunicorn ...` (mlcluster.services' command line)
 started in its own session with only the environment it needs:
@@ -30,10 +31,10 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import MlclusterError
-from ..remote.connection import quote
+from ..remote.results import quote
 from ..resources import SSHService
 from ..services import MARKER_VAR, PASSED_VARS, WORKER_PASSED_VARS, orchestrator_command, worker_command
-from .host import RemoteHost, ServiceSpec
+from .host import Host, RemoteHost, ServiceSpec
 
 CHECK_IMPORTS = "import mlcluster_contract, mlcluster_worker, mlcluster_orchestrator, gunicorn, flask, httptools, orjson"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -60,7 +61,7 @@ class ProcessRuntime:
                                  "or leave it out to have a venv made")
         host.facts["python"] = python
 
-    def start(self, host: RemoteHost, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
+    def start(self, host: Host, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
         """Start the service unless the recorded process still runs; returns its record."""
         if known and self.alive(host, known.pid, marker):
             return known
@@ -78,7 +79,7 @@ class ProcessRuntime:
         host.facts.setdefault("just_started", []).append((service.id, pid, log, time.monotonic()))
         return SSHService(runtime=self.name, pid=pid, log=log)
 
-    def verify(self, host: RemoteHost, marker: str) -> None:
+    def verify(self, host: Host, marker: str) -> None:
         """A wrong interpreter or a broken environment fails at once: check that
         what `start` just started on this host still runs, and say so if not."""
         started = host.facts.pop("just_started", [])
@@ -91,7 +92,7 @@ class ProcessRuntime:
                 raise MlclusterError(f"{host.name}: {sid} exited right after starting; its log ends:\n{tail}")
 
     @staticmethod
-    def _check_port_free(host: RemoteHost, python: str, service: ServiceSpec) -> None:
+    def _check_port_free(host: Host, python: str, service: ServiceSpec) -> None:
         bind = service.env.get("BIND", f"0.0.0.0:{service.port}").rsplit(":", 1)[0]
         wanted = [(bind, service.port)] + ([("127.0.0.1", service.admin_port)] if service.admin_port else [])
         for address, port in wanted:
@@ -102,7 +103,7 @@ class ProcessRuntime:
                                      "stop what listens there (another cluster?) or set worker_port / "
                                      "orchestrator_port / admin_port")
 
-    def stop(self, host: RemoteHost, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
+    def stop(self, host: Host, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
         """Stop the recorded services and (unless `only`) any other process of
         ours on the host, found by marker; returns what is still running."""
         pids = [r.pid for r in records.values() if r.pid]
@@ -119,14 +120,14 @@ class ProcessRuntime:
             host.run(f"rm -f {quote(host.workdir)}/*.env {quote(host.workdir)}/*.pid", warn=True)
         return [f"{host.name}: process {p} is still running" for p in left]
 
-    def log_command(self, host: RemoteHost, record: SSHService, follow: bool, tail: int) -> str:
+    def log_command(self, host: Host, record: SSHService, follow: bool, tail: int) -> str:
         lines = "+1" if tail <= 0 else str(int(tail))  # 0: the whole log
         return f"tail -n {lines} {'-F ' if follow else ''}{quote(record.log)} 2>&1"
 
-    def alive(self, host: RemoteHost, pid: int, marker: str) -> bool:
+    def alive(self, host: Host, pid: int, marker: str) -> bool:
         return bool(pid) and host.run(_has_marker(pid, marker), warn=True).ok
 
-    def _any_alive(self, host: RemoteHost, pids: list[int], marker: str) -> bool:
+    def _any_alive(self, host: Host, pids: list[int], marker: str) -> bool:
         return host.run(" || ".join(f"({_has_marker(p, marker)})" for p in pids), warn=True).ok
 
 

@@ -1,10 +1,11 @@
 """The deployment layer's contract: what runs after `up` (`Deployment`), and
-what a runtime does on a host (`RemoteRuntime`, which `ProcessRuntime`
-(process.py) and `DockerRuntime` (docker.py) implement).
+what a runtime does on any host, this machine or a remote one (`Runtime`,
+which `ProcessRuntime` (process.py) and `DockerRuntime` (docker.py) implement
+once each; a `Host` is deploy/host.py's).
 
-A service's record (what `start` returns) is an `SSHService`, saved in the
-cluster's state under resources.ssh.services; its `runtime` tells `down`
-which runtime stops it.
+A service's record (what `start` returns) is an `SSHService`; on remote hosts
+it is saved in the cluster's state under resources.ssh.services, and its
+`runtime` tells `down` which runtime stops it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..state import ContainerRecord
 from ..ui import Step
 
 if TYPE_CHECKING:  # paramiko only where a remote host is used: a local cluster never loads it
-    from .host import RemoteHost, ServiceSpec
+    from .host import Host, ServiceSpec
 
 
 @dataclass
@@ -27,23 +28,23 @@ class Deployment:
     containers: list[ContainerRecord] = field(default_factory=list)
 
 
-class RemoteRuntime(Protocol):
+class Runtime(Protocol):
     name: str  # "process" | "docker"
 
-    def prepare(self, host: RemoteHost, step: Step) -> None:
+    def prepare(self, host: Host, step: Step) -> None:
         """Make the host able to run services (an interpreter, or Docker and the images)."""
 
-    def start(self, host: RemoteHost, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
+    def start(self, host: Host, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
         """Start `service` unless what `known` records still runs as wanted; return its record."""
 
-    def verify(self, host: RemoteHost, marker: str) -> None:
+    def verify(self, host: Host, marker: str) -> None:
         """Fail at once, naming the host, when what `start` just started is not running."""
 
-    def stop(self, host: RemoteHost, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
+    def stop(self, host: Host, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
         """Stop the recorded services (and, unless `only`, anything else carrying
         `marker`); return sentences naming what still runs."""
 
-    def log_command(self, host: RemoteHost, record: SSHService, follow: bool, tail: int) -> str:
+    def log_command(self, host: Host, record: SSHService, follow: bool, tail: int) -> str:
         """The shell command that prints the service's log on the host."""
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from ..state import ClusterState
 from .host import RemoteHost
 from .options import RemoteOptions
 from .process import ProcessRuntime
-from .runtime import RemoteRuntime
+from .runtime import Runtime
 
 
 class Session:
@@ -24,7 +24,7 @@ class Session:
     def __init__(self, state: ClusterState, options: Optional[RemoteOptions]):
         self.state, self.options = state, options
         self.lock = threading.RLock()
-        self._runtimes: dict[str, RemoteRuntime] = {}
+        self._runtimes: dict[str, Runtime] = {}
         self.store = HostKeyStore(state.resources.host_keys, on_change=self.save, lock=self.lock)
         if state.resources.ssh is None:
             state.resources.ssh = SSHResources()
@@ -57,7 +57,7 @@ class Session:
         self.hosts[config.name] = host
         return host
 
-    def runtime(self, kind: str) -> RemoteRuntime:
+    def runtime(self, kind: str) -> Runtime:
         """The runtime object for `kind` (one per command: the Docker one keeps
         what it prepared here once for all hosts)."""
         with self.lock:

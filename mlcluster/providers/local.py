@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import ContextManager, Iterator, Optional
 
 from .. import security, services
 from ..deploy import watchdog
+from ..deploy.host import LocalHost, ServiceSpec
 from ..deploy.localhost import (
     LOOPBACK,
     find_marked,
@@ -26,9 +28,9 @@ from ..deploy.localhost import (
     marker,
     port_free,
     read_log,
-    spawn,
     terminate,
 )
+from ..deploy.process import ProcessRuntime
 from ..deploy.runtime import Deployment
 from ..errors import MlclusterError
 from ..models import resolve_model
@@ -106,6 +108,9 @@ class LocalProvider:
                 terminate({p.pid for p in extra})
             procs[:] = [p for p in procs if p not in extra]
             state.save()
+        # The same process runtime as on any remote host, on this machine: env, pid and log files in logs/.
+        host, runtime = LocalHost(logs), ProcessRuntime()
+        host.facts["python"] = sys.executable
         threads = max(1, (os.cpu_count() or 1) // (spec.workers * spec.containers_per_worker))
         requested_port = spec.provider_options.get("local", {}).get("port")
         missing = [w for w in wanted if w[1] not in alive]
@@ -121,17 +126,16 @@ class LocalProvider:
                         queue_timeout_s=spec.queue_timeout_s, admin_bind=f"{LOOPBACK}:{admin_port}",
                         status_file=str(cluster_dir(spec.name) / "orchestrator-status.json"), marker=marker(spec.name))
                     env.update(security.orchestrator_env(state))
-                    cmd = services.orchestrator_command()
                 else:
                     env = services.worker_env(model=model.ref, port=port, torch_threads=threads, worker_id=pid_id,
                                               service_ms=spec.service_ms, marker=marker(spec.name),
                                               **services.cluster_worker_settings(spec, state))
                     if model.local:
                         env["HF_HUB_OFFLINE"] = "1"
-                    cmd = services.worker_command()
-                record = LocalProcess(id=pid_id, role=role, worker=worker, port=port, log=str(logs / f"{pid_id}.log"),
-                                      admin_port=admin_port)
-                record.pid = spawn(cmd, role, env, Path(record.log))
+                started = runtime.start(host, ServiceSpec(pid_id, role, port, env, admin_port=admin_port),
+                                        marker(spec.name), None)
+                record = LocalProcess(id=pid_id, role=role, worker=worker, port=port, log=started.log,
+                                      pid=started.pid, admin_port=admin_port)
                 procs[:] = [p for p in procs if p.id != pid_id] + [record]
                 state.save()  # recorded the moment it exists, so `down` can always clean it
                 step.advance()
