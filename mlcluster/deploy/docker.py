@@ -193,13 +193,13 @@ class DockerRuntime:
         """Run the service's container unless an identical one already runs (a
         stopped identical one is started again, keeping its id)."""
         name, image = self.container_name(service.id), host.facts["images"][service.kind]
-        publish = service.publish or {service.port: f"{host.bind}:{service.port}",
+        publish = service.publish or {service.port: f"{host.config.bind}:{service.port}",
                                       # the admin listener: on the host's loopback only, reached through SSH
                                       **({service.admin_port: f"127.0.0.1:{service.admin_port}"} if service.admin_port else {})}
         mounts = service.mounts or ({service.model_dir: "/model:ro"} if service.model_dir else {})
         local = (service.publish, service.mounts, service.network, service.labels)
         digest = hashlib.sha256(repr((image, sorted(service.env.items()), service.port, service.model_dir,
-                                      host.bind, HARDENING_FLAGS, service.admin_port)
+                                      host.config.bind, HARDENING_FLAGS, service.admin_port)
                                      + ((local,) if any(local) else ())).encode()).hexdigest()[:16]
         record = SSHService(runtime=self.name, container=name, image=image)
         current = host.run(f"{docker(host)} inspect --format '{{{{.State.Running}}}} "
@@ -299,9 +299,9 @@ def ensure_docker(host: RemoteHost, step) -> None:
         raise MlclusterError(f"{host.name}: Docker is installed but does not start: {result.tail(3)}")
     if sudo:
         # The group applies to new logins: reconnect so later commands have it.
-        host.run(f"{sudo}usermod -aG docker {quote(host.user)}", warn=True)
+        host.run(f"{sudo}usermod -aG docker {quote(host.config.user)}", warn=True)
         host.conn.close()
         host.facts.pop("docker", None)
     if not has_docker(host):
-        raise MlclusterError(f"{host.name}: Docker runs but user {host.user!r} cannot use it, not even with sudo",
+        raise MlclusterError(f"{host.name}: Docker runs but user {host.config.user!r} cannot use it, not even with sudo",
                              "give the user password-less sudo or membership of the docker group")

@@ -1,10 +1,10 @@
-"""A machine services run on, whoever provided it: a `Host` runs shell lines
-(`run` -> Result, `stream`) and receives files (`put`, `put_text`); the file
-chores every runtime needs (env files, model upload) are built on those, so
-the runtimes (process.py, docker.py) work on either kind:
-- `LocalHost`: this machine, through /bin/sh (subprocess);
-- `RemoteHost`: a machine reached over SSH (remote.Connection), with its
-  config and what we learned about it (absolute working directory, CPUs).
+"""A machine services run on, whoever provided it: a `Host` is a host record
+(HostConfig) and a connection that runs shell lines (`run` -> Result,
+`stream`) and receives files (`put`, `put_text`); the file chores every
+runtime needs (working directory, env files, model upload) are built on
+those, so the runtimes (process.py, docker.py) work on any host:
+- `LocalHost(workdir)`: this machine, its connection a LocalShell (bash);
+- `RemoteHost.connect(config, ...)`: a machine reached over SSH (remote.Connection).
 """
 from __future__ import annotations
 
@@ -44,31 +44,89 @@ class ServiceSpec:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-class Host:
-    """What the runtimes need of a machine; see the module docstring."""
-    name: str
-    workdir: str            # absolute: where env files, logs and uploads go
-    bind: str               # the address its services listen on
-    user: str
-    cpus: int
-    facts: dict
+class LocalShell:
+    """This machine behind a Connection's interface: shell lines through bash
+    (as a login shell over SSH runs them; dash's `kill` refuses `--`), files
+    copied in place."""
+    label = "this machine"
+    shell = shutil.which("bash") or "/bin/sh"
 
     def run(self, command: str, timeout: float = 60.0, warn: bool = False) -> Result:
-        raise NotImplementedError
+        try:
+            done = subprocess.run([self.shell, "-c", command], capture_output=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise CommandTimedOut(Result(self.label, command, _text(exc.stdout), _text(exc.stderr), -1), timeout) from None
+        result = Result(self.label, command, _text(done.stdout), _text(done.stderr), done.returncode)
+        if not result.ok and not warn:
+            raise UnexpectedExit(result)
+        return result
 
     def stream(self, command: str) -> Iterator[str]:
-        raise NotImplementedError
+        with subprocess.Popen([self.shell, "-c", command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL) as proc:
+            try:
+                for line in proc.stdout:
+                    yield line.decode(errors="replace").rstrip("\n")
+            finally:
+                proc.kill()
 
     def put(self, local: str | Path, remote: str, mode: Optional[int] = None) -> None:
-        raise NotImplementedError
+        shutil.copyfile(local, remote)
+        if mode is not None:
+            os.chmod(remote, mode)
 
     def put_text(self, text: str, remote: str, mode: int = 0o600) -> None:
-        raise NotImplementedError
+        Path(remote).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(remote + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(remote + ".tmp", remote)
+
+    def close(self) -> None:
+        pass  # nothing held
+
+
+def _text(data: Optional[bytes]) -> str:
+    return (data or b"").decode(errors="replace")
+
+
+@dataclass
+class Host:
+    """A machine services run on: its record (a HostConfig), how to reach it
+    (`conn`: a remote.Connection, or a LocalShell for this machine), and what we
+    learned about it (absolute working directory, CPUs, facts the runtimes keep)."""
+    config: HostConfig
+    conn: "Connection | LocalShell"
+    workdir: str = ""       # absolute, once `prepare_workdir` ran
+    cpus: int = 1
+    facts: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
 
     @property
     def sudo(self) -> str:
         """Prefix for commands that need root ("" when we log in as root)."""
-        return "" if self.user == "root" else "sudo -n "
+        return "" if self.config.user == "root" else "sudo -n "
+
+    def run(self, command: str, timeout: float = 60.0, warn: bool = False) -> Result:
+        return self.conn.run(command, timeout=timeout, warn=warn)
+
+    def stream(self, command: str) -> Iterator[str]:
+        return self.conn.stream(command)
+
+    def put(self, local: str | Path, remote: str, mode: Optional[int] = None) -> None:
+        self.conn.put(local, remote, mode=mode)
+
+    def prepare_workdir(self) -> None:
+        """Create this cluster's directory (0700: env files hold the token) and
+        learn the host's CPU count."""
+        result = self.run(f"mkdir -p {quote(self.config.workdir)} && chmod 700 {quote(self.config.workdir)} "
+                          f"&& cd {quote(self.config.workdir)} && pwd && (nproc 2>/dev/null || echo 1)")
+        lines = result.stdout.split()
+        self.workdir, self.cpus = lines[0], max(1, int(lines[1]))
 
     def path(self, name: str) -> str:
         return f"{self.workdir}/{name}"
@@ -82,7 +140,7 @@ class Host:
                 raise MlclusterError(f"environment variable {key} of {service.id} has a newline in its value")
         lines = [f"{k}={shlex.quote(v) if shell else v}" for k, v in sorted(service.env.items())]
         path = self.path(f"{service.id}.env")
-        self.put_text("\n".join(lines) + "\n", path, mode=0o600)
+        self.conn.put_text("\n".join(lines) + "\n", path, mode=0o600)
         return path
 
     def upload_model(self, local_dir: Path) -> str:
@@ -105,64 +163,25 @@ class Host:
         return target
 
     def close(self) -> None:
-        pass
+        self.conn.close()
 
 
 class LocalHost(Host):
-    """This machine: shell lines through /bin/sh, files copied in place."""
+    """This machine as a Host: services listen on 127.0.0.1, files go to `workdir`."""
 
-    def __init__(self, workdir: Path, bind: str = "127.0.0.1"):
-        self.name, self.workdir, self.bind = "this machine", str(workdir.resolve()), bind
-        self.user, self.cpus, self.facts = getpass.getuser(), os.cpu_count() or 1, {}
+    def __init__(self, workdir: Path):
+        config = HostConfig(name="this machine", address="127.0.0.1", private_address="127.0.0.1",
+                            user=getpass.getuser(), port=0, key="", runtime="", python="", workdir=str(workdir),
+                            bind="127.0.0.1")
+        super().__init__(config, LocalShell(), workdir=str(workdir.resolve()), cpus=os.cpu_count() or 1)
 
     @property
     def sudo(self) -> str:
         return ""  # this machine's Docker engine is used as the caller can, never through sudo
 
-    def run(self, command: str, timeout: float = 60.0, warn: bool = False) -> Result:
-        try:
-            done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            raise CommandTimedOut(Result(self.name, command, _text(exc.stdout), _text(exc.stderr), -1), timeout) from None
-        result = Result(self.name, command, _text(done.stdout), _text(done.stderr), done.returncode)
-        if not result.ok and not warn:
-            raise UnexpectedExit(result)
-        return result
 
-    def stream(self, command: str) -> Iterator[str]:
-        with subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL) as proc:
-            try:
-                for line in proc.stdout:
-                    yield line.decode(errors="replace").rstrip("\n")
-            finally:
-                proc.kill()
-
-    def put(self, local: str | Path, remote: str, mode: Optional[int] = None) -> None:
-        shutil.copyfile(local, remote)
-        if mode is not None:
-            os.chmod(remote, mode)
-
-    def put_text(self, text: str, remote: str, mode: int = 0o600) -> None:
-        Path(remote).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(remote + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(remote + ".tmp", remote)
-
-
-def _text(data: Optional[bytes]) -> str:
-    return (data or b"").decode(errors="replace")
-
-
-@dataclass
 class RemoteHost(Host):
-    config: HostConfig
-    conn: "Connection"
-    workdir: str = ""       # absolute, once `prepare_workdir` ran
-    cpus: int = 1
-    facts: dict = field(default_factory=dict)
+    """A machine reached over SSH: its conn is a remote.Connection."""
 
     @classmethod
     def connect(cls, config: HostConfig, store: "HostKeyStore", connect_timeout: float) -> "RemoteHost":
@@ -170,41 +189,6 @@ class RemoteHost(Host):
         conn = Connection(config.address, config.user, config.port, key_path=config.key or None,
                           connect_timeout=connect_timeout, known_hosts=store, label=config.name)
         return cls(config, conn)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def bind(self) -> str:
-        return self.config.bind
-
-    @property
-    def user(self) -> str:
-        return self.config.user
-
-    def run(self, command: str, timeout: float = 60.0, warn: bool = False) -> Result:
-        return self.conn.run(command, timeout=timeout, warn=warn)
-
-    def stream(self, command: str) -> Iterator[str]:
-        return self.conn.stream(command)
-
-    def put(self, local: str | Path, remote: str, mode: Optional[int] = None) -> None:
-        self.conn.put(local, remote, mode=mode)
-
-    def put_text(self, text: str, remote: str, mode: int = 0o600) -> None:
-        self.conn.put_text(text, remote, mode=mode)
-
-    def prepare_workdir(self) -> None:
-        """Create this cluster's directory (0700: env files hold the token) and
-        learn the host's CPU count."""
-        result = self.run(f"mkdir -p {quote(self.config.workdir)} && chmod 700 {quote(self.config.workdir)} "
-                          f"&& cd {quote(self.config.workdir)} && pwd && (nproc 2>/dev/null || echo 1)")
-        lines = result.stdout.split()
-        self.workdir, self.cpus = lines[0], max(1, int(lines[1]))
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def model_digest(local_dir: Path, files: Optional[list[Path]] = None) -> str:

@@ -37,7 +37,7 @@ from ..resources import LocalDocker, SSHService
 from ..state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir
 from ..ui import QuietUI
 from .docker import DockerRuntime, has_docker
-from .host import LocalHost, ServiceSpec
+from .host import Host, LocalHost, ServiceSpec
 from .localhost import LOOPBACK, free_port
 from .runtime import Deployment
 
@@ -69,7 +69,7 @@ class LocalDockerDeployment:
     """See the module docstring."""
 
     @staticmethod
-    def _on(cluster: str) -> tuple[LocalHost, DockerRuntime]:
+    def _on(cluster: str) -> tuple[Host, DockerRuntime]:
         """This machine (the services' env files in the cluster's directory) and the runtime on it."""
         return LocalHost(cluster_dir(cluster) / "docker"), DockerRuntime(None, cluster, provider="local",
                                                                           prefix="mlcluster")
@@ -126,7 +126,7 @@ class LocalDockerDeployment:
                                       worker=s.labels["mlcluster.worker"]) for s in wanted if s.kind == "worker"]
         return Deployment(orchestrator_url=url, containers=containers)
 
-    def _volume(self, host: LocalHost, name: str, cluster: str, role: str, res: LocalDocker, state: ClusterState,
+    def _volume(self, host: Host, name: str, cluster: str, role: str, res: LocalDocker, state: ClusterState,
                 extra: str = "") -> str:
         host.run(f"docker volume create{_labels(cluster, role)}{extra} {quote(name)} >/dev/null")
         if name not in res.volumes:
@@ -134,7 +134,7 @@ class LocalDockerDeployment:
             state.save()
         return name
 
-    def _services(self, spec: ClusterSpec, state: ClusterState, host: LocalHost, res: LocalDocker, network: str,
+    def _services(self, spec: ClusterSpec, state: ClusterState, host: Host, res: LocalDocker, network: str,
                   ui: QuietUI) -> list[ServiceSpec]:
         """The orchestrator first, then every worker container."""
         state_volume = self._volume(host, f"mlcluster-{spec.name}-state", spec.name, "state", res, state)
@@ -164,7 +164,7 @@ class LocalDockerDeployment:
                                           mounts=mounts, network=network, labels={"mlcluster.worker": f"worker{w}"}))
         return wanted
 
-    def _model(self, spec: ClusterSpec, state: ClusterState, host: LocalHost, res: LocalDocker, ui: QuietUI):
+    def _model(self, spec: ClusterSpec, state: ClusterState, host: Host, res: LocalDocker, ui: QuietUI):
         """MODEL for the workers, and the mounts that bring it to them."""
         model = resolve_model(spec.model, ui)
         source = Path(model.ref) if model.local else hub_snapshot(model.ref)
@@ -241,7 +241,7 @@ def stop_containers(cluster: str) -> None:
                  "| xargs -r docker stop -t 10 >/dev/null", timeout=120, warn=True)
 
 
-def _published(host: LocalHost, container: str, port: int) -> Optional[int]:
+def _published(host: Host, container: str, port: int) -> Optional[int]:
     """The 127.0.0.1 port `port` of the container is published on."""
     for line in host.run(f"docker port {quote(container)} {port}/tcp", warn=True).stdout.split():
         address, _, published = line.rpartition(":")

@@ -34,7 +34,7 @@ from ..deploy.process import ProcessRuntime
 from ..deploy.runtime import Deployment
 from ..errors import MlclusterError
 from ..models import resolve_model
-from ..resources import LocalProcess
+from ..resources import LocalProcess, SSHService
 from ..state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir
 from ..ui import QuietUI
 from .base import CostPlan
@@ -164,10 +164,11 @@ class LocalProvider:
         left: list[str] = []
         if (state is None or state.runtime == "docker" or state.resources.is_empty()) and docker_engine_answers():
             left += self._docker().down(name, state, ui)
-        pids = {p.pid for p in (state.resources.processes if state else [])}
-        pids = {pid for pid in pids if is_alive(pid, marker(name))} | set(find_marked(marker(name)))
-        with ui.step(f"stopping {len(pids)} process(es)"):
-            terminate(pids)
+        # The process runtime stops what the state recorded and whatever else carries the marker,
+        # and removes the services' env files (they hold the token).
+        recorded = {p.id: SSHService(runtime="process", pid=p.pid) for p in (state.resources.processes if state else [])}
+        with ui.step(f"stopping {len(set(find_marked(marker(name))))} process(es)"):
+            ProcessRuntime().stop(LocalHost(cluster_dir(name) / "logs"), recorded, marker(name))
         survivors = find_marked(marker(name))
         left += [f"process {pid} of cluster {name!r} is still running" for pid in survivors]
         return left
