@@ -342,10 +342,6 @@ def _forget_reused_addresses(state: ClusterState, instances: dict[str, Instance]
     return keys
 
 
-
-
-
-
 @contextlib.contextmanager
 def _accounted(state: ClusterState, ui: QuietUI) -> Iterator[None]:
     """On failure or Ctrl-C, say what exists in AWS and how to remove it
