@@ -4,12 +4,13 @@ moment they are ready.
 Why: one pass of the loop handles every socket that was ready, and the
 answers it makes wake the clients that wait for them. Written at once, each
 write wakes a client that, on a busy 2-core machine, often preempts the
-orchestrator in the middle of the pass (measured with benchmarks/tls.py: 0.8
-involuntary context switches per request, HAProxy 0.4). Held to the end of
-the pass, the pass's work is done in one go and the clients find their
-answers together: over TLS, 37 + 21 µs of the orchestrator's CPU per request
-instead of 45 + 25, and 1.3-1.7 x the requests a second (docs/performance.md).
-HAProxy does the same: it polls, processes, then sends.
+orchestrator in the middle of the pass. Held to the end of the pass, the
+pass's work is done in one go and the clients find their answers together.
+Measured in benchmarks/tls.py's set-up (64 keep-alive clients over TLS), the
+code before and after side by side in one run: 41 + 23 µs of the
+orchestrator's CPU per request instead of 53 + 29, and 0.37 involuntary
+context switches per request instead of 0.57 (HAProxy: 0.33); over plain
+HTTP, no difference the machine's noise could resolve (docs/performance.md).
 
 A request to a container is not held: it is what frees the next answer.
 Order per connection is kept (one list, in order of writing); a close queued
