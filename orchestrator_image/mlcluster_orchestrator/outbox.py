@@ -7,10 +7,10 @@ write wakes a client that, on a busy 2-core machine, often preempts the
 orchestrator in the middle of the pass. Held to the end of the pass, the
 pass's work is done in one go and the clients find their answers together.
 Measured in benchmarks/tls.py's set-up (64 keep-alive clients over TLS), the
-code before and after side by side in one run: 41 + 23 µs of the
-orchestrator's CPU per request instead of 53 + 29, and 0.37 involuntary
-context switches per request instead of 0.57 (HAProxy: 0.33); over plain
-HTTP, no difference the machine's noise could resolve (docs/performance.md).
+code before and after side by side: 3-22 % less of the orchestrator's CPU
+per request (median 12 %, six runs) and fewer involuntary context switches
+(median 0.53 per request instead of 0.56); over plain HTTP, no difference the
+machine's noise could resolve (docs/performance.md, "TLS beside HAProxy").
 
 A request to a container is not held: it is what frees the next answer.
 Order per connection is kept (one list, in order of writing); a close queued
