@@ -19,7 +19,10 @@ after a write happens after it; a connection that closed meanwhile is skipped.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Optional
+
+log = logging.getLogger("mlcluster.orchestrator")
 
 
 class Outbox:
@@ -44,7 +47,10 @@ class Outbox:
         for transport, data, close in pending:
             if transport.is_closing():
                 continue
-            if data:
-                transport.write(data)
-            if close:
-                transport.close()
+            try:
+                if data:
+                    transport.write(data)
+                if close:
+                    transport.close()
+            except Exception:  # one connection's failure must not hold back the others' answers
+                log.exception("could not write an answer to %s", transport.get_extra_info("peername"))
