@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "orchestrator_image"))
 from mlcluster_orchestrator import fastserver, upstream  # noqa: E402
+from mlcluster_orchestrator.outbox import Outbox  # noqa: E402
 from mlcluster_orchestrator.routes import Orchestrator, Routes  # noqa: E402
 
 REQUEST = (b"POST /new_request HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Length: 17\r\n"
@@ -69,9 +70,9 @@ async def run(requests: int, clients: int, containers: int) -> tuple[float, int,
         conn.connection_made(KeptWrites())
         pool.give_back(conn)
         workers.append(conn)
-    callers = []
+    callers, outbox = [], Outbox(loop)
     for _ in range(clients):
-        caller = fastserver.Connection(routes, limits, loop)
+        caller = fastserver.Connection(routes, limits, loop, outbox)
         caller.connection_made(KeptWrites())
         callers.append(caller)
     answered, last = 0, b""
@@ -85,6 +86,7 @@ async def run(requests: int, clients: int, containers: int) -> tuple[float, int,
                 worker.transport.written.clear()
                 worker.data_received(ANSWER)
             busy = [w for w in workers if w.on_answer is not None]
+        outbox.flush()  # what the event loop does at the end of its pass
         for caller in callers:
             written = caller.transport.written
             answered += len(written)

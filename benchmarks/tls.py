@@ -11,7 +11,10 @@ Four setups, each measured in every round, in alternating order:
   HAProxy TLS (`bind ... ssl crt`, the same certificate; `nbthread 1`,
   leastconn, `maxconn 1` per server, as benchmarks/dispatch.py).
 Two loads: the ceiling (64 keep-alive clients) and the p50 at one client,
-reported as added over calling a container directly. Targets (issue 24):
+reported as added over calling a container directly; with the ceiling, the
+CPU the proxy's process spent per request (user + system, from /proc). The TLS
+version and cipher each TLS setup negotiates with an OpenSSL client (as wrk's)
+are printed: the same on both sides is the same work. Targets (issue 24):
 orchestrator TLS >= 0.7 x its plain ceiling and >= 0.6 x HAProxy TLS's;
 added p50 over TLS <= 1 ms. Medians of the rounds; the ratios come from the
 same run. The machine is shared: absolute figures are rough.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -73,6 +77,14 @@ class TlsBench(Bench):
         return url + "/new_request"
 
 
+def negotiated(url: str, cert: tls.Certificate) -> str:
+    """The TLS version and cipher a default OpenSSL client gets from `url` ("https://host:port/...")."""
+    host, port = url.split("/")[2].rsplit(":", 1)
+    with tls.ssl_context(cert.cert_path).wrap_socket(socket.create_connection((host, int(port)), 5)) as s:
+        tls.check_peer(s.getpeercert(binary_form=True), cert.fingerprint)
+        return f"{s.version()} {s.cipher()[0]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each measured load")
@@ -86,16 +98,21 @@ def main() -> None:
         haproxy, haproxy_tls = bench.start_haproxy_pair()
         setups = {"orchestrator plain": bench.start_orchestrator(), "orchestrator TLS": bench.start_orchestrator_tls(cert),
                   "HAProxy plain": haproxy, "HAProxy TLS": haproxy_tls}
+        pids = {"orchestrator plain": bench.pid("orchestrator"), "orchestrator TLS": bench.pid("orchestrator-tls"),
+                "HAProxy plain": bench.pid("haproxy"), "HAProxy TLS": bench.pid("haproxy")}
+        ciphers = {name: negotiated(setups[name], cert) for name in ("orchestrator TLS", "HAProxy TLS")}
         direct = f"http://127.0.0.1:{bench.ports[0]}/run_model"
         bench.set_service([0] * len(bench.ports))
         ceiling: dict[str, list[float]] = {name: [] for name in setups}
         p50: dict[str, list[float]] = {name: [] for name in setups}
+        cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in setups}
         ratios: dict[str, list[float]] = {"tls/plain": [], "tls/haproxy tls": []}
         for r in range(args.rounds):
             order = list(setups) if r % 2 == 0 else list(reversed(setups))
-            loads = {name: bench.phase(setups[name], 64) for name in order}
+            loads = {name: bench.phase(setups[name], 64, pids[name]) for name in order}
             for name, load in loads.items():
                 ceiling[name].append(load.rate)
+                cpu[name].append(load.cpu_us)
                 assert load.max_concurrency <= 1 and load.errors == 0, (name, load)
             ratios["tls/plain"].append(loads["orchestrator TLS"].rate / loads["orchestrator plain"].rate)
             ratios["tls/haproxy tls"].append(loads["orchestrator TLS"].rate / loads["HAProxy TLS"].rate)
@@ -106,10 +123,13 @@ def main() -> None:
     version = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split()[2]
     print(f"{len(bench.ports)} light containers (instant answers), {args.rounds} alternating rounds of "
           f"{args.seconds:g} s, wrk; HAProxy {version} (nbthread 1); medians of the rounds")
-    print("| setup | ceiling, 64 keep-alive clients (req/s) | added p50 at 1 client (ms) |")
-    print("|---|---|---|")
+    print("TLS negotiated: " + "; ".join(f"{name}: {c}" for name, c in ciphers.items()))
+    print("| setup | ceiling, 64 keep-alive clients (req/s) | added p50 at 1 client (ms) | proxy CPU per request "
+          "at the ceiling (user + system us) |")
+    print("|---|---|---|---|")
     for name in setups:
-        print(f"| {name} | {med(ceiling[name]):,.0f} | {med(p50[name]):+.3f} |")
+        print(f"| {name} | {med(ceiling[name]):,.0f} | {med(p50[name]):+.3f} | "
+              f"{med(u for u, _ in cpu[name]):.1f} + {med(s for _, s in cpu[name]):.1f} |")
     print(f"orchestrator TLS / its plain ceiling: {med(ratios['tls/plain']):.3f} (target >= 0.7; rounds "
           f"{', '.join(f'{x:.3f}' for x in ratios['tls/plain'])})")
     print(f"orchestrator TLS / HAProxy TLS ceiling: {med(ratios['tls/haproxy tls']):.3f} (target >= 0.6; rounds "

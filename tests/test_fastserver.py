@@ -70,6 +70,19 @@ def test_pipelined_requests_are_answered_in_order(cluster):
         assert answers[2 * i + 1].endswith(b'{"status": "alive"}')
 
 
+def test_answers_held_to_the_end_of_a_pass_keep_their_order_and_come_before_the_close(cluster):
+    """Answers are written at the end of the event loop's pass (outbox.py): instant answers made in
+    one pass, a forwarded one made later, then a 400 for bad HTTP and the close, in that order."""
+    s = socket.create_connection(("127.0.0.1", port_of(cluster.orchestrator)), timeout=10)
+    health = b"GET /health_check HTTP/1.1\r\nHost: o\r\n\r\n"
+    s.sendall(health * 3 + post("/new_request", b'{"text": "before the close"}') + health + b"NOT HTTP\r\n\r\n")
+    data = closed_by_peer(s, within_s=5)
+    assert data is not None, "the connection stayed open after bad HTTP"
+    answers = data.split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"200", b"200", b"200", b"200", b"400"]
+    assert b"before the close" in answers[3] and all(answers[i].endswith(b'{"status": "alive"}') for i in (0, 1, 2, 4))
+
+
 def test_http_1_0_keep_alive_and_close(cluster):
     s = socket.create_connection(("127.0.0.1", port_of(cluster.orchestrator)), timeout=10)
     s.sendall(b"GET /health_check HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")

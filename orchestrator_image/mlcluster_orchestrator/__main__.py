@@ -7,6 +7,7 @@ on raw protocols) over routes.py."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -49,6 +50,10 @@ async def run(state: Orchestrator, bind: str) -> None:
     limits = dict(header_timeout_s=s["ORCH_HEADER_TIMEOUT_S"], body_timeout_s=s["ORCH_BODY_TIMEOUT_S"],
                   idle_timeout_s=s["ORCH_IDLE_TIMEOUT_S"], head=state.head_limits)
     await state.start()
+    # What start-up made (modules, the registry, prometheus_client's objects) lives as long as the process:
+    # out of the collector's sight, a full collection no longer walks it (11 ms every ~9,000 requests
+    # otherwise, measured with benchmarks/orchestrator_python.py: 1.2 us a request, and a pause).
+    gc.freeze()
     stop = stop_on_signals()
     listeners = [serve(Routes(state, admin=not state.admin_bind), bind, max_connections=s["ORCH_MAX_CONNECTIONS"],
                        stop=stop, ssl_context=state.ssl_context, **limits)]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger("mlcluster.orchestrator")
 FD_RESERVE = 256  # descriptors kept for connections to workers, the status file, logs
+READ_BUFFER = 64 << 10  # bytes of one read, shared by a listener's connections
 HEAD_SLACK = 1024  # the method, the version, the CRLFs around the two limits
 
 
@@ -47,7 +48,7 @@ class HeadLimits:
 class Limits:
     """The limits every connection of one listener shares, and how many are open."""
     __slots__ = ("header_timeout_s", "body_timeout_s", "idle_timeout_s", "max_connections", "open", "refused",
-                 "head", "head_cap", "refusals")
+                 "head", "head_cap", "refusals", "buffer")
 
     def __init__(self, header_timeout_s: float, body_timeout_s: float, idle_timeout_s: float, max_connections: int,
                  head: HeadLimits = HeadLimits()):
@@ -56,6 +57,7 @@ class Limits:
         self.open = self.refused = 0
         self.head, self.head_cap = head, head.head_cap
         self.refusals: tuple[bytes, ...] = ()  # the encoded 414 and 431s (fastserver.head_refusals)
+        self.buffer = memoryview(bytearray(READ_BUFFER))  # every connection's reads land here (fastserver.Connection)
 
 
 def raise_open_files_limit() -> int:
