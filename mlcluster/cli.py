@@ -21,6 +21,7 @@ from . import __version__, cluster, security, worker_code
 from .bench.cli import bench_app
 from .config import build_spec, load_config
 from .errors import MlclusterError, UsageError
+from .events_cli import events
 from .keys_cli import keys_app
 from .models import quiet_libraries, require_model_stack
 from .output import cluster_list_table, cluster_table, plan_text, status_table
@@ -285,6 +286,7 @@ def version():
 
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
+app.command()(events)
 
 
 def main() -> None:
