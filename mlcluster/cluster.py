@@ -20,6 +20,7 @@ from mlcluster_contract import BATCH_DEFAULTS, OVERHEAD_TEST
 
 from . import apikeys, security
 from .deploy import watchdog
+from .elastic.published import published
 from .errors import MlclusterError
 from .models import served_model
 from .providers import get_provider
@@ -200,6 +201,9 @@ def status(name: str) -> dict:
                              plan.hourly if plan else 0.0)
     if watch:
         snapshot["autostop"] = watch
+    controller = published(state.dir)  # the elastic controller's own account (mlcluster/elastic)
+    if controller is not None:
+        snapshot["autoscale"] = controller.to_json()
     return snapshot
 
 

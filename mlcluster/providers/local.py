@@ -30,6 +30,7 @@ from ..deploy.localhost import (
     terminate,
 )
 from ..deploy.runtime import Deployment
+from ..elastic import local as elastic
 from ..errors import MlclusterError
 from ..models import resolve_model
 from ..resources import LocalProcess
@@ -74,6 +75,10 @@ class LocalProvider:
         else:
             deployment = self._up_processes(spec, state, ui)
         self._watchdog(spec, state, deployment.orchestrator_url, ui)
+        if runtime == "process":  # heals always; scales with --max-containers (mlcluster/elastic)
+            elastic.ensure_controller(state)
+        elif spec.max_containers:
+            raise MlclusterError("autoscaling needs the process runtime for now", "leave out --runtime docker")
         return deployment
 
     @staticmethod
@@ -92,7 +97,8 @@ class LocalProvider:
     def _up_processes(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
         model = resolve_model(spec.model, ui)
         procs = state.resources.processes
-        alive = {p.id: p for p in procs if p.role != "watchdog" and is_alive(p.pid, marker(spec.name))}
+        alive = {p.id: p for p in procs if p.role not in ("watchdog", elastic.CONTROLLER)
+                 and is_alive(p.pid, marker(spec.name))}
         logs = cluster_dir(spec.name) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
 
@@ -160,6 +166,8 @@ class LocalProvider:
         left: list[str] = []
         if (state is None or state.runtime == "docker" or state.resources.is_empty()) and docker_engine_answers():
             left += self._docker().down(name, state, ui)
+        if state is not None:  # first, so it heals nothing that is being stopped
+            elastic.stop_controller(state)
         pids = {p.pid for p in (state.resources.processes if state else [])}
         pids = {pid for pid in pids if is_alive(pid, marker(name))} | set(find_marked(marker(name)))
         with ui.step(f"stopping {len(pids)} process(es)"):
