@@ -123,9 +123,10 @@ def test_a_smaller_up_stops_the_rest_and_down_says_what_it_removes_and_keeps_the
     status = json.loads(cli("status", "--name", "lab", "--json").stdout)
     assert [c["id"] for c in status["containers"]] == ["worker1-1"]
 
-    asked = cli("down", "--name", "lab", check=False)  # no terminal: the question is shown, nothing is done
+    # The orchestrator, the worker and the controller (mlcluster/elastic); no terminal: the question is shown, nothing is done
+    asked = cli("down", "--name", "lab", check=False)
     said = " ".join(asked.stderr.split())
-    assert asked.returncode == 1 and "local; 1 container(s); 2 process(es) on this machine" in said, said
+    assert asked.returncode == 1 and "local; 1 container(s); 3 process(es) on this machine" in said, said
     assert "pass --yes" in said
     result = json.loads(cli("down", "--name", "lab", "--yes", "--json").stdout)
     assert result["left"] == [] and result["forgotten"]

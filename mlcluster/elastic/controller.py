@@ -62,6 +62,7 @@ class Controller:
         localhost.reap()  # the workers this process started and stopped
         status = self.admin.status()
         registry = {c["id"]: c for c in status["containers"]}
+        self.follow_up()
         self.keep_template()
         self.heal(registry)
         self.reregister(registry)
@@ -69,6 +70,23 @@ class Controller:
             self.scale(status)
         self.let_go(registry)
         self.publish()
+
+    def follow_up(self) -> None:
+        """`up`'s workers as state.json lists them now: a later `up` may have
+        started, restarted or stopped some (those are not ours to heal)."""
+        state = ClusterState.load_or_none(self.name)
+        if state is None:
+            return
+        current = {w.id: w for w in local.workers_of_up(state)}
+        kept = []
+        for w in self.workers:
+            if w.own:
+                kept.append(w)
+            elif w.id in current:
+                kept.append(current.pop(w.id))  # its pid and port as `up` recorded them
+            else:
+                self.dead_since.pop(w.id, None)
+        self.workers = [*kept, *current.values()]
 
     def keep_template(self) -> None:
         if self.template is None:
@@ -113,10 +131,12 @@ class Controller:
         figures = Figures(queued=status["queue"]["depth"], in_flight=status["in_flight"], current=len(counted))
         decision = decide(figures, config, self.memory, self.clock())
         self.memory, self.decision = decision.memory, decision
-        if decision.desired > figures.current and self.template is not None:
-            for _ in range(min(decision.desired, config.max_containers) - figures.current):
+        # Draining ones still run: they count against the cap (the billing cap holds for processes).
+        room = min(decision.desired, config.max_containers - len(self.retiring)) - figures.current
+        if room > 0 and self.template is not None:
+            for _ in range(room):
                 self.start_one()
-            self.event("scale_up", decision.reason, figures.current, decision.desired)
+            self.event("scale_up", decision.reason, figures.current, figures.current + room)
         elif decision.desired < figures.current:
             in_flight = {c["id"]: c["in_flight"] for c in status["containers"]}
             # Ours before `up`'s, the idlest first, the newest first.
