@@ -206,6 +206,9 @@ class Controller:
                 unanswered += 1
                 if unanswered == 20:  # ten seconds: say it once
                     self.event("error", f"the orchestrator's admin listener does not answer ({type(exc).__name__})")
+            except OSError as exc:  # a worker that could not be started or stopped: said, and tried again
+                log.exception("a look failed")
+                self.event("error", f"a look failed: {exc}")
             time.sleep(LOOK_S)
         self.event("stopped", f"the controller stopped; {plural(len(self.counted()), 'container')} left as they are")
         self.admin.close()
