@@ -39,6 +39,7 @@ class Load:
         self.url, self.stop = url, threading.Event()
         self.statuses: list[int] = []
         self.most = 0
+        self.drained: set[str] = set()  # containers ever seen draining
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
         self.threads.append(threading.Thread(target=self.watch, daemon=True))
@@ -58,7 +59,9 @@ class Load:
     def watch(self) -> None:
         while not self.stop.wait(0.05):
             try:
-                self.most = max(self.most, len(orchestrator_status(self.url)["containers"]))
+                containers = orchestrator_status(self.url)["containers"]
+                self.most = max(self.most, len(containers))
+                self.drained |= {c["id"] for c in containers if c["status"] == "draining"}
             except requests.RequestException:
                 pass
 
@@ -107,6 +110,36 @@ def test_a_step_load_scales_up_to_the_cap_then_down_to_the_minimum_with_no_faile
     assert decisions[-1]["current"] == 3 and decisions[-1]["desired"] == 1 and "< target 1" in decisions[-1]["reason"]
     cli("down", "--name", "elastic", "--yes")
     assert find_marked(marker("elastic")) == []
+
+
+def test_up_again_keeps_the_controllers_containers_and_restarts_it_only_for_new_settings(home):
+    args = ["--containers-per-worker", "1", "--max-containers", "2", "--upscale-delay", "0", "--downscale-delay", "60"]
+    up("elastic", *args)
+    url = status("elastic")["orchestrator_url"]
+    load = Load(url, clients=4)
+    try:
+        wait_for(lambda: status("elastic")["autoscale"]["current"] == 2, "a scale-up to the cap", timeout=30)
+        controller = controller_pid(home)
+        up("elastic", *args)  # the same settings: nothing moves, the controller's container is not drained
+        assert controller_pid(home) == controller
+        up("elastic", *args[:-1], "30")  # a new downscale delay: a new controller, the same containers
+        assert controller_pid(home) != controller
+        wait_for(lambda: status("elastic")["autoscale"]["current"] == 2, "the new controller to count 2", timeout=30)
+        served = orchestrator_status(url)["served"]
+        wait_for(lambda: orchestrator_status(url)["served"] > served + 40, "more requests served")
+    finally:
+        statuses = load.finish()
+    assert load.drained == set() and load.most == 2
+    assert statuses and set(statuses) == {200}
+    started = [e for e in json.loads(cli("events", "-n", "elastic", "--json").stdout)["events"] if e["kind"] == "started"]
+    assert len(started) == 2
+    cli("down", "--name", "elastic", "--yes")
+    assert find_marked(marker("elastic")) == []
+
+
+def controller_pid(home) -> int:
+    state = json.loads((home / "elastic" / "state.json").read_text())
+    return next(p["pid"] for p in state["resources"]["processes"] if p["id"] == "controller")
 
 
 def test_a_sigkilled_worker_is_replaced_with_no_command(home, tmp_path):
