@@ -113,6 +113,7 @@ def test_a_step_load_scales_up_to_the_cap_then_down_to_the_minimum_with_no_faile
 
 
 def test_up_again_keeps_the_controllers_containers_and_restarts_it_only_for_new_settings(home):
+    """...and `up` without autoscaling drains the controller's own containers, failing no request."""
     args = ["--containers-per-worker", "1", "--max-containers", "2", "--upscale-delay", "0", "--downscale-delay", "60"]
     up("elastic", *args)
     url = status("elastic")["orchestrator_url"]
@@ -127,12 +128,20 @@ def test_up_again_keeps_the_controllers_containers_and_restarts_it_only_for_new_
         wait_for(lambda: status("elastic")["autoscale"]["current"] == 2, "the new controller to count 2", timeout=30)
         served = orchestrator_status(url)["served"]
         wait_for(lambda: orchestrator_status(url)["served"] > served + 40, "more requests served")
+        assert load.drained == set() and load.most == 2
+        up("elastic", "--containers-per-worker", "1")  # autoscaling off: back to up's one container, drained
+        wait_for(lambda: [c["id"] for c in orchestrator_status(url)["containers"]] == ["worker1-1"],
+                 "the controller's container to leave", timeout=30)
+        served = orchestrator_status(url)["served"]
+        wait_for(lambda: orchestrator_status(url)["served"] > served + 20, "more requests served")
     finally:
         statuses = load.finish()
-    assert load.drained == set() and load.most == 2
+    assert load.drained <= {"elastic-1"} and load.most == 2  # a 50-ms drain may pass between two looks
     assert statuses and set(statuses) == {200}
-    started = [e for e in json.loads(cli("events", "-n", "elastic", "--json").stdout)["events"] if e["kind"] == "started"]
-    assert len(started) == 2
+    decisions = json.loads(cli("events", "-n", "elastic", "--json").stdout)["events"]
+    assert [e["kind"] for e in decisions].count("started") == 3
+    assert "autoscaling is off" in decisions[-1]["reason"] and status("elastic")["autoscale"]["max"] is None
+    wait_for(lambda: own_workers(home, "elastic") == [], "the controller's worker to be stopped and forgotten")
     cli("down", "--name", "elastic", "--yes")
     assert find_marked(marker("elastic")) == []
 

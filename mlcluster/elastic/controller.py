@@ -68,6 +68,8 @@ class Controller:
         self.reregister(registry)
         if self.config is not None:
             self.scale(status)
+        else:
+            self.retire_own()
         self.let_go(registry)
         self.publish()
 
@@ -145,6 +147,18 @@ class Controller:
                 self.retiring.add(w.id)
                 self.admin.drain(w.id)
             self.event("scale_down", decision.reason, figures.current, decision.desired)
+
+    def retire_own(self) -> None:
+        """A fixed cluster (autoscaling turned off by a later `up`) is `up`'s
+        containers only: the controller's own are drained and stopped."""
+        leaving = [w for w in self.workers if w.own and w.id not in self.retiring]
+        if leaving:
+            before = len(self.counted())
+            for w in leaving:
+                self.retiring.add(w.id)
+                self.admin.drain(w.id)
+            self.event("scale_down", f"autoscaling is off: the fixed size is up's {plural(before - len(leaving), 'container')}",
+                       before, before - len(leaving))
 
     def start_one(self) -> None:
         worker_id = f"elastic-{next(self.serial)}"
