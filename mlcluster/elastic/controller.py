@@ -15,6 +15,7 @@ Every decision is an event (events.py); its state is published for `status`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -54,6 +55,8 @@ class Controller:
         self.retiring: set[str] = set()
         self.memory = Memory()
         self.decision: Optional[Decision] = None
+        self.published: Optional[ControllerStatus] = None  # the last one written, without its time
+        self.published_at = 0.0
         self.serial = itertools.count(1 + max((int(w.id.rsplit("-", 1)[1]) for w in self.workers
                                                if w.own and w.id.rsplit("-", 1)[1].isdigit()), default=0))
 
@@ -112,9 +115,9 @@ class Controller:
             if w.port != old_port and w.id in registry:
                 self.admin.drain(w.id)  # its old address leaves; the id comes back with the new one
             w.pid = self.template.start(w.id, w.port, Path(w.log))
-            self.admin.register(w, self.capacity)
             self.dead_since.pop(w.id)
-            self.saved(w)
+            self.saved(w)  # before anything else can fail: the record always names the running process
+            self.admin.register(w, self.capacity)
             self.event("heal", f"its process (pid {old_pid}) was gone for {now - since:.0f} s; restarted as "
                                f"pid {w.pid} on port {w.port}", container=w.id)
 
@@ -198,13 +201,18 @@ class Controller:
         log.info("%s %s %s", kind, container, reason)
 
     def publish(self) -> None:
+        """Write the state for `status` when it changed (or every 10 s, to show the controller lives)."""
         config, n = self.config, len(self.counted())
-        publish(self.dir, ControllerStatus(
+        status = ControllerStatus(
             min=config.min_containers if config else None, max=config.max_containers if config else None,
             target=config.target_ongoing if config else None,
             desired=self.decision.desired if self.decision else n, current=n,
             reason=self.decision.reason if self.decision else "fixed size: healing only",
-            pid=os.getpid(), updated_at=time.time()))
+            pid=os.getpid(), updated_at=time.time())
+        if self.published is None or dataclasses.replace(status, updated_at=0) != self.published \
+                or time.time() - self.published_at > 10:
+            publish(self.dir, status)
+            self.published, self.published_at = dataclasses.replace(status, updated_at=0), time.time()
 
     # -- the loop -----------------------------------------------------------------
     def run(self, stopping) -> None:
