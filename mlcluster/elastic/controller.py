@@ -9,6 +9,7 @@ listener and:
   queue and in-flight figures; starts and registers workers up to the
   desired count, or drains the surplus (the orchestrator gives them no new
   request) and stops each once the orchestrator has let it go.
+With autostop or max_lifetime set it is also the cluster's watchdog (autostop.py).
 Every decision is an event (events.py); its state is published for `status`
 (published.py). The rule is pure; this module is only the loop that applies it.
 """
@@ -30,7 +31,7 @@ import requests
 from ..cluster import container_capacity
 from ..deploy import localhost
 from ..state import ClusterState, cluster_dir
-from . import events, local
+from . import autostop, events, local
 from .events import Event
 from .local import Admin, WorkerProcess, WorkerTemplate
 from .policy import Decision, Figures, Memory, decide, plural
@@ -55,6 +56,8 @@ class Controller:
         self.retiring: set[str] = set()
         self.memory = Memory()
         self.decision: Optional[Decision] = None
+        self.autostop = autostop.idle_clock(state)
+        self.fired = False  # autostop stopped the cluster: the loop ends
         self.published: Optional[ControllerStatus] = None  # the last one written, without its time
         self.published_at = 0.0
         self.serial = itertools.count(1 + max((int(w.id.rsplit("-", 1)[1]) for w in self.workers
@@ -64,6 +67,10 @@ class Controller:
     def look(self) -> None:
         localhost.reap()  # the workers this process started and stopped
         status = self.admin.status()
+        if self.autostop is not None:
+            self.watch_idle(status)
+            if self.fired:
+                return
         registry = {c["id"]: c for c in status["containers"]}
         self.follow_up()
         self.keep_template()
@@ -75,6 +82,15 @@ class Controller:
             self.retire_own()
         self.let_go(registry)
         self.publish()
+
+    def watch_idle(self, status: Optional[dict]) -> None:
+        """Autostop (autostop.py): the cluster stops itself when idle or too old."""
+        self.autostop.observe(status, time.monotonic())
+        reason = self.autostop.reason(time.monotonic(), time.time())
+        if reason:
+            self.event("autostop", f"{reason}: the cluster stops itself")
+            autostop.stop_cluster(self.name, self.dir, reason, self.autostop)
+            self.fired = True
 
     def follow_up(self) -> None:
         """`up`'s workers as state.json lists them now: a later `up` may have
@@ -220,11 +236,13 @@ class Controller:
             f", autoscaling {self.config.min_containers}..{self.config.max_containers} containers at "
             f"{self.config.target_ongoing:g} ongoing each" if self.config else " (fixed size)"))
         unanswered = 0
-        while not stopping():
+        while not stopping() and not self.fired:
             try:
                 self.look()
                 unanswered = 0
             except (requests.RequestException, ValueError, KeyError) as exc:
+                if self.autostop is not None:  # an orchestrator that stopped answering may be idle for good
+                    self.watch_idle(None)
                 unanswered += 1
                 if unanswered == 20:  # ten seconds: say it once
                     self.event("error", f"the orchestrator's admin listener does not answer ({type(exc).__name__})")
@@ -232,7 +250,8 @@ class Controller:
                 log.exception("a look failed")
                 self.event("error", f"a look failed: {exc}")
             time.sleep(LOOK_S)
-        self.event("stopped", f"the controller stopped; {plural(len(self.counted()), 'container')} left as they are")
+        if not self.fired:
+            self.event("stopped", f"the controller stopped; {plural(len(self.counted()), 'container')} left as they are")
         self.admin.close()
 
 
