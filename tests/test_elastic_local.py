@@ -107,7 +107,10 @@ def test_a_step_load_scales_up_to_the_cap_then_down_to_the_minimum_with_no_faile
     assert kinds[0] == "started" and "scale_up" in kinds and kinds[-1] == "scale_down"
     ups = [e for e in decisions if e["kind"] == "scale_up"]
     assert all(e["desired"] <= 3 and "queued" in e["reason"] and "->" in e["reason"] for e in ups)
-    assert decisions[-1]["current"] == 3 and decisions[-1]["desired"] == 1 and "< target 1" in decisions[-1]["reason"]
+    last_up = max(i for i, kind in enumerate(kinds) if kind == "scale_up")
+    downs = decisions[last_up + 1:]  # one step, or more when a straggler kept one container busy in the window
+    assert {e["kind"] for e in downs} == {"scale_down"} and all("< target 1" in e["reason"] for e in downs)
+    assert downs[0]["current"] == 3 and downs[-1]["desired"] == 1
     cli("down", "--name", "elastic", "--yes")
     assert find_marked(marker("elastic")) == []
 
