@@ -20,7 +20,7 @@ from mlcluster_contract import BATCH_DEFAULTS, OVERHEAD_TEST
 
 from . import apikeys, security
 from .deploy import watchdog
-from .elastic.local import load_own
+from .elastic.local import load_own, running as controller_running
 from .elastic.published import published
 from .errors import MlclusterError
 from .models import served_model
@@ -204,8 +204,8 @@ def status(name: str) -> dict:
     if watch:
         snapshot["autostop"] = watch
     controller = published(state.dir)  # the elastic controller's own account (mlcluster/elastic)
-    if controller is not None:
-        snapshot["autoscale"] = controller.to_json()
+    if controller is not None:  # with whether it still runs: its file outlives it
+        snapshot["autoscale"] = {**controller.to_json(), "running": controller_running(controller.pid, name)}
     return snapshot
 
 

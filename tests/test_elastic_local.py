@@ -170,13 +170,17 @@ def test_a_sigkilled_worker_is_replaced_with_no_command(home, tmp_path):
     after = status("heal")
     assert [(c["id"], c["port"]) for c in sorted(after["containers"], key=lambda c: c["id"])] == [
         ("worker1-1", state["containers"][0]["port"]), ("worker1-2", victim["port"])]  # in place: same address
-    assert after["autoscale"]["max"] is None and after["autoscale"]["current"] == 2
+    assert after["autoscale"]["max"] is None and after["autoscale"]["current"] == 2 and after["autoscale"]["running"]
     answers = {requests.post(after["orchestrator_url"] + "/new_request", json={"text": f"t{i}"}, timeout=30)
                .json()["container"]["id"] for i in range(6)}
     assert answers == {"worker1-1", "worker1-2"}
     heals = [e for e in json.loads(cli("events", "-n", "heal", "--json").stdout)["events"] if e["kind"] == "heal"]
     assert len(heals) == 1 and heals[0]["container"] == "worker1-2" and str(victim["pid"]) in heals[0]["reason"]
     assert "Heals dead workers".lower() in cli("status", "--name", "heal").stdout.lower()
+    controller = next(p for p in state["resources"]["processes"] if p["id"] == "controller")
+    os.killpg(controller["pid"], signal.SIGKILL)  # its published state stays; status says it is stale
+    wait_for(lambda: not status("heal")["autoscale"]["running"], "status to see the controller gone")
+    assert "controller: not running" in " ".join(cli("status", "--name", "heal").stdout.split())
     cli("down", "--name", "heal", "--yes")
     assert find_marked(marker("heal")) == []
 
