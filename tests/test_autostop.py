@@ -126,8 +126,6 @@ def test_watchdog_stops_an_idle_cluster_but_not_one_serving(home, tiny_model, tm
     assert watchdog.returncode == 0, output
     fired = json.loads(record.read_text())
     assert fired["reason"] == "autostop" and fired["stopped_at"] >= load_ended + idle_s - 1.0
-    said = json.loads(cli("events", "--name", "localidle", "--json").stdout)["events"]
-    assert said[-1]["kind"] == "autostop" and "autostop: the cluster stops itself" == said[-1]["reason"]
     assert "autostop" in output and find_marked(marker("idle")) == []
     assert cli("status", "--name", "idle", check=False).returncode != 0  # the cluster is gone
 
