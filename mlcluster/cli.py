@@ -21,6 +21,7 @@ from . import __version__, cluster, security, worker_code
 from .bench.cli import bench_app
 from .config import build_spec, load_config
 from .errors import MlclusterError, UsageError
+from .events_cli import events
 from .keys_cli import keys_app
 from .models import quiet_libraries, require_model_stack
 from .output import cluster_list_table, cluster_table, plan_text, status_table
@@ -98,6 +99,11 @@ def up(
     region: Annotated[Optional[str], typer.Option(help="AWS region.")] = None,
     instance_type: Annotated[Optional[str], typer.Option(help="EC2 instance type (default m4.large).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="AWS profile from your AWS config.")] = None,
+    min_containers: Annotated[Optional[int], typer.Option(min=1, help="Autoscaling: never fewer containers (default 1; needs --max-containers).")] = None,
+    max_containers: Annotated[Optional[int], typer.Option(min=1, help="Autoscaling: never more containers (the hard cap; turns autoscaling on).")] = None,
+    target_ongoing: Annotated[Optional[float], typer.Option(min=0, help="Autoscaling: requests in flight + queued per container aimed for (default: its capacity).")] = None,
+    upscale_delay: Annotated[Optional[float], typer.Option(min=0, help="Autoscaling: seconds a need for more must last (default 30).")] = None,
+    downscale_delay: Annotated[Optional[float], typer.Option(min=0, help="Autoscaling: seconds a need for fewer must last (default 600).")] = None,
     autostop: Annotated[Optional[str], typer.Option(help='Stop the cluster after serving nothing this long ("30m").')] = None,
     max_lifetime: Annotated[Optional[str], typer.Option(help='Stop the cluster this long after it started ("8h").')] = None,
     tls: Annotated[bool, typer.Option("--tls", help="Serve HTTPS with a self-signed certificate made for the cluster (clients pin it).")] = False,
@@ -116,7 +122,9 @@ def up(
     spec = _spec(config, name=name, provider=provider, workers=workers, containers_per_worker=containers_per_worker,
                  model=model, backend=backend, batch_max=batch_max, batch_wait_ms=batch_wait_ms,
                  runtime=runtime, queue_limit=queue_limit, service_ms=service_ms, autostop=autostop,
-                 max_lifetime=max_lifetime, local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile)
+                 max_lifetime=max_lifetime, min_containers=min_containers, max_containers=max_containers,
+                 target_ongoing=target_ongoing, upscale_delay=upscale_delay, downscale_delay=downscale_delay,
+                 local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile)
     if spec.provider == "local" and spec.runtime != "docker":  # the services run from this environment
         require_model_stack("serving on this machine")
     cost_plan = get_provider(spec.provider).plan(spec)
@@ -285,6 +293,7 @@ def version():
 
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
+app.command()(events)
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ from mlcluster_contract import BATCH_DEFAULTS, OVERHEAD_TEST
 
 from . import apikeys, security
 from .deploy import watchdog
+from .elastic.local import load_own, running as controller_running
+from .elastic.published import published
 from .errors import MlclusterError
 from .models import served_model
 from .providers import get_provider
@@ -109,7 +111,8 @@ def register(state: ClusterState, ui: QuietUI) -> None:
     wanted = {(c.host, c.port) for c in state.containers}
     current = orchestrator_status(state)["containers"]
     known = {(x["host"], x["port"]) for x in current}
-    stale = [c["id"] for c in current if (c["host"], c["port"]) not in wanted]
+    elastic = {w.id for w in load_own(state.name)}  # the controller's own workers are not `up`'s to drain
+    stale = [c["id"] for c in current if (c["host"], c["port"]) not in wanted and c["id"] not in elastic]
     body = {"containers": [{"id": c.id, "host": c.host, "port": c.port, "capacity": c.capacity}
                            for c in state.containers if (c.host, c.port) not in known]}
     if not stale and not body["containers"]:
@@ -200,6 +203,9 @@ def status(name: str) -> dict:
                              plan.hourly if plan else 0.0)
     if watch:
         snapshot["autostop"] = watch
+    controller = published(state.dir)  # the elastic controller's own account (mlcluster/elastic)
+    if controller is not None:  # with whether it still runs: its file outlives it
+        snapshot["autoscale"] = {**controller.to_json(), "running": controller_running(controller.pid, name)}
     return snapshot
 
 

@@ -10,6 +10,13 @@ A config file is TOML:
     model = "distilbert-base-uncased"
     queue_limit = 100
 
+    [autoscale]                 # optional: the controller keeps 1..6 containers (mlcluster/elastic)
+    min_containers = 1
+    max_containers = 6
+    target_ongoing = 2          # in flight + queued per container (default: a container's capacity)
+    upscale_delay = 30          # seconds
+    downscale_delay = 600
+
     [local]                     # provider-specific tables, read by that provider
     port = 8000
     [ssh]
@@ -39,6 +46,8 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli packag
 
 PROVIDER_TABLES = ("local", "ssh", "aws")   # [ssh] and [aws] are checked by their providers
 LOCAL_KEYS = {"port": int}
+AUTOSCALE_KEYS = ("min_containers", "max_containers", "target_ongoing", "upscale_delay", "downscale_delay",
+                  "heal_grace")
 _FIELDS = {f.name: f for f in dataclasses.fields(ClusterSpec) if f.name != "provider_options"}
 KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table", list: "a list"}
 
@@ -74,14 +83,21 @@ def build_spec(config: dict[str, Any], **flags: Any) -> ClusterSpec:
     """`flags` whose value is None were not given and leave the file's value."""
     values: dict[str, Any] = {}
     options: dict[str, Any] = {}
-    check_known(config, [*_FIELDS, *PROVIDER_TABLES], "config")
+    check_known(config, [*_FIELDS, *PROVIDER_TABLES, "autoscale"], "config")
     for key, value in config.items():
+        if key == "autoscale":
+            continue
         if key in PROVIDER_TABLES:
             if not isinstance(value, dict):
                 raise UsageError(f"config: [{key}] must be a table")
             options[key] = dict(value)
         else:
             values[key] = value
+    autoscale = config.get("autoscale", {})
+    if not isinstance(autoscale, dict):
+        raise UsageError("config: [autoscale] must be a table")
+    check_known(autoscale, AUTOSCALE_KEYS, "[autoscale]")
+    values.update(autoscale)  # its keys are the spec's own fields
     local = options.get("local", {})
     check_known(local, LOCAL_KEYS, "[local]")
     for key, expected in LOCAL_KEYS.items():

@@ -65,6 +65,9 @@ def status_table(snapshot: dict) -> Group:
         cost = watch["cost_so_far_usd"]
         table.caption += (f"\nautostop {watch['autostop'] or 'off'} idle · stops by {watch['deadline'] or 'no deadline'}"
                           f" · cost so far {'unknown' if cost is None else f'${cost:.2f}'}")
+    elastic = snapshot.get("autoscale")
+    if elastic:
+        table.caption += "\n" + autoscale_line(elastic)
     if not extra:
         return Group(table)
     details = Table(box=box.SIMPLE_HEAD, pad_edge=False)
@@ -73,6 +76,16 @@ def status_table(snapshot: dict) -> Group:
     for c in containers:
         details.add_row(c["id"], *[str(c.get(col, "")) for col in extra])
     return Group(table, details)
+
+
+def autoscale_line(elastic: dict) -> str:
+    """The controller's state in one line (status --json's `autoscale` object)."""
+    if not elastic.get("running", True):
+        return "controller: not running (`mlcluster up` starts it again); last state: " + elastic["reason"]
+    if elastic["max"] is None:
+        return f"controller: heals dead workers · {elastic['current']} containers (fixed size)"
+    return (f"autoscale {elastic['min']}..{elastic['max']} at {elastic['target']:g} ongoing each · "
+            f"{elastic['current']} → {elastic['desired']} containers · {elastic['reason']}")
 
 
 def _money(value: Optional[float]) -> str:

@@ -69,6 +69,13 @@ class ClusterSpec:
     queue_timeout_s: float = 30.0
     autostop: str = ""                      # stop after this long serving nothing ("30m"; "": never)
     max_lifetime: str = ""                  # stop this long after the first `up` ("8h"; "": never)
+    # Autoscaling (mlcluster/elastic; the [autoscale] table): off while max_containers is 0.
+    min_containers: int = 0                 # never fewer serving containers (with max_containers: at least 1)
+    max_containers: int = 0                 # never more: the hard cap
+    target_ongoing: float = 0.0             # in flight + queued per container aimed for (0: a container's capacity)
+    upscale_delay: float = 30.0             # seconds a wish for more must hold
+    downscale_delay: float = 600.0          # seconds a wish for fewer must hold
+    heal_grace: float = 5.0                 # seconds a dead worker stays down before it is restarted
     provider_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "ClusterSpec":
@@ -92,6 +99,10 @@ class ClusterSpec:
             raise MlclusterError("--batch-wait-ms must be at most 1000")
         seconds_or_none(self.autostop, "autostop")
         seconds_or_none(self.max_lifetime, "max_lifetime")
+        from .elastic.settings import autoscale_problem  # imports nothing of mlcluster: no cycle
+        problem = autoscale_problem(self)
+        if problem:
+            raise MlclusterError(problem)
         return self
 
 

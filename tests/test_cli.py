@@ -57,11 +57,14 @@ def test_lifecycle_up_status_bench_down(home, tiny_model, tmp_path):
     assert not (home / "lab").exists()
 
 
-def test_up_twice_reconciles_and_a_killed_worker_shows_down(home, tiny_model):
-    cli(*up_args(tiny_model, workers=1))
+def test_up_twice_reconciles_and_a_killed_worker_shows_down(home, tiny_model, tmp_path):
+    # The controller would restart a dead worker by itself (tests/test_elastic_local.py): not within this test.
+    slow_heal = tmp_path / "slow-heal.toml"
+    slow_heal.write_text("[autoscale]\nheal_grace = 600\n")
+    cli(*up_args(tiny_model, workers=1), "--config", str(slow_heal))
     state = json.loads((home / "lab" / "state.json").read_text())
     first = {p["id"]: p["pid"] for p in state["resources"]["processes"]}
-    cli(*up_args(tiny_model, workers=1))
+    cli(*up_args(tiny_model, workers=1), "--config", str(slow_heal))
     state = json.loads((home / "lab" / "state.json").read_text())
     assert {p["id"]: p["pid"] for p in state["resources"]["processes"]} == first  # nothing restarted
     status = json.loads(cli("status", "--name", "lab", "--json").stdout)
@@ -84,7 +87,7 @@ def test_up_twice_reconciles_and_a_killed_worker_shows_down(home, tiny_model):
     assert answer["container"]["id"] == "worker1-1"
 
     # `up` again restarts only the missing container, and it serves again.
-    cli(*up_args(tiny_model, workers=1))
+    cli(*up_args(tiny_model, workers=1), "--config", str(slow_heal))
     state = json.loads((home / "lab" / "state.json").read_text())
     now = {p["id"]: p["pid"] for p in state["resources"]["processes"]}
     assert now["worker1-1"] == first["worker1-1"] and now["orchestrator"] == first["orchestrator"]
@@ -123,9 +126,10 @@ def test_a_smaller_up_stops_the_rest_and_down_says_what_it_removes_and_keeps_the
     status = json.loads(cli("status", "--name", "lab", "--json").stdout)
     assert [c["id"] for c in status["containers"]] == ["worker1-1"]
 
-    asked = cli("down", "--name", "lab", check=False)  # no terminal: the question is shown, nothing is done
+    # The orchestrator, the worker and the controller (mlcluster/elastic); no terminal: the question is shown, nothing is done
+    asked = cli("down", "--name", "lab", check=False)
     said = " ".join(asked.stderr.split())
-    assert asked.returncode == 1 and "local; 1 container(s); 2 process(es) on this machine" in said, said
+    assert asked.returncode == 1 and "local; 1 container(s); 3 process(es) on this machine" in said, said
     assert "pass --yes" in said
     result = json.loads(cli("down", "--name", "lab", "--yes", "--json").stdout)
     assert result["left"] == [] and result["forgotten"]

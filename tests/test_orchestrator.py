@@ -163,7 +163,7 @@ def test_answer_status_workers_info_and_metrics_shapes(cluster):
     assert answer["attempts"] == 1 and answer["queue_ms"] >= 0 and answer["total_ms"] >= answer["queue_ms"]
 
     status = cluster.status()
-    assert set(status) == {"containers", "queue", "in_flight", "served", "failed", "uptime_s"}
+    assert set(status) == {"containers", "queue", "in_flight", "served", "failed", "draining", "uptime_s"}
     assert status["queue"] == {"depth": 0, "limit": 100} and status["uptime_s"] >= 0
     for c in status["containers"]:
         assert set(c) == {"id", "host", "port", "capacity", "status", "in_flight", "served", "failed",

@@ -32,6 +32,7 @@ from ..deploy.localhost import (
 )
 from ..deploy.process import ProcessRuntime
 from ..deploy.runtime import Deployment
+from ..elastic import local as elastic
 from ..errors import MlclusterError
 from ..models import resolve_model
 from ..resources import LocalProcess, SSHService
@@ -76,6 +77,10 @@ class LocalProvider:
         else:
             deployment = self._up_processes(spec, state, ui)
         self._watchdog(spec, state, deployment.orchestrator_url, ui)
+        if runtime == "process":  # heals always; scales with --max-containers (mlcluster/elastic)
+            elastic.ensure_controller(state)
+        elif spec.max_containers:
+            raise MlclusterError("autoscaling needs the process runtime for now", "leave out --runtime docker")
         return deployment
 
     @staticmethod
@@ -83,7 +88,7 @@ class LocalProvider:
         """The autostop watchdog (deploy/watchdog.py) when autostop or
         max_lifetime is set; one no longer asked for is stopped."""
         watch = watchdog.settings(spec, state.resources)
-        if watch is None:
+        if watch is None or state.runtime == "process":  # a process cluster's controller watches (mlcluster/elastic)
             watchdog.stop_local(state)
         else:
             with ui.step("starting the autostop watchdog"):
@@ -94,7 +99,8 @@ class LocalProvider:
     def _up_processes(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
         model = resolve_model(spec.model, ui)
         procs = state.resources.processes
-        alive = {p.id: p for p in procs if p.role != "watchdog" and is_alive(p.pid, marker(spec.name))}
+        alive = {p.id: p for p in procs if p.role not in ("watchdog", elastic.CONTROLLER)
+                 and is_alive(p.pid, marker(spec.name))}
         logs = cluster_dir(spec.name) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
 
@@ -164,6 +170,8 @@ class LocalProvider:
         left: list[str] = []
         if (state is None or state.runtime == "docker" or state.resources.is_empty()) and docker_engine_answers():
             left += self._docker().down(name, state, ui)
+        if state is not None:  # first, so it heals nothing that is being stopped
+            elastic.stop_controller(state)
         # The process runtime stops what the state recorded and whatever else carries the marker,
         # and removes the services' env files (they hold the token).
         recorded = {p.id: SSHService(runtime="process", pid=p.pid) for p in (state.resources.processes if state else [])}

@@ -99,6 +99,7 @@ SCHEMAS = {
             "queue": {"type": "object", "required": ["depth", "limit"],
                       "properties": {"depth": {"type": "integer"}, "limit": {"type": "integer"}}},
             "in_flight": {"type": "integer"}, "served": {"type": "integer"}, "failed": {"type": "integer"},
+            "draining": {"type": "integer", "description": "Containers finishing their requests before they leave."},
             "uptime_s": {"type": "number"},
         },
     },

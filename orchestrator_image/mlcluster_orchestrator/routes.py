@@ -7,8 +7,8 @@ lines. Errors are `{"error": sentence, "status": code}`: 404/405 for unknown pat
 413 body over the limit, 408 body too slow, 503 + Retry-After, 504.
 
 Which routes a listener serves: `Routes(state, public=True, admin=True)`.
-With ORCH_ADMIN_BIND set, the public listener is `admin=False` (POST /workers
-and DELETE /workers/{id} are 404 there, token or not) and the loopback admin
+With ORCH_ADMIN_BIND set, the public listener is `admin=False` (POST /workers,
+DELETE /workers/{id} and its synonym POST /workers/{id}/drain are 404 there, token or not) and the loopback admin
 listener is `public=False` (the admin routes and the read-only GETs; no
 /new_request, no /receive_ips_from_workers). The lab's
 /receive_ips_from_workers stays on the public listener, with its token, by contract.
@@ -165,6 +165,9 @@ class Routes:
         if methods is None:
             if self.admin and path.startswith("/workers/") and path.count("/") == 2 and len(path) > 9:
                 methods = {b"DELETE": (self.remove_worker, False)}
+            elif self.admin and path.startswith("/workers/") and path.endswith("/drain") and path.count("/") == 3 \
+                    and len(path) > 15:
+                methods = {b"POST": (self.drain_worker, False)}
             elif self.admin and path.startswith("/api_keys/") and path.count("/") == 2 and len(path) > 10:
                 methods = {b"DELETE": (self.revoke_key, False)}
             else:
@@ -234,7 +237,16 @@ class Routes:
 
     def remove_worker(self, request: Request) -> Answer:
         self.require_token(request)
-        container_id = request.path[len("/workers/"):]
+        return self.drain(request.path[len("/workers/"):])
+
+    def drain_worker(self, request: Request) -> Answer:
+        """POST /workers/{id}/drain: the same as DELETE /workers/{id}, named for what it does."""
+        self.require_token(request)
+        return self.drain(request.path[len("/workers/"):-len("/drain")])
+
+    def drain(self, container_id: str) -> Answer:
+        """No new request for the container; it leaves the registry once its
+        in-flight requests are done (queued ones go to the others)."""
         try:
             container = self.state.scheduler.drain(container_id)
         except KeyError:

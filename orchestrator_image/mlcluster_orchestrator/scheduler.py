@@ -257,6 +257,7 @@ class Scheduler:
             "containers": containers,
             "queue": {"depth": depth, "limit": self.queue_limit},
             "in_flight": sum(c["in_flight"] for c in containers),
+            "draining": sum(1 for c in containers if c["status"] == "draining"),
             "served": sum(c["served"] for c in containers),
             "failed": sum(c["failed"] for c in containers),
         }

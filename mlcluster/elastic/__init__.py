@@ -1,0 +1,1 @@
+"""The elastic cluster: healing, autoscaling and their events (issue 20)."""

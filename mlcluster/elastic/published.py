@@ -1,0 +1,44 @@
+"""What the controller publishes of itself for `status`: `<cluster dir>/autoscale.json`,
+rewritten on every change (atomically, mode 0600), read by cluster.status."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..state import write_private_json
+
+PUBLISHED_FILE = "autoscale.json"
+
+
+@dataclass(frozen=True)
+class ControllerStatus:
+    """`status --json`'s `autoscale` object. min/max/target are None on a
+    fixed cluster (the controller then only heals)."""
+    min: Optional[int]
+    max: Optional[int]
+    target: Optional[float]
+    desired: int
+    current: int
+    reason: str = ""
+    pid: int = 0
+    updated_at: float = 0.0  # epoch seconds
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def publish(directory: Path, status: ControllerStatus) -> None:
+    write_private_json(directory / PUBLISHED_FILE, status.to_json())
+
+
+def published(directory: Path) -> Optional[ControllerStatus]:
+    """The last published status, or None (no controller, or an unreadable file)."""
+    try:
+        data = json.loads((directory / PUBLISHED_FILE).read_text())
+        names = {f.name for f in dataclasses.fields(ControllerStatus)}
+        return ControllerStatus(**{k: v for k, v in data.items() if k in names})
+    except (OSError, ValueError, TypeError):
+        return None
