@@ -8,7 +8,10 @@ when to `autostop.json` and becomes the command that stops its host's part of
 the cluster (without the marker, so it is not among what it stops):
 - this machine (a local cluster): `python -m mlcluster.deploy.watchdog NAME`,
   which stops the cluster's processes (found by marker) and its labelled
-  containers; the agent is recorded as the process `watchdog`;
+  containers. On the process runtime the cluster's controller
+  (mlcluster/elastic/controller.py) is the agent: it feeds the same idle
+  clock at every look and writes the same record. On the Docker runtime the
+  agent is a process of its own, recorded as `watchdog`;
 - a remote host (ssh, aws): a shell script that stops its processes and
   containers and, on aws, powers the instance off (launched to terminate on
   shutdown); the agent is recorded as the service `watchdog-<host>`.
