@@ -201,6 +201,10 @@ class LocalRoll:
                 dead = [w for w in new if not local.running(w.pid, self.name)]
                 if dead:
                     self.fail(new, f"{dead[0].id} exited before it was ready; its log ends:\n{tail(dead[0].log)}")
+                for w in new:
+                    broken = load_error(w) if registry.get(w.id) not in ("free", "busy") else None
+                    if broken:
+                        self.fail(new, f"{w.id} cannot serve: {broken}")
                 if all(registry.get(w.id) in ("free", "busy") for w in new):
                     return
                 if time.monotonic() > deadline:
@@ -261,6 +265,15 @@ class LocalRoll:
         n = len(self.state.containers)
         events.append(self.dir, Event(time=time.time(), kind=kind, reason=reason, current=n, desired=n))
         self.ui.info(reason)
+
+
+def load_error(worker: NewWorker) -> Optional[str]:
+    """The worker's own account of a model it could not load (None: loading, or ready)."""
+    try:
+        reason = requests.get(f"http://{LOOPBACK}:{worker.port}/ready", timeout=2).json().get("reason", "")
+    except (requests.RequestException, ValueError, AttributeError):
+        return None  # not answering yet
+    return reason if "could not be loaded" in reason else None
 
 
 def tail(log: str, lines: int = 10) -> str:
