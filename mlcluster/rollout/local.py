@@ -83,7 +83,7 @@ class LocalRoll:
         if canary is not None and canary.version != version:
             raise MlclusterError(f"cluster {self.name!r} has a canary of another version in place",
                                  f"`mlcluster up --name {self.name}` with its current settings removes it first")
-        old = self.old_slots(version)
+        old = self.old_slots(version, {w.id for w in canary.workers} if canary else set())
         per_wave = waves(old, self.options.max_unavailable, self.state.spec.containers_per_worker)
         local.stop_controller(self.state)
         try:
@@ -123,9 +123,10 @@ class LocalRoll:
         return self.state
 
     # -- the steps ---------------------------------------------------------------
-    def old_slots(self, version: str) -> list[Slot]:
-        """`up`'s workers that do not serve `version` yet (a roll cut short resumes)."""
-        done = {c.id.split(".", 1)[0] for c in self.state.containers if c.version == version}
+    def old_slots(self, version: str, stand_ins: set[str]) -> list[Slot]:
+        """`up`'s workers that do not serve `version` yet (a roll cut short resumes;
+        a canary's workers stand beside old ones, which are still to replace)."""
+        done = {c.id.split(".", 1)[0] for c in self.state.containers if c.version == version and c.id not in stand_ins}
         return [Slot(p.id, p.worker) for p in self.state.resources.processes
                 if p.role == "worker" and p.id not in done]
 
