@@ -54,9 +54,12 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
         raise MlclusterError(f"cluster {spec.name!r} already exists with the {state.provider} provider",
                              f"`mlcluster down --name {spec.name}` first, or pick another --name")
     new = state is None
-    if state is not None and state.containers and (_serving(state.spec) != _serving(spec) or roll.promote
+    if state is not None and state.containers and (_serving(state.spec) != _serving(spec) or roll.changes()
                                                    or rollout_record.load(spec.name) is not None):
         return _update(state, spec, ui, roll)
+    if roll.changes():
+        raise MlclusterError(f"--canary and --promote change a running cluster; {spec.name!r} has no containers yet",
+                             f"`mlcluster up --name {spec.name}` without them starts it")
     if state is None:
         state = ClusterState(name=spec.name, provider=spec.provider, token=secrets.token_urlsafe(32))
     if not state.worker_token:  # also for a state written before workers had a credential
@@ -110,6 +113,9 @@ def _update(state: ClusterState, spec: ClusterSpec, ui: QuietUI, roll: RollOptio
                              "first, then again with the new size")
     roller = rollout_local.LocalRoll(state, ui, container_capacity(spec), roll)
     if _serving(spec) == _serving(state.spec):
+        if canary is None:
+            raise MlclusterError(f"cluster {spec.name!r} already serves {state.spec.model} with backend "
+                                 f"{state.spec.backend}: a canary needs another model, backend or batching")
         return roller.rollback()
     return roller.roll(spec, served_model(spec, ui))
 

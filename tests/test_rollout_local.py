@@ -135,6 +135,8 @@ def test_a_roll_whose_new_workers_cannot_load_stops_exits_1_and_the_old_ones_kee
     assert saved["spec"]["model"] == tiny_model and len(saved["containers"]) == 2
     assert len([p for p in saved["resources"]["processes"] if p["role"] == "worker"]) == 2
     wait_for(lambda: len(find_marked(marker("broken"))) == processes, "the new worker to be gone")
+    same = up("broken", tiny_model, "--canary", "25", check=False)  # a canary of what it serves already
+    assert same.returncode == 1 and "a canary needs another model" in same.stderr, same.stderr
     cli("down", "--name", "broken", "--yes")
 
 
@@ -169,3 +171,12 @@ def test_a_25_percent_canary_gets_20_to_30_percent_of_2000_requests_then_promote
     with requests.Session() as http:
         assert {ask(http, url) for _ in range(20)} == {(200, "model-c")}
     cli("down", "--name", "canary", "--yes")
+
+
+def test_canary_and_promote_without_a_running_cluster_or_out_of_range_are_refused(home, tiny_model):
+    for extra, code in ((("--canary", "25"), 1), (("--promote",), 1), (("--canary", "150"), 2),
+                        (("--canary", "0"), 2), (("--max-unavailable", "0"), 2)):
+        refused = up("canary", tiny_model, *extra, check=False)
+        assert refused.returncode == code, (extra, refused.stdout, refused.stderr)
+        assert "Traceback" not in refused.stderr
+    assert find_marked(marker("canary")) == [] and not (home / "canary" / "state.json").exists()

@@ -54,6 +54,10 @@ class RollOptions:
     promote: bool = False                  # finish the canary's roll
     ready_timeout_s: float = 180.0         # for each new worker to load its model
 
+    def changes(self) -> bool:
+        """Asks for a change of a running cluster's version by itself."""
+        return self.canary is not None or self.promote
+
 
 def refusal(state: ClusterState) -> Optional[str]:
     """Why this cluster cannot be rolled (None: it can)."""
@@ -104,6 +108,10 @@ class LocalRoll:
             self.state.save()
             self.event(f"roll done: every container serves {spec.model} ({spec.backend}), version {version}")
             return self.state
+        except requests.RequestException as exc:
+            raise MlclusterError(f"the orchestrator's admin listener stopped answering during the roll "
+                                 f"({type(exc).__name__}); what was done so far is recorded",
+                                 f"`mlcluster status --name {self.name}` shows it; `up` again resumes") from None
         finally:
             local.ensure_controller(self.state)
             self.admin.close()
@@ -113,7 +121,7 @@ class LocalRoll:
         canary = record.load(self.name)
         self.set_canary(None)
         if canary is not None:
-            self.retire([(w.id, w.pid) for w in canary.workers])
+            self.retire([w.id for w in canary.workers], [w.pid for w in canary.workers])
             self.state.containers = [c for c in self.state.containers if c.version != canary.version]
             self.state.save()
             record.forget(self.name)
@@ -149,23 +157,27 @@ class LocalRoll:
         new = [stand_ins.get(slot.id) or self.start(slot, spec, served_model, version) for slot in wave]
         self.wait_ready(new)
         procs = {p.id: p for p in self.state.resources.processes}
-        old_ids = {slot.id: self.container_id(slot.id, version) for slot in wave}
-        self.retire([(old_ids[slot.id], procs[slot.id].pid) for slot in wave])
+        old_ids = self.old_containers({slot.id for slot in wave}, version)
+        self.retire(old_ids, [procs[slot.id].pid for slot in wave])
         for slot, worker in zip(wave, new):
             p = procs[slot.id]
             p.pid, p.port, p.log = worker.pid, worker.port, worker.log
-            self.state.containers = [c for c in self.state.containers if c.id not in (old_ids[slot.id], worker.id)]
-            self.state.containers.append(ContainerRecord(id=worker.id, host=LOOPBACK, port=worker.port,
-                                                         worker=slot.worker, capacity=self.capacity,
-                                                         model=spec.model, version=version))
+        done = {w.id for w in new}
+        self.state.containers = [c for c in self.state.containers if c.id not in old_ids and c.id not in done]
+        self.state.containers += [ContainerRecord(id=w.id, host=LOOPBACK, port=w.port, worker=slot.worker,
+                                                  capacity=self.capacity, model=spec.model, version=version)
+                                  for slot, w in zip(wave, new)]
         self.state.save()
         self.event(f"{what}: {', '.join(w.id for w in new)} ({spec.model}, version {version}) replaced "
-                   f"{', '.join(old_ids.values())}")
+                   f"{', '.join(old_ids)}")
 
-    def container_id(self, slot: str, version: str) -> str:
-        """The container id of `slot`'s old worker (not of `version`)."""
-        return next((c.id for c in self.state.containers
-                     if c.id.split(".", 1)[0] == slot and c.version != version), slot)
+    def old_containers(self, slots: set[str], version: str) -> list[str]:
+        """The containers of these slots that do not serve `version`: as recorded, and as the
+        orchestrator has them (the controller re-registers a worker it healed under its slot's name)."""
+        registered = [(c["id"], c.get("version", "")) for c in self.admin.status()["containers"]]
+        recorded = [(c.id, c.version) for c in self.state.containers]
+        found = [cid for cid, v in recorded + registered if cid.split(".", 1)[0] in slots and v != version]
+        return list(dict.fromkeys(found)) or sorted(slots)
 
     def start(self, slot: Slot, spec: ClusterSpec, served_model: str, version: str) -> NewWorker:
         """A new worker process for `slot`, registered (out of rotation until its health check sees it ready)."""
@@ -220,7 +232,7 @@ class LocalRoll:
         if canary is not None and any(w.id in {c.id for c in canary.workers} for w in new):
             record.forget(self.name)
             self.set_canary(None)
-        self.retire([(w.id, w.pid) for w in new])
+        self.retire([w.id for w in new], [w.pid for w in new])
         gone = {w.id for w in new}
         self.state.containers = [c for c in self.state.containers if c.id not in gone]
         self.state.save()
@@ -229,17 +241,16 @@ class LocalRoll:
                              f"{self.state.spec.model}; nothing else was changed",
                              f"`mlcluster logs --name {self.name} CONTAINER` shows more")
 
-    def retire(self, containers: list[tuple[str, int]]) -> None:
-        """Drain each container, wait until the orchestrator has let it go, stop its process."""
-        for container_id, _ in containers:
+    def retire(self, ids: list[str], pids: list[int]) -> None:
+        """Drain the containers, wait until the orchestrator has let them go, stop the processes."""
+        for container_id in ids:
             self.admin.drain(container_id)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while time.monotonic() < deadline:
-            registry = {c["id"] for c in self.admin.status()["containers"]}
-            if not registry & {cid for cid, _ in containers}:
+            if not {c["id"] for c in self.admin.status()["containers"]} & set(ids):
                 break
             time.sleep(POLL_S)
-        for _, pid in containers:
+        for pid in pids:
             if local.running(pid, self.name):
                 local.stop(pid)
         localhost.reap()
@@ -247,7 +258,7 @@ class LocalRoll:
     def retire_elastic_workers(self) -> None:
         own = local.load_own(self.name)
         if own:
-            self.retire([(w.id, w.pid) for w in own])
+            self.retire([w.id for w in own], [w.pid for w in own])
             local.save_own(self.name, [])
 
     def set_canary(self, split: Optional[tuple[str, float]]) -> None:
