@@ -56,7 +56,10 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
     new = state is None
     if state is not None and state.containers and (_serving(state.spec) != _serving(spec) or roll.changes()
                                                    or rollout_record.load(spec.name) is not None):
-        return _update(state, spec, ui, roll)
+        state = _update(state, spec, ui, roll)
+        if roll.changes() or state.spec == spec:
+            return state
+        # A roll changed what it serves; the rest of the spec is reconciled below, as by any `up`.
     if roll.changes():
         raise MlclusterError(f"--canary and --promote change a running cluster; {spec.name!r} has no containers yet",
                              f"`mlcluster up --name {spec.name}` without them starts it")

@@ -22,6 +22,7 @@ it); `--promote` (or `up` with the canary's settings) finishes the roll;
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -104,7 +105,9 @@ class LocalRoll:
                 self.wave(wave, spec, served_model, version, stand_ins, f"wave {number}/{len(per_wave)}")
             self.retire_elastic_workers()
             record.forget(self.name)
-            self.state.spec = copy.deepcopy(spec)
+            # What it serves changed; the rest of `spec` is the caller's to apply (as any `up` does).
+            self.state.spec = dataclasses.replace(self.state.spec, model=spec.model, backend=spec.backend,
+                                                  batch_max=spec.batch_max, batch_wait_ms=spec.batch_wait_ms)
             self.state.save()
             self.event(f"roll done: every container serves {spec.model} ({spec.backend}), version {version}")
             return self.state
