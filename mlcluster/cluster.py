@@ -232,8 +232,11 @@ def status(name: str) -> dict:
     details = provider.details(state)
     records = {c.id: c for c in state.containers}
     labelled = any(c.version for c in state.containers)  # a roll or a canary: each says what it serves
+    ports = {p.id: p.port for p in state.resources.processes}  # a rolled container is its slot's process
     for container in snapshot["containers"]:
-        container.update(details.get(container["id"], {}))
+        slot = container["id"].split(".", 1)[0]
+        container.update(details.get(container["id"]) or (details.get(slot, {}) if ports.get(slot) == container["port"]
+                                                             else {}))
         record = records.get(container["id"])
         if record and record.worker:
             container.setdefault("worker", record.worker)

@@ -8,7 +8,9 @@ finishes the roll and `up` with the old model removes a canary."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import threading
 from collections import Counter
 
@@ -18,7 +20,7 @@ from mlcluster.deploy.localhost import find_marked, marker
 from support.console import cli, home_fixture
 from support.waiting import wait_for
 
-home = home_fixture("roll", "broken", "canary")
+home = home_fixture("roll", "broken", "canary", "healed")
 SHAPE = ("--workers", "2", "--containers-per-worker", "1", "--backend", "torch")
 
 
@@ -180,3 +182,36 @@ def test_canary_and_promote_without_a_running_cluster_or_out_of_range_are_refuse
         assert refused.returncode == code, (extra, refused.stdout, refused.stderr)
         assert "Traceback" not in refused.stderr
     assert find_marked(marker("canary")) == [] and not (home / "canary" / "state.json").exists()
+
+
+def test_a_worker_killed_after_a_roll_comes_back_with_the_new_model_and_rolls_back_with_no_failure(home, tiny_model,
+                                                                                                   tmp_path):
+    new_model = another_copy(tiny_model, tmp_path, "model-d")
+    up("healed", tiny_model)
+    up("healed", new_model)
+    state = json.loads((home / "healed" / "state.json").read_text())
+    victim = next(p for p in state["resources"]["processes"] if p["id"] == "worker2-1")
+    shown = next(c for c in status("healed")["containers"] if c["id"].startswith("worker2-1."))
+    assert shown["pid"] == str(victim["pid"]) and shown["serves"].startswith("model-d")
+    os.killpg(victim["pid"], signal.SIGKILL)
+
+    def healed() -> bool:
+        now = json.loads((home / "healed" / "state.json").read_text())
+        pid = next(p["pid"] for p in now["resources"]["processes"] if p["id"] == "worker2-1")
+        return pid != victim["pid"] and {c["status"] for c in status("healed")["containers"]} == {"free"}
+    wait_for(healed, "worker2-1 to be restarted by the controller and serve again", timeout=60)
+    url = status("healed")["orchestrator_url"]
+    with requests.Session() as http:
+        assert {ask(http, url) for _ in range(20)} == {(200, "model-d")}  # healed with what it serves now
+
+    load = Load(url, clients=2)
+    wait_for(lambda: load.count() >= 100, "the load to run", timeout=60)
+    up("healed", tiny_model)  # back again, under load
+    at_the_end = load.count()
+    wait_for(lambda: load.count() >= at_the_end + 200, "answers after the roll", timeout=60)
+    answers = load.finish()
+    assert Counter(code for code, _ in answers) == {200: len(answers)}
+    assert {m for _, m in answers[at_the_end + 4:]} == {"tiny-distilbert"}
+    assert {c["model"] for c in status("healed")["containers"]} == {tiny_model}
+    assert len(status("healed")["containers"]) == 2
+    cli("down", "--name", "healed", "--yes")
