@@ -78,7 +78,8 @@ def choose_container(candidates: Iterable[Container], busy_by_host: dict[str, in
     Pure: no locking, no I/O."""
     if avoid:  # by identity: Container's generated == compares every field
         candidates = list(candidates)
-        others = [c for c in candidates if all(c is not a for a in avoid)]
+        avoided = {id(a) for a in avoid}  # a canary's side can be most containers: one look each
+        others = [c for c in candidates if id(c) not in avoided]
         if any(c.healthy and not c.draining for c in others):
             candidates = others
     best, best_key = None, None
