@@ -20,6 +20,7 @@ from mlcluster_contract import BATCH_DEFAULTS, OVERHEAD_TEST
 
 from . import apikeys, security
 from .deploy import watchdog
+from .elastic.local import load_own, running as controller_running
 from .elastic.published import published
 from .errors import MlclusterError
 from .models import served_model
@@ -149,7 +150,8 @@ def register(state: ClusterState, ui: QuietUI) -> None:
     wanted = {(c.host, c.port) for c in state.containers}
     current = orchestrator_status(state)["containers"]
     known = {(x["host"], x["port"]) for x in current}
-    stale = [c["id"] for c in current if (c["host"], c["port"]) not in wanted]
+    elastic = {w.id for w in load_own(state.name)}  # the controller's own workers are not `up`'s to drain
+    stale = [c["id"] for c in current if (c["host"], c["port"]) not in wanted and c["id"] not in elastic]
     body = {"containers": [{"id": c.id, "host": c.host, "port": c.port, "capacity": c.capacity}
                            for c in state.containers if (c.host, c.port) not in known]}
     if not stale and not body["containers"]:
@@ -256,8 +258,8 @@ def status(name: str) -> dict:
         snapshot["canary"] = {"version": canary.version, "percent": canary.percent, "model": canary.spec.model,
                               "backend": canary.spec.backend}
     controller = published(state.dir)  # the elastic controller's own account (mlcluster/elastic)
-    if controller is not None:
-        snapshot["autoscale"] = controller.to_json()
+    if controller is not None:  # with whether it still runs: its file outlives it
+        snapshot["autoscale"] = {**controller.to_json(), "running": controller_running(controller.pid, name)}
     return snapshot
 
 

@@ -80,6 +80,8 @@ def status_table(snapshot: dict) -> Group:
 
 def autoscale_line(elastic: dict) -> str:
     """The controller's state in one line (status --json's `autoscale` object)."""
+    if not elastic.get("running", True):
+        return "controller: not running (`mlcluster up` starts it again); last state: " + elastic["reason"]
     if elastic["max"] is None:
         return f"controller: heals dead workers · {elastic['current']} containers (fixed size)"
     return (f"autoscale {elastic['min']}..{elastic['max']} at {elastic['target']:g} ongoing each · "

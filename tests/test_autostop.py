@@ -160,17 +160,18 @@ def lhome(tmp_path, monkeypatch):
 
 
 def test_local_cluster_stops_itself_once_idle_but_not_while_serving(lhome, tiny_model):
-    """`up --autostop` on the local provider: its own watchdog process, which
-    does not fire while requests flow, fires after the idle time, stops every
-    process of the cluster and leaves the state, so `status` says it stopped
-    itself and `down` removes it. A second `up` keeps a watchdog that runs."""
+    """`up --autostop` on the local provider: the cluster's controller (mlcluster/elastic, which
+    absorbs the watchdog on a process cluster) does not fire while requests flow, fires after the
+    idle time, stops every process of the cluster and leaves the state, so `status` says it stopped
+    itself and `down` removes it. A second `up` keeps the controller that runs."""
     idle_s = 6.0
     args = ("up", "--name", "localidle", "--workers", "1", "--containers-per-worker", "1", "--model", tiny_model,
             "--autostop", f"{idle_s:g}s")
     cli(*args)
     state = json.loads((lhome / "localidle" / "state.json").read_text())
     url = state["orchestrator_url"]
-    watchdog = next(p for p in state["resources"]["processes"] if p["id"] == "watchdog")
+    assert "watchdog" not in {p["id"] for p in state["resources"]["processes"]}  # one agent per cluster
+    watchdog = next(p for p in state["resources"]["processes"] if p["id"] == "controller")
     assert watchdog["pid"] in find_marked(marker("localidle"))
 
     stop, answered = threading.Event(), []
@@ -185,7 +186,7 @@ def test_local_cluster_stops_itself_once_idle_but_not_while_serving(lhome, tiny_
     started = time.monotonic()
     cli(*args)  # the same settings, while busy: the same watchdog
     again = json.loads((lhome / "localidle" / "state.json").read_text())
-    assert next(p for p in again["resources"]["processes"] if p["id"] == "watchdog")["pid"] == watchdog["pid"]
+    assert next(p for p in again["resources"]["processes"] if p["id"] == "controller")["pid"] == watchdog["pid"]
     time.sleep(max(0.0, started + 2 * idle_s - time.monotonic()))
     stop.set()
     thread.join()
@@ -200,6 +201,8 @@ def test_local_cluster_stops_itself_once_idle_but_not_while_serving(lhome, tiny_
     assert find_marked(marker("localidle")) == []  # every process stopped, the watchdog too
     fired = json.loads(record.read_text())
     assert fired["reason"] == "autostop" and fired["stopped_at"] >= load_ended + idle_s - 1.0
+    said = json.loads(cli("events", "--name", "localidle", "--json").stdout)["events"]
+    assert said[-1]["kind"] == "autostop" and "autostop: the cluster stops itself" == said[-1]["reason"]
     status = cli("status", "--name", "localidle", check=False)
     assert status.returncode == 1 and "stopped itself (autostop at " in status.stderr, status.stderr
     down = cli("down", "--name", "localidle", "--yes")

@@ -57,11 +57,14 @@ def test_lifecycle_up_status_bench_down(home, tiny_model, tmp_path):
     assert not (home / "lab").exists()
 
 
-def test_up_twice_reconciles_and_a_killed_worker_shows_down(home, tiny_model):
-    cli(*up_args(tiny_model, workers=1))
+def test_up_twice_reconciles_and_a_killed_worker_shows_down(home, tiny_model, tmp_path):
+    # The controller would restart a dead worker by itself (tests/test_elastic_local.py): not within this test.
+    slow_heal = tmp_path / "slow-heal.toml"
+    slow_heal.write_text("[autoscale]\nheal_grace = 600\n")
+    cli(*up_args(tiny_model, workers=1), "--config", str(slow_heal))
     state = json.loads((home / "lab" / "state.json").read_text())
     first = {p["id"]: p["pid"] for p in state["resources"]["processes"]}
-    cli(*up_args(tiny_model, workers=1))
+    cli(*up_args(tiny_model, workers=1), "--config", str(slow_heal))
     state = json.loads((home / "lab" / "state.json").read_text())
     assert {p["id"]: p["pid"] for p in state["resources"]["processes"]} == first  # nothing restarted
     status = json.loads(cli("status", "--name", "lab", "--json").stdout)
@@ -84,7 +87,7 @@ def test_up_twice_reconciles_and_a_killed_worker_shows_down(home, tiny_model):
     assert answer["container"]["id"] == "worker1-1"
 
     # `up` again restarts only the missing container, and it serves again.
-    cli(*up_args(tiny_model, workers=1))
+    cli(*up_args(tiny_model, workers=1), "--config", str(slow_heal))
     state = json.loads((home / "lab" / "state.json").read_text())
     now = {p["id"]: p["pid"] for p in state["resources"]["processes"]}
     assert now["worker1-1"] == first["worker1-1"] and now["orchestrator"] == first["orchestrator"]

@@ -39,6 +39,7 @@ class Load:
         self.url, self.stop = url, threading.Event()
         self.statuses: list[int] = []
         self.most = 0
+        self.drained: set[str] = set()  # containers ever seen draining
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
         self.threads.append(threading.Thread(target=self.watch, daemon=True))
@@ -58,7 +59,9 @@ class Load:
     def watch(self) -> None:
         while not self.stop.wait(0.05):
             try:
-                self.most = max(self.most, len(orchestrator_status(self.url)["containers"]))
+                containers = orchestrator_status(self.url)["containers"]
+                self.most = max(self.most, len(containers))
+                self.drained |= {c["id"] for c in containers if c["status"] == "draining"}
             except requests.RequestException:
                 pass
 
@@ -104,9 +107,51 @@ def test_a_step_load_scales_up_to_the_cap_then_down_to_the_minimum_with_no_faile
     assert kinds[0] == "started" and "scale_up" in kinds and kinds[-1] == "scale_down"
     ups = [e for e in decisions if e["kind"] == "scale_up"]
     assert all(e["desired"] <= 3 and "queued" in e["reason"] and "->" in e["reason"] for e in ups)
-    assert decisions[-1]["current"] == 3 and decisions[-1]["desired"] == 1 and "< target 1" in decisions[-1]["reason"]
+    last_up = max(i for i, kind in enumerate(kinds) if kind == "scale_up")
+    downs = decisions[last_up + 1:]  # one step, or more when a straggler kept one container busy in the window
+    assert {e["kind"] for e in downs} == {"scale_down"} and all("< target 1" in e["reason"] for e in downs)
+    assert downs[0]["current"] == 3 and downs[-1]["desired"] == 1
     cli("down", "--name", "elastic", "--yes")
     assert find_marked(marker("elastic")) == []
+
+
+def test_up_again_keeps_the_controllers_containers_and_restarts_it_only_for_new_settings(home):
+    """...and `up` without autoscaling drains the controller's own containers, failing no request."""
+    args = ["--containers-per-worker", "1", "--max-containers", "2", "--upscale-delay", "0", "--downscale-delay", "60"]
+    up("elastic", *args)
+    url = status("elastic")["orchestrator_url"]
+    load = Load(url, clients=4)
+    try:
+        wait_for(lambda: status("elastic")["autoscale"]["current"] == 2, "a scale-up to the cap", timeout=30)
+        controller = controller_pid(home)
+        up("elastic", *args)  # the same settings: nothing moves, the controller's container is not drained
+        assert controller_pid(home) == controller
+        up("elastic", *args[:-1], "30")  # a new downscale delay: a new controller, the same containers
+        assert controller_pid(home) != controller
+        wait_for(lambda: status("elastic")["autoscale"]["current"] == 2, "the new controller to count 2", timeout=30)
+        served = orchestrator_status(url)["served"]
+        wait_for(lambda: orchestrator_status(url)["served"] > served + 40, "more requests served")
+        assert load.drained == set() and load.most == 2
+        up("elastic", "--containers-per-worker", "1")  # autoscaling off: back to up's one container, drained
+        wait_for(lambda: [c["id"] for c in orchestrator_status(url)["containers"]] == ["worker1-1"],
+                 "the controller's container to leave", timeout=30)
+        served = orchestrator_status(url)["served"]
+        wait_for(lambda: orchestrator_status(url)["served"] > served + 20, "more requests served")
+    finally:
+        statuses = load.finish()
+    assert load.drained <= {"elastic-1"} and load.most == 2  # a 50-ms drain may pass between two looks
+    assert statuses and set(statuses) == {200}
+    decisions = json.loads(cli("events", "-n", "elastic", "--json").stdout)["events"]
+    assert [e["kind"] for e in decisions].count("started") == 3
+    assert "autoscaling is off" in decisions[-1]["reason"] and status("elastic")["autoscale"]["max"] is None
+    wait_for(lambda: own_workers(home, "elastic") == [], "the controller's worker to be stopped and forgotten")
+    cli("down", "--name", "elastic", "--yes")
+    assert find_marked(marker("elastic")) == []
+
+
+def controller_pid(home) -> int:
+    state = json.loads((home / "elastic" / "state.json").read_text())
+    return next(p["pid"] for p in state["resources"]["processes"] if p["id"] == "controller")
 
 
 def test_a_sigkilled_worker_is_replaced_with_no_command(home, tmp_path):
@@ -125,13 +170,17 @@ def test_a_sigkilled_worker_is_replaced_with_no_command(home, tmp_path):
     after = status("heal")
     assert [(c["id"], c["port"]) for c in sorted(after["containers"], key=lambda c: c["id"])] == [
         ("worker1-1", state["containers"][0]["port"]), ("worker1-2", victim["port"])]  # in place: same address
-    assert after["autoscale"]["max"] is None and after["autoscale"]["current"] == 2
+    assert after["autoscale"]["max"] is None and after["autoscale"]["current"] == 2 and after["autoscale"]["running"]
     answers = {requests.post(after["orchestrator_url"] + "/new_request", json={"text": f"t{i}"}, timeout=30)
                .json()["container"]["id"] for i in range(6)}
     assert answers == {"worker1-1", "worker1-2"}
     heals = [e for e in json.loads(cli("events", "-n", "heal", "--json").stdout)["events"] if e["kind"] == "heal"]
     assert len(heals) == 1 and heals[0]["container"] == "worker1-2" and str(victim["pid"]) in heals[0]["reason"]
     assert "Heals dead workers".lower() in cli("status", "--name", "heal").stdout.lower()
+    controller = next(p for p in state["resources"]["processes"] if p["id"] == "controller")
+    os.killpg(controller["pid"], signal.SIGKILL)  # its published state stays; status says it is stale
+    wait_for(lambda: not status("heal")["autoscale"]["running"], "status to see the controller gone")
+    assert "controller: not running" in " ".join(cli("status", "--name", "heal").stdout.split())
     cli("down", "--name", "heal", "--yes")
     assert find_marked(marker("heal")) == []
 

@@ -9,12 +9,14 @@ listener and:
   queue and in-flight figures; starts and registers workers up to the
   desired count, or drains the surplus (the orchestrator gives them no new
   request) and stops each once the orchestrator has let it go.
+With autostop or max_lifetime set it is also the cluster's watchdog (autostop.py).
 Every decision is an event (events.py); its state is published for `status`
 (published.py). The rule is pure; this module is only the loop that applies it.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -29,7 +31,7 @@ import requests
 from ..cluster import container_capacity
 from ..deploy import localhost
 from ..state import ClusterState, cluster_dir
-from . import events, local
+from . import autostop, events, local
 from .events import Event
 from .local import Admin, WorkerProcess, WorkerTemplate
 from .policy import Decision, Figures, Memory, decide, plural
@@ -54,6 +56,10 @@ class Controller:
         self.retiring: set[str] = set()
         self.memory = Memory()
         self.decision: Optional[Decision] = None
+        self.autostop = autostop.idle_clock(state)
+        self.fired = False  # autostop stopped the cluster: the loop ends
+        self.published: Optional[ControllerStatus] = None  # the last one written, without its time
+        self.published_at = 0.0
         self.serial = itertools.count(1 + max((int(w.id.rsplit("-", 1)[1]) for w in self.workers
                                                if w.own and w.id.rsplit("-", 1)[1].isdigit()), default=0))
 
@@ -61,6 +67,10 @@ class Controller:
     def look(self) -> None:
         localhost.reap()  # the workers this process started and stopped
         status = self.admin.status()
+        if self.autostop is not None:
+            self.watch_idle(status)
+            if self.fired:
+                return
         registry = {c["id"]: c for c in status["containers"]}
         self.follow_up()
         self.keep_template()
@@ -68,8 +78,19 @@ class Controller:
         self.reregister(registry)
         if self.config is not None:
             self.scale(status)
+        else:
+            self.retire_own()
         self.let_go(registry)
         self.publish()
+
+    def watch_idle(self, status: Optional[dict]) -> None:
+        """Autostop (autostop.py): the cluster stops itself when idle or too old."""
+        self.autostop.observe(status, time.monotonic())
+        reason = self.autostop.reason(time.monotonic(), time.time())
+        if reason:
+            self.event("autostop", f"{reason}: the cluster stops itself")
+            autostop.stop_cluster(self.name, self.dir, reason, self.autostop)
+            self.fired = True
 
     def follow_up(self) -> None:
         """`up`'s workers as state.json lists them now: a later `up` may have
@@ -110,9 +131,9 @@ class Controller:
             if w.port != old_port and w.id in registry:
                 self.admin.drain(w.id)  # its old address leaves; the id comes back with the new one
             w.pid = self.template.start(w.id, w.port, Path(w.log))
-            self.admin.register(w, self.capacity)
             self.dead_since.pop(w.id)
-            self.saved(w)
+            self.saved(w)  # before anything else can fail: the record always names the running process
+            self.admin.register(w, self.capacity)
             self.event("heal", f"its process (pid {old_pid}) was gone for {now - since:.0f} s; restarted as "
                                f"pid {w.pid} on port {w.port}", container=w.id)
 
@@ -145,6 +166,18 @@ class Controller:
                 self.retiring.add(w.id)
                 self.admin.drain(w.id)
             self.event("scale_down", decision.reason, figures.current, decision.desired)
+
+    def retire_own(self) -> None:
+        """A fixed cluster (autoscaling turned off by a later `up`) is `up`'s
+        containers only: the controller's own are drained and stopped."""
+        leaving = [w for w in self.workers if w.own and w.id not in self.retiring]
+        if leaving:
+            before = len(self.counted())
+            for w in leaving:
+                self.retiring.add(w.id)
+                self.admin.drain(w.id)
+            self.event("scale_down", f"autoscaling is off: the fixed size is up's {plural(before - len(leaving), 'container')}",
+                       before, before - len(leaving))
 
     def start_one(self) -> None:
         worker_id = f"elastic-{next(self.serial)}"
@@ -184,13 +217,18 @@ class Controller:
         log.info("%s %s %s", kind, container, reason)
 
     def publish(self) -> None:
+        """Write the state for `status` when it changed (or every 10 s, to show the controller lives)."""
         config, n = self.config, len(self.counted())
-        publish(self.dir, ControllerStatus(
+        status = ControllerStatus(
             min=config.min_containers if config else None, max=config.max_containers if config else None,
             target=config.target_ongoing if config else None,
             desired=self.decision.desired if self.decision else n, current=n,
             reason=self.decision.reason if self.decision else "fixed size: healing only",
-            pid=os.getpid(), updated_at=time.time()))
+            pid=os.getpid(), updated_at=time.time())
+        if self.published is None or dataclasses.replace(status, updated_at=0) != self.published \
+                or time.time() - self.published_at > 10:
+            publish(self.dir, status)
+            self.published, self.published_at = dataclasses.replace(status, updated_at=0), time.time()
 
     # -- the loop -----------------------------------------------------------------
     def run(self, stopping) -> None:
@@ -198,11 +236,13 @@ class Controller:
             f", autoscaling {self.config.min_containers}..{self.config.max_containers} containers at "
             f"{self.config.target_ongoing:g} ongoing each" if self.config else " (fixed size)"))
         unanswered = 0
-        while not stopping():
+        while not stopping() and not self.fired:
             try:
                 self.look()
                 unanswered = 0
             except (requests.RequestException, ValueError, KeyError) as exc:
+                if self.autostop is not None:  # an orchestrator that stopped answering may be idle for good
+                    self.watch_idle(None)
                 unanswered += 1
                 if unanswered == 20:  # ten seconds: say it once
                     self.event("error", f"the orchestrator's admin listener does not answer ({type(exc).__name__})")
@@ -210,7 +250,8 @@ class Controller:
                 log.exception("a look failed")
                 self.event("error", f"a look failed: {exc}")
             time.sleep(LOOK_S)
-        self.event("stopped", f"the controller stopped; {plural(len(self.counted()), 'container')} left as they are")
+        if not self.fired:
+            self.event("stopped", f"the controller stopped; {plural(len(self.counted()), 'container')} left as they are")
         self.admin.close()
 
 

@@ -159,7 +159,9 @@ def settings_key(state: ClusterState) -> str:
     """The settings the controller runs with, as one string: a change restarts it."""
     s = state.spec
     return json.dumps({"min": s.min_containers, "max": s.max_containers, "target": s.target_ongoing,
-                       "up": s.upscale_delay, "down": s.downscale_delay, "grace": s.heal_grace}, sort_keys=True)
+                       "up": s.upscale_delay, "down": s.downscale_delay, "grace": s.heal_grace,
+                       "autostop": s.autostop, "max_lifetime": s.max_lifetime,
+                       "autostop_started": state.resources.autostop_started}, sort_keys=True)
 
 
 def ensure_controller(state: ClusterState) -> None:

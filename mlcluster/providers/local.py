@@ -86,7 +86,7 @@ class LocalProvider:
         """The autostop watchdog (deploy/watchdog.py) when autostop or
         max_lifetime is set; one no longer asked for is stopped."""
         watch = watchdog.settings(spec, state.resources)
-        if watch is None:
+        if watch is None or state.runtime == "process":  # a process cluster's controller watches (mlcluster/elastic)
             watchdog.stop_local(state)
         else:
             with ui.step("starting the autostop watchdog"):
