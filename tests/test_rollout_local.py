@@ -20,7 +20,7 @@ from mlcluster.deploy.localhost import find_marked, marker
 from support.console import cli, home_fixture
 from support.waiting import wait_for
 
-home = home_fixture("roll", "broken", "canary", "healed")
+home = home_fixture("roll", "broken", "canary", "healed", "scaled")
 SHAPE = ("--workers", "2", "--containers-per-worker", "1", "--backend", "torch")
 
 
@@ -215,3 +215,20 @@ def test_a_worker_killed_after_a_roll_comes_back_with_the_new_model_and_rolls_ba
     assert {c["model"] for c in status("healed")["containers"]} == {tiny_model}
     assert len(status("healed")["containers"]) == 2
     cli("down", "--name", "healed", "--yes")
+
+
+def test_a_roll_of_an_autoscaled_cluster_replaces_the_controllers_containers_too(home, tiny_model):
+    scaled = ("--workers", "1", "--containers-per-worker", "1", "--backend", "torch", "--min-containers", "1",
+              "--max-containers", "3", "--target-ongoing", "1", "--upscale-delay", "1", "--downscale-delay", "600")
+    cli("up", "--name", "scaled", *scaled, "--model", "overhead-test", "--service-ms", "50")
+    url = status("scaled")["orchestrator_url"]
+    load = Load(url, clients=4)
+    wait_for(lambda: len(status("scaled")["containers"]) == 3, "the controller to scale up to 3", timeout=60)
+    cli("up", "--name", "scaled", *scaled, "--model", tiny_model, "--service-ms", "50")
+    at_the_end = load.count()
+    wait_for(lambda: load.count() >= at_the_end + 300, "answers after the roll", timeout=60)
+    answers = load.finish()
+    assert Counter(code for code, _ in answers) == {200: len(answers)}
+    assert {m for _, m in answers[at_the_end + 8:]} == {"tiny-distilbert"}  # the controller's old ones are gone
+    assert json.loads((home / "scaled" / "state.json").read_text())["spec"]["model"] == tiny_model
+    cli("down", "--name", "scaled", "--yes")
