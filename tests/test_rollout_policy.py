@@ -9,6 +9,7 @@ from mlcluster.rollout.local import refusal
 from mlcluster.rollout.policy import Slot, canary_size, version_label, waves
 from mlcluster.state import ClusterState
 from mlcluster_orchestrator.containers import Canary, Reservation
+from mlcluster_orchestrator.health import load_registry, save_registry
 from mlcluster_orchestrator.scheduler import Scheduler
 from support.clock import FakeClock
 
@@ -107,3 +108,13 @@ def test_a_side_with_no_healthy_container_falls_back_to_the_other_and_no_canary_
     assert len(got) == 10 and all(r.container is old for r in got)
     scheduler.set_canary(None)
     assert scheduler.snapshot()["canary"] is None
+
+
+def test_a_restarted_orchestrator_restores_each_containers_version(tmp_path):
+    saved = Scheduler(clock=FakeClock())
+    saved.add("10.0.0.1", 8000, id="old", version="v1")
+    saved.add("10.0.0.2", 9000, id="new", version="v2")
+    save_registry(tmp_path / "registry.json", saved)
+    restored = Scheduler(clock=FakeClock())
+    assert load_registry(tmp_path / "registry.json", restored) == 2
+    assert {c.id: c.version for c in restored.containers()} == {"old": "v1", "new": "v2"}
