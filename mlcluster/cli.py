@@ -26,6 +26,8 @@ from .keys_cli import keys_app
 from .models import quiet_libraries, require_model_stack
 from .output import cluster_list_table, cluster_table, plan_text, status_table
 from .providers import get_provider
+from .rollout.local import RollOptions
+from .rollout.record import load as canary_in_place
 from .state import ClusterSpec, ClusterState, check_name, home, known_clusters
 from .ui import run_ui
 
@@ -110,6 +112,9 @@ def up(
     tls_cert: Annotated[Optional[Path], typer.Option(help="Serve HTTPS with this PEM certificate (with --tls-key).")] = None,
     tls_key: Annotated[Optional[Path], typer.Option(help="The PEM key of --tls-cert.")] = None,
     api_keys: Annotated[bool, typer.Option("--api-keys", help="Require API keys; makes the first one (shown once).")] = False,
+    max_unavailable: Annotated[Optional[int], typer.Option(min=1, help="A roll replaces this many containers at a time (default: one worker's).")] = None,
+    canary: Annotated[Optional[float], typer.Option(min=0, max=100, help="A roll stops with this % of requests on the new version.")] = None,
+    promote: Annotated[bool, typer.Option("--promote", help="Finish the roll of the canary in place.")] = False,
     config: ConfigFile = None,
     as_json: JsonFlag = False,
     yes: Yes = False,
@@ -132,7 +137,10 @@ def up(
         err.print(escape(plan_text(cost_plan)))
         confirm(f"create these {spec.provider.upper()} resources for cluster {spec.name!r}?", yes)
     made = []
-    state = cluster.up(spec, ui, prepare=lambda s: made.extend(filter(None, [security.prepare(s, asked, [])])))
+    if canary is not None and not 0 < canary < 100:
+        raise UsageError("--canary is a percentage between 0 and 100 (exclusive)")
+    state = cluster.up(spec, ui, prepare=lambda s: made.extend(filter(None, [security.prepare(s, asked, [])])),
+                       roll=RollOptions(max_unavailable=max_unavailable, canary=canary, promote=promote))
     warning = security.exposure_warning(state.provider, state.orchestrator_url,
                                         str(spec.provider_options.get("aws", {}).get("allowed_cidr", "")),
                                         bool(state.tls_fingerprint), bool(state.api_keys))
@@ -151,6 +159,10 @@ def up(
     out.print(f"serving {state.spec.model} with the {state.spec.backend} backend "
               f"({capacity} request(s) per container at once)")
     out.print(f"orchestrator: {state.orchestrator_url}  (send requests to {state.orchestrator_url}/new_request)")
+    trial = canary_in_place(state.name)
+    if trial is not None:
+        out.print(f"canary: {trial.percent:g} % of requests go to {trial.spec.model} (version {trial.version}); "
+                  f"`up --promote` finishes the roll, `up` with the current model removes it")
 
 
 @app.command()

@@ -26,6 +26,8 @@ from .errors import MlclusterError
 from .models import served_model
 from .providers import get_provider
 from .providers.base import Provider
+from .rollout import local as rollout_local, record as rollout_record
+from .rollout.local import RollOptions
 from .state import (
     ApiKeyRecord,
     ClusterSpec,
@@ -43,21 +45,25 @@ READY_TIMEOUT_S = 600.0
 
 
 def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READY_TIMEOUT_S,
-       prepare: Optional[Callable[[ClusterState], None]] = None) -> ClusterState:
+       prepare: Optional[Callable[[ClusterState], None]] = None, roll: RollOptions = RollOptions()) -> ClusterState:
     """Start what is missing of the cluster, register its containers and wait
-    until all are ready. Safe to run again: it reconciles."""
+    until all are ready. Safe to run again: it reconciles. On a running
+    cluster asked to serve something else it rolls (mlcluster/rollout)."""
     spec.validate()
     state = ClusterState.load_or_none(spec.name)
     if state is not None and state.provider != spec.provider:
         raise MlclusterError(f"cluster {spec.name!r} already exists with the {state.provider} provider",
                              f"`mlcluster down --name {spec.name}` first, or pick another --name")
     new = state is None
-    if state is not None and state.containers and _serving(state.spec) != _serving(spec):
-        # Refused, never recorded: its containers would go on serving what they serve (no rolling update yet).
-        raise MlclusterError(f"cluster {spec.name!r} already serves {state.spec.model} with backend "
-                             f"{state.spec.backend} (batch_max {state.spec.batch_max}, batch_wait_ms "
-                             f"{state.spec.batch_wait_ms})",
-                             f"`mlcluster down --name {spec.name}` first to change what or how it serves")
+    if state is not None and state.containers and (_serving(state.spec) != _serving(spec) or roll.changes()
+                                                   or rollout_record.load(spec.name) is not None):
+        state = _update(state, spec, ui, roll)
+        if roll.changes() or state.spec == spec:
+            return state
+        # A roll changed what it serves; the rest of the spec is reconciled below, as by any `up`.
+    if roll.changes():
+        raise MlclusterError(f"--canary and --promote change a running cluster; {spec.name!r} has no containers yet",
+                             f"`mlcluster up --name {spec.name}` without them starts it")
     if state is None:
         state = ClusterState(name=spec.name, provider=spec.provider, token=secrets.token_urlsafe(32))
     if not state.worker_token:  # also for a state written before workers had a credential
@@ -73,7 +79,9 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
         deployment = provider.up(served, state, ui)
         state.orchestrator_url = deployment.orchestrator_url
         capacity = container_capacity(spec)
-        state.containers = [dataclasses.replace(c, capacity=capacity) for c in deployment.containers]
+        known = {(c.host, c.port): c for c in state.containers}  # a rolled container keeps its id and version
+        state.containers = [dataclasses.replace(c, capacity=capacity, **_labels(known.get((c.host, c.port))))
+                            for c in deployment.containers]
         state.save()
         register(state, ui)
         wait_ready(state, ui, ready_timeout_s)
@@ -87,6 +95,37 @@ def up(spec: ClusterSpec, ui: QuietUI = QuietUI(), ready_timeout_s: float = READ
             remove_cluster_dir(spec.name)  # nothing was created: leave no trace of a failed first `up`
         raise
     return state
+
+
+def _update(state: ClusterState, spec: ClusterSpec, ui: QuietUI, roll: RollOptions) -> ClusterState:
+    """Change what a running cluster serves: roll, start or promote a canary, or remove one."""
+    why = rollout_local.refusal(state)
+    if why is not None:  # refused, never recorded: its containers would go on serving what they serve
+        raise MlclusterError(f"cluster {spec.name!r} already serves {state.spec.model} with backend "
+                             f"{state.spec.backend} (batch_max {state.spec.batch_max}, batch_wait_ms "
+                             f"{state.spec.batch_wait_ms}); {why}",
+                             f"`mlcluster down --name {spec.name}` first to change what or how it serves")
+    canary = rollout_record.load(spec.name)
+    if roll.promote:
+        if canary is None:
+            raise MlclusterError(f"cluster {spec.name!r} has no canary to promote",
+                                 "`mlcluster up --model NEW --canary P` starts one")
+        spec = canary.spec
+    if (spec.workers, spec.containers_per_worker) != (state.spec.workers, state.spec.containers_per_worker):
+        raise MlclusterError("a roll changes what the containers serve, not how many there are",
+                             f"run `up` with {state.spec.workers} worker(s) x {state.spec.containers_per_worker} "
+                             "first, then again with the new size")
+    roller = rollout_local.LocalRoll(state, ui, container_capacity(spec), roll)
+    if _serving(spec) == _serving(state.spec):
+        if canary is None:
+            raise MlclusterError(f"cluster {spec.name!r} already serves {state.spec.model} with backend "
+                                 f"{state.spec.backend}: a canary needs another model, backend or batching")
+        return roller.rollback()
+    return roller.roll(spec, served_model(spec, ui))
+
+
+def _labels(previous: Optional[ContainerRecord]) -> dict:
+    return {"id": previous.id, "model": previous.model, "version": previous.version} if previous else {}
 
 
 def _serving(spec: ClusterSpec) -> tuple:
@@ -193,8 +232,19 @@ def status(name: str) -> dict:
                                  f"`mlcluster down --name {name}` removes what is left") from None
         raise
     details = provider.details(state)
+    records = {c.id: c for c in state.containers}
+    labelled = any(c.version for c in state.containers)  # a roll or a canary: each says what it serves
+    ports = {p.id: p.port for p in state.resources.processes}  # a rolled container is its slot's process
     for container in snapshot["containers"]:
-        container.update(details.get(container["id"], {}))
+        slot = container["id"].split(".", 1)[0]
+        container.update(details.get(container["id"]) or (details.get(slot, {}) if ports.get(slot) == container["port"]
+                                                             else {}))
+        record = records.get(container["id"])
+        if record and record.worker:
+            container.setdefault("worker", record.worker)
+        container["model"] = record.model if record and record.model else state.spec.model
+        if labelled:
+            container["serves"] = f"{Path(container['model']).name} {container.get('version') or ''}".strip()
     snapshot.update(name=state.name, provider=state.provider, runtime=state.runtime,
                     orchestrator_url=state.orchestrator_url, model=state.spec.model,
                     backend=state.spec.backend)
@@ -203,6 +253,10 @@ def status(name: str) -> dict:
                              plan.hourly if plan else 0.0)
     if watch:
         snapshot["autostop"] = watch
+    canary = rollout_record.load(name)
+    if canary is not None:
+        snapshot["canary"] = {"version": canary.version, "percent": canary.percent, "model": canary.spec.model,
+                              "backend": canary.spec.backend}
     controller = published(state.dir)  # the elastic controller's own account (mlcluster/elastic)
     if controller is not None:  # with whether it still runs: its file outlives it
         snapshot["autoscale"] = {**controller.to_json(), "running": controller_running(controller.pid, name)}

@@ -28,7 +28,7 @@ def events(name: Name = "default", as_json: JsonFlag = False,
            follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
            last: Annotated[Optional[int], typer.Option("--last", min=1, help="Only the last N events.")] = None,
            ) -> None:
-    """The controller's decisions (heal, scale_up, scale_down...) with their time and reason."""
+    """The controller's decisions (heal, scale_up, scale_down...) and each roll's waves, with their time and reason."""
     state = ClusterState.load(name)  # an unknown cluster is a known error, not an empty list
     if not follow:
         found = event_log.read(state.dir, last)

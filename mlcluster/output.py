@@ -14,7 +14,7 @@ from .state import ClusterState
 STATUS_STYLE = {"free": "green", "busy": "yellow", "down": "red", "draining": "magenta"}
 # The provider's details per container, and their short headers (80 columns).
 DETAIL_COLUMNS = {"instance_id": "instance", "instance_type": "type", "zone": "zone", "instance_state": "state",
-                  "host_address": "public IP"}
+                  "host_address": "public IP", "serves": "serves (version)"}
 
 
 def cluster_table(state: ClusterState) -> Table:

@@ -117,6 +117,8 @@ class ContainerRecord:
     port: int
     worker: str = ""       # the machine (or simulated machine) it runs on
     capacity: int = 1
+    model: str = ""        # what it serves, when a roll started it ("": the cluster's spec says)
+    version: str = ""      # its version label at the orchestrator (mlcluster/rollout; "": none given)
 
 
 # 1: `spec` a free-form dict, no `version` field; 2: `spec` a ClusterSpec.

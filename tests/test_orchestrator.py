@@ -163,10 +163,11 @@ def test_answer_status_workers_info_and_metrics_shapes(cluster):
     assert answer["attempts"] == 1 and answer["queue_ms"] >= 0 and answer["total_ms"] >= answer["queue_ms"]
 
     status = cluster.status()
-    assert set(status) == {"containers", "queue", "in_flight", "served", "failed", "draining", "uptime_s"}
+    assert set(status) == {"containers", "queue", "in_flight", "served", "failed", "draining", "canary", "uptime_s"}
+    assert status["canary"] is None
     assert status["queue"] == {"depth": 0, "limit": 100} and status["uptime_s"] >= 0
     for c in status["containers"]:
-        assert set(c) == {"id", "host", "port", "capacity", "status", "in_flight", "served", "failed",
+        assert set(c) == {"id", "host", "port", "capacity", "version", "status", "in_flight", "served", "failed",
                           "recent_latency_ms"}
         assert c["status"] == "free" and c["capacity"] == 1
     assert status["served"] == sum(c["served"] for c in status["containers"]) >= 1
@@ -372,3 +373,18 @@ def test_latency_histograms_count_every_answer(make_cluster):
         assert buckets == sorted(buckets) and buckets[-1] == values[name + "_count"] == 7  # cumulative, +Inf last
         assert values[name + '_bucket{le="30.0"}'] == 7
     assert 0 < values["orchestrator_request_seconds_sum"] < 7 * 5
+
+
+def test_a_canary_is_set_and_ended_with_the_token_and_bad_settings_get_400(cluster):
+    url = cluster.url + "/canary"
+    assert "Bearer" in error_of(requests.put(url, json={"version": "v2", "percent": 25}, timeout=10), 401)
+    for bad in ({"version": "v2"}, {"version": "", "percent": 25}, {"version": "v2", "percent": 100},
+                {"version": "v2", "percent": True}, {"version": "v2", "percent": 5, "x": 1}, [1]):
+        error_of(requests.put(url, json=bad, headers=AUTH, timeout=10), 400)
+    assert cluster.status()["canary"] is None
+    r = requests.put(url, json={"version": "v2", "percent": 25}, headers=AUTH, timeout=10)
+    assert r.status_code == 200 and cluster.status()["canary"] == {"version": "v2", "percent": 25.0}
+    r = requests.delete(url, headers=AUTH, timeout=10)
+    assert r.status_code == 200 and cluster.status()["canary"] is None
+    bad_version = {"containers": [{"host": "127.0.0.1", "port": 1, "version": 7}]}
+    error_of(requests.post(cluster.url + "/workers", json=bad_version, headers=AUTH, timeout=10), 400)

@@ -371,7 +371,7 @@ def test_snapshot_counts_served_failed_and_recent_latency(clock):
     assert snap["queue"] == {"depth": 0, "limit": 7}
     assert (snap["served"], snap["failed"], snap["in_flight"]) == (2, 1, 0)
     (c,) = snap["containers"]
-    assert c == {"id": "c1", "host": "h", "port": 1, "capacity": 1, "status": FREE, "in_flight": 0,
+    assert c == {"id": "c1", "host": "h", "port": 1, "capacity": 1, "version": "", "status": FREE, "in_flight": 0,
                  "served": 2, "failed": 1, "recent_latency_ms": 15.0}
 
 

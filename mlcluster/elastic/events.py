@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 EVENTS_FILE = "events.jsonl"
-KINDS = ("heal", "scale_up", "scale_down", "autostop", "started", "stopped", "error")
+KINDS = ("heal", "scale_up", "scale_down", "autostop", "started", "stopped", "error",
+         "roll")  # roll: mlcluster/rollout
 
 
 @dataclass(frozen=True)

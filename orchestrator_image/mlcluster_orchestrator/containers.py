@@ -24,6 +24,7 @@ class Container:
     served: int = 0
     failed: int = 0
     last_released: float = 0.0  # clock time; smaller means idle longer
+    version: str = ""  # what it serves, as its registration labelled it (a canary routes by it)
     latencies_ms: Deque[float] = field(default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW))
     # {"id", "host", "port"} as JSON, for every answer it serves (id and address never change)
     reference_json: bytes = field(default=b"", repr=False, compare=False)
@@ -50,7 +51,7 @@ class Container:
         recent = list(self.latencies_ms)
         return {
             "id": self.id, "host": self.host, "port": self.port, "capacity": self.capacity,
-            "status": self.status, "in_flight": self.in_flight,
+            "version": self.version, "status": self.status, "in_flight": self.in_flight,
             "served": self.served, "failed": self.failed,
             "recent_latency_ms": round(sum(recent) / len(recent), 2) if recent else None,
         }
@@ -77,7 +78,8 @@ def choose_container(candidates: Iterable[Container], busy_by_host: dict[str, in
     Pure: no locking, no I/O."""
     if avoid:  # by identity: Container's generated == compares every field
         candidates = list(candidates)
-        others = [c for c in candidates if all(c is not a for a in avoid)]
+        avoided = {id(a) for a in avoid}  # a canary's side can be most containers: one look each
+        others = [c for c in candidates if id(c) not in avoided]
         if any(c.healthy and not c.draining for c in others):
             candidates = others
     best, best_key = None, None
@@ -87,3 +89,16 @@ def choose_container(candidates: Iterable[Container], busy_by_host: dict[str, in
             if best is None or key < best_key:
                 best, best_key = c, key
     return best
+
+
+@dataclass(frozen=True)
+class Canary:
+    """`percent` % of requests go to the containers labelled `version`, the rest to the others."""
+    version: str
+    percent: float
+
+    def takes(self, serial: int) -> bool:
+        """Whether request number `serial` (0, 1, 2, ...) goes to the canary: a
+        deterministic spread, so any n consecutive requests send within one of
+        n * percent / 100 to it, whatever the load. Pure."""
+        return int((serial + 1) * self.percent / 100) > int(serial * self.percent / 100)

@@ -71,8 +71,8 @@ class HealthChecker:
 def save_registry(path: str | os.PathLike, scheduler: Scheduler) -> None:
     """Write the registered containers to `path` atomically (temp file + rename)."""
     with _save_lock:
-        _write_registry(Path(path), [{"id": c.id, "host": c.host, "port": c.port, "capacity": c.capacity}
-                                     for c in scheduler.containers() if not c.draining])
+        _write_registry(Path(path), [{"id": c.id, "host": c.host, "port": c.port, "capacity": c.capacity,
+                                      "version": c.version} for c in scheduler.containers() if not c.draining])
 
 
 def _write_registry(path: Path, entries: list[dict]) -> None:
@@ -96,7 +96,8 @@ def load_registry(path: str | os.PathLike, scheduler: Scheduler) -> int:
     try:
         entries = json.loads(path.read_text())["containers"]
         for e in entries:
-            scheduler.add(e["host"], int(e["port"]), int(e.get("capacity", 1)), id=e.get("id"), healthy=False)
+            scheduler.add(e["host"], int(e["port"]), int(e.get("capacity", 1)), id=e.get("id"), healthy=False,
+                          version=str(e.get("version", "")))
     except (ValueError, KeyError, TypeError) as exc:
         log.error("status file %s is unreadable (%s); starting with no containers", path, exc)
         return 0

@@ -90,6 +90,7 @@ SCHEMAS = {
             "status": {"type": "string", "enum": ["free", "busy", "down", "draining"]},
             "in_flight": {"type": "integer"}, "served": {"type": "integer"}, "failed": {"type": "integer"},
             "recent_latency_ms": {"type": ["number", "null"]},
+            "version": {"type": "string", "description": "What it serves, as its registration labelled it."},
         },
     },
     "Status": {
@@ -100,6 +101,8 @@ SCHEMAS = {
                       "properties": {"depth": {"type": "integer"}, "limit": {"type": "integer"}}},
             "in_flight": {"type": "integer"}, "served": {"type": "integer"}, "failed": {"type": "integer"},
             "draining": {"type": "integer", "description": "Containers finishing their requests before they leave."},
+            "canary": {"type": ["object", "null"], "description": "The share of requests sent to one version.",
+                       "properties": {"version": {"type": "string"}, "percent": {"type": "number"}}},
             "uptime_s": {"type": "number"},
         },
     },

@@ -29,6 +29,7 @@ from http import HTTPStatus
 from typing import Callable, Optional, Union
 
 from . import apikeys, openapi, validation
+from .containers import Canary
 from .dispatcher import Dispatcher
 from .health import HealthChecker, keep_registry_in
 from .limits import HeadLimits
@@ -158,6 +159,7 @@ class Routes:
         if admin:
             self.exact["/workers"] = {b"POST": (self.add_workers, False)}
             self.exact["/api_keys"] = {b"GET": (self.list_keys, False), b"POST": (self.add_key, False)}
+            self.exact["/canary"] = {b"PUT": (self.set_canary, False), b"DELETE": (self.end_canary, False)}
         self.alive = Answer(200, b'{"status": "alive"}')
 
     def find(self, method: bytes, path: str) -> Union[tuple[Handler, bool], Answer]:
@@ -223,8 +225,8 @@ class Routes:
     def register(self, specs: list[dict]) -> Answer:
         state = self.state
         try:
-            added = [state.scheduler.add(s["host"], s["port"], s["capacity"], id=s["id"], healthy=False)
-                     for s in specs]
+            added = [state.scheduler.add(s["host"], s["port"], s["capacity"], id=s["id"], healthy=False,
+                                         version=s.get("version", "")) for s in specs]
         except ValueError as exc:
             raise Refused(409, str(exc)) from None
         state.health.probe_soon(added)
@@ -291,6 +293,20 @@ class Routes:
             raise Refused(404, f"no API key {key_id!r} is in force")
         log.info("API key %s revoked", key_id)
         return as_json({"revoked": key_id})
+
+    def set_canary(self, request: Request) -> Answer:
+        """PUT /canary {"version", "percent"}: that share of requests to the containers of that version."""
+        self.require_token(request)
+        version, percent = checked(validation.canary_setting, request.body)
+        self.state.scheduler.set_canary(Canary(version, percent))
+        log.info("canary: %g %% of requests to version %s", percent, version)
+        return as_json({"canary": {"version": version, "percent": percent}})
+
+    def end_canary(self, request: Request) -> Answer:
+        self.require_token(request)
+        self.state.scheduler.set_canary(None)
+        log.info("canary ended: every container serves every request")
+        return as_json({"canary": None})
 
     def status(self, request: Request) -> Answer:
         snapshot = self.state.scheduler.snapshot()

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Callable, Deque, Optional, Sequence
 
-from .containers import Container, Reservation, choose_container
+from .containers import Canary, Container, Reservation, choose_container
 
 
 class QueueFull(Exception):
@@ -58,13 +58,15 @@ class Scheduler:
         self._waiters: Deque[QueuePlace] = collections.deque()
         self._busy_by_host: dict[str, int] = {}  # host -> its containers with a request in flight
         self._ids = itertools.count(1)
+        self.canary: Optional[Canary] = None  # set_canary(); None: every container serves every request
+        self._serial = 0  # requests split so far under the canary
         self.on_change: Callable[[], None] = lambda: None  # called after registry edits
         # called (under the lock) when a drained container leaves the registry
         self.on_forget: Callable[[Container], None] = lambda container: None
 
     # -- registry ---------------------------------------------------------
     def add(self, host: str, port: int, capacity: int = 1, id: Optional[str] = None,
-            healthy: bool = True) -> Container:
+            healthy: bool = True, version: str = "") -> Container:
         """Register a container; re-registering the same host:port updates it.
         `healthy=False` keeps a new container out of rotation until a health
         check has seen it ready."""
@@ -73,7 +75,7 @@ class Scheduler:
         with self._lock:
             for c in self._containers.values():
                 if c.host == host and c.port == port:
-                    c.capacity, c.draining = capacity, False
+                    c.capacity, c.draining, c.version = capacity, False, version
                     container = c
                     break
             else:
@@ -81,7 +83,8 @@ class Scheduler:
                     id = self._next_id()
                 elif id in self._containers:
                     raise ValueError(f"container id {id!r} is already registered")
-                container = Container(id=id, host=host, port=port, capacity=capacity, healthy=healthy)
+                container = Container(id=id, host=host, port=port, capacity=capacity, healthy=healthy,
+                                      version=version)
                 self._containers[id] = container
             self._dispatch_locked()
         self.on_change()
@@ -109,6 +112,22 @@ class Scheduler:
         if container.draining and container.in_flight == 0:
             if self._containers.pop(container.id, None) is not None:
                 self.on_forget(container)
+
+    def set_canary(self, canary: Optional[Canary]) -> None:
+        """Send `canary.percent` % of new requests to the containers labelled
+        `canary.version` and the rest to the others (None: no split). A
+        request waits for a container of its side, in its side's FIFO order;
+        when its side has no healthy container it takes any (never a failure
+        for want of a version). Retries are not split."""
+        with self._lock:
+            self.canary, self._serial = canary, 0
+            self._dispatch_locked()
+
+    def _pinned_locked(self, canary: Canary, avoid: Sequence[Container]) -> tuple[Container, ...]:
+        """`avoid` plus the containers of the other side of the split, for the next request."""
+        new = canary.takes(self._serial)
+        self._serial += 1
+        return (*avoid, *(c for c in self._containers.values() if (c.version == canary.version) != new))
 
     def containers(self) -> list[Container]:
         with self._lock:
@@ -167,6 +186,8 @@ class Scheduler:
         with self._lock:
             if not self._containers:
                 raise NoContainers()
+            if self.canary is not None and not front:  # only with a canary: the hot path is unchanged
+                avoid = self._pinned_locked(self.canary, avoid)
             if not self._waiters:
                 container = choose_container(self._containers.values(), self._busy_by_host, avoid)
                 if container is not None:
@@ -253,7 +274,9 @@ class Scheduler:
         with self._lock:
             containers = [c.describe() for c in self._containers.values()]
             depth = len(self._waiters)
+            canary = self.canary
         return {
+            "canary": {"version": canary.version, "percent": canary.percent} if canary else None,
             "containers": containers,
             "queue": {"depth": depth, "limit": self.queue_limit},
             "in_flight": sum(c["in_flight"] for c in containers),

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-CONTAINER_FIELDS = {"host", "port", "capacity", "id"}
+CONTAINER_FIELDS = {"host", "port", "capacity", "id", "version"}
 MAX_CAPACITY = 64
 
 
@@ -79,7 +79,23 @@ def _container_spec(item: Any) -> dict:
     cid = item.get("id")
     if cid is not None and (not isinstance(cid, str) or not cid or len(cid) > 64 or "/" in cid):
         raise BadRequest("'id' must be a string of 1 to 64 characters without '/'")
-    return {"host": host, "port": port, "capacity": capacity, "id": cid}
+    version = item.get("version", "")
+    if not isinstance(version, str) or len(version) > 64:
+        raise BadRequest("'version' must be a string of at most 64 characters")
+    return {"host": host, "port": port, "capacity": capacity, "id": cid, "version": version}
+
+
+def canary_setting(raw: bytes) -> tuple[str, float]:
+    """PUT /canary's body: `{"version": label, "percent": 0 < p < 100}`."""
+    body = _json(raw)
+    if not isinstance(body, dict) or set(body) != {"version", "percent"}:
+        raise BadRequest("the body must be an object with 'version' and 'percent'")
+    version, percent = body["version"], body["percent"]
+    if not isinstance(version, str) or not version or len(version) > 64:
+        raise BadRequest("'version' must be a string of 1 to 64 characters")
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 < percent < 100:
+        raise BadRequest("'percent' must be a number between 0 and 100 (exclusive)")
+    return version, float(percent)
 
 
 def container_specs(raw: bytes) -> list[dict]:
