@@ -34,7 +34,8 @@ def free_port() -> int:
 
 
 def available() -> bool:
-    return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.serve") is not None
+    # Only the top-level name: finding ray.serve would import ray before RaySession sets its environment.
+    return importlib.util.find_spec("ray") is not None
 
 
 class RaySession:
@@ -53,9 +54,14 @@ class RaySession:
             os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
         import ray
         from ray import serve
-        ray.init(address="local", include_dashboard=False, _temp_dir=str(self.tmp), log_to_driver=False,
-                 configure_logging=False, _node_ip_address="127.0.0.1")
-        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        try:
+            ray.init(address="local", include_dashboard=False, _temp_dir=str(self.tmp), log_to_driver=False,
+                     configure_logging=False, _node_ip_address="127.0.0.1")
+            serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        except BaseException:
+            ray.shutdown()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
