@@ -166,8 +166,8 @@ def main() -> None:
                 rows += [(r, f) for f in both]
     print(f"load step 1 -> {args.max} closed-loop clients; containers of {args.service_ms:g} ms, capacity 1, "
           f"1..{args.max}, target 1; SLO {2 * args.service_ms:g} ms; mlcluster delays {args.upscale_delay:g} s / "
-          f"{args.downscale_delay:g} s, measured {HIGH_S:g} s after the step; Ray Serve measured "
-          f"{args.ray_window:g} s after it")
+          f"{args.downscale_delay:g} s, measured {HIGH_S:g} s after the step"
+          + (f"; Ray Serve measured {args.ray_window:g} s after it" if with_ray else ""))
     print("\n".join(table(rows, args.max)))
     print("\n".join(notes))
     if ray_tuned:
