@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from . import __version__, cluster, security, worker_code
 from .bench.cli import bench_app
+from .cli_options import Name, checked_name
 from .config import build_spec, load_config
 from .errors import MlclusterError, UsageError
 from .events_cli import events
@@ -28,7 +29,7 @@ from .output import cluster_list_table, cluster_table, plan_text, status_table
 from .providers import get_provider
 from .rollout.local import RollOptions
 from .rollout.record import load as canary_in_place
-from .state import ClusterSpec, ClusterState, check_name, home, known_clusters
+from .state import ClusterSpec, ClusterState, home, known_clusters
 from .ui import run_ui
 
 app = typer.Typer(help="Stand up, watch, load-test and tear down a transformer inference cluster.",
@@ -38,18 +39,10 @@ ui = run_ui()  # the one UI of this run
 out, err = ui.out, ui.console
 
 
-def _name(value: Optional[str]) -> Optional[str]:
-    try:
-        return check_name(value) if value else value
-    except MlclusterError as exc:
-        raise typer.BadParameter(f"{exc.message} ({exc.hint})") from None
-
-
 # Short flags mean one thing in every command: -n --name, -c --config, -y --yes,
 # -w --workers, -m --containers-per-worker, -f --follow, -V --version, -h --help.
-Name = Annotated[str, typer.Option("--name", "-n", help="The cluster's name.", callback=_name)]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to the confirmation.")]
-NameForUp = Annotated[Optional[str], typer.Option("--name", "-n", callback=_name,
+NameForUp = Annotated[Optional[str], typer.Option("--name", "-n", callback=checked_name,
                                                   help="The cluster's name (default: the config's, or 'default').")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="A TOML config file.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")]

@@ -8,19 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_options import Name
 from .elastic import events as event_log
-from .errors import MlclusterError
-from .state import ClusterState, check_name
+from .state import ClusterState
 
-
-def _name(value: str) -> str:
-    try:
-        return check_name(value)
-    except MlclusterError as exc:
-        raise typer.BadParameter(f"{exc.message} ({exc.hint})") from None
-
-
-Name = Annotated[str, typer.Option("--name", "-n", help="The cluster's name.", callback=_name)]
 JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON object on stdout (with --follow: one a line).")]
 
 

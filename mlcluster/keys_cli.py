@@ -8,21 +8,12 @@ from typing import Annotated
 import typer
 
 from . import cluster
-from .errors import MlclusterError
-from .state import check_name
+from .cli_options import Name
 
 keys_app = typer.Typer(help="API keys of the cluster's public endpoint: with one or more, "
                             "/new_request and /workers_info need 'Authorization: Bearer <key>'.",
                        no_args_is_help=True, add_completion=False)
 
-def _name(value: str) -> str:
-    try:
-        return check_name(value)
-    except MlclusterError as exc:
-        raise typer.BadParameter(f"{exc.message} ({exc.hint})") from None
-
-
-Name = Annotated[str, typer.Option("--name", "-n", help="The cluster's name.", callback=_name)]
 JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")]
 
 
