@@ -1,0 +1,292 @@
+"""The controller of an ssh cluster: `python -m mlcluster.elastic.pool CONFIG`,
+started by `up` on the orchestrator's host (elastic/pool_setup.py), so it heals
+the cluster with the laptop closed; stopped by `down`.
+
+Every look (once a second) it:
+- asks every pool host for a trivial command over SSH (with the controller's
+  own key, host keys pinned by `up`): a host that does not answer within
+  PROBE_TIMEOUT_S is unreachable from then on, until it answers again;
+- reads the orchestrator's /status on its admin listener (this host's loopback);
+- for each of `up`'s containers the orchestrator sees down on a host that
+  answers, checks whether its process still runs there;
+- applies the pure rule (placement.py): `heal` restarts a container in place,
+  `move` starts a stand-in on another host of the pool and registers it,
+  `return` drains the stand-in once the container serves at home again; a
+  drained stand-in is stopped once the orchestrator has let it go.
+Each decision is an event in `events.jsonl` beside its config (read over SSH by
+`mlcluster events`); the stand-ins are kept in `controller-state.json`, so a
+restarted controller knows them.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import requests
+
+from ..deploy.host import RemoteHost, ServiceSpec
+from ..deploy.process import ProcessRuntime
+from ..errors import MlclusterError
+from ..remote.connection import HostKeyStore
+from ..resources import SSHService
+from ..services import BIND, MARKER_VAR
+from . import events
+from .events import Event
+from .local import Admin
+from .placement import Action, Placed, PoolHost, plan
+from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, PoolMember, StandIn, dump_stand_ins, load_stand_ins
+
+log = logging.getLogger("mlcluster.elastic.pool")
+LOOK_S = 1.0
+PROBE_TIMEOUT_S = 2.0
+SERVING = ("free", "busy")
+
+
+def marker(cluster: str, host: str) -> str:
+    """deploy/remote.py's marker: `down` finds every process of ours by it."""
+    return f"ssh:{cluster}:{host}"
+
+
+class PinnedKeys(HostKeyStore):
+    """The host keys `up` recorded; a host without one is refused, never trusted on first use."""
+
+    def record(self, host, port, key) -> None:
+        raise MlclusterError(f"{host}:{port} has no pinned host key: the controller does not trust it")
+
+
+class Member:
+    """A pool host, its connection and what the controller knows of its reachability."""
+
+    def __init__(self, config: PoolMember, store: HostKeyStore, now: float):
+        self.config, self.store = config, store
+        self.name = config.host.name
+        self.host: Optional[RemoteHost] = None
+        self.reachable, self.since = True, now
+
+    def probe(self) -> bool:
+        try:
+            if self.host is None:
+                host = RemoteHost.connect(self.config.host, self.store, PROBE_TIMEOUT_S)
+                host.prepare_workdir()
+                host.facts["python"] = self.config.python
+                self.host = host
+            self.host.run("true", timeout=PROBE_TIMEOUT_S)
+            return True
+        except MlclusterError as exc:
+            log.info("%s does not answer: %s", self.name, exc)
+            if self.host is not None:
+                self.host.close()
+            self.host = None
+            return False
+
+    def observe(self, answered: bool, now: float) -> None:
+        if answered != self.reachable:
+            self.reachable, self.since = answered, now
+
+
+class PoolController:
+    def __init__(self, config: PoolConfig, directory: Path, clock=time.monotonic):
+        self.config, self.dir, self.clock = config, directory, clock
+        store = PinnedKeys({f"{m.host.address}:{m.host.port}": m.host_key for m in config.hosts})
+        self.members = {m.host.name: Member(m, store, clock()) for m in config.hosts}
+        self.workers = {w.id: w for w in config.workers}
+        self.runtime = ProcessRuntime()
+        self.admin = Admin(config.admin_url, config.token)
+        self.stand_ins: list[StandIn] = load_stand_ins(self._read(STATE_FILE))
+        self.down_since: dict[str, float] = {}
+        self.stuck: set[str] = set()  # containers said to wait for room
+        self.capacity: dict[str, int] = {}  # each container's, as `up` registered it
+        self.probes = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(self.members)))
+
+    def _read(self, name: str) -> str:
+        try:
+            return (self.dir / name).read_text()
+        except OSError:
+            return ""
+
+    # -- one look ---------------------------------------------------------------
+    def look(self) -> None:
+        answers = dict(zip(self.members, self.probes.map(lambda m: m.probe(), self.members.values())))
+        now = self.clock()
+        for name, answered in answers.items():
+            self.members[name].observe(answered, now)
+        registry = {c["id"]: c for c in self.admin.status()["containers"]}
+        self.capacity.update({cid: c["capacity"] for cid, c in registry.items() if cid in self.workers})
+        self.check_processes(registry, now)
+        actions = plan(self.pool_hosts(), self.placed(registry), now, self.config.host_grace_s,
+                       self.config.heal_grace_s)
+        for action in actions:
+            {"heal": self.heal, "move": self.move, "return": self.send_home}[action.kind](action)
+        self.say_stuck(registry, actions, now)
+        self.let_go(registry)
+
+    def pool_hosts(self) -> list[PoolHost]:
+        return [PoolHost(m.name, m.reachable, m.since, m.config.slots) for m in self.members.values()]
+
+    def placed(self, registry: dict) -> list[Placed]:
+        serving = {s.of: s.host for s in self.stand_ins if not s.leaving}
+        return [Placed(w.id, w.home, registry.get(w.id, {}).get("status") in SERVING, self.down_since.get(w.id),
+                       serving.get(w.id, "")) for w in self.workers.values()]
+
+    def check_processes(self, registry: dict, now: float) -> None:
+        """Down in the orchestrator's eyes, on a host that answers: is its process gone?"""
+        for w in self.workers.values():
+            member = self.members[w.home]
+            if registry.get(w.id, {}).get("status") in SERVING or member.host is None:
+                self.down_since.pop(w.id, None)
+                continue
+            try:
+                alive = self.runtime.alive(member.host, w.pid, marker(self.config.cluster, w.home))
+            except MlclusterError:
+                continue  # the host dropped off since its probe: the next look knows
+            if alive:
+                self.down_since.pop(w.id, None)
+            else:
+                self.down_since.setdefault(w.id, now)
+
+    # -- what it does -------------------------------------------------------------
+    def heal(self, action: Action) -> None:
+        w, member = self.workers[action.container], self.members[action.host]
+        old = w.pid
+        record = self.runtime.start(member.host, ServiceSpec(w.id, "worker", w.port, w.env, model_dir=w.model_dir),
+                                    marker(self.config.cluster, w.home), None)
+        w.pid, w.log = record.pid, record.log
+        self.down_since.pop(w.id, None)
+        self.event("heal", f"{action.reason} (pid {old} -> {record.pid})", w.id)
+
+    def move(self, action: Action) -> None:
+        w, member = self.workers[action.container], self.members[action.host]
+        for old in [s for s in self.stand_ins if s.of == w.id and not s.leaving]:
+            self.retire(old)  # on a host that dropped off too: drained; stopped when it answers
+        sid = f"{w.id}-on-{member.name}"
+        port = self.free_port(member.name)
+        service = ServiceSpec(sid, "worker", port, self.stand_in_env(w.env, w.home, member.config, sid, port),
+                              model_dir=member.config.model if w.model_dir else "")
+        record = self.runtime.start(member.host, service, marker(self.config.cluster, member.name), None)
+        self.stand_ins.append(StandIn(sid, w.id, member.name, port, record.pid, record.log))
+        self.save()  # before anything else can fail: the record names what runs
+        self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
+            "id": sid, "host": member.config.host.private_address, "port": port,
+            "capacity": self.capacity.get(w.id, 1)}]}).raise_for_status()
+        self.stuck.discard(w.id)
+        self.event("move", f"{action.reason} as {sid} (port {port})", w.id)
+
+    def send_home(self, action: Action) -> None:
+        stand_in = next(s for s in self.stand_ins if s.of == action.container and not s.leaving)
+        self.retire(stand_in)
+        self.event("return", f"{action.reason}: {stand_in.id} drains, then stops", action.container)
+
+    def retire(self, stand_in: StandIn) -> None:
+        self.admin.drain(stand_in.id)
+        stand_in.leaving = True
+        self.save()
+
+    def let_go(self, registry: dict) -> None:
+        """Stop each drained stand-in once the orchestrator has let it go (and its host answers)."""
+        for s in [s for s in self.stand_ins if s.leaving and s.id not in registry]:
+            member = self.members.get(s.host)
+            if member is None or member.host is None:
+                continue
+            left = self.runtime.stop(member.host, {s.id: _record(s)}, marker(self.config.cluster, s.host), only=True)
+            if not left:
+                member.host.run(f"rm -f {member.host.path(s.id + '.env')} {member.host.path(s.id + '.pid')}",
+                                warn=True)
+                self.stand_ins.remove(s)
+                self.save()
+                log.info("stopped %s on %s: drained", s.id, s.host)
+
+    def say_stuck(self, registry: dict, actions: list[Action], now: float) -> None:
+        """A container of a cut-off host with nowhere to go is said once (an error event)."""
+        moved = {a.container for a in actions}
+        for w in self.workers.values():
+            member = self.members[w.home]
+            waiting = not member.reachable and now - member.since >= self.config.host_grace_s and \
+                w.id not in moved and not any(s.of == w.id and not s.leaving for s in self.stand_ins)
+            if waiting and w.id not in self.stuck:
+                self.stuck.add(w.id)
+                self.event("error", f"{w.home} is unreachable and no host of the pool has room for {w.id}", w.id)
+            elif not waiting:
+                self.stuck.discard(w.id)
+
+    # -- helpers ------------------------------------------------------------------
+    def free_port(self, host: str) -> int:
+        taken = {w.port for w in self.workers.values() if w.home == host} | \
+                {s.port for s in self.stand_ins if s.host == host}
+        port = self.config.worker_port
+        while port in taken:
+            port += 1
+        return port
+
+    def stand_in_env(self, env: dict[str, str], home: str, config: PoolMember, sid: str, port: int) -> dict[str, str]:
+        """The home container's environment, for `sid` on another host."""
+        out = dict(env)
+        out[BIND] = f"{config.host.bind}:{port}"
+        out["WORKER_ID"] = sid
+        out[MARKER_VAR] = marker(self.config.cluster, config.host.name)
+        if env.get("MODEL") == self.config.member(home).model:
+            out["MODEL"] = config.model  # the model's copy on the stand-in's host
+        return out
+
+    def save(self) -> None:
+        path = self.dir / STATE_FILE
+        fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(dump_stand_ins(self.stand_ins), f)
+        os.replace(f"{path}.tmp", path)
+
+    def event(self, kind: str, reason: str, container: str = "") -> None:
+        n = len(self.workers)
+        events.append(self.dir, Event(time=time.time(), kind=kind, reason=reason, container=container,
+                                      current=n, desired=n))
+        log.info("%s %s %s", kind, container, reason)
+
+    # -- the loop -----------------------------------------------------------------
+    def run(self, stopping) -> None:
+        self.event("started", f"the controller runs on the orchestrator's host: healing {len(self.workers)} "
+                              f"containers on a pool of {len(self.members)} hosts")
+        unanswered = 0
+        while not stopping():
+            try:
+                self.look()
+                unanswered = 0
+            except (requests.RequestException, ValueError, KeyError) as exc:
+                unanswered += 1
+                if unanswered == 10:
+                    self.event("error", f"the orchestrator's admin listener does not answer ({type(exc).__name__})")
+            except MlclusterError as exc:  # a start or stop that failed: said, and tried again
+                log.exception("a look failed")
+                self.event("error", f"a look failed: {exc}")
+            time.sleep(LOOK_S)
+        self.event("stopped", "the controller stopped; the containers are left as they are")
+        self.probes.shutdown(wait=False)
+        self.admin.close()
+
+
+def _record(s: StandIn) -> SSHService:
+    return SSHService(runtime="process", host=s.host, port=s.port, pid=s.pid, log=s.log)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mlcluster.elastic.pool")
+    parser.add_argument("config", help=f"its {CONFIG_FILE} (0600), written by `up`")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    path = Path(args.config)
+    config = PoolConfig.from_json(path.read_text())
+    stop_asked: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop_asked.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop_asked.append(1))
+    os.umask(0o077)
+    PoolController(config, path.parent).run(lambda: bool(stop_asked))
+
+
+if __name__ == "__main__":
+    main()
