@@ -131,6 +131,17 @@ def test_a_killed_worker_on_a_host_that_answers_is_restarted_in_place(net, clust
     wait_for(healed, "w2-2 restarted in place and serving", timeout=60, interval=0.5)
     assert [c["host"] for c in status(url)["containers"] if c["id"] == "w2-2"] == [net.hosts["w2"].address]
 
+    # A second `up` takes the healed pid from the controller and changes nothing (no second w2-2, same controller).
+    before = json.loads((home / CLUSTER / "state.json").read_text())["resources"]["ssh"]["services"]
+    again = cli("up", "--config", str(home / "cluster.toml"), home=home, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    after = json.loads((home / CLUSTER / "state.json").read_text())["resources"]["ssh"]["services"]
+    healed_pid = json.loads((net.hosts["orch"].workdir / "controller-state.json").read_text())["pids"]["w2-2"]
+    assert healed_pid != victim["pid"] and after["w2-2"]["pid"] == healed_pid
+    assert after["controller"]["pid"] == before["controller"]["pid"]
+    assert {k: v["pid"] for k, v in after.items() if k != "w2-2"} == {k: v["pid"] for k, v in before.items() if k != "w2-2"}
+    print("\n" + cli("events", "-n", CLUSTER, home=home).stdout)
+
 
 def test_down_leaves_no_controller_no_process_and_no_key(net, cluster):
     home = cluster["home"]
@@ -139,5 +150,8 @@ def test_down_leaves_no_controller_no_process_and_no_key(net, cluster):
     for name in ("orch", "w1", "w2", "spare"):  # sshd's sessions of the stopped controller end soon after
         wait_for(lambda: our_processes(net, name) == [], f"nothing of ours left on {name}", timeout=20)
     assert TAG not in net.authorized_keys.read_text()
+    left = {p.name for p in net.hosts["orch"].workdir.iterdir()}
+    assert not left & {"controller_key", "controller.json", "controller-state.json"}  # the key, the token
+    assert {"controller.log", "events.jsonl"} <= left  # logs stay, as every service's
     assert net.client_key.with_suffix(".pub").read_text().split()[1] in net.authorized_keys.read_text()
     assert not (home / CLUSTER).exists()

@@ -67,6 +67,7 @@ class RemoteDeployment:
         state.runtime = runtimes.pop() if len(runtimes) == 1 else "mixed"
         try:
             self._reach(session, hosts, ui)
+            pool_setup.adopt_healed(session, options.orchestrator.name)  # what its controller restarted
             self._stop_unwanted(session, spec, options, ui)
             model = self._prepare(session, spec, options, ui)
             self._start_orchestrator(session, spec, options, ui)
@@ -208,8 +209,14 @@ class RemoteDeployment:
     @staticmethod
     def _start_watchdogs(session: Session, spec: ClusterSpec, options: RemoteOptions, idle_s: Optional[float],
                          deadline: Optional[float], ui: QuietUI) -> None:
-        """One autostop agent per host (deploy/watchdog.py)."""
+        """One autostop agent per host (deploy/watchdog.py); on the orchestrator's host
+        the healing controller is that agent when it runs (one agent per cluster there)."""
         orch = options.orchestrator
+        absorbed = pool_setup.CONTROLLER in session.resources.services
+        old = session.resources.services.get(f"watchdog-{orch.name}")
+        if absorbed and old is not None:
+            ProcessRuntime().stop(session.hosts[orch.name], {old.kind: old}, marker(spec.name, orch.name), only=True)
+            session.record_service(f"watchdog-{orch.name}", None)
 
         def start(name: str, step) -> None:
             here = "127.0.0.1" if orch.bind in ("0.0.0.0", "::") else orch.bind
@@ -219,7 +226,8 @@ class RemoteDeployment:
                                     session.state.provider == "aws", session.services_on(name).get(sid))
             session.record_service(sid, dataclasses.replace(record, host=name, port=0))
 
-        run_on_hosts([h.name for h in options.hosts()], start, ui, what="starting the autostop watchdogs")
+        run_on_hosts([h.name for h in options.hosts() if not (absorbed and h.name == orch.name)], start, ui,
+                     what="starting the autostop watchdogs")
 
     @staticmethod
     def _worker_service(spec: ClusterSpec, state: ClusterState, options: RemoteOptions, config: HostConfig, sid: str,

@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Optional
 
 import requests
 
+from ..deploy.agent import IdleClock
 from ..deploy.host import RemoteHost, ServiceSpec
-from ..deploy.process import ProcessRuntime
+from ..deploy.process import ProcessRuntime, find_by_marker
+from ..deploy.watchdog import RECORD
 from ..errors import MlclusterError
 from ..remote.connection import HostKeyStore
 from ..resources import SSHService
@@ -41,7 +45,7 @@ from . import events
 from .events import Event
 from .local import Admin
 from .placement import Action, Placed, PoolHost, plan
-from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, PoolMember, StandIn, dump_stand_ins, load_stand_ins
+from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, PoolMember, StandIn, dump_state, load_stand_ins
 
 log = logging.getLogger("mlcluster.elastic.pool")
 LOOK_S = 1.0
@@ -104,6 +108,11 @@ class PoolController:
         self.stuck: set[str] = set()  # containers said to wait for room
         self.capacity: dict[str, int] = {}  # each container's, as `up` registered it
         self.probes = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(self.members)))
+        self.idle: Optional[IdleClock] = None  # autostop: this host's agent is the controller
+        if config.idle_s or config.deadline:
+            self.idle = IdleClock(config.idle_s, config.deadline, last_active=time.monotonic())
+        self.fired = False
+        self.config_mtime = (directory / CONFIG_FILE).stat().st_mtime if (directory / CONFIG_FILE).exists() else 0.0
 
     def _read(self, name: str) -> str:
         try:
@@ -113,11 +122,15 @@ class PoolController:
 
     # -- one look ---------------------------------------------------------------
     def look(self) -> None:
+        self.reread_pids()
         answers = dict(zip(self.members, self.probes.map(lambda m: m.probe(), self.members.values())))
         now = self.clock()
         for name, answered in answers.items():
             self.members[name].observe(answered, now)
-        registry = {c["id"]: c for c in self.admin.status()["containers"]}
+        status = self.admin.status()
+        if self.idle is not None and self.watch_idle(status):
+            return
+        registry = {c["id"]: c for c in status["containers"]}
         self.capacity.update({cid: c["capacity"] for cid, c in registry.items() if cid in self.workers})
         self.check_processes(registry, now)
         actions = plan(self.pool_hosts(), self.placed(registry), now, self.config.host_grace_s,
@@ -126,6 +139,16 @@ class PoolController:
             {"heal": self.heal, "move": self.move, "return": self.send_home}[action.kind](action)
         self.say_stuck(registry, actions, now)
         self.let_go(registry)
+
+    def reread_pids(self) -> None:
+        """A later `up` rewrote the config with the workers' pids as it found or started them."""
+        path = self.dir / CONFIG_FILE
+        mtime = path.stat().st_mtime if path.exists() else 0.0
+        if mtime != self.config_mtime:
+            self.config_mtime = mtime
+            for w in PoolConfig.from_json(path.read_text()).workers:
+                if w.id in self.workers:
+                    self.workers[w.id].pid, self.workers[w.id].log = w.pid, w.log
 
     def pool_hosts(self) -> list[PoolHost]:
         return [PoolHost(m.name, m.reachable, m.since, m.config.slots) for m in self.members.values()]
@@ -158,6 +181,8 @@ class PoolController:
         record = self.runtime.start(member.host, ServiceSpec(w.id, "worker", w.port, w.env, model_dir=w.model_dir),
                                     marker(self.config.cluster, w.home), None)
         w.pid, w.log = record.pid, record.log
+        member.host.facts.pop("just_started", None)
+        self.save()  # its new pid, for the next `up` (pool_setup.adopt_healed)
         self.down_since.pop(w.id, None)
         self.event("heal", f"{action.reason} (pid {old} -> {record.pid})", w.id)
 
@@ -170,6 +195,7 @@ class PoolController:
         service = ServiceSpec(sid, "worker", port, self.stand_in_env(w.env, w.home, member.config, sid, port),
                               model_dir=member.config.model if w.model_dir else "")
         record = self.runtime.start(member.host, service, marker(self.config.cluster, member.name), None)
+        member.host.facts.pop("just_started", None)
         self.stand_ins.append(StandIn(sid, w.id, member.name, port, record.pid, record.log))
         self.save()  # before anything else can fail: the record names what runs
         self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
@@ -215,6 +241,25 @@ class PoolController:
             elif not waiting:
                 self.stuck.discard(w.id)
 
+    def watch_idle(self, status: Optional[dict]) -> bool:
+        """Autostop, as deploy/agent.py on every other host: when the cluster has been
+        idle for idle_s (or its lifetime is over), record why in autostop.json (what
+        `status` reads) and stop this host's processes of the cluster, this one last."""
+        self.idle.observe(status, time.monotonic())
+        reason = self.idle.reason(time.monotonic(), time.time())
+        if not reason:
+            return False
+        self.event("autostop", f"{reason}: the orchestrator's host stops its part (each other host's agent its own)")
+        self.write_private(RECORD, {"reason": reason, "stopped_at": time.time(), "idle_s": self.config.idle_s,
+                                    "deadline": self.config.deadline})
+        found = subprocess.run(["sh", "-c", find_by_marker(marker(self.config.cluster, self.config.host))],
+                               capture_output=True, text=True, timeout=30).stdout.split()
+        for pid in {int(p) for p in found} - {os.getpid()}:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGTERM)
+        self.fired = True
+        return True
+
     # -- helpers ------------------------------------------------------------------
     def free_port(self, host: str) -> int:
         taken = {w.port for w in self.workers.values() if w.home == host} | \
@@ -235,10 +280,13 @@ class PoolController:
         return out
 
     def save(self) -> None:
-        path = self.dir / STATE_FILE
+        self.write_private(STATE_FILE, dump_state(self.stand_ins, list(self.workers.values())))
+
+    def write_private(self, name: str, data: dict) -> None:
+        path = self.dir / name
         fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(dump_stand_ins(self.stand_ins), f)
+            json.dump(data, f)
         os.replace(f"{path}.tmp", path)
 
     def event(self, kind: str, reason: str, container: str = "") -> None:
@@ -252,11 +300,13 @@ class PoolController:
         self.event("started", f"the controller runs on the orchestrator's host: healing {len(self.workers)} "
                               f"containers on a pool of {len(self.members)} hosts")
         unanswered = 0
-        while not stopping():
+        while not stopping() and not self.fired:
             try:
                 self.look()
                 unanswered = 0
             except (requests.RequestException, ValueError, KeyError) as exc:
+                if self.idle is not None:  # an orchestrator that stopped answering may be idle for good
+                    self.watch_idle(None)
                 unanswered += 1
                 if unanswered == 10:
                     self.event("error", f"the orchestrator's admin listener does not answer ({type(exc).__name__})")
@@ -264,7 +314,8 @@ class PoolController:
                 log.exception("a look failed")
                 self.event("error", f"a look failed: {exc}")
             time.sleep(LOOK_S)
-        self.event("stopped", "the controller stopped; the containers are left as they are")
+        if not self.fired:
+            self.event("stopped", "the controller stopped; the containers are left as they are")
         self.probes.shutdown(wait=False)
         self.admin.close()
 

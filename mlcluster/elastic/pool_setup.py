@@ -17,6 +17,7 @@ from pathlib import Path
 from shlex import quote
 from typing import Iterator, Optional
 
+from ..deploy import watchdog
 from ..deploy.host import RemoteHost, ServiceSpec
 from ..deploy.options import RemoteOptions
 from ..deploy.process import ProcessRuntime, clean_env
@@ -27,8 +28,8 @@ from ..services import MARKER_VAR, PASSED_VARS
 from ..state import ClusterSpec, ClusterState, write_private
 from ..ui import QuietUI
 from . import events
-from .events import Event
-from .poolconfig import CONFIG_FILE, EVENTS_FILE, PoolConfig, PoolMember, WorkerSpec
+from .events import EVENTS_FILE, Event
+from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, PoolMember, WorkerSpec, healed_pids
 
 KEY_FILE = "controller_key"
 CONTROLLER = "controller"  # its service id and kind in the state
@@ -92,20 +93,44 @@ def unauthorize(host: RemoteHost, cluster: str, path: str) -> None:
 
 def start(host: RemoteHost, config: PoolConfig, private_key: str, marker: str,
           known: Optional[SSHService]) -> SSHService:
-    """(Re)start the controller on the orchestrator's host with this config;
-    its record (without `host`: the caller's to fill)."""
+    """The controller on the orchestrator's host with this config: kept when it
+    runs with it (a second `up` changes nothing), else (re)started; its record
+    (without `host`: the caller's to fill). `command` holds the config's digest."""
     runtime = ProcessRuntime()
+    text = config.to_json()
+    python = host.facts.get("python") or host.config.python or "python3"
+    command = f"{quote(python)} -m mlcluster.elastic.pool {quote(host.path(CONFIG_FILE))}"
+    settings = f"{command} # {config.digest()}"
+    if known and known.command == settings and runtime.alive(host, known.pid, marker):
+        host.conn.put_text(text, host.path(CONFIG_FILE), mode=0o600)  # the workers' pids: it reads them again
+        return known
     if known:
         runtime.stop(host, {CONTROLLER: known}, marker, only=True)
+    host.run(f"rm -f {quote(host.path(watchdog.RECORD))}", warn=True)  # a new start: not stopped (yet)
     host.conn.put_text(private_key, host.path(KEY_FILE), mode=0o600)
-    host.conn.put_text(config.to_json(), host.path(CONFIG_FILE), mode=0o600)
-    python = host.facts.get("python") or host.config.python or "python3"
+    host.conn.put_text(text, host.path(CONFIG_FILE), mode=0o600)
+    # Like every service (deploy/process.py): `env -i`, the basics, and its own 0600 env file (the marker).
+    env_file = host.write_env(ServiceSpec(CONTROLLER, CONTROLLER, 0, {MARKER_VAR: marker}), shell=True)
+    load = quote('set -a && . "$0" && set +a && exec setsid "$@"')
     log, pidfile = host.path(f"{CONTROLLER}.log"), host.path(f"{CONTROLLER}.pid")
-    command = f"{quote(python)} -m mlcluster.elastic.pool {quote(host.path(CONFIG_FILE))}"
-    host.run(f"( cd {quote(host.workdir)} && exec {clean_env(PASSED_VARS)} {quote(f'{MARKER_VAR}={marker}')} "
-             f"setsid {command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
+    host.run(f"( cd {quote(host.workdir)} && exec {clean_env(PASSED_VARS)} /bin/sh -c {load} {quote(env_file)} "
+             f"{command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
     pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
-    return SSHService(runtime=runtime.name, pid=pid, log=log, kind=CONTROLLER, command=command)
+    return SSHService(runtime=runtime.name, pid=pid, log=log, kind=CONTROLLER, command=settings)
+
+
+def adopt_healed(session: Session, orchestrator: str) -> None:
+    """A second `up`: the workers the controller restarted (healed) run under new
+    pids, which it keeps in its state file on the orchestrator's host; the
+    records take them, so `up` finds them running and starts nothing twice."""
+    host = session.hosts.get(orchestrator)
+    if host is None or CONTROLLER not in session.resources.services:
+        return
+    text = host.run(f"cat {quote(host.path(STATE_FILE))} 2>/dev/null", warn=True).stdout
+    for sid, pid in healed_pids(text).items():
+        record = session.resources.services.get(sid)
+        if record is not None and record.runtime == "process" and record.pid != pid:
+            session.record_service(sid, dataclasses.replace(record, pid=pid))
 
 
 def ensure(session: Session, spec: ClusterSpec, options: RemoteOptions, workers: dict[str, ServiceSpec],
@@ -129,9 +154,11 @@ def ensure(session: Session, spec: ClusterSpec, options: RemoteOptions, workers:
                           python=session.hosts[h.name].facts["python"], model=models.get(h.name, ""),
                           slots=spec.containers_per_worker) for h in pool]
     records = session.resources.services
+    idle_s, deadline = watchdog.settings(spec, session.state.resources) or (None, None)
     config = PoolConfig(
         cluster=spec.name, admin_url=f"http://127.0.0.1:{options.admin_port}", token=session.state.token,
         worker_port=options.worker_port, host_grace_s=options.host_grace, heal_grace_s=spec.heal_grace,
+        host=orch.name, idle_s=idle_s or 0.0, deadline=deadline or 0.0,
         hosts=[m for m in members if m.host_key],
         workers=[WorkerSpec(id=sid, home=records[sid].host, port=s.port, env=s.env, model_dir=s.model_dir,
                             pid=records[sid].pid, log=records[sid].log)
@@ -142,8 +169,10 @@ def ensure(session: Session, spec: ClusterSpec, options: RemoteOptions, workers:
 
 
 def remove(session: Session, host: RemoteHost, options: Optional[RemoteOptions]) -> None:
-    """`down` on one host: the controller's key line goes (from the configured file, else the default)."""
+    """`down` on one host: the controller's key line goes (from the configured file, else the default),
+    and on its host its key and config (the config holds the admin token); its log and events stay."""
     unauthorize(host, session.state.name, options.authorized_keys if options else "~/.ssh/authorized_keys")
+    host.run("rm -f " + " ".join(quote(host.path(name)) for name in (KEY_FILE, CONFIG_FILE, STATE_FILE)), warn=True)
 
 
 # -- what `mlcluster events` reads of it -------------------------------------------

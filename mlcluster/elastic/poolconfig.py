@@ -10,6 +10,7 @@ here (recorded by `up`): the controller never trusts a key on first use.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -17,7 +18,6 @@ from ..resources import HostConfig
 
 CONFIG_FILE = "controller.json"
 STATE_FILE = "controller-state.json"
-EVENTS_FILE = "events.jsonl"  # elastic/events.py's name, in the controller's directory on its host
 
 
 def pick(cls: type, data: dict) -> dict:
@@ -56,6 +56,9 @@ class PoolConfig:
     worker_port: int     # the first port a stand-in tries on its host
     host_grace_s: float
     heal_grace_s: float
+    host: str = ""       # the orchestrator's host, where the controller runs
+    idle_s: float = 0.0  # autostop on this host (the controller is its agent: deploy/agent.py's clock); 0: off
+    deadline: float = 0.0  # max_lifetime's end, epoch seconds; 0: none
     hosts: list[PoolMember] = field(default_factory=list)
     workers: list[WorkerSpec] = field(default_factory=list)
 
@@ -69,6 +72,14 @@ class PoolConfig:
                  for m in data["hosts"]]
         workers = [WorkerSpec(**pick(WorkerSpec, w)) for w in data["workers"]]
         return cls(**{**pick(cls, data), "hosts": hosts, "workers": workers})
+
+    def digest(self) -> str:
+        """What the controller runs with, but the workers' pids and logs (a healed
+        worker's new pid is no reason to restart it: it reads them again)."""
+        data = dataclasses.asdict(self)
+        for w in data["workers"]:
+            w["pid"], w["log"] = 0, ""
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def member(self, name: str) -> PoolMember:
         return next(m for m in self.hosts if m.host.name == name)
@@ -93,5 +104,13 @@ def load_stand_ins(text: str) -> list[StandIn]:
         return []
 
 
-def dump_stand_ins(stand_ins: list[StandIn]) -> dict:
-    return {"stand_ins": [dataclasses.asdict(s) for s in stand_ins]}
+def dump_state(stand_ins: list[StandIn], workers: list[WorkerSpec]) -> dict:
+    """The controller's state file: its stand-ins, and the pid of each of `up`'s workers (a healed one's new)."""
+    return {"stand_ins": [dataclasses.asdict(s) for s in stand_ins], "pids": {w.id: w.pid for w in workers}}
+
+
+def healed_pids(text: str) -> dict[str, int]:
+    try:
+        return {str(k): int(v) for k, v in json.loads(text)["pids"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}

@@ -35,9 +35,14 @@
     orchestrator = { address = "10.0.0.10", user = "admin", port = 22, key = "~/.ssh/other" }
     workers = [ { address = "10.0.0.11" },
                 { address = "203.0.113.12", private_address = "10.0.0.12", runtime = "process" } ]
+    # Healing (process runtime: docs/elastic.md#ssh-healing): the controller on the orchestrator's
+    # host restarts the containers of a host unreachable for host_grace seconds on a pool host with room.
+    spares = [ { address = "10.0.0.13" } ]   # prepared by `up`, no container of its own: room
+    host_grace = 20
+    authorized_keys = "~/.ssh/authorized_keys"   # where the hosts' sshd reads keys (the controller's goes there)
 
 Each host may override key, user, port, runtime, python, workdir and bind, and
-may have a `name` (default: orchestrator, worker1, worker2...) and a
+may have a `name` (default: orchestrator, worker1, worker2..., spare1...) and a
 `private_address` (how the orchestrator reaches its workers; default: `address`).
 """
 from __future__ import annotations
