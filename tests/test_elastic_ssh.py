@@ -54,6 +54,10 @@ def marked(net, name: str) -> list[str]:
     return [p for p in our_processes(net, name) if needle in environ(p).split(b"\0")]
 
 
+def cluster_status(cluster) -> dict:
+    return json.loads(cli("status", "--name", CLUSTER, "--json", home=cluster["home"]).stdout)
+
+
 def serving(url: str) -> dict[str, str]:
     return {c["id"]: c["status"] for c in status(url)["containers"]}
 
@@ -78,6 +82,8 @@ def test_up_starts_the_controller_with_its_own_key(net, cluster):
     assert all(h["host_key"] == state["resources"]["host_keys"][f"{net.hosts[h['host']['name']].address}:22"]
                for h in pool["hosts"])  # pinned as `up` recorded them
     assert marked(net, "spare") == []  # up starts nothing on a spare
+    shown = wait_for(lambda: cluster_status(cluster).get("autoscale"), "the controller's published state")
+    assert shown["max"] is None and shown["running"] and shown["reason"] == "healing: every container at home"
 
 
 def test_a_cut_off_host_has_its_containers_restarted_on_the_spare_and_back(net, cluster):
@@ -93,6 +99,9 @@ def test_a_cut_off_host_has_its_containers_restarted_on_the_spare_and_back(net, 
                  "w1's containers serving from the spare", timeout=60, interval=0.2)
         wait_for(lambda: served_by(results, "w1-1-on-spare") + served_by(results, "w1-2-on-spare") >= 20,
                  "requests answered by the stand-ins", timeout=30)
+        shown = wait_for(lambda: "w1-1 on spare, w1-2 on spare" in cluster_status(cluster).get("autoscale", {}).get("reason", "")
+                         and cluster_status(cluster)["autoscale"], "status to show the stand-ins", timeout=20)
+        assert (shown["max"], shown["desired"], shown["current"], shown["running"]) == (None, 4, 4, True)
         net.restore(w1)
         wait_for(lambda: set(serving(url)) == {"w1-1", "w1-2", "w2-1", "w2-2"}
                  and set(serving(url).values()) <= {"free", "busy"}, "the stand-ins drained and gone", timeout=60,

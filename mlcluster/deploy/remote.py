@@ -258,7 +258,8 @@ class RemoteDeployment:
             host = session.connect(config, connect_timeout)
             host.conn.wait_reachable(time.monotonic() + 2 * connect_timeout, retry_refused=False)
             host.prepare_workdir()
-            pool_setup.remove(session, host, options)
+            if session.state.provider == "ssh":
+                pool_setup.remove(session, host, options)
             records = session.services_on(host_name)
             kinds = {r.runtime for r in records.values()} | {config.runtime}
             for kind in sorted(kinds):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from .events import Event
 from .local import Admin
 from .placement import Action, Placed, PoolHost, plan
 from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, PoolMember, StandIn, dump_state, load_stand_ins
+from .published import PUBLISHED_FILE, ControllerStatus
 
 log = logging.getLogger("mlcluster.elastic.pool")
 LOOK_S = 1.0
@@ -112,6 +114,8 @@ class PoolController:
         if config.idle_s or config.deadline:
             self.idle = IdleClock(config.idle_s, config.deadline, last_active=time.monotonic())
         self.fired = False
+        self.published: Optional[ControllerStatus] = None  # the last written, without its time
+        self.published_at = 0.0
         self.config_mtime = (directory / CONFIG_FILE).stat().st_mtime if (directory / CONFIG_FILE).exists() else 0.0
 
     def _read(self, name: str) -> str:
@@ -139,6 +143,7 @@ class PoolController:
             {"heal": self.heal, "move": self.move, "return": self.send_home}[action.kind](action)
         self.say_stuck(registry, actions, now)
         self.let_go(registry)
+        self.publish(registry)
 
     def reread_pids(self) -> None:
         """A later `up` rewrote the config with the workers' pids as it found or started them."""
@@ -259,6 +264,19 @@ class PoolController:
                 os.killpg(pid, signal.SIGTERM)
         self.fired = True
         return True
+
+    def publish(self, registry: dict) -> None:
+        """`status`'s `autoscale` object (read over SSH): written when it changes, and every 10 s."""
+        serving = [w.id for w in self.workers.values() if registry.get(w.id, {}).get("status") in SERVING
+                   or any(s.of == w.id and not s.leaving and registry.get(s.id, {}).get("status") in SERVING
+                          for s in self.stand_ins)]
+        away = sorted(f"{s.of} on {s.host}" for s in self.stand_ins if not s.leaving)
+        status = ControllerStatus(min=None, max=None, target=None, desired=len(self.workers), current=len(serving),
+                                  reason="healing: " + (", ".join(away) if away else "every container at home"),
+                                  pid=os.getpid())
+        if status != self.published or time.time() - self.published_at > 10:
+            self.write_private(PUBLISHED_FILE, dataclasses.asdict(dataclasses.replace(status, updated_at=time.time())))
+            self.published, self.published_at = status, time.time()
 
     # -- helpers ------------------------------------------------------------------
     def free_port(self, host: str) -> int:

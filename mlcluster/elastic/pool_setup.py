@@ -22,6 +22,7 @@ from ..deploy.host import RemoteHost, ServiceSpec
 from ..deploy.options import RemoteOptions
 from ..deploy.process import ProcessRuntime, clean_env
 from ..deploy.session import Session
+from ..errors import MlclusterError
 from ..remote.connection import run_on_hosts
 from ..resources import SSHService
 from ..services import MARKER_VAR, PASSED_VARS
@@ -30,6 +31,7 @@ from ..ui import QuietUI
 from . import events
 from .events import EVENTS_FILE, Event
 from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, PoolMember, WorkerSpec, healed_pids
+from .published import PUBLISHED_FILE, parse_published
 
 KEY_FILE = "controller_key"
 CONTROLLER = "controller"  # its service id and kind in the state
@@ -176,19 +178,37 @@ def remove(session: Session, host: RemoteHost, options: Optional[RemoteOptions])
 
 
 # -- what `mlcluster events` reads of it -------------------------------------------
-def remote_events(state: ClusterState) -> list[Event]:
-    """The controller's events, read over SSH from the orchestrator's host ([] when it wrote none)."""
+def read_on_orchestrator(state: ClusterState, name: str) -> str:
+    """A file of the controller's directory on the orchestrator's host, over SSH ("" when there is none)."""
     session = Session(state, None)
     try:
         record = session.resources.services.get("orchestrator")
         if record is None or record.host not in session.resources.hosts:
-            return []
+            return ""
         host = session.connect(session.resources.hosts[record.host], 10.0)
         host.prepare_workdir()
-        text = host.run(f"cat {quote(host.path(EVENTS_FILE))} 2>/dev/null", warn=True).stdout
+        return host.run(f"cat {quote(host.path(name))} 2>/dev/null", warn=True).stdout
     finally:
         session.close()
-    return events.parse(text.splitlines())
+
+
+def remote_events(state: ClusterState) -> list[Event]:
+    """The controller's events ([] when it wrote none)."""
+    return events.parse(read_on_orchestrator(state, EVENTS_FILE).splitlines())
+
+
+def remote_status(state: ClusterState) -> Optional[dict]:
+    """`status --json`'s `autoscale` object for an ssh cluster (None: no controller), with
+    `running`: it published within the last 30 s (it does every 10 s)."""
+    if CONTROLLER not in (state.resources.ssh.services if state.resources.ssh else {}):
+        return None
+    try:
+        found = parse_published(read_on_orchestrator(state, PUBLISHED_FILE))
+    except MlclusterError:
+        return None  # its host does not answer: `status` says what it can without it
+    if found is None:
+        return None
+    return {**found.to_json(), "running": time.time() - found.updated_at < 30}
 
 
 def follow_remote(state: ClusterState, last: Optional[int], poll_s: float = 2.0) -> Iterator[Event]:
