@@ -2,7 +2,17 @@
 containers in, actions out; no processes, the time passed in."""
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from mlcluster.elastic.placement import Placed, PoolHost, occupancy, plan, roomiest
+from mlcluster.elastic.pool_setup import authorized_line
+from mlcluster.elastic.poolconfig import PoolConfig, PoolMember, WorkerSpec
+from mlcluster.errors import MlclusterError
+from mlcluster.providers.ssh.options import parse_options
+from mlcluster.resources import HostConfig
+from mlcluster.state import ClusterSpec
 
 GRACE, HEAL = 10.0, 5.0
 
@@ -84,3 +94,44 @@ def test_a_host_unknown_to_the_pool_is_left_alone():
     pool = hosts(("w2", True, 0.0), ("spare", True, 0.0))
     containers = [Placed("w1-1", "w1", False, down_since=0.0)]
     assert plan(pool, containers, 1000.0, GRACE, HEAL) == []
+
+
+# -- the [ssh] settings the pool is made of (providers/ssh/options.py) ---------------
+def test_spares_join_the_pool_and_a_host_cannot_be_both():
+    def options(**table):
+        base = {"orchestrator": "10.0.0.10", "workers": ["10.0.0.11"], "runtime": "process", **table}
+        return parse_options(ClusterSpec(name="lab", provider="ssh", provider_options={"ssh": base}))
+
+    parsed = options(spares=["10.0.0.13", {"address": "10.0.0.14", "name": "big"}], host_grace=5,
+                     authorized_keys="/etc/ssh/keys/root")
+    assert [h.name for h in parsed.hosts()] == ["orchestrator", "worker1", "spare1", "big"]
+    assert (parsed.host_grace, parsed.authorized_keys) == (5.0, "/etc/ssh/keys/root")
+    defaults = options()
+    assert (defaults.spares, defaults.host_grace, defaults.authorized_keys) == ([], 20.0, "~/.ssh/authorized_keys")
+    for table, words in [({"spares": ["10.0.0.11"]}, "already a host of the cluster"),
+                         ({"spares": "10.0.0.13"}, "spares must be a list"),
+                         ({"host_grace": -1}, "host_grace"),
+                         ({"authorized_keys": ""}, "authorized_keys must be the path")]:
+        with pytest.raises(MlclusterError, match=words):
+            options(**table)
+
+
+def test_the_controllers_key_line_is_restricted_to_the_orchestrators_address():
+    line = authorized_line("ssh-ed25519 AAAAC3Nza", "lab", "10.0.0.10")
+    assert line == ('from="10.0.0.10",no-agent-forwarding,no-port-forwarding,no-X11-forwarding,no-pty '
+                    "ssh-ed25519 AAAAC3Nza mlcluster-controller:lab")
+    assert authorized_line("ssh-ed25519 AAAAC3Nza", "lab", "orch.internal").startswith("no-agent-forwarding,")
+
+
+def test_the_controllers_config_round_trips_and_a_new_pid_is_no_new_config():
+    host = HostConfig(name="w1", address="10.0.0.11", private_address="10.0.0.11", user="root", port=22,
+                      key="/work/controller_key", runtime="process", python="/usr/bin/python3", workdir="/w",
+                      bind="10.0.0.11")
+    config = PoolConfig(cluster="lab", admin_url="http://127.0.0.1:8001", token="t", worker_port=5000,
+                        host_grace_s=20, heal_grace_s=5, host="orch",
+                        hosts=[PoolMember(host, "ssh-ed25519 AAAA", "/usr/bin/python3", "/w/model", 2)],
+                        workers=[WorkerSpec("w1-1", "w1", 5000, {"MODEL": "/w/model"}, pid=10, log="/w/w1-1.log")])
+    assert PoolConfig.from_json(config.to_json()) == config
+    healed = dataclasses.replace(config, workers=[dataclasses.replace(config.workers[0], pid=11)])
+    assert healed.digest() == config.digest()
+    assert dataclasses.replace(config, host_grace_s=30).digest() != config.digest()
