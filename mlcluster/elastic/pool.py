@@ -317,7 +317,7 @@ class PoolController:
     def run(self, stopping) -> None:
         self.event("started", f"the controller runs on the orchestrator's host: healing {len(self.workers)} "
                               f"containers on a pool of {len(self.members)} hosts")
-        unanswered = 0
+        unanswered, said = 0, ""
         while not stopping() and not self.fired:
             try:
                 self.look()
@@ -328,9 +328,13 @@ class PoolController:
                 unanswered += 1
                 if unanswered == 10:
                     self.event("error", f"the orchestrator's admin listener does not answer ({type(exc).__name__})")
-            except MlclusterError as exc:  # a start or stop that failed: said, and tried again
+            except MlclusterError as exc:  # a start or stop that failed: said (once while it repeats), tried again
                 log.exception("a look failed")
-                self.event("error", f"a look failed: {exc}")
+                if str(exc) != said:
+                    self.event("error", f"a look failed: {exc}")
+                said = str(exc)
+            else:
+                said = ""
             time.sleep(LOOK_S)
         if not self.fired:
             self.event("stopped", "the controller stopped; the containers are left as they are")
