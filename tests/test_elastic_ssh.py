@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -88,7 +90,12 @@ def test_up_starts_the_controller_with_its_own_key(net, cluster):
 
 
 def test_a_cut_off_host_has_its_containers_restarted_on_the_spare_and_back(net, cluster):
-    url, w1 = cluster["url"], net.hosts["w1"]
+    url, w1, spare = cluster["url"], net.hosts["w1"], net.hosts["spare"]
+    # Something the user runs by hand on the spare, on the first worker port: left alone, its port skipped.
+    theirs = subprocess.Popen(["ip", "netns", "exec", spare.namespace, sys.executable, "-m", "http.server", "5000",
+                               "--bind", spare.address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: spare.exec("python3", "-c", f"import socket; socket.create_connection(('{spare.address}', 5000), 1)")
+             .returncode == 0, "the user's server on the spare")
     stop, results = threading.Event(), []
     runner = threading.Thread(target=load, args=(url, 6, stop), kwargs={"results": results})
     runner.start()
@@ -112,10 +119,13 @@ def test_a_cut_off_host_has_its_containers_restarted_on_the_spare_and_back(net, 
         wait_for(lambda: marked(net, "spare") == [], "the stand-ins' processes stopped", timeout=30)
         back = len(results)
         wait_for(lambda: served_by(results[back:], "w1") >= 10, "w1 serving again", timeout=30)
+        assert theirs.poll() is None  # the user's server still runs
     finally:
         stop.set()
         runner.join(timeout=120)
         net.restore(w1)
+        theirs.kill()
+        theirs.wait()
     assert len(results) > 50
     assert all(r["status"] == 200 for r in results), Counter(str(r.get("status")) for r in results)
 
@@ -124,6 +134,7 @@ def test_a_cut_off_host_has_its_containers_restarted_on_the_spare_and_back(net, 
     returns = [e for e in found if e["kind"] == "return"]
     assert sorted(e["container"] for e in moves) == ["w1-1", "w1-2"]
     assert all("w1 unreachable for" in e["reason"] and "restarted on spare" in e["reason"] for e in moves)
+    assert sorted(e["reason"].rsplit("(port ", 1)[1] for e in moves) == ["5001)", "5002)"]  # 5000 was the user's
     assert sorted(e["container"] for e in returns) == ["w1-1", "w1-2"]
     assert all("w1 answers again" in e["reason"] for e in returns)
     assert found[0]["kind"] == "started"

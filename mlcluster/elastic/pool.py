@@ -30,6 +30,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from shlex import quote
 from typing import Optional
 
 import requests
@@ -52,6 +53,7 @@ from .published import PUBLISHED_FILE, ControllerStatus
 log = logging.getLogger("mlcluster.elastic.pool")
 LOOK_S = 1.0
 PROBE_TIMEOUT_S = 2.0
+PORTS_TRIED = 50  # from worker_port up, for a stand-in
 SERVING = ("free", "busy")
 
 
@@ -196,7 +198,7 @@ class PoolController:
         for old in [s for s in self.stand_ins if s.of == w.id and not s.leaving]:
             self.retire(old)  # on a host that dropped off too: drained; stopped when it answers
         sid = f"{w.id}-on-{member.name}"
-        port = self.free_port(member.name)
+        port = self.free_port(member)
         service = ServiceSpec(sid, "worker", port, self.stand_in_env(w.env, w.home, member.config, sid, port),
                               model_dir=member.config.model if w.model_dir else "")
         record = self.runtime.start(member.host, service, marker(self.config.cluster, member.name), None)
@@ -279,13 +281,20 @@ class PoolController:
             self.published, self.published_at = status, time.time()
 
     # -- helpers ------------------------------------------------------------------
-    def free_port(self, host: str) -> int:
-        taken = {w.port for w in self.workers.values() if w.home == host} | \
-                {s.port for s in self.stand_ins if s.host == host}
-        port = self.config.worker_port
-        while port in taken:
-            port += 1
-        return port
+    def free_port(self, member: Member) -> int:
+        """The first port from worker_port up that no container of ours holds on
+        the host and nothing else listens on (what the user runs there is left alone)."""
+        taken = {w.port for w in self.workers.values() if w.home == member.name} | \
+                {s.port for s in self.stand_ins if s.host == member.name}
+        bind = member.config.host.bind
+        for port in range(self.config.worker_port, self.config.worker_port + PORTS_TRIED):
+            probe = ("import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                     f"s.bind(({bind!r}, {port}))")
+            if port not in taken and member.host.run(f"{quote(member.config.python)} -c {quote(probe)}",
+                                                     timeout=15, warn=True).ok:
+                return port
+        raise MlclusterError(f"{member.name}: no free port in {self.config.worker_port}.."
+                             f"{self.config.worker_port + PORTS_TRIED - 1} for a stand-in")
 
     def stand_in_env(self, env: dict[str, str], home: str, config: PoolMember, sid: str, port: int) -> dict[str, str]:
         """The home container's environment, for `sid` on another host."""
