@@ -197,7 +197,9 @@ class PoolController:
         w, member = self.workers[action.container], self.members[action.host]
         for old in [s for s in self.stand_ins if s.of == w.id and not s.leaving]:
             self.retire(old)  # on a host that dropped off too: drained; stopped when it answers
-        sid = f"{w.id}-on-{member.name}"
+        sid, n = f"{w.id}-on-{member.name}", 2
+        while any(s.id == sid for s in self.stand_ins):  # an earlier one still draining there
+            sid, n = f"{w.id}-on-{member.name}-{n}", n + 1
         port = self.free_port(member)
         service = ServiceSpec(sid, "worker", port, self.stand_in_env(w.env, w.home, member.config, sid, port),
                               model_dir=member.config.model if w.model_dir else "")
