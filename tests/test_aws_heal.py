@@ -111,3 +111,29 @@ def test_a_replacement_refused_spot_falls_back_or_is_refused(moto):
     assert [(r.name, r.market, r.refused) for r in fell_back.replaced] == [
         ("worker1", "on-demand", "SpotMaxPriceTooLow"), ("worker2", "on-demand", "SpotMaxPriceTooLow")]
     assert lifecycle_and_tags(moto, fell_back.replaced[0].new_id)[0] == "on-demand"
+
+
+def test_worker_cap():
+    from mlcluster.state import ClusterSpec
+    assert heal.worker_cap(ClusterSpec(name="x", provider="aws", workers=3)) == 3
+    elastic = ClusterSpec(name="x", provider="aws", workers=1, containers_per_worker=2, min_containers=1,
+                          max_containers=5)
+    assert heal.worker_cap(elastic) == 3  # 5 containers need 3 hosts of 2
+
+
+def test_the_controllers_entry_point_replaces_records_and_writes_the_events(moto):
+    from mlcluster.elastic.events import read
+    from mlcluster.state import ClusterState
+    spec = make_spec(moto, workers=2, spot=True)
+    instances, state = provision(spec)
+    ec2_client(moto).terminate_instances(InstanceIds=[instances["worker2"].id])
+    moto.faults.inject(Fault("RunInstances", "SpotMaxPriceTooLow", when=SPOT_ASKED))
+    result = heal.replace_lost_workers(state, clock=lambda: 1000.0)  # cap: the 2 workers asked for
+    assert [(r.name, r.market, r.refused) for r in result.replaced] == [("worker2", "on-demand", "SpotMaxPriceTooLow")]
+    saved = ClusterState.load("lab").resources.aws
+    assert saved.instances["worker2"] == result.replaced[0].new_id and saved.markets["worker2"] == "on-demand"
+    kinds = [(e.kind, e.container, e.time) for e in read(state.dir)]
+    assert ("heal", "worker2", 1000.0) in kinds and ("spot_fallback", "worker2", 1000.0) in kinds
+    (healed,) = [e for e in read(state.dir) if e.kind == "heal"]
+    assert instances["worker2"].id in healed.reason and result.replaced[0].new_id in healed.reason
+    assert heal.replace_lost_workers(ClusterState.load("lab")).replaced == []  # replaced: nothing more to do

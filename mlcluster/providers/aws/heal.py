@@ -10,11 +10,14 @@ tagged for the cluster counts, a pending one too.
 """
 from __future__ import annotations
 
+import math
 import re
+import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
-from ...state import ClusterState
+from ...elastic.events import Event, append
+from ...state import ClusterSpec, ClusterState
 from . import ec2, spot
 from .api import AWS
 from .ec2 import Instance, LaunchSpec
@@ -140,3 +143,38 @@ def record(state: ClusterState, aws: AWS, result: HealResult) -> None:
     res = state.resources.aws
     remember(state, aws, instances={**res.instances, **{r.name: r.new_id for r in result.replaced}},
              markets={**res.markets, **{r.name: r.market for r in result.replaced}})
+
+
+def worker_cap(spec: ClusterSpec) -> int:
+    """The most worker instances the cluster may have: enough hosts for
+    `max_containers` with autoscaling, else the workers asked for."""
+    if spec.max_containers:
+        return math.ceil(spec.max_containers / spec.containers_per_worker)
+    return spec.workers
+
+
+def replace_lost_workers(state: ClusterState, cap: Optional[int] = None,
+                         clock: Callable[[], float] = time.time) -> HealResult:
+    """The controller's entry point on an aws cluster, once per look: replace
+    the lost worker instances (within `cap`, default `worker_cap`), record
+    them in the state and write a `heal` event for each (and a
+    `spot_fallback` one when spot was refused, an `error` one when spot was
+    refused and the fallback is never). Credentials: boto3's chain (on the
+    orchestrator's instance, its instance profile). Deploying onto the new
+    instances and registering their containers is the caller's."""
+    o = AWSOptions.from_spec(state.spec)
+    aws = AWS(state.resources.aws.region or o.region, o.profile, o.endpoint_url)
+    launch, zones, market = launch_spec_of(aws, state)
+    result = heal(aws, launch, zones, state.resources.aws.instances,
+                  worker_cap(state.spec) if cap is None else cap, market)
+    record(state, aws, result)
+    for r in result.replaced:
+        append(state.dir, Event(clock(), "heal", f"{r.reason}; launched {r.new_id} ({r.market}) in its place",
+                                container=r.name))
+        if r.refused:
+            append(state.dir, Event(clock(), "spot_fallback", spot.refused_sentence(r.refused, r.new_id),
+                                    container=r.name))
+    for lost, code in result.refused:
+        append(state.dir, Event(clock(), "error", f"{lost.reason}; spot capacity refused ({code}) and "
+                                "spot_fallback is never: not replaced", container=lost.name))
+    return result

@@ -64,8 +64,11 @@ def launch_worker(aws: AWS, spec: LaunchSpec, name: str, zones: list[tuple[str, 
 
 
 def fallback_sentence(launched: Launched) -> str:
-    return (f"spot capacity refused ({launched.refused}); launched {launched.instance.id} on-demand instead "
-            f"(billed at the on-demand price)")
+    return refused_sentence(launched.refused, launched.instance.id)
+
+
+def refused_sentence(code: str, instance_id: str) -> str:
+    return f"spot capacity refused ({code}); launched {instance_id} on-demand instead (billed at the on-demand price)"
 
 
 def record_fallback(cluster_dir: Path, name: str, launched: Launched, clock: Callable[[], float] = time.time) -> None:
