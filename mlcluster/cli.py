@@ -94,7 +94,7 @@ def up(
     region: Annotated[Optional[str], typer.Option(help="AWS region.")] = None,
     instance_type: Annotated[Optional[str], typer.Option(help="EC2 instance type (default m4.large).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="AWS profile from your AWS config.")] = None,
-    spot: Annotated[bool, typer.Option("--spot", help="AWS: workers as spot instances (the orchestrator stays on-demand).")] = False,
+    spot: Annotated[Optional[bool], typer.Option("--spot/--no-spot", help="AWS: workers as spot instances (the orchestrator stays on-demand).")] = None,
     spot_fallback: Annotated[Optional[str], typer.Option(callback=checked_fallback, help="AWS: when spot is refused, on-demand (default) or never (stop).")] = None,
     min_containers: Annotated[Optional[int], typer.Option(min=1, help="Autoscaling: never fewer containers (default 1; needs --max-containers).")] = None,
     max_containers: Annotated[Optional[int], typer.Option(min=1, help="Autoscaling: never more containers (the hard cap; turns autoscaling on).")] = None,
@@ -125,8 +125,8 @@ def up(
                  max_lifetime=max_lifetime, min_containers=min_containers, max_containers=max_containers,
                  target_ongoing=target_ongoing, upscale_delay=upscale_delay, downscale_delay=downscale_delay,
                  local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile,
-                 aws_spot=spot or None, aws_spot_fallback=spot_fallback)
-    if (spot or spot_fallback) and spec.provider != "aws":
+                 aws_spot=spot, aws_spot_fallback=spot_fallback)
+    if (spot is not None or spot_fallback) and spec.provider != "aws":
         raise UsageError(f"--spot and --spot-fallback are for the aws provider, not {spec.provider}",
                          "add --provider aws, or leave them out")
     if spec.provider == "local" and spec.runtime != "docker":  # the services run from this environment

@@ -133,3 +133,12 @@ def test_a_bad_spot_fallback_in_the_config_is_a_usage_error(moto, tmp_path):
     result = cli("up", "--config", config, "--yes", check=False)
     assert result.returncode == 2 and "spot_fallback must be one of on-demand, never" in result.stderr
     assert moto.faults.calls == []
+
+
+def test_cli_no_spot_overrides_the_config(moto, tmp_path):
+    config = write_config(tmp_path / "c.toml", moto, "spot = true")
+    with_spot = cli("up", "--config", config, check=False)
+    without = cli("up", "--config", config, "--no-spot", check=False)
+    assert "worker instances (spot)" in with_spot.stderr and "up to" in with_spot.stderr
+    assert "worker instances (spot)" not in without.stderr and "up to" not in without.stderr
+    assert "$0.400" in without.stderr and moto.faults.calls == []
