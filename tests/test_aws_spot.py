@@ -95,7 +95,8 @@ def test_other_spot_errors_are_not_mistaken_for_a_refusal(moto):
 def test_the_plan_shows_spot_as_up_to_the_on_demand_price(moto):
     p = plan(make_spec(moto, workers=4, spot=True))
     rows = {r[0]: r for r in plan_rows(p)}
-    assert rows["worker instances (spot)"][1:] == ["4", "m4.large", "up to $0.100", "up to $0.400"]
+    assert rows["worker instances (spot)"][1:] == ["4", "m4.large (on-demand $0.100)", "up to $0.100",
+                                                  "up to $0.400"]
     assert rows["orchestrator instance"][3:] == ["$0.100", "$0.100"]
     assert rows["total (estimate)"][4].startswith("up to $")
     text = plan_text(p)

@@ -143,7 +143,8 @@ def plan(spec: ClusterSpec) -> CostPlan:
     price = PRICES.get(o.instance_type, (None, 0))[0]
     lines = [
         CostRow("orchestrator instance", 1, o.instance_type, price),
-        CostRow("worker instances" + (" (spot)" if o.spot else ""), spec.workers, o.instance_type, price,
+        CostRow("worker instances" + (" (spot)" if o.spot else ""), spec.workers,
+                o.instance_type + (f" (on-demand ${price:.3f})" if o.spot and price is not None else ""), price,
                 up_to=o.spot),
         CostRow("root volumes (gp3)", n, f"{o.volume_gb} GB", o.volume_gb * GP3_PER_GB_MONTH / HOURS_PER_MONTH),
         CostRow("public IPv4 addresses", n, "address", PUBLIC_IPV4_PER_HOUR),
