@@ -108,3 +108,17 @@ def test_another_clusters_profile_is_left_alone(moto):
     assert make_provider(options=options).down("lab", state, RecordingUI()) == []
     assert tagged_iam(moto, "other") == {"iam_roles": ["mlcluster-other-controller"],
                                          "instance_profiles": ["mlcluster-other-controller"]}
+
+
+def test_an_orchestrator_without_the_profile_gets_it_on_the_next_up(moto):
+    spec = make_spec(moto, workers=1)
+    instances, _ = provision(spec)
+    ec2 = ec2_client(moto)
+    (association,) = ec2.describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"]
+    ec2.disassociate_iam_instance_profile(AssociationId=association["AssociationId"])
+    assert ec2.describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"] == []
+    again, _ = provision(spec)  # as for a cluster made before the controller's profile existed
+    (association,) = ec2.describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"]
+    assert association["InstanceId"] == instances["orchestrator"].id == again["orchestrator"].id
+    assert association["IamInstanceProfile"]["Arn"].endswith("/" + NAME)
+    assert moto.faults.count("AssociateIamInstanceProfile") == 1

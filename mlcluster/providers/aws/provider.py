@@ -192,6 +192,7 @@ class AWSProvider:
         if "orchestrator" in chosen and not chosen["orchestrator"].profile_arn:  # made before profiles existed
             aws.ec2("associate_iam_instance_profile", InstanceId=chosen["orchestrator"].id,
                     IamInstanceProfile={"Name": state.resources.aws.instance_profile})
+            ui.info(f"attached the controller's instance profile to the orchestrator ({chosen['orchestrator'].id})")
         missing = [n for n in names if n not in chosen]
         zones = zone_order(subnets, chosen.values())
         for n, name in enumerate(missing, 1):
