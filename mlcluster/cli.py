@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from . import __version__, cluster, security, worker_code
 from .bench.cli import bench_app
-from .cli_options import Name, checked_name
+from .cli_options import Name, checked_fallback, checked_name
 from .config import build_spec, load_config
 from .errors import MlclusterError, UsageError
 from .events_cli import events
@@ -94,6 +94,8 @@ def up(
     region: Annotated[Optional[str], typer.Option(help="AWS region.")] = None,
     instance_type: Annotated[Optional[str], typer.Option(help="EC2 instance type (default m4.large).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="AWS profile from your AWS config.")] = None,
+    spot: Annotated[Optional[bool], typer.Option("--spot/--no-spot", help="AWS: workers as spot instances (the orchestrator stays on-demand).")] = None,
+    spot_fallback: Annotated[Optional[str], typer.Option(callback=checked_fallback, help="AWS: when spot is refused, on-demand (default) or never (stop).")] = None,
     min_containers: Annotated[Optional[int], typer.Option(min=1, help="Autoscaling: never fewer containers (default 1; needs --max-containers).")] = None,
     max_containers: Annotated[Optional[int], typer.Option(min=1, help="Autoscaling: never more containers (the hard cap; turns autoscaling on).")] = None,
     target_ongoing: Annotated[Optional[float], typer.Option(min=0, help="Autoscaling: requests in flight + queued per container aimed for (default: its capacity).")] = None,
@@ -122,7 +124,11 @@ def up(
                  runtime=runtime, queue_limit=queue_limit, service_ms=service_ms, autostop=autostop,
                  max_lifetime=max_lifetime, min_containers=min_containers, max_containers=max_containers,
                  target_ongoing=target_ongoing, upscale_delay=upscale_delay, downscale_delay=downscale_delay,
-                 local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile)
+                 local_port=port, aws_region=region, aws_instance_type=instance_type, aws_profile=profile,
+                 aws_spot=spot, aws_spot_fallback=spot_fallback)
+    if (spot is not None or spot_fallback) and spec.provider != "aws":
+        raise UsageError(f"--spot and --spot-fallback are for the aws provider, not {spec.provider}",
+                         "add --provider aws, or leave them out")
     if spec.provider == "local" and spec.runtime != "docker":  # the services run from this environment
         require_model_stack("serving on this machine")
     cost_plan = get_provider(spec.provider).plan(spec)

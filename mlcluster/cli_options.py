@@ -17,4 +17,11 @@ def checked_name(value: Optional[str]) -> Optional[str]:
         raise typer.BadParameter(f"{exc.message} ({exc.hint})") from None
 
 
+def checked_fallback(value: Optional[str]) -> Optional[str]:
+    """--spot-fallback: on-demand or never (anything else is a usage error)."""
+    if value is not None and value not in ("on-demand", "never"):
+        raise typer.BadParameter(f"{value!r} is not one of on-demand, never")
+    return value
+
+
 Name = Annotated[str, typer.Option("--name", "-n", help="The cluster's name.", callback=checked_name)]

@@ -14,7 +14,7 @@ from .state import ClusterState
 STATUS_STYLE = {"free": "green", "busy": "yellow", "down": "red", "draining": "magenta"}
 # The provider's details per container, and their short headers (80 columns).
 DETAIL_COLUMNS = {"instance_id": "instance", "instance_type": "type", "zone": "zone", "instance_state": "state",
-                  "host_address": "public IP", "serves": "serves (version)"}
+                  "host_address": "public IP", "market": "market", "serves": "serves (version)"}
 
 
 def cluster_table(state: ClusterState) -> Table:
@@ -88,16 +88,17 @@ def autoscale_line(elastic: dict) -> str:
             f"{elastic['current']} → {elastic['desired']} containers · {elastic['reason']}")
 
 
-def _money(value: Optional[float]) -> str:
-    return "unknown" if value is None else f"${value:.3f}"
+def _money(value: Optional[float], up_to: bool = False) -> str:
+    return "unknown" if value is None else f"{'up to ' if up_to else ''}${value:.3f}"
 
 
 def plan_rows(plan: CostPlan) -> list[list[str]]:
     """The plan as a table: a header, one row per resource, the total."""
     table = [["resource", "count", "kind", "USD/hour each", "USD/hour"]]
     for row in plan.lines:
-        table.append([row.what, str(row.count), row.unit, _money(row.hourly_each), _money(row.hourly)])
-    table.append(["total (estimate)", "", "", "", _money(plan.hourly)])
+        table.append([row.what, str(row.count), row.unit, _money(row.hourly_each, row.up_to),
+                      _money(row.hourly, row.up_to)])
+    table.append(["total (estimate)", "", "", "", _money(plan.hourly, any(row.up_to for row in plan.lines))])
     return table
 
 

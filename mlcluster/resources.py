@@ -104,6 +104,8 @@ class AWSResources:
     key_name: str = ""           # the key pair the instances use (created, or the user's own)
     key_file: str = ""           # its private key on this machine
     address_owners: dict[str, str] = field(default_factory=dict)  # public address -> instance id
+    markets: dict[str, str] = field(default_factory=dict)         # instance name -> spot | on-demand
+    instance_profile: str = ""   # the controller's IAM instance profile (and role) name ("" when none)
 
 
 @dataclass

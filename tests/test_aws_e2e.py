@@ -1,7 +1,8 @@
 """The aws provider end to end through the CLI: EC2 is moto in server mode on
 127.0.0.1; the instances are mapped (`address_map`) onto SSH test hosts
 (network namespaces with their own sshd), never onto moto's public IPs,
-which are real AWS addresses. up -> status -> bench -> logs -> down.
+which are real AWS addresses. up (spot workers) -> status -> bench -> logs -> down
+(nothing tagged left, the controller's IAM profile included).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def write_config(path: Path, server, net: SSHTestNetwork, model: str) -> Path:
         f'name = "{CLUSTER}"', 'provider = "aws"', "workers = 2", "containers_per_worker = 1",
         f'model = "{model}"', 'runtime = "process"',
         "[aws]", 'region = "us-east-1"', f'endpoint_url = "{server.url}"', f'allowed_cidr = "{net.subnet}"',
-        'ssh_user = "root"', "ssh_timeout_s = 60", f"address_map = {{ {mapping} }}",
+        'ssh_user = "root"', "ssh_timeout_s = 60", "spot = true", f"address_map = {{ {mapping} }}",
         "[ssh]", f'python = "{sys.executable}"', "connect_timeout = 3", "reach_timeout = 20",
     ]) + "\n")
     return path
@@ -61,7 +62,7 @@ def test_up_status_bench_logs_down(moto, net, tiny_model, tmp_path):
 
     up = cli("up", "--config", str(config), "--yes", check=False)
     assert up.returncode == 0, up.stderr[-3000:]
-    assert "estimate" in up.stderr and "m4.large" in up.stderr
+    assert "estimate" in up.stderr and "m4.large" in up.stderr and "up to $0.200" in up.stderr  # 2 spot workers
     assert moto.faults.count("RunInstances") == launched  # resumed: nothing new in EC2
     orchestrator = net.hosts["orch"].address
     assert f"http://{orchestrator}:8000" in up.stdout
@@ -76,6 +77,8 @@ def test_up_status_bench_logs_down(moto, net, tiny_model, tmp_path):
         assert row["host"] == net.hosts[host].address and row["status"] == "free"
         assert row["instance_id"] in instances and row["instance_type"] == "m4.large"
         assert row["zone"].startswith("us-east-1") and row["instance_state"] == "running"
+        assert row["market"] == "spot"  # the workers; the orchestrator's instance is on-demand (test_aws_spot)
+    assert tagged(moto, CLUSTER)["instance_profiles"] == [f"mlcluster-{CLUSTER}-controller"]
 
     result_file = tmp_path / "bench.json"
     bench = cli("bench", "--name", CLUSTER, "--requests", "40", "--concurrency", "4", "--json", str(result_file),

@@ -3,11 +3,10 @@
 load no request fails because of the drain, and the container leaves."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 import requests
 
+from support.load import ClosedLoop, failed
 from support.serving import AUTH, Cluster, error_of
 from support.waiting import wait_for
 
@@ -19,41 +18,6 @@ def cluster(tmp_path):
         yield c
     finally:
         c.stop()
-
-
-class ClosedLoop:
-    """`clients` threads, each sending its next request when its last one is answered."""
-
-    def __init__(self, url: str, clients: int):
-        self.url, self.stop = url, threading.Event()
-        self.answers: list[tuple[int, str]] = []  # (status, container id or error text)
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)]
-        for t in self.threads:
-            t.start()
-
-    def client(self, i: int) -> None:
-        with requests.Session() as http:
-            n = 0
-            while not self.stop.is_set():
-                n += 1
-                try:
-                    r = http.post(self.url + "/new_request", json={"text": f"client {i} request {n}"}, timeout=60)
-                    outcome = (r.status_code, r.json()["container"]["id"] if r.ok else r.text)
-                except requests.RequestException as exc:
-                    outcome = (0, type(exc).__name__)
-                with self.lock:
-                    self.answers.append(outcome)
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.answers)
-
-    def finish(self) -> list[tuple[int, str]]:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
-        return list(self.answers)
 
 
 def test_a_drain_under_load_fails_no_request_and_removes_the_container(cluster):
@@ -73,11 +37,10 @@ def test_a_drain_under_load_fails_no_request_and_removes_the_container(cluster):
         assert cluster.status()["draining"] == 0
     finally:
         answers = load.finish()
-    failed = [a for a in answers if a[0] != 200]
-    assert failed == [] and len(answers) > 60
-    assert {cid for _, cid in answers[-30:]} <= {"w2", "w3"}  # nothing more went to w1
+    assert failed(answers) == [] and len(answers) > 60
+    assert {a.container for a in answers[-30:]} <= {"w2", "w3"}  # nothing more went to w1
     served = cluster.worker_stats("w1")["served"]
-    assert served == sum(1 for _, cid in answers if cid == "w1") and served > 0
+    assert served == sum(1 for a in answers if a.container == "w1") and served > 0
 
 
 def test_status_shows_a_container_draining(cluster):
@@ -94,7 +57,7 @@ def test_status_shows_a_container_draining(cluster):
         assert status["draining"] == 1 and cluster.container(busy)["status"] == "draining"
         wait_for(lambda: cluster.container(busy) is None, "the drained container to leave")
     finally:
-        assert all(status == 200 for status, _ in load.finish())
+        assert failed(load.finish()) == []
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}], ids=["none", "wrong"])

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 
 import requests
 
 from mlcluster.deploy.localhost import find_marked, is_alive, marker
 from support.console import cli, home_fixture
+from support.load import ClosedLoop, failed
 from support.waiting import wait_for
 
 home = home_fixture("elastic", "heal")
@@ -32,46 +32,6 @@ def orchestrator_status(url: str) -> dict:
     return requests.get(url + "/status", timeout=5).json()
 
 
-class Load:
-    """Closed-loop clients, and a watcher that records the most containers the orchestrator ever held."""
-
-    def __init__(self, url: str, clients: int):
-        self.url, self.stop = url, threading.Event()
-        self.statuses: list[int] = []
-        self.most = 0
-        self.drained: set[str] = set()  # containers ever seen draining
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
-        self.threads.append(threading.Thread(target=self.watch, daemon=True))
-        for t in self.threads:
-            t.start()
-
-    def client(self) -> None:
-        with requests.Session() as http:
-            while not self.stop.is_set():
-                try:
-                    code = http.post(self.url + "/new_request", json={"text": "step"}, timeout=60).status_code
-                except requests.RequestException:
-                    code = 0
-                with self.lock:
-                    self.statuses.append(code)
-
-    def watch(self) -> None:
-        while not self.stop.wait(0.05):
-            try:
-                containers = orchestrator_status(self.url)["containers"]
-                self.most = max(self.most, len(containers))
-                self.drained |= {c["id"] for c in containers if c["status"] == "draining"}
-            except requests.RequestException:
-                pass
-
-    def finish(self) -> list[int]:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
-        return self.statuses
-
-
 def own_workers(home, name: str) -> list[dict]:
     path = home / name / "elastic.json"
     return json.loads(path.read_text())["workers"] if path.exists() else []
@@ -81,7 +41,7 @@ def test_a_step_load_scales_up_to_the_cap_then_down_to_the_minimum_with_no_faile
     up("elastic", "--containers-per-worker", "1", "--min-containers", "1", "--max-containers", "3",
        "--target-ongoing", "1", "--upscale-delay", "1", "--downscale-delay", "2")
     url = status("elastic")["orchestrator_url"]
-    load = Load(url, clients=8)  # 8 ongoing at target 1: wants 8, capped at 3
+    load = ClosedLoop(url, clients=8, watch=True)  # 8 ongoing at target 1: wants 8, capped at 3
     try:
         wait_for(lambda: [c["status"] for c in orchestrator_status(url)["containers"]].count("busy") == 3,
                  "three containers serving", timeout=40)
@@ -92,12 +52,12 @@ def test_a_step_load_scales_up_to_the_cap_then_down_to_the_minimum_with_no_faile
         assert len(started) == 2
         served_before = orchestrator_status(url)["served"]
         wait_for(lambda: orchestrator_status(url)["served"] > served_before + 100, "more requests served at the cap")
-        assert load.most == 3  # at the cap all along, never past it
+        assert load.most() == 3  # at the cap all along, never past it
     finally:
-        statuses = load.finish()
+        answers = load.finish()
     wait_for(lambda: len(orchestrator_status(url)["containers"]) == 1, "the scale-down to the minimum", timeout=40)
-    assert load.most == 3
-    assert statuses and set(statuses) == {200}, f"{len(statuses) - statuses.count(200)} failed requests"
+    assert load.most() == 3
+    assert answers and failed(answers) == [], f"{len(failed(answers))} failed requests"
     wait_for(lambda: not any(is_alive(w["pid"], marker("elastic")) for w in started)
              and own_workers(home, "elastic") == [], "the drained workers to stop and be forgotten")
     assert status("elastic")["autoscale"]["current"] == 1
@@ -120,7 +80,7 @@ def test_up_again_keeps_the_controllers_containers_and_restarts_it_only_for_new_
     args = ["--containers-per-worker", "1", "--max-containers", "2", "--upscale-delay", "0", "--downscale-delay", "60"]
     up("elastic", *args)
     url = status("elastic")["orchestrator_url"]
-    load = Load(url, clients=4)
+    load = ClosedLoop(url, clients=4, watch=True)
     try:
         wait_for(lambda: status("elastic")["autoscale"]["current"] == 2, "a scale-up to the cap", timeout=30)
         controller = controller_pid(home)
@@ -131,16 +91,16 @@ def test_up_again_keeps_the_controllers_containers_and_restarts_it_only_for_new_
         wait_for(lambda: status("elastic")["autoscale"]["current"] == 2, "the new controller to count 2", timeout=30)
         served = orchestrator_status(url)["served"]
         wait_for(lambda: orchestrator_status(url)["served"] > served + 40, "more requests served")
-        assert load.drained == set() and load.most == 2
+        assert load.drained() == set() and load.most() == 2
         up("elastic", "--containers-per-worker", "1")  # autoscaling off: back to up's one container, drained
         wait_for(lambda: [c["id"] for c in orchestrator_status(url)["containers"]] == ["worker1-1"],
                  "the controller's container to leave", timeout=30)
         served = orchestrator_status(url)["served"]
         wait_for(lambda: orchestrator_status(url)["served"] > served + 20, "more requests served")
     finally:
-        statuses = load.finish()
-    assert load.drained <= {"elastic-1"} and load.most == 2  # a 50-ms drain may pass between two looks
-    assert statuses and set(statuses) == {200}
+        answers = load.finish()
+    assert load.drained() <= {"elastic-1"} and load.most() == 2  # a 50-ms drain may pass between two looks
+    assert answers and failed(answers) == []
     decisions = json.loads(cli("events", "-n", "elastic", "--json").stdout)["events"]
     assert [e["kind"] for e in decisions].count("started") == 3
     assert "autoscaling is off" in decisions[-1]["reason"] and status("elastic")["autoscale"]["max"] is None

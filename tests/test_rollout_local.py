@@ -11,13 +11,13 @@ import json
 import os
 import shutil
 import signal
-import threading
 from collections import Counter
 
 import requests
 
 from mlcluster.deploy.localhost import find_marked, marker
 from support.console import cli, home_fixture
+from support.load import ClosedLoop, ask, failed
 from support.waiting import wait_for
 
 home = home_fixture("roll", "broken", "canary", "healed", "scaled")
@@ -32,50 +32,10 @@ def status(name: str) -> dict:
     return json.loads(cli("status", "--name", name, "--json").stdout)
 
 
-def ask(http: requests.Session, url: str) -> tuple[int, str]:
-    try:
-        answer = http.post(url + "/new_request", json={"text": "which model answers"}, timeout=60)
-    except requests.RequestException:
-        return 0, ""
-    model = answer.json().get("result", {}).get("model", "") if answer.ok else ""
-    return answer.status_code, model.split(" (")[0]  # "tiny-distilbert (random weights, ...)": its directory
-
-
-class Load:
-    """Closed-loop clients recording (status, model) in order; a watcher of the orchestrator's /status."""
-
-    def __init__(self, url: str, clients: int = 4):
-        self.url, self.stop, self.lock = url, threading.Event(), threading.Lock()
-        self.answers: list[tuple[int, str]] = []
-        self.samples: list[list[dict]] = []
-        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
-        self.threads.append(threading.Thread(target=self.watch, daemon=True))
-        for t in self.threads:
-            t.start()
-
-    def client(self) -> None:
-        with requests.Session() as http:
-            while not self.stop.is_set():
-                got = ask(http, self.url)
-                with self.lock:
-                    self.answers.append(got)
-
-    def watch(self) -> None:
-        while not self.stop.wait(0.05):
-            try:
-                self.samples.append(requests.get(self.url + "/status", timeout=5).json()["containers"])
-            except requests.RequestException:
-                pass
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.answers)
-
-    def finish(self) -> list[tuple[int, str]]:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
-        return self.answers
+def answered_by(url: str, n: int = 20) -> set[tuple[int, str]]:
+    """The (status, model) pairs of `n` requests in a row."""
+    with requests.Session() as http:
+        return {(a.status, a.model) for a in (ask(http, url, "which model answers") for _ in range(n))}
 
 
 def another_copy(model: str, tmp_path, name: str) -> str:
@@ -88,7 +48,7 @@ def test_a_roll_under_load_fails_no_request_and_every_answer_after_it_names_the_
     new_model = another_copy(tiny_model, tmp_path, "model-b")
     up("roll", tiny_model)
     url = status("roll")["orchestrator_url"]
-    load = Load(url)
+    load = ClosedLoop(url, clients=4, watch=True)
     wait_for(lambda: load.count() >= 500, "the load to run", timeout=60)
     rolled = up("roll", new_model, "--max-unavailable", "1")
     at_the_end = load.count()
@@ -96,11 +56,10 @@ def test_a_roll_under_load_fails_no_request_and_every_answer_after_it_names_the_
     answers = load.finish()
 
     assert "serving " + new_model in rolled.stdout
-    codes = Counter(code for code, _ in answers)
-    assert codes == {200: len(answers)} and len(answers) >= 5000, codes
-    after = [model for _, model in answers[at_the_end + 8:]]  # past the few in flight when `up` returned
+    assert failed(answers) == [] and len(answers) >= 5000, Counter(a.status for a in answers)
+    after = [a.model for a in answers[at_the_end + 8:]]  # past the few in flight when `up` returned
     assert after and all(m == "model-b" for m in after), Counter(after)
-    assert {m for _, m in answers[:at_the_end]} >= {"tiny-distilbert"}
+    assert {a.model for a in answers[:at_the_end]} >= {"tiny-distilbert"}
     # During the roll the orchestrator held old and new at once, and never fewer than N - K serving.
     versions = [{c["version"] for c in sample} for sample in load.samples]
     assert any(len(v) == 2 for v in versions)
@@ -131,8 +90,7 @@ def test_a_roll_whose_new_workers_cannot_load_stops_exits_1_and_the_old_ones_kee
     after = status("broken")
     assert after["model"] == tiny_model and len(after["containers"]) == 2
     assert all(c["model"] == tiny_model and c["status"] in ("free", "busy") for c in after["containers"])
-    with requests.Session() as http:
-        assert {ask(http, url) for _ in range(20)} == {(200, "tiny-distilbert")}
+    assert answered_by(url) == {(200, "tiny-distilbert")}
     saved = json.loads((home / "broken" / "state.json").read_text())
     assert saved["spec"]["model"] == tiny_model and len(saved["containers"]) == 2
     assert len([p for p in saved["resources"]["processes"] if p["role"] == "worker"]) == 2
@@ -154,11 +112,11 @@ def test_a_25_percent_canary_gets_20_to_30_percent_of_2000_requests_then_promote
     assert during["canary"]["percent"] == 25 and during["canary"]["model"] == new_model
     assert Counter(c["model"] for c in during["containers"]) == {tiny_model: 2, new_model: 1}
 
-    load = Load(url, clients=8)
+    load = ClosedLoop(url, clients=8)
     wait_for(lambda: load.count() >= 2000, "2,000 requests", timeout=90)
     answers = load.finish()[:2000]
-    assert Counter(code for code, _ in answers) == {200: 2000}
-    share = sum(1 for _, m in answers if m == "model-c") / 2000
+    assert len(answers) == 2000 and failed(answers) == []
+    share = sum(1 for a in answers if a.model == "model-c") / 2000
     assert 0.20 <= share <= 0.30, share
 
     up("canary", tiny_model)  # the cluster's own model: the canary goes
@@ -170,8 +128,7 @@ def test_a_25_percent_canary_gets_20_to_30_percent_of_2000_requests_then_promote
     cli("up", "--name", "canary", *SHAPE, "--promote")
     done = status("canary")
     assert done["model"] == new_model and {c["model"] for c in done["containers"]} == {new_model}
-    with requests.Session() as http:
-        assert {ask(http, url) for _ in range(20)} == {(200, "model-c")}
+    assert answered_by(url) == {(200, "model-c")}
     cli("down", "--name", "canary", "--yes")
 
 
@@ -201,17 +158,16 @@ def test_a_worker_killed_after_a_roll_comes_back_with_the_new_model_and_rolls_ba
         return pid != victim["pid"] and {c["status"] for c in status("healed")["containers"]} == {"free"}
     wait_for(healed, "worker2-1 to be restarted by the controller and serve again", timeout=60)
     url = status("healed")["orchestrator_url"]
-    with requests.Session() as http:
-        assert {ask(http, url) for _ in range(20)} == {(200, "model-d")}  # healed with what it serves now
+    assert answered_by(url) == {(200, "model-d")}  # healed with what it serves now
 
-    load = Load(url, clients=2)
+    load = ClosedLoop(url, clients=2)
     wait_for(lambda: load.count() >= 100, "the load to run", timeout=60)
     up("healed", tiny_model)  # back again, under load
     at_the_end = load.count()
     wait_for(lambda: load.count() >= at_the_end + 200, "answers after the roll", timeout=60)
     answers = load.finish()
-    assert Counter(code for code, _ in answers) == {200: len(answers)}
-    assert {m for _, m in answers[at_the_end + 4:]} == {"tiny-distilbert"}
+    assert failed(answers) == []
+    assert {a.model for a in answers[at_the_end + 4:]} == {"tiny-distilbert"}
     assert {c["model"] for c in status("healed")["containers"]} == {tiny_model}
     assert len(status("healed")["containers"]) == 2
     cli("down", "--name", "healed", "--yes")
@@ -222,13 +178,13 @@ def test_a_roll_of_an_autoscaled_cluster_replaces_the_controllers_containers_too
               "--max-containers", "3", "--target-ongoing", "1", "--upscale-delay", "1", "--downscale-delay", "600")
     cli("up", "--name", "scaled", *scaled, "--model", "overhead-test", "--service-ms", "50")
     url = status("scaled")["orchestrator_url"]
-    load = Load(url, clients=4)
+    load = ClosedLoop(url, clients=4)
     wait_for(lambda: len(status("scaled")["containers"]) == 3, "the controller to scale up to 3", timeout=60)
     cli("up", "--name", "scaled", *scaled, "--model", tiny_model, "--service-ms", "50")
     at_the_end = load.count()
     wait_for(lambda: load.count() >= at_the_end + 300, "answers after the roll", timeout=60)
     answers = load.finish()
-    assert Counter(code for code, _ in answers) == {200: len(answers)}
-    assert {m for _, m in answers[at_the_end + 8:]} == {"tiny-distilbert"}  # the controller's old ones are gone
+    assert failed(answers) == []
+    assert {a.model for a in answers[at_the_end + 8:]} == {"tiny-distilbert"}  # the controller's old ones are gone
     assert json.loads((home / "scaled" / "state.json").read_text())["spec"]["model"] == tiny_model
     cli("down", "--name", "scaled", "--yes")

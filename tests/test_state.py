@@ -137,6 +137,8 @@ def test_saved_resources_keep_their_json_shape(home, kind):
             assert saved[part] == [{**p, **added} for p in value]
         elif part == "docker":
             assert saved[part] == {**value, "admin_port": None}
+        elif part == "aws":  # spot markets and the controller's IAM profile came later
+            assert saved[part] == {**value, "markets": {}, "instance_profile": ""}
         else:
             assert saved[part] == value
     assert ClusterState.load("lab").resources == ClusterState.from_json(

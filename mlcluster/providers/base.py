@@ -30,11 +30,13 @@ from ..ui import QuietUI
 
 @dataclass
 class CostRow:
-    """One line of a cost plan: `count` of `unit` at `hourly_each` USD (None: unknown)."""
+    """One line of a cost plan: `count` of `unit` at `hourly_each` USD (None: unknown);
+    `up_to`: the price is a ceiling, the bill may be lower (spot)."""
     what: str
     count: int
     unit: str
     hourly_each: Optional[float]
+    up_to: bool = False
 
     @property
     def hourly(self) -> Optional[float]:

@@ -1,4 +1,4 @@
-"""moto's EC2 and SSM in server mode on 127.0.0.1, with a small fault-injection
+"""moto's EC2, SSM and IAM in server mode on 127.0.0.1, with a small fault-injection
 layer in front of it.
 
 boto3 talks to it over real HTTP (`endpoint_url`), exactly as to AWS; nothing
@@ -184,8 +184,27 @@ def ec2_client(server: MotoServer, region: str = "us-east-1"):
                         aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
+def iam_client(server: MotoServer):
+    """A plain boto3 IAM client on the server (moto serves IAM on the same endpoint)."""
+    import boto3
+    return boto3.client("iam", region_name="us-east-1", endpoint_url=server.url,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def tagged_iam(server: MotoServer, cluster: str) -> dict[str, list[str]]:
+    """IAM roles and instance profiles tagged mlcluster:cluster=<cluster>, whatever their names."""
+    iam = iam_client(server)
+    mine = {"Key": "mlcluster:cluster", "Value": cluster}
+    roles = [r["RoleName"] for r in iam.list_roles()["Roles"]
+             if mine in iam.list_role_tags(RoleName=r["RoleName"])["Tags"]]
+    # moto has no ListInstanceProfileTags; its ListInstanceProfiles carries the tags
+    profiles = [p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]
+                if mine in p.get("Tags", [])]
+    return {"iam_roles": roles, "instance_profiles": profiles}
+
+
 def tagged(server: MotoServer, cluster: str, region: str = "us-east-1") -> dict[str, list[str]]:
-    """Every resource tagged mlcluster:cluster=<cluster> that still exists or bills."""
+    """Every resource tagged mlcluster:cluster=<cluster> that still exists or bills (EC2 and IAM)."""
     ec2 = ec2_client(server, region)
     by_tag = [{"Name": "tag:mlcluster:cluster", "Values": [cluster]}]
     live = ["pending", "running", "stopping", "stopped", "shutting-down"]
@@ -195,6 +214,7 @@ def tagged(server: MotoServer, cluster: str, region: str = "us-east-1") -> dict[
         "security_groups": [g["GroupId"] for g in ec2.describe_security_groups(Filters=by_tag)["SecurityGroups"]],
         "key_pairs": [k["KeyName"] for k in ec2.describe_key_pairs(Filters=by_tag)["KeyPairs"]],
         "volumes": [v["VolumeId"] for v in ec2.describe_volumes(Filters=by_tag)["Volumes"]],
+        **tagged_iam(server, cluster),
     }
 
 

@@ -54,8 +54,8 @@ class Backoff:
 
 
 class AWS:
-    """EC2 and SSM clients for one region, with `ec2(op, **kw)` / `ssm(op, **kw)`
-    calls that retry narrowly and raise only `AWSError`."""
+    """EC2, SSM and IAM clients for one region, with `ec2(op, **kw)` / `ssm(op, **kw)` /
+    `iam(op, **kw)` calls that retry narrowly and raise only `AWSError`."""
 
     def __init__(self, region: str = "", profile: str = "", endpoint_url: str = "",
                  backoff: Optional[Backoff] = None):
@@ -76,6 +76,7 @@ class AWS:
         self._endpoint, self._config = endpoint_url or None, config
         self._ec2 = session.client("ec2", endpoint_url=self._endpoint, config=config)
         self._ssm = session.client("ssm", endpoint_url=self._endpoint, config=config)
+        self._iam: Any = None  # made at first use: most commands never call IAM
 
     def require_credentials(self) -> None:
         """Raise AWSError unless boto3's chain finds credentials. Local: no AWS
@@ -92,6 +93,11 @@ class AWS:
 
     def ssm(self, operation: str, **kwargs: Any) -> dict:
         return self._call(self._ssm, "ssm", operation, kwargs)
+
+    def iam(self, operation: str, **kwargs: Any) -> dict:
+        if self._iam is None:
+            self._iam = self._session.client("iam", endpoint_url=self._endpoint, config=self._config)
+        return self._call(self._iam, "iam", operation, kwargs)
 
     def call(self, service: str, operation: str, **kwargs: Any) -> dict:
         """One call to another service of the same session (sts, service-quotas), with the same retries."""

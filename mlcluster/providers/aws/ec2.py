@@ -23,6 +23,17 @@ UP_STATES = ("pending", "running", "stopping", "stopped")
 NOT_TERMINATED = UP_STATES + ("shutting-down",)
 CAPACITY_CODES = frozenset({"InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported"})
 LIMIT_CODES = frozenset({"VcpuLimitExceeded", "InstanceLimitExceeded"})
+SPOT, ON_DEMAND = "spot", "on-demand"
+# What EC2 answers RunInstances when spot capacity is refused (EC2 API error codes):
+# in one zone (another zone may have some) ...
+ZONE_SPOT_CODES = frozenset({"InsufficientInstanceCapacity", "InsufficientCapacity", "UnfulfillableCapacity",
+                             "Unsupported"})
+# ... or for the whole account or price (no other zone helps).
+ACCOUNT_SPOT_CODES = frozenset({"SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded"})
+SPOT_REFUSED = ZONE_SPOT_CODES | ACCOUNT_SPOT_CODES
+# One-time spot that ends (never stops) when AWS reclaims the capacity: a reclaimed worker is a lost host.
+SPOT_OPTIONS = {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-time",
+                                                      "InstanceInterruptionBehavior": "terminate"}}
 Sleep = Callable[[float], None]
 
 
@@ -51,13 +62,17 @@ class Instance:
     state: str
     public_ip: str
     private_ip: str
+    market: str = ON_DEMAND   # spot | on-demand (EC2's InstanceLifecycle)
+    profile_arn: str = ""      # the IAM instance profile attached ("" when none)
 
     @classmethod
     def from_api(cls, d: dict) -> "Instance":
         t = {x["Key"]: x["Value"] for x in d.get("Tags", [])}
         return cls(d["InstanceId"], t.get(TAG_NAME, ""), d.get("InstanceType", ""),
                    d.get("Placement", {}).get("AvailabilityZone", ""), d["State"]["Name"],
-                   d.get("PublicIpAddress", ""), d.get("PrivateIpAddress", ""))
+                   d.get("PublicIpAddress", ""), d.get("PrivateIpAddress", ""),
+                   SPOT if d.get("InstanceLifecycle") == "spot" else ON_DEMAND,
+                   d.get("IamInstanceProfile", {}).get("Arn", ""))
 
 
 def find_instances(aws: AWS, cluster: str, states: Iterable[str] = NOT_TERMINATED) -> list[Instance]:
@@ -112,18 +127,23 @@ class LaunchSpec:
 
 
 def launch(aws: AWS, spec: LaunchSpec, name: str, subnets: list[tuple[str, str]],
-           on_capacity: Callable[[str, str], None]) -> Instance:
+           on_capacity: Callable[[str, str], None], market: str = ON_DEMAND, profile: str = "") -> Instance:
     """Run one instance named `name`, trying each (zone, subnet) in order: a
     zone without capacity for the type is reported through
     `on_capacity(zone, code)` and skipped. VcpuLimitExceeded and everything
-    else propagate at once. IMDSv2 is required; everything is tagged; a
-    shutdown from inside terminates the instance."""
+    else propagate at once (for spot, so do the account-wide refusals, see
+    spot.py). IMDSv2 is required; everything is tagged; a shutdown from
+    inside terminates the instance. `market` spot: a one-time spot instance;
+    `profile`: the IAM instance profile to attach (by name)."""
     role = name.rstrip("0123456789")
+    extra: dict = {"InstanceMarketOptions": SPOT_OPTIONS} if market == SPOT else {}
+    if profile:
+        extra["IamInstanceProfile"] = {"Name": profile}
     for zone, subnet in list(subnets):  # a copy: on_capacity may reorder the caller's list
         token = secrets.token_hex(16)  # a retried call (throttling) cannot start a second instance
         try:
             answer = aws.ec2(
-                "run_instances", ImageId=spec.image.id, InstanceType=spec.instance_type, MinCount=1, MaxCount=1,
+                "run_instances", **extra, ImageId=spec.image.id, InstanceType=spec.instance_type, MinCount=1, MaxCount=1,
                 KeyName=spec.key_name, SubnetId=subnet, SecurityGroupIds=[spec.group_id], ClientToken=token,
                 UserData=spec.user_data, MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
                 # the autostop watchdog's `shutdown -h now` ends the bill, not just the power
@@ -135,7 +155,7 @@ def launch(aws: AWS, spec: LaunchSpec, name: str, subnets: list[tuple[str, str]]
                                                          "Name": f"{spec.cluster}-{name}"}),
                     tag_spec("volume", spec.cluster, **{TAG_NAME: name})])
         except AWSError as exc:
-            if exc.code not in CAPACITY_CODES:
+            if exc.code not in CAPACITY_CODES | (ZONE_SPOT_CODES if market == SPOT else frozenset()):
                 raise
             on_capacity(zone, exc.code)
             continue

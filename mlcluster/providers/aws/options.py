@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ...config import check_known, kind_name
-from ...errors import MlclusterError
+from ...errors import MlclusterError, UsageError
 from ...state import ClusterSpec
 from ..base import CostPlan, CostRow
 
@@ -36,6 +36,15 @@ PRICES = {
 GP3_PER_GB_MONTH = 0.08
 PUBLIC_IPV4_PER_HOUR = 0.005
 HOURS_PER_MONTH = 730
+FALLBACK_ON_DEMAND, FALLBACK_NEVER = "on-demand", "never"
+FALLBACKS = (FALLBACK_ON_DEMAND, FALLBACK_NEVER)
+
+
+@dataclass(frozen=True)
+class Market:
+    """How worker instances are bought (the `[aws]` spot settings; providers/aws/spot.py)."""
+    spot: bool = False
+    fallback: str = FALLBACK_ON_DEMAND   # on-demand | never
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,8 @@ class AWSOptions:
     detect_ip: bool = True         # look the public IP up when allowed_cidr is empty
     volume_gb: int = 16            # root volume (gp3)
     ssh_timeout_s: float = 600.0   # how long to wait for SSH on new instances
+    spot: bool = False             # workers as spot instances (the orchestrator stays on-demand)
+    spot_fallback: str = "on-demand"  # when spot is refused: on-demand | never (refuse, exit 1)
     endpoint_url: str = ""         # tests: a local EC2/SSM endpoint (moto)
     # Tests only (needs endpoint_url): instance name -> the address to use
     # instead of its public and private IPs, or { address = ..., workdir = ... }.
@@ -85,6 +96,8 @@ class AWSOptions:
             raise MlclusterError(f"[aws]: key_name {self.key_name!r} needs key_file, the path of its private key")
         if not 8 <= self.volume_gb <= 1024:
             raise MlclusterError("[aws]: volume_gb must be between 8 and 1024")
+        if self.spot_fallback not in FALLBACKS:
+            raise UsageError(f"[aws]: spot_fallback must be one of {', '.join(FALLBACKS)}, not {self.spot_fallback!r}")
         if self.address_map and not self.endpoint_url:
             raise MlclusterError("[aws]: address_map is only for tests against a local endpoint_url")
         for name, value in self.address_map.items():
@@ -93,6 +106,10 @@ class AWSOptions:
                     or set(table) - {"address", "workdir"}):
                 raise MlclusterError(f"[aws]: address_map.{name} must be an address or {{ address, workdir }}")
         return self
+
+    @property
+    def market(self) -> Market:
+        return Market(self.spot, self.spot_fallback)
 
     @property
     def user(self) -> str:
@@ -108,6 +125,17 @@ def normalise_cidr(text: str) -> str:
                              "for example 203.0.113.5/32") from None
 
 
+def spot_note(o: AWSOptions, price: Optional[float]) -> str:
+    """What the spot rows assume: there is no live spot price without asking AWS."""
+    on_demand = f"${price:.3f}/h" if price is not None else "the on-demand price"
+    then = ("launched on-demand instead, at that price" if o.spot_fallback == "on-demand"
+            else "not launched: `up` stops (spot_fallback = never)")
+    return (f"Spot workers: billed at the spot price of the hour, at most the on-demand price ({on_demand} each, "
+            f"shown as \"up to\": mlcluster does not look up live spot prices); when AWS refuses spot capacity a "
+            f"worker is {then}; AWS may reclaim a spot worker at any time (2 minutes' notice): the orchestrator "
+            f"retries its in-flight requests elsewhere and capacity is down until a replacement serves.")
+
+
 def plan(spec: ClusterSpec) -> CostPlan:
     """The plan for `spec`, with no AWS call (nothing is looked up or created)."""
     o = AWSOptions.from_spec(spec)
@@ -115,7 +143,9 @@ def plan(spec: ClusterSpec) -> CostPlan:
     price = PRICES.get(o.instance_type, (None, 0))[0]
     lines = [
         CostRow("orchestrator instance", 1, o.instance_type, price),
-        CostRow("worker instances", spec.workers, o.instance_type, price),
+        CostRow("worker instances" + (" (spot)" if o.spot else ""), spec.workers,
+                o.instance_type + (f" (on-demand ${price:.3f})" if o.spot and price is not None else ""), price,
+                up_to=o.spot),
         CostRow("root volumes (gp3)", n, f"{o.volume_gb} GB", o.volume_gb * GP3_PER_GB_MONTH / HOURS_PER_MONTH),
         CostRow("public IPv4 addresses", n, "address", PUBLIC_IPV4_PER_HOUR),
     ]
@@ -126,6 +156,7 @@ def plan(spec: ClusterSpec) -> CostPlan:
     notes = [
         "Costs are an estimate: on-demand Linux prices in us-east-1; other regions differ, data transfer is extra."
         + ("" if price is not None else f" {o.instance_type} is not in mlcluster's price table."),
+        *([spot_note(o, price)] if o.spot else []),
         f"Image: {source}; {spec.containers_per_worker} container(s) per worker.",
         f"Key pair: {o.key_name or 'a new one for this cluster (private key kept in its state directory)'}.",
         f"Security group: SSH and the orchestrator port only from {allowed}; worker ports only inside the group.",

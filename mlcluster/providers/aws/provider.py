@@ -14,7 +14,6 @@ it: `mlcluster down --name X`, which finds it all by tag even without state.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import ipaddress
 import re
@@ -31,12 +30,13 @@ from ...resources import AWSResources
 from ...state import ClusterSpec, ClusterState, write_private
 from ...ui import QuietUI
 from ..base import CostPlan
-from . import ec2
+from . import ec2, iam, spot
 from .api import AWS, AWSError, Backoff
 from .ec2 import Instance, LaunchSpec
 from .hosts import addresses, ports, remote_options, user_data, wait_for_ssh
 from .options import AMI_PARAMETERS, AWSOptions, normalise_cidr, plan
 from .placement import limit_error, match, skip_zone, zone_order
+from .record import accounted, forget_reused_addresses, remember
 
 __all__ = ["AWSProvider", "plan"]
 
@@ -97,7 +97,7 @@ class AWSProvider:
     def provision(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> dict[str, Instance]:
         """The EC2 part of `up`: every instance of the cluster, running, by name."""
         o = AWSOptions.from_spec(spec)
-        with _accounted(state, ui):
+        with accounted(state, ui):
             aws = self.connect(o)
             cidr = self._allowed_cidr(o, ui)
             with ui.step(f"looking up the default network and the image in {aws.region}"):
@@ -106,8 +106,12 @@ class AWSProvider:
             ui.info(f"image {image.id} ({image.name or 'no name'}), {len(subnets)} availability zone(s)")
             key_name = self._key_pair(aws, o, state, ui)
             group_id = self._security_group(aws, spec, state, vpc, cidr, ui)
+            with ui.step("the controller's IAM role and instance profile (launch and terminate only this cluster's "
+                         "instances)"):
+                profile = iam.ensure(aws, spec.name)
+                remember(state, aws, instance_profile=profile.name)
             launch = LaunchSpec(spec.name, image, o.instance_type, key_name, group_id, o.volume_gb, user_data(o))
-            return self._instances(aws, spec, state, launch, subnets, ui)
+            return self._instances(aws, spec, state, launch, subnets, ui, o)
 
     def _allowed_cidr(self, o: AWSOptions, ui: QuietUI) -> str:
         if o.allowed_cidr:
@@ -126,14 +130,14 @@ class AWSProvider:
             if not ec2.key_pair_exists(aws, o.key_name):
                 raise MlclusterError(f"the key pair {o.key_name!r} does not exist in {aws.region}",
                                      "name an existing one in `key_name`, or leave it empty to create one")
-            _remember(state, aws, key_name=o.key_name, key_file=str(Path(o.key_file).expanduser()))
+            remember(state, aws, key_name=o.key_name, key_file=str(Path(o.key_file).expanduser()))
             return o.key_name
         path = state.dir / KEY_FILE
         found = ec2.find_key_pairs(aws, state.name)
         if len(found) > 1:
             ui.warn(f"{len(found)} key pairs are tagged for cluster {state.name!r}; using {found[0]['KeyName']}")
         if found and path.exists():
-            _remember(state, aws, key_pair=found[0]["KeyPairId"], key_name=found[0]["KeyName"], key_file=str(path))
+            remember(state, aws, key_pair=found[0]["KeyPairId"], key_name=found[0]["KeyName"], key_file=str(path))
             return found[0]["KeyName"]
         if found:  # its private key is lost: only a key pair no instance uses may be replaced
             if ec2.find_instances(aws, state.name, ec2.UP_STATES):
@@ -143,9 +147,9 @@ class AWSProvider:
             ec2.delete_key_pair(aws, found[0]["KeyName"])
         with ui.step("creating the cluster's key pair"):
             name, key_id, material = ec2.create_key_pair(aws, state.name)
-            _remember(state, aws, key_pair=key_id)
+            remember(state, aws, key_pair=key_id)
             write_private(path, material)
-            _remember(state, aws, key_name=name, key_file=str(path))
+            remember(state, aws, key_name=name, key_file=str(path))
         return name
 
     def _security_group(self, aws: AWS, spec: ClusterSpec, state: ClusterState, vpc: str, cidr: str,
@@ -160,7 +164,7 @@ class AWSProvider:
         else:
             with ui.step("creating the cluster's security group"):
                 group = {"GroupId": ec2.create_group(aws, spec.name, vpc), "IpPermissions": []}
-        _remember(state, aws, security_group=group["GroupId"])
+        remember(state, aws, security_group=group["GroupId"])
         orchestrator_port, worker_port = ports(spec)
         internal = (worker_port, worker_port + spec.containers_per_worker - 1)
         watched = [orchestrator_port] if spec.autostop else []
@@ -171,7 +175,7 @@ class AWSProvider:
         return group["GroupId"]
 
     def _instances(self, aws: AWS, spec: ClusterSpec, state: ClusterState, launch: LaunchSpec,
-                   subnets: list[tuple[str, str]], ui: QuietUI) -> dict[str, Instance]:
+                   subnets: list[tuple[str, str]], ui: QuietUI, o: AWSOptions) -> dict[str, Instance]:
         names = ["orchestrator"] + [f"worker{i}" for i in range(1, spec.workers + 1)]
         chosen, extra = match(ec2.find_instances(aws, spec.name, ec2.UP_STATES), names)
         surplus = [i for i in extra if re.fullmatch(r"worker\d+", i.name) and i.name not in names]
@@ -182,27 +186,49 @@ class AWSProvider:
             listed = ", ".join(f"{i.id} ({i.name or 'unnamed'})" for i in extra)
             ui.warn(f"{len(extra)} more instance(s) are tagged for cluster {spec.name!r} than it asks for: "
                     f"{listed}; left alone (`mlcluster down --name {spec.name}` removes them)")
-        _remember(state, aws, instances={n: i.id for n, i in chosen.items()})
+        remember(state, aws, instances={n: i.id for n, i in chosen.items()},
+                 markets={n: i.market for n, i in chosen.items()})
         self._start_stopped([i for i in chosen.values() if i.state in ("stopping", "stopped")], aws, ui)
+        if "orchestrator" in chosen and not chosen["orchestrator"].profile_arn:  # made before profiles existed
+            aws.ec2("associate_iam_instance_profile", InstanceId=chosen["orchestrator"].id,
+                    IamInstanceProfile={"Name": state.resources.aws.instance_profile})
+            ui.info(f"attached the controller's instance profile to the orchestrator ({chosen['orchestrator'].id})")
         missing = [n for n in names if n not in chosen]
         zones = zone_order(subnets, chosen.values())
         for n, name in enumerate(missing, 1):
-            with ui.step(f"launching {name} ({launch.instance_type}), {n} of {len(missing)}"):
+            market = "on-demand" if name == "orchestrator" or not o.spot else "spot"
+            with ui.step(f"launching {name} ({launch.instance_type}, {market}), {n} of {len(missing)}"):
                 try:
-                    inst = ec2.launch(aws, launch, name, zones, lambda zone, code: skip_zone(zones, zone, code, ui))
+                    launched = self._launch(aws, state, launch, name, zones, ui, o)
                 except AWSError as exc:
                     if exc.code in ec2.LIMIT_CODES:
                         raise limit_error(exc, aws.region, launch.instance_type, len(names), len(chosen),
                                            spec.name) from None
                     raise
-            chosen[name] = inst
-            _remember(state, aws, instances={**state.resources.aws.instances, name: inst.id})
+            inst = chosen[name] = launched.instance
+            remember(state, aws, instances={**state.resources.aws.instances, name: inst.id},
+                     markets={**state.resources.aws.markets, name: launched.market})
+            if launched.fell_back:
+                ui.warn(f"{name}: {spot.fallback_sentence(launched)}")
+                spot.record_fallback(state.dir, name, launched)
             zones = zone_order(zones, [inst])
         with ui.step(f"waiting for {len(chosen)} instance(s) to run"):
             running = ec2.wait_for_state(aws, [chosen[n].id for n in names], "running",
                                          self.timeout_s, self.poll_s, self.sleep)
         by_id = {i.id: i for i in running}
         return {n: by_id[chosen[n].id] for n in names}
+
+    def _launch(self, aws: AWS, state: ClusterState, launch: LaunchSpec, name: str, zones: list[tuple[str, str]],
+                ui: QuietUI, o: AWSOptions) -> spot.Launched:
+        """The orchestrator on-demand with the controller's profile; a worker as `o.market` says."""
+        def on_capacity(zone: str, code: str) -> None:
+            skip_zone(zones, zone, code, ui)
+        if name != "orchestrator":
+            return spot.launch_worker(aws, launch, name, zones, on_capacity, o.market)
+        profile = state.resources.aws.instance_profile
+        return spot.Launched(iam.launch_when_ready(
+            lambda: ec2.launch(aws, launch, name, zones, on_capacity, profile=profile),
+            self.sleep, self.timeout_s, self.poll_s), ec2.ON_DEMAND)
 
     @staticmethod
     def _terminate_surplus(aws: AWS, state: ClusterState, surplus: list[Instance], ui: QuietUI) -> None:
@@ -211,7 +237,8 @@ class AWSProvider:
         with ui.step(f"terminating {', '.join(f'{i.name} ({i.id})' for i in surplus)}: no longer part of the cluster"):
             ec2.terminate(aws, [i.id for i in surplus])
         gone, ids, res = {i.name for i in surplus}, {i.id for i in surplus}, state.resources.aws
-        _remember(state, aws, instances={n: i for n, i in res.instances.items() if n not in gone},
+        remember(state, aws, instances={n: i for n, i in res.instances.items() if n not in gone},
+                 markets={n: m for n, m in res.markets.items() if n not in gone},
                   address_owners={a: i for a, i in res.address_owners.items() if i not in ids})
         ssh = state.resources.ssh
         if ssh is not None:
@@ -232,11 +259,11 @@ class AWSProvider:
                ui: QuietUI) -> Deployment:
         """Wait for SSH on the instances, then deploy onto them (deploy/remote.py)."""
         o = AWSOptions.from_spec(spec)
-        with _accounted(state, ui):
+        with accounted(state, ui):
             addressed = addresses(o, instances)
             key_file = state.resources.aws.key_file
             options = remote_options(spec, o, addressed, key_file)
-            store = HostKeyStore(_forget_reused_addresses(state, instances, addressed), on_change=state.save)
+            store = HostKeyStore(forget_reused_addresses(state, instances, addressed), on_change=state.save)
             state.save()
             wait_for_ssh({n: a[0] for n, a in addressed.items()}, o.user, key_file, store, o.ssh_timeout_s, ui)
             return RemoteDeployment().up(spec, state, options, ui)
@@ -261,21 +288,26 @@ class AWSProvider:
         for volume in ec2.find_volumes(aws, name):
             if volume["State"] == "available":  # detached from its instance, yet still billed
                 aws.ec2("delete_volume", VolumeId=volume["VolumeId"])
-        left = ec2.leftovers(aws, name)
+        for removed in iam.remove(aws, name):
+            ui.info(f"removed {removed}")
+        left = ec2.leftovers(aws, name) + iam.leftovers(aws, name)
         if not left:
             ui.info(f"nothing tagged {ec2.TAG_CLUSTER}={name} is left in {aws.region}")
         return left
 
     def describe(self, state: ClusterState) -> str:
         o = self._options_of(state)
-        recorded = len(state.resources.aws.instances) if state.resources.aws else 0
-        return (f"EC2 instances ({recorded} recorded), a security group and a key pair tagged "
+        record = state.resources.aws or AWSResources()
+        spots = sum(1 for m in record.markets.values() if m == ec2.SPOT)
+        market = f", {spots} of them spot" if spots else ""
+        return (f"EC2 instances ({len(record.instances)} recorded{market}), a security group and a key pair tagged "
                 f"{ec2.TAG_CLUSTER}={state.name} in {o.region or 'the default region'} (the EC2 console, "
-                f"filtered by that tag, lists them)")
+                f"filtered by that tag, lists them), and the IAM role and instance profile "
+                f"{iam.profile_name(state.name)}")
 
     # -- status and logs -----------------------------------------------------
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
-        """Each container's instance: id, type, zone, state and public IP (live from EC2)."""
+        """Each container's instance: id, type, zone, state, public IP and market (live from EC2)."""
         try:
             by_name = {i.name: i for i in ec2.find_instances(self.connect(self._options_of(state)), state.name)}
         except MlclusterError as exc:
@@ -284,7 +316,8 @@ class AWSProvider:
         for c in state.containers:
             inst = by_name.get(c.worker)
             facts[c.id] = ({"instance_id": inst.id, "instance_type": inst.type, "zone": inst.zone,
-                            "instance_state": inst.state, "host_address": inst.public_ip or "-"}
+                            "instance_state": inst.state, "host_address": inst.public_ip or "-",
+                            "market": inst.market}
                            if inst else {"instance_state": "gone"})
         return facts
 
@@ -320,54 +353,3 @@ def _recorded_options(state: ClusterState) -> Optional[RemoteOptions]:
         return None
     return RemoteOptions(orchestrator=hosts["orchestrator"],
                          workers=[h for n, h in sorted(hosts.items()) if n != "orchestrator"], **settings)
-
-
-def _remember(state: ClusterState, aws: AWS, **items) -> None:
-    """Record resources (fields of AWSResources) in the state and save it at once."""
-    state.resources.aws = dataclasses.replace(state.resources.aws or AWSResources(), region=aws.region, **items)
-    state.save()
-
-
-def _forget_reused_addresses(state: ClusterState, instances: dict[str, Instance],
-                             addressed: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """The cluster's known host keys, less those of addresses that now belong
-    to another instance (AWS reuses public IPs): a new machine has a new key."""
-    keys = state.resources.host_keys
-    owners = state.resources.aws.address_owners
-    for name, inst in instances.items():
-        address = addressed[name][0]
-        if owners.get(address) != inst.id:
-            keys.pop(f"{address}:22", None)
-            owners[address] = inst.id
-    return keys
-
-
-@contextlib.contextmanager
-def _accounted(state: ClusterState, ui: QuietUI) -> Iterator[None]:
-    """On failure or Ctrl-C, say what exists in AWS and how to remove it
-    (everything is already in the state and tagged)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        if _created(state):
-            ui.warn(_created_sentence(state) + f"; `mlcluster down --name {state.name}` removes it")
-        raise
-    except MlclusterError as exc:
-        if _created(state) and not exc.names_cleanup:
-            exc.hint = "; ".join(filter(None, [exc.hint, _created_sentence(state) + f": `mlcluster up --name "
-                                 f"{state.name}` resumes, `mlcluster down --name {state.name}` removes it"]))
-        raise
-
-
-def _created(state: ClusterState) -> list[str]:
-    """What the cluster has in AWS that costs or blocks, in words ([] when nothing)."""
-    record = state.resources.aws or AWSResources()
-    parts = [f"{len(record.instances)} instance(s)"] if record.instances else []
-    parts += ["a security group"] if record.security_group else []
-    parts += ["a key pair"] if record.key_pair else []
-    return parts
-
-
-def _created_sentence(state: ClusterState) -> str:
-    region = (state.resources.aws or AWSResources()).region
-    return f"cluster {state.name!r} has {', '.join(_created(state)) or 'nothing'} in AWS {region}".rstrip()

@@ -1,0 +1,76 @@
+"""Spot workers with an on-demand fallback.
+
+With `spot = true` (`up --spot`) every WORKER instance is asked for as a
+one-time spot instance that terminates when AWS reclaims it; the
+orchestrator's instance is always on-demand (it holds the queue). When EC2
+refuses spot capacity (the codes in `ec2.SPOT_REFUSED`), the instance is
+launched on-demand instead (`spot_fallback = "on-demand"`, the default) or
+`up` stops with the reason (`spot_fallback = "never"`); every instance
+already launched is tagged and recorded, so `down` removes it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ...elastic.events import Event, append
+from ...errors import MlclusterError
+from . import ec2
+from .api import AWS, AWSError
+from .ec2 import ON_DEMAND, SPOT, Instance, LaunchSpec
+from .options import FALLBACK_NEVER, Market
+
+
+@dataclass(frozen=True)
+class Launched:
+    """One launched worker: its instance, the market it runs in, and the
+    spot refusal it fell back from ("" when it did not)."""
+    instance: Instance
+    market: str
+    refused: str = ""
+
+    @property
+    def fell_back(self) -> bool:
+        return bool(self.refused)
+
+
+class SpotRefused(MlclusterError):
+    """Spot capacity was refused and the fallback is `never`."""
+
+    def __init__(self, name: str, code: str, cluster: str):
+        super().__init__(f"AWS refused spot capacity for {name} ({code}) and spot_fallback is \"never\"",
+                         f"run `mlcluster up` again later, or allow on-demand (--spot-fallback on-demand); "
+                         f"`mlcluster down --name {cluster}` removes what was started", names_cleanup=True)
+        self.code, self.name = code, name
+
+
+def launch_worker(aws: AWS, spec: LaunchSpec, name: str, zones: list[tuple[str, str]],
+                  on_capacity: Callable[[str, str], None], market: Market) -> Launched:
+    """Launch worker `name` as `market` says: spot first when asked, then
+    on-demand if allowed. Raises SpotRefused (fallback never) or AWSError."""
+    if not market.spot:
+        return Launched(ec2.launch(aws, spec, name, zones, on_capacity), ON_DEMAND)
+    try:
+        return Launched(ec2.launch(aws, spec, name, zones, on_capacity, market=SPOT), SPOT)
+    except AWSError as exc:
+        if exc.code not in ec2.SPOT_REFUSED:
+            raise
+        refused = exc.code
+    if market.fallback == FALLBACK_NEVER:
+        raise SpotRefused(name, refused, spec.cluster)
+    return Launched(ec2.launch(aws, spec, name, zones, on_capacity), ON_DEMAND, refused)
+
+
+def fallback_sentence(launched: Launched) -> str:
+    return refused_sentence(launched.refused, launched.instance.id)
+
+
+def refused_sentence(code: str, instance_id: str) -> str:
+    return f"spot capacity refused ({code}); launched {instance_id} on-demand instead (billed at the on-demand price)"
+
+
+def record_fallback(cluster_dir: Path, name: str, launched: Launched, clock: Callable[[], float] = time.time) -> None:
+    """The event `mlcluster events` lists for a fallback (`container`: the instance's name)."""
+    append(cluster_dir, Event(clock(), "spot_fallback", fallback_sentence(launched), container=name))
