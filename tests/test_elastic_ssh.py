@@ -109,6 +109,14 @@ def test_a_cut_off_host_has_its_containers_restarted_on_the_spare_and_back(net, 
         print(f"\nw1 cut -> both stand-ins serving on the spare: {time.monotonic() - cut_at:.1f} s (host_grace 2 s)")
         wait_for(lambda: served_by(results, "w1-1-on-spare") + served_by(results, "w1-2-on-spare") >= 20,
                  "requests answered by the stand-ins", timeout=30)
+        # A stand-in that dies is restarted in place too.
+        state = json.loads((net.hosts["orch"].workdir / "controller-state.json").read_text())
+        killed = next(x for x in state["stand_ins"] if x["id"] == "w1-1-on-spare")
+        os.killpg(killed["pid"], signal.SIGKILL)
+        wait_for(lambda: any(e["kind"] == "heal" and "stand-in w1-1-on-spare" in e["reason"]
+                             for e in json.loads(cli("events", "-n", CLUSTER, "--json", home=cluster["home"]).stdout)
+                             ["events"]) and serving(url).get("w1-1-on-spare") in ("free", "busy"),
+                 "the dead stand-in restarted and serving", timeout=60, interval=0.5)
         shown = wait_for(lambda: "w1-1 on spare, w1-2 on spare" in cluster_status(cluster).get("autoscale", {}).get("reason", "")
                          and cluster_status(cluster)["autoscale"], "status to show the stand-ins", timeout=20)
         assert (shown["max"], shown["desired"], shown["current"], shown["running"]) == (None, 4, 4, True)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from mlcluster.elastic.placement import Placed, PoolHost, occupancy, plan, roomiest
+from mlcluster.elastic.placement import Placed, PoolHost, occupancy, overdue, plan, roomiest
 from mlcluster.elastic.pool_setup import authorized_line
 from mlcluster.elastic.poolconfig import PoolConfig, PoolMember, WorkerSpec
 from mlcluster.errors import MlclusterError
@@ -87,6 +87,11 @@ def test_a_dead_process_on_a_host_that_answers_is_healed_in_place_after_its_grac
     assert plan(pool, containers, 104.0, GRACE, HEAL) == []
     actions = plan(pool, containers, 105.0, GRACE, HEAL)
     assert kinds(actions) == [("heal", "w2-1", "w2")] and "gone for 5 s" in actions[0].reason
+
+
+def test_a_dead_stand_in_is_restarted_after_the_same_grace():
+    assert overdue({"w1-1-on-spare": 100.0, "w1-2-on-spare": 103.0}, now=105.0, grace_s=HEAL) == ["w1-1-on-spare"]
+    assert overdue({}, now=105.0, grace_s=HEAL) == []
 
 
 def test_a_host_unknown_to_the_pool_is_left_alone():

@@ -106,3 +106,9 @@ def roomiest(hosts: list[PoolHost], used: dict[str, int], exclude: set[str]) -> 
     if not free:
         return None
     return min(free, key=lambda f: (-f[0], f[1]))[1]
+
+
+def overdue(down_since: dict[str, float], now: float, grace_s: float) -> list[str]:
+    """The stand-ins (by id) whose process has been gone for `grace_s`: restarted in place,
+    as `up`'s containers are (`heal`)."""
+    return sorted(k for k, since in down_since.items() if now - since >= grace_s)

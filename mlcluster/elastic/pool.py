@@ -12,7 +12,8 @@ Every look (once a second) it:
 - applies the pure rule (placement.py): `heal` restarts a container in place,
   `move` starts a stand-in on another host of the pool and registers it,
   `return` drains the stand-in once the container serves at home again; a
-  drained stand-in is stopped once the orchestrator has let it go.
+  drained stand-in is stopped once the orchestrator has let it go; a stand-in
+  whose process died is restarted in place, as `heal` does (`overdue`).
 Each decision is an event in `events.jsonl` beside its config (read over SSH by
 `mlcluster events`); the stand-ins are kept in `controller-state.json`, so a
 restarted controller knows them.
@@ -30,73 +31,28 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from shlex import quote
 from typing import Optional
 
 import requests
 
 from ..deploy.agent import IdleClock
-from ..deploy.host import RemoteHost, ServiceSpec
+from ..deploy.host import ServiceSpec
 from ..deploy.process import ProcessRuntime, find_by_marker
 from ..deploy.watchdog import RECORD
 from ..errors import MlclusterError
-from ..remote.connection import HostKeyStore
 from ..resources import SSHService
 from ..services import BIND, MARKER_VAR
 from . import events
 from .events import Event
 from .local import Admin
-from .placement import Action, Placed, PoolHost, plan
+from .placement import Action, Placed, PoolHost, overdue, plan
 from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, PoolMember, StandIn, dump_state, load_stand_ins
+from .poolhosts import Member, PinnedKeys, marker
 from .published import PUBLISHED_FILE, ControllerStatus
 
 log = logging.getLogger("mlcluster.elastic.pool")
 LOOK_S = 1.0
-PROBE_TIMEOUT_S = 2.0
-PORTS_TRIED = 50  # from worker_port up, for a stand-in
 SERVING = ("free", "busy")
-
-
-def marker(cluster: str, host: str) -> str:
-    """deploy/remote.py's marker: `down` finds every process of ours by it."""
-    return f"ssh:{cluster}:{host}"
-
-
-class PinnedKeys(HostKeyStore):
-    """The host keys `up` recorded; a host without one is refused, never trusted on first use."""
-
-    def record(self, host, port, key) -> None:
-        raise MlclusterError(f"{host}:{port} has no pinned host key: the controller does not trust it")
-
-
-class Member:
-    """A pool host, its connection and what the controller knows of its reachability."""
-
-    def __init__(self, config: PoolMember, store: HostKeyStore, now: float):
-        self.config, self.store = config, store
-        self.name = config.host.name
-        self.host: Optional[RemoteHost] = None
-        self.reachable, self.since = True, now
-
-    def probe(self) -> bool:
-        try:
-            if self.host is None:
-                host = RemoteHost.connect(self.config.host, self.store, PROBE_TIMEOUT_S)
-                host.prepare_workdir()
-                host.facts["python"] = self.config.python
-                self.host = host
-            self.host.run("true", timeout=PROBE_TIMEOUT_S)
-            return True
-        except MlclusterError as exc:
-            log.info("%s does not answer: %s", self.name, exc)
-            if self.host is not None:
-                self.host.close()
-            self.host = None
-            return False
-
-    def observe(self, answered: bool, now: float) -> None:
-        if answered != self.reachable:
-            self.reachable, self.since = answered, now
 
 
 class PoolController:
@@ -143,6 +99,9 @@ class PoolController:
                        self.config.heal_grace_s)
         for action in actions:
             {"heal": self.heal, "move": self.move, "return": self.send_home}[action.kind](action)
+        for stand_in in overdue({s.id: self.down_since[s.id] for s in self.stand_ins if s.id in self.down_since},
+                                now, self.config.heal_grace_s):
+            self.heal_stand_in(next(s for s in self.stand_ins if s.id == stand_in), now)
         self.say_stuck(registry, actions, now)
         self.let_go(registry)
         self.publish(registry)
@@ -166,20 +125,23 @@ class PoolController:
                        serving.get(w.id, "")) for w in self.workers.values()]
 
     def check_processes(self, registry: dict, now: float) -> None:
-        """Down in the orchestrator's eyes, on a host that answers: is its process gone?"""
-        for w in self.workers.values():
-            member = self.members[w.home]
-            if registry.get(w.id, {}).get("status") in SERVING or member.host is None:
-                self.down_since.pop(w.id, None)
+        """Down in the orchestrator's eyes, on a host that answers: is its process
+        gone? (`up`'s containers at home, and the stand-ins that are not leaving)"""
+        running = [(w.id, w.home, w.pid) for w in self.workers.values()] + \
+                  [(s.id, s.host, s.pid) for s in self.stand_ins if not s.leaving]
+        for cid, where, pid in running:
+            member = self.members.get(where)
+            if registry.get(cid, {}).get("status") in SERVING or member is None or member.host is None:
+                self.down_since.pop(cid, None)
                 continue
             try:
-                alive = self.runtime.alive(member.host, w.pid, marker(self.config.cluster, w.home))
+                alive = self.runtime.alive(member.host, pid, marker(self.config.cluster, where))
             except MlclusterError:
                 continue  # the host dropped off since its probe: the next look knows
             if alive:
-                self.down_since.pop(w.id, None)
+                self.down_since.pop(cid, None)
             else:
-                self.down_since.setdefault(w.id, now)
+                self.down_since.setdefault(cid, now)
 
     # -- what it does -------------------------------------------------------------
     def heal(self, action: Action) -> None:
@@ -212,6 +174,18 @@ class PoolController:
             "capacity": self.capacity.get(w.id, 1)}]}).raise_for_status()
         self.stuck.discard(w.id)
         self.event("move", f"{action.reason} as {sid} (port {port})", w.id)
+
+    def heal_stand_in(self, s: StandIn, now: float) -> None:
+        w, member = self.workers[s.of], self.members[s.host]
+        service = ServiceSpec(s.id, "worker", s.port, self.stand_in_env(w.env, w.home, member.config, s.id, s.port),
+                              model_dir=member.config.model if w.model_dir else "")
+        record = self.runtime.start(member.host, service, marker(self.config.cluster, s.host), None)
+        member.host.facts.pop("just_started", None)
+        old, s.pid, s.log = s.pid, record.pid, record.log
+        self.save()
+        gone = now - self.down_since.pop(s.id)
+        self.event("heal", f"its stand-in {s.id}'s process on {s.host} was gone for {gone:.0f} s: restarted in "
+                           f"place (pid {old} -> {s.pid})", s.of)
 
     def send_home(self, action: Action) -> None:
         stand_in = next(s for s in self.stand_ins if s.of == action.container and not s.leaving)
@@ -284,19 +258,9 @@ class PoolController:
 
     # -- helpers ------------------------------------------------------------------
     def free_port(self, member: Member) -> int:
-        """The first port from worker_port up that no container of ours holds on
-        the host and nothing else listens on (what the user runs there is left alone)."""
         taken = {w.port for w in self.workers.values() if w.home == member.name} | \
                 {s.port for s in self.stand_ins if s.host == member.name}
-        bind = member.config.host.bind
-        for port in range(self.config.worker_port, self.config.worker_port + PORTS_TRIED):
-            probe = ("import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
-                     f"s.bind(({bind!r}, {port}))")
-            if port not in taken and member.host.run(f"{quote(member.config.python)} -c {quote(probe)}",
-                                                     timeout=15, warn=True).ok:
-                return port
-        raise MlclusterError(f"{member.name}: no free port in {self.config.worker_port}.."
-                             f"{self.config.worker_port + PORTS_TRIED - 1} for a stand-in")
+        return member.free_port(self.config.worker_port, taken)
 
     def stand_in_env(self, env: dict[str, str], home: str, config: PoolMember, sid: str, port: int) -> dict[str, str]:
         """The home container's environment, for `sid` on another host."""
