@@ -21,8 +21,12 @@ def events(name: Name = "default", as_json: JsonFlag = False,
            ) -> None:
     """The controller's decisions (heal, scale_up, scale_down...) and each roll's waves, with their time and reason."""
     state = ClusterState.load(name)  # an unknown cluster is a known error, not an empty list
+    remote = state.spec.provider == "ssh"  # its controller writes them on the orchestrator's host
     if not follow:
         found = event_log.read(state.dir, last)
+        if remote:
+            from .elastic.pool_setup import remote_events
+            found = sorted(found + remote_events(state), key=lambda e: e.time)[-(last or 0):]
         if as_json:
             print(json.dumps({"name": name, "events": [e.to_json() for e in found]}, indent=2))
         elif not found:
@@ -32,7 +36,9 @@ def events(name: Name = "default", as_json: JsonFlag = False,
             print(event.line())
         return
     try:
-        for event in event_log.follow(state.dir, last):
+        if remote:
+            from .elastic.pool_setup import follow_remote
+        for event in follow_remote(state, last) if remote else event_log.follow(state.dir, last):
             print(json.dumps(event.to_json()) if as_json else event.line(), flush=True)
     except KeyboardInterrupt:
         pass

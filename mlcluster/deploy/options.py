@@ -48,11 +48,17 @@ class RemoteOptions:
     reach_timeout: float = 120.0
     orchestrator_env: dict[str, str] = field(default_factory=dict)
     worker_env: dict[str, str] = field(default_factory=dict)
+    # The ssh provider's healing (elastic/pool.py): hosts `up` prepares but starts no container on
+    # (room for the containers of a host that drops off), how long a host may be unreachable before
+    # its containers move, and where the hosts' sshd reads authorized keys (the controller's key goes there).
+    spares: list[HostConfig] = field(default_factory=list)
+    host_grace: float = 20.0
+    authorized_keys: str = "~/.ssh/authorized_keys"
 
     def hosts(self) -> list[HostConfig]:
-        """Every distinct machine: the orchestrator's first, then the workers'."""
+        """Every distinct machine: the orchestrator's first, then the workers', then the spares."""
         seen, hosts = set(), []
-        for host in [self.orchestrator, *self.workers]:
+        for host in [self.orchestrator, *self.workers, *self.spares]:
             if host.name not in seen:
                 seen.add(host.name)
                 hosts.append(host)

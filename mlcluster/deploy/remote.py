@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .. import security, services
+from ..elastic import pool_setup
 from ..errors import MlclusterError
 from ..models import OVERHEAD_TEST, is_local_dir
 from ..remote.connection import HostsFailed, run_on_hosts
@@ -39,6 +40,7 @@ from ..ui import QuietUI
 from . import watchdog
 from .host import RemoteHost, ServiceSpec
 from .options import RemoteOptions
+from .process import ProcessRuntime
 from .runtime import Deployment
 from .session import Session
 
@@ -65,10 +67,14 @@ class RemoteDeployment:
         state.runtime = runtimes.pop() if len(runtimes) == 1 else "mixed"
         try:
             self._reach(session, hosts, ui)
+            pool_setup.adopt_healed(session, options.orchestrator.name)  # what its controller restarted
             self._stop_unwanted(session, spec, options, ui)
             model = self._prepare(session, spec, options, ui)
             self._start_orchestrator(session, spec, options, ui)
-            containers = self._start_workers(session, spec, options, model, ui)
+            workers: dict[str, ServiceSpec] = {}
+            containers = self._start_workers(session, spec, options, model, ui, workers)
+            if state.provider == "ssh":  # its pool is the [ssh] hosts (aws heals by its own provider)
+                pool_setup.ensure(session, spec, options, workers, model, ui)
             watch = watchdog.settings(spec, session.state.resources)
             if watch is not None:
                 self._start_watchdogs(session, spec, options, *watch, ui)
@@ -106,7 +112,7 @@ class RemoteDeployment:
         by_host: dict[str, dict[str, SSHService]] = {}
         keep_watchdogs = bool(spec.autostop or spec.max_lifetime)  # replaced by _start_watchdogs if changed
         for sid, record in list(session.resources.services.items()):
-            if keep_watchdogs and record.kind == "watchdog":
+            if (keep_watchdogs and record.kind == "watchdog") or record.kind == pool_setup.CONTROLLER:
                 continue
             host = wanted.get(sid)
             if host is None or record.host != host.name or record.runtime != host.runtime:
@@ -128,7 +134,7 @@ class RemoteDeployment:
 
     def _prepare(self, session: Session, spec: ClusterSpec, options: RemoteOptions, ui: QuietUI) -> dict[str, str]:
         """Runtime and model on every host; returns each worker host's model reference."""
-        worker_names = {w.name for w in options.workers}
+        worker_names = {w.name for w in [*options.workers, *options.spares]}  # a spare may take containers
         local_model = is_local_dir(spec.model)
         models: dict[str, str] = {}
 
@@ -176,7 +182,7 @@ class RemoteDeployment:
             runtime.verify(host, marker(spec.name, config.name))
 
     def _start_workers(self, session: Session, spec: ClusterSpec, options: RemoteOptions,
-                       models: dict[str, str], ui: QuietUI) -> list[ContainerRecord]:
+                       models: dict[str, str], ui: QuietUI, specs: dict[str, ServiceSpec]) -> list[ContainerRecord]:
         per_host = spec.containers_per_worker
 
         def start(name: str, step) -> list[ContainerRecord]:
@@ -192,6 +198,7 @@ class RemoteDeployment:
                                                threads)
                 record = runtime.start(host, service, marker(spec.name, name), known.get(sid))
                 session.record_service(sid, dataclasses.replace(record, host=name, port=port))
+                specs[sid] = service
                 records.append(ContainerRecord(id=sid, host=config.private_address, port=port, worker=name))
             runtime.verify(host, marker(spec.name, name))
             return records
@@ -202,8 +209,14 @@ class RemoteDeployment:
     @staticmethod
     def _start_watchdogs(session: Session, spec: ClusterSpec, options: RemoteOptions, idle_s: Optional[float],
                          deadline: Optional[float], ui: QuietUI) -> None:
-        """One autostop agent per host (deploy/watchdog.py)."""
+        """One autostop agent per host (deploy/watchdog.py); on the orchestrator's host
+        the healing controller is that agent when it runs (one agent per cluster there)."""
         orch = options.orchestrator
+        absorbed = pool_setup.CONTROLLER in session.resources.services
+        old = session.resources.services.get(f"watchdog-{orch.name}")
+        if absorbed and old is not None:
+            ProcessRuntime().stop(session.hosts[orch.name], {old.kind: old}, marker(spec.name, orch.name), only=True)
+            session.record_service(f"watchdog-{orch.name}", None)
 
         def start(name: str, step) -> None:
             here = "127.0.0.1" if orch.bind in ("0.0.0.0", "::") else orch.bind
@@ -213,7 +226,8 @@ class RemoteDeployment:
                                     session.state.provider == "aws", session.services_on(name).get(sid))
             session.record_service(sid, dataclasses.replace(record, host=name, port=0))
 
-        run_on_hosts([h.name for h in options.hosts()], start, ui, what="starting the autostop watchdogs")
+        run_on_hosts([h.name for h in options.hosts() if not (absorbed and h.name == orch.name)], start, ui,
+                     what="starting the autostop watchdogs")
 
     @staticmethod
     def _worker_service(spec: ClusterSpec, state: ClusterState, options: RemoteOptions, config: HostConfig, sid: str,
@@ -244,6 +258,8 @@ class RemoteDeployment:
             host = session.connect(config, connect_timeout)
             host.conn.wait_reachable(time.monotonic() + 2 * connect_timeout, retry_refused=False)
             host.prepare_workdir()
+            if session.state.provider == "ssh":
+                pool_setup.remove(session, host, options)
             records = session.services_on(host_name)
             kinds = {r.runtime for r in records.values()} | {config.runtime}
             for kind in sorted(kinds):
@@ -255,6 +271,7 @@ class RemoteDeployment:
                         session.record_service(sid, None)
 
         try:
+            self._stop_controller(session, hosts, connect_timeout)  # first: it would start what `down` stops
             run_on_hosts(sorted(hosts), stop, ui, what="stopping")
         except HostsFailed as exc:
             left.extend(f"{o.host} ({hosts[o.host].address}): {o.error}; its services may still run"
@@ -263,7 +280,21 @@ class RemoteDeployment:
             left.append(str(exc))
         finally:
             session.close()
+        if not left:
+            pool_setup.forget_key(state.dir)
         return left
+
+    @staticmethod
+    def _stop_controller(session: Session, hosts: dict[str, HostConfig], connect_timeout: float) -> None:
+        record = session.resources.services.get(pool_setup.CONTROLLER)
+        if record is None or record.host not in hosts:
+            return
+        host = RemoteHost.connect(hosts[record.host], session.store, connect_timeout)
+        with contextlib.suppress(MlclusterError), contextlib.closing(host):  # unreachable: its host's stop says so
+            host.prepare_workdir()
+            if not ProcessRuntime().stop(host, {pool_setup.CONTROLLER: record}, marker(session.state.name, record.host),
+                                         only=True):
+                session.record_service(pool_setup.CONTROLLER, None)
 
     # -- logs, details ----------------------------------------------------
     def logs(self, state: ClusterState, options: Optional[RemoteOptions], target: Optional[str], follow: bool,

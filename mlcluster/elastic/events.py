@@ -21,7 +21,8 @@ from typing import Callable, Iterator, Optional
 EVENTS_FILE = "events.jsonl"
 KINDS = ("heal", "scale_up", "scale_down", "autostop", "started", "stopped", "error",
          "roll",  # roll: mlcluster/rollout
-         "spot_fallback")  # a worker launched on-demand because spot was refused (providers/aws/spot.py)
+         "spot_fallback",  # a worker launched on-demand because spot was refused (providers/aws/spot.py)
+         "move", "return")  # an ssh cluster's pool (elastic/pool.py): a stand-in started elsewhere, and sent home
 
 
 @dataclass(frozen=True)

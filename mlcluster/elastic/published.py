@@ -37,8 +37,16 @@ def publish(directory: Path, status: ControllerStatus) -> None:
 def published(directory: Path) -> Optional[ControllerStatus]:
     """The last published status, or None (no controller, or an unreadable file)."""
     try:
-        data = json.loads((directory / PUBLISHED_FILE).read_text())
+        return parse_published((directory / PUBLISHED_FILE).read_text())
+    except OSError:
+        return None
+
+
+def parse_published(text: str) -> Optional[ControllerStatus]:
+    """A published status from its text, or None (empty or unreadable)."""
+    try:
+        data = json.loads(text)
         names = {f.name for f in dataclasses.fields(ControllerStatus)}
         return ControllerStatus(**{k: v for k, v in data.items() if k in names})
-    except (OSError, ValueError, TypeError):
+    except (ValueError, TypeError, AttributeError):
         return None

@@ -70,6 +70,8 @@ def toml_config(net: SSHTestNetwork, model: str, workers: list[str], orchestrato
     lines = [f'name = "{CLUSTER}"', 'provider = "ssh"', "containers_per_worker = 2", f'model = "{model}"',
              "[ssh]", f'key = "{net.client_key}"', 'user = "root"', f'python = "{sys.executable}"',
              "reach_timeout = 20", "connect_timeout = 3",
+             # the hosts' sshd reads this file (the controller's key goes there), never ~/.ssh of this machine
+             f'authorized_keys = "{net.authorized_keys}"',
              # in-flight requests on a host that vanished are retried elsewhere after this
              'orchestrator_env = { ORCH_FORWARD_TIMEOUT_S = "4" }',
              *(f"{k} = {json.dumps(v)}" for k, v in ssh.items()),

@@ -35,9 +35,14 @@
     orchestrator = { address = "10.0.0.10", user = "admin", port = 22, key = "~/.ssh/other" }
     workers = [ { address = "10.0.0.11" },
                 { address = "203.0.113.12", private_address = "10.0.0.12", runtime = "process" } ]
+    # Healing (process runtime: docs/elastic.md#ssh-healing): the controller on the orchestrator's
+    # host restarts the containers of a host unreachable for host_grace seconds on a pool host with room.
+    spares = [ { address = "10.0.0.13" } ]   # prepared by `up`, no container of its own: room
+    host_grace = 20
+    authorized_keys = "~/.ssh/authorized_keys"   # where the hosts' sshd reads keys (the controller's goes there)
 
 Each host may override key, user, port, runtime, python, workdir and bind, and
-may have a `name` (default: orchestrator, worker1, worker2...) and a
+may have a `name` (default: orchestrator, worker1, worker2..., spare1...) and a
 `private_address` (how the orchestrator reaches its workers; default: `address`).
 """
 from __future__ import annotations
@@ -55,6 +60,7 @@ from ...deploy.options import (
     RemoteOptions,
     bind_for,
     check_port,
+    check_seconds,
     check_str,
     host_settings,
     parse_settings,
@@ -67,7 +73,8 @@ HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 LOGIN_KEYS = {"user", "port", "key"}
 HOST_KEYS = {"address", "private_address", "name"} | LOGIN_KEYS | HOST_SETTINGS
-TOP_KEYS = LOGIN_KEYS | HOST_SETTINGS | SETTINGS | {"orchestrator", "workers"}
+TOP_KEYS = LOGIN_KEYS | HOST_SETTINGS | SETTINGS | {"orchestrator", "workers", "spares", "host_grace",
+                                                     "authorized_keys"}
 
 
 def parse_options(spec: ClusterSpec) -> RemoteOptions:
@@ -98,7 +105,27 @@ def parse_options(spec: ClusterSpec) -> RemoteOptions:
     for worker in workers:  # the orchestrator's machine may also be a worker: one host, one name
         if (worker.address, worker.port) == (orchestrator.address, orchestrator.port):
             orchestrator = replace(orchestrator, name=worker.name) if worker.name != orchestrator.name else orchestrator
-    return RemoteOptions(orchestrator=orchestrator, workers=workers, **parse_settings(table))
+    spares = _spares(table.get("spares", []), defaults, [orchestrator, *workers])
+    authorized = check_str(table, "authorized_keys", "~/.ssh/authorized_keys", "[ssh]")
+    if not authorized or "\n" in authorized or "'" in authorized:
+        raise MlclusterError("[ssh] authorized_keys must be the path of the hosts' authorized_keys file",
+                             "e.g. \"~/.ssh/authorized_keys\" (sshd's AuthorizedKeysFile)")
+    return RemoteOptions(orchestrator=orchestrator, workers=workers, **parse_settings(table), spares=spares,
+                         host_grace=check_seconds(table.get("host_grace", 20), "[ssh] host_grace"),
+                         authorized_keys=authorized)
+
+
+def _spares(items: Any, defaults: dict, used: list[HostConfig]) -> list[HostConfig]:
+    """`spares = [ { address = ... } ]`: pool hosts with no container of `up`'s (the controller's room)."""
+    if not isinstance(items, list):
+        raise MlclusterError("[ssh] spares must be a list like [ { address = \"10.0.0.13\" } ]")
+    spares = [_host(s, f"spare{i}", defaults, f"[ssh] spares[{i - 1}]") for i, s in enumerate(items, 1)]
+    for spare in spares:
+        if any(spare.name == h.name or (spare.address, spare.port) == (h.address, h.port) for h in used):
+            raise MlclusterError(f"[ssh] spares: {spare.name} ({spare.address}) is already a host of the cluster",
+                                 "a spare is a host `up` starts nothing on")
+        used = [*used, spare]
+    return spares
 
 
 def _host(item: Any, default_name: str, defaults: dict, where: str) -> HostConfig:

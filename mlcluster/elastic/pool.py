@@ -1,0 +1,340 @@
+"""The controller of an ssh cluster: `python -m mlcluster.elastic.pool CONFIG`,
+started by `up` on the orchestrator's host (elastic/pool_setup.py), so it heals
+the cluster with the laptop closed; stopped by `down`.
+
+Every look (once a second) it:
+- asks every pool host for a trivial command over SSH (with the controller's
+  own key, host keys pinned by `up`): a host that does not answer within
+  PROBE_TIMEOUT_S is unreachable from then on, until it answers again;
+- reads the orchestrator's /status on its admin listener (this host's loopback);
+- for each of `up`'s containers the orchestrator sees down on a host that
+  answers, checks whether its process still runs there;
+- applies the pure rule (placement.py): `heal` restarts a container in place,
+  `move` starts a stand-in on another host of the pool and registers it,
+  `return` drains the stand-in once the container serves at home again; a
+  drained stand-in is stopped once the orchestrator has let it go; a stand-in
+  whose process died is restarted in place, as `heal` does (`overdue`).
+Each decision is an event in `events.jsonl` beside its config (read over SSH by
+`mlcluster events`); the stand-ins are kept in `controller-state.json`, so a
+restarted controller knows them.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import requests
+
+from ..deploy.agent import IdleClock
+from ..deploy.host import ServiceSpec
+from ..deploy.process import ProcessRuntime, find_by_marker
+from ..deploy.watchdog import RECORD
+from ..errors import MlclusterError
+from ..resources import SSHService
+from ..services import BIND, MARKER_VAR
+from . import events
+from .events import Event
+from .local import Admin
+from .placement import Action, Placed, PoolHost, overdue, plan
+from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, PoolMember, StandIn, dump_state, load_stand_ins
+from .poolhosts import Member, PinnedKeys, marker
+from .published import PUBLISHED_FILE, ControllerStatus
+
+log = logging.getLogger("mlcluster.elastic.pool")
+LOOK_S = 1.0
+SERVING = ("free", "busy")
+
+
+class PoolController:
+    def __init__(self, config: PoolConfig, directory: Path, clock=time.monotonic):
+        self.config, self.dir, self.clock = config, directory, clock
+        store = PinnedKeys({f"{m.host.address}:{m.host.port}": m.host_key for m in config.hosts})
+        self.members = {m.host.name: Member(m, store, clock()) for m in config.hosts}
+        self.workers = {w.id: w for w in config.workers}
+        self.runtime = ProcessRuntime()
+        self.admin = Admin(config.admin_url, config.token)
+        self.stand_ins: list[StandIn] = load_stand_ins(self._read(STATE_FILE))
+        self.down_since: dict[str, float] = {}
+        self.stuck: set[str] = set()  # containers said to wait for room
+        self.capacity: dict[str, int] = {}  # each container's, as `up` registered it
+        self.probes = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(self.members)))
+        self.idle: Optional[IdleClock] = None  # autostop: this host's agent is the controller
+        if config.idle_s or config.deadline:
+            self.idle = IdleClock(config.idle_s, config.deadline, last_active=time.monotonic())
+        self.fired = False
+        self.published: Optional[ControllerStatus] = None  # the last written, without its time
+        self.published_at = 0.0
+        self.config_mtime = (directory / CONFIG_FILE).stat().st_mtime if (directory / CONFIG_FILE).exists() else 0.0
+
+    def _read(self, name: str) -> str:
+        try:
+            return (self.dir / name).read_text()
+        except OSError:
+            return ""
+
+    # -- one look ---------------------------------------------------------------
+    def look(self) -> None:
+        self.reread_pids()
+        answers = dict(zip(self.members, self.probes.map(lambda m: m.probe(), self.members.values())))
+        now = self.clock()
+        for name, answered in answers.items():
+            self.members[name].observe(answered, now)
+        status = self.admin.status()
+        if self.idle is not None and self.watch_idle(status):
+            return
+        registry = {c["id"]: c for c in status["containers"]}
+        self.capacity.update({cid: c["capacity"] for cid, c in registry.items() if cid in self.workers})
+        self.check_processes(registry, now)
+        actions = plan(self.pool_hosts(), self.placed(registry), now, self.config.host_grace_s,
+                       self.config.heal_grace_s)
+        for action in actions:
+            {"heal": self.heal, "move": self.move, "return": self.send_home}[action.kind](action)
+        for stand_in in overdue({s.id: self.down_since[s.id] for s in self.stand_ins if s.id in self.down_since},
+                                now, self.config.heal_grace_s):
+            self.heal_stand_in(next(s for s in self.stand_ins if s.id == stand_in), now)
+        self.say_stuck(registry, actions, now)
+        self.let_go(registry)
+        self.publish(registry)
+
+    def reread_pids(self) -> None:
+        """A later `up` rewrote the config with the workers' pids as it found or started them."""
+        path = self.dir / CONFIG_FILE
+        mtime = path.stat().st_mtime if path.exists() else 0.0
+        if mtime != self.config_mtime:
+            self.config_mtime = mtime
+            for w in PoolConfig.from_json(path.read_text()).workers:
+                if w.id in self.workers:
+                    self.workers[w.id].pid, self.workers[w.id].log = w.pid, w.log
+
+    def pool_hosts(self) -> list[PoolHost]:
+        return [PoolHost(m.name, m.reachable, m.since, m.config.slots) for m in self.members.values()]
+
+    def placed(self, registry: dict) -> list[Placed]:
+        serving = {s.of: s.host for s in self.stand_ins if not s.leaving}
+        return [Placed(w.id, w.home, registry.get(w.id, {}).get("status") in SERVING, self.down_since.get(w.id),
+                       serving.get(w.id, "")) for w in self.workers.values()]
+
+    def check_processes(self, registry: dict, now: float) -> None:
+        """Down in the orchestrator's eyes, on a host that answers: is its process
+        gone? (`up`'s containers at home, and the stand-ins that are not leaving)"""
+        running = [(w.id, w.home, w.pid) for w in self.workers.values()] + \
+                  [(s.id, s.host, s.pid) for s in self.stand_ins if not s.leaving]
+        for cid, where, pid in running:
+            member = self.members.get(where)
+            if registry.get(cid, {}).get("status") in SERVING or member is None or member.host is None:
+                self.down_since.pop(cid, None)
+                continue
+            try:
+                alive = self.runtime.alive(member.host, pid, marker(self.config.cluster, where))
+            except MlclusterError:
+                continue  # the host dropped off since its probe: the next look knows
+            if alive:
+                self.down_since.pop(cid, None)
+            else:
+                self.down_since.setdefault(cid, now)
+
+    # -- what it does -------------------------------------------------------------
+    def heal(self, action: Action) -> None:
+        w, member = self.workers[action.container], self.members[action.host]
+        old = w.pid
+        record = self.runtime.start(member.host, ServiceSpec(w.id, "worker", w.port, w.env, model_dir=w.model_dir),
+                                    marker(self.config.cluster, w.home), None)
+        w.pid, w.log = record.pid, record.log
+        member.host.facts.pop("just_started", None)
+        self.save()  # its new pid, for the next `up` (pool_setup.adopt_healed)
+        self.down_since.pop(w.id, None)
+        self.event("heal", f"{action.reason} (pid {old} -> {record.pid})", w.id)
+
+    def move(self, action: Action) -> None:
+        w, member = self.workers[action.container], self.members[action.host]
+        for old in [s for s in self.stand_ins if s.of == w.id and not s.leaving]:
+            self.retire(old)  # on a host that dropped off too: drained; stopped when it answers
+        sid, n = f"{w.id}-on-{member.name}", 2
+        while any(s.id == sid for s in self.stand_ins):  # an earlier one still draining there
+            sid, n = f"{w.id}-on-{member.name}-{n}", n + 1
+        port = self.free_port(member)
+        service = ServiceSpec(sid, "worker", port, self.stand_in_env(w.env, w.home, member.config, sid, port),
+                              model_dir=member.config.model if w.model_dir else "")
+        record = self.runtime.start(member.host, service, marker(self.config.cluster, member.name), None)
+        member.host.facts.pop("just_started", None)
+        self.stand_ins.append(StandIn(sid, w.id, member.name, port, record.pid, record.log))
+        self.save()  # before anything else can fail: the record names what runs
+        self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
+            "id": sid, "host": member.config.host.private_address, "port": port,
+            "capacity": self.capacity.get(w.id, 1)}]}).raise_for_status()
+        self.stuck.discard(w.id)
+        self.event("move", f"{action.reason} as {sid} (port {port})", w.id)
+
+    def heal_stand_in(self, s: StandIn, now: float) -> None:
+        w, member = self.workers[s.of], self.members[s.host]
+        service = ServiceSpec(s.id, "worker", s.port, self.stand_in_env(w.env, w.home, member.config, s.id, s.port),
+                              model_dir=member.config.model if w.model_dir else "")
+        record = self.runtime.start(member.host, service, marker(self.config.cluster, s.host), None)
+        member.host.facts.pop("just_started", None)
+        old, s.pid, s.log = s.pid, record.pid, record.log
+        self.save()
+        gone = now - self.down_since.pop(s.id)
+        self.event("heal", f"its stand-in {s.id}'s process on {s.host} was gone for {gone:.0f} s: restarted in "
+                           f"place (pid {old} -> {s.pid})", s.of)
+
+    def send_home(self, action: Action) -> None:
+        stand_in = next(s for s in self.stand_ins if s.of == action.container and not s.leaving)
+        self.retire(stand_in)
+        self.event("return", f"{action.reason}: {stand_in.id} drains, then stops", action.container)
+
+    def retire(self, stand_in: StandIn) -> None:
+        self.admin.drain(stand_in.id)
+        stand_in.leaving = True
+        self.save()
+
+    def let_go(self, registry: dict) -> None:
+        """Stop each drained stand-in once the orchestrator has let it go (and its host answers)."""
+        for s in [s for s in self.stand_ins if s.leaving and s.id not in registry]:
+            member = self.members.get(s.host)
+            if member is None or member.host is None:
+                continue
+            left = self.runtime.stop(member.host, {s.id: _record(s)}, marker(self.config.cluster, s.host), only=True)
+            if not left:
+                member.host.run(f"rm -f {member.host.path(s.id + '.env')} {member.host.path(s.id + '.pid')}",
+                                warn=True)
+                self.stand_ins.remove(s)
+                self.save()
+                log.info("stopped %s on %s: drained", s.id, s.host)
+
+    def say_stuck(self, registry: dict, actions: list[Action], now: float) -> None:
+        """A container of a cut-off host with nowhere to go is said once (an error event)."""
+        moved = {a.container for a in actions}
+        for w in self.workers.values():
+            member = self.members[w.home]
+            waiting = not member.reachable and now - member.since >= self.config.host_grace_s and \
+                w.id not in moved and not any(s.of == w.id and not s.leaving for s in self.stand_ins)
+            if waiting and w.id not in self.stuck:
+                self.stuck.add(w.id)
+                self.event("error", f"{w.home} is unreachable and no host of the pool has room for {w.id}", w.id)
+            elif not waiting:
+                self.stuck.discard(w.id)
+
+    def watch_idle(self, status: Optional[dict]) -> bool:
+        """Autostop, as deploy/agent.py on every other host: when the cluster has been
+        idle for idle_s (or its lifetime is over), record why in autostop.json (what
+        `status` reads) and stop this host's processes of the cluster, this one last."""
+        self.idle.observe(status, time.monotonic())
+        reason = self.idle.reason(time.monotonic(), time.time())
+        if not reason:
+            return False
+        self.event("autostop", f"{reason}: the orchestrator's host stops its part (each other host's agent its own)")
+        self.write_private(RECORD, {"reason": reason, "stopped_at": time.time(), "idle_s": self.config.idle_s,
+                                    "deadline": self.config.deadline})
+        found = subprocess.run(["sh", "-c", find_by_marker(marker(self.config.cluster, self.config.host))],
+                               capture_output=True, text=True, timeout=30).stdout.split()
+        for pid in {int(p) for p in found} - {os.getpid()}:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGTERM)
+        self.fired = True
+        return True
+
+    def publish(self, registry: dict) -> None:
+        """`status`'s `autoscale` object (read over SSH): written when it changes, and every 10 s."""
+        serving = [w.id for w in self.workers.values() if registry.get(w.id, {}).get("status") in SERVING
+                   or any(s.of == w.id and not s.leaving and registry.get(s.id, {}).get("status") in SERVING
+                          for s in self.stand_ins)]
+        away = sorted(f"{s.of} on {s.host}" for s in self.stand_ins if not s.leaving)
+        status = ControllerStatus(min=None, max=None, target=None, desired=len(self.workers), current=len(serving),
+                                  reason="healing: " + (", ".join(away) if away else "every container at home"),
+                                  pid=os.getpid())
+        if status != self.published or time.time() - self.published_at > 10:
+            self.write_private(PUBLISHED_FILE, dataclasses.asdict(dataclasses.replace(status, updated_at=time.time())))
+            self.published, self.published_at = status, time.time()
+
+    # -- helpers ------------------------------------------------------------------
+    def free_port(self, member: Member) -> int:
+        taken = {w.port for w in self.workers.values() if w.home == member.name} | \
+                {s.port for s in self.stand_ins if s.host == member.name}
+        return member.free_port(self.config.worker_port, taken)
+
+    def stand_in_env(self, env: dict[str, str], home: str, config: PoolMember, sid: str, port: int) -> dict[str, str]:
+        """The home container's environment, for `sid` on another host."""
+        out = dict(env)
+        out[BIND] = f"{config.host.bind}:{port}"
+        out["WORKER_ID"] = sid
+        out[MARKER_VAR] = marker(self.config.cluster, config.host.name)
+        if env.get("MODEL") == self.config.member(home).model:
+            out["MODEL"] = config.model  # the model's copy on the stand-in's host
+        return out
+
+    def save(self) -> None:
+        self.write_private(STATE_FILE, dump_state(self.stand_ins, list(self.workers.values())))
+
+    def write_private(self, name: str, data: dict) -> None:
+        path = self.dir / name
+        fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(f"{path}.tmp", path)
+
+    def event(self, kind: str, reason: str, container: str = "") -> None:
+        n = len(self.workers)
+        events.append(self.dir, Event(time=time.time(), kind=kind, reason=reason, container=container,
+                                      current=n, desired=n))
+        log.info("%s %s %s", kind, container, reason)
+
+    # -- the loop -----------------------------------------------------------------
+    def run(self, stopping) -> None:
+        self.event("started", f"the controller runs on the orchestrator's host: healing {len(self.workers)} "
+                              f"containers on a pool of {len(self.members)} hosts")
+        unanswered, said = 0, ""
+        while not stopping() and not self.fired:
+            try:
+                self.look()
+                unanswered = 0
+            except (requests.RequestException, ValueError, KeyError) as exc:
+                if self.idle is not None:  # an orchestrator that stopped answering may be idle for good
+                    self.watch_idle(None)
+                unanswered += 1
+                if unanswered == 10:
+                    self.event("error", f"the orchestrator's admin listener does not answer ({type(exc).__name__})")
+            except MlclusterError as exc:  # a start or stop that failed: said (once while it repeats), tried again
+                log.exception("a look failed")
+                if str(exc) != said:
+                    self.event("error", f"a look failed: {exc}")
+                said = str(exc)
+            else:
+                said = ""
+            time.sleep(LOOK_S)
+        if not self.fired:
+            self.event("stopped", "the controller stopped; the containers are left as they are")
+        self.probes.shutdown(wait=False)
+        self.admin.close()
+
+
+def _record(s: StandIn) -> SSHService:
+    return SSHService(runtime="process", host=s.host, port=s.port, pid=s.pid, log=s.log)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mlcluster.elastic.pool")
+    parser.add_argument("config", help=f"its {CONFIG_FILE} (0600), written by `up`")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    path = Path(args.config)
+    config = PoolConfig.from_json(path.read_text())
+    stop_asked: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop_asked.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop_asked.append(1))
+    os.umask(0o077)
+    PoolController(config, path.parent).run(lambda: bool(stop_asked))
+
+
+if __name__ == "__main__":
+    main()

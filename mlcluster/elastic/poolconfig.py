@@ -1,0 +1,116 @@
+"""What the controller of an ssh cluster is started with: one JSON file
+(mode 0600, on the orchestrator's host), written by `up` (elastic/pool_setup.py),
+read by the controller (elastic/pool.py).
+
+It holds the admin token and how each worker container is started (its
+environment holds the worker token), and the path of the controller's own SSH
+key on that host, never the user's key; the pool hosts' host keys are pinned
+here (recorded by `up`): the controller never trusts a key on first use.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from ..resources import HostConfig
+
+CONFIG_FILE = "controller.json"
+STATE_FILE = "controller-state.json"
+
+
+def pick(cls: type, data: dict) -> dict:
+    """The items of `data` that are fields of the dataclass `cls` (an older or newer file still loads)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass
+class PoolMember:
+    """A host of the pool as the controller reaches it."""
+    host: HostConfig     # its key: the controller's key on the orchestrator's host
+    host_key: str        # "type base64", pinned
+    python: str          # the interpreter the services run with there
+    model: str           # the model reference on this host (a directory there, or a hub id)
+    slots: int           # containers it may hold (placement.py's room)
+
+
+@dataclass
+class WorkerSpec:
+    """One of `up`'s worker containers and how it was started."""
+    id: str
+    home: str            # the pool host `up` placed it on
+    port: int
+    env: dict[str, str]
+    model_dir: str = ""
+    pid: int = 0
+    log: str = ""
+
+
+@dataclass
+class PoolConfig:
+    cluster: str
+    admin_url: str       # the orchestrator's admin listener, on its host's loopback
+    token: str
+    worker_port: int     # the first port a stand-in tries on its host
+    host_grace_s: float
+    heal_grace_s: float
+    host: str = ""       # the orchestrator's host, where the controller runs
+    idle_s: float = 0.0  # autostop on this host (the controller is its agent: deploy/agent.py's clock); 0: off
+    deadline: float = 0.0  # max_lifetime's end, epoch seconds; 0: none
+    hosts: list[PoolMember] = field(default_factory=list)
+    workers: list[WorkerSpec] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PoolConfig":
+        data = json.loads(text)
+        hosts = [PoolMember(**{**pick(PoolMember, m), "host": HostConfig(**pick(HostConfig, m["host"]))})
+                 for m in data["hosts"]]
+        workers = [WorkerSpec(**pick(WorkerSpec, w)) for w in data["workers"]]
+        return cls(**{**pick(cls, data), "hosts": hosts, "workers": workers})
+
+    def digest(self) -> str:
+        """What the controller runs with, but the workers' pids and logs (a healed
+        worker's new pid is no reason to restart it: it reads them again)."""
+        data = dataclasses.asdict(self)
+        for w in data["workers"]:
+            w["pid"], w["log"] = 0, ""
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def member(self, name: str) -> PoolMember:
+        return next(m for m in self.hosts if m.host.name == name)
+
+
+@dataclass
+class StandIn:
+    """A container the controller started on another host for one of `up`'s."""
+    id: str              # "<up's id>-on-<host>"
+    of: str              # up's container id
+    host: str
+    port: int
+    pid: int
+    log: str
+    leaving: bool = False  # drained: stopped once the orchestrator lets it go
+
+
+def load_stand_ins(text: str) -> list[StandIn]:
+    try:
+        return [StandIn(**pick(StandIn, s)) for s in json.loads(text)["stand_ins"]]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+def dump_state(stand_ins: list[StandIn], workers: list[WorkerSpec]) -> dict:
+    """The controller's state file: its stand-ins, and the pid of each of `up`'s workers (a healed one's new)."""
+    return {"stand_ins": [dataclasses.asdict(s) for s in stand_ins], "pids": {w.id: w.pid for w in workers}}
+
+
+def healed_pids(text: str) -> dict[str, int]:
+    try:
+        return {str(k): int(v) for k, v in json.loads(text)["pids"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}
