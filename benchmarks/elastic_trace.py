@@ -1,5 +1,6 @@
-"""The load side of benchmarks/elastic.py, the same for mlcluster and Ray Serve: closed-loop clients sending the
-same body to `<url>/new_request`, each answer's container (or replica) id, and the figures of a load step."""
+"""The load side of benchmarks/elastic.py and elastic_diurnal.py, the same for mlcluster and Ray Serve: clients
+sending the same body to `<url>/new_request` (closed-loop for the step, an open loop at given times for the day),
+each answer's container (or replica) id, the figures of a load step, and the day's sampling and windows."""
 from __future__ import annotations
 
 import queue
