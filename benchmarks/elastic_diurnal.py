@@ -31,7 +31,8 @@ what the peak-sized cluster itself achieves). Rounds alternate which system goes
 Prints for each: container-seconds (the containers the orchestrator's /status lists, draining ones included,
 or Ray's replicas in any state from serve.status(), sampled every 0.5 s and integrated over the day), its ratio
 to the static peak, the share of 10-s windows whose p99 (from the scheduled send time) is within the SLO
-(a failed request counts as over it), failed requests (warm-up included); then mlcluster / Ray ratios.
+(a failed request counts as over it), failed requests (warm-up included; one that has not left 120 s after the
+day's last send time, behind a backlog, counts as failed: the run stays bounded); then mlcluster / Ray ratios.
 Targets (issue 20): container-seconds <= 0.6 x static peak with the SLO met in >= 95 % of windows.
 Figures of one run on a shared machine; asserts nothing.
 """

@@ -113,6 +113,7 @@ class OpenLoop:
         self.pool = [threading.Thread(target=self.client, daemon=True) for _ in range(threads)]
         self.pacer = threading.Thread(target=self.pace, daemon=True)
         self.began = 0.0
+        self.late = threading.Event()  # set past the grace after the last send time: what is left is not sent
 
     def start(self) -> float:
         for t in self.pool:
@@ -133,6 +134,10 @@ class OpenLoop:
     def client(self) -> None:
         with requests.Session() as http:
             while (due := self.todo.get()) is not None:
+                if self.late.is_set():  # still waiting for a client thread when the run ended: unanswered
+                    with self.lock:
+                        self.answers.append((due, time.monotonic() - due, 0, ""))
+                    continue
                 try:
                     r = http.post(self.url + "/new_request", json=BODY, timeout=self.timeout_s)
                     outcome = (r.status_code, r.json()["container"]["id"] if r.ok else "")
@@ -141,9 +146,14 @@ class OpenLoop:
                 with self.lock:
                     self.answers.append((due, time.monotonic() - due, *outcome))
 
-    def wait(self) -> None:
-        """Until every request is answered (or timed out)."""
+    def wait(self, grace_s: float = 120.0) -> None:
+        """Until every request is answered (or timed out), or `grace_s` after the last send time; requests that
+        have not left by then count as failed (status 0): a backlog cannot stretch the run without bound."""
         self.pacer.join()
+        deadline = time.monotonic() + grace_s
+        for t in self.pool:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.late.set()
         for t in self.pool:
             t.join()
 
