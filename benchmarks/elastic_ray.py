@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from elastic_trace import StepFigures, Trace, step_figures
+from elastic_trace import OpenLoop, Sampler, StepFigures, Trace, step_figures
 
 INSTALL = ".venv/bin/pip install 'ray[serve]==2.60.*'"
 DEFAULT_DELAYS = (30.0, 600.0)  # Ray Serve's upscale_delay_s and downscale_delay_s
@@ -73,13 +73,13 @@ class RaySession:
             ray.shutdown()
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def step(self, label: str, service_ms: float, most: int, upscale_s: float, downscale_s: float,
-             before_s: float, window_s: float) -> StepFigures:
-        """One load step on a fresh application: 1 client for `before_s`, then `most` clients for `window_s`."""
+    def deploy(self, service_ms: float, most: int, upscale_s: float, downscale_s: float, target: float = 1) -> None:
+        """The application "elastic" at /new_request: replicas sleeping `service_ms`, capacity 1, 1..`most`."""
         from ray import serve
 
         @serve.deployment(max_ongoing_requests=1, ray_actor_options={"num_cpus": 0},
-                          autoscaling_config={"min_replicas": 1, "max_replicas": most, "target_ongoing_requests": 1,
+                          autoscaling_config={"min_replicas": 1, "max_replicas": most,
+                                              "target_ongoing_requests": target,
                                               "upscale_delay_s": upscale_s, "downscale_delay_s": downscale_s})
         class Container:
             def __init__(self, service_s: float):
@@ -92,6 +92,32 @@ class RaySession:
                 return {"container": {"id": self.id}}
 
         serve.run(Container.bind(service_ms / 1000), name="elastic", route_prefix="/new_request")
+
+    def replicas(self) -> int:
+        """Replicas alive (starting, running or stopping: each holds a process), from Serve's own status."""
+        from ray import serve
+        return sum(sum(d.replica_states.values())
+                   for d in serve.status().applications["elastic"].deployments.values())
+
+    def open_loop(self, at: list[float], service_ms: float, most: int, upscale_s: float, downscale_s: float,
+                  target: float) -> tuple[OpenLoop, float, list[tuple[float, int]]]:
+        """The open-loop trace `at` on a fresh application; the load, its start and the sampled replica counts."""
+        from ray import serve
+        self.deploy(service_ms, most, upscale_s, downscale_s, target)
+        load, counts = OpenLoop(self.url, at), []
+        try:
+            with Sampler(self.replicas, counts):
+                began = load.start()
+                load.wait()
+        finally:
+            serve.delete("elastic")
+        return load, began, counts
+
+    def step(self, label: str, service_ms: float, most: int, upscale_s: float, downscale_s: float,
+             before_s: float, window_s: float) -> StepFigures:
+        """One load step on a fresh application: 1 client for `before_s`, then `most` clients for `window_s`."""
+        from ray import serve
+        self.deploy(service_ms, most, upscale_s, downscale_s)
         trace = Trace(self.url)
         try:
             began = time.monotonic()

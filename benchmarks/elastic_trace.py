@@ -1,7 +1,9 @@
-"""The load side of benchmarks/elastic.py, the same for mlcluster and Ray Serve: closed-loop clients sending the
-same body to `<url>/new_request`, each answer's container (or replica) id, and the figures of a load step."""
+"""The load side of benchmarks/elastic.py and elastic_diurnal.py, the same for mlcluster and Ray Serve: clients
+sending the same body to `<url>/new_request` (closed-loop for the step, an open loop at given times for the day),
+each answer's container (or replica) id, the figures of a load step, and the day's sampling and windows."""
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -95,3 +97,111 @@ def step_figures(system: str, trace: Trace, began: float, step: float, window_s:
 
 def secs(x: float | None, window_s: float) -> str:
     return f"> {window_s:.0f} s" if x is None else f"{x:.1f} s"
+
+
+class OpenLoop:
+    """An open loop: requests sent at given times (seconds from `start()`) whatever the answers, by a pool of
+    threads; each answer is (scheduled at, latency s from the scheduled time, status, container). Latency
+    counts from the schedule, not from the send, so a request that waited for a free client thread shows it
+    (no coordinated omission)."""
+
+    def __init__(self, url: str, at: list[float], threads: int = 96, timeout_s: float = 30.0):
+        self.url, self.at, self.timeout_s = url, at, timeout_s
+        self.todo: queue.Queue[float | None] = queue.Queue()
+        self.answers: list[tuple[float, float, int, str]] = []
+        self.lock = threading.Lock()
+        self.pool = [threading.Thread(target=self.client, daemon=True) for _ in range(threads)]
+        self.pacer = threading.Thread(target=self.pace, daemon=True)
+        self.began = 0.0
+        self.late = threading.Event()  # set past the grace after the last send time: what is left is not sent
+
+    def start(self) -> float:
+        for t in self.pool:
+            t.start()
+        self.began = time.monotonic()
+        self.pacer.start()
+        return self.began
+
+    def pace(self) -> None:
+        for offset in self.at:
+            due = self.began + offset
+            while (ahead := due - time.monotonic()) > 0:
+                time.sleep(ahead)
+            self.todo.put(due)
+        for _ in self.pool:
+            self.todo.put(None)
+
+    def client(self) -> None:
+        with requests.Session() as http:
+            while (due := self.todo.get()) is not None:
+                if self.late.is_set():  # still waiting for a client thread when the run ended: unanswered
+                    with self.lock:
+                        self.answers.append((due, time.monotonic() - due, 0, ""))
+                    continue
+                try:
+                    r = http.post(self.url + "/new_request", json=BODY, timeout=self.timeout_s)
+                    outcome = (r.status_code, r.json()["container"]["id"] if r.ok else "")
+                except (requests.RequestException, ValueError, KeyError, TypeError):
+                    outcome = (0, "")
+                with self.lock:
+                    self.answers.append((due, time.monotonic() - due, *outcome))
+
+    def wait(self, grace_s: float = 120.0) -> None:
+        """Until every request is answered (or timed out), or `grace_s` after the last send time; requests that
+        have not left by then count as failed (status 0): a backlog cannot stretch the run without bound."""
+        self.pacer.join()
+        deadline = time.monotonic() + grace_s
+        for t in self.pool:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.late.set()
+        for t in self.pool:
+            t.join()
+
+
+def windows_within(answers: list[tuple[float, float, int, str]], began: float, duration_s: float, slo_s: float,
+                   width_s: float = 10.0) -> tuple[int, int]:
+    """(windows whose p99 is within the SLO, windows): consecutive `width_s` windows by scheduled time; a failed
+    request counts as an infinite latency; a window with no request is left out."""
+    by_window: dict[int, list[float]] = {}
+    for due, latency, status, _ in answers:
+        i = int((due - began) // width_s)
+        if 0 <= i < int(duration_s // width_s):
+            by_window.setdefault(i, []).append(latency if status == 200 else float("inf"))
+    return sum(1 for lat in by_window.values() if p99(lat) <= slo_s), len(by_window)
+
+
+def integrate(counts: list[tuple[float, int]], began: float, ended: float) -> float:
+    """Container-seconds between `began` and `ended` from samples (time, count), each count held until the next."""
+    total = 0.0
+    for (t0, n), (t1, _) in zip(counts, counts[1:] + [(ended, 0)]):
+        lo, hi = max(t0, began), min(t1, ended)
+        if hi > lo:
+            total += n * (hi - lo)
+    return total
+
+
+class Sampler:
+    """`with Sampler(count, samples):` appends (time, count()) every `every_s` seconds while inside; a failed
+    look is skipped (the count before it holds)."""
+
+    def __init__(self, count, samples: list[tuple[float, int]], every_s: float = 0.5):
+        self.count, self.samples, self.every_s = count, samples, every_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.samples.append((time.monotonic(), self.count()))
+            except Exception:  # noqa: BLE001 - a status call that failed once: the next look counts
+                pass
+            if self.stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> Sampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
