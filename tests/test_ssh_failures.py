@@ -125,7 +125,8 @@ def test_a_smaller_cluster_stops_what_is_no_longer_wanted(net, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     after = json.loads((tmp_path / "shrink" / "state.json").read_text())
     services = after["resources"]["ssh"]["services"]
-    assert sorted(services) == ["orchestrator", "w1-1"] and services["w1-1"]["pid"] == before["w1-1"]["pid"]
+    assert sorted(services) == ["controller", "orchestrator", "w1-1"]  # the controller: on the orchestrator's host
+    assert services["w1-1"]["pid"] == before["w1-1"]["pid"]
     for sid in ("w1-2", "cut-1", "cut-2"):
         gone = before[sid]["pid"]
         assert not os.path.exists(f"/proc/{gone}") or b"zombie" in open(f"/proc/{gone}/status", "rb").read().lower()
