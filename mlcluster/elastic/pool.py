@@ -68,6 +68,7 @@ class PoolController:
         self.members = {m.host.name: Member(m, self.store, clock()) for m in config.hosts}
         self.fleet = Fleet(config.aws, config.cluster, directory, self.event) if config.aws else None
         self.registry: dict[str, dict] = {}
+        self.renewed: set[str] = set()  # pool hosts that are replacement instances now (aws)
         self.workers = {w.id: w for w in config.workers}
         self.runtime = ProcessRuntime()
         self.admin = Admin(config.admin_url, config.token)
@@ -164,7 +165,7 @@ class PoolController:
         self.save()  # its new pid, for the next `up` (pool_setup.adopt_healed)
         self.down_since.pop(w.id, None)
         address = member.config.host.private_address
-        if self.registry.get(w.id, {}).get("host", address) != address:  # a replacement instance elsewhere
+        if member.name in self.renewed and self.registry.get(w.id, {}).get("host", address) != address:
             self.admin.drain(w.id)  # down: nothing in flight, it leaves at once
             self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
                 "id": w.id, "host": address, "port": w.port, "capacity": self.capacity.get(w.id, 1)}]}
@@ -213,6 +214,7 @@ class PoolController:
         host = dataclasses.replace(old, address=address, private_address=address,
                                    bind=address if old.bind == old.private_address else old.bind)
         self.store.first_use(address, host.port)
+        self.renewed.add(name)
         member.config = dataclasses.replace(member.config, host=host, host_key="")
         if member.host is not None:
             member.host.close()
