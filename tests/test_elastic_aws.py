@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import paramiko
@@ -25,7 +26,7 @@ from support.aws import RecordingUI, make_provider, new_state
 from support.console import cli
 from support.imds import CREDENTIALS, InstanceMetadata
 from support.load import ClosedLoop, failed
-from support.moto import FAKE_CREDENTIALS, MotoServer, ec2_client, nothing_tagged
+from support.moto import FAKE_CREDENTIALS, MotoServer, ec2_client, nothing_tagged, tagged
 from support.sshcluster import host_network, ssh_marks, status
 from support.waiting import wait_for
 
@@ -117,6 +118,7 @@ def test_a_reclaimed_spot_worker_is_replaced_and_serves_again(moto, net, tiny_mo
 
         loop = ClosedLoop(url, clients=4)
         wait_for(lambda: loop.count() >= 20, "the load running", timeout=30)
+        reclaimed = time.monotonic()
         ec2_client(moto).terminate_instances(InstanceIds=[instances["worker1"]])  # AWS reclaims it
         net.cut(net.hosts["w1"])
         net.kill_services(net.hosts["w1"])  # the machine is gone, its processes too
@@ -125,14 +127,17 @@ def test_a_reclaimed_spot_worker_is_replaced_and_serves_again(moto, net, tiny_mo
             return next((i for i, s in workers_of(moto).get("worker1", [])
                          if i != instances["worker1"] and s == "running"), "")
         new_id = wait_for(replacement, "the controller launching a replacement for worker1", timeout=45)
+        launched = time.monotonic() - reclaimed
         assert live_workers(moto) <= 2  # the cap
         net.restore(net.hosts["w1"])  # the replacement boots at worker1's mapped address, without our services
         try:
             wait_for(lambda: {c["id"]: c["status"] for c in status(url)["containers"]}.get("worker1-1") == "free",
                      "worker1-1 serving on the replacement", timeout=60)
-        except AssertionError:
+        except AssertionError:  # what the controller did, in the failure's output
             print((net.hosts["orch"].workdir / "controller.log").read_text()[-5000:], controller_events(net))
             raise
+        print(f"replacement launched {launched:.1f} s after the reclaim; worker1-1 served again after "
+              f"{time.monotonic() - reclaimed:.1f} s")
         before = loop.count()
         wait_for(lambda: loop.count() >= before + 20, "more answers", timeout=30)
         answers = loop.finish()
@@ -145,6 +150,7 @@ def test_a_reclaimed_spot_worker_is_replaced_and_serves_again(moto, net, tiny_mo
     assert "terminated" in heal[0]["reason"] or "shutting-down" in heal[0]["reason"]
     assert any(k == "heal" and c == "worker1-1" for k, c in kinds), kinds  # its container started there
     assert live_workers(moto) == 2
+    assert tagged(moto, CLUSTER)["instance_profiles"] == [f"mlcluster-{CLUSTER}-controller"]  # while it exists
 
     down = cli("down", "--name", CLUSTER, "--yes", check=False)
     assert down.returncode == 0, down.stderr[-3000:]
