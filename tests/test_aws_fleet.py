@@ -52,7 +52,12 @@ def test_the_profile_replaces_a_lost_worker_within_the_cap(moto, cluster, monkey
     saved = tmp_path / FLEET_FILE
     assert oct(saved.stat().st_mode & 0o777) == "0o600"
     assert json.loads(saved.read_text())["instances"]["worker1"] == new_id
-    assert Fleet(config, "lab", tmp_path, lambda *e: None).instances["worker1"] == new_id  # a restarted controller
+    fleet.pin("worker1", address, "ssh-ed25519 AAAAkey")  # learned at the first login
+    again = Fleet(config, "lab", tmp_path, lambda *e: None)  # a restarted controller
+    assert again.instances["worker1"] == new_id
+    assert again.known() == [("worker1", new_id, address, "ssh-ed25519 AAAAkey")]
+    assert Fleet(dataclasses.replace(config, instances={**config.instances, "worker1": new_id}), "lab", tmp_path,
+                 lambda *e: None).known() == []  # `up` knows it: its config has the address and key
 
 
 def test_without_a_profile_nothing_is_launched_and_the_error_is_said(moto, cluster, monkeypatch, tmp_path):

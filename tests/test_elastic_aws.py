@@ -138,6 +138,8 @@ def test_a_reclaimed_spot_worker_is_replaced_and_serves_again(moto, net, tiny_mo
             raise
         print(f"replacement launched {launched:.1f} s after the reclaim; worker1-1 served again after "
               f"{time.monotonic() - reclaimed:.1f} s")
+        pinned = json.loads((net.hosts["orch"].workdir / "controller-aws.json").read_text())["hosts"]["worker1"]
+        assert pinned["id"] == new_id and pinned["key"].split() == net.hosts["w1"].host_public_key().split()[:2]
         before = loop.count()
         wait_for(lambda: loop.count() >= before + 20, "more answers", timeout=30)
         answers = loop.finish()

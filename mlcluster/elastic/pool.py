@@ -69,6 +69,8 @@ class PoolController:
         self.fleet = Fleet(config.aws, config.cluster, directory, self.event) if config.aws else None
         self.registry: dict[str, dict] = {}
         self.renewed: set[str] = set()  # pool hosts that are replacement instances now (aws)
+        for name, instance_id, address, key in self.fleet.known() if self.fleet else []:
+            self.replaced(name, instance_id, address, key)
         self.workers = {w.id: w for w in config.workers}
         self.runtime = ProcessRuntime()
         self.admin = Admin(config.admin_url, config.token)
@@ -96,6 +98,10 @@ class PoolController:
         self.reread_pids()
         for name, instance_id, address in self.fleet.look(self.clock()) if self.fleet else []:
             self.replaced(name, instance_id, address)
+        for name in self.renewed:  # a replacement's key, learned at its first login: kept for a restart
+            host = self.members[name].config.host
+            if self.store.get(host.address, host.port):
+                self.fleet.pin(name, host.address, self.store.get(host.address, host.port))
         answers = dict(zip(self.members, self.probes.map(lambda m: m.probe(), self.members.values())))
         now = self.clock()
         for name, answered in answers.items():
@@ -204,16 +210,16 @@ class PoolController:
         self.event("heal", f"its stand-in {s.id}'s process on {s.host} was gone for {gone:.0f} s: restarted in "
                            f"place (pid {old} -> {s.pid})", s.of)
 
-    def replaced(self, name: str, instance_id: str, address: str) -> None:
+    def replaced(self, name: str, instance_id: str, address: str, key: str = "") -> None:
         """Pool host `name` is now the replacement instance `instance_id` at `address`:
-        its host key is recorded at the first login and pinned from then on."""
+        its host key is `key`, else recorded at the first login and pinned from then on."""
         member = self.members.get(name)
         if member is None:
             return
         old = member.config.host
         host = dataclasses.replace(old, address=address, private_address=address,
                                    bind=address if old.bind == old.private_address else old.bind)
-        self.store.first_use(address, host.port)
+        self.store.first_use(address, host.port, key)
         self.renewed.add(name)
         member.config = dataclasses.replace(member.config, host=host, host_key="")
         if member.host is not None:

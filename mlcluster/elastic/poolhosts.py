@@ -31,9 +31,14 @@ class PinnedKeys(HostKeyStore):
         super().__init__(keys)
         self.new: set[str] = set()
 
-    def first_use(self, host: str, port: int) -> None:
-        self.keys.pop(f"{host}:{port}", None)  # the address may be reused: the old instance's key goes
-        self.new.add(f"{host}:{port}")
+    def first_use(self, host: str, port: int, key: str = "") -> None:
+        """`key` pinned for host:port, or none yet: the next one seen is recorded (the address may be a
+        reused one: the old instance's key goes)."""
+        self.keys.pop(f"{host}:{port}", None)
+        if key:
+            self.keys[f"{host}:{port}"] = key
+        else:
+            self.new.add(f"{host}:{port}")
 
     def record(self, host, port, key) -> None:
         if f"{host}:{port}" not in self.new:

@@ -15,8 +15,9 @@ and starts the lost worker's containers there as it heals a host in place.
 
 `fleet_of` is `up`'s side: the record (elastic/poolconfig.py's AWSFleet) it
 writes into the controller's config. The instances the controller launched
-are kept in `controller-aws.json` beside its config, so a restarted
-controller knows them; `up`, `status` and `down` find them by tag.
+are kept in `controller-aws.json` beside its config (with the host key
+pinned at the first login), so a restarted controller knows them; `up`,
+`status` and `down` find them by tag.
 """
 from __future__ import annotations
 
@@ -63,13 +64,27 @@ class Fleet:
         self.next_look = 0.0
         self.instances = dict(config.instances)
         self.pending: dict[str, str] = {}  # name -> replacement id, not running yet
+        self.hosts: dict[str, dict[str, str]] = {}  # name -> {id, address, key} of a replacement reached
         self.said: set[str] = set()
         try:
             saved = json.loads(self.path.read_text())
             self.instances.update(saved["instances"])
             self.pending.update(saved["pending"])
-        except (OSError, ValueError, KeyError, TypeError):
+            self.hosts.update(saved.get("hosts", {}))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
+
+    def known(self) -> list[tuple[str, str, str, str]]:
+        """(name, id, address, pinned key) of the replacements reached before a restart that `up` does not know yet."""
+        return [(n, h["id"], h["address"], h["key"]) for n, h in self.hosts.items()
+                if h["id"] == self.instances.get(n) and h["id"] != self.config.instances.get(n)]
+
+    def pin(self, name: str, address: str, key: str) -> None:
+        """The host key learned at the first login to `name`'s replacement: kept for a restarted controller."""
+        found = {"id": self.instances.get(name, ""), "address": address, "key": key}
+        if self.hosts.get(name) != found:
+            self.hosts[name] = found
+            self.save()
 
     def launch_spec(self) -> LaunchSpec:
         c = self.config
@@ -132,5 +147,6 @@ class Fleet:
     def save(self) -> None:
         fd = os.open(f"{self.path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"instances": self.instances, "pending": self.pending, "saved_at": time.time()}, f)
+            json.dump({"instances": self.instances, "pending": self.pending, "hosts": self.hosts,
+                       "saved_at": time.time()}, f)
         os.replace(f"{self.path}.tmp", self.path)
