@@ -44,6 +44,7 @@ def write_config(path: Path, server, net: SSHTestNetwork, model: str) -> Path:
         "[aws]", 'region = "us-east-1"', f'endpoint_url = "{server.url}"', f'allowed_cidr = "{net.subnet}"',
         'ssh_user = "root"', "ssh_timeout_s = 60", "spot = true", f"address_map = {{ {mapping} }}",
         "[ssh]", f'python = "{sys.executable}"', "connect_timeout = 3", "reach_timeout = 20",
+        f'authorized_keys = "{net.authorized_keys}"',  # the controller's key: where the test hosts' sshd reads
     ]) + "\n")
     return path
 

@@ -30,6 +30,7 @@ from typing import Iterator, Optional
 
 from .. import security, services
 from ..elastic import pool_setup
+from ..elastic.poolconfig import AWSFleet
 from ..errors import MlclusterError
 from ..models import OVERHEAD_TEST, is_local_dir
 from ..remote.connection import HostsFailed, run_on_hosts
@@ -60,7 +61,8 @@ class RemoteDeployment:
     """See the module docstring."""
 
     # -- up ---------------------------------------------------------------
-    def up(self, spec: ClusterSpec, state: ClusterState, options: RemoteOptions, ui: QuietUI) -> Deployment:
+    def up(self, spec: ClusterSpec, state: ClusterState, options: RemoteOptions, ui: QuietUI,
+           fleet: Optional[AWSFleet] = None) -> Deployment:
         session = Session(state, options)
         hosts = options.hosts()
         runtimes = {h.runtime for h in hosts}
@@ -73,8 +75,8 @@ class RemoteDeployment:
             self._start_orchestrator(session, spec, options, ui)
             workers: dict[str, ServiceSpec] = {}
             containers = self._start_workers(session, spec, options, model, ui, workers)
-            if state.provider == "ssh":  # its pool is the [ssh] hosts (aws heals by its own provider)
-                pool_setup.ensure(session, spec, options, workers, model, ui)
+            if state.provider == "ssh" or fleet is not None:  # aws: `fleet` replaces a lost instance
+                pool_setup.ensure(session, spec, options, workers, model, ui, fleet)
             watch = watchdog.settings(spec, session.state.resources)
             if watch is not None:
                 self._start_watchdogs(session, spec, options, *watch, ui)

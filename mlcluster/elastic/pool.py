@@ -14,6 +14,11 @@ Every look (once a second) it:
   `return` drains the stand-in once the container serves at home again; a
   drained stand-in is stopped once the orchestrator has let it go; a stand-in
   whose process died is restarted in place, as `heal` does (`overdue`).
+On an aws cluster it also replaces a lost worker instance (providers/aws/fleet.py:
+EC2 every 12 s with the orchestrator instance's profile); once the replacement
+runs, its pool host is that instance (the host key pinned at the first login),
+and the lost worker's containers start there as `heal` does (registered again
+when the address changed).
 Each decision is an event in `events.jsonl` beside its config (read over SSH by
 `mlcluster events`); the stand-ins are kept in `controller-state.json`, so a
 restarted controller knows them.
@@ -40,6 +45,7 @@ from ..deploy.host import ServiceSpec
 from ..deploy.process import ProcessRuntime, find_by_marker
 from ..deploy.watchdog import RECORD
 from ..errors import MlclusterError
+from ..providers.aws.fleet import Fleet
 from ..resources import SSHService
 from ..services import BIND, MARKER_VAR
 from . import events
@@ -58,8 +64,13 @@ SERVING = ("free", "busy")
 class PoolController:
     def __init__(self, config: PoolConfig, directory: Path, clock=time.monotonic):
         self.config, self.dir, self.clock = config, directory, clock
-        store = PinnedKeys({f"{m.host.address}:{m.host.port}": m.host_key for m in config.hosts})
-        self.members = {m.host.name: Member(m, store, clock()) for m in config.hosts}
+        self.store = PinnedKeys({f"{m.host.address}:{m.host.port}": m.host_key for m in config.hosts})
+        self.members = {m.host.name: Member(m, self.store, clock()) for m in config.hosts}
+        self.fleet = Fleet(config.aws, config.cluster, directory, self.event) if config.aws else None
+        self.registry: dict[str, dict] = {}
+        self.renewed: set[str] = set()  # pool hosts that are replacement instances now (aws)
+        for name, instance_id, address, key in self.fleet.known() if self.fleet else []:
+            self.replaced(name, instance_id, address, key)
         self.workers = {w.id: w for w in config.workers}
         self.runtime = ProcessRuntime()
         self.admin = Admin(config.admin_url, config.token)
@@ -85,6 +96,12 @@ class PoolController:
     # -- one look ---------------------------------------------------------------
     def look(self) -> None:
         self.reread_pids()
+        for name, instance_id, address in self.fleet.look(self.clock()) if self.fleet else []:
+            self.replaced(name, instance_id, address)
+        for name in self.renewed:  # a replacement's key, learned at its first login: kept for a restart
+            host = self.members[name].config.host
+            if self.store.get(host.address, host.port):
+                self.fleet.pin(name, host.address, self.store.get(host.address, host.port))
         answers = dict(zip(self.members, self.probes.map(lambda m: m.probe(), self.members.values())))
         now = self.clock()
         for name, answered in answers.items():
@@ -92,7 +109,7 @@ class PoolController:
         status = self.admin.status()
         if self.idle is not None and self.watch_idle(status):
             return
-        registry = {c["id"]: c for c in status["containers"]}
+        registry = self.registry = {c["id"]: c for c in status["containers"]}
         self.capacity.update({cid: c["capacity"] for cid, c in registry.items() if cid in self.workers})
         self.check_processes(registry, now)
         actions = plan(self.pool_hosts(), self.placed(registry), now, self.config.host_grace_s,
@@ -153,6 +170,12 @@ class PoolController:
         member.host.facts.pop("just_started", None)
         self.save()  # its new pid, for the next `up` (pool_setup.adopt_healed)
         self.down_since.pop(w.id, None)
+        address = member.config.host.private_address
+        if member.name in self.renewed and self.registry.get(w.id, {}).get("host", address) != address:
+            self.admin.drain(w.id)  # down: nothing in flight, it leaves at once
+            self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
+                "id": w.id, "host": address, "port": w.port, "capacity": self.capacity.get(w.id, 1)}]}
+                ).raise_for_status()
         self.event("heal", f"{action.reason} (pid {old} -> {record.pid})", w.id)
 
     def move(self, action: Action) -> None:
@@ -186,6 +209,26 @@ class PoolController:
         gone = now - self.down_since.pop(s.id)
         self.event("heal", f"its stand-in {s.id}'s process on {s.host} was gone for {gone:.0f} s: restarted in "
                            f"place (pid {old} -> {s.pid})", s.of)
+
+    def replaced(self, name: str, instance_id: str, address: str, key: str = "") -> None:
+        """Pool host `name` is now the replacement instance `instance_id` at `address`:
+        its host key is `key`, else recorded at the first login and pinned from then on."""
+        member = self.members.get(name)
+        if member is None:
+            return
+        old = member.config.host
+        host = dataclasses.replace(old, address=address, private_address=address,
+                                   bind=address if old.bind == old.private_address else old.bind)
+        self.store.first_use(address, host.port, key)
+        self.renewed.add(name)
+        member.config = dataclasses.replace(member.config, host=host, host_key="")
+        if member.host is not None:
+            member.host.close()
+            member.host = None
+        for w in self.workers.values():
+            if w.home == name and BIND in w.env:
+                w.env[BIND] = f"{host.bind}:{w.port}"
+        log.info("%s is now %s at %s", name, instance_id, address)
 
     def send_home(self, action: Action) -> None:
         stand_in = next(s for s in self.stand_ins if s.of == action.container and not s.leaving)

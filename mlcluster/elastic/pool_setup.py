@@ -30,7 +30,7 @@ from ..state import ClusterSpec, ClusterState, write_private
 from ..ui import QuietUI
 from . import events
 from .events import EVENTS_FILE, Event
-from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, PoolMember, WorkerSpec, healed_pids
+from .poolconfig import CONFIG_FILE, STATE_FILE, AWSFleet, PoolConfig, PoolMember, WorkerSpec, healed_pids
 from .published import PUBLISHED_FILE, parse_published
 
 KEY_FILE = "controller_key"
@@ -112,7 +112,10 @@ def start(host: RemoteHost, config: PoolConfig, private_key: str, marker: str,
     host.conn.put_text(private_key, host.path(KEY_FILE), mode=0o600)
     host.conn.put_text(text, host.path(CONFIG_FILE), mode=0o600)
     # Like every service (deploy/process.py): `env -i`, the basics, and its own 0600 env file (the marker).
-    env_file = host.write_env(ServiceSpec(CONTROLLER, CONTROLLER, 0, {MARKER_VAR: marker}), shell=True)
+    env = {MARKER_VAR: marker}
+    if config.aws and config.aws.metadata_url:  # an emulator's (tests): boto3's chain asks it for the profile's keys
+        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = config.aws.metadata_url
+    env_file = host.write_env(ServiceSpec(CONTROLLER, CONTROLLER, 0, env), shell=True)
     load = quote('set -a && . "$0" && set +a && exec setsid "$@"')
     log, pidfile = host.path(f"{CONTROLLER}.log"), host.path(f"{CONTROLLER}.pid")
     host.run(f"( cd {quote(host.workdir)} && exec {clean_env(PASSED_VARS)} /bin/sh -c {load} {quote(env_file)} "
@@ -135,11 +138,19 @@ def adopt_healed(session: Session, orchestrator: str) -> None:
             session.record_service(sid, dataclasses.replace(record, pid=pid))
 
 
+def first_boot_line(line: str, user: str) -> str:
+    """User data (root, first boot) that lets the controller log in to a replacement instance as `user`."""
+    return (f"\nh=$(getent passwd {quote(user)} | cut -d: -f6) && install -d -m 700 -o {quote(user)} \"$h/.ssh\" && "
+            f"printf '%s\\n' {quote(line)} >>\"$h/.ssh/authorized_keys\" && "
+            f"chown {quote(user)} \"$h/.ssh/authorized_keys\" && chmod 600 \"$h/.ssh/authorized_keys\"\n")
+
+
 def ensure(session: Session, spec: ClusterSpec, options: RemoteOptions, workers: dict[str, ServiceSpec],
-           models: dict[str, str], ui: QuietUI) -> None:
-    """`up`'s last step on an ssh cluster: the controller's key on the pool
+           models: dict[str, str], ui: QuietUI, fleet: Optional[AWSFleet] = None) -> None:
+    """`up`'s last step on an ssh or aws cluster: the controller's key on the pool
     hosts, its config and the controller itself on the orchestrator's host.
-    `workers`: up's worker containers by id (where each runs: its record)."""
+    `workers`: up's worker containers by id (where each runs: its record);
+    `fleet` (aws): how it replaces a lost worker instance (its user data gets the key's line)."""
     orch = options.orchestrator
     pool = [h for h in [*options.workers, *options.spares] if h.runtime == "process"]
     if orch.runtime != "process" or not pool:
@@ -164,7 +175,8 @@ def ensure(session: Session, spec: ClusterSpec, options: RemoteOptions, workers:
         hosts=[m for m in members if m.host_key],
         workers=[WorkerSpec(id=sid, home=records[sid].host, port=s.port, env=s.env, model_dir=s.model_dir,
                             pid=records[sid].pid, log=records[sid].log)
-                 for sid, s in sorted(workers.items()) if sid in records and records[sid].host in {h.name for h in pool}])
+                 for sid, s in sorted(workers.items()) if sid in records and records[sid].host in {h.name for h in pool}],
+        aws=dataclasses.replace(fleet, user_data=fleet.user_data + first_boot_line(line, fleet.user)) if fleet else None)
     with ui.step(f"starting the controller on {orch.name}"):
         record = start(host, config, private, f"ssh:{spec.name}:{orch.name}", records.get(CONTROLLER))
         session.record_service(CONTROLLER, dataclasses.replace(record, host=orch.name))

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ..resources import HostConfig
 
@@ -49,6 +50,33 @@ class WorkerSpec:
 
 
 @dataclass
+class AWSFleet:
+    """How the controller of an aws cluster replaces a lost worker instance
+    (providers/aws/fleet.py): EC2 with the orchestrator instance's profile
+    (boto3's chain on that host, never the user's credentials)."""
+    region: str
+    instances: dict[str, str]      # worker name -> instance id, as `up` left them
+    cap: int                       # the most worker instances that may exist (heal.worker_cap)
+    image_id: str
+    root_device: str
+    instance_type: str
+    key_name: str
+    security_group: str
+    volume_gb: int
+    user_data: str                 # `up`'s first-boot script, and the controller's key for `user`
+    zones: list[list[str]] = field(default_factory=list)   # [zone, subnet], the orchestrator's first
+    orchestrator: str = ""         # its own instance: nothing is launched once it is going (`down`)
+    spot: bool = False
+    fallback: str = "on-demand"
+    user: str = "ec2-user"
+    ssh_port: int = 22
+    look_s: float = 12.0           # EC2 is asked this often, not every look
+    endpoint_url: str = ""         # emulators only (moto): EC2's endpoint
+    metadata_url: str = ""         # emulators only: the instance metadata service (AWS_EC2_METADATA_SERVICE_ENDPOINT)
+    address_map: dict[str, str] = field(default_factory=dict)  # tests only: instance name -> address
+
+
+@dataclass
 class PoolConfig:
     cluster: str
     admin_url: str       # the orchestrator's admin listener, on its host's loopback
@@ -61,6 +89,7 @@ class PoolConfig:
     deadline: float = 0.0  # max_lifetime's end, epoch seconds; 0: none
     hosts: list[PoolMember] = field(default_factory=list)
     workers: list[WorkerSpec] = field(default_factory=list)
+    aws: Optional[AWSFleet] = None  # an aws cluster: lost worker instances are replaced
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -71,7 +100,8 @@ class PoolConfig:
         hosts = [PoolMember(**{**pick(PoolMember, m), "host": HostConfig(**pick(HostConfig, m["host"]))})
                  for m in data["hosts"]]
         workers = [WorkerSpec(**pick(WorkerSpec, w)) for w in data["workers"]]
-        return cls(**{**pick(cls, data), "hosts": hosts, "workers": workers})
+        fleet = AWSFleet(**pick(AWSFleet, data["aws"])) if data.get("aws") else None
+        return cls(**{**pick(cls, data), "hosts": hosts, "workers": workers, "aws": fleet})
 
     def digest(self) -> str:
         """What the controller runs with, but the workers' pids and logs (a healed

@@ -23,10 +23,28 @@ def marker(cluster: str, host: str) -> str:
 
 
 class PinnedKeys(HostKeyStore):
-    """The host keys `up` recorded; a host without one is refused, never trusted on first use."""
+    """The host keys `up` recorded; a host without one is refused, never trusted on
+    first use, but for an instance the controller itself just launched (`first_use`):
+    its key is recorded at the first login, as `up` does for a new instance, then pinned."""
+
+    def __init__(self, keys: dict[str, str]):
+        super().__init__(keys)
+        self.new: set[str] = set()
+
+    def first_use(self, host: str, port: int, key: str = "") -> None:
+        """`key` pinned for host:port, or none yet: the next one seen is recorded (the address may be a
+        reused one: the old instance's key goes)."""
+        self.keys.pop(f"{host}:{port}", None)
+        if key:
+            self.keys[f"{host}:{port}"] = key
+        else:
+            self.new.add(f"{host}:{port}")
 
     def record(self, host, port, key) -> None:
-        raise MlclusterError(f"{host}:{port} has no pinned host key: the controller does not trust it")
+        if f"{host}:{port}" not in self.new:
+            raise MlclusterError(f"{host}:{port} has no pinned host key: the controller does not trust it")
+        self.new.discard(f"{host}:{port}")
+        super().record(host, port, key)
 
 
 class Member:

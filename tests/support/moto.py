@@ -124,10 +124,11 @@ class FaultLayer:
 
 
 class MotoServer(ThreadedMotoServer):
-    """ThreadedMotoServer on 127.0.0.1 with `faults` (a FaultLayer) in front."""
+    """ThreadedMotoServer on 127.0.0.1 (or `ip_address`: the SSH test network's
+    gateway, for a controller on a test host) with `faults` (a FaultLayer) in front."""
 
-    def __init__(self, port: int = 0):
-        super().__init__(ip_address="127.0.0.1", port=port, verbose=False)
+    def __init__(self, port: int = 0, ip_address: str = "127.0.0.1"):
+        super().__init__(ip_address=ip_address, port=port, verbose=False)
         self.faults: Optional[FaultLayer] = None
 
     def _server_entry(self) -> None:

@@ -33,6 +33,9 @@ from .options import AWSOptions
 
 # Set by AWS on every instance, not ours to choose: the [ssh] table's hosts.
 FROM_AWS = ("orchestrator", "workers", "key", "user")
+# The controller's (elastic/pool.py): where the instances' sshd reads keys, how long a
+# worker may not answer before its containers move to room elsewhere.
+HEALING = ("authorized_keys", "host_grace")
 AUTH_GRACE_S = 90.0  # sshd can answer before cloud-init has installed the key
 
 _USER_DATA = {
@@ -103,7 +106,7 @@ def remote_options(spec: ClusterSpec, o: AWSOptions, addressed: dict[str, tuple[
     if clash:
         raise MlclusterError(f"[ssh] {', '.join(clash)} cannot be set with the aws provider: EC2 makes the hosts",
                              "keep only settings such as runtime, images, python or ports in [ssh]")
-    check_known(own, SETTINGS | HOST_SETTINGS | set(FROM_AWS) | {"port"}, "[ssh]")
+    check_known(own, SETTINGS | HOST_SETTINGS | set(FROM_AWS) | set(HEALING) | {"port"}, "[ssh]")
     defaults = host_settings(own, spec.name, spec.runtime)
     port = check_port(own.get("port", 22), "[ssh] port")
 
@@ -115,8 +118,12 @@ def remote_options(spec: ClusterSpec, o: AWSOptions, addressed: dict[str, tuple[
                           runtime=defaults["runtime"], python=defaults["python"], workdir=workdir,
                           bind=defaults["bind"] or bind_for(private))
 
+    healing = {k: v for k, v in own.items() if k in HEALING}
+    if not isinstance(healing.get("authorized_keys", ""), str) or \
+            not isinstance(healing.get("host_grace", 0), (int, float)) or isinstance(healing.get("host_grace"), bool):
+        raise MlclusterError("[ssh] authorized_keys must be a path and host_grace a number of seconds")
     return RemoteOptions(orchestrator=host("orchestrator"), workers=[host(n) for n in addressed if n != "orchestrator"],
-                         **parse_settings(own))
+                         **parse_settings(own), **healing)
 
 
 def wait_for_ssh(hosts: dict[str, str], user: str, key_file: str, store: HostKeyStore, timeout_s: float,

@@ -65,6 +65,7 @@ class AWSOptions:
     spot: bool = False             # workers as spot instances (the orchestrator stays on-demand)
     spot_fallback: str = "on-demand"  # when spot is refused: on-demand | never (refuse, exit 1)
     endpoint_url: str = ""         # tests: a local EC2/SSM endpoint (moto)
+    metadata_url: str = ""         # emulators only: the instance metadata service the controller asks for its profile
     # Tests only (needs endpoint_url): instance name -> the address to use
     # instead of its public and private IPs, or { address = ..., workdir = ... }.
     address_map: dict[str, Any] = field(default_factory=dict)
@@ -98,8 +99,9 @@ class AWSOptions:
             raise MlclusterError("[aws]: volume_gb must be between 8 and 1024")
         if self.spot_fallback not in FALLBACKS:
             raise UsageError(f"[aws]: spot_fallback must be one of {', '.join(FALLBACKS)}, not {self.spot_fallback!r}")
-        if self.address_map and not self.endpoint_url:
-            raise MlclusterError("[aws]: address_map is only for tests against a local endpoint_url")
+        if (self.address_map or self.metadata_url) and not self.endpoint_url:
+            what = "address_map" if self.address_map else "metadata_url"
+            raise MlclusterError(f"[aws]: {what} is only for tests against a local endpoint_url")
         for name, value in self.address_map.items():
             table = {"address": value} if isinstance(value, str) else value
             if (not isinstance(table, dict) or not isinstance(table.get("address"), str)

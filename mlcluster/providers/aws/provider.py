@@ -33,6 +33,7 @@ from ..base import CostPlan
 from . import ec2, iam, spot
 from .api import AWS, AWSError, Backoff
 from .ec2 import Instance, LaunchSpec
+from .fleet import fleet_of
 from .hosts import addresses, ports, remote_options, user_data, wait_for_ssh
 from .options import AMI_PARAMETERS, AWSOptions, normalise_cidr, plan
 from .placement import limit_error, match, skip_zone, zone_order
@@ -266,7 +267,8 @@ class AWSProvider:
             store = HostKeyStore(forget_reused_addresses(state, instances, addressed), on_change=state.save)
             state.save()
             wait_for_ssh({n: a[0] for n, a in addressed.items()}, o.user, key_file, store, o.ssh_timeout_s, ui)
-            return RemoteDeployment().up(spec, state, options, ui)
+            fleet = fleet_of(self.connect(o), state, o, options.orchestrator.port)  # the controller replaces lost ones
+            return RemoteDeployment().up(spec, state, options, ui, fleet)
 
     # -- down ---------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
