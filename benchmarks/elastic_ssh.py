@@ -71,7 +71,7 @@ def main() -> None:
         config.write_text(
             toml_config(net, "overhead-test", ["w1", "w2"], host_grace=args.host_grace)
             + f'spares = [ {{ address = "{spare.address}", name = "spare", workdir = "{spare.workdir}", '
-            'runtime = "process" }} ]\n'
+            'runtime = "process" } ]\n'
             + "[autoscale]\nheal_grace = 1\n")
         up = subprocess.run([MLCLUSTER, "up", "--provider", "ssh", "--config", str(config),
                              "--service-ms", str(args.service_ms)], env=env,
