@@ -26,7 +26,7 @@ from support.aws import RecordingUI, make_provider, new_state
 from support.console import cli
 from support.imds import CREDENTIALS, InstanceMetadata
 from support.load import ClosedLoop, failed
-from support.moto import FAKE_CREDENTIALS, MotoServer, ec2_client, nothing_tagged, tagged
+from support.moto import MotoServer, ec2_client, isolated, nothing_tagged, tagged
 from support.sshcluster import host_network, ssh_marks, status
 from support.waiting import wait_for
 
@@ -47,15 +47,7 @@ def gateway_moto(net):
 
 @pytest.fixture
 def moto(gateway_moto, monkeypatch, tmp_path):
-    for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in FAKE_CREDENTIALS.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
-    gateway_moto.reset()
-    yield gateway_moto
+    yield isolated(gateway_moto, monkeypatch, tmp_path)
     gateway_moto.reset()
 
 

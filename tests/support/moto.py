@@ -162,10 +162,9 @@ def moto_server():
     server.stop()
 
 
-@pytest.fixture
-def moto(moto_server, monkeypatch, tmp_path):
-    """A reset moto server, fake credentials only (no profile, no config file,
-    no instance metadata lookup) and a private MLCLUSTER_HOME."""
+def isolated(server: MotoServer, monkeypatch, tmp_path) -> MotoServer:
+    """`server` reset, fake credentials only (no profile, no config file, no
+    instance metadata lookup) and a private MLCLUSTER_HOME, for one test."""
     for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(key, raising=False)
     for key, value in FAKE_CREDENTIALS.items():
@@ -173,8 +172,14 @@ def moto(moto_server, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("MLCLUSTER_HOME", str(tmp_path / "home"))
-    moto_server.reset()
-    yield moto_server
+    server.reset()
+    return server
+
+
+@pytest.fixture
+def moto(moto_server, monkeypatch, tmp_path):
+    """The session's moto server, `isolated` for this test."""
+    yield isolated(moto_server, monkeypatch, tmp_path)
     moto_server.reset()
 
 
