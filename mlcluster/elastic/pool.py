@@ -14,7 +14,7 @@ Every look (once a second) it:
   `return` drains the stand-in once the container serves at home again; a
   drained stand-in is stopped once the orchestrator has let it go; a stand-in
   whose process died is restarted in place, as `heal` does (`overdue`).
-On an aws cluster it also replaces a lost worker instance (providers/aws/fleet.py:
+On an aws cluster it also replaces a lost worker instance (elastic/aws_fleet.py:
 EC2 every 12 s with the orchestrator instance's profile); once the replacement
 runs, its pool host is that instance (the host key pinned at the first login),
 and the lost worker's containers start there as `heal` does (registered again
@@ -45,10 +45,10 @@ from ..deploy.host import ServiceSpec
 from ..deploy.process import ProcessRuntime, find_by_marker
 from ..deploy.watchdog import RECORD
 from ..errors import MlclusterError
-from ..providers.aws.fleet import Fleet
 from ..resources import SSHService
 from ..services import BIND, MARKER_VAR
 from . import events
+from .aws_fleet import Fleet
 from .events import Event
 from .local import Admin
 from .placement import Action, Placed, PoolHost, overdue, plan

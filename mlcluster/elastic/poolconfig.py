@@ -52,11 +52,11 @@ class WorkerSpec:
 @dataclass
 class AWSFleet:
     """How the controller of an aws cluster replaces a lost worker instance
-    (providers/aws/fleet.py): EC2 with the orchestrator instance's profile
+    (elastic/aws_fleet.py): EC2 with the orchestrator instance's profile
     (boto3's chain on that host, never the user's credentials)."""
     region: str
     instances: dict[str, str]      # worker name -> instance id, as `up` left them
-    cap: int                       # the most worker instances that may exist (heal.worker_cap)
+    cap: int                       # the most worker instances that may exist (providers/aws/fleet.py worker_cap)
     image_id: str
     root_device: str
     instance_type: str
