@@ -53,11 +53,14 @@ class Fleet:
         self.pending: dict[str, str] = {}  # name -> replacement id, not running yet
         self.hosts: dict[str, dict[str, str]] = {}  # name -> {id, address, key} of a replacement reached
         self.said: set[str] = set()
+        self.grown: set[str] = set()  # the instances it launched to scale (only those it terminates)
+        self.next_pending = 0.0
         try:
             saved = json.loads(self.path.read_text())
             self.instances.update(saved["instances"])
             self.pending.update(saved["pending"])
             self.hosts.update(saved.get("hosts", {}))
+            self.grown.update(saved.get("grown", []))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
 
@@ -81,7 +84,10 @@ class Fleet:
     def look(self, now: float) -> list[tuple[str, str, str]]:
         """Replace what was lost; (name, instance id, address) of each replacement that now runs."""
         if now < self.next_look:
-            return []
+            if self.aws is None or not self.pending or now < self.next_pending:
+                return []
+            self.next_pending = now + 2.0  # one launched to scale: looked at more often than every look_s
+            return self.running()
         self.next_look = now + self.config.look_s
         try:
             self.aws = self.aws or self.connect()
@@ -126,6 +132,46 @@ class Fleet:
             self.save()
         return ready
 
+    # -- scaling (elastic/poolscaler.py) -------------------------------------------
+    def new_name(self) -> str:
+        """The next worker name: one past the highest number in use."""
+        numbers = [int(n[len("worker"):]) for n in self.instances if n[len("worker"):].isdigit()]
+        return f"worker{max(numbers, default=0) + 1}"
+
+    def coming(self) -> int:
+        """Instances launched to scale that do not run yet."""
+        return sum(1 for n in self.pending if n in self.grown)
+
+    def launch(self) -> tuple[str, str]:
+        """A tagged worker instance for containers with no room (the cap is the caller's to keep):
+        (its name, a sentence), or ("", why not)."""
+        name = self.new_name()
+        try:
+            self.aws = self.aws or self.connect()
+            launched = spot.launch_worker(self.aws, self.launch_spec(), name, [tuple(z) for z in self.config.zones],
+                                          lambda zone, code: None, Market(self.config.spot, self.config.fallback))
+        except MlclusterError as exc:
+            self.aws = None
+            return "", f"EC2 (with the orchestrator instance's profile): {exc.message}"
+        self.instances[name] = self.pending[name] = launched.instance.id
+        self.grown.add(name)
+        self.save()
+        refused = f" after spot was refused ({launched.refused})" if launched.refused else ""
+        return name, f"launched {name} ({launched.instance.id}, {launched.market}{refused})"
+
+    def terminate(self, name: str) -> str:
+        """Terminate `name`, an instance launched to scale (never the orchestrator, never up's); a sentence."""
+        instance_id = self.instances.get(name, "")
+        if name not in self.grown or not instance_id or instance_id == self.config.orchestrator:
+            return ""
+        self.aws = self.aws or self.connect()
+        ec2.terminate(self.aws, [instance_id])
+        for record in (self.instances, self.pending, self.hosts):
+            record.pop(name, None)
+        self.grown.discard(name)
+        self.save()
+        return f"terminated {name} ({instance_id})"
+
     def say_once(self, kind: str, reason: str, container: str) -> None:
         if reason not in self.said:
             self.said.add(reason)
@@ -135,5 +181,5 @@ class Fleet:
         fd = os.open(f"{self.path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"instances": self.instances, "pending": self.pending, "hosts": self.hosts,
-                       "saved_at": time.time()}, f)
+                       "grown": sorted(self.grown), "saved_at": time.time()}, f)
         os.replace(f"{self.path}.tmp", self.path)

@@ -46,14 +46,15 @@ from ..deploy.process import ProcessRuntime, find_by_marker
 from ..deploy.watchdog import RECORD
 from ..errors import MlclusterError
 from ..resources import SSHService
-from ..services import BIND, MARKER_VAR
-from . import events
+from ..services import BIND
+from . import events, poolconfig
 from .aws_fleet import Fleet
 from .events import Event
 from .local import Admin
 from .placement import Action, Placed, PoolHost, overdue, plan
 from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, PoolMember, StandIn, dump_state, load_stand_ins
 from .poolhosts import Member, PinnedKeys, marker
+from .poolscaler import Scaler
 from .published import PUBLISHED_FILE, ControllerStatus
 
 log = logging.getLogger("mlcluster.elastic.pool")
@@ -69,16 +70,17 @@ class PoolController:
         self.fleet = Fleet(config.aws, config.cluster, directory, self.event) if config.aws else None
         self.registry: dict[str, dict] = {}
         self.renewed: set[str] = set()  # pool hosts that are replacement instances now (aws)
-        for name, instance_id, address, key in self.fleet.known() if self.fleet else []:
-            self.replaced(name, instance_id, address, key)
         self.workers = {w.id: w for w in config.workers}
         self.runtime = ProcessRuntime()
         self.admin = Admin(config.admin_url, config.token)
         self.stand_ins: list[StandIn] = load_stand_ins(self._read(STATE_FILE))
+        self.capacity: dict[str, int] = {}  # each container's, as `up` registered it
+        self.scaler = Scaler(self, config.autoscale) if config.autoscale and config.workers else None
+        for name, instance_id, address, key in self.fleet.known() if self.fleet else []:
+            self.replaced(name, instance_id, address, key)
         self.down_since: dict[str, float] = {}
         self.stuck: set[str] = set()  # containers said to wait for room
-        self.capacity: dict[str, int] = {}  # each container's, as `up` registered it
-        self.probes = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(self.members)))
+        self.probes = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(self.members)) + 2)
         self.idle: Optional[IdleClock] = None  # autostop: this host's agent is the controller
         if config.idle_s or config.deadline:
             self.idle = IdleClock(config.idle_s, config.deadline, last_active=time.monotonic())
@@ -113,7 +115,7 @@ class PoolController:
         self.capacity.update({cid: c["capacity"] for cid, c in registry.items() if cid in self.workers})
         self.check_processes(registry, now)
         actions = plan(self.pool_hosts(), self.placed(registry), now, self.config.host_grace_s,
-                       self.config.heal_grace_s)
+                       self.config.heal_grace_s, self.scaler.occupancy() if self.scaler else None)
         for action in actions:
             {"heal": self.heal, "move": self.move, "return": self.send_home}[action.kind](action)
         for stand_in in overdue({s.id: self.down_since[s.id] for s in self.stand_ins if s.id in self.down_since},
@@ -121,6 +123,8 @@ class PoolController:
             self.heal_stand_in(next(s for s in self.stand_ins if s.id == stand_in), now)
         self.say_stuck(registry, actions, now)
         self.let_go(registry)
+        if self.scaler is not None:
+            self.scaler.look(status, registry, now)
         self.publish(registry)
 
     def reread_pids(self) -> None:
@@ -173,9 +177,7 @@ class PoolController:
         address = member.config.host.private_address
         if member.name in self.renewed and self.registry.get(w.id, {}).get("host", address) != address:
             self.admin.drain(w.id)  # down: nothing in flight, it leaves at once
-            self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
-                "id": w.id, "host": address, "port": w.port, "capacity": self.capacity.get(w.id, 1)}]}
-                ).raise_for_status()
+            self.register(w.id, address, w.port, self.capacity.get(w.id, 1))
         self.event("heal", f"{action.reason} (pid {old} -> {record.pid})", w.id)
 
     def move(self, action: Action) -> None:
@@ -186,21 +188,19 @@ class PoolController:
         while any(s.id == sid for s in self.stand_ins):  # an earlier one still draining there
             sid, n = f"{w.id}-on-{member.name}-{n}", n + 1
         port = self.free_port(member)
-        service = ServiceSpec(sid, "worker", port, self.stand_in_env(w.env, w.home, member.config, sid, port),
+        service = ServiceSpec(sid, "worker", port, self.env_for(w, member.config, sid, port),
                               model_dir=member.config.model if w.model_dir else "")
         record = self.runtime.start(member.host, service, marker(self.config.cluster, member.name), None)
         member.host.facts.pop("just_started", None)
         self.stand_ins.append(StandIn(sid, w.id, member.name, port, record.pid, record.log))
         self.save()  # before anything else can fail: the record names what runs
-        self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
-            "id": sid, "host": member.config.host.private_address, "port": port,
-            "capacity": self.capacity.get(w.id, 1)}]}).raise_for_status()
+        self.register(sid, member.config.host.private_address, port, self.capacity.get(w.id, 1))
         self.stuck.discard(w.id)
         self.event("move", f"{action.reason} as {sid} (port {port})", w.id)
 
     def heal_stand_in(self, s: StandIn, now: float) -> None:
         w, member = self.workers[s.of], self.members[s.host]
-        service = ServiceSpec(s.id, "worker", s.port, self.stand_in_env(w.env, w.home, member.config, s.id, s.port),
+        service = ServiceSpec(s.id, "worker", s.port, self.env_for(w, member.config, s.id, s.port),
                               model_dir=member.config.model if w.model_dir else "")
         record = self.runtime.start(member.host, service, marker(self.config.cluster, s.host), None)
         member.host.facts.pop("just_started", None)
@@ -215,6 +215,8 @@ class PoolController:
         its host key is `key`, else recorded at the first login and pinned from then on."""
         member = self.members.get(name)
         if member is None:
+            if self.scaler is not None and self.fleet and name in self.fleet.grown:  # launched to scale
+                self.scaler.joined(name, address, key)
             return
         old = member.config.host
         host = dataclasses.replace(old, address=address, private_address=address,
@@ -292,9 +294,12 @@ class PoolController:
                    or any(s.of == w.id and not s.leaving and registry.get(s.id, {}).get("status") in SERVING
                           for s in self.stand_ins)]
         away = sorted(f"{s.of} on {s.host}" for s in self.stand_ins if not s.leaving)
+        healing = "healing: " + (", ".join(away) if away else "every container at home")
         status = ControllerStatus(min=None, max=None, target=None, desired=len(self.workers), current=len(serving),
-                                  reason="healing: " + (", ".join(away) if away else "every container at home"),
-                                  pid=os.getpid())
+                                  reason=healing, pid=os.getpid())
+        if self.scaler is not None:
+            scaled = self.scaler.published()
+            status = ControllerStatus(**{**scaled, "reason": f"{scaled['reason']}; {healing}"}, pid=os.getpid())
         if status != self.published or time.time() - self.published_at > 10:
             self.write_private(PUBLISHED_FILE, dataclasses.asdict(dataclasses.replace(status, updated_at=time.time())))
             self.published, self.published_at = status, time.time()
@@ -305,18 +310,16 @@ class PoolController:
                 {s.port for s in self.stand_ins if s.host == member.name}
         return member.free_port(self.config.worker_port, taken)
 
-    def stand_in_env(self, env: dict[str, str], home: str, config: PoolMember, sid: str, port: int) -> dict[str, str]:
-        """The home container's environment, for `sid` on another host."""
-        out = dict(env)
-        out[BIND] = f"{config.host.bind}:{port}"
-        out["WORKER_ID"] = sid
-        out[MARKER_VAR] = marker(self.config.cluster, config.host.name)
-        if env.get("MODEL") == self.config.member(home).model:
-            out["MODEL"] = config.model  # the model's copy on the stand-in's host
-        return out
+    def env_for(self, w: poolconfig.WorkerSpec, config: PoolMember, sid: str, port: int) -> dict[str, str]:
+        return poolconfig.container_env(self.config.cluster, w.env, self.config.member(w.home).model, config, sid, port)
 
     def save(self) -> None:
-        self.write_private(STATE_FILE, dump_state(self.stand_ins, list(self.workers.values())))
+        self.write_private(STATE_FILE, dump_state(self.stand_ins, list(self.workers.values()),
+                                                  tuple(self.scaler.own) if self.scaler else ()))
+
+    def register(self, sid: str, address: str, port: int, capacity: int) -> None:
+        self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
+            "id": sid, "host": address, "port": port, "capacity": capacity}]}).raise_for_status()
 
     def write_private(self, name: str, data: dict) -> None:
         path = self.dir / name
@@ -334,7 +337,7 @@ class PoolController:
     # -- the loop -----------------------------------------------------------------
     def run(self, stopping) -> None:
         self.event("started", f"the controller runs on the orchestrator's host: healing {len(self.workers)} "
-                              f"containers on a pool of {len(self.members)} hosts")
+                              f"containers on a pool of {len(self.members)} hosts" + (self.scaler.started() if self.scaler else ""))
         unanswered, said = 0, ""
         while not stopping() and not self.fired:
             try:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..resources import HostConfig
+from ..services import BIND, MARKER_VAR
+from .policy import AutoscaleConfig
 
 CONFIG_FILE = "controller.json"
 STATE_FILE = "controller-state.json"
@@ -74,6 +76,7 @@ class AWSFleet:
     endpoint_url: str = ""         # emulators only (moto): EC2's endpoint
     metadata_url: str = ""         # emulators only: the instance metadata service (AWS_EC2_METADATA_SERVICE_ENDPOINT)
     address_map: dict[str, str] = field(default_factory=dict)  # tests only: instance name -> address
+    workdirs: dict[str, str] = field(default_factory=dict)     # tests only: instance name -> its workdir
 
 
 @dataclass
@@ -90,6 +93,9 @@ class PoolConfig:
     hosts: list[PoolMember] = field(default_factory=list)
     workers: list[WorkerSpec] = field(default_factory=list)
     aws: Optional[AWSFleet] = None  # an aws cluster: lost worker instances are replaced
+    # Autoscaling (--max-containers; elastic/poolscaler.py); None: the cluster's size is fixed.
+    # Its target_ongoing 0: each container's capacity as the orchestrator has it.
+    autoscale: Optional[AutoscaleConfig] = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -101,7 +107,8 @@ class PoolConfig:
                  for m in data["hosts"]]
         workers = [WorkerSpec(**pick(WorkerSpec, w)) for w in data["workers"]]
         fleet = AWSFleet(**pick(AWSFleet, data["aws"])) if data.get("aws") else None
-        return cls(**{**pick(cls, data), "hosts": hosts, "workers": workers, "aws": fleet})
+        scale = AutoscaleConfig(**pick(AutoscaleConfig, data["autoscale"])) if data.get("autoscale") else None
+        return cls(**{**pick(cls, data), "hosts": hosts, "workers": workers, "aws": fleet, "autoscale": scale})
 
     def digest(self) -> str:
         """What the controller runs with, but the workers' pids and logs (a healed
@@ -127,6 +134,18 @@ class StandIn:
     leaving: bool = False  # drained: stopped once the orchestrator lets it go
 
 
+@dataclass
+class Scaled:
+    """A container the controller started to follow the load (autoscaling)."""
+    id: str              # "<host>-scale<serial>"
+    host: str
+    port: int
+    pid: int
+    log: str
+    serial: int
+    leaving: bool = False  # drained: stopped once the orchestrator lets it go
+
+
 def load_stand_ins(text: str) -> list[StandIn]:
     try:
         return [StandIn(**pick(StandIn, s)) for s in json.loads(text)["stand_ins"]]
@@ -134,9 +153,31 @@ def load_stand_ins(text: str) -> list[StandIn]:
         return []
 
 
-def dump_state(stand_ins: list[StandIn], workers: list[WorkerSpec]) -> dict:
-    """The controller's state file: its stand-ins, and the pid of each of `up`'s workers (a healed one's new)."""
-    return {"stand_ins": [dataclasses.asdict(s) for s in stand_ins], "pids": {w.id: w.pid for w in workers}}
+def load_scaled(text: str) -> list[Scaled]:
+    try:
+        return [Scaled(**pick(Scaled, s)) for s in json.loads(text).get("scaled", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def dump_state(stand_ins: list[StandIn], workers: list[WorkerSpec], scaled: tuple[Scaled, ...] = ()) -> dict:
+    """The controller's state file: its stand-ins, the pid of each of `up`'s workers (a healed one's new)
+    and the containers it started to scale."""
+    return {"stand_ins": [dataclasses.asdict(s) for s in stand_ins], "pids": {w.id: w.pid for w in workers},
+            "scaled": [dataclasses.asdict(s) for s in scaled]}
+
+
+def container_env(cluster: str, env: dict[str, str], home_model: str, config: PoolMember, sid: str,
+                  port: int) -> dict[str, str]:
+    """A worker's environment (`env`, whose model on its home host is `home_model`), for container `sid`
+    on pool host `config` at `port`: a stand-in, or a container started to scale."""
+    out = dict(env)
+    out[BIND] = f"{config.host.bind}:{port}"
+    out["WORKER_ID"] = sid
+    out[MARKER_VAR] = f"ssh:{cluster}:{config.host.name}"  # poolhosts.marker: `down` finds it by it
+    if env.get("MODEL") == home_model:
+        out["MODEL"] = config.model  # the model's copy on that host
+    return out
 
 
 def healed_pids(text: str) -> dict[str, int]:

@@ -19,12 +19,14 @@ def fleet_of(aws: AWS, state: ClusterState, o: AWSOptions, port: int) -> AWSFlee
     launch, zones, market = launch_spec_of(aws, state)
     res = state.resources.aws
     mapped = {name: (m if isinstance(m, str) else m["address"]) for name, m in o.address_map.items()}
+    workdirs = {name: m["workdir"] for name, m in o.address_map.items() if isinstance(m, dict) and "workdir" in m}
     return AWSFleet(region=aws.region, instances={n: i for n, i in res.instances.items() if n != "orchestrator"},
                     cap=worker_cap(state.spec), image_id=launch.image.id, root_device=launch.image.root_device,
                     instance_type=launch.instance_type, key_name=launch.key_name, security_group=launch.group_id,
                     volume_gb=launch.volume_gb, user_data=launch.user_data, zones=[list(z) for z in zones],
                     orchestrator=res.instances.get("orchestrator", ""), spot=market.spot, fallback=market.fallback, user=o.user, ssh_port=port,
-                    endpoint_url=o.endpoint_url, metadata_url=o.metadata_url, address_map=mapped)
+                    endpoint_url=o.endpoint_url, metadata_url=o.metadata_url, address_map=mapped,
+                    workdirs=workdirs)
 
 
 def launch_spec_of(aws: AWS, state: ClusterState) -> tuple[LaunchSpec, list[tuple[str, str]], Market]:
