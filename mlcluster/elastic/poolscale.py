@@ -18,7 +18,8 @@ applies what this returns; nothing here does I/O or reads a clock.
 - aws: containers with no room anywhere need hosts: as many worker
   instances as hold them (`slots` each), less those already on the way,
   within the instance cap; an instance the controller launched whose
-  containers are all gone is terminated once nothing more is wanted.
+  containers are all gone is terminated once nothing more is wanted (the
+  rule wants no more, not even while it waits out its delay).
 """
 from __future__ import annotations
 
@@ -79,8 +80,9 @@ def leaving(own: list[Own], count: int) -> list[str]:
 
 
 def plan_scale(desired: int, current: int, draining: int, max_containers: int, hosts: list[PoolHost],
-               used: dict[str, int], own: list[Own], fleet: Fleet | None = None) -> ScalePlan:
-    """What to do for `desired` containers when `current` count (and `draining` still run); see the docstring."""
+               used: dict[str, int], own: list[Own], fleet: Fleet | None = None, wants_more: bool = False) -> ScalePlan:
+    """What to do for `desired` containers when `current` count (and `draining` still run); see the docstring.
+    `wants_more`: the rule is waiting out its delay for more (an empty instance then stays)."""
     if desired < current:
         return ScalePlan(stop=leaving(own, current - desired), terminate=idle(hosts, used, fleet))
     grow = room_to_grow(desired, current, draining, max_containers)
@@ -92,7 +94,7 @@ def plan_scale(desired: int, current: int, draining: int, max_containers: int, h
     if missing > fleet.coming:
         launch = min(math.ceil((missing - fleet.coming) / max(1, fleet.slots)), max(0, fleet.cap - fleet.live))
     held = max(0, missing - fleet.coming - launch * fleet.slots)
-    terminate = idle(hosts, used, fleet) if grow == 0 else []
+    terminate = idle(hosts, used, fleet) if grow == 0 and not wants_more else []
     return ScalePlan(start=start, launch=launch, held=held, terminate=terminate)
 
 

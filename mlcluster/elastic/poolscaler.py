@@ -55,6 +55,7 @@ class Scaler:
         self.decision: Optional[Decision] = None
         self.down_since: dict[str, float] = {}
         self.unready: set[str] = set()  # aws instances it launched that have no model yet
+        self.awaited = 0  # containers decided on that wait for an instance on its way (aws): they count
         self.serial = 1 + max((s.serial for s in self.own), default=0)
 
     # -- what the pool controller asks of it ----------------------------------------
@@ -112,21 +113,20 @@ class Scaler:
         for name in sorted(self.unready):
             self.bring_model(name)
         config, current = self.target(), self.counted()
-        figures = Figures(queued=status["queue"]["depth"], in_flight=status["in_flight"], current=current)
-        decision = decide(figures, config, self.memory, now)
-        self.memory, self.decision = decision.memory, decision
+        fleet = self.fleet()
         draining = sum(1 for s in self.own if s.leaving) + sum(1 for s in self.pool.stand_ins if s.leaving)
         used = self.everything(registry)
         hosts = [h for h in self.pool.pool_hosts() if h.name not in self.unready]
+        ready = sum(max(0, h.slots - used.get(h.name, 0)) for h in hosts if fleet and h.name in fleet.launched)
+        self.awaited = min(self.awaited, fleet.coming + ready if fleet else 0)
+        figures = Figures(queued=status["queue"]["depth"], in_flight=status["in_flight"],
+                          current=current + self.awaited)
+        decision = decide(figures, config, self.memory, now)
+        self.memory, self.decision = decision.memory, decision
         own = [Own(s.id, s.host, registry.get(s.id, {}).get("in_flight", 0), s.serial)
                for s in self.own if not s.leaving]
-        fleet = None
-        if self.pool.fleet is not None:
-            f = self.pool.fleet
-            fleet = Fleet(cap=f.config.cap, live=len(f.instances), slots=self.pool.config.hosts[0].slots,
-                          coming=(f.coming() + len(self.unready)) * self.pool.config.hosts[0].slots,
-                          launched=tuple(sorted(f.grown)))
-        plan = plan_scale(decision.desired, current, draining, config.max_containers, hosts, used, own, fleet)
+        plan = plan_scale(decision.desired, current, draining, config.max_containers, hosts, used, own, fleet,
+                          wants_more=decision.memory.direction == 1)
         done = [self.start(host) for host in plan.start]
         for sid in plan.stop:
             self.retire(next(s for s in self.own if s.id == sid))
@@ -135,6 +135,8 @@ class Scaler:
         for _ in range(plan.launch):
             name, sentence = self.pool.fleet.launch()
             done.append(sentence)
+            self.awaited += fleet.slots if name else 0
+        self.awaited = min(self.awaited, max(0, decision.desired - current - len(plan.start)))
         for name in plan.terminate:
             sentence = self.pool.fleet.terminate(name)
             if sentence:
@@ -142,8 +144,16 @@ class Scaler:
                 done.append(sentence + ": it held no container")
         if done:
             kind = "scale_up" if plan.start or plan.launch else "scale_down"
-            after = current + len(plan.start) - len(plan.stop)
+            after = current + len(plan.start) - len(plan.stop) + self.awaited
             self.event(kind, f"{decision.reason}: {'; '.join(done)}", current, after)
+
+    def fleet(self) -> Optional[Fleet]:
+        """The instance cap and what is on its way (aws), or None (ssh)."""
+        f, slots = self.pool.fleet, self.pool.config.hosts[0].slots
+        if f is None:
+            return None
+        return Fleet(cap=f.config.cap, live=len(f.instances), slots=slots,
+                     coming=(f.coming() + len(self.unready)) * slots, launched=tuple(sorted(f.grown)))
 
     def start(self, name: str) -> str:
         """A new container on pool host `name`, registered; a sentence."""
