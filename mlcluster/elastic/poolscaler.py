@@ -114,7 +114,10 @@ class Scaler:
             self.bring_model(name)
         config, current = self.target(), self.counted()
         fleet = self.fleet()
-        draining = sum(1 for s in self.own if s.leaving) + sum(1 for s in self.pool.stand_ins if s.leaving)
+        # Processes that run beyond the counted containers: its own and stand-ins draining, and a stand-in
+        # whose container serves at home again (until it is sent home): the cap counts them.
+        draining = sum(1 for s in self.own if s.leaving) + sum(
+            1 for s in self.pool.stand_ins if s.leaving or registry.get(s.of, {}).get("status") in SERVING)
         used = self.everything(registry)
         hosts = [h for h in self.pool.pool_hosts() if h.name not in self.unready]
         ready = sum(max(0, h.slots - used.get(h.name, 0)) for h in hosts if fleet and h.name in fleet.launched)
@@ -180,9 +183,16 @@ class Scaler:
         self.pool.save()
 
     def heal(self, registry: dict, now: float) -> None:
-        """One of its containers whose process is gone on a host that answers: restarted in place."""
+        """One of its containers whose process is gone on a host that answers: restarted in place; one on
+        a host unreachable past its grace: drained (stopped when the host answers again; until then it counts
+        against the cap), so the rule may start another where there is room."""
         for s in [s for s in self.own if not s.leaving]:
             member = self.pool.members.get(s.host)
+            if member is not None and not member.reachable and now - member.since >= self.pool.config.host_grace_s:
+                self.retire(s)
+                self.event("scale_down", f"{s.host} unreachable for {now - member.since:.0f} s (grace "
+                                         f"{self.pool.config.host_grace_s:g} s): {s.id} drained", container=s.id)
+                continue
             if registry.get(s.id, {}).get("status") in SERVING or member is None or member.host is None:
                 self.down_since.pop(s.id, None)
                 continue
