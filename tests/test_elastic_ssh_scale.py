@@ -9,6 +9,7 @@ show the decisions with their reasons; `down` leaves nothing."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -64,13 +65,18 @@ def containers(url: str) -> dict[str, str]:
 
 def test_a_step_load_scales_onto_the_spare_within_the_cap_and_back_to_the_minimum(net, cluster):
     home, url = cluster["home"], cluster["url"]
-    shown = wait_for(lambda: autoscale(home).get("running") and autoscale(home), "the controller's state", timeout=30, interval=0.5)
+    shown = wait_for(lambda: autoscale(home).get("running") and autoscale(home), "the controller's state",
+                     timeout=30, interval=0.5)
     assert (shown["min"], shown["max"], shown["target"], shown["current"]) == (2, 4, 1, 2), shown
     assert marked(net, "spare") == []
 
     base = ClosedLoop(url, clients=1, watch=True)  # runs throughout: the scale-down happens under its load
     loop = ClosedLoop(url, clients=7)
+    step = time.monotonic()
     try:
+        wait_for(lambda: any(a.container.startswith("spare-") for a in list(loop.answers)),
+                 "a first answer from the spare", timeout=90, interval=0.1)
+        print(f"\nstep -> first answer from a new container: {time.monotonic() - step:.1f} s (upscale_delay 1 s)")
         wait_for(lambda: sum(1 for cid, s in containers(url).items() if cid.startswith("spare-")
                              and s in ("free", "busy")) == 2, "two containers serving on the spare", timeout=90,
                  interval=0.2)
@@ -79,10 +85,12 @@ def test_a_step_load_scales_onto_the_spare_within_the_cap_and_back_to_the_minimu
         up_shown = wait_for(lambda: (lambda a: a if a.get("current") == 4 else None)(autoscale(home)),
                             "status showing 4 containers", timeout=30, interval=0.5)
         assert up_shown["desired"] == 4 and up_shown["max"] == 4
-        answers = loop.finish()
+        loop.finish()  # the step is over; the base load goes on while the spare's containers drain
+        gone = time.monotonic()
         wait_for(lambda: set(containers(url)) == {"w1-1", "w1-2"}, "back to up's two containers", timeout=60,
                  interval=0.2)
         wait_for(lambda: marked(net, "spare") == [], "the spare's containers stopped", timeout=30)
+        print(f"step gone -> the spare's containers stopped: {time.monotonic() - gone:.1f} s (downscale_delay 3 s)")
     finally:
         answers = loop.finish() + base.finish()
     assert base.most() <= 4  # never past the maximum, the draining ones counted

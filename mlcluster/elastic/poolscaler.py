@@ -56,6 +56,7 @@ class Scaler:
         self.down_since: dict[str, float] = {}
         self.unready: set[str] = set()  # aws instances it launched that have no model yet
         self.awaited = 0  # containers decided on that wait for an instance on its way (aws): they count
+        self.launch_after = 0.0  # after a failed launch, the next try
         self.serial = 1 + max((s.serial for s in self.own), default=0)
 
     # -- what the pool controller asks of it ----------------------------------------
@@ -135,10 +136,14 @@ class Scaler:
             self.retire(next(s for s in self.own if s.id == sid))
         if plan.stop:
             done.append(f"draining {', '.join(plan.stop)}")
-        for _ in range(plan.launch):
+        for _ in range(plan.launch if now >= self.launch_after else 0):
             name, sentence = self.pool.fleet.launch()
+            if not name:  # said once; tried again after EC2's look interval, not every look
+                self.pool.fleet.say_once("error", f"no instance launched for containers with no room: {sentence}", "")
+                self.launch_after = now + self.pool.fleet.config.look_s
+                break
             done.append(sentence)
-            self.awaited += fleet.slots if name else 0
+            self.awaited += fleet.slots
         self.awaited = min(self.awaited, max(0, decision.desired - current - len(plan.start)))
         for name in plan.terminate:
             sentence = self.pool.fleet.terminate(name)
@@ -146,7 +151,7 @@ class Scaler:
                 self.forget(name)
                 done.append(sentence + ": it held no container")
         if done:
-            kind = "scale_up" if plan.start or plan.launch else "scale_down"
+            kind = "scale_up" if plan.start or self.awaited else "scale_down"
             after = current + len(plan.start) - len(plan.stop) + self.awaited
             self.event(kind, f"{decision.reason}: {'; '.join(done)}", current, after)
 
