@@ -99,6 +99,7 @@ def test_a_step_load_scales_onto_the_spare_within_the_cap_and_back_to_the_minimu
         autoscale(home)), "status showing the minimum again", timeout=30,
         interval=0.5)
     assert "within target" in down_shown["reason"] or "< target" in down_shown["reason"], down_shown
+    assert "autoscale 2..4 at 1 ongoing each" in " ".join(cli("status", "--name", NAME, home=home).stdout.split())
 
     found = json.loads(cli("events", "--name", NAME, "--json", home=home).stdout)["events"]
     ups = [e for e in found if e["kind"] == "scale_up"]

@@ -298,8 +298,7 @@ class PoolController:
         status = ControllerStatus(min=None, max=None, target=None, desired=len(self.workers), current=len(serving),
                                   reason=healing, pid=os.getpid())
         if self.scaler is not None:
-            scaled = self.scaler.published()
-            status = ControllerStatus(**{**scaled, "reason": f"{scaled['reason']}; {healing}"}, pid=os.getpid())
+            status = self.scaler.published(healing)
         if status != self.published or time.time() - self.published_at > 10:
             self.write_private(PUBLISHED_FILE, dataclasses.asdict(dataclasses.replace(status, updated_at=time.time())))
             self.published, self.published_at = status, time.time()

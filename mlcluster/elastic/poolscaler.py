@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from shlex import quote
 from typing import Optional
@@ -37,6 +38,7 @@ from .policy import AutoscaleConfig, Decision, Figures, Memory, decide, plural
 from .poolconfig import STATE_FILE, PoolMember, Scaled, load_scaled
 from .poolhosts import Member, marker
 from .poolscale import Fleet, Own, plan_scale
+from .published import ControllerStatus
 
 log = logging.getLogger("mlcluster.elastic.pool")
 SERVING = ("free", "busy")
@@ -254,12 +256,13 @@ class Scaler:
         self.unready.discard(name)
 
     # -- what it says -------------------------------------------------------------
-    def published(self) -> dict:
-        """min, max, target, desired, current and the rule's reason, for `status`."""
+    def published(self, healing: str) -> ControllerStatus:
+        """`status`'s `autoscale` object: min, max, target, desired, current, the rule's reason and `healing`'s."""
         config, current = self.target(), self.counted()
-        return {"min": config.min_containers, "max": config.max_containers, "target": config.target_ongoing,
-                "desired": self.decision.desired if self.decision else current, "current": current,
-                "reason": self.decision.reason if self.decision else "autoscaling: no look yet"}
+        reason = self.decision.reason if self.decision else "autoscaling: no look yet"
+        return ControllerStatus(min=config.min_containers, max=config.max_containers, target=config.target_ongoing,
+                                desired=self.decision.desired if self.decision else current, current=current,
+                                reason=f"{reason}; {healing}", pid=os.getpid())
 
     def event(self, kind: str, reason: str, current: Optional[int] = None, desired: Optional[int] = None,
               container: str = "") -> None:
