@@ -69,7 +69,7 @@ def cluster(net, tiny_model, tmp_path_factory):
     text = toml_config(net, tiny_model, ["w1", "w2"], docker=DOCKER_HOSTS, images="ship", host_grace=2)
     config.write_text(text.replace(f'name = "{CLUSTER}"', f'name = "{NAME}"')
                       + f'spares = [ {{ address = "{spare.address}", name = "spare", workdir = "{spare.workdir}", '
-                        'runtime = "docker" }} ]\n'
+                        'runtime = "docker" } ]\n'
                       + "[autoscale]\nheal_grace = 1\n")
     started = time.monotonic()
     result = cli("up", "--provider", "ssh", "--config", str(config), timeout=1800, home=home, check=False)
@@ -99,7 +99,7 @@ def test_the_controller_runs_beside_a_docker_orchestrator(net, cluster):
     pool = json.loads((net.hosts["orch"].workdir / "controller.json").read_text())
     assert {h["host"]["name"]: h["runtime"] for h in pool["hosts"]} == {"w1": "docker", "w2": "process",
                                                                        "spare": "docker"}
-    assert pool["hosts"][2]["images"]["worker"].startswith("mlcluster-worker:")  # `up` prepared the spare
+    assert pool["hosts"][2]["images"]["worker"].startswith("mlcluster-worker")  # `up` prepared the spare
     assert [line for line in net.authorized_keys.read_text().splitlines() if line.endswith(TAG)]
     assert ours(net.hosts["spare"]) == []  # up starts nothing on a spare
     shown = wait_for(lambda: json.loads(cli("status", "--name", NAME, "--json", home=cluster["home"]).stdout)
