@@ -114,7 +114,8 @@ def test_a_killed_worker_container_is_started_again_in_place(net, cluster):
     assert dk(w1, "kill", name).returncode == 0  # Docker's restart policy leaves a killed container stopped
     wait_for(lambda: serving(url).get("w1-2") == "down", "w1-2 seen down", timeout=30, interval=0.1)
     killed_at = time.monotonic()
-    wait_for(lambda: any(e["kind"] == "heal" and e["container"] == "w1-2" for e in events(cluster))
+    wait_for(lambda: any(e["kind"] == "heal" and e["container"] == "w1-2" and f"(container {name})" in e["reason"]
+                         for e in events(cluster))
              and serving(url).get("w1-2") in ("free", "busy"), "w1-2 started again and serving", timeout=60,
              interval=0.5)
     print(f"\nw1-2 seen down -> serving again: {time.monotonic() - killed_at:.1f} s (heal_grace 1 s)")
@@ -147,6 +148,11 @@ def test_a_cut_off_docker_host_serves_from_the_spare_and_comes_back(net, cluster
         assert ours(spare) == [f"mlc-{NAME}-w1-1-on-spare", f"mlc-{NAME}-w1-2-on-spare"]
         wait_for(lambda: served_by(results, "w1-1-on-spare") + served_by(results, "w1-2-on-spare") >= 20,
                  "requests answered by the stand-ins", timeout=30)
+        # A stand-in container killed is started again in place too.
+        assert dk(spare, "kill", f"mlc-{NAME}-w1-1-on-spare").returncode == 0
+        wait_for(lambda: any(e["kind"] == "heal" and "stand-in w1-1-on-spare" in e["reason"] for e in events(cluster))
+                 and serving(url).get("w1-1-on-spare") in ("free", "busy"), "the killed stand-in serving again",
+                 timeout=60, interval=0.5)
         net.restore(w1)
         wait_for(lambda: set(serving(url)) == {"w1-1", "w1-2", "w2-1", "w2-2"}
                  and set(serving(url).values()) <= {"free", "busy"}, "the stand-ins drained and gone", timeout=60,

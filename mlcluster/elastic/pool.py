@@ -175,7 +175,7 @@ class PoolController:
             self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
                 "id": w.id, "host": address, "port": w.port, "capacity": self.capacity.get(w.id, 1)}]}
                 ).raise_for_status()
-        self.event("heal", f"{action.reason} (pid {old} -> {record.pid})", w.id)
+        self.event("heal", f"{action.reason} ({_which(record, old)})", w.id)
 
     def move(self, action: Action) -> None:
         w, member = self.workers[action.container], self.members[action.host]
@@ -201,7 +201,7 @@ class PoolController:
         self.save()
         gone = now - self.down_since.pop(s.id)
         self.event("heal", f"its stand-in {s.id}'s process on {s.host} was gone for {gone:.0f} s: restarted in "
-                           f"place (pid {old} -> {s.pid})", s.of)
+                           f"place ({_which(record, old)})", s.of)
 
     def replaced(self, name: str, instance_id: str, address: str, key: str = "") -> None:
         """Pool host `name` is now the replacement instance `instance_id` at `address`:
@@ -348,6 +348,11 @@ class PoolController:
             self.event("stopped", "the controller stopped; the containers are left as they are")
         self.probes.shutdown(wait=False)
         self.admin.close()
+
+
+def _which(record, old_pid: int) -> str:
+    """What a heal started: its container (Docker), or the process's new pid."""
+    return f"container {record.container}" if record.container else f"pid {old_pid} -> {record.pid}"
 
 
 def main(argv: Optional[list[str]] = None) -> None:
