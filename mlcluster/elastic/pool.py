@@ -8,7 +8,7 @@ Every look (once a second) it:
   PROBE_TIMEOUT_S is unreachable from then on, until it answers again;
 - reads the orchestrator's /status on its admin listener (this host's loopback);
 - for each of `up`'s containers the orchestrator sees down on a host that
-  answers, checks whether its process still runs there;
+  answers, checks whether its process (or its container: poolruntime.py) still runs there;
 - applies the pure rule (placement.py): `heal` restarts a container in place,
   `move` starts a stand-in on another host of the pool and registers it,
   `return` drains the stand-in once the container serves at home again; a

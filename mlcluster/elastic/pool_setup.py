@@ -7,6 +7,12 @@ its public key is added to each pool host's authorized_keys, restricted to
 the orchestrator's address (`from=`) and to commands (no forwarding, no pty),
 tagged `mlcluster-controller:<cluster>` so `down` removes exactly that line.
 The user's own key never leaves this machine.
+
+The controller is a process on the orchestrator's host whatever its runtime:
+on a Docker host, `up` prepares that host's Python as the process runtime does
+(never a controller container with the Docker socket: that is root on the
+host). The pool is every worker host and spare, each with its own runtime
+(elastic/poolruntime.py).
 """
 from __future__ import annotations
 
@@ -112,7 +118,8 @@ def start(host: RemoteHost, config: PoolConfig, private_key: str, marker: str,
     host.run(f"rm -f {quote(host.path(watchdog.RECORD))}", warn=True)  # a new start: not stopped (yet)
     host.conn.put_text(private_key, host.path(KEY_FILE), mode=0o600)
     host.conn.put_text(text, host.path(CONFIG_FILE), mode=0o600)
-    # Like every service (deploy/process.py): `env -i`, the basics, and its own 0600 env file (the marker).
+    # Like every service (deploy/process.py): `env -i`, the basics, and its own 0600 env file (the marker);
+    # and how to reach this host's Docker engine (autostop on a Docker host removes the cluster's containers).
     env = {MARKER_VAR: marker}
     if config.aws and config.aws.metadata_url:  # an emulator's (tests): boto3's chain asks it for the profile's keys
         env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = config.aws.metadata_url
