@@ -42,7 +42,6 @@ from support.waiting import wait_for
 
 NAME = "sshdheal"  # this file's own: other tests' clusters on the shared hosts are never ours
 TAG = f"mlcluster-controller:{NAME}"
-LABEL = f"label=mlcluster.cluster={NAME}"
 DOCKER_HOSTS = ("orch", "w1", "spare")
 
 pytestmark = [*ssh_marks(docker_over_ssh_missing, "Docker over SSH"), pytest.mark.docker,
@@ -56,9 +55,10 @@ def dk(host, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", "-H", host.docker_host, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def ours(host) -> list[str]:
-    """The names of this cluster's containers on a host, running or not."""
-    return sorted(dk(host, "ps", "-a", "--filter", LABEL, "--format", "{{.Names}}").stdout.split())
+def ours(host, cluster: str = NAME) -> list[str]:
+    """The names of a cluster's containers on a host, running or not."""
+    return sorted(dk(host, "ps", "-a", "--filter", f"label=mlcluster.cluster={cluster}", "--format",
+                     "{{.Names}}").stdout.split())
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +189,29 @@ def test_down_leaves_no_container_no_process_and_no_key(net, cluster):
     spare = net.hosts["spare"]
     assert dk(spare, "inspect", "--format", "{{.Name}}", "users-own").stdout.strip() == "/users-own"  # the user's
     dk(spare, "rm", "-f", "users-own")
+
+
+def test_autostop_on_a_docker_orchestrator_host_removes_its_container(net, tiny_model, tmp_path):
+    """The controller is that host's autostop agent: once idle, it removes the orchestrator's container
+    there (and ends itself); the process host's own agent stops its workers."""
+    name, home = "sshdstop", tmp_path / "home"
+    home.mkdir()
+    config = home / "cluster.toml"
+    config.write_text(toml_config(net, tiny_model, ["w2"], docker=DOCKER_HOSTS, images="ship")
+                      .replace(f'name = "{CLUSTER}"', f'name = "{name}"'))
+    up = cli("up", "--provider", "ssh", "--config", str(config), "--autostop", "4s", timeout=900, home=home,
+             check=False)
+    assert up.returncode == 0, up.stderr[-3000:]
+    orch = net.hosts["orch"]
+    try:
+        services = json.loads((home / name / "state.json").read_text())["resources"]["ssh"]["services"]
+        assert {"controller", "watchdog-w2"} <= set(services) and "watchdog-orch" not in services
+        assert ours(orch, name) == [f"mlc-{name}-orchestrator"]
+        wait_for(lambda: (orch.workdir / "autostop.json").exists() and ours(orch, name) == []
+                 and our_processes(net, "orch") == [], "the idle cluster's container and controller gone on orch",
+                 timeout=120, interval=0.5)
+        assert json.loads((orch.workdir / "autostop.json").read_text())["reason"] == "autostop"
+    finally:
+        down = cli("down", "--name", name, "--yes", home=home, check=False)
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert ours(orch, name) == [] and our_processes(net, "orch") == [] and our_processes(net, "w2") == []
