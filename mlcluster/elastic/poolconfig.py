@@ -35,6 +35,8 @@ class PoolMember:
     python: str          # the interpreter the services run with there
     model: str           # the model reference on this host (a directory there, or a hub id)
     slots: int           # containers it may hold (placement.py's room)
+    runtime: str = "process"  # or "docker" (elastic/poolruntime.py)
+    images: dict[str, str] = field(default_factory=dict)  # docker: `up`'s image tag by role there
 
 
 @dataclass
@@ -87,6 +89,7 @@ class PoolConfig:
     host: str = ""       # the orchestrator's host, where the controller runs
     idle_s: float = 0.0  # autostop on this host (the controller is its agent: deploy/agent.py's clock); 0: off
     deadline: float = 0.0  # max_lifetime's end, epoch seconds; 0: none
+    docker: str = ""     # how docker is called on the orchestrator's host when it uses the Docker runtime (autostop)
     hosts: list[PoolMember] = field(default_factory=list)
     workers: list[WorkerSpec] = field(default_factory=list)
     aws: Optional[AWSFleet] = None  # an aws cluster: lost worker instances are replaced
