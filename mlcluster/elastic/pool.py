@@ -8,7 +8,7 @@ Every look (once a second) it:
   PROBE_TIMEOUT_S is unreachable from then on, until it answers again;
 - reads the orchestrator's /status on its admin listener (this host's loopback);
 - for each of `up`'s containers the orchestrator sees down on a host that
-  answers, checks whether its process still runs there;
+  answers, checks whether its process (or its container: poolruntime.py) still runs there;
 - applies the pure rule (placement.py): `heal` restarts a container in place,
   `move` starts a stand-in on another host of the pool and registers it,
   `return` drains the stand-in once the container serves at home again; a
@@ -42,18 +42,18 @@ import requests
 
 from ..deploy.agent import IdleClock
 from ..deploy.host import ServiceSpec
-from ..deploy.process import ProcessRuntime, find_by_marker
+from ..deploy.process import find_by_marker
 from ..deploy.watchdog import RECORD
 from ..errors import MlclusterError
-from ..resources import SSHService
 from ..services import BIND
-from . import events, poolconfig
+from . import events
 from .aws_fleet import Fleet
 from .events import Event
 from .local import Admin
 from .placement import Action, Placed, PoolHost, overdue, plan
-from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, PoolMember, StandIn, dump_state, load_stand_ins
+from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, StandIn, WorkerSpec, dump_state, load_stand_ins
 from .poolhosts import Member, PinnedKeys, marker
+from .poolruntime import PoolRuntime, stand_in_service, stop_containers_here
 from .poolscaler import Scaler
 from .published import PUBLISHED_FILE, ControllerStatus
 
@@ -71,7 +71,7 @@ class PoolController:
         self.registry: dict[str, dict] = {}
         self.renewed: set[str] = set()  # pool hosts that are replacement instances now (aws)
         self.workers = {w.id: w for w in config.workers}
-        self.runtime = ProcessRuntime()
+        self.runtime = PoolRuntime(config.cluster)  # each pool host's own runtime, process or docker
         self.admin = Admin(config.admin_url, config.token)
         self.stand_ins: list[StandIn] = load_stand_ins(self._read(STATE_FILE))
         self.capacity: dict[str, int] = {}  # each container's, as `up` registered it
@@ -156,7 +156,7 @@ class PoolController:
                 self.down_since.pop(cid, None)
                 continue
             try:
-                alive = self.runtime.alive(member.host, pid, marker(self.config.cluster, where))
+                alive = self.runtime.alive(member, cid, pid, marker(self.config.cluster, where))
             except MlclusterError:
                 continue  # the host dropped off since its probe: the next look knows
             if alive:
@@ -168,17 +168,16 @@ class PoolController:
     def heal(self, action: Action) -> None:
         w, member = self.workers[action.container], self.members[action.host]
         old = w.pid
-        record = self.runtime.start(member.host, ServiceSpec(w.id, "worker", w.port, w.env, model_dir=w.model_dir),
-                                    marker(self.config.cluster, w.home), None)
+        record = self.runtime.start(member, ServiceSpec(w.id, "worker", w.port, w.env, model_dir=w.model_dir),
+                                    marker(self.config.cluster, w.home))
         w.pid, w.log = record.pid, record.log
-        member.host.facts.pop("just_started", None)
         self.save()  # its new pid, for the next `up` (pool_setup.adopt_healed)
         self.down_since.pop(w.id, None)
         address = member.config.host.private_address
         if member.name in self.renewed and self.registry.get(w.id, {}).get("host", address) != address:
             self.admin.drain(w.id)  # down: nothing in flight, it leaves at once
             self.register(w.id, address, w.port, self.capacity.get(w.id, 1))
-        self.event("heal", f"{action.reason} (pid {old} -> {record.pid})", w.id)
+        self.event("heal", f"{action.reason} ({_which(record, old)})", w.id)
 
     def move(self, action: Action) -> None:
         w, member = self.workers[action.container], self.members[action.host]
@@ -188,10 +187,7 @@ class PoolController:
         while any(s.id == sid for s in self.stand_ins):  # an earlier one still draining there
             sid, n = f"{w.id}-on-{member.name}-{n}", n + 1
         port = self.free_port(member)
-        service = ServiceSpec(sid, "worker", port, self.env_for(w, member.config, sid, port),
-                              model_dir=member.config.model if w.model_dir else "")
-        record = self.runtime.start(member.host, service, marker(self.config.cluster, member.name), None)
-        member.host.facts.pop("just_started", None)
+        record = self.runtime.start(member, self.stand_in(w, member, sid, port), marker(self.config.cluster, member.name))
         self.stand_ins.append(StandIn(sid, w.id, member.name, port, record.pid, record.log))
         self.save()  # before anything else can fail: the record names what runs
         self.register(sid, member.config.host.private_address, port, self.capacity.get(w.id, 1))
@@ -200,15 +196,12 @@ class PoolController:
 
     def heal_stand_in(self, s: StandIn, now: float) -> None:
         w, member = self.workers[s.of], self.members[s.host]
-        service = ServiceSpec(s.id, "worker", s.port, self.env_for(w, member.config, s.id, s.port),
-                              model_dir=member.config.model if w.model_dir else "")
-        record = self.runtime.start(member.host, service, marker(self.config.cluster, s.host), None)
-        member.host.facts.pop("just_started", None)
+        record = self.runtime.start(member, self.stand_in(w, member, s.id, s.port), marker(self.config.cluster, s.host))
         old, s.pid, s.log = s.pid, record.pid, record.log
         self.save()
         gone = now - self.down_since.pop(s.id)
         self.event("heal", f"its stand-in {s.id}'s process on {s.host} was gone for {gone:.0f} s: restarted in "
-                           f"place (pid {old} -> {s.pid})", s.of)
+                           f"place ({_which(record, old)})", s.of)
 
     def replaced(self, name: str, instance_id: str, address: str, key: str = "") -> None:
         """Pool host `name` is now the replacement instance `instance_id` at `address`:
@@ -228,7 +221,7 @@ class PoolController:
             member.host.close()
             member.host = None
         for w in self.workers.values():
-            if w.home == name and BIND in w.env:
+            if w.home == name and BIND in w.env and member.config.runtime != "docker":  # a container binds 0.0.0.0
                 w.env[BIND] = f"{host.bind}:{w.port}"
         log.info("%s is now %s at %s", name, instance_id, address)
 
@@ -248,7 +241,7 @@ class PoolController:
             member = self.members.get(s.host)
             if member is None or member.host is None:
                 continue
-            left = self.runtime.stop(member.host, {s.id: _record(s)}, marker(self.config.cluster, s.host), only=True)
+            left = self.runtime.stop(member, s.id, s.pid, s.log, marker(self.config.cluster, s.host))
             if not left:
                 member.host.run(f"rm -f {member.host.path(s.id + '.env')} {member.host.path(s.id + '.pid')}",
                                 warn=True)
@@ -285,6 +278,8 @@ class PoolController:
         for pid in {int(p) for p in found} - {os.getpid()}:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGTERM)
+        if self.config.docker:  # a Docker orchestrator host: its containers of the cluster
+            stop_containers_here(self.config.cluster, self.config.docker)
         self.fired = True
         return True
 
@@ -309,8 +304,10 @@ class PoolController:
                 {s.port for s in self.stand_ins if s.host == member.name}
         return member.free_port(self.config.worker_port, taken)
 
-    def env_for(self, w: poolconfig.WorkerSpec, config: PoolMember, sid: str, port: int) -> dict[str, str]:
-        return poolconfig.container_env(self.config.cluster, w.env, self.config.member(w.home).model, config, sid, port)
+    def stand_in(self, w: WorkerSpec, member: Member, sid: str, port: int) -> ServiceSpec:
+        """The home container `w`'s service as `sid` on `member`'s host (elastic/poolruntime.py)."""
+        return stand_in_service(w.env, w.model_dir, self.config.member(w.home), member.config, sid, port,
+                                marker(self.config.cluster, member.name))
 
     def save(self) -> None:
         self.write_private(STATE_FILE, dump_state(self.stand_ins, list(self.workers.values()),
@@ -362,8 +359,9 @@ class PoolController:
         self.admin.close()
 
 
-def _record(s: StandIn) -> SSHService:
-    return SSHService(runtime="process", host=s.host, port=s.port, pid=s.pid, log=s.log)
+def _which(record, old_pid: int) -> str:
+    """What a heal started: its container (Docker), or the process's new pid."""
+    return f"container {record.container}" if record.container else f"pid {old_pid} -> {record.pid}"
 
 
 def main(argv: Optional[list[str]] = None) -> None:

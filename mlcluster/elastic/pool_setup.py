@@ -7,6 +7,12 @@ its public key is added to each pool host's authorized_keys, restricted to
 the orchestrator's address (`from=`) and to commands (no forwarding, no pty),
 tagged `mlcluster-controller:<cluster>` so `down` removes exactly that line.
 The user's own key never leaves this machine.
+
+The controller is a process on the orchestrator's host whatever its runtime:
+on a Docker host, `up` prepares that host's Python as the process runtime does
+(never a controller container with the Docker socket: that is root on the
+host). The pool is every worker host and spare, each with its own runtime
+(elastic/poolruntime.py).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from ..ui import QuietUI
 from . import events
 from .events import EVENTS_FILE, Event
 from .poolconfig import CONFIG_FILE, STATE_FILE, AWSFleet, PoolConfig, PoolMember, WorkerSpec, healed_pids
+from .poolruntime import docker_command, python_of
 from .published import PUBLISHED_FILE, parse_published
 from .settings import autoscale_config
 
@@ -112,14 +119,15 @@ def start(host: RemoteHost, config: PoolConfig, private_key: str, marker: str,
     host.run(f"rm -f {quote(host.path(watchdog.RECORD))}", warn=True)  # a new start: not stopped (yet)
     host.conn.put_text(private_key, host.path(KEY_FILE), mode=0o600)
     host.conn.put_text(text, host.path(CONFIG_FILE), mode=0o600)
-    # Like every service (deploy/process.py): `env -i`, the basics, and its own 0600 env file (the marker).
+    # Like every service (deploy/process.py): `env -i`, the basics, and its own 0600 env file (the marker);
+    # and how to reach this host's Docker engine (autostop on a Docker host removes the cluster's containers).
     env = {MARKER_VAR: marker}
     if config.aws and config.aws.metadata_url:  # an emulator's (tests): boto3's chain asks it for the profile's keys
         env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = config.aws.metadata_url
     env_file = host.write_env(ServiceSpec(CONTROLLER, CONTROLLER, 0, env), shell=True)
     load = quote('set -a && . "$0" && set +a && exec setsid "$@"')
     log, pidfile = host.path(f"{CONTROLLER}.log"), host.path(f"{CONTROLLER}.pid")
-    host.run(f"( cd {quote(host.workdir)} && exec {clean_env(PASSED_VARS)} /bin/sh -c {load} {quote(env_file)} "
+    host.run(f"( cd {quote(host.workdir)} && exec {clean_env(PASSED_VARS + watchdog.DOCKER_VARS[:3])} /bin/sh -c {load} {quote(env_file)} "
              f"{command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
     pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
     return SSHService(runtime=runtime.name, pid=pid, log=log, kind=CONTROLLER, command=settings)
@@ -153,26 +161,29 @@ def ensure(session: Session, spec: ClusterSpec, options: RemoteOptions, workers:
     `workers`: up's worker containers by id (where each runs: its record);
     `fleet` (aws): how it replaces a lost worker instance (its user data gets the key's line)."""
     orch = options.orchestrator
-    pool = [h for h in [*options.workers, *options.spares] if h.runtime == "process"]
-    if orch.runtime != "process" or not pool:
-        ui.warn("no healing controller: it runs on the process runtime only for now "
-                "(the orchestrator's host and the pool hosts need runtime = \"process\")")
+    pool = [*options.workers, *options.spares]  # either runtime (elastic/poolruntime.py)
+    if not pool:
         return
+    host = session.hosts[orch.name]
+    if "python" not in host.facts:  # a Docker orchestrator host: the controller runs as a process all the same
+        with ui.step(f"{orch.name}: a Python environment for the controller") as step:
+            ProcessRuntime().prepare(host, step)
     private, public = controller_key(session.state.dir)
     line = authorized_line(public, spec.name, orch.private_address)
     run_on_hosts([h.name for h in pool], lambda name, step: authorize(session.hosts[name], line, options.authorized_keys),
                  ui, what="adding the controller's key")
-    host = session.hosts[orch.name]
     members = [PoolMember(host=dataclasses.replace(h, address=h.private_address, key=host.path(KEY_FILE)),
                           host_key=session.store.get(h.address, h.port) or "",
-                          python=session.hosts[h.name].facts["python"], model=models.get(h.name, ""),
-                          slots=spec.containers_per_worker) for h in pool]
+                          python=python_of(session.hosts[h.name].facts, h.python), model=models.get(h.name, ""),
+                          slots=spec.containers_per_worker, runtime=h.runtime,
+                          images=dict(session.hosts[h.name].facts.get("images", {}))) for h in pool]
     records = session.resources.services
     idle_s, deadline = watchdog.settings(spec, session.state.resources) or (None, None)
     config = PoolConfig(
         cluster=spec.name, admin_url=f"http://127.0.0.1:{options.admin_port}", token=session.state.token,
         worker_port=options.worker_port, host_grace_s=options.host_grace, heal_grace_s=spec.heal_grace,
         host=orch.name, idle_s=idle_s or 0.0, deadline=deadline or 0.0,
+        docker=docker_command(orch.runtime, host.facts),
         hosts=[m for m in members if m.host_key],
         workers=[WorkerSpec(id=sid, home=records[sid].host, port=s.port, env=s.env, model_dir=s.model_dir,
                             pid=records[sid].pid, log=records[sid].log)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..resources import HostConfig
-from ..services import BIND, MARKER_VAR
 from .policy import AutoscaleConfig
 
 CONFIG_FILE = "controller.json"
@@ -37,6 +36,8 @@ class PoolMember:
     python: str          # the interpreter the services run with there
     model: str           # the model reference on this host (a directory there, or a hub id)
     slots: int           # containers it may hold (placement.py's room)
+    runtime: str = "process"  # or "docker" (elastic/poolruntime.py)
+    images: dict[str, str] = field(default_factory=dict)  # docker: `up`'s image tag by role there
 
 
 @dataclass
@@ -90,6 +91,7 @@ class PoolConfig:
     host: str = ""       # the orchestrator's host, where the controller runs
     idle_s: float = 0.0  # autostop on this host (the controller is its agent: deploy/agent.py's clock); 0: off
     deadline: float = 0.0  # max_lifetime's end, epoch seconds; 0: none
+    docker: str = ""     # how docker is called on the orchestrator's host when it uses the Docker runtime (autostop)
     hosts: list[PoolMember] = field(default_factory=list)
     workers: list[WorkerSpec] = field(default_factory=list)
     aws: Optional[AWSFleet] = None  # an aws cluster: lost worker instances are replaced
@@ -165,19 +167,6 @@ def dump_state(stand_ins: list[StandIn], workers: list[WorkerSpec], scaled: tupl
     and the containers it started to scale."""
     return {"stand_ins": [dataclasses.asdict(s) for s in stand_ins], "pids": {w.id: w.pid for w in workers},
             "scaled": [dataclasses.asdict(s) for s in scaled]}
-
-
-def container_env(cluster: str, env: dict[str, str], home_model: str, config: PoolMember, sid: str,
-                  port: int) -> dict[str, str]:
-    """A worker's environment (`env`, whose model on its home host is `home_model`), for container `sid`
-    on pool host `config` at `port`: a stand-in, or a container started to scale."""
-    out = dict(env)
-    out[BIND] = f"{config.host.bind}:{port}"
-    out["WORKER_ID"] = sid
-    out[MARKER_VAR] = f"ssh:{cluster}:{config.host.name}"  # poolhosts.marker: `down` finds it by it
-    if env.get("MODEL") == home_model:
-        out["MODEL"] = config.model  # the model's copy on that host
-    return out
 
 
 def healed_pids(text: str) -> dict[str, int]:

@@ -28,14 +28,13 @@ import time
 from shlex import quote
 from typing import Optional
 
-from ..deploy.host import RemoteHost, ServiceSpec
+from ..deploy.host import RemoteHost
 from ..errors import MlclusterError
-from ..resources import SSHService
 from . import events
 from .events import Event
 from .placement import occupancy
 from .policy import AutoscaleConfig, Decision, Figures, Memory, decide, plural
-from .poolconfig import STATE_FILE, PoolMember, Scaled, load_scaled
+from .poolconfig import STATE_FILE, Scaled, load_scaled
 from .poolhosts import Member, marker
 from .poolscale import Fleet, Own, plan_scale
 from .published import ControllerStatus
@@ -103,7 +102,7 @@ class Scaler:
                                    bind=address if old.bind == old.private_address else old.bind,
                                    workdir=self.pool.config.aws.workdirs.get(name, old.workdir))
         self.pool.store.first_use(address, host.port, key)
-        config = PoolMember(host=host, host_key="", python=template.python, model=template.model, slots=template.slots)
+        config = dataclasses.replace(template, host=host, host_key="")  # its runtime, images, python, slots
         self.pool.members[name] = Member(config, self.pool.store, self.pool.clock())
         self.pool.renewed.add(name)
         self.unready.add(name)
@@ -171,10 +170,8 @@ class Scaler:
         sid = f"{name}-scale{self.serial}"
         self.serial += 1
         port = member.free_port(self.pool.config.worker_port, self.ports(name))
-        service = ServiceSpec(sid, "worker", port, self.pool.env_for(template, member.config, sid, port),
-                              model_dir=member.config.model if template.model_dir else "")
-        record = self.pool.runtime.start(member.host, service, marker(self.pool.config.cluster, name), None)
-        member.host.facts.pop("just_started", None)
+        record = self.pool.runtime.start(member, self.pool.stand_in(template, member, sid, port),
+                                         marker(self.pool.config.cluster, name))
         self.own.append(Scaled(sid, name, port, record.pid, record.log, self.serial - 1))
         self.pool.save()  # before anything else can fail: the record names what runs
         self.pool.register(sid, member.config.host.private_address, port, self.pool.capacity.get(template.id, 1))
@@ -204,7 +201,7 @@ class Scaler:
                 self.down_since.pop(s.id, None)
                 continue
             try:
-                alive = self.pool.runtime.alive(member.host, s.pid, marker(self.pool.config.cluster, s.host))
+                alive = self.pool.runtime.alive(member, s.id, s.pid, marker(self.pool.config.cluster, s.host))
             except MlclusterError:
                 continue
             if alive:
@@ -214,11 +211,8 @@ class Scaler:
             if now - since < self.pool.config.heal_grace_s:
                 continue
             template = next(iter(self.pool.workers.values()))
-            service = ServiceSpec(s.id, "worker", s.port, self.pool.env_for(template, member.config, s.id, s.port),
-                                  model_dir=member.config.model if template.model_dir else "")
-            old, record = s.pid, self.pool.runtime.start(member.host, service,
-                                                          marker(self.pool.config.cluster, s.host), None)
-            member.host.facts.pop("just_started", None)
+            old, record = s.pid, self.pool.runtime.start(member, self.pool.stand_in(template, member, s.id, s.port),
+                                                          marker(self.pool.config.cluster, s.host))
             s.pid, s.log = record.pid, record.log
             self.pool.save()
             del self.down_since[s.id]
@@ -231,9 +225,7 @@ class Scaler:
             member = self.pool.members.get(s.host)
             if member is None or member.host is None:
                 continue
-            record = SSHService(runtime="process", host=s.host, port=s.port, pid=s.pid, log=s.log)
-            if not self.pool.runtime.stop(member.host, {s.id: record}, marker(self.pool.config.cluster, s.host),
-                                          only=True):
+            if not self.pool.runtime.stop(member, s.id, s.pid, s.log, marker(self.pool.config.cluster, s.host)):
                 member.host.run(f"rm -f {member.host.path(s.id + '.env')} {member.host.path(s.id + '.pid')}",
                                 warn=True)
                 self.own.remove(s)
