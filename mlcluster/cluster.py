@@ -260,7 +260,7 @@ def status(name: str) -> dict:
     controller = published(state.dir)  # the elastic controller's own account (mlcluster/elastic)
     if controller is not None:  # with whether it still runs: its file outlives it
         snapshot["autoscale"] = {**controller.to_json(), "running": controller_running(controller.pid, name)}
-    elif state.provider == "ssh":  # its controller publishes on the orchestrator's host
+    elif state.provider in ("ssh", "aws"):  # its controller publishes on the orchestrator's host
         from .elastic.pool_setup import remote_status
         if (remote := remote_status(state)) is not None:
             snapshot["autoscale"] = remote

@@ -1,4 +1,4 @@
-"""The controller's aws part (providers/aws/fleet.py) against moto's server and
+"""The controller's aws part (elastic/aws_fleet.py) against moto's server and
 the instance metadata service of one instance (tests/support/imds.py), with
 boto3's default chain as on the orchestrator's instance: no keys in the
 environment, only the metadata service. A profile's credentials replace a
@@ -11,7 +11,8 @@ import json
 
 import pytest
 
-from mlcluster.providers.aws.fleet import FLEET_FILE, Fleet, fleet_of
+from mlcluster.elastic.aws_fleet import FLEET_FILE, Fleet
+from mlcluster.providers.aws.fleet import fleet_of
 from mlcluster.providers.aws.options import AWSOptions
 from support.aws import make_provider, make_spec, provision
 from support.imds import CREDENTIALS, InstanceMetadata

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from mlcluster.providers.aws import heal
+from mlcluster.elastic import aws_heal as heal
 from mlcluster.providers.aws.ec2 import Instance
+from mlcluster.providers.aws.fleet import launch_spec_of, worker_cap
 from mlcluster.providers.aws.options import AWSOptions, Market
 from support.aws import RecordingUI, make_provider, make_spec, provision
 from support.moto import Fault, ec2_client, nothing_tagged
@@ -73,7 +74,7 @@ def test_a_reclaimed_spot_worker_is_replaced_by_a_tagged_one_within_the_cap(moto
     instances, state = provision(spec)
     ec2_client(moto).terminate_instances(InstanceIds=[instances["worker1"].id, instances["worker2"].id])
     aws = connect(spec)
-    launch, zones, market = heal.launch_spec_of(aws, state)
+    launch, zones, market = launch_spec_of(aws, state)
     assert market == Market(spot=True) and launch.image.id and launch.group_id == state.resources.aws.security_group
 
     result = heal.heal(aws, launch, zones, state.resources.aws.instances, cap=2, market=market)
@@ -102,7 +103,7 @@ def test_a_replacement_refused_spot_falls_back_or_is_refused(moto):
     instances, state = provision(spec)
     ec2_client(moto).terminate_instances(InstanceIds=[instances["worker1"].id, instances["worker2"].id])
     aws = connect(spec)
-    launch, zones, _ = heal.launch_spec_of(aws, state)
+    launch, zones, _ = launch_spec_of(aws, state)
     moto.faults.inject(Fault("RunInstances", "SpotMaxPriceTooLow", times=-1, when=SPOT_ASKED))
     refused = heal.heal(aws, launch, zones, state.resources.aws.instances, cap=2, market=Market(True, "never"))
     assert refused.replaced == [] and [(lost.name, code) for lost, code in refused.refused] == [
@@ -115,10 +116,10 @@ def test_a_replacement_refused_spot_falls_back_or_is_refused(moto):
 
 def test_worker_cap():
     from mlcluster.state import ClusterSpec
-    assert heal.worker_cap(ClusterSpec(name="x", provider="aws", workers=3)) == 3
+    assert worker_cap(ClusterSpec(name="x", provider="aws", workers=3)) == 3
     elastic = ClusterSpec(name="x", provider="aws", workers=1, containers_per_worker=2, min_containers=1,
                           max_containers=5)
-    assert heal.worker_cap(elastic) == 3  # 5 containers need 3 hosts of 2
+    assert worker_cap(elastic) == 3  # 5 containers need 3 hosts of 2
 
 
 def test_the_controllers_entry_point_replaces_records_and_writes_the_events(moto):

@@ -61,10 +61,13 @@ def occupancy(containers: list[Placed]) -> dict[str, int]:
 
 
 def plan(hosts: list[PoolHost], containers: list[Placed], now: float, host_grace_s: float,
-         heal_grace_s: float) -> list[Action]:
-    """What to do now; see the module docstring."""
+         heal_grace_s: float, others: Optional[dict[str, int]] = None) -> list[Action]:
+    """What to do now; see the module docstring. `others`: more containers on each host, taking room
+    (those the controller started to scale: poolscale.py)."""
     by_name = {h.name: h for h in hosts}
     used = occupancy(containers)
+    for name, n in (others or {}).items():
+        used[name] = used.get(name, 0) + n
     actions: list[Action] = []
 
     def cut_off(name: str) -> Optional[float]:

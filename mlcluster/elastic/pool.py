@@ -14,7 +14,7 @@ Every look (once a second) it:
   `return` drains the stand-in once the container serves at home again; a
   drained stand-in is stopped once the orchestrator has let it go; a stand-in
   whose process died is restarted in place, as `heal` does (`overdue`).
-On an aws cluster it also replaces a lost worker instance (providers/aws/fleet.py:
+On an aws cluster it also replaces a lost worker instance (elastic/aws_fleet.py:
 EC2 every 12 s with the orchestrator instance's profile); once the replacement
 runs, its pool host is that instance (the host key pinned at the first login),
 and the lost worker's containers start there as `heal` does (registered again
@@ -45,15 +45,16 @@ from ..deploy.host import ServiceSpec
 from ..deploy.process import find_by_marker
 from ..deploy.watchdog import RECORD
 from ..errors import MlclusterError
-from ..providers.aws.fleet import Fleet
 from ..services import BIND
 from . import events
+from .aws_fleet import Fleet
 from .events import Event
 from .local import Admin
 from .placement import Action, Placed, PoolHost, overdue, plan
 from .poolconfig import CONFIG_FILE, STATE_FILE, PoolConfig, StandIn, WorkerSpec, dump_state, load_stand_ins
 from .poolhosts import Member, PinnedKeys, marker
 from .poolruntime import PoolRuntime, stand_in_service, stop_containers_here
+from .poolscaler import Scaler
 from .published import PUBLISHED_FILE, ControllerStatus
 
 log = logging.getLogger("mlcluster.elastic.pool")
@@ -69,16 +70,17 @@ class PoolController:
         self.fleet = Fleet(config.aws, config.cluster, directory, self.event) if config.aws else None
         self.registry: dict[str, dict] = {}
         self.renewed: set[str] = set()  # pool hosts that are replacement instances now (aws)
-        for name, instance_id, address, key in self.fleet.known() if self.fleet else []:
-            self.replaced(name, instance_id, address, key)
         self.workers = {w.id: w for w in config.workers}
         self.runtime = PoolRuntime(config.cluster)  # each pool host's own runtime, process or docker
         self.admin = Admin(config.admin_url, config.token)
         self.stand_ins: list[StandIn] = load_stand_ins(self._read(STATE_FILE))
+        self.capacity: dict[str, int] = {}  # each container's, as `up` registered it
+        self.scaler = Scaler(self, config.autoscale) if config.autoscale and config.workers else None
+        for name, instance_id, address, key in self.fleet.known() if self.fleet else []:
+            self.replaced(name, instance_id, address, key)
         self.down_since: dict[str, float] = {}
         self.stuck: set[str] = set()  # containers said to wait for room
-        self.capacity: dict[str, int] = {}  # each container's, as `up` registered it
-        self.probes = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(self.members)))
+        self.probes = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(self.members)) + 2)
         self.idle: Optional[IdleClock] = None  # autostop: this host's agent is the controller
         if config.idle_s or config.deadline:
             self.idle = IdleClock(config.idle_s, config.deadline, last_active=time.monotonic())
@@ -113,7 +115,7 @@ class PoolController:
         self.capacity.update({cid: c["capacity"] for cid, c in registry.items() if cid in self.workers})
         self.check_processes(registry, now)
         actions = plan(self.pool_hosts(), self.placed(registry), now, self.config.host_grace_s,
-                       self.config.heal_grace_s)
+                       self.config.heal_grace_s, self.scaler.occupancy() if self.scaler else None)
         for action in actions:
             {"heal": self.heal, "move": self.move, "return": self.send_home}[action.kind](action)
         for stand_in in overdue({s.id: self.down_since[s.id] for s in self.stand_ins if s.id in self.down_since},
@@ -121,6 +123,8 @@ class PoolController:
             self.heal_stand_in(next(s for s in self.stand_ins if s.id == stand_in), now)
         self.say_stuck(registry, actions, now)
         self.let_go(registry)
+        if self.scaler is not None:
+            self.scaler.look(status, registry, now)
         self.publish(registry)
 
     def reread_pids(self) -> None:
@@ -172,9 +176,7 @@ class PoolController:
         address = member.config.host.private_address
         if member.name in self.renewed and self.registry.get(w.id, {}).get("host", address) != address:
             self.admin.drain(w.id)  # down: nothing in flight, it leaves at once
-            self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
-                "id": w.id, "host": address, "port": w.port, "capacity": self.capacity.get(w.id, 1)}]}
-                ).raise_for_status()
+            self.register(w.id, address, w.port, self.capacity.get(w.id, 1))
         self.event("heal", f"{action.reason} ({_which(record, old)})", w.id)
 
     def move(self, action: Action) -> None:
@@ -188,9 +190,7 @@ class PoolController:
         record = self.runtime.start(member, self.stand_in(w, member, sid, port), marker(self.config.cluster, member.name))
         self.stand_ins.append(StandIn(sid, w.id, member.name, port, record.pid, record.log))
         self.save()  # before anything else can fail: the record names what runs
-        self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
-            "id": sid, "host": member.config.host.private_address, "port": port,
-            "capacity": self.capacity.get(w.id, 1)}]}).raise_for_status()
+        self.register(sid, member.config.host.private_address, port, self.capacity.get(w.id, 1))
         self.stuck.discard(w.id)
         self.event("move", f"{action.reason} as {sid} (port {port})", w.id)
 
@@ -208,6 +208,8 @@ class PoolController:
         its host key is `key`, else recorded at the first login and pinned from then on."""
         member = self.members.get(name)
         if member is None:
+            if self.scaler is not None and self.fleet and name in self.fleet.grown:  # launched to scale
+                self.scaler.joined(name, address, key)
             return
         old = member.config.host
         host = dataclasses.replace(old, address=address, private_address=address,
@@ -287,9 +289,11 @@ class PoolController:
                    or any(s.of == w.id and not s.leaving and registry.get(s.id, {}).get("status") in SERVING
                           for s in self.stand_ins)]
         away = sorted(f"{s.of} on {s.host}" for s in self.stand_ins if not s.leaving)
+        healing = "healing: " + (", ".join(away) if away else "every container at home")
         status = ControllerStatus(min=None, max=None, target=None, desired=len(self.workers), current=len(serving),
-                                  reason="healing: " + (", ".join(away) if away else "every container at home"),
-                                  pid=os.getpid())
+                                  reason=healing, pid=os.getpid())
+        if self.scaler is not None:
+            status = self.scaler.published(healing)
         if status != self.published or time.time() - self.published_at > 10:
             self.write_private(PUBLISHED_FILE, dataclasses.asdict(dataclasses.replace(status, updated_at=time.time())))
             self.published, self.published_at = status, time.time()
@@ -306,7 +310,12 @@ class PoolController:
                                 marker(self.config.cluster, member.name))
 
     def save(self) -> None:
-        self.write_private(STATE_FILE, dump_state(self.stand_ins, list(self.workers.values())))
+        self.write_private(STATE_FILE, dump_state(self.stand_ins, list(self.workers.values()),
+                                                  tuple(self.scaler.own) if self.scaler else ()))
+
+    def register(self, sid: str, address: str, port: int, capacity: int) -> None:
+        self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
+            "id": sid, "host": address, "port": port, "capacity": capacity}]}).raise_for_status()
 
     def write_private(self, name: str, data: dict) -> None:
         path = self.dir / name
@@ -324,7 +333,7 @@ class PoolController:
     # -- the loop -----------------------------------------------------------------
     def run(self, stopping) -> None:
         self.event("started", f"the controller runs on the orchestrator's host: healing {len(self.workers)} "
-                              f"containers on a pool of {len(self.members)} hosts")
+                              f"containers on a pool of {len(self.members)} hosts" + (self.scaler.started() if self.scaler else ""))
         unanswered, said = 0, ""
         while not stopping() and not self.fired:
             try:

@@ -39,6 +39,7 @@ from .events import EVENTS_FILE, Event
 from .poolconfig import CONFIG_FILE, STATE_FILE, AWSFleet, PoolConfig, PoolMember, WorkerSpec, healed_pids
 from .poolruntime import docker_command, python_of
 from .published import PUBLISHED_FILE, parse_published
+from .settings import autoscale_config
 
 KEY_FILE = "controller_key"
 CONTROLLER = "controller"  # its service id and kind in the state
@@ -187,7 +188,8 @@ def ensure(session: Session, spec: ClusterSpec, options: RemoteOptions, workers:
         workers=[WorkerSpec(id=sid, home=records[sid].host, port=s.port, env=s.env, model_dir=s.model_dir,
                             pid=records[sid].pid, log=records[sid].log)
                  for sid, s in sorted(workers.items()) if sid in records and records[sid].host in {h.name for h in pool}],
-        aws=dataclasses.replace(fleet, user_data=fleet.user_data + first_boot_line(line, fleet.user)) if fleet else None)
+        aws=dataclasses.replace(fleet, user_data=fleet.user_data + first_boot_line(line, fleet.user)) if fleet else None,
+        autoscale=autoscale_config(spec, 0))  # target 0: the containers' capacity (elastic/poolscaler.py)
     with ui.step(f"starting the controller on {orch.name}"):
         record = start(host, config, private, f"ssh:{spec.name}:{orch.name}", records.get(CONTROLLER))
         session.record_service(CONTROLLER, dataclasses.replace(record, host=orch.name))

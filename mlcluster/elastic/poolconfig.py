@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..resources import HostConfig
+from .policy import AutoscaleConfig
 
 CONFIG_FILE = "controller.json"
 STATE_FILE = "controller-state.json"
@@ -54,11 +55,11 @@ class WorkerSpec:
 @dataclass
 class AWSFleet:
     """How the controller of an aws cluster replaces a lost worker instance
-    (providers/aws/fleet.py): EC2 with the orchestrator instance's profile
+    (elastic/aws_fleet.py): EC2 with the orchestrator instance's profile
     (boto3's chain on that host, never the user's credentials)."""
     region: str
     instances: dict[str, str]      # worker name -> instance id, as `up` left them
-    cap: int                       # the most worker instances that may exist (heal.worker_cap)
+    cap: int                       # the most worker instances that may exist (providers/aws/fleet.py worker_cap)
     image_id: str
     root_device: str
     instance_type: str
@@ -76,6 +77,7 @@ class AWSFleet:
     endpoint_url: str = ""         # emulators only (moto): EC2's endpoint
     metadata_url: str = ""         # emulators only: the instance metadata service (AWS_EC2_METADATA_SERVICE_ENDPOINT)
     address_map: dict[str, str] = field(default_factory=dict)  # tests only: instance name -> address
+    workdirs: dict[str, str] = field(default_factory=dict)     # tests only: instance name -> its workdir
 
 
 @dataclass
@@ -93,6 +95,9 @@ class PoolConfig:
     hosts: list[PoolMember] = field(default_factory=list)
     workers: list[WorkerSpec] = field(default_factory=list)
     aws: Optional[AWSFleet] = None  # an aws cluster: lost worker instances are replaced
+    # Autoscaling (--max-containers; elastic/poolscaler.py); None: the cluster's size is fixed.
+    # Its target_ongoing 0: each container's capacity as the orchestrator has it.
+    autoscale: Optional[AutoscaleConfig] = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -104,7 +109,8 @@ class PoolConfig:
                  for m in data["hosts"]]
         workers = [WorkerSpec(**pick(WorkerSpec, w)) for w in data["workers"]]
         fleet = AWSFleet(**pick(AWSFleet, data["aws"])) if data.get("aws") else None
-        return cls(**{**pick(cls, data), "hosts": hosts, "workers": workers, "aws": fleet})
+        scale = AutoscaleConfig(**pick(AutoscaleConfig, data["autoscale"])) if data.get("autoscale") else None
+        return cls(**{**pick(cls, data), "hosts": hosts, "workers": workers, "aws": fleet, "autoscale": scale})
 
     def digest(self) -> str:
         """What the controller runs with, but the workers' pids and logs (a healed
@@ -130,6 +136,18 @@ class StandIn:
     leaving: bool = False  # drained: stopped once the orchestrator lets it go
 
 
+@dataclass
+class Scaled:
+    """A container the controller started to follow the load (autoscaling)."""
+    id: str              # "<host>-scale<serial>"
+    host: str
+    port: int
+    pid: int
+    log: str
+    serial: int
+    leaving: bool = False  # drained: stopped once the orchestrator lets it go
+
+
 def load_stand_ins(text: str) -> list[StandIn]:
     try:
         return [StandIn(**pick(StandIn, s)) for s in json.loads(text)["stand_ins"]]
@@ -137,9 +155,18 @@ def load_stand_ins(text: str) -> list[StandIn]:
         return []
 
 
-def dump_state(stand_ins: list[StandIn], workers: list[WorkerSpec]) -> dict:
-    """The controller's state file: its stand-ins, and the pid of each of `up`'s workers (a healed one's new)."""
-    return {"stand_ins": [dataclasses.asdict(s) for s in stand_ins], "pids": {w.id: w.pid for w in workers}}
+def load_scaled(text: str) -> list[Scaled]:
+    try:
+        return [Scaled(**pick(Scaled, s)) for s in json.loads(text).get("scaled", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def dump_state(stand_ins: list[StandIn], workers: list[WorkerSpec], scaled: tuple[Scaled, ...] = ()) -> dict:
+    """The controller's state file: its stand-ins, the pid of each of `up`'s workers (a healed one's new)
+    and the containers it started to scale."""
+    return {"stand_ins": [dataclasses.asdict(s) for s in stand_ins], "pids": {w.id: w.pid for w in workers},
+            "scaled": [dataclasses.asdict(s) for s in scaled]}
 
 
 def healed_pids(text: str) -> dict[str, int]:

@@ -18,7 +18,7 @@ class ClusterSpec(Protocol):
     downscale_delay: float
     heal_grace: float
 
-ELASTIC_PROVIDERS = ("local",)  # where a controller can add and remove containers today
+ELASTIC_PROVIDERS = ("local", "ssh", "aws")  # where a controller adds and removes containers (elastic/poolscaler.py)
 
 
 def autoscale_config(spec: ClusterSpec, capacity: int) -> Optional[AutoscaleConfig]:

@@ -1,152 +1,57 @@
-"""The aws part of the controller (elastic/pool.py) on the orchestrator's
-instance: replacing a lost worker instance (issues 20 and 21).
-
-Every `look_s` (12 s: EC2 is not asked every second) it asks EC2, with the
-credentials of the orchestrator instance's profile (boto3's chain on that
-host: the instance metadata service; the user's credentials never leave
-their machine), which worker instances were lost (terminated, shutting
-down, unknown: a reclaimed spot instance is one) and launches a tagged
-replacement for each, within the cap (heal.py: spot first, then on-demand
-as `spot_fallback` says). Once the replacement runs, the controller is told
-its name and address; it then reaches it over SSH (its key is in the
-replacement's user data; the host key is recorded at the first login to
-that new instance and pinned from then on, as `up` does for a new instance)
-and starts the lost worker's containers there as it heals a host in place.
-
-`fleet_of` is `up`'s side: the record (elastic/poolconfig.py's AWSFleet) it
-writes into the controller's config. The instances the controller launched
-are kept in `controller-aws.json` beside its config (with the host key
-pinned at the first login), so a restarted controller knows them; `up`,
-`status` and `down` find them by tag.
-"""
+"""`up`'s side of the in-cluster controller on aws (elastic/aws_fleet.py,
+elastic/aws_heal.py): how the cluster's workers are launched, written into
+the controller's config (elastic/poolconfig.py's AWSFleet), and the cap on
+worker instances (the billing cap)."""
 from __future__ import annotations
 
-import json
-import logging
-import os
-import time
-from pathlib import Path
-from typing import Callable, Optional
+import math
 
 from ...elastic.poolconfig import AWSFleet
-from ...errors import MlclusterError
-from ...state import ClusterState
-from . import ec2, heal, spot
+from ...state import ClusterSpec, ClusterState
+from . import ec2
 from .api import AWS
-from .ec2 import Image, LaunchSpec
+from .ec2 import LaunchSpec
 from .options import AWSOptions, Market
-
-log = logging.getLogger("mlcluster.elastic.pool")
-FLEET_FILE = "controller-aws.json"
 
 
 def fleet_of(aws: AWS, state: ClusterState, o: AWSOptions, port: int) -> AWSFleet:
     """`up`'s record of how the cluster's workers are launched (on this machine, after EC2)."""
-    launch, zones, market = heal.launch_spec_of(aws, state)
+    launch, zones, market = launch_spec_of(aws, state)
     res = state.resources.aws
     mapped = {name: (m if isinstance(m, str) else m["address"]) for name, m in o.address_map.items()}
+    workdirs = {name: m["workdir"] for name, m in o.address_map.items() if isinstance(m, dict) and "workdir" in m}
     return AWSFleet(region=aws.region, instances={n: i for n, i in res.instances.items() if n != "orchestrator"},
-                    cap=heal.worker_cap(state.spec), image_id=launch.image.id, root_device=launch.image.root_device,
+                    cap=worker_cap(state.spec), image_id=launch.image.id, root_device=launch.image.root_device,
                     instance_type=launch.instance_type, key_name=launch.key_name, security_group=launch.group_id,
                     volume_gb=launch.volume_gb, user_data=launch.user_data, zones=[list(z) for z in zones],
                     orchestrator=res.instances.get("orchestrator", ""), spot=market.spot, fallback=market.fallback, user=o.user, ssh_port=port,
-                    endpoint_url=o.endpoint_url, metadata_url=o.metadata_url, address_map=mapped)
+                    endpoint_url=o.endpoint_url, metadata_url=o.metadata_url, address_map=mapped,
+                    workdirs=workdirs)
 
 
-class Fleet:
-    """See the module docstring. `say(kind, reason, container)` writes an event."""
+def launch_spec_of(aws: AWS, state: ClusterState) -> tuple[LaunchSpec, list[tuple[str, str]], Market]:
+    """How the cluster's workers were launched, from its state and EC2 (the
+    image is the orchestrator's; only Describe calls, which the controller's
+    profile allows): (launch spec, zones, market)."""
+    from .hosts import user_data  # the deployment layer: only needed here
+    o = AWSOptions.from_spec(state.spec)
+    record = state.resources.aws
+    answer = aws.ec2("describe_instances", InstanceIds=[record.instances["orchestrator"]])
+    image_id = answer["Reservations"][0]["Instances"][0]["ImageId"]
+    image = aws.ec2("describe_images", ImageIds=[image_id])["Images"][0]
+    _, subnets = ec2.default_subnets(aws)
+    zone = next((i.zone for i in ec2.describe(aws, [record.instances["orchestrator"]])), "")
+    zones = [s for s in subnets if s[0] == zone] + [s for s in subnets if s[0] != zone]
+    launch = LaunchSpec(state.name, ec2.Image(image_id, image.get("RootDeviceName", "/dev/xvda"),
+                                              image.get("Name", "")),
+                        o.instance_type, record.key_name, record.security_group, o.volume_gb, user_data(o))
+    return launch, zones, o.market
 
-    def __init__(self, config: AWSFleet, cluster: str, directory: Path, say: Callable[[str, str, str], None],
-                 connect: Optional[Callable[[], AWS]] = None):
-        self.config, self.cluster, self.path, self.say = config, cluster, directory / FLEET_FILE, say
-        self.connect = connect or (lambda: AWS(config.region, "", config.endpoint_url))
-        self.aws: Optional[AWS] = None
-        self.next_look = 0.0
-        self.instances = dict(config.instances)
-        self.pending: dict[str, str] = {}  # name -> replacement id, not running yet
-        self.hosts: dict[str, dict[str, str]] = {}  # name -> {id, address, key} of a replacement reached
-        self.said: set[str] = set()
-        try:
-            saved = json.loads(self.path.read_text())
-            self.instances.update(saved["instances"])
-            self.pending.update(saved["pending"])
-            self.hosts.update(saved.get("hosts", {}))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass
 
-    def known(self) -> list[tuple[str, str, str, str]]:
-        """(name, id, address, pinned key) of the replacements reached before a restart that `up` does not know yet."""
-        return [(n, h["id"], h["address"], h["key"]) for n, h in self.hosts.items()
-                if h["id"] == self.instances.get(n) and h["id"] != self.config.instances.get(n)]
 
-    def pin(self, name: str, address: str, key: str) -> None:
-        """The host key learned at the first login to `name`'s replacement: kept for a restarted controller."""
-        found = {"id": self.instances.get(name, ""), "address": address, "key": key}
-        if self.hosts.get(name) != found:
-            self.hosts[name] = found
-            self.save()
-
-    def launch_spec(self) -> LaunchSpec:
-        c = self.config
-        return LaunchSpec(self.cluster, Image(c.image_id, c.root_device, ""), c.instance_type, c.key_name,
-                          c.security_group, c.volume_gb, c.user_data)
-
-    def look(self, now: float) -> list[tuple[str, str, str]]:
-        """Replace what was lost; (name, instance id, address) of each replacement that now runs."""
-        if now < self.next_look:
-            return []
-        self.next_look = now + self.config.look_s
-        try:
-            self.aws = self.aws or self.connect()
-            own = ec2.describe(self.aws, [self.config.orchestrator]) if self.config.orchestrator else []
-            if own and own[0].state != "running":  # `down` terminates the cluster: nothing new
-                self.say_once("stopped", f"the orchestrator's instance is {own[0].state}: no replacement is "
-                                         "launched any more", "")
-                return []
-            result = heal.heal(self.aws, self.launch_spec(), [tuple(z) for z in self.config.zones], self.instances,
-                               self.config.cap, Market(self.config.spot, self.config.fallback))
-            self.record(result)
-            return self.running()
-        except MlclusterError as exc:
-            self.say_once("error", f"EC2 (with the orchestrator instance's profile): {exc.message}", "")
-            self.aws = None  # a fresh session next time (its credentials may have been refreshed)
-            return []
-
-    def record(self, result: heal.HealResult) -> None:
-        for r in result.replaced:
-            self.instances[r.name] = self.pending[r.name] = r.new_id
-            self.save()
-            self.say("heal", f"{r.reason}; launched {r.new_id} ({r.market}) in its place", r.name)
-            if r.refused:
-                self.say("spot_fallback", spot.refused_sentence(r.refused, r.new_id), r.name)
-        for lost in result.held:
-            self.say_once("error", f"{lost.reason}; not replaced: the cap of {self.config.cap} worker instance(s) "
-                                   "is reached", lost.name)
-        for lost, code in result.refused:
-            self.say_once("error", f"{lost.reason}; spot capacity refused ({code}) and spot_fallback is never: "
-                                   "not replaced", lost.name)
-
-    def running(self) -> list[tuple[str, str, str]]:
-        if not self.pending:
-            return []
-        ready = []
-        for inst in ec2.describe(self.aws, list(self.pending.values())):
-            name = next(n for n, i in self.pending.items() if i == inst.id)
-            if inst.state == "running":
-                ready.append((name, inst.id, self.config.address_map.get(name) or inst.private_ip))
-                del self.pending[name]
-        if ready:
-            self.save()
-        return ready
-
-    def say_once(self, kind: str, reason: str, container: str) -> None:
-        if reason not in self.said:
-            self.said.add(reason)
-            self.say(kind, reason, container)
-
-    def save(self) -> None:
-        fd = os.open(f"{self.path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"instances": self.instances, "pending": self.pending, "hosts": self.hosts,
-                       "saved_at": time.time()}, f)
-        os.replace(f"{self.path}.tmp", self.path)
+def worker_cap(spec: ClusterSpec) -> int:
+    """The most worker instances the cluster may have: enough hosts for
+    `max_containers` with autoscaling, else the workers asked for."""
+    if spec.max_containers:
+        return math.ceil(spec.max_containers / spec.containers_per_worker)
+    return spec.workers

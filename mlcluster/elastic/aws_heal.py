@@ -10,19 +10,19 @@ tagged for the cluster counts, a pending one too.
 """
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ...elastic.events import Event, append
-from ...state import ClusterSpec, ClusterState
-from . import ec2, spot
-from .api import AWS
-from .ec2 import Instance, LaunchSpec
-from .options import AWSOptions, Market
-from .record import remember
+from ..providers.aws import ec2, spot
+from ..providers.aws.api import AWS
+from ..providers.aws.ec2 import Instance, LaunchSpec
+from ..providers.aws.fleet import launch_spec_of, worker_cap
+from ..providers.aws.options import AWSOptions, Market
+from ..providers.aws.record import remember
+from ..state import ClusterState
+from .events import Event, append
 
 LOST_STATES = ("shutting-down", "terminated")
 ALL_STATES = ec2.NOT_TERMINATED + ("terminated",)
@@ -117,25 +117,6 @@ def heal(aws: AWS, launch: LaunchSpec, zones: list[tuple[str, str]], recorded: d
     return HealResult(replaced, plan.held, refused)
 
 
-def launch_spec_of(aws: AWS, state: ClusterState) -> tuple[LaunchSpec, list[tuple[str, str]], Market]:
-    """How the cluster's workers were launched, from its state and EC2 (the
-    image is the orchestrator's; only Describe calls, which the controller's
-    profile allows): (launch spec, zones, market)."""
-    from .hosts import user_data  # the deployment layer: only needed here
-    o = AWSOptions.from_spec(state.spec)
-    record = state.resources.aws
-    answer = aws.ec2("describe_instances", InstanceIds=[record.instances["orchestrator"]])
-    image_id = answer["Reservations"][0]["Instances"][0]["ImageId"]
-    image = aws.ec2("describe_images", ImageIds=[image_id])["Images"][0]
-    _, subnets = ec2.default_subnets(aws)
-    zone = next((i.zone for i in ec2.describe(aws, [record.instances["orchestrator"]])), "")
-    zones = [s for s in subnets if s[0] == zone] + [s for s in subnets if s[0] != zone]
-    launch = LaunchSpec(state.name, ec2.Image(image_id, image.get("RootDeviceName", "/dev/xvda"),
-                                              image.get("Name", "")),
-                        o.instance_type, record.key_name, record.security_group, o.volume_gb, user_data(o))
-    return launch, zones, o.market
-
-
 def record(state: ClusterState, aws: AWS, result: HealResult) -> None:
     """Put the replacements in the state (name -> new id and market)."""
     if not result.replaced:
@@ -143,14 +124,6 @@ def record(state: ClusterState, aws: AWS, result: HealResult) -> None:
     res = state.resources.aws
     remember(state, aws, instances={**res.instances, **{r.name: r.new_id for r in result.replaced}},
              markets={**res.markets, **{r.name: r.market for r in result.replaced}})
-
-
-def worker_cap(spec: ClusterSpec) -> int:
-    """The most worker instances the cluster may have: enough hosts for
-    `max_containers` with autoscaling, else the workers asked for."""
-    if spec.max_containers:
-        return math.ceil(spec.max_containers / spec.containers_per_worker)
-    return spec.workers
 
 
 def replace_lost_workers(state: ClusterState, cap: Optional[int] = None,
