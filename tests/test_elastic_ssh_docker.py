@@ -20,20 +20,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 
 import pytest
 
 from support.console import cli
+from support.load import ClosedLoop, failed, served_by
 from support.sshcluster import (
     CLUSTER,
     docker_over_ssh_missing,
     host_network,
-    load,
     our_processes,
-    served_by,
     ssh_marks,
     status,
     toml_config,
@@ -133,11 +131,9 @@ def test_a_cut_off_docker_host_serves_from_the_spare_and_comes_back(net, cluster
     assert dk(spare, "create", "--name", "users-own", image).returncode == 0
     wait_for(lambda: spare.exec("python3", "-c", f"import socket; socket.create_connection(('{spare.address}', 5000), 1)")
              .returncode == 0, "the user's server on the spare")
-    stop, results = threading.Event(), []
-    runner = threading.Thread(target=load, args=(url, 6, stop), kwargs={"results": results})
-    runner.start()
+    loop = ClosedLoop(url, 6)
     try:
-        wait_for(lambda: served_by(results, "w1") and served_by(results, "w2"), "load on both hosts", timeout=60)
+        wait_for(lambda: served_by(loop.answers, "w1") and served_by(loop.answers, "w2"), "load on both hosts", timeout=60)
         net.cut(w1)
         cut_at = time.monotonic()
         stand_ins = {"w1-1-on-spare", "w1-2-on-spare"}
@@ -146,7 +142,7 @@ def test_a_cut_off_docker_host_serves_from_the_spare_and_comes_back(net, cluster
         print(f"\nw1 cut -> both stand-in containers serving on the spare: {time.monotonic() - cut_at:.1f} s "
               "(host_grace 2 s)")
         assert ours(spare) == [f"mlc-{NAME}-w1-1-on-spare", f"mlc-{NAME}-w1-2-on-spare"]
-        wait_for(lambda: served_by(results, "w1-1-on-spare") + served_by(results, "w1-2-on-spare") >= 20,
+        wait_for(lambda: served_by(loop.answers, "w1-1-on-spare") + served_by(loop.answers, "w1-2-on-spare") >= 20,
                  "requests answered by the stand-ins", timeout=30)
         # A stand-in container killed is started again in place too.
         assert dk(spare, "kill", f"mlc-{NAME}-w1-1-on-spare").returncode == 0
@@ -158,17 +154,16 @@ def test_a_cut_off_docker_host_serves_from_the_spare_and_comes_back(net, cluster
                  and set(serving(url).values()) <= {"free", "busy"}, "the stand-ins drained and gone", timeout=60,
                  interval=0.2)
         wait_for(lambda: ours(spare) == [], "the stand-in containers removed", timeout=30)
-        back = len(results)
-        wait_for(lambda: served_by(results[back:], "w1") >= 10, "w1 serving again", timeout=30)
+        back = loop.count()
+        wait_for(lambda: served_by(loop.answers[back:], "w1") >= 10, "w1 serving again", timeout=30)
         assert theirs.poll() is None  # the user's server still runs
     finally:
-        stop.set()
-        runner.join(timeout=120)
+        answers = loop.finish()
         net.restore(w1)
         theirs.kill()
         theirs.wait()
-    assert len(results) > 50
-    assert all(r["status"] == 200 for r in results), Counter(str(r.get("status")) for r in results)
+    assert len(answers) > 50
+    assert not failed(answers), Counter(a.status for a in failed(answers))
     found = events(cluster)
     moves = [e for e in found if e["kind"] == "move"]
     assert sorted(e["container"] for e in moves) == ["w1-1", "w1-2"]

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,13 +21,12 @@ import pytest
 import requests
 
 from support.console import cli
+from support.load import ClosedLoop, failed, served_by
 from support.sshcluster import (
     CLUSTER,
     LineReader,
     host_network,
-    load,
     our_processes,
-    served_by,
     ssh_marks,
     status,
     toml_config,
@@ -111,12 +109,16 @@ def test_second_up_reuses_what_runs(net, cluster):
 
 
 def test_load_through_the_orchestrator_reaches_every_container(cluster):
-    results = load(cluster["url"], 15, threading.Event(), limit=300)
-    assert len(results) >= 300
-    assert all(r["status"] == 200 for r in results), [r for r in results if r["status"] != 200][:3]
-    served = Counter(r["body"]["container"]["id"] for r in results)
+    loop = ClosedLoop(cluster["url"], 15)
+    try:
+        wait_for(lambda: loop.count() >= 300, "300 answers", timeout=120)
+    finally:
+        answers = loop.finish()
+    assert len(answers) >= 300
+    assert not failed(answers), failed(answers)[:3]
+    served = Counter(a.container for a in answers)
     assert set(served) == {"w1-1", "w1-2", "w2-1", "w2-2"}
-    assert all("inference_ms" in r["body"]["result"] for r in results)
+    assert all(a.inference_ms is not None for a in answers)
 
 
 def test_mlcluster_bench_through_the_orchestrator(cluster, tmp_path):
@@ -194,27 +196,22 @@ def test_admin_endpoints_only_on_the_orchestrator_hosts_loopback(net, cluster):
 
 def test_host_losing_its_network_mid_load_loses_no_request(net, cluster):
     url = cluster["url"]
-    stop = threading.Event()
-    results: list[dict] = []
-    runner = threading.Thread(target=load, args=(url, 15, stop), kwargs={"results": results})
-    runner.start()
+    loop = ClosedLoop(url, 15)
     try:
-        wait_for(lambda: served_by(results, "w1") and served_by(results, "w2"), "load served by both hosts",
+        wait_for(lambda: served_by(loop.answers, "w1") and served_by(loop.answers, "w2"), "load served by both hosts",
                  timeout=60, interval=0.1)
         net.cut(net.hosts["w2"])
         wait_for(lambda: all(c["status"] == "down" for c in status(url)["containers"] if c["id"].startswith("w2")),
                  "w2's containers shown as down", timeout=30, interval=0.3)
-        down_at = len(results)
-        wait_for(lambda: len(results) >= down_at + 50 and len(results) > 100, "50 more answers with w2 down",
+        down_at = loop.count()
+        wait_for(lambda: loop.count() >= down_at + 50 and loop.count() > 100, "50 more answers with w2 down",
                  timeout=60, interval=0.1)
     finally:
-        stop.set()
-        runner.join(timeout=120)
+        answers = loop.finish()
         net.restore(net.hosts["w2"])
-    assert len(results) > 100
-    assert all(r["status"] == 200 for r in results), Counter(str(r.get("status")) for r in results)
-    late = [r for r in results[-50:]]
-    assert all(r["body"]["container"]["id"].startswith("w1") for r in late)
+    assert len(answers) > 100
+    assert not failed(answers), Counter(a.status for a in failed(answers))
+    assert all(a.container.startswith("w1") for a in answers[-50:])
     # back on the network, its containers come back
     wait_for(lambda: all(c["status"] == "free" for c in status(url)["containers"]), "w2 back",
              timeout=30, interval=0.3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Optional
 
 import requests
 
@@ -19,6 +20,7 @@ class Answer:
     container: str = ""  # the container that answered (the answer's container.id)
     model: str = ""      # the model directory the answer names ("tiny-distilbert (random ...)" -> "tiny-distilbert")
     error: str = ""      # otherwise what went wrong: the body, or the exception's name
+    inference_ms: Optional[float] = None  # the worker's own figure, when the answer has one
 
 
 def ask(http: requests.Session, url: str, text: str) -> Answer:
@@ -29,8 +31,9 @@ def ask(http: requests.Session, url: str, text: str) -> Answer:
     if not r.ok:
         return Answer(r.status_code, error=r.text)
     body = r.json()
+    result = body.get("result", {})
     return Answer(r.status_code, container=body.get("container", {}).get("id", ""),
-                  model=body.get("result", {}).get("model", "").split(" (")[0])
+                  model=result.get("model", "").split(" (")[0], inference_ms=result.get("inference_ms"))
 
 
 class ClosedLoop:
@@ -86,3 +89,8 @@ class ClosedLoop:
 
 def failed(answers: list[Answer]) -> list[Answer]:
     return [a for a in answers if a.status != 200]
+
+
+def served_by(answers: list[Answer], host: str) -> int:
+    """How many of `answers` a container of `host` answered (its id starts with the host's name)."""
+    return sum(1 for a in list(answers) if a.status == 200 and a.container.startswith(host))

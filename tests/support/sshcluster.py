@@ -80,45 +80,8 @@ def toml_config(net: SSHTestNetwork, model: str, workers: list[str], orchestrato
     return "\n".join(lines) + "\n"
 
 
-def load(url: str, concurrency: int, stop: threading.Event, limit: int = 0,
-         results: Optional[list[dict]] = None) -> list[dict]:
-    """Closed-loop load: `concurrency` threads posting to /new_request until
-    `stop` (or `limit` requests in all). Every answer (or error) is kept, in
-    `results` when given (another thread may watch it fill), and returned."""
-    results = [] if results is None else results
-    lock = threading.Lock()
-
-    def client(i: int) -> None:
-        with requests.Session() as http:
-            n = 0
-            while not stop.is_set():
-                with lock:
-                    if limit and len(results) >= limit:
-                        return
-                try:
-                    r = http.post(f"{url}/new_request", json={"text": f"client {i} request {n}"}, timeout=60)
-                    entry = {"status": r.status_code, "body": r.json()}
-                except (requests.RequestException, ValueError) as exc:
-                    entry = {"status": None, "error": repr(exc)}
-                with lock:
-                    results.append(entry)
-                n += 1
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
 def status(url: str) -> dict:
     return requests.get(f"{url}/status", timeout=5).json()
-
-
-def served_by(results: list[dict], host: str) -> int:
-    """How many of `results` (load's) a container of `host` answered."""
-    return sum(1 for r in list(results) if r.get("status") == 200 and r["body"]["container"]["id"].startswith(host))
 
 
 class LineReader:
