@@ -93,8 +93,8 @@ def register(deployment, state, timeout: float = 120.0) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     public = requests.post(f"{deployment.orchestrator_url}/workers", json=body, headers=headers, timeout=10)
     assert public.status_code == 404, public.text
-    admin_port = state.resources.docker.admin_port
-    assert admin_port and admin_port != state.resources.docker.orchestrator_port
+    admin_port = state.resources.services["orchestrator"].admin_port
+    assert admin_port and admin_port != state.resources.services["orchestrator"].port
     response = requests.post(f"http://127.0.0.1:{admin_port}/workers", json=body, headers=headers, timeout=10)
     assert response.status_code in (201, 409), response.text
     wait_all_free(deployment.orchestrator_url, len(deployment.containers), timeout)

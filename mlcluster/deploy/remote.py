@@ -11,7 +11,7 @@ ssh provider's hosts from the config, the aws provider's instances).
    directory if the model is a local one;
 3. starts the orchestrator on its host, then M worker containers on each worker
    host (ports worker_port, worker_port+1, ...; torch threads = host CPUs / M),
-   recording each service in `state.resources.ssh` the moment it runs;
+   recording each service in `state.resources` the moment it runs;
 4. returns the orchestrator's URL (the host's `address`) and the containers as
    the orchestrator reaches them (each host's `private_address`).
 Anything already running is kept, so a second `up` only fills the gaps.
@@ -35,7 +35,7 @@ from ..errors import MlclusterError
 from ..models import OVERHEAD_TEST, is_local_dir
 from ..remote.connection import HostsFailed, run_on_hosts
 from ..remote.forward import Forward
-from ..resources import HostConfig, SSHResources, SSHService
+from ..resources import HostConfig, Service
 from ..state import ClusterSpec, ClusterState, ContainerRecord
 from ..ui import QuietUI
 from . import watchdog
@@ -67,6 +67,9 @@ class RemoteDeployment:
         hosts = options.hosts()
         runtimes = {h.runtime for h in hosts}
         state.runtime = runtimes.pop() if len(runtimes) == 1 else "mixed"
+        for config in hosts:  # recorded at once: a first `up` that reaches none is kept, for `down` to say so
+            state.resources.hosts.setdefault(config.name, config)
+        session.save()
         try:
             self._reach(session, hosts, ui)
             pool_setup.adopt_healed(session, options.orchestrator.name)  # what its controller restarted
@@ -111,7 +114,7 @@ class RemoteDeployment:
         (fewer containers per worker, a host gone from the list, another runtime)."""
         wanted = {"orchestrator": options.orchestrator}
         wanted.update({f"{w.name}-{i}": w for w in options.workers for i in range(1, spec.containers_per_worker + 1)})
-        by_host: dict[str, dict[str, SSHService]] = {}
+        by_host: dict[str, dict[str, Service]] = {}
         keep_watchdogs = bool(spec.autostop or spec.max_lifetime)  # replaced by _start_watchdogs if changed
         for sid, record in list(session.resources.services.items()):
             if (keep_watchdogs and record.kind == "watchdog") or record.kind == pool_setup.CONTROLLER:
@@ -314,7 +317,7 @@ class RemoteDeployment:
         return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
 
     def describe(self, state: ClusterState, options: Optional[RemoteOptions]) -> str:
-        recorded = (state.resources.ssh or SSHResources()).hosts
+        recorded = state.resources.hosts
         hosts = {h.name: (h.address, h.workdir) for h in (options.hosts() if options else [])}
         hosts.update({n: (h.address, h.workdir) for n, h in recorded.items()})
         listed = ", ".join(f"{n} ({address}, in {workdir})" for n, (address, workdir) in sorted(hosts.items()))
@@ -357,7 +360,7 @@ class RemoteDeployment:
             session.close()
 
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
-        resources = state.resources.ssh or SSHResources()
+        resources = state.resources
         out = {}
         for sid, record in resources.services.items():
             host = resources.hosts.get(record.host)
@@ -372,7 +375,7 @@ def _closing(lines: Iterator[str], host: RemoteHost) -> Iterator[str]:
         host.close()
 
 
-def _orchestrator_host(session: Session) -> Optional[tuple[SSHService, RemoteHost]]:
+def _orchestrator_host(session: Session) -> Optional[tuple[Service, RemoteHost]]:
     """The orchestrator's record and a connection to its host (None: none recorded)."""
     record = session.resources.services.get("orchestrator")
     if record is None or record.host not in session.resources.hosts:

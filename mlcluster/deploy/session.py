@@ -1,5 +1,5 @@
 """The remote deployment's working set for one command (deploy/remote.py):
-the cluster's state and its `ssh` part, saved under one lock (many threads
+the cluster's state and its hosts and services, saved under one lock (many threads
 record what they start at once), the host-key store, the connections made, and
 one runtime object per kind."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import threading
 from typing import Optional
 
 from ..remote.connection import HostKeyStore
-from ..resources import HostConfig, SSHResources, SSHService
+from ..resources import HostConfig, Service
 from ..state import ClusterState
 from .host import RemoteHost
 from .options import RemoteOptions
@@ -26,9 +26,7 @@ class Session:
         self.lock = threading.RLock()
         self._runtimes: dict[str, Runtime] = {}
         self.store = HostKeyStore(state.resources.host_keys, on_change=self.save, lock=self.lock)
-        if state.resources.ssh is None:
-            state.resources.ssh = SSHResources()
-        self.resources = state.resources.ssh
+        self.resources = state.resources
         self.hosts: dict[str, RemoteHost] = {}
 
     def save(self) -> None:
@@ -40,7 +38,7 @@ class Session:
             self.resources.hosts[config.name] = config
             self.state.save()
 
-    def record_service(self, service_id: str, record: Optional[SSHService]) -> None:
+    def record_service(self, service_id: str, record: Optional[Service]) -> None:
         with self.lock:
             if record is None:
                 self.resources.services.pop(service_id, None)
@@ -48,7 +46,7 @@ class Session:
                 self.resources.services[service_id] = record
             self.state.save()
 
-    def services_on(self, host: str) -> dict[str, SSHService]:
+    def services_on(self, host: str) -> dict[str, Service]:
         with self.lock:
             return {k: dataclasses.replace(v) for k, v in self.resources.services.items() if v.host == host}
 

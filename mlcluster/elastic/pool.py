@@ -46,7 +46,7 @@ from ..deploy.process import ProcessRuntime, find_by_marker
 from ..deploy.watchdog import RECORD
 from ..errors import MlclusterError
 from ..providers.aws.fleet import Fleet
-from ..resources import SSHService
+from ..resources import Service
 from ..services import BIND, MARKER_VAR
 from . import events
 from .events import Event
@@ -360,8 +360,8 @@ class PoolController:
         self.admin.close()
 
 
-def _record(s: StandIn) -> SSHService:
-    return SSHService(runtime="process", host=s.host, port=s.port, pid=s.pid, log=s.log)
+def _record(s: StandIn) -> Service:
+    return Service(runtime="process", host=s.host, port=s.port, pid=s.pid, log=s.log)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -35,7 +35,7 @@ from ..deploy.runtime import Deployment
 from ..elastic import local as elastic
 from ..errors import MlclusterError
 from ..models import resolve_model
-from ..resources import LocalProcess, SSHService
+from ..resources import LOCAL_HOST, Service
 from ..state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir
 from ..ui import QuietUI
 from .base import CostPlan
@@ -92,14 +92,13 @@ class LocalProvider:
             watchdog.stop_local(state)
         else:
             with ui.step("starting the autostop watchdog"):
-                record = watchdog.ensure_local(state, f"{url}/status", *watch)
-                state.resources.processes[:] = [p for p in state.resources.processes if p.id != "watchdog"] + [record]
+                state.resources.services["watchdog"] = watchdog.ensure_local(state, f"{url}/status", *watch)
         state.save()
 
     def _up_processes(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
         model = resolve_model(spec.model, ui)
-        procs = state.resources.processes
-        alive = {p.id: p for p in procs if p.role not in ("watchdog", elastic.CONTROLLER)
+        procs = state.resources.services
+        alive = {sid: p for sid, p in procs.items() if p.kind in ("orchestrator", "worker")
                  and is_alive(p.pid, marker(spec.name))}
         logs = cluster_dir(spec.name) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -108,11 +107,12 @@ class LocalProvider:
         for w in range(1, spec.workers + 1):
             for c in range(1, spec.containers_per_worker + 1):
                 wanted.append(("worker", f"worker{w}-{c}", f"worker{w}"))
-        extra = [p for pid, p in alive.items() if pid not in {w[1] for w in wanted}]
+        extra = [sid for sid in alive if sid not in {w[1] for w in wanted}]
         if extra:  # a smaller cluster than last time: stop what is no longer asked for
-            with ui.step(f"stopping {', '.join(p.id for p in extra)}: no longer part of the cluster"):
-                terminate({p.pid for p in extra})
-            procs[:] = [p for p in procs if p not in extra]
+            with ui.step(f"stopping {', '.join(extra)}: no longer part of the cluster"):
+                terminate({alive[sid].pid for sid in extra})
+            for sid in extra:
+                del procs[sid]
             state.save()
         # The same process runtime as on any remote host, on this machine: env, pid and log files in logs/.
         host, runtime = LocalHost(logs), ProcessRuntime()
@@ -122,7 +122,7 @@ class LocalProvider:
         missing = [w for w in wanted if w[1] not in alive]
         with ui.step(f"starting {len(missing)} process(es)" if missing else "all processes already run", total=len(missing) or None) as step:
             for role, pid_id, worker in missing:
-                previous = next((p for p in procs if p.id == pid_id), None)
+                previous = procs.get(pid_id)
                 port = self._port(role, previous.port if previous else 0, requested_port)
                 admin_port = 0
                 if role == "orchestrator":  # its admin endpoints only on a loopback port of their own
@@ -140,19 +140,18 @@ class LocalProvider:
                         env["HF_HUB_OFFLINE"] = "1"
                 started = runtime.start(host, ServiceSpec(pid_id, role, port, env, admin_port=admin_port),
                                         marker(spec.name), None)
-                record = LocalProcess(id=pid_id, role=role, worker=worker, port=port, log=started.log,
-                                      pid=started.pid, admin_port=admin_port)
-                procs[:] = [p for p in procs if p.id != pid_id] + [record]
+                procs[pid_id] = Service(host=LOCAL_HOST, kind=role, worker=worker, port=port, log=started.log,
+                                        pid=started.pid, admin_port=admin_port)
                 state.save()  # recorded the moment it exists, so `down` can always clean it
                 step.advance()
-        orchestrator = next(p for p in procs if p.id == "orchestrator")
+        orchestrator = procs["orchestrator"]
         url = f"{security.scheme(state)}://{LOOPBACK}:{orchestrator.port}"
         services.wait_answering(
             url, what="the orchestrator",
             running=lambda: Path(f"/proc/{orchestrator.pid}").exists() and not is_zombie(orchestrator.pid),
             log_tail=lambda: "".join(read_log(Path(orchestrator.log), False, 15)), session=security.http_session(state))
-        containers = [ContainerRecord(id=p.id, host=LOOPBACK, port=p.port, worker=p.worker)
-                      for p in procs if p.role == "worker" and p.id in {w[1] for w in wanted}]
+        containers = [ContainerRecord(id=sid, host=LOOPBACK, port=p.port, worker=p.worker)
+                      for sid, p in procs.items() if p.kind == "worker" and sid in {w[1] for w in wanted}]
         return Deployment(orchestrator_url=url, containers=containers)
 
     def _port(self, role: str, previous: int, requested: Optional[int], avoid: int = 0) -> int:
@@ -174,7 +173,7 @@ class LocalProvider:
             elastic.stop_controller(state)
         # The process runtime stops what the state recorded and whatever else carries the marker,
         # and removes the services' env files (they hold the token).
-        recorded = {p.id: SSHService(runtime="process", pid=p.pid) for p in (state.resources.processes if state else [])}
+        recorded = {sid: p for sid, p in (state.resources.services if state else {}).items() if p.runtime == "process"}
         with ui.step(f"stopping {len(set(find_marked(marker(name))))} process(es)"):
             ProcessRuntime().stop(LocalHost(cluster_dir(name) / "logs"), recorded, marker(name))
         survivors = find_marked(marker(name))
@@ -187,26 +186,24 @@ class LocalProvider:
             yield from self._docker().logs(state, target, follow, tail)
             return
         target = target or "orchestrator"
-        record = next((p for p in state.resources.processes if p.id == target), None)
+        record = state.resources.services.get(target)
         if record is None:
-            known = ", ".join(p.id for p in state.resources.processes)
+            known = ", ".join(state.resources.services)
             raise MlclusterError(f"cluster {state.name!r} has no container {target!r}", f"known: {known}")
         yield from read_log(Path(record.log), follow, tail)
 
     def describe(self, state: ClusterState) -> str:
         if state.runtime == "docker":
             return f"Docker containers, network and volumes labelled mlcluster.cluster={state.name} on this machine"
-        return (f"{len(state.resources.processes)} process(es) on this machine "
+        return (f"{len(state.resources.services)} process(es) on this machine "
                 f"(MLCLUSTER_MARKER={marker(state.name)} in their environment)")
 
     def admin_channel(self, state: ClusterState) -> ContextManager[str]:
         """The orchestrator's admin listener, on 127.0.0.1 (the docker runtime
         publishes it there only); a cluster started before it had one serves
         the admin endpoints on its public address, which is 127.0.0.1 too."""
-        if state.runtime == "docker":
-            port = state.resources.docker.admin_port if state.resources.docker else None
-        else:
-            port = next((p.admin_port for p in state.resources.processes if p.id == "orchestrator"), 0)
+        orchestrator = state.resources.services.get("orchestrator")
+        port = orchestrator.admin_port if orchestrator else 0
         return contextlib.nullcontext(f"http://{LOOPBACK}:{port}" if port else state.orchestrator_url)
 
     def stopped_itself(self, state: ClusterState) -> Optional[str]:
@@ -218,5 +215,4 @@ class LocalProvider:
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
         if state.runtime == "docker":
             return self._docker().details(state)
-        return {p.id: {"pid": str(p.pid), "worker": p.worker}
-                for p in state.resources.processes if p.role == "worker"}
+        return {sid: {"pid": str(p.pid), "worker": p.worker} for sid, p in state.resources.of_kind("worker").items()}
