@@ -47,6 +47,7 @@ class HostConfig:
     python: str             # process runtime: interpreter with mlcluster ("" = make a venv)
     workdir: str            # this cluster's directory on the host
     bind: str               # the address services listen on
+    local: bool = False     # this machine (a LocalHost: no SSH; a local cluster's hosts)
 
 
 @dataclass
@@ -102,8 +103,10 @@ class Resources:
     autostop_started: Optional[float] = None
 
     def is_empty(self) -> bool:
-        """True when no provider has recorded anything (a part it made, even empty, counts)."""
-        return not (self.hosts or self.services or self.host_keys) and self.docker is None and self.aws is None
+        """True when no provider has recorded anything (a part it made, even empty, counts;
+        this machine as a host is nothing made)."""
+        made_hosts = any(not h.local for h in self.hosts.values())
+        return not (made_hosts or self.services or self.host_keys) and self.docker is None and self.aws is None
 
     def of_kind(self, *kinds: str) -> dict[str, Service]:
         """The services of these kinds (orchestrator, worker, watchdog, controller), by id."""
@@ -136,7 +139,8 @@ def _old_services(data: dict[str, Any], cluster: str) -> dict[str, Service]:
     "" for the orchestrator and the workers)."""
     found: dict[str, Service] = {}
     for p in data.get("processes", []):
-        found[p["id"]] = Service(runtime="process", host=LOCAL_HOST, kind=p.get("role", "worker"),
+        # a worker's host is the simulated machine it stood for (the deployment's host records name them so)
+        found[p["id"]] = Service(runtime="process", host=p.get("worker") or LOCAL_HOST, kind=p.get("role", "worker"),
                                  **_known(Service, {k: v for k, v in p.items() if k not in ("runtime", "host", "kind")}))
     docker = data.get("docker") or {}
     for name in docker.get("containers", {}):

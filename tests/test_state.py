@@ -2,6 +2,7 @@
 by an older mlcluster still load."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 
@@ -141,7 +142,7 @@ def test_version_2_resources_load_as_typed_records(home):
     write_state(home, V2_RESOURCES["local"])
     assert ClusterState.load("lab").resources == Resources(services={
         "orchestrator": Service("process", LOCAL_HOST, 41000, pid=11, log="/h/o.log", kind="orchestrator"),
-        "worker1-1": Service("process", LOCAL_HOST, 41001, pid=12, log="/h/w.log", kind="worker", worker="worker1")})
+        "worker1-1": Service("process", "worker1", 41001, pid=12, log="/h/w.log", kind="worker", worker="worker1")})
     write_state(home, V2_RESOURCES["docker"])
     loaded = ClusterState.load("lab").resources
     assert loaded.docker == DockerSetup(["mlcluster-lab-state"],
@@ -172,8 +173,9 @@ def test_files_of_before_one_service_record_load_into_it(home):
     assert loaded == Resources(services={
         "orchestrator": Service("process", LOCAL_HOST, 60003, 54187, 30461, "/h/old/logs/orchestrator.log",
                                 kind="orchestrator"),
-        "worker1-1": Service("process", LOCAL_HOST, 35639, 0, 30466, "/h/old/logs/worker1-1.log", worker="worker1"),
-        "worker2-1": Service("process", LOCAL_HOST, 39631, 0, 30471, "/h/old/logs/worker2-1.log", worker="worker2"),
+        # a worker's host: the simulated machine it stands for, as the deployment names this machine's hosts
+        "worker1-1": Service("process", "worker1", 35639, 0, 30466, "/h/old/logs/worker1-1.log", worker="worker1"),
+        "worker2-1": Service("process", "worker2", 39631, 0, 30471, "/h/old/logs/worker2-1.log", worker="worker2"),
         "controller": Service("process", LOCAL_HOST, 0, 0, 30475, "/h/old/logs/controller.log", kind="controller")},
         autostop_started=1796390413.5422902)
     assert list(loaded.of_kind("worker")) == ["worker1-1", "worker2-1"]
@@ -225,4 +227,5 @@ def test_resources_are_empty_until_a_provider_records_something():
     assert Resources().is_empty() and Resources(host_keys={}).is_empty()
     assert not Resources(docker=DockerSetup()).is_empty()  # touched: a failed first `up` keeps its directory
     assert not Resources(hosts={"w1": W1}).is_empty()  # a host `up` meant to reach (its `down` says so)
+    assert Resources(hosts={LOCAL_HOST: dataclasses.replace(W1, local=True)}).is_empty()  # this machine: nothing made
     assert not Resources(host_keys={"a:22": "k"}).is_empty()

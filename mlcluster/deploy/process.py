@@ -49,6 +49,9 @@ class ProcessRuntime:
 
     def prepare(self, host: RemoteHost, step) -> None:
         """Find (or make) the interpreter the services run with."""
+        if host.config.local:  # this machine: the interpreter running mlcluster now
+            host.facts["python"] = host.config.python
+            return
         if host.config.python:
             python = host.config.python
         else:

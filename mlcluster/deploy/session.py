@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 from typing import Optional
 
 from ..remote.connection import HostKeyStore
 from ..resources import HostConfig, Service
 from ..state import ClusterState
-from .host import RemoteHost
+from .host import Host, LocalHost, RemoteHost
 from .options import RemoteOptions
 from .process import ProcessRuntime
 from .runtime import Runtime
@@ -50,9 +51,18 @@ class Session:
         with self.lock:
             return {k: dataclasses.replace(v) for k, v in self.resources.services.items() if v.host == host}
 
-    def connect(self, config: HostConfig, timeout: float) -> RemoteHost:
-        host = RemoteHost.connect(config, self.store, timeout)
+    def connect(self, config: HostConfig, timeout: float) -> Host:
+        host = LocalHost(Path(config.workdir), config) if config.local else RemoteHost.connect(config, self.store, timeout)
         self.hosts[config.name] = host
+        return host
+
+    def reach(self, config: HostConfig, deadline: float, on_wait=None) -> Host:
+        """The host connected, answering (a remote one waited for until `deadline`;
+        a refused port is an answer, not a boot in progress) and its working directory made."""
+        host = self.connect(config, self.options.connect_timeout if self.options else 10.0)
+        if isinstance(host, RemoteHost):
+            host.conn.wait_reachable(deadline, on_wait=on_wait, retry_refused=False)
+        host.prepare_workdir()
         return host
 
     def runtime(self, kind: str) -> Runtime:
