@@ -25,7 +25,7 @@ from ..errors import MlclusterError
 from ..remote.results import CommandTimedOut, Result, UnexpectedExit, quote
 from ..resources import HostConfig
 
-if TYPE_CHECKING:  # paramiko only where a remote host is used: a local cluster never loads it
+if TYPE_CHECKING:  # paramiko only where a remote host is used: a local `list` or `status` never loads it
     from ..remote.connection import Connection, HostKeyStore
 
 
