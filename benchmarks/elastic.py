@@ -77,7 +77,7 @@ def run_mlcluster(args: argparse.Namespace) -> tuple[StepFigures, list[str]]:
         time.sleep(25)
         ended = time.monotonic()
         state = json.loads((home / "bench" / "state.json").read_text())
-        victim = next(p for p in state["resources"]["processes"] if p["id"] == "worker1-1")
+        victim = state["resources"]["services"]["worker1-1"]
         os.killpg(victim["pid"], signal.SIGKILL)
         killed = time.monotonic()
         healed = None

@@ -234,7 +234,7 @@ def status(name: str) -> dict:
     details = provider.details(state)
     records = {c.id: c for c in state.containers}
     labelled = any(c.version for c in state.containers)  # a roll or a canary: each says what it serves
-    ports = {p.id: p.port for p in state.resources.processes}  # a rolled container is its slot's process
+    ports = {sid: p.port for sid, p in state.resources.services.items()}  # a rolled container is its slot's service
     for container in snapshot["containers"]:
         slot = container["id"].split(".", 1)[0]
         container.update(details.get(container["id"]) or (details.get(slot, {}) if ports.get(slot) == container["port"]

@@ -122,8 +122,8 @@ class ContainerRecord:
 
 
 # 1: `spec` a free-form dict, no `version` field; 2: `spec` a ClusterSpec.
-# `resources` has kept one JSON shape throughout (now typed: mlcluster.resources),
-# so it needs no version of its own.
+# `resources` (typed: mlcluster.resources) reads the shapes it had before its
+# services had one record by their keys, so it needs no version of its own.
 STATE_VERSION = 2
 
 
@@ -182,7 +182,7 @@ class ClusterState:
         if version > STATE_VERSION:
             raise ValueError(f"it was written by a newer mlcluster (state version {version})")
         data["containers"] = [ContainerRecord(**c) for c in data.get("containers", [])]
-        data["resources"] = Resources.from_json(data.get("resources") or {})
+        data["resources"] = Resources.from_json(data.get("resources") or {}, data["name"])
         data["api_keys"] = [ApiKeyRecord(**k) for k in data.get("api_keys", [])]
         # Version 1 kept whatever part of the spec it had (possibly nothing):
         # the known fields are read, the cluster's own name and provider fill the gaps.

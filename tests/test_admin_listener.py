@@ -108,7 +108,7 @@ home = home_fixture("adminlocal")
 def test_local_cluster_registers_through_its_admin_listener(home, tiny_model):
     cli("up", "--name", "adminlocal", "--workers", "1", "--containers-per-worker", "2", "--model", tiny_model)
     state = json.loads((home / "adminlocal" / "state.json").read_text())
-    orchestrator = next(p for p in state["resources"]["processes"] if p["id"] == "orchestrator")
+    orchestrator = state["resources"]["services"]["orchestrator"]
     url, admin_port = state["orchestrator_url"], orchestrator["admin_port"]
     assert admin_port and admin_port != orchestrator["port"]
     status = requests.get(f"{url}/status", timeout=5).json()
@@ -123,7 +123,7 @@ def test_local_cluster_registers_through_its_admin_listener(home, tiny_model):
     terminate({orchestrator["pid"]})
     cli("up", "--name", "adminlocal", "--workers", "1", "--containers-per-worker", "2", "--model", tiny_model)
     again = json.loads((home / "adminlocal" / "state.json").read_text())
-    restarted = next(p for p in again["resources"]["processes"] if p["id"] == "orchestrator")
+    restarted = again["resources"]["services"]["orchestrator"]
     assert restarted["pid"] != orchestrator["pid"] and restarted["admin_port"] == admin_port
     assert len(requests.get(f"{url}/status", timeout=5).json()["containers"]) == 2
     cli("down", "--name", "adminlocal", "--yes")

@@ -170,8 +170,8 @@ def test_local_cluster_stops_itself_once_idle_but_not_while_serving(lhome, tiny_
     cli(*args)
     state = json.loads((lhome / "localidle" / "state.json").read_text())
     url = state["orchestrator_url"]
-    assert "watchdog" not in {p["id"] for p in state["resources"]["processes"]}  # one agent per cluster
-    watchdog = next(p for p in state["resources"]["processes"] if p["id"] == "controller")
+    assert "watchdog" not in state["resources"]["services"]  # one agent per cluster
+    watchdog = state["resources"]["services"]["controller"]
     assert watchdog["pid"] in find_marked(marker("localidle"))
 
     stop, answered = threading.Event(), []
@@ -186,7 +186,7 @@ def test_local_cluster_stops_itself_once_idle_but_not_while_serving(lhome, tiny_
     started = time.monotonic()
     cli(*args)  # the same settings, while busy: the same watchdog
     again = json.loads((lhome / "localidle" / "state.json").read_text())
-    assert next(p for p in again["resources"]["processes"] if p["id"] == "controller")["pid"] == watchdog["pid"]
+    assert again["resources"]["services"]["controller"]["pid"] == watchdog["pid"]
     time.sleep(max(0.0, started + 2 * idle_s - time.monotonic()))
     stop.set()
     thread.join()

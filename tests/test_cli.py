@@ -63,14 +63,14 @@ def test_up_twice_reconciles_and_a_killed_worker_shows_down(home, tiny_model, tm
     slow_heal.write_text("[autoscale]\nheal_grace = 600\n")
     cli(*up_args(tiny_model, workers=1), "--config", str(slow_heal))
     state = json.loads((home / "lab" / "state.json").read_text())
-    first = {p["id"]: p["pid"] for p in state["resources"]["processes"]}
+    first = {sid: p["pid"] for sid, p in state["resources"]["services"].items()}
     cli(*up_args(tiny_model, workers=1), "--config", str(slow_heal))
     state = json.loads((home / "lab" / "state.json").read_text())
-    assert {p["id"]: p["pid"] for p in state["resources"]["processes"]} == first  # nothing restarted
+    assert {sid: p["pid"] for sid, p in state["resources"]["services"].items()} == first  # nothing restarted
     status = json.loads(cli("status", "--name", "lab", "--json").stdout)
     assert len(status["containers"]) == 2
 
-    victim = next(p for p in state["resources"]["processes"] if p["id"] == "worker1-2")
+    victim = state["resources"]["services"]["worker1-2"]
     os.killpg(victim["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -89,7 +89,7 @@ def test_up_twice_reconciles_and_a_killed_worker_shows_down(home, tiny_model, tm
     # `up` again restarts only the missing container, and it serves again.
     cli(*up_args(tiny_model, workers=1), "--config", str(slow_heal))
     state = json.loads((home / "lab" / "state.json").read_text())
-    now = {p["id"]: p["pid"] for p in state["resources"]["processes"]}
+    now = {sid: p["pid"] for sid, p in state["resources"]["services"].items()}
     assert now["worker1-1"] == first["worker1-1"] and now["orchestrator"] == first["orchestrator"]
     assert now["worker1-2"] != first["worker1-2"]
     status = json.loads(cli("status", "--name", "lab", "--json").stdout)
@@ -107,6 +107,30 @@ def test_down_finds_processes_when_the_state_file_is_lost(home, tiny_model):
     assert find_marked(marker("lab")) == []
 
 
+def test_a_cluster_recorded_before_services_had_one_record_shows_and_goes_down(home, tiny_model):
+    """A state file as the code before one service record wrote it (a `processes`
+    list: tests/test_state.py has a recorded one) still loads: `status` shows its
+    workers' pids from it, and `down` stops every process and forgets the cluster."""
+    cli(*up_args(tiny_model, workers=2, per=1))
+    state_file = home / "lab" / "state.json"
+    state = json.loads(state_file.read_text())
+    services = state["resources"].pop("services")
+    state["resources"].pop("hosts")
+    state["resources"]["processes"] = [
+        {"admin_port": s["admin_port"], "id": sid, "log": s["log"], "pid": s["pid"], "port": s["port"],
+         "role": s["kind"], "worker": s["worker"]} for sid, s in services.items()]
+    state_file.write_text(json.dumps(state))
+    pids = {s["pid"] for s in services.values()}
+    assert pids <= set(find_marked(marker("lab"))) and len(pids) == 4  # orchestrator, 2 workers, controller
+    shown = json.loads(cli("status", "--name", "lab", "--json").stdout)
+    assert {c["id"]: c["pid"] for c in shown["containers"]} == {
+        sid: str(s["pid"]) for sid, s in services.items() if s["kind"] == "worker"}
+    result = cli("down", "--name", "lab", "--yes")
+    assert "nothing of it is left" in result.stderr
+    assert not pids & set(find_marked(marker("lab"))) and find_marked(marker("lab")) == []
+    assert not (home / "lab").exists()
+
+
 def test_down_of_an_unknown_name_is_an_error(home):
     result = cli("down", "--name", "nosuch", "--yes", check=False)
     assert_clean_error(result, "no cluster named 'nosuch'", "mlcluster list", "--provider")
@@ -116,7 +140,7 @@ def test_down_of_an_unknown_name_is_an_error(home):
 def test_a_smaller_up_stops_the_rest_and_down_says_what_it_removes_and_keeps_the_logs(home, tiny_model):
     cli(*up_args(tiny_model, workers=2, per=1))
     state = json.loads((home / "lab" / "state.json").read_text())
-    gone = next(p["pid"] for p in state["resources"]["processes"] if p["id"] == "worker2-1")
+    gone = state["resources"]["services"]["worker2-1"]["pid"]
     shown = json.loads(cli(*up_args(tiny_model, workers=1, per=1), "--json").stdout)
     assert [c["id"] for c in shown["containers"]] == ["worker1-1"] and shown["orchestrator_url"].startswith("http")
     assert gone not in find_marked(marker("lab"))
@@ -195,7 +219,7 @@ def refused(url: str) -> bool:
 def test_bench_without_a_running_cluster(home, tiny_model):
     cli(*up_args(tiny_model, workers=1, per=1))
     state = json.loads((home / "lab" / "state.json").read_text())
-    orchestrator = next(p for p in state["resources"]["processes"] if p["id"] == "orchestrator")
+    orchestrator = state["resources"]["services"]["orchestrator"]
     os.killpg(orchestrator["pid"], signal.SIGKILL)
     wait_for(lambda: refused(state["orchestrator_url"]), "the killed orchestrator's port to refuse")
     assert_clean_error(cli("bench", "--name", "lab", "--requests", "5", check=False), "not answering")
@@ -209,7 +233,7 @@ def test_ctrl_c_during_up_is_recorded_and_down_cleans_it(home, tiny_model):
     state_file = home / "ctrlc" / "state.json"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if state_file.exists() and json.loads(state_file.read_text())["resources"].get("processes"):
+        if state_file.exists() and json.loads(state_file.read_text())["resources"].get("services"):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
@@ -217,7 +241,7 @@ def test_ctrl_c_during_up_is_recorded_and_down_cleans_it(home, tiny_model):
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "mlcluster down --name ctrlc" in stderr
     assert "Traceback" not in stderr
-    recorded = {p["pid"] for p in json.loads(state_file.read_text())["resources"]["processes"]}
+    recorded = {p["pid"] for p in json.loads(state_file.read_text())["resources"]["services"].values()}
     assert recorded and set(find_marked(marker("ctrlc"))) >= recorded
     cli("down", "--name", "ctrlc", "--yes")
     assert find_marked(marker("ctrlc")) == []

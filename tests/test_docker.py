@@ -93,8 +93,8 @@ def register(deployment, state, timeout: float = 120.0) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     public = requests.post(f"{deployment.orchestrator_url}/workers", json=body, headers=headers, timeout=10)
     assert public.status_code == 404, public.text
-    admin_port = state.resources.docker.admin_port
-    assert admin_port and admin_port != state.resources.docker.orchestrator_port
+    admin_port = state.resources.services["orchestrator"].admin_port
+    assert admin_port and admin_port != state.resources.services["orchestrator"].port
     response = requests.post(f"http://127.0.0.1:{admin_port}/workers", json=body, headers=headers, timeout=10)
     assert response.status_code in (201, 409), response.text
     wait_all_free(deployment.orchestrator_url, len(deployment.containers), timeout)
@@ -213,7 +213,8 @@ def test_up_again_keeps_what_runs_and_restarts_what_stopped(engine, cluster):
     wait_all_free(deployment.orchestrator_url, 2)
     classify(deployment.orchestrator_url, "after the restart")
     saved = json.loads((state.dir / "state.json").read_text())
-    assert set(saved["resources"]["docker"]["containers"].values()) == set(before.values())
+    # every running container recorded (the one Service record names a container; the ids are checked above)
+    assert {s["container"] for s in saved["resources"]["services"].values() if s["runtime"] == "docker"} == set(before)
 
 
 def test_down_without_state_removes_every_labelled_thing(engine, cluster):

@@ -111,7 +111,7 @@ def test_up_again_keeps_the_controllers_containers_and_restarts_it_only_for_new_
 
 def controller_pid(home) -> int:
     state = json.loads((home / "elastic" / "state.json").read_text())
-    return next(p["pid"] for p in state["resources"]["processes"] if p["id"] == "controller")
+    return state["resources"]["services"]["controller"]["pid"]
 
 
 def test_a_sigkilled_worker_is_replaced_with_no_command(home, tmp_path):
@@ -119,12 +119,12 @@ def test_a_sigkilled_worker_is_replaced_with_no_command(home, tmp_path):
     config.write_text("[autoscale]\nheal_grace = 1\n")  # a fixed cluster: the controller only heals
     up("heal", "--containers-per-worker", "2", "--config", str(config))
     state = json.loads((home / "heal" / "state.json").read_text())
-    victim = next(p for p in state["resources"]["processes"] if p["id"] == "worker1-2")
+    victim = state["resources"]["services"]["worker1-2"]
     os.killpg(victim["pid"], signal.SIGKILL)
 
     def healed() -> bool:
         now = json.loads((home / "heal" / "state.json").read_text())
-        pid = next(p["pid"] for p in now["resources"]["processes"] if p["id"] == "worker1-2")
+        pid = now["resources"]["services"]["worker1-2"]["pid"]
         return pid != victim["pid"] and {c["status"] for c in status("heal")["containers"]} == {"free"}
     wait_for(healed, "worker1-2 to be restarted and serve again", timeout=40)
     after = status("heal")
@@ -137,7 +137,7 @@ def test_a_sigkilled_worker_is_replaced_with_no_command(home, tmp_path):
     heals = [e for e in json.loads(cli("events", "-n", "heal", "--json").stdout)["events"] if e["kind"] == "heal"]
     assert len(heals) == 1 and heals[0]["container"] == "worker1-2" and str(victim["pid"]) in heals[0]["reason"]
     assert "Heals dead workers".lower() in cli("status", "--name", "heal").stdout.lower()
-    controller = next(p for p in state["resources"]["processes"] if p["id"] == "controller")
+    controller = state["resources"]["services"]["controller"]
     os.killpg(controller["pid"], signal.SIGKILL)  # its published state stays; status says it is stale
     wait_for(lambda: not status("heal")["autoscale"]["running"], "status to see the controller gone")
     assert "controller: not running" in " ".join(cli("status", "--name", "heal").stdout.split())

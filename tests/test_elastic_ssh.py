@@ -67,7 +67,7 @@ def serving(url: str) -> dict[str, str]:
 
 def test_up_starts_the_controller_with_its_own_key(net, cluster):
     home, state = cluster["home"], cluster["state"]
-    record = state["resources"]["ssh"]["services"]["controller"]
+    record = state["resources"]["services"]["controller"]
     assert record["host"] == "orch" and record["kind"] == "controller"
     assert str(record["pid"]) in our_processes(net, "orch")
     lines = [line for line in net.authorized_keys.read_text().splitlines() if line.endswith(TAG)]
@@ -163,10 +163,10 @@ def test_a_killed_worker_on_a_host_that_answers_is_restarted_in_place(net, clust
     assert [c["host"] for c in status(url)["containers"] if c["id"] == "w2-2"] == [net.hosts["w2"].address]
 
     # A second `up` takes the healed pid from the controller and changes nothing (no second w2-2, same controller).
-    before = json.loads((home / CLUSTER / "state.json").read_text())["resources"]["ssh"]["services"]
+    before = json.loads((home / CLUSTER / "state.json").read_text())["resources"]["services"]
     again = cli("up", "--config", str(home / "cluster.toml"), home=home, check=False)
     assert again.returncode == 0, again.stderr[-2000:]
-    after = json.loads((home / CLUSTER / "state.json").read_text())["resources"]["ssh"]["services"]
+    after = json.loads((home / CLUSTER / "state.json").read_text())["resources"]["services"]
     healed_pid = json.loads((net.hosts["orch"].workdir / "controller-state.json").read_text())["pids"]["w2-2"]
     assert healed_pid != victim["pid"] and after["w2-2"]["pid"] == healed_pid
     assert after["controller"]["pid"] == before["controller"]["pid"]

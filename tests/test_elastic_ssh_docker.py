@@ -87,7 +87,7 @@ def events(cluster) -> list[dict]:
 
 
 def test_the_controller_runs_beside_a_docker_orchestrator(net, cluster):
-    services = cluster["state"]["resources"]["ssh"]["services"]
+    services = cluster["state"]["resources"]["services"]
     assert services["orchestrator"]["runtime"] == "docker" and services["w1-1"]["runtime"] == "docker"
     assert services["w2-1"]["runtime"] == "process"
     record = services["controller"]
@@ -199,7 +199,7 @@ def test_autostop_on_a_docker_orchestrator_host_removes_its_container(net, tiny_
     assert up.returncode == 0, up.stderr[-3000:]
     orch = net.hosts["orch"]
     try:
-        services = json.loads((home / name / "state.json").read_text())["resources"]["ssh"]["services"]
+        services = json.loads((home / name / "state.json").read_text())["resources"]["services"]
         assert {"controller", "watchdog-w2"} <= set(services) and "watchdog-orch" not in services
         assert ours(orch, name) == [f"mlc-{name}-orchestrator"]
         wait_for(lambda: (orch.workdir / "autostop.json").exists() and ours(orch, name) == []

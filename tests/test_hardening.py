@@ -49,7 +49,7 @@ def test_services_get_no_credentials_and_a_restarted_one_keeps_its_port(home, ti
     up = ["up", "--name", "hard", "--workers", "1", "--containers-per-worker", "1", "--model", tiny_model]
     cli(*up, home=home, env=caller)
     state = json.loads((home / "hard" / "state.json").read_text())
-    procs = {p["id"]: p for p in state["resources"]["processes"]}
+    procs = state["resources"]["services"]
     for record in procs.values():
         env = environ_of(record["pid"])
         assert not {k for k in env if k.startswith("AWS_") or k == "MY_APP_PASSWORD"}, sorted(env)
@@ -70,7 +70,7 @@ def test_services_get_no_credentials_and_a_restarted_one_keeps_its_port(home, ti
     assert plain_bind_fails(orch["port"]), "the test needs a lingering socket on the orchestrator's port"
 
     cli(*up, home=home, env=caller)
-    again = {p["id"]: p for p in json.loads((home / "hard" / "state.json").read_text())["resources"]["processes"]}
+    again = json.loads((home / "hard" / "state.json").read_text())["resources"]["services"]
     assert again["orchestrator"]["pid"] != orch["pid"]
     assert again["orchestrator"]["port"] == orch["port"]
     answer = requests.post(state["orchestrator_url"] + "/new_request", json={"text": "hello"}, timeout=30)

@@ -93,7 +93,7 @@ def test_a_roll_whose_new_workers_cannot_load_stops_exits_1_and_the_old_ones_kee
     assert answered_by(url) == {(200, "tiny-distilbert")}
     saved = json.loads((home / "broken" / "state.json").read_text())
     assert saved["spec"]["model"] == tiny_model and len(saved["containers"]) == 2
-    assert len([p for p in saved["resources"]["processes"] if p["role"] == "worker"]) == 2
+    assert len([p for p in saved["resources"]["services"].values() if p["kind"] == "worker"]) == 2
     wait_for(lambda: len(find_marked(marker("broken"))) == processes, "the new worker to be gone")
     same = up("broken", tiny_model, "--canary", "25", check=False)  # a canary of what it serves already
     assert same.returncode == 1 and "a canary needs another model" in same.stderr, same.stderr
@@ -147,14 +147,14 @@ def test_a_worker_killed_after_a_roll_comes_back_with_the_new_model_and_rolls_ba
     up("healed", tiny_model)
     up("healed", new_model)
     state = json.loads((home / "healed" / "state.json").read_text())
-    victim = next(p for p in state["resources"]["processes"] if p["id"] == "worker2-1")
+    victim = state["resources"]["services"]["worker2-1"]
     shown = next(c for c in status("healed")["containers"] if c["id"].startswith("worker2-1."))
     assert shown["pid"] == str(victim["pid"]) and shown["serves"].startswith("model-d")
     os.killpg(victim["pid"], signal.SIGKILL)
 
     def healed() -> bool:
         now = json.loads((home / "healed" / "state.json").read_text())
-        pid = next(p["pid"] for p in now["resources"]["processes"] if p["id"] == "worker2-1")
+        pid = now["resources"]["services"]["worker2-1"]["pid"]
         return pid != victim["pid"] and {c["status"] for c in status("healed")["containers"]} == {"free"}
     wait_for(healed, "worker2-1 to be restarted by the controller and serve again", timeout=60)
     url = status("healed")["orchestrator_url"]

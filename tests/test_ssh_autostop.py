@@ -28,7 +28,7 @@ def test_watchdogs_stop_an_idle_cluster_but_not_a_busy_one(net, tiny_model, tmp_
     assert up.returncode == 0, up.stderr[-3000:]
     try:
         state = json.loads((home / CLUSTER / "state.json").read_text())
-        url, services = state["orchestrator_url"], state["resources"]["ssh"]["services"]
+        url, services = state["orchestrator_url"], state["resources"]["services"]
         # On the orchestrator's host the healing controller is the agent (one agent per cluster there).
         assert {"controller", "watchdog-w1"} <= set(services) and "watchdog-orch" not in services
 

@@ -193,7 +193,7 @@ def test_orchestrator_container_serves_admin_only_on_its_hosts_loopback(net, tin
         assert up.returncode == 0, up.stderr[-3000:]
         state = json.loads((home / name / "state.json").read_text())
         url = state["orchestrator_url"]
-        assert state["resources"]["ssh"]["services"]["orchestrator"]["admin_port"] == 8101
+        assert state["resources"]["services"]["orchestrator"]["admin_port"] == 8101
         assert sorted((c["id"], c["status"]) for c in status(url)["containers"]) == [("w1-1", "free"), ("w1-2", "free")]
         auth = {"Authorization": f"Bearer {state['token']}"}
         public = requests.post(f"{url}/workers", json={"containers": []}, headers=auth, timeout=5)

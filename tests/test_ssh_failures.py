@@ -39,7 +39,7 @@ def test_unreachable_hosts_fail_up_within_the_deadline_naming_host_and_reason(ne
     assert "2 of 4 host(s)" in err and "Traceback" not in result.stderr
     # nothing was started on the hosts that answered
     state = json.loads((tmp_path / CLUSTER / "state.json").read_text())
-    assert state["resources"]["ssh"]["services"] == {}
+    assert state["resources"]["services"] == {}
 
 
 def test_a_refused_port_fails_up_at_once_and_down_purge_forgets_the_dead_cluster(net, tmp_path):
@@ -118,13 +118,13 @@ def test_a_smaller_cluster_stops_what_is_no_longer_wanted(net, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(toml_config(net, "overhead-test", ["w1", "cut"]).replace('name = "sshe2e"', 'name = "shrink"'))
     assert cli("up", "--config", str(config), home=tmp_path, check=False).returncode == 0
-    before = json.loads((tmp_path / "shrink" / "state.json").read_text())["resources"]["ssh"]["services"]
+    before = json.loads((tmp_path / "shrink" / "state.json").read_text())["resources"]["services"]
     config.write_text(toml_config(net, "overhead-test", ["w1"]).replace('name = "sshe2e"', 'name = "shrink"')
                       .replace("containers_per_worker = 2", "containers_per_worker = 1"))
     result = cli("up", "--config", str(config), home=tmp_path, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     after = json.loads((tmp_path / "shrink" / "state.json").read_text())
-    services = after["resources"]["ssh"]["services"]
+    services = after["resources"]["services"]
     assert sorted(services) == ["controller", "orchestrator", "w1-1"]  # the controller: on the orchestrator's host
     assert services["w1-1"]["pid"] == before["w1-1"]["pid"]
     for sid in ("w1-2", "cut-1", "cut-2"):
@@ -142,7 +142,7 @@ def test_down_without_state_finds_services_by_marker(net, tmp_path):
     config.write_text(toml_config(net, "overhead-test", ["w1"]).replace('name = "sshe2e"', 'name = "lost"'))
     assert cli("up", "--config", str(config), home=tmp_path, check=False).returncode == 0
     pids = [s["pid"] for s in json.loads((tmp_path / "lost" / "state.json").read_text())
-            ["resources"]["ssh"]["services"].values()]
+            ["resources"]["services"].values()]
     bystander = subprocess.Popen(["nsenter", f"--net=/run/netns/{net.hosts['w1'].namespace}",
                                   "setsid", "sleep", "300"], env=dict(os.environ, MLCLUSTER_MARKER="ssh:other:w1"))
     try:

@@ -65,7 +65,7 @@ def test_up_registers_every_container_with_private_addresses(net, cluster):
         assert (c["host"], c["status"]) == (host.address, "free")
         assert c["port"] == 5000 + int(cid.split("-")[1]) - 1
     # pids recorded; host keys trusted on first use and recorded
-    services = state["resources"]["ssh"]["services"]
+    services = state["resources"]["services"]
     assert all(services[s]["pid"] > 0 for s in ("orchestrator", "w1-1", "w2-2"))
     keys = state["resources"]["host_keys"]
     assert keys[f"{net.hosts['w1'].address}:22"] == " ".join(net.hosts["w1"].host_public_key().split()[:2])
@@ -88,7 +88,7 @@ def test_services_get_only_the_environment_they_need(net, cluster):
     finally:
         login.close()
     assert seen[0] == LOGIN_ONLY_VALUE and len(seen) > 1  # the login environment has both
-    resources = cluster["state"]["resources"]["ssh"]
+    resources = cluster["state"]["resources"]
     for sid, record in resources["services"].items():
         workdir = Path(resources["hosts"][record["host"]]["workdir"])
         own = {line.split("=", 1)[0] for line in (workdir / f"{sid}.env").read_text().splitlines() if line}
@@ -101,10 +101,10 @@ def test_services_get_only_the_environment_they_need(net, cluster):
 
 
 def test_second_up_reuses_what_runs(net, cluster):
-    before = cluster["state"]["resources"]["ssh"]["services"]
+    before = cluster["state"]["resources"]["services"]
     result = cli("up", "--config", str(cluster["config"]), home=cluster["home"], check=False)
     assert result.returncode == 0, result.stderr[-2000:]
-    after = json.loads((cluster["home"] / CLUSTER / "state.json").read_text())["resources"]["ssh"]["services"]
+    after = json.loads((cluster["home"] / CLUSTER / "state.json").read_text())["resources"]["services"]
     assert {k: v["pid"] for k, v in after.items()} == {k: v["pid"] for k, v in before.items()}
 
 
@@ -165,7 +165,7 @@ def test_follow_streams_new_lines(net, cluster):
 def admin_call(net, cluster, method: str, path: str, body=None) -> tuple[int, dict]:
     """A call to the orchestrator's admin listener from its own host (inside
     its namespace, to its 127.0.0.1): the status code and the JSON answer."""
-    port = cluster["state"]["resources"]["ssh"]["services"]["orchestrator"]["admin_port"]
+    port = cluster["state"]["resources"]["services"]["orchestrator"]["admin_port"]
     code = ("import json, sys, requests; r = requests.request(sys.argv[1], sys.argv[2], json=json.loads(sys.argv[3]), "
             "headers={'Authorization': 'Bearer ' + sys.argv[4]}, timeout=5); print(r.status_code, r.text)")
     done = net.hosts["orch"].exec(sys.executable, "-c", code, method, f"http://127.0.0.1:{port}{path}",
@@ -180,7 +180,7 @@ def test_admin_endpoints_only_on_the_orchestrator_hosts_loopback(net, cluster):
     public port answers the admin paths 404 even with the token, and the admin
     port cannot be reached from the network."""
     orch = net.hosts["orch"]
-    admin_port = cluster["state"]["resources"]["ssh"]["services"]["orchestrator"]["admin_port"]
+    admin_port = cluster["state"]["resources"]["services"]["orchestrator"]["admin_port"]
     assert admin_port == 8001  # orchestrator_port + 1
     auth = {"Authorization": f"Bearer {cluster['state']['token']}"}
     public = requests.post(f"{cluster['url']}/workers", json={"containers": []}, headers=auth, timeout=5)

@@ -32,8 +32,8 @@ def load_hosts(spec: str, state: Optional[ClusterState], url: str) -> list[LoadH
             return [local_host(url, f"here{i + 1}") for i in range(len(names))]
         raise UsageError(f"--from {spec}: with --url there is no cluster whose hosts could send the load",
                          "give the cluster's --name, or use --from here")
-    ssh = state.resources.ssh
-    if ssh is None or not ssh.hosts:
+    ssh = state.resources  # its hosts and services
+    if state.provider == "local" or not ssh.hosts:
         if set(names) <= {"here", "orchestrator"} and state.provider == "local":
             # a local cluster's orchestrator runs here: every load host is a process of this machine
             return [local_host(url, f"{n}{i + 1}" if len(names) > 1 else n) for i, n in enumerate(names)]

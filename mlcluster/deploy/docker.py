@@ -42,7 +42,7 @@ from .. import images
 from ..errors import MlclusterError
 from ..images import IMAGE_REPOS
 from ..remote.results import quote
-from ..resources import SSHService
+from ..resources import Service
 from ..ui import QuietUI
 from .host import Host, RemoteHost, ServiceSpec
 from .options import RemoteOptions
@@ -189,7 +189,7 @@ class DockerRuntime:
         """`docker ps` filters for this cluster's containers."""
         return f"--filter {quote(f'label=mlcluster.cluster={self.cluster}')} --filter label=mlcluster.provider={self.provider}"
 
-    def start(self, host: Host, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
+    def start(self, host: Host, service: ServiceSpec, marker: str, known: Optional[Service]) -> Service:
         """Run the service's container unless an identical one already runs (a
         stopped identical one is started again, keeping its id)."""
         name, image = self.container_name(service.id), host.facts["images"][service.kind]
@@ -201,7 +201,7 @@ class DockerRuntime:
         digest = hashlib.sha256(repr((image, sorted(service.env.items()), service.port, service.model_dir,
                                       host.config.bind, HARDENING_FLAGS, service.admin_port)
                                      + ((local,) if any(local) else ())).encode()).hexdigest()[:16]
-        record = SSHService(runtime=self.name, container=name, image=image)
+        record = Service(runtime=self.name, container=name, image=image, kind=service.kind)
         current = host.run(f"{docker(host)} inspect --format '{{{{.State.Running}}}} "
                            f"{{{{index .Config.Labels \"mlcluster.config\"}}}}' {quote(name)} 2>/dev/null", warn=True)
         if current.ok and current.stdout.split()[1:] == [digest]:
@@ -225,7 +225,7 @@ class DockerRuntime:
         """Nothing to wait for: `docker run -d` failed loudly if the container
         could not start, and the restart policy handles later exits."""
 
-    def stop(self, host: Host, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
+    def stop(self, host: Host, records: dict[str, Service], marker: str, only: bool = False) -> list[str]:
         """Remove the recorded containers and (unless `only`) every container
         labelled with this cluster's name; returns what is left."""
         if not has_docker(host):
@@ -241,7 +241,7 @@ class DockerRuntime:
         host.run(f"rm -f {quote(host.workdir)}/*.env", warn=True)
         return [f"{host.name}: container {c} is still there" for c in left]
 
-    def log_command(self, host: Host, record: SSHService, follow: bool, tail: int) -> str:
+    def log_command(self, host: Host, record: Service, follow: bool, tail: int) -> str:
         lines = "all" if tail <= 0 else str(int(tail))
         return f"{docker(host)} logs --tail {lines} {'-f ' if follow else ''}{quote(record.container)} 2>&1"
 

@@ -8,6 +8,7 @@ those, so the runtimes (process.py, docker.py) work on any host:
 """
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import hashlib
 import os
@@ -15,6 +16,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
@@ -23,7 +25,7 @@ from ..errors import MlclusterError
 from ..remote.results import CommandTimedOut, Result, UnexpectedExit, quote
 from ..resources import HostConfig
 
-if TYPE_CHECKING:  # paramiko only where a remote host is used: a local cluster never loads it
+if TYPE_CHECKING:  # paramiko only where a remote host is used: a local `list` or `status` never loads it
     from ..remote.connection import Connection, HostKeyStore
 
 
@@ -166,13 +168,19 @@ class Host:
         self.conn.close()
 
 
+def local_config(name: str, workdir: Path, runtime: str = "process") -> HostConfig:
+    """This machine as a host record called `name`: a local cluster's orchestrator host, or one of
+    the machines its workers stand for (worker1..N, all here), its services on 127.0.0.1."""
+    return HostConfig(name=name, address="127.0.0.1", private_address="127.0.0.1", user=getpass.getuser(), port=0,
+                      key="", runtime=runtime, python=sys.executable, workdir=str(workdir), bind="127.0.0.1",
+                      local=True)
+
+
 class LocalHost(Host):
     """This machine as a Host: services listen on 127.0.0.1, files go to `workdir`."""
 
-    def __init__(self, workdir: Path):
-        config = HostConfig(name="this machine", address="127.0.0.1", private_address="127.0.0.1",
-                            user=getpass.getuser(), port=0, key="", runtime="", python="", workdir=str(workdir),
-                            bind="127.0.0.1")
+    def __init__(self, workdir: Path, config: Optional[HostConfig] = None):
+        config = config or dataclasses.replace(local_config("this machine", workdir), runtime="", python="")
         super().__init__(config, LocalShell(), workdir=str(workdir.resolve()), cpus=os.cpu_count() or 1)
 
     @property

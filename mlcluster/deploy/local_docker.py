@@ -22,6 +22,7 @@ removes exactly what carries the labels, with or without state.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import stat
@@ -33,7 +34,7 @@ from ..errors import MlclusterError, see_docs
 from ..images import ensure_image, worker_kind
 from ..models import hub_snapshot, resolve_model
 from ..remote.results import CommandFailed, quote
-from ..resources import LocalDocker, SSHService
+from ..resources import LOCAL_HOST, DockerSetup, Service
 from ..state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir
 from ..ui import QuietUI
 from .docker import DockerRuntime, has_docker
@@ -84,7 +85,7 @@ class LocalDockerDeployment:
 
     def _up(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
         host, runtime = self._on(spec.name)
-        res = state.resources.docker = state.resources.docker or LocalDocker()
+        res = state.resources.docker = state.resources.docker or DockerSetup()
         client = connect()
         try:
             res.images = {"orchestrator": ensure_image(client, "orchestrator", ui),
@@ -105,18 +106,21 @@ class LocalDockerDeployment:
             if name not in names and role in ("orchestrator", "worker"):
                 ui.info(f"removing {name}: no longer part of the cluster")
                 host.run(f"docker rm -f {quote(name)} >/dev/null")
-                res.containers.pop(name, None)
+                for sid in [s for s, r in state.resources.services.items() if r.container == name]:
+                    del state.resources.services[sid]
         with ui.step(f"starting {len(wanted)} container(s)", total=len(wanted)) as step:
             for service in wanted:
-                runtime.start(host, service, "", None)
-                name = runtime.container_name(service.id)
-                res.containers[name] = host.run(f"docker inspect --format '{{{{.Id}}}}' {quote(name)}").stdout.strip()
+                record = runtime.start(host, service, "", None)
+                state.resources.services[service.id] = dataclasses.replace(
+                    record, host=LOCAL_HOST, port=WORKER_PORT if service.kind == "worker" else 0,  # published: below
+                    worker=service.labels.get("mlcluster.worker", ""))
                 state.save()  # recorded the moment it exists, so `down` can always clean it
                 step.advance()
         orchestrator = runtime.container_name("orchestrator")
-        res.orchestrator_port, res.admin_port = (_published(host, orchestrator, p) for p in (ORCHESTRATOR_PORT, ADMIN_PORT))
+        record = state.resources.services["orchestrator"]
+        record.port, record.admin_port = (_published(host, orchestrator, p) or 0 for p in (ORCHESTRATOR_PORT, ADMIN_PORT))
         state.save()
-        url = f"{security.scheme(state)}://{LOOPBACK}:{res.orchestrator_port}"
+        url = f"{security.scheme(state)}://{LOOPBACK}:{record.port}"
         services.wait_answering(
             url, what=f"the orchestrator container {orchestrator}", session=security.http_session(state),
             running=lambda: host.run(f"docker inspect --format '{{{{.State.Status}}}}' {orchestrator}",
@@ -126,7 +130,7 @@ class LocalDockerDeployment:
                                       worker=s.labels["mlcluster.worker"]) for s in wanted if s.kind == "worker"]
         return Deployment(orchestrator_url=url, containers=containers)
 
-    def _volume(self, host: Host, name: str, cluster: str, role: str, res: LocalDocker, state: ClusterState,
+    def _volume(self, host: Host, name: str, cluster: str, role: str, res: DockerSetup, state: ClusterState,
                 extra: str = "") -> str:
         host.run(f"docker volume create{_labels(cluster, role)}{extra} {quote(name)} >/dev/null")
         if name not in res.volumes:
@@ -134,12 +138,13 @@ class LocalDockerDeployment:
             state.save()
         return name
 
-    def _services(self, spec: ClusterSpec, state: ClusterState, host: Host, res: LocalDocker, network: str,
+    def _services(self, spec: ClusterSpec, state: ClusterState, host: Host, res: DockerSetup, network: str,
                   ui: QuietUI) -> list[ServiceSpec]:
         """The orchestrator first, then every worker container."""
         state_volume = self._volume(host, f"mlcluster-{spec.name}-state", spec.name, "state", res, state)
-        port = int(spec.provider_options.get("local", {}).get("port") or res.orchestrator_port or free_port())
-        admin_port = res.admin_port or free_port(avoid=port)
+        known = state.resources.services.get("orchestrator") or Service()
+        port = int(spec.provider_options.get("local", {}).get("port") or known.port or free_port())
+        admin_port = known.admin_port or free_port(avoid=port)
         env = services.orchestrator_env(
             port=ORCHESTRATOR_PORT, token=state.token, worker_token=state.worker_token, host="0.0.0.0",
             queue_limit=spec.queue_limit, queue_timeout_s=spec.queue_timeout_s,
@@ -164,7 +169,7 @@ class LocalDockerDeployment:
                                           mounts=mounts, network=network, labels={"mlcluster.worker": f"worker{w}"}))
         return wanted
 
-    def _model(self, spec: ClusterSpec, state: ClusterState, host: Host, res: LocalDocker, ui: QuietUI):
+    def _model(self, spec: ClusterSpec, state: ClusterState, host: Host, res: DockerSetup, ui: QuietUI):
         """MODEL for the workers, and the mounts that bring it to them."""
         model = resolve_model(spec.model, ui)
         source = Path(model.ref) if model.local else hub_snapshot(model.ref)
@@ -191,11 +196,11 @@ class LocalDockerDeployment:
 
     # -- down ---------------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
-        res = state.resources.docker if state else None
         host, runtime = self._on(name)
         if not has_docker(host):
-            return ["the Docker engine does not answer: the cluster's containers may still exist"] if res is not None else []
-        recorded = {n: SSHService(runtime="docker", container=n) for n in (res.containers if res else {})}
+            return ["the Docker engine does not answer: the cluster's containers may still exist"] \
+                if state and state.resources.docker is not None else []
+        recorded = {sid: r for sid, r in (state.resources.services if state else {}).items() if r.runtime == "docker"}
         with ui.step("removing the cluster's containers"):
             left = runtime.stop(host, recorded, "")
         filters = runtime.label_filter()
@@ -214,7 +219,7 @@ class LocalDockerDeployment:
             known = host.run(f"docker ps -a {runtime.label_filter()} --format '{{{{.Label \"mlcluster.id\"}}}}'")
             raise MlclusterError(f"cluster {state.name!r} has no container {target!r}",
                                  f"known: {', '.join(sorted(k for k in known.stdout.split() if k))}")
-        record = SSHService(runtime="docker", container=found.stdout.split()[0])
+        record = Service(runtime="docker", container=found.stdout.split()[0])
         yield from (line + "\n" for line in host.stream(runtime.log_command(host, record, follow, tail)))
 
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:

@@ -54,6 +54,9 @@ class RemoteOptions:
     spares: list[HostConfig] = field(default_factory=list)
     host_grace: float = 20.0
     authorized_keys: str = "~/.ssh/authorized_keys"
+    # This machine's hosts (the local provider's): ports picked free on 127.0.0.1 and kept while
+    # free, instead of the fixed ones above (orchestrator_port, when not 0, is the one asked for).
+    free_ports: bool = False
 
     def hosts(self) -> list[HostConfig]:
         """Every distinct machine: the orchestrator's first, then the workers', then the spares."""

@@ -32,7 +32,7 @@ from typing import Optional
 
 from ..errors import MlclusterError
 from ..remote.results import quote
-from ..resources import SSHService
+from ..resources import Service
 from ..services import MARKER_VAR, PASSED_VARS, WORKER_PASSED_VARS, orchestrator_command, worker_command
 from .host import Host, RemoteHost, ServiceSpec
 
@@ -49,6 +49,9 @@ class ProcessRuntime:
 
     def prepare(self, host: RemoteHost, step) -> None:
         """Find (or make) the interpreter the services run with."""
+        if host.config.local:  # this machine: the interpreter running mlcluster now
+            host.facts["python"] = host.config.python
+            return
         if host.config.python:
             python = host.config.python
         else:
@@ -61,7 +64,7 @@ class ProcessRuntime:
                                  "or leave it out to have a venv made")
         host.facts["python"] = python
 
-    def start(self, host: Host, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
+    def start(self, host: Host, service: ServiceSpec, marker: str, known: Optional[Service]) -> Service:
         """Start the service unless the recorded process still runs; returns its record."""
         if known and self.alive(host, known.pid, marker):
             return known
@@ -77,13 +80,13 @@ class ProcessRuntime:
                  f"{command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
         pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
         host.facts.setdefault("just_started", []).append((service.id, pid, log, time.monotonic()))
-        return SSHService(runtime=self.name, pid=pid, log=log)
+        return Service(runtime=self.name, pid=pid, log=log, kind=service.kind)
 
     def verify(self, host: Host, marker: str) -> None:
         """A wrong interpreter or a broken environment fails at once: check that
         what `start` just started on this host still runs, and say so if not."""
         started = host.facts.pop("just_started", [])
-        if not started:
+        if not started or host.config.local:  # this machine: `up` watches the orchestrator die while it waits
             return
         time.sleep(max(0.0, started[-1][3] + STARTUP_CHECK_S - time.monotonic()))
         for sid, pid, log, _ in started:
@@ -103,7 +106,7 @@ class ProcessRuntime:
                                      "stop what listens there (another cluster?) or set worker_port / "
                                      "orchestrator_port / admin_port")
 
-    def stop(self, host: Host, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
+    def stop(self, host: Host, records: dict[str, Service], marker: str, only: bool = False) -> list[str]:
         """Stop the recorded services and (unless `only`) any other process of
         ours on the host, found by marker; returns what is still running."""
         pids = [r.pid for r in records.values() if r.pid]
@@ -120,7 +123,7 @@ class ProcessRuntime:
             host.run(f"rm -f {quote(host.workdir)}/*.env {quote(host.workdir)}/*.pid", warn=True)
         return [f"{host.name}: process {p} is still running" for p in left]
 
-    def log_command(self, host: Host, record: SSHService, follow: bool, tail: int) -> str:
+    def log_command(self, host: Host, record: Service, follow: bool, tail: int) -> str:
         lines = "+1" if tail <= 0 else str(int(tail))  # 0: the whole log
         return f"tail -n {lines} {'-F ' if follow else ''}{quote(record.log)} 2>&1"
 

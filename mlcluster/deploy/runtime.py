@@ -3,8 +3,8 @@ what a runtime does on any host, this machine or a remote one (`Runtime`,
 which `ProcessRuntime` (process.py) and `DockerRuntime` (docker.py) implement
 once each; a `Host` is deploy/host.py's).
 
-A service's record (what `start` returns) is an `SSHService`; on remote hosts
-it is saved in the cluster's state under resources.ssh.services, and its
+A service's record (what `start` returns) is a `Service` (mlcluster.resources);
+it is saved in the cluster's state under resources.services, and its
 `runtime` tells `down` which runtime stops it.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Protocol
 
-from ..resources import SSHService
+from ..resources import Service
 from ..state import ContainerRecord
 from ..ui import Step
 
@@ -34,17 +34,17 @@ class Runtime(Protocol):
     def prepare(self, host: Host, step: Step) -> None:
         """Make the host able to run services (an interpreter, or Docker and the images)."""
 
-    def start(self, host: Host, service: ServiceSpec, marker: str, known: Optional[SSHService]) -> SSHService:
+    def start(self, host: Host, service: ServiceSpec, marker: str, known: Optional[Service]) -> Service:
         """Start `service` unless what `known` records still runs as wanted; return its record."""
 
     def verify(self, host: Host, marker: str) -> None:
         """Fail at once, naming the host, when what `start` just started is not running."""
 
-    def stop(self, host: Host, records: dict[str, SSHService], marker: str, only: bool = False) -> list[str]:
+    def stop(self, host: Host, records: dict[str, Service], marker: str, only: bool = False) -> list[str]:
         """Stop the recorded services (and, unless `only`, anything else carrying
         `marker`); return sentences naming what still runs."""
 
-    def log_command(self, host: Host, record: SSHService, follow: bool, tail: int) -> str:
+    def log_command(self, host: Host, record: Service, follow: bool, tail: int) -> str:
         """The shell command that prints the service's log on the host."""
 
     def close(self) -> None:

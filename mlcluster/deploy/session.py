@@ -1,17 +1,18 @@
 """The remote deployment's working set for one command (deploy/remote.py):
-the cluster's state and its `ssh` part, saved under one lock (many threads
+the cluster's state and its hosts and services, saved under one lock (many threads
 record what they start at once), the host-key store, the connections made, and
 one runtime object per kind."""
 from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 from typing import Optional
 
 from ..remote.connection import HostKeyStore
-from ..resources import HostConfig, SSHResources, SSHService
+from ..resources import HostConfig, Service
 from ..state import ClusterState
-from .host import RemoteHost
+from .host import Host, LocalHost, RemoteHost
 from .options import RemoteOptions
 from .process import ProcessRuntime
 from .runtime import Runtime
@@ -26,9 +27,7 @@ class Session:
         self.lock = threading.RLock()
         self._runtimes: dict[str, Runtime] = {}
         self.store = HostKeyStore(state.resources.host_keys, on_change=self.save, lock=self.lock)
-        if state.resources.ssh is None:
-            state.resources.ssh = SSHResources()
-        self.resources = state.resources.ssh
+        self.resources = state.resources
         self.hosts: dict[str, RemoteHost] = {}
 
     def save(self) -> None:
@@ -40,7 +39,7 @@ class Session:
             self.resources.hosts[config.name] = config
             self.state.save()
 
-    def record_service(self, service_id: str, record: Optional[SSHService]) -> None:
+    def record_service(self, service_id: str, record: Optional[Service]) -> None:
         with self.lock:
             if record is None:
                 self.resources.services.pop(service_id, None)
@@ -48,13 +47,22 @@ class Session:
                 self.resources.services[service_id] = record
             self.state.save()
 
-    def services_on(self, host: str) -> dict[str, SSHService]:
+    def services_on(self, host: str) -> dict[str, Service]:
         with self.lock:
             return {k: dataclasses.replace(v) for k, v in self.resources.services.items() if v.host == host}
 
-    def connect(self, config: HostConfig, timeout: float) -> RemoteHost:
-        host = RemoteHost.connect(config, self.store, timeout)
+    def connect(self, config: HostConfig, timeout: float) -> Host:
+        host = LocalHost(Path(config.workdir), config) if config.local else RemoteHost.connect(config, self.store, timeout)
         self.hosts[config.name] = host
+        return host
+
+    def reach(self, config: HostConfig, deadline: float, on_wait=None) -> Host:
+        """The host connected, answering (a remote one waited for until `deadline`;
+        a refused port is an answer, not a boot in progress) and its working directory made."""
+        host = self.connect(config, self.options.connect_timeout if self.options else 10.0)
+        if isinstance(host, RemoteHost):
+            host.conn.wait_reachable(deadline, on_wait=on_wait, retry_refused=False)
+        host.prepare_workdir()
         return host
 
     def runtime(self, kind: str) -> Runtime:

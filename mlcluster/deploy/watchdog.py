@@ -31,7 +31,7 @@ from shlex import quote
 from typing import TYPE_CHECKING, Optional
 
 from ..durations import seconds_or_none
-from ..resources import LocalProcess, Resources, SSHService
+from ..resources import LOCAL_HOST, Resources, Service
 from ..services import MARKER_VAR, PASSED_VARS
 from ..state import ClusterState, cluster_dir, home
 from . import localhost
@@ -112,13 +112,13 @@ def local_command(name: str, status_url: str, idle_s: Optional[float], deadline:
 
 
 def ensure_local(state: ClusterState, status_url: str, idle_s: Optional[float], deadline: Optional[float],
-                 caller_env=None) -> LocalProcess:
+                 caller_env=None) -> Service:
     """The cluster's agent on this machine with these settings: kept if it
     runs, else (re)started; its record (the caller adds it to the state)."""
-    name, procs = state.name, state.resources.processes
+    name = state.name
     mark = localhost.marker(name)
     argv = local_command(name, status_url, idle_s, deadline)
-    known = next((p for p in procs if p.id == "watchdog"), None)
+    known = state.resources.services.get("watchdog")
     if known and localhost.is_alive(known.pid, mark) and localhost.cmdline(known.pid) == argv:
         return known
     if known and localhost.is_alive(known.pid, mark):
@@ -129,18 +129,14 @@ def ensure_local(state: ClusterState, status_url: str, idle_s: Optional[float], 
            **{k: caller[k] for k in DOCKER_VARS if k in caller}}
     log = cluster_dir(name) / "logs" / "watchdog.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    record = LocalProcess(id="watchdog", role="watchdog", worker="", port=0, log=str(log))
-    record.pid = localhost.spawn(argv, "watchdog", env, log)
-    return record
+    return Service(host=LOCAL_HOST, kind="watchdog", log=str(log), pid=localhost.spawn(argv, "watchdog", env, log))
 
 
 def stop_local(state: ClusterState) -> None:
     """Stop an agent no longer asked for (autostop and max_lifetime unset)."""
-    known = next((p for p in state.resources.processes if p.id == "watchdog"), None)
-    if known is not None:
-        if localhost.is_alive(known.pid, localhost.marker(state.name)):
-            localhost.terminate({known.pid})
-        state.resources.processes.remove(known)
+    known = state.resources.services.pop("watchdog", None)
+    if known is not None and localhost.is_alive(known.pid, localhost.marker(state.name)):
+        localhost.terminate({known.pid})
 
 
 def fired_local(state: ClusterState) -> Optional[str]:
@@ -170,7 +166,7 @@ def stop_script(cluster: str, marker: str, docker: str, power_off: bool) -> str:
 
 
 def start_remote(host: "RemoteHost", cluster: str, marker: str, status_url: str, idle_s: Optional[float],
-                 deadline: Optional[float], power_off: bool, known: Optional[SSHService]) -> SSHService:
+                 deadline: Optional[float], power_off: bool, known: Optional[Service]) -> Service:
     """Start the host's agent unless one with these settings runs; its
     record (without `host` and `port`: the caller's to fill)."""
     from .process import ProcessRuntime, clean_env
@@ -191,7 +187,7 @@ def start_remote(host: "RemoteHost", cluster: str, marker: str, status_url: str,
     host.run(f"rm -f {quote(record)}; ( cd {quote(host.workdir)} && exec {clean} {quote(f'{MARKER_VAR}={marker}')} "
              f"setsid {settings_key} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
     pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
-    return SSHService(runtime=runtime.name, pid=pid, log=log, kind="watchdog", command=settings_key)
+    return Service(runtime=runtime.name, pid=pid, log=log, kind="watchdog", command=settings_key)
 
 
 def fired_remote(host: "RemoteHost") -> Optional[str]:

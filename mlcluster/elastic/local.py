@@ -27,12 +27,12 @@ from mlcluster_contract import BIND
 
 from ..deploy import localhost
 from ..deploy.localhost import LOOPBACK
-from ..resources import LocalProcess
+from ..resources import LOCAL_HOST, Service
 from ..services import MARKER_VAR
 from ..state import ClusterState, cluster_dir, home, write_private_json
 
 OWN_FILE = "elastic.json"
-CONTROLLER = "controller"  # its id and role in state.json's processes
+CONTROLLER = "controller"  # its id and kind in state.json's services
 
 
 @dataclass
@@ -95,8 +95,8 @@ def save_own(name: str, workers: list[WorkerProcess]) -> None:
 
 
 def workers_of_up(state: ClusterState) -> list[WorkerProcess]:
-    return [WorkerProcess(id=p.id, port=p.port, pid=p.pid, log=p.log, own=False)
-            for p in state.resources.processes if p.role == "worker"]
+    return [WorkerProcess(id=sid, port=p.port, pid=p.pid, log=p.log, own=False)
+            for sid, p in state.resources.of_kind("worker").items()]
 
 
 def record_in_state(name: str, worker: WorkerProcess, remove: bool = False) -> None:
@@ -104,14 +104,13 @@ def record_in_state(name: str, worker: WorkerProcess, remove: bool = False) -> N
     state = ClusterState.load_or_none(name)
     if state is None:
         return
-    procs = state.resources.processes
+    services = state.resources.services
     if remove:
-        procs[:] = [p for p in procs if p.id != worker.id]
+        services.pop(worker.id, None)
         state.containers = [c for c in state.containers if c.id != worker.id]
     else:
-        for p in procs:
-            if p.id == worker.id:
-                p.pid, p.port = worker.pid, worker.port
+        if worker.id in services:
+            services[worker.id].pid, services[worker.id].port = worker.pid, worker.port
         for c in state.containers:
             if c.id == worker.id:
                 c.port = worker.port
@@ -146,7 +145,8 @@ class Admin:
 
 
 def admin_url(state: ClusterState) -> str:
-    port = next((p.admin_port for p in state.resources.processes if p.id == "orchestrator"), 0)
+    orchestrator = state.resources.services.get("orchestrator")
+    port = orchestrator.admin_port if orchestrator else 0
     return f"http://{LOOPBACK}:{port}" if port else state.orchestrator_url
 
 
@@ -167,9 +167,9 @@ def settings_key(state: ClusterState) -> str:
 def ensure_controller(state: ClusterState) -> None:
     """The cluster's controller, running with the spec's settings: kept if it
     runs with them, else (re)started; recorded as the process `controller`."""
-    name, procs = state.name, state.resources.processes
+    name = state.name
     argv = controller_command(name, settings_key(state))
-    known = next((p for p in procs if p.id == CONTROLLER), None)
+    known = state.resources.services.get(CONTROLLER)
     if known and running(known.pid, name) and localhost.cmdline(known.pid) == argv:
         return
     if known and running(known.pid, name):
@@ -177,17 +177,15 @@ def ensure_controller(state: ClusterState) -> None:
     log = cluster_dir(name) / "logs" / "controller.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {"MLCLUSTER_HOME": str(home().resolve()), MARKER_VAR: localhost.marker(name)}
-    record = LocalProcess(id=CONTROLLER, role=CONTROLLER, worker="", port=0, log=str(log))
-    record.pid = localhost.spawn(argv, CONTROLLER, env, log)
-    procs[:] = [p for p in procs if p.id != CONTROLLER] + [record]
+    state.resources.services[CONTROLLER] = Service(host=LOCAL_HOST, kind=CONTROLLER, log=str(log),
+                                                   pid=localhost.spawn(argv, CONTROLLER, env, log))
     state.save()
 
 
 def stop_controller(state: ClusterState) -> None:
     """Stop the controller (the workers it started stay: `down` stops them by marker)."""
-    known = next((p for p in state.resources.processes if p.id == CONTROLLER), None)
+    known = state.resources.services.pop(CONTROLLER, None)
     if known is not None:
         if running(known.pid, state.name):
             stop(known.pid)
-        state.resources.processes.remove(known)
         state.save()

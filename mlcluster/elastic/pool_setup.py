@@ -30,7 +30,7 @@ from ..deploy.process import ProcessRuntime, clean_env
 from ..deploy.session import Session
 from ..errors import MlclusterError
 from ..remote.connection import run_on_hosts
-from ..resources import SSHService
+from ..resources import Service
 from ..services import MARKER_VAR, PASSED_VARS
 from ..state import ClusterSpec, ClusterState, write_private
 from ..ui import QuietUI
@@ -102,7 +102,7 @@ def unauthorize(host: RemoteHost, cluster: str, path: str) -> None:
 
 
 def start(host: RemoteHost, config: PoolConfig, private_key: str, marker: str,
-          known: Optional[SSHService]) -> SSHService:
+          known: Optional[Service]) -> Service:
     """The controller on the orchestrator's host with this config: kept when it
     runs with it (a second `up` changes nothing), else (re)started; its record
     (without `host`: the caller's to fill). `command` holds the config's digest."""
@@ -130,7 +130,7 @@ def start(host: RemoteHost, config: PoolConfig, private_key: str, marker: str,
     host.run(f"( cd {quote(host.workdir)} && exec {clean_env(PASSED_VARS + watchdog.DOCKER_VARS[:3])} /bin/sh -c {load} {quote(env_file)} "
              f"{command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
     pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
-    return SSHService(runtime=runtime.name, pid=pid, log=log, kind=CONTROLLER, command=settings)
+    return Service(runtime=runtime.name, pid=pid, log=log, kind=CONTROLLER, command=settings)
 
 
 def adopt_healed(session: Session, orchestrator: str) -> None:
@@ -225,7 +225,7 @@ def remote_events(state: ClusterState) -> list[Event]:
 def remote_status(state: ClusterState) -> Optional[dict]:
     """`status --json`'s `autoscale` object for an ssh cluster (None: no controller), with
     `running`: it published within the last 30 s (it does every 10 s)."""
-    if CONTROLLER not in (state.resources.ssh.services if state.resources.ssh else {}):
+    if CONTROLLER not in state.resources.services:
         return None
     try:
         found = parse_published(read_on_orchestrator(state, PUBLISHED_FILE))

@@ -26,7 +26,7 @@ from ..deploy.docker import DockerRuntime, docker, has_docker
 from ..deploy.host import ServiceSpec
 from ..deploy.process import ProcessRuntime
 from ..errors import MlclusterError
-from ..resources import SSHService
+from ..resources import Service
 from ..services import BIND, MARKER_VAR
 from .poolconfig import PoolMember
 
@@ -55,7 +55,7 @@ class PoolRuntime:
                                 f"{quote(self.docker.container_name(cid))} 2>/dev/null", warn=True)
         return found.ok and found.stdout.strip() == "true"
 
-    def start(self, member: "Member", service: ServiceSpec, marker: str) -> SSHService:
+    def start(self, member: "Member", service: ServiceSpec, marker: str) -> Service:
         """Start the container (again): a process anew, a Docker container kept when identical and started."""
         if member.config.runtime != "docker":
             record = self.process.start(member.host, service, marker, None)
@@ -67,10 +67,10 @@ class PoolRuntime:
     def stop(self, member: "Member", cid: str, pid: int, log: str, marker: str) -> list[str]:
         """Stop one container of the controller's (a drained stand-in); what still runs, named."""
         if member.config.runtime != "docker":
-            record = SSHService(runtime="process", host=member.name, pid=pid, log=log)
+            record = Service(runtime="process", host=member.name, pid=pid, log=log)
             return self.process.stop(member.host, {cid: record}, marker, only=True)
         name = self.docker.container_name(cid)
-        self.docker.stop(member.host, {cid: SSHService(runtime="docker", container=name)}, marker, only=True)
+        self.docker.stop(member.host, {cid: Service(runtime="docker", container=name)}, marker, only=True)
         return [f"{member.name}: container {name} is still there"] if self.alive(member, cid, 0, marker) else []
 
 

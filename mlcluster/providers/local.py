@@ -1,8 +1,10 @@
 """The local provider: the whole cluster on this machine.
 
 Runtime `process` (the default): one orchestrator and N×M worker processes
-(gunicorn), each in its own session, on free loopback ports. "Workers" are
-simulated machines: worker2's containers are `worker2-1`, `worker2-2`, ...
+(gunicorn), each in its own session, on free loopback ports, deployed by the
+same code as any provider's hosts (deploy/remote.py): this machine is the
+orchestrator's host record and one per simulated worker (`hosts`): worker2's
+containers are `worker2-1`, `worker2-2`, ...
 Runtime `docker`: delegated to `LocalDockerDeployment` (deploy/local_docker.py).
 
 Every process carries MLCLUSTER_MARKER=<name>@<state dir> in its environment;
@@ -11,32 +13,21 @@ Every process carries MLCLUSTER_MARKER=<name>@<state dir> in its environment;
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
+import dataclasses
 from pathlib import Path
 from typing import ContextManager, Iterator, Optional
 
-from .. import security, services
 from ..deploy import watchdog
-from ..deploy.host import LocalHost, ServiceSpec
-from ..deploy.localhost import (
-    LOOPBACK,
-    find_marked,
-    free_port,
-    is_alive,
-    is_zombie,
-    marker,
-    port_free,
-    read_log,
-    terminate,
-)
+from ..deploy.host import LocalHost, local_config
+from ..deploy.localhost import LOOPBACK, find_marked, marker, read_log
+from ..deploy.options import RemoteOptions
 from ..deploy.process import ProcessRuntime
 from ..deploy.runtime import Deployment
 from ..elastic import local as elastic
 from ..errors import MlclusterError
 from ..models import resolve_model
-from ..resources import LocalProcess, SSHService
-from ..state import ClusterSpec, ClusterState, ContainerRecord, cluster_dir
+from ..resources import LOCAL_HOST
+from ..state import ClusterSpec, ClusterState, cluster_dir
 from ..ui import QuietUI
 from .base import CostPlan
 
@@ -74,8 +65,9 @@ class LocalProvider:
                 raise MlclusterError("no Docker engine answers on this machine",
                                      "start dockerd, or use --runtime process")
             deployment = self._docker().up(spec, state, ui)
-        else:
-            deployment = self._up_processes(spec, state, ui)
+        else:  # the model resolved (fetched, or its stand-in made) here, once, before anything starts
+            model = resolve_model(spec.model, ui).ref
+            deployment = self._deployment().up(dataclasses.replace(spec, model=model), state, self.hosts(spec), ui)
         self._watchdog(spec, state, deployment.orchestrator_url, ui)
         if runtime == "process":  # heals always; scales with --max-containers (mlcluster/elastic)
             elastic.ensure_controller(state)
@@ -92,78 +84,24 @@ class LocalProvider:
             watchdog.stop_local(state)
         else:
             with ui.step("starting the autostop watchdog"):
-                record = watchdog.ensure_local(state, f"{url}/status", *watch)
-                state.resources.processes[:] = [p for p in state.resources.processes if p.id != "watchdog"] + [record]
+                state.resources.services["watchdog"] = watchdog.ensure_local(state, f"{url}/status", *watch)
         state.save()
 
-    def _up_processes(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
-        model = resolve_model(spec.model, ui)
-        procs = state.resources.processes
-        alive = {p.id: p for p in procs if p.role not in ("watchdog", elastic.CONTROLLER)
-                 and is_alive(p.pid, marker(spec.name))}
+    @staticmethod
+    def hosts(spec: ClusterSpec) -> RemoteOptions:
+        """This machine as the cluster's hosts: the orchestrator's (LOCAL_HOST) and one
+        record per simulated worker (worker1..N), deployed onto like any provider's
+        (deploy/remote.py), with ports picked free on 127.0.0.1."""
         logs = cluster_dir(spec.name) / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        requested = spec.provider_options.get("local", {}).get("port")
+        return RemoteOptions(orchestrator=local_config(LOCAL_HOST, logs),
+                             workers=[local_config(f"worker{w}", logs) for w in range(1, spec.workers + 1)],
+                             orchestrator_port=int(requested or 0), admin_port=0, worker_port=0, free_ports=True)
 
-        wanted = [("orchestrator", "orchestrator", "")]
-        for w in range(1, spec.workers + 1):
-            for c in range(1, spec.containers_per_worker + 1):
-                wanted.append(("worker", f"worker{w}-{c}", f"worker{w}"))
-        extra = [p for pid, p in alive.items() if pid not in {w[1] for w in wanted}]
-        if extra:  # a smaller cluster than last time: stop what is no longer asked for
-            with ui.step(f"stopping {', '.join(p.id for p in extra)}: no longer part of the cluster"):
-                terminate({p.pid for p in extra})
-            procs[:] = [p for p in procs if p not in extra]
-            state.save()
-        # The same process runtime as on any remote host, on this machine: env, pid and log files in logs/.
-        host, runtime = LocalHost(logs), ProcessRuntime()
-        host.facts["python"] = sys.executable
-        threads = max(1, (os.cpu_count() or 1) // (spec.workers * spec.containers_per_worker))
-        requested_port = spec.provider_options.get("local", {}).get("port")
-        missing = [w for w in wanted if w[1] not in alive]
-        with ui.step(f"starting {len(missing)} process(es)" if missing else "all processes already run", total=len(missing) or None) as step:
-            for role, pid_id, worker in missing:
-                previous = next((p for p in procs if p.id == pid_id), None)
-                port = self._port(role, previous.port if previous else 0, requested_port)
-                admin_port = 0
-                if role == "orchestrator":  # its admin endpoints only on a loopback port of their own
-                    admin_port = self._port("admin", previous.admin_port if previous else 0, None, avoid=port)
-                    env = services.orchestrator_env(
-                        port=port, token=state.token, worker_token=state.worker_token, queue_limit=spec.queue_limit,
-                        queue_timeout_s=spec.queue_timeout_s, admin_bind=f"{LOOPBACK}:{admin_port}",
-                        status_file=str(cluster_dir(spec.name) / "orchestrator-status.json"), marker=marker(spec.name))
-                    env.update(security.orchestrator_env(state))
-                else:
-                    env = services.worker_env(model=model.ref, port=port, torch_threads=threads, worker_id=pid_id,
-                                              service_ms=spec.service_ms, marker=marker(spec.name),
-                                              **services.cluster_worker_settings(spec, state))
-                    if model.local:
-                        env["HF_HUB_OFFLINE"] = "1"
-                started = runtime.start(host, ServiceSpec(pid_id, role, port, env, admin_port=admin_port),
-                                        marker(spec.name), None)
-                record = LocalProcess(id=pid_id, role=role, worker=worker, port=port, log=started.log,
-                                      pid=started.pid, admin_port=admin_port)
-                procs[:] = [p for p in procs if p.id != pid_id] + [record]
-                state.save()  # recorded the moment it exists, so `down` can always clean it
-                step.advance()
-        orchestrator = next(p for p in procs if p.id == "orchestrator")
-        url = f"{security.scheme(state)}://{LOOPBACK}:{orchestrator.port}"
-        services.wait_answering(
-            url, what="the orchestrator",
-            running=lambda: Path(f"/proc/{orchestrator.pid}").exists() and not is_zombie(orchestrator.pid),
-            log_tail=lambda: "".join(read_log(Path(orchestrator.log), False, 15)), session=security.http_session(state))
-        containers = [ContainerRecord(id=p.id, host=LOOPBACK, port=p.port, worker=p.worker)
-                      for p in procs if p.role == "worker" and p.id in {w[1] for w in wanted}]
-        return Deployment(orchestrator_url=url, containers=containers)
-
-    def _port(self, role: str, previous: int, requested: Optional[int], avoid: int = 0) -> int:
-        if role == "orchestrator" and requested:
-            if not port_free(int(requested)):
-                raise MlclusterError(f"port {requested} on {LOOPBACK} is already in use",
-                                     "choose another with --port, or leave --port out to take a free one")
-            return int(requested)
-        if previous and port_free(previous):
-            return previous  # a restarted process keeps its address
-        return free_port(avoid)
+    @staticmethod
+    def _deployment():
+        from ..deploy.remote import RemoteDeployment  # paramiko: never for `list` or `status`
+        return RemoteDeployment()
 
     # -- down -------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
@@ -172,11 +110,13 @@ class LocalProvider:
             left += self._docker().down(name, state, ui)
         if state is not None:  # first, so it heals nothing that is being stopped
             elastic.stop_controller(state)
-        # The process runtime stops what the state recorded and whatever else carries the marker,
-        # and removes the services' env files (they hold the token).
-        recorded = {p.id: SSHService(runtime="process", pid=p.pid) for p in (state.resources.processes if state else [])}
-        with ui.step(f"stopping {len(set(find_marked(marker(name))))} process(es)"):
-            ProcessRuntime().stop(LocalHost(cluster_dir(name) / "logs"), recorded, marker(name))
+        if state is not None and state.runtime == "process":  # as on any provider's hosts (deploy/remote.py)
+            left += self._deployment().down(name, state, self.hosts(state.spec), ui)
+        # Whatever else carries the marker (the state lost, a stray), and the services' env files (they hold the token).
+        strays = find_marked(marker(name))
+        if strays or state is None:
+            with ui.step(f"stopping {len(strays)} process(es)"):
+                ProcessRuntime().stop(LocalHost(cluster_dir(name) / "logs"), {}, marker(name))
         survivors = find_marked(marker(name))
         left += [f"process {pid} of cluster {name!r} is still running" for pid in survivors]
         return left
@@ -187,26 +127,24 @@ class LocalProvider:
             yield from self._docker().logs(state, target, follow, tail)
             return
         target = target or "orchestrator"
-        record = next((p for p in state.resources.processes if p.id == target), None)
+        record = state.resources.services.get(target)
         if record is None:
-            known = ", ".join(p.id for p in state.resources.processes)
+            known = ", ".join(state.resources.services)
             raise MlclusterError(f"cluster {state.name!r} has no container {target!r}", f"known: {known}")
         yield from read_log(Path(record.log), follow, tail)
 
     def describe(self, state: ClusterState) -> str:
         if state.runtime == "docker":
             return f"Docker containers, network and volumes labelled mlcluster.cluster={state.name} on this machine"
-        return (f"{len(state.resources.processes)} process(es) on this machine "
+        return (f"{len(state.resources.services)} process(es) on this machine "
                 f"(MLCLUSTER_MARKER={marker(state.name)} in their environment)")
 
     def admin_channel(self, state: ClusterState) -> ContextManager[str]:
         """The orchestrator's admin listener, on 127.0.0.1 (the docker runtime
         publishes it there only); a cluster started before it had one serves
         the admin endpoints on its public address, which is 127.0.0.1 too."""
-        if state.runtime == "docker":
-            port = state.resources.docker.admin_port if state.resources.docker else None
-        else:
-            port = next((p.admin_port for p in state.resources.processes if p.id == "orchestrator"), 0)
+        orchestrator = state.resources.services.get("orchestrator")
+        port = orchestrator.admin_port if orchestrator else 0
         return contextlib.nullcontext(f"http://{LOOPBACK}:{port}" if port else state.orchestrator_url)
 
     def stopped_itself(self, state: ClusterState) -> Optional[str]:
@@ -218,5 +156,4 @@ class LocalProvider:
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
         if state.runtime == "docker":
             return self._docker().details(state)
-        return {p.id: {"pid": str(p.pid), "worker": p.worker}
-                for p in state.resources.processes if p.role == "worker"}
+        return {sid: {"pid": str(p.pid), "worker": p.worker} for sid, p in state.resources.of_kind("worker").items()}

@@ -138,8 +138,7 @@ class LocalRoll:
         """`up`'s workers that do not serve `version` yet (a roll cut short resumes;
         a canary's workers stand beside old ones, which are still to replace)."""
         done = {c.id.split(".", 1)[0] for c in self.state.containers if c.version == version and c.id not in stand_ins}
-        return [Slot(p.id, p.worker) for p in self.state.resources.processes
-                if p.role == "worker" and p.id not in done]
+        return [Slot(sid, p.worker) for sid, p in self.state.resources.of_kind("worker").items() if sid not in done]
 
     def start_canary(self, spec: ClusterSpec, served_model: str, version: str, old: list[Slot],
                      per_wave: list[list[Slot]]) -> ClusterState:
@@ -159,7 +158,7 @@ class LocalRoll:
              stand_ins: dict[str, NewWorker], what: str) -> None:
         new = [stand_ins.get(slot.id) or self.start(slot, spec, served_model, version) for slot in wave]
         self.wait_ready(new)
-        procs = {p.id: p for p in self.state.resources.processes}
+        procs = self.state.resources.services
         old_ids = self.old_containers({slot.id for slot in wave}, version)
         self.retire(old_ids, [procs[slot.id].pid for slot in wave])
         for slot, worker in zip(wave, new):
@@ -189,7 +188,7 @@ class LocalRoll:
         log = self.dir / "logs" / f"{container_id}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         model = resolve_model(served_model, self.ui)
-        n = len([p for p in self.state.resources.processes if p.role == "worker"])
+        n = len(self.state.resources.of_kind("worker"))
         env = services.worker_env(model=model.ref, port=port, torch_threads=max(1, (os.cpu_count() or 1) // n),
                                   worker_id=container_id, service_ms=spec.service_ms,
                                   marker=localhost.marker(self.name),

@@ -241,11 +241,10 @@ class AWSProvider:
         remember(state, aws, instances={n: i for n, i in res.instances.items() if n not in gone},
                  markets={n: m for n, m in res.markets.items() if n not in gone},
                   address_owners={a: i for a, i in res.address_owners.items() if i not in ids})
-        ssh = state.resources.ssh
-        if ssh is not None:
-            ssh.hosts = {n: h for n, h in ssh.hosts.items() if n not in gone}
-            ssh.services = {k: r for k, r in ssh.services.items() if r.host not in gone}
-            state.save()
+        kept = state.resources
+        kept.hosts = {n: h for n, h in kept.hosts.items() if n not in gone}
+        kept.services = {k: r for k, r in kept.services.items() if r.host not in gone}
+        state.save()
 
     def _start_stopped(self, stopped: list[Instance], aws: AWS, ui: QuietUI) -> None:
         if not stopped:
@@ -345,7 +344,7 @@ class AWSProvider:
 def _recorded_options(state: ClusterState) -> Optional[RemoteOptions]:
     """The deployment's hosts as `up` recorded them, with the `[ssh]` settings
     (None when no orchestrator host is recorded, or the settings changed)."""
-    hosts = state.resources.ssh.hosts if state.resources.ssh else {}
+    hosts = state.resources.hosts
     if "orchestrator" not in hosts:
         return None
     try:
