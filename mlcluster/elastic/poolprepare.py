@@ -12,6 +12,10 @@ worker image in that engine for images = "ship" and "build" (the controller
 has no build context: a fresh host gets the same image `up` built, shipped);
 for "pull" the host pulls `worker_image`.
 
+The model: `up`'s copy (uploaded into the workdir) at the same path, taken
+from another pool host that has it (a scaled-up instance has it already: the
+scaler brings it, elastic/poolscaler.py).
+
 Process runtime: the interpreter `up` recorded; when it is the venv `up` made
 in the workdir (no `python` configured), it is made there the same way
 (deploy/process.py's `ensure_venv`) from the source tarball `up` left in the
@@ -27,11 +31,12 @@ import subprocess
 import time
 from pathlib import Path
 from shlex import quote
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from ..deploy.docker import docker, ensure_docker
 from ..deploy.process import CHECK_IMPORTS, ensure_venv
 from ..errors import MlclusterError
+from .poolscaler import copy_model
 
 if TYPE_CHECKING:
     from .poolhosts import Member
@@ -52,18 +57,36 @@ class LogStep:
         log.info("%s", text)
 
 
-def make_ready(member: "Member", docker_here: str, directory: Path) -> str:
+def make_ready(member: "Member", docker_here: str, directory: Path, others: Iterable["Member"] = ()) -> str:
     """Make `member`'s host ready for its runtime; a sentence of what was done ("" when nothing was).
     `docker_here`: how docker is called on the controller's own host ("" without Docker);
-    `directory`: the controller's. Raises MlclusterError with the reason."""
+    `directory`: the controller's; `others`: the pool's hosts, a copy of the model is taken from one
+    that answers. Raises MlclusterError with the reason."""
     host = member.host
     if host.facts.get(READY):
         return ""
     started = time.monotonic()
-    done = ready_docker(member, docker_here, directory) if member.config.runtime == "docker" \
-        else ready_process(member, directory)
+    done = [ready_docker(member, docker_here, directory) if member.config.runtime == "docker"
+            else ready_process(member, directory), ready_model(member, others)]
     host.facts[READY] = True
-    return f"{done} in {time.monotonic() - started:.0f} s" if done else ""
+    said = ", ".join(d for d in done if d)
+    return f"{said} in {time.monotonic() - started:.0f} s" if said else ""
+
+
+def ready_model(member: "Member", others: Iterable["Member"]) -> str:
+    """`up`'s model directory (one it uploaded into the workdir) at the same path on `member`'s host, copied
+    from another pool host that has it (elastic/poolscaler.py's copy_model: through the controller)."""
+    model, host = member.config.model, member.host
+    if not model.startswith(host.workdir + "/") or host.run(f"test -f {quote(model)}/.complete", warn=True).ok:
+        return ""
+    name = model.rstrip("/").rsplit("/", 1)[1]
+    for other in others:
+        if other is member or other.host is None or other.config.model.rstrip("/").rsplit("/", 1)[-1] != name:
+            continue
+        if copy_model(other.host, other.config.model, host) != model:
+            raise MlclusterError(f"{member.name}: the model was copied elsewhere than {model}")
+        return f"the model copied from {other.name}"
+    raise MlclusterError(f"{member.name}: no host of the pool answers with the model to copy ({name})")
 
 
 def ready_docker(member: "Member", docker_here: str, directory: Path) -> str:

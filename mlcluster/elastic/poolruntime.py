@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 class PoolRuntime:
     """Both runtimes, as the controller uses them on its pool hosts."""
 
-    def __init__(self, cluster: str, fresh: Optional[set[str]] = None, docker_here: str = "",
-                 directory: Optional[Path] = None,
+    def __init__(self, cluster: str, members: Optional[dict[str, "Member"]] = None, fresh: Optional[set[str]] = None,
+                 docker_here: str = "", directory: Optional[Path] = None,
                  unready: Callable[[str, str], None] = lambda name, reason: None,
                  ready: Callable[[str, str], None] = lambda name, done: None):
         self.process = ProcessRuntime()
@@ -49,13 +49,15 @@ class PoolRuntime:
         # reason)` when that fails, `ready(name, what was done)` when something had to be done.
         self.docker_here, self.directory, self.unready, self.ready = docker_here, directory, unready, ready
         self.fresh = fresh if fresh is not None else set()  # names of the hosts the controller launched (aws)
+        self.members = members if members is not None else {}  # the pool's (the model is copied from one)
 
     def make_ready(self, member: "Member") -> None:
         """A host the controller launched, made ready once per connection (up's own hosts were by `up`)."""
         if member.name not in self.fresh:
             return
         try:
-            done = make_ready(member, self.docker_here, self.directory or Path("."))
+            done = make_ready(member, self.docker_here, self.directory or Path("."),
+                              [m for n, m in self.members.items() if n not in self.fresh])
         except MlclusterError as exc:
             self.unready(member.name, exc.message)
             raise
