@@ -99,11 +99,15 @@ class DockerRuntime:
     def prepare(self, host: RemoteHost, step) -> None:
         ensure_docker(host, step)
         host.facts["images"] = {}
-        get_image = {"pull": self._image_pull, "build": self._image_build, "ship": self._image_ship}[self.options.images]
         for role in sorted(host.facts.get("roles", ())):
             kind = self.worker_kind if role == "worker" else role
             step.update(f"{host.name}: getting the {kind} image ({self.options.images})")
-            host.facts["images"][role] = get_image(host, kind)
+            host.facts["images"][role] = self.get_image(host, kind)
+
+    def get_image(self, host: RemoteHost, kind: str) -> str:
+        """`kind`'s image made present on `host` the way the images mode says (build, ship, pull); its tag."""
+        get = {"pull": self._image_pull, "build": self._image_build, "ship": self._image_ship}[self.options.images]
+        return get(host, kind)
 
     def _image_pull(self, host: RemoteHost, kind: str) -> str:
         ref = self.options.worker_image if kind.startswith("worker") else self.options.orchestrator_image

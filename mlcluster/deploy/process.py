@@ -187,14 +187,17 @@ def _clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def ensure_venv(host: RemoteHost) -> str:
+def ensure_venv(host: RemoteHost, source: Optional[bytes] = None) -> str:
+    """The venv in the host's workdir, made from this project's source (or `source`, a
+    tarball `source_tarball` made: the controller's copy on an orchestrator host); its python."""
+    import hashlib
     import tempfile
     from importlib.metadata import PackageNotFoundError, version
     try:
         torch_version = version("torch").split("+")[0]  # the same torch as here, CPU build
     except PackageNotFoundError:
         torch_version = "2.13.0"
-    data, digest = source_tarball()
+    data, digest = (source, hashlib.sha256(source).hexdigest()[:16]) if source else source_tarball()
     venv, stamp = host.path("venv"), host.path(f"venv/.mlcluster-{digest}")
     python = f"{venv}/bin/python"
     if host.run(f"test -f {quote(stamp)}", warn=True).ok:

@@ -55,6 +55,7 @@ class Fleet:
         self.said: set[str] = set()
         self.grown: set[str] = set()  # the instances it launched to scale (only those it terminates)
         self.next_pending = 0.0
+        self.discarded: set[str] = set()  # instances terminated because they could not be made ready
         try:
             saved = json.loads(self.path.read_text())
             self.instances.update(saved["instances"])
@@ -171,6 +172,28 @@ class Fleet:
         self.grown.discard(name)
         self.save()
         return f"terminated {name} ({instance_id})"
+
+    # -- a fresh instance made ready (elastic/poolprepare.py) ----------------------------
+    def ready(self, name: str, done: str) -> None:
+        self.say("prepare", f"made ready before its first container: {done}", name)
+
+    def unready(self, name: str, reason: str) -> None:
+        """An instance it launched could not be made ready: said, and terminated rather than left billing
+        with nothing on it (a lost worker's is replaced again at the next look, within the cap)."""
+        instance_id = self.instances.get(name, "")
+        if not instance_id or instance_id == self.config.instances.get(name) or instance_id in self.discarded:
+            return  # one of `up`'s, or terminated already
+        self.discarded.add(instance_id)
+        if name in self.grown:
+            done = self.terminate(name)
+        else:
+            self.aws = self.aws or self.connect()
+            ec2.terminate(self.aws, [instance_id])
+            self.pending.pop(name, None)
+            self.hosts.pop(name, None)
+            self.save()
+            done = f"terminated {name} ({instance_id})"
+        self.say("error", f"{reason}; {done}", name)
 
     def say_once(self, kind: str, reason: str, container: str) -> None:
         if reason not in self.said:

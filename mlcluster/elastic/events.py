@@ -22,7 +22,8 @@ EVENTS_FILE = "events.jsonl"
 KINDS = ("heal", "scale_up", "scale_down", "autostop", "started", "stopped", "error",
          "roll",  # roll: mlcluster/rollout
          "spot_fallback",  # a worker launched on-demand because spot was refused (providers/aws/spot.py)
-         "move", "return")  # an ssh cluster's pool (elastic/pool.py): a stand-in started elsewhere, and sent home
+         "move", "return",  # an ssh cluster's pool (elastic/pool.py): a stand-in started elsewhere, and sent home
+         "prepare")  # an instance the controller launched, made ready (Docker, the image, a venv: poolprepare.py)
 
 
 @dataclass(frozen=True)

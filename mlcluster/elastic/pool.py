@@ -71,7 +71,8 @@ class PoolController:
         self.registry: dict[str, dict] = {}
         self.renewed: set[str] = set()  # pool hosts that are replacement instances now (aws)
         self.workers = {w.id: w for w in config.workers}
-        self.runtime = PoolRuntime(config.cluster)  # each pool host's own runtime, process or docker
+        self.runtime = PoolRuntime(config.cluster, self.members, self.renewed, config.docker, directory,  # made
+                                   *((self.fleet.unready, self.fleet.ready) if self.fleet else ()))  # ready first
         self.admin = Admin(config.admin_url, config.token)
         self.stand_ins: list[StandIn] = load_stand_ins(self._read(STATE_FILE))
         self.capacity: dict[str, int] = {}  # each container's, as `up` registered it

@@ -24,6 +24,7 @@ from shlex import quote
 from typing import Iterator, Optional
 
 from ..deploy import watchdog
+from ..deploy.docker import has_docker
 from ..deploy.host import RemoteHost, ServiceSpec
 from ..deploy.options import RemoteOptions
 from ..deploy.process import ProcessRuntime, clean_env
@@ -168,6 +169,8 @@ def ensure(session: Session, spec: ClusterSpec, options: RemoteOptions, workers:
     if "python" not in host.facts:  # a Docker orchestrator host: the controller runs as a process all the same
         with ui.step(f"{orch.name}: a Python environment for the controller") as step:
             ProcessRuntime().prepare(host, step)
+    if fleet is not None:
+        leave_worker_image(session, options, ui)
     private, public = controller_key(session.state.dir)
     line = authorized_line(public, spec.name, orch.private_address)
     run_on_hosts([h.name for h in pool], lambda name, step: authorize(session.hosts[name], line, options.authorized_keys),
@@ -193,6 +196,21 @@ def ensure(session: Session, spec: ClusterSpec, options: RemoteOptions, workers:
     with ui.step(f"starting the controller on {orch.name}"):
         record = start(host, config, private, f"ssh:{spec.name}:{orch.name}", records.get(CONTROLLER))
         session.record_service(CONTROLLER, dataclasses.replace(record, host=orch.name))
+
+
+def leave_worker_image(session: Session, options: RemoteOptions, ui: QuietUI) -> None:
+    """aws, Docker workers, images "ship" or "build": the worker image made present in the orchestrator
+    host's engine, as on a worker host, so that the controller ships it to an instance it launches
+    (elastic/poolprepare.py; "pull": that instance pulls it itself)."""
+    orch = options.orchestrator
+    host = session.hosts[orch.name]
+    if options.images == "pull" or not any(h.runtime == "docker" for h in [*options.workers, *options.spares]) \
+            or not has_docker(host):
+        return
+    runtime = session.runtime("docker")
+    with ui.step(f"{orch.name}: the worker image, for the instances the controller launches") as step:
+        step.update(f"{orch.name}: getting the worker image ({options.images})")
+        runtime.get_image(host, runtime.worker_kind)
 
 
 def remove(session: Session, host: RemoteHost, options: Optional[RemoteOptions]) -> None:

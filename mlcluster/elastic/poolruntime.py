@@ -19,8 +19,9 @@ what the user runs by hand on a host is left alone.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from shlex import quote
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..deploy.docker import DockerRuntime, docker, has_docker
 from ..deploy.host import ServiceSpec
@@ -29,6 +30,7 @@ from ..errors import MlclusterError
 from ..resources import Service
 from ..services import BIND, MARKER_VAR
 from .poolconfig import PoolMember
+from .poolprepare import make_ready
 
 if TYPE_CHECKING:
     from .poolhosts import Member
@@ -37,9 +39,30 @@ if TYPE_CHECKING:
 class PoolRuntime:
     """Both runtimes, as the controller uses them on its pool hosts."""
 
-    def __init__(self, cluster: str):
+    def __init__(self, cluster: str, members: Optional[dict[str, "Member"]] = None, fresh: Optional[set[str]] = None,
+                 docker_here: str = "", directory: Optional[Path] = None,
+                 unready: Callable[[str, str], None] = lambda name, reason: None,
+                 ready: Callable[[str, str], None] = lambda name, done: None):
         self.process = ProcessRuntime()
-        self.docker = DockerRuntime(None, cluster)  # only start/stop/names: no image is prepared here
+        self.docker = DockerRuntime(None, cluster)  # only start/stop/names: images are made present by poolprepare
+        # A fresh host is made ready before its first container (elastic/poolprepare.py); `unready(name,
+        # reason)` when that fails, `ready(name, what was done)` when something had to be done.
+        self.docker_here, self.directory, self.unready, self.ready = docker_here, directory, unready, ready
+        self.fresh = fresh if fresh is not None else set()  # names of the hosts the controller launched (aws)
+        self.members = members if members is not None else {}  # the pool's (the model is copied from one)
+
+    def make_ready(self, member: "Member") -> None:
+        """A host the controller launched, made ready once per connection (up's own hosts were by `up`)."""
+        if member.name not in self.fresh:
+            return
+        try:
+            done = make_ready(member, self.docker_here, self.directory or Path("."),
+                              [m for n, m in self.members.items() if n not in self.fresh])
+        except MlclusterError as exc:
+            self.unready(member.name, exc.message)
+            raise
+        if done:
+            self.ready(member.name, done)
 
     def _docker(self, member: "Member") -> str:
         if not has_docker(member.host):
@@ -57,6 +80,7 @@ class PoolRuntime:
 
     def start(self, member: "Member", service: ServiceSpec, marker: str) -> Service:
         """Start the container (again): a process anew, a Docker container kept when identical and started."""
+        self.make_ready(member)
         if member.config.runtime != "docker":
             record = self.process.start(member.host, service, marker, None)
             member.host.facts.pop("just_started", None)  # it is looked at again at the next look, not waited on
