@@ -18,7 +18,7 @@ from support.sshcluster import CLUSTER, docker_over_ssh_missing, host_network, s
 from support.waiting import wait_for
 
 NAME = "sshdmin"  # this file's own: other tests' clusters on the shared hosts are never ours
-DOCKER_HOSTS = ("orch", "w1", "w2", "spare")
+DOCKER_HOSTS = ("w1", "w2", "spare")  # the orchestrator on the process runtime: one engine fewer
 
 pytestmark = [*ssh_marks(docker_over_ssh_missing, "Docker over SSH"), pytest.mark.docker,
               pytest.mark.timeout(1800)]  # a first run builds the worker image on this machine (minutes)

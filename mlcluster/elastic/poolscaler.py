@@ -148,16 +148,16 @@ class Scaler:
         plan = plan_scale(decision.desired, current, draining, config.max_containers, hosts, used, own, fleet,
                           wants_more=decision.memory.direction == 1, homes=homes)
         done = [self.bring_back(cid) for cid in plan.unpark] + [self.start(host) for host in plan.start]
+        for sid in plan.stop:
+            self.retire(next(s for s in self.own if s.id == sid))
+        if plan.stop:
+            done.append(f"draining {', '.join(plan.stop)}")
         for cid in plan.park:
             self.pool.admin.drain(cid)
             self.away[cid] = "draining"
         if plan.park:
             self.pool.save()
             done.append(f"draining {', '.join(plan.park)} (up's)")
-        for sid in plan.stop:
-            self.retire(next(s for s in self.own if s.id == sid))
-        if plan.stop:
-            done.append(f"draining {', '.join(plan.stop)}")
         for _ in range(plan.launch if now >= self.launch_after else 0):
             name, sentence = self.pool.fleet.launch()
             if not name:  # said once; tried again after EC2's look interval, not every look

@@ -60,13 +60,15 @@ def scale_below_up_and_back(home, url: str, name: str, running: Callable[[str], 
         ups = [e["reason"] for e in events(home, name) if e["kind"] == "scale_up"]
         first_new = next(i for i, r in enumerate(ups) if "started spare-scale" in r)
         assert sum(r.count("(up's, port") for r in ups[:first_new + 1]) == 3, ups  # home before a new host
-        wait_for(lambda: (lambda a: a if a.get("current") == 5 else None)(autoscale(home, name)),
-                 "status showing 5 containers", timeout=30, interval=0.5)
+        assert max(e["desired"] for e in events(home, name) if e["kind"] == "scale_up") == 5
         loop.finish()
         gone = time.monotonic()
         wait_for(lambda: len(containers(url)) == 1 and running("spare") + running("w1") + running("w2") == 1,
                  "back to one container", timeout=120, interval=0.3)
         print(f"step gone -> back to one container: {time.monotonic() - gone:.1f} s")
+    except AssertionError:
+        print("\n" + cli("events", "-n", name, home=home, check=False).stdout)  # what the controller did
+        raise
     finally:
         answers = (loop.finish() if loop else []) + base.finish()
     assert base.most() <= 5  # never past the maximum, the draining ones counted
