@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mlcluster.elastic.placement import PoolHost
-from mlcluster.elastic.poolscale import Fleet, Own, leaving, place, plan_scale, room_to_grow
+from mlcluster.elastic.poolscale import Fleet, Home, Own, leaving, parking, place, plan_scale, returning, room_to_grow
 from mlcluster.elastic.settings import autoscale_problem
 from mlcluster.state import ClusterSpec
 
@@ -78,3 +78,42 @@ def test_aws_plan_terminates_only_its_own_empty_instances():
 def test_autoscaling_is_accepted_on_every_provider(provider):
     assert autoscale_problem(ClusterSpec(name="x", provider=provider, min_containers=1, max_containers=4)) is None
     assert "above" in autoscale_problem(ClusterSpec(name="x", provider=provider, min_containers=5, max_containers=4))
+
+
+def up_2x2(**state: dict) -> list[Home]:
+    """`up`'s 2 x 2 containers on w1 and w2; `state` sets fields per id."""
+    return [Home(cid, cid.split("-")[0], **state.get(cid.replace("-", "_"), {}))
+            for cid in ("w1-1", "w1-2", "w2-1", "w2-2")]
+
+
+def test_ups_containers_leave_the_idlest_then_emptying_a_host_then_the_highest_id():
+    assert parking(up_2x2(), 3) == ["w2-2", "w2-1", "w1-2"]  # w2 empties first: one host fewer to pay for
+    busy = up_2x2(w2_2={"in_flight": 1}, w1_1={"in_flight": 2})
+    assert parking(busy, 3) == ["w2-1", "w1-2", "w2-2"]  # the idle ones first, then the less busy
+    # one with a stand-in (its home cut off) or already parked never goes; never more than asked
+    odd = up_2x2(w1_2={"serving": False}, w2_1={"parked": True})
+    assert parking(odd, 5) == ["w2-2", "w1-1"]
+    assert parking(up_2x2(), 0) == []
+
+
+def test_parked_containers_come_back_first_at_home_lowest_id_first():
+    homes = up_2x2(w1_2={"parked": True}, w2_1={"parked": True}, w2_2={"parked": True})
+    pool = hosts(w1=2, w2=2, spare=2)
+    assert returning(homes, pool, 2) == ["w1-2", "w2-1"]
+    cut = [PoolHost("w2", False, 0.0, 2), *hosts(w1=2, spare=2)]
+    assert returning(homes, cut, 3) == ["w1-2"]  # never onto a host that does not answer
+    used = {"w1": 2, "w2": 2}  # a parked container keeps its slot at home
+    back = plan_scale(4, 1, 0, 5, pool, used, [], homes=homes)
+    assert back.unpark == ["w1-2", "w2-1", "w2-2"] and back.start == []
+    beyond = plan_scale(5, 1, 0, 5, pool, used, [], homes=homes)  # home first, then a new one on the spare
+    assert beyond.unpark == ["w1-2", "w2-1", "w2-2"] and beyond.start == ["spare"]
+    capped = plan_scale(9, 1, 1, 5, pool, used, [], homes=homes)  # never past the cap, draining counted
+    assert len(capped.unpark) + len(capped.start) == 3
+
+
+def test_fewer_the_controllers_own_go_first_then_ups_down_to_the_wish():
+    pool = hosts(w1=2, w2=2, spare=2)
+    own = [Own("spare-scale1", "spare", 0, 1)]
+    plan = plan_scale(2, 5, 0, 5, pool, {"w1": 2, "w2": 2, "spare": 1}, own, homes=up_2x2())
+    assert plan.stop == ["spare-scale1"] and plan.park == ["w2-2", "w2-1"]
+    assert plan_scale(4, 4, 0, 5, pool, {"w1": 2, "w2": 2}, [], homes=up_2x2()).park == []

@@ -144,12 +144,16 @@ class PoolController:
     def placed(self, registry: dict) -> list[Placed]:
         serving = {s.of: s.host for s in self.stand_ins if not s.leaving}
         return [Placed(w.id, w.home, registry.get(w.id, {}).get("status") in SERVING, self.down_since.get(w.id),
-                       serving.get(w.id, "")) for w in self.workers.values()]
+                       serving.get(w.id, "")) for w in self.at_home()]
+
+    def at_home(self) -> list[WorkerSpec]:
+        """`up`'s containers but those scaled away (elastic/poolscaler.py): only these are healed."""
+        return [w for w in self.workers.values() if self.scaler is None or w.id not in self.scaler.away]
 
     def check_processes(self, registry: dict, now: float) -> None:
         """Down in the orchestrator's eyes, on a host that answers: is its process
         gone? (`up`'s containers at home, and the stand-ins that are not leaving)"""
-        running = [(w.id, w.home, w.pid) for w in self.workers.values()] + \
+        running = [(w.id, w.home, w.pid) for w in self.at_home()] + \
                   [(s.id, s.host, s.pid) for s in self.stand_ins if not s.leaving]
         for cid, where, pid in running:
             member = self.members.get(where)
@@ -253,7 +257,7 @@ class PoolController:
     def say_stuck(self, registry: dict, actions: list[Action], now: float) -> None:
         """A container of a cut-off host with nowhere to go is said once (an error event)."""
         moved = {a.container for a in actions}
-        for w in self.workers.values():
+        for w in self.at_home():
             member = self.members[w.home]
             waiting = not member.reachable and now - member.since >= self.config.host_grace_s and \
                 w.id not in moved and not any(s.of == w.id and not s.leaving for s in self.stand_ins)
@@ -312,7 +316,8 @@ class PoolController:
 
     def save(self) -> None:
         self.write_private(STATE_FILE, dump_state(self.stand_ins, list(self.workers.values()),
-                                                  tuple(self.scaler.own) if self.scaler else ()))
+                                                  tuple(self.scaler.own) if self.scaler else (),
+                                                  self.scaler.away if self.scaler else None))
 
     def register(self, sid: str, address: str, port: int, capacity: int) -> None:
         self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{

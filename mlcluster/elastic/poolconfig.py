@@ -162,11 +162,19 @@ def load_scaled(text: str) -> list[Scaled]:
         return []
 
 
-def dump_state(stand_ins: list[StandIn], workers: list[WorkerSpec], scaled: tuple[Scaled, ...] = ()) -> dict:
-    """The controller's state file: its stand-ins, the pid of each of `up`'s workers (a healed one's new)
-    and the containers it started to scale."""
+def dump_state(stand_ins: list[StandIn], workers: list[WorkerSpec], scaled: tuple[Scaled, ...] = (),
+               away: Optional[dict[str, str]] = None) -> dict:
+    """The controller's state file: its stand-ins, the pid of each of `up`'s workers (a healed one's new),
+    the containers it started to scale and `up`'s it scaled away (id -> "draining" or "parked")."""
     return {"stand_ins": [dataclasses.asdict(s) for s in stand_ins], "pids": {w.id: w.pid for w in workers},
-            "scaled": [dataclasses.asdict(s) for s in scaled]}
+            "scaled": [dataclasses.asdict(s) for s in scaled], "away": dict(away or {})}
+
+
+def load_away(text: str) -> dict[str, str]:
+    try:
+        return {str(k): str(v) for k, v in json.loads(text).get("away", {}).items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
 
 
 def healed_pids(text: str) -> dict[str, int]:

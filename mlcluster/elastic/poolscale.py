@@ -5,9 +5,15 @@ worker instances to launch or which to terminate.
 The controller (elastic/poolscaler.py) gathers the facts at every look and
 applies what this returns; nothing here does I/O or reads a clock.
 
-- The unit is a container. `up`'s containers are the floor: only those the
-  controller started (its own) leave when the rule wants fewer, the idlest
-  first, then the newest.
+- The unit is a container. When the rule wants fewer, the controller's own
+  containers leave first (the idlest, then the newest), then `up`'s own
+  (`Home`: only one serving at home, none with a stand-in), the idlest first,
+  then one on the host with the fewest of `up`'s still serving (so a host
+  empties), then the highest id. The rule never wants fewer than the
+  minimum, so neither does this. An `up`'s container scaled away is parked:
+  its slot at home stays its own, and when the rule wants more the parked
+  ones come back first (at home, lowest id first, only where the home host
+  answers), and only then do new containers start.
 - A new container goes on the reachable host with the most free slots (the
   same rule as a stand-in's: placement.roomiest), each host holding at most
   its slots, counting `up`'s containers, stand-ins, the controller's own and
@@ -39,6 +45,16 @@ class Own:
 
 
 @dataclass(frozen=True)
+class Home:
+    """One of `up`'s containers as scaling sees it."""
+    id: str
+    host: str                # its home
+    in_flight: int = 0       # the orchestrator's figure
+    serving: bool = True     # serving at home with no stand-in: it may be drained
+    parked: bool = False     # scaled away (drained, stopped): it may come back
+
+
+@dataclass(frozen=True)
 class Fleet:
     """The aws side: what the instance cap leaves (absent on ssh)."""
     cap: int                   # the most worker instances that may exist
@@ -52,6 +68,8 @@ class Fleet:
 class ScalePlan:
     start: list[str] = field(default_factory=list)   # a host for each new container
     stop: list[str] = field(default_factory=list)    # own containers to drain, then stop
+    park: list[str] = field(default_factory=list)    # `up`'s containers to drain, then stop (parked)
+    unpark: list[str] = field(default_factory=list)  # parked `up`'s containers to start again at home
     launch: int = 0                                  # worker instances to launch (aws)
     terminate: list[str] = field(default_factory=list)  # instances to terminate (aws)
     held: int = 0                                    # containers wanted that have nowhere to go yet
@@ -79,23 +97,56 @@ def leaving(own: list[Own], count: int) -> list[str]:
     return [o.id for o in sorted(own, key=lambda o: (o.in_flight, -o.serial, o.id))[:max(0, count)]]
 
 
+def parking(homes: list[Home], count: int) -> list[str]:
+    """Up to `count` of `up`'s serving containers to drain: the idlest, then one on the host with the
+    fewest still serving (recounted after each choice, so a host empties), then the highest id."""
+    left = [h for h in homes if h.serving and not h.parked]
+    chosen: list[str] = []
+    while left and len(chosen) < count:
+        serving: dict[str, int] = {}
+        for h in left:
+            serving[h.host] = serving.get(h.host, 0) + 1
+        pick = min(left, key=lambda h: (h.in_flight, serving[h.host], _descending(h.id)))
+        chosen.append(pick.id)
+        left.remove(pick)
+    return chosen
+
+
+def _descending(text: str) -> tuple[int, ...]:
+    return tuple(-ord(c) for c in text) + (1,)
+
+
+def returning(homes: list[Home], hosts: list[PoolHost], count: int) -> list[str]:
+    """Up to `count` parked containers to start again at home (its slot is kept): lowest id first,
+    only where the home host answers."""
+    reachable = {h.name for h in hosts if h.reachable}
+    back = sorted(h.id for h in homes if h.parked and h.host in reachable)
+    return back[:max(0, count)]
+
+
 def plan_scale(desired: int, current: int, draining: int, max_containers: int, hosts: list[PoolHost],
-               used: dict[str, int], own: list[Own], fleet: Fleet | None = None, wants_more: bool = False) -> ScalePlan:
+               used: dict[str, int], own: list[Own], fleet: Fleet | None = None, wants_more: bool = False,
+               homes: list[Home] | None = None) -> ScalePlan:
     """What to do for `desired` containers when `current` count (and `draining` still run); see the docstring.
-    `wants_more`: the rule is waiting out its delay for more (an empty instance then stays)."""
+    `wants_more`: the rule is waiting out its delay for more (an empty instance then stays). `homes`: `up`'s
+    containers (their slots are counted in `used`, a parked one's too)."""
+    homes = homes or []
     if desired < current:
-        return ScalePlan(stop=leaving(own, current - desired), terminate=idle(hosts, used, fleet))
+        stop = leaving(own, current - desired)
+        park = parking(homes, current - desired - len(stop))
+        return ScalePlan(stop=stop, park=park, terminate=idle(hosts, used, fleet))
     grow = room_to_grow(desired, current, draining, max_containers)
-    start = place(hosts, used, grow)
-    missing = grow - len(start)
+    unpark = returning(homes, hosts, grow)
+    start = place(hosts, used, grow - len(unpark))
+    missing = grow - len(unpark) - len(start)
     if fleet is None:
-        return ScalePlan(start=start, held=missing)
+        return ScalePlan(start=start, unpark=unpark, held=missing)
     launch = 0
     if missing > fleet.coming:
         launch = min(math.ceil((missing - fleet.coming) / max(1, fleet.slots)), max(0, fleet.cap - fleet.live))
     held = max(0, missing - fleet.coming - launch * fleet.slots)
     terminate = idle(hosts, used, fleet) if grow == 0 and not wants_more else []
-    return ScalePlan(start=start, launch=launch, held=held, terminate=terminate)
+    return ScalePlan(start=start, unpark=unpark, launch=launch, held=held, terminate=terminate)
 
 
 def idle(hosts: list[PoolHost], used: dict[str, int], fleet: Fleet | None) -> list[str]:

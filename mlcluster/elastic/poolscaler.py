@@ -16,8 +16,13 @@ poolscale.py returns:
   runs and answers, the model is copied onto it from a worker host and the
   containers start there; an instance it launched whose containers are all
   gone is terminated (never the orchestrator's, never `up`'s).
-Only the containers it started leave: `up`'s are the floor. Each decision is
-an event (scale_up / scale_down) with the rule's reason.
+- below `up`'s count (--min-containers under workers x containers_per_worker),
+  its own containers leave first, then `up`'s (poolscale.parking): drained,
+  stopped once let go, parked (`away`, kept in the state file); their home
+  slot stays theirs and they come back first (started at home, registered)
+  when the rule wants more. A parked container that serves again (a second
+  `up` started it) is counted again; the rule drains it after its delay.
+Each decision is an event (scale_up / scale_down) with the rule's reason.
 """
 from __future__ import annotations
 
@@ -28,15 +33,15 @@ import time
 from shlex import quote
 from typing import Optional
 
-from ..deploy.host import RemoteHost
+from ..deploy.host import RemoteHost, ServiceSpec
 from ..errors import MlclusterError
 from . import events
 from .events import Event
 from .placement import occupancy
 from .policy import AutoscaleConfig, Decision, Figures, Memory, decide, plural
-from .poolconfig import STATE_FILE, Scaled, load_scaled
+from .poolconfig import STATE_FILE, Scaled, load_away, load_scaled
 from .poolhosts import Member, marker
-from .poolscale import Fleet, Own, plan_scale
+from .poolscale import Fleet, Home, Own, plan_scale
 from .published import ControllerStatus
 
 log = logging.getLogger("mlcluster.elastic.pool")
@@ -49,9 +54,12 @@ class Scaler:
     def __init__(self, pool, config: AutoscaleConfig):
         self.pool, self.config = pool, config
         try:
-            self.own: list[Scaled] = load_scaled((pool.dir / STATE_FILE).read_text())
+            text = (pool.dir / STATE_FILE).read_text()
         except OSError:
-            self.own = []
+            text = ""
+        self.own: list[Scaled] = load_scaled(text)
+        # `up`'s containers scaled away: id -> "draining" (stopped once let go) or "parked" (stopped)
+        self.away: dict[str, str] = {k: v for k, v in load_away(text).items() if k in pool.workers}
         self.memory = Memory()
         self.decision: Optional[Decision] = None
         self.down_since: dict[str, float] = {}
@@ -71,7 +79,8 @@ class Scaler:
     def everything(self, registry: dict) -> dict[str, int]:
         """Containers on each pool host: `up`'s, the stand-ins (leaving ones too) and its own."""
         used = occupancy(self.pool.placed(registry))
-        for host in [s.host for s in self.pool.stand_ins if s.leaving] + [s.host for s in self.own]:
+        for host in [self.pool.workers[cid].home for cid in self.away] + \
+                [s.host for s in self.pool.stand_ins if s.leaving] + [s.host for s in self.own]:
             used[host] = used.get(host, 0) + 1
         return used
 
@@ -84,7 +93,7 @@ class Scaler:
 
     def counted(self) -> int:
         """Containers that count: `up`'s (a stand-in stands for one of them) and its own not draining."""
-        return len(self.pool.workers) + sum(1 for s in self.own if not s.leaving)
+        return len(self.pool.workers) - len(self.away) + sum(1 for s in self.own if not s.leaving)
 
     def target(self) -> AutoscaleConfig:
         """The settings, the target a container's capacity unless one was given."""
@@ -112,13 +121,14 @@ class Scaler:
     def look(self, status: dict, registry: dict, now: float) -> None:
         self.heal(registry, now)
         self.let_go(registry)
+        self.park(registry)
         for name in sorted(self.unready):
             self.bring_model(name)
         config, current = self.target(), self.counted()
         fleet = self.fleet()
         # Processes that run beyond the counted containers: its own and stand-ins draining, and a stand-in
         # whose container serves at home again (until it is sent home): the cap counts them.
-        draining = sum(1 for s in self.own if s.leaving) + sum(
+        draining = sum(1 for s in self.own if s.leaving) + sum(1 for v in self.away.values() if v == "draining") + sum(
             1 for s in self.pool.stand_ins if s.leaving or registry.get(s.of, {}).get("status") in SERVING)
         used = self.everything(registry)
         hosts = [h for h in self.pool.pool_hosts() if h.name not in self.unready]
@@ -130,13 +140,24 @@ class Scaler:
         self.memory, self.decision = decision.memory, decision
         own = [Own(s.id, s.host, registry.get(s.id, {}).get("in_flight", 0), s.serial)
                for s in self.own if not s.leaving]
+        away = {s.of for s in self.pool.stand_ins if not s.leaving}
+        homes = [Home(w.id, w.home, registry.get(w.id, {}).get("in_flight", 0),
+                      serving=w.id not in away and registry.get(w.id, {}).get("status") in SERVING,
+                      parked=self.away.get(w.id) == "parked") for w in self.pool.workers.values()
+                 if self.away.get(w.id) != "draining"]
         plan = plan_scale(decision.desired, current, draining, config.max_containers, hosts, used, own, fleet,
-                          wants_more=decision.memory.direction == 1)
-        done = [self.start(host) for host in plan.start]
+                          wants_more=decision.memory.direction == 1, homes=homes)
+        done = [self.bring_back(cid) for cid in plan.unpark] + [self.start(host) for host in plan.start]
         for sid in plan.stop:
             self.retire(next(s for s in self.own if s.id == sid))
         if plan.stop:
             done.append(f"draining {', '.join(plan.stop)}")
+        for cid in plan.park:
+            self.pool.admin.drain(cid)
+            self.away[cid] = "draining"
+        if plan.park:
+            self.pool.save()
+            done.append(f"draining {', '.join(plan.park)} (up's)")
         for _ in range(plan.launch if now >= self.launch_after else 0):
             name, sentence = self.pool.fleet.launch()
             if not name:  # said once; tried again after EC2's look interval, not every look
@@ -152,8 +173,8 @@ class Scaler:
                 self.forget(name)
                 done.append(sentence + ": it held no container")
         if done:
-            kind = "scale_up" if plan.start or self.awaited else "scale_down"
-            after = current + len(plan.start) - len(plan.stop) + self.awaited
+            kind = "scale_up" if plan.start or plan.unpark or self.awaited else "scale_down"
+            after = current + len(plan.unpark) + len(plan.start) - len(plan.stop) - len(plan.park) + self.awaited
             self.event(kind, f"{decision.reason}: {'; '.join(done)}", current, after)
 
     def fleet(self) -> Optional[Fleet]:
@@ -176,6 +197,33 @@ class Scaler:
         self.pool.save()  # before anything else can fail: the record names what runs
         self.pool.register(sid, member.config.host.private_address, port, self.pool.capacity.get(template.id, 1))
         return f"started {sid} on {name} (port {port})"
+
+    def bring_back(self, cid: str) -> str:
+        """A parked `up`'s container started again at home and registered; a sentence."""
+        w = self.pool.workers[cid]
+        member = self.pool.members[w.home]
+        record = self.pool.runtime.start(member, ServiceSpec(w.id, "worker", w.port, w.env, model_dir=w.model_dir),
+                                         marker(self.pool.config.cluster, w.home))
+        w.pid, w.log = record.pid, record.log
+        del self.away[cid]
+        self.pool.save()
+        self.pool.register(cid, member.config.host.private_address, w.port, self.pool.capacity.get(cid, 1))
+        return f"{cid} back on {w.home} (up's, port {w.port})"
+
+    def park(self, registry: dict) -> None:
+        """`up`'s containers drained: stopped once the orchestrator has let them go (parked); a parked one
+        that serves again (a second `up` started it) counts again."""
+        for cid, state in list(self.away.items()):
+            w, member = self.pool.workers[cid], self.pool.members.get(self.pool.workers[cid].home)
+            if state == "parked" and registry.get(cid, {}).get("status") in SERVING:
+                del self.away[cid]
+                self.pool.save()
+                self.event("scale_up", f"{cid} serves again (a later `up` started it): counted again", container=cid)
+            elif state == "draining" and cid not in registry and member is not None and member.host is not None:
+                if not self.pool.runtime.stop(member, cid, w.pid, w.log, marker(self.pool.config.cluster, w.home)):
+                    self.away[cid] = "parked"
+                    self.pool.save()
+                    log.info("stopped %s on %s: drained (parked)", cid, w.home)
 
     def ports(self, name: str) -> set[int]:
         return {w.port for w in self.pool.workers.values() if w.home == name} | \
