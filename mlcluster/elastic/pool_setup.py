@@ -121,14 +121,16 @@ def start(host: RemoteHost, config: PoolConfig, private_key: str, marker: str,
     host.conn.put_text(private_key, host.path(KEY_FILE), mode=0o600)
     host.conn.put_text(text, host.path(CONFIG_FILE), mode=0o600)
     # Like every service (deploy/process.py): `env -i`, the basics, and its own 0600 env file (the marker);
-    # and how to reach this host's Docker engine (autostop on a Docker host removes the cluster's containers).
+    # and, only when the orchestrator's host runs Docker, how to reach its engine (autostop there removes
+    # the cluster's containers); nothing of Docker otherwise.
     env = {MARKER_VAR: marker}
+    passed = PASSED_VARS + (watchdog.DOCKER_VARS[:3] if config.docker else ())
     if config.aws and config.aws.metadata_url:  # an emulator's (tests): boto3's chain asks it for the profile's keys
         env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = config.aws.metadata_url
     env_file = host.write_env(ServiceSpec(CONTROLLER, CONTROLLER, 0, env), shell=True)
     load = quote('set -a && . "$0" && set +a && exec setsid "$@"')
     log, pidfile = host.path(f"{CONTROLLER}.log"), host.path(f"{CONTROLLER}.pid")
-    host.run(f"( cd {quote(host.workdir)} && exec {clean_env(PASSED_VARS + watchdog.DOCKER_VARS[:3])} /bin/sh -c {load} {quote(env_file)} "
+    host.run(f"( cd {quote(host.workdir)} && exec {clean_env(passed)} /bin/sh -c {load} {quote(env_file)} "
              f"{command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
     pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
     return Service(runtime=runtime.name, pid=pid, log=log, kind=CONTROLLER, command=settings)
