@@ -83,12 +83,16 @@ class LocalProvider:
                              workers=[local_config(f"worker{w}", workdir, runtime) for w in range(1, spec.workers + 1)],
                              orchestrator_port=int(requested or 0), admin_port=0, worker_port=0, free_ports=True)
 
+    def _recorded(self, state: ClusterState) -> RemoteOptions:
+        """The hosts `up` deployed onto (the state's name wins over its spec's)."""
+        return self.hosts(dataclasses.replace(state.spec, name=state.name), state.runtime)
+
     # -- down -------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
         left: list[str] = []
         if state is not None:
             elastic.stop_controller(state)  # first, so it heals nothing that is being stopped
-            left += deploy.remove(name, state, self.hosts(state.spec, state.runtime), ui)
+            left += deploy.remove(name, state, self._recorded(state), ui)
         if state is None or state.resources.is_empty():  # the state lost: whatever carries the cluster's labels
             from ..deploy.docker import DockerRuntime
             left += DockerRuntime(None, name, local=True).stop(LocalHost(cluster_dir(name) / "docker"), {}, "")
@@ -103,7 +107,7 @@ class LocalProvider:
 
     # -- logs, details ----------------------------------------------------
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
-        return deploy.logs(state, self.hosts(state.spec, state.runtime), target, follow, tail)
+        return deploy.logs(state, self._recorded(state), target, follow, tail)
 
     def describe(self, state: ClusterState) -> str:
         if state.runtime == "docker":
