@@ -95,7 +95,7 @@ def model_stack() -> Finding:
 
 
 def docker_engine(required: bool) -> Finding:
-    from .deploy.local_docker import connect
+    from .deploy.docker import connect
     try:
         client = connect(timeout=5)
     except MlclusterError as exc:

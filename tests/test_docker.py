@@ -1,4 +1,4 @@
-"""The images and the local Docker runtime, against a real Docker engine.
+"""The images and a local Docker cluster, against a real Docker engine.
 
 Builds both images (from python:3.11-slim when the engine has it, else from
 mlcluster-base:bookworm, made by .ci/setup-docker.sh), runs an orchestrator and
@@ -19,8 +19,10 @@ import pytest
 import requests
 
 from mlcluster import images
-from mlcluster.deploy.local_docker import L_CLUSTER, L_PROVIDER, LocalDockerDeployment, connect
+from mlcluster.deploy.docker import L_CLUSTER, L_PROVIDER, connect
 from mlcluster.errors import MlclusterError
+from mlcluster.providers.local import LocalProvider
+from mlcluster.resources import LOCAL_HOST, DockerSetup, Service
 from mlcluster.state import ClusterSpec, ClusterState
 from mlcluster.ui import QuietUI
 from support.console import cli
@@ -69,7 +71,7 @@ def built(engine, home) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cluster(engine, built, tiny_model):
     """One orchestrator and two worker containers, registered and ready."""
-    runtime = LocalDockerDeployment()
+    runtime = LocalProvider()
     # The runtime gets the model as workers load it: the torch backend serves the model directory itself
     # (the ONNX backends get a directory that cluster.up exports first: see the CLI test below).
     spec = ClusterSpec(name=NAME, runtime="docker", workers=1, containers_per_worker=2, model=tiny_model,
@@ -322,5 +324,38 @@ def test_cli_onnx_int8_serves_from_the_torch_free_image(engine, built, tiny_mode
         assert worker.image.id == engine.images.get(built["worker-onnx"]).id
         cli("down", "--name", name, "--yes", env=env)
         assert labelled(engine, name) == []
+    finally:
+        remove_labelled(engine, name)
+
+
+def test_a_cluster_recorded_before_it_was_deployed_like_the_others_goes_down(engine, built, home):
+    """The state a local Docker cluster had before the one deployment layer ran it
+    (every service on this machine's one record, no host recorded, a `docker` part)
+    still goes down: its containers, network and volumes, and its state."""
+    name = f"{NAME}-before"
+    labels = {L_CLUSTER: name, L_PROVIDER: "local"}
+    network = engine.networks.create(f"mlcluster-{name}", driver="bridge", labels={**labels, "mlcluster.role": "network"})
+    volumes = [f"mlcluster-{name}-state", f"mlcluster-{name}-model-0123abcd"]
+    for volume in volumes:
+        engine.volumes.create(volume, labels={**labels, "mlcluster.role": volume.split("-")[-2]})
+    state = ClusterState(name=name, provider="local", token=TOKEN, runtime="docker",
+                         spec=ClusterSpec(name=name, runtime="docker", workers=1, containers_per_worker=2))
+    state.resources.docker = DockerSetup(volumes, {"orchestrator": built["orchestrator"]}, network.id)
+    try:
+        for sid in ("orchestrator", "worker1-1", "worker1-2"):
+            kind = "orchestrator" if sid == "orchestrator" else "worker"
+            container = engine.containers.run(built[kind], ["python", "-c", "import time; time.sleep(600)"],
+                                              detach=True, name=f"mlcluster-{name}-{sid}", network=network.name,
+                                              labels={**labels, "mlcluster.role": kind, "mlcluster.id": sid})
+            state.resources.services[sid] = Service("docker", LOCAL_HOST, container=container.name, kind=kind,
+                                                    worker=sid.rsplit("-", 1)[0] if kind == "worker" else "")
+        state.save()
+        assert len(labelled(engine, name)) == 3
+        saved = json.loads((home / name / "state.json").read_text())["resources"]
+        assert {r["host"] for r in saved["services"].values()} == {LOCAL_HOST} and not saved.get("hosts")
+        result = json.loads(cli("down", "--name", name, "--yes", "--json", env={**os.environ, "COLUMNS": "200"}).stdout)
+        assert result["left"] == [] and result["forgotten"]
+        assert labelled(engine, name) == [] and labelled(engine, name, "networks") == []
+        assert labelled(engine, name, "volumes") == [] and not (home / name).exists()
     finally:
         remove_labelled(engine, name)

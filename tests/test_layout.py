@@ -162,6 +162,29 @@ def test_local_commands_never_import_boto3_or_paramiko(tmp_path):
     assert not loaded & {"boto3", "botocore", "paramiko"}
 
 
+LOCAL_UP = """
+import json, sys
+from mlcluster.cli import app
+try:
+    app(["up", "--name", "light", "--model", "overhead-test", "-w", "1", "-m", "1"], standalone_mode=False)
+    loaded = sorted(sys.modules)
+finally:
+    app(["down", "--name", "light", "--yes"], standalone_mode=False)
+print(json.dumps(loaded))
+"""
+
+
+def test_a_local_up_never_imports_paramiko(tmp_path):
+    """A local cluster is deployed by the same code as remote hosts (deploy/remote.py);
+    the SSH parts load only where a remote host is reached."""
+    env = dict(os.environ, MLCLUSTER_HOME=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", LOCAL_UP], env=env, capture_output=True, text=True,
+                            timeout=300, check=True)
+    loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert {"mlcluster.deploy.remote", "mlcluster.deploy.process"} <= loaded
+    assert not {m.split(".")[0] for m in loaded} & {"boto3", "botocore", "paramiko"}
+
+
 def test_the_aws_provider_does_load_boto3():
     """The check above can fail: importing the aws provider loads boto3."""
     code = "import sys; import mlcluster.providers.aws.provider; print('boto3' in sys.modules)"

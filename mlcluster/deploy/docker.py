@@ -1,11 +1,6 @@
-"""The Docker runtime over SSH: Docker on the host, the images there, the containers.
+"""The Docker runtime, on a remote host or on this machine: the images there, the containers.
 
-Host preparation: if `docker` is missing it is installed with the distribution's
-package manager (apt for Debian/Ubuntu, dnf or yum for Amazon Linux/Fedora/RHEL),
-started (systemctl, service, or dockerd in the background where there is no init
-system), and the login user is added to the `docker` group; until that takes
-effect (or when sudo is needed anyway) commands use `sudo -n docker`. Needs root
-or password-less sudo on the host.
+Docker itself on a host (installed, started, usable): deploy/dockerhost.py.
 
 Images, `[ssh] images = ...`:
 - `build` (default): the build context (mlcluster.images.prepare_context) is
@@ -16,21 +11,32 @@ Images, `[ssh] images = ...`:
   once, uploaded to and loaded on every host whose image id differs.
 - `pull`: `docker pull` of `worker_image` / `orchestrator_image`.
 
-Containers: `mlc-<cluster>-<id>` (`mlcluster-<cluster>-<id>` on this machine:
-deploy/local_docker.py runs this runtime on a LocalHost), labelled
-mlcluster.cluster=<cluster> and mlcluster.provider (and role, id, and a digest
-of their settings: a container whose settings changed is replaced, an identical
-one is kept, started again if it stopped), `--restart unless-stopped`, the port
-published on the host's `bind` address, settings in a 0600 env file, a local
-model directory mounted read-only at /model. Hardened the same everywhere
-(HARDENING_FLAGS): read-only root file system with a tmpfs at /tmp, every
-capability dropped, no-new-privileges.
+Containers: `mlc-<cluster>-<id>`, labelled mlcluster.cluster=<cluster> and
+mlcluster.provider=ssh (and role, id, and a digest of their settings: a
+container whose settings changed is replaced, an identical one is kept, started
+again if it stopped), `--restart unless-stopped`, the port published on the
+host's `bind` address, settings in a 0600 env file, a local model directory
+mounted read-only at /model. Hardened the same everywhere (HARDENING_FLAGS):
+read-only root file system with a tmpfs at /tmp, every capability dropped,
+no-new-privileges.
+
+This machine (a local cluster's hosts, `local=True`): the same containers, named
+`mlcluster-<cluster>-<id>` and labelled mlcluster.provider=local; the images are
+built on this machine's engine when missing (mlcluster.images; shared between
+clusters, never removed); what differs is only where they listen (`here`): a
+bridge network `mlcluster-<cluster>` on which the orchestrator reaches each worker
+by its name at port 5000, fixed ports inside, published on 127.0.0.1 only, and a
+volume `mlcluster-<cluster>-state` for the orchestrator's registry (a restarted
+orchestrator keeps its containers). `stop` removes the containers, networks and
+volumes carrying the cluster's labels, with or without state.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
+import json
 import shutil
 import tarfile
 import tempfile
@@ -39,44 +45,32 @@ from pathlib import Path
 from typing import Optional
 
 from .. import images
-from ..errors import MlclusterError
+from ..errors import MlclusterError, see_docs
 from ..images import IMAGE_REPOS
 from ..remote.results import quote
 from ..resources import Service
 from ..ui import QuietUI
+from .dockerhost import docker, ensure_docker, has_docker
 from .host import Host, RemoteHost, ServiceSpec
 from .options import RemoteOptions
 
-INSTALL_SCRIPT = r"""
-set -e
-. /etc/os-release
-case " $ID $ID_LIKE " in
-  *" debian "*|*" ubuntu "*)
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends docker.io ;;
-  *" amzn "*|*" fedora "*|*" rhel "*|*" centos "*)
-    if command -v dnf >/dev/null; then dnf install -y -q docker; else yum install -y -q docker; fi ;;
-  *) echo "no known way to install Docker on $ID ($PRETTY_NAME)" >&2; exit 3 ;;
-esac
-"""
-START_SCRIPT = r"""
-if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl enable --now docker
-elif command -v service >/dev/null && service docker start; then :
-else setsid dockerd >/var/log/mlcluster-dockerd.log 2>&1 </dev/null & fi
-for i in $(seq 1 60); do docker info >/dev/null 2>&1 && exit 0; sleep 1; done
-echo "dockerd did not answer within 60 s" >&2; exit 1
-"""
+L_CLUSTER, L_PROVIDER = "mlcluster.cluster", "mlcluster.provider"
+# A container on this machine: the ports it listens on inside, and where the orchestrator keeps its registry.
+WORKER_PORT, ORCHESTRATOR_PORT, ADMIN_PORT = 5000, 8000, 8001
+STATE_MOUNT = "/var/lib/mlcluster"
+LOOPBACK = "127.0.0.1"
 
 
 class DockerRuntime:
     name = "docker"
 
     def __init__(self, options: Optional[RemoteOptions], cluster: str, worker_kind: str = "worker",
-                 provider: str = "ssh", prefix: str = "mlc"):
+                 local: bool = False):
         self.options, self.cluster = options, cluster
         # Its containers' label mlcluster.provider and name prefix: a cluster on this machine ("local",
         # "mlcluster") and one on remote hosts ("ssh", "mlc") never take each other's containers.
-        self.provider, self.prefix = provider, prefix
+        self.provider, self.prefix = ("local", "mlcluster") if local else ("ssh", "mlc")
+        self.network, self.state_volume = f"{self.prefix}-{cluster}", f"{self.prefix}-{cluster}-state"
         self.worker_kind = worker_kind  # worker or worker-onnx (images.worker_kind of the backend)
         # What was prepared here once for every host, by (what, kind); one lock
         # per kind, so the small orchestrator image need not wait for the worker's.
@@ -97,12 +91,30 @@ class DockerRuntime:
 
     # -- host preparation ---------------------------------------------------
     def prepare(self, host: RemoteHost, step) -> None:
-        ensure_docker(host, step)
+        """Docker and the images on the host; on this machine (a local cluster's hosts, prepared one
+        after another) the images built on its engine when missing, the cluster's network, and the
+        orchestrator's state volume."""
+        here = host.config.local
+        if not here:
+            ensure_docker(host, step)
+        elif not has_docker(host):
+            raise MlclusterError("no Docker engine answers on this machine", "start dockerd, or use --runtime process")
+        roles = sorted(host.facts.get("roles", ()))
         host.facts["images"] = {}
-        for role in sorted(host.facts.get("roles", ())):
+        for role in roles:
             kind = self.worker_kind if role == "worker" else role
-            step.update(f"{host.name}: getting the {kind} image ({self.options.images})")
-            host.facts["images"][role] = self.get_image(host, kind)
+            how = "built here when missing: minutes the first time" if here else self.options.images
+            step.update(f"{host.name}: getting the {kind} image ({how})")
+            host.facts["images"][role] = self._local_image(kind)[0] if here else self.get_image(host, kind)
+        if here:
+            host.run(f"docker network inspect {quote(self.network)} >/dev/null 2>&1 || docker network create "
+                     f"--driver bridge{self._labels('network')} {quote(self.network)} >/dev/null")
+        if here and "orchestrator" in roles:
+            host.run(f"docker volume create{self._labels('state')} {quote(self.state_volume)} >/dev/null")
+
+    def _labels(self, role: str) -> str:
+        return "".join(f" --label {quote(label)}" for label in
+                       (f"{L_CLUSTER}={self.cluster}", f"{L_PROVIDER}={self.provider}", f"mlcluster.role={role}"))
 
     def get_image(self, host: RemoteHost, kind: str) -> str:
         """`kind`'s image made present on `host` the way the images mode says (build, ship, pull); its tag."""
@@ -190,8 +202,18 @@ class DockerRuntime:
         return f"{self.prefix}-{self.cluster}-{service_id}"
 
     def label_filter(self) -> str:
-        """`docker ps` filters for this cluster's containers."""
-        return f"--filter {quote(f'label=mlcluster.cluster={self.cluster}')} --filter label=mlcluster.provider={self.provider}"
+        """`docker ps` (network ls, volume ls) filters for this cluster's containers (networks, volumes)."""
+        return f"--filter {quote(f'label={L_CLUSTER}={self.cluster}')} --filter label={L_PROVIDER}={self.provider}"
+
+    def here(self, service: ServiceSpec, port: int = 0, admin_port: int = 0) -> ServiceSpec:
+        """`service` (listening on ORCHESTRATOR_PORT and ADMIN_PORT, or WORKER_PORT) as a container
+        on this machine: on the cluster's network, its ports published on 127.0.0.1 only (on
+        `port` and `admin_port`; 0: any free one), the orchestrator's registry on the state volume."""
+        publish = {service.port: f"{LOOPBACK}:{port or ''}"}
+        if service.admin_port:
+            publish[service.admin_port] = f"{LOOPBACK}:{admin_port or ''}"
+        mounts = {self.state_volume: f"{STATE_MOUNT}:rw"} if service.kind == "orchestrator" else {}
+        return dataclasses.replace(service, publish=publish, mounts=mounts, network=self.network)
 
     def start(self, host: Host, service: ServiceSpec, marker: str, known: Optional[Service]) -> Service:
         """Run the service's container unless an identical one already runs (a
@@ -201,7 +223,7 @@ class DockerRuntime:
                                       # the admin listener: on the host's loopback only, reached through SSH
                                       **({service.admin_port: f"127.0.0.1:{service.admin_port}"} if service.admin_port else {})}
         mounts = service.mounts or ({service.model_dir: "/model:ro"} if service.model_dir else {})
-        local = (service.publish, service.mounts, service.network, service.labels)
+        local = (service.publish, service.mounts, service.network)
         digest = hashlib.sha256(repr((image, sorted(service.env.items()), service.port, service.model_dir,
                                       host.config.bind, HARDENING_FLAGS, service.admin_port)
                                      + ((local,) if any(local) else ())).encode()).hexdigest()[:16]
@@ -213,8 +235,8 @@ class DockerRuntime:
                 host.run(f"{docker(host)} start {quote(name)} >/dev/null", timeout=120)
             return record
         env_file = host.write_env(service, shell=False)
-        labels = {"mlcluster.cluster": self.cluster, "mlcluster.provider": self.provider, "mlcluster.role": service.kind,
-                  "mlcluster.id": service.id, "mlcluster.config": digest, **service.labels}
+        labels = {L_CLUSTER: self.cluster, L_PROVIDER: self.provider, "mlcluster.role": service.kind,
+                  "mlcluster.id": service.id, "mlcluster.config": digest}
         host.run(f"{docker(host)} rm -f {quote(name)} >/dev/null 2>&1; "
                  f"{docker(host)} run -d --name {quote(name)}{HARDENING_FLAGS}"
                  + "".join(f" --label {quote(f'{k}={v}')}" for k, v in labels.items())
@@ -230,20 +252,44 @@ class DockerRuntime:
         could not start, and the restart policy handles later exits."""
 
     def stop(self, host: Host, records: dict[str, Service], marker: str, only: bool = False) -> list[str]:
-        """Remove the recorded containers and (unless `only`) every container
-        labelled with this cluster's name; returns what is left."""
-        if not has_docker(host):
-            return []
+        """Remove the recorded containers and (unless `only`) every container, network and
+        volume labelled with this cluster's name; returns what is left."""
         names = [r.container for r in records.values() if r.container]
-        label = self.label_filter()
+        if not has_docker(host):
+            return [f"{host.name}: Docker does not answer, so containers {', '.join(names)} may still exist"] \
+                if names else []
         if names:
             host.run(f"{docker(host)} rm -f {' '.join(quote(n) for n in names)} >/dev/null 2>&1", warn=True, timeout=120)
         if only:
             return []
-        host.run(f"{docker(host)} ps -aq {label} | xargs -r {docker(host)} rm -f >/dev/null", timeout=120)
-        left = host.run(f"{docker(host)} ps -aq {label}", warn=True).stdout.split()
+        d, label = docker(host), self.label_filter()
+        host.run(f"{d} ps -aq {label} | xargs -r {d} rm -f >/dev/null; {d} network ls -q {label} | xargs -r {d} "
+                 f"network rm >/dev/null; {d} volume ls -q {label} | xargs -r {d} volume rm -f >/dev/null",
+                 timeout=120, warn=True)
+        left = [f"{host.name}: {kind} {c} is still there" for kind in ("container", "network", "volume")
+                for c in host.run(f"{d} {'ps -a' if kind == 'container' else kind + ' ls'} -q {label}",
+                                  warn=True).stdout.split()]
         host.run(f"rm -f {quote(host.workdir)}/*.env", warn=True)
-        return [f"{host.name}: container {c} is still there" for c in left]
+        return left
+
+    def running(self, host: Host, record: Service, marker: str) -> bool:
+        state = host.run(f"{docker(host)} inspect --format '{{{{.State.Status}}}}' {quote(record.container)}", warn=True)
+        return state.ok and state.stdout.strip() not in ("exited", "dead")
+
+    def facts(self, host: Host, records: dict[str, Service]) -> dict[str, dict[str, str]]:
+        """What `status` shows of each recorded container: its name, id, state, health, image and
+        where its port is published."""
+        names = {r.container: (sid, r.port) for sid, r in records.items() if r.container}
+        found = host.run(f"{docker(host)} inspect {' '.join(quote(n) for n in names)}", warn=True) if names else None
+        facts = {}
+        for c in json.loads(found.stdout or "[]") if found else []:
+            sid, port = names.get(c["Name"].lstrip("/"), ("", 0))
+            bound = [f"{b['HostIp']}:{b['HostPort']}" for b in
+                     (c["NetworkSettings"].get("Ports") or {}).get(f"{port}/tcp") or [] if b.get("HostPort")]
+            facts[sid] = {"container": c["Name"].lstrip("/"), "docker_id": c["Id"][:12],
+                          "state": c["State"]["Status"], "health": (c["State"].get("Health") or {}).get("Status", ""),
+                          "published": bound[0] if bound else "", "image": c["Config"]["Image"]}
+        return facts
 
     def log_command(self, host: Host, record: Service, follow: bool, tail: int) -> str:
         lines = "all" if tail <= 0 else str(int(tail))
@@ -254,6 +300,20 @@ class DockerRuntime:
 # system with a small tmpfs, no capability, no privilege gain, restarted unless stopped.
 HARDENING_FLAGS = (" --read-only --tmpfs /tmp:rw,nosuid,nodev,size=256m --cap-drop ALL"
                    " --security-opt no-new-privileges --restart unless-stopped")
+
+
+def connect(timeout: float = 600):
+    """A docker SDK client for this machine's engine (what builds the images:
+    mlcluster.images), or a MlclusterError."""
+    try:
+        import docker as docker_sdk
+        client = docker_sdk.from_env(timeout=timeout)
+        client.ping()
+        return client
+    except Exception as exc:  # the SDK raises several kinds; all mean "no engine here"
+        raise MlclusterError(f"no Docker engine answers on this machine ({type(exc).__name__})",
+                             "start dockerd (as root: .ci/setup-docker.sh), or use --runtime process; "
+                             + see_docs("no-docker-engine")) from None
 
 
 @contextlib.contextmanager
@@ -268,44 +328,5 @@ def _local_engine(kind: str):
             client.close()
     except docker_sdk.errors.DockerException as exc:
         raise MlclusterError(f"getting the {kind} image from this machine's Docker engine failed: {exc}",
-                             "images = \"ship\" needs a Docker engine here; \"build\" builds on the hosts") from None
-
-
-def docker(host: Host) -> str:
-    """How to call docker on this host ("docker" or "sudo -n docker")."""
-    return host.facts.get("docker", "docker")
-
-
-def has_docker(host: Host) -> bool:
-    if "docker" in host.facts:
-        return True
-    for command in ("docker", f"{host.sudo}docker"):
-        if host.run(f"{command} info >/dev/null 2>&1", warn=True, timeout=30).ok:
-            host.facts["docker"] = command
-            return True
-    return False
-
-
-def ensure_docker(host: RemoteHost, step) -> None:
-    """Docker installed, running and usable by the login user (or via sudo)."""
-    if has_docker(host):
-        return
-    sudo = host.sudo
-    if not host.run("command -v docker >/dev/null", warn=True).ok:
-        step.update(f"{host.name}: installing Docker")
-        result = host.run(f"{sudo}sh -c {quote(INSTALL_SCRIPT)}", timeout=900, warn=True)
-        if not result.ok:
-            raise MlclusterError(f"{host.name}: installing Docker failed: {result.tail(3)}",
-                                 "install Docker on the host yourself, or use runtime = \"process\"")
-    step.update(f"{host.name}: starting Docker")
-    result = host.run(f"{sudo}sh -c {quote(START_SCRIPT)}", timeout=120, warn=True)
-    if not result.ok:
-        raise MlclusterError(f"{host.name}: Docker is installed but does not start: {result.tail(3)}")
-    if sudo:
-        # The group applies to new logins: reconnect so later commands have it.
-        host.run(f"{sudo}usermod -aG docker {quote(host.config.user)}", warn=True)
-        host.conn.close()
-        host.facts.pop("docker", None)
-    if not has_docker(host):
-        raise MlclusterError(f"{host.name}: Docker runs but user {host.config.user!r} cannot use it, not even with sudo",
-                             "give the user password-less sudo or membership of the docker group")
+                             "a local cluster and images = \"ship\" need a Docker engine here; "
+                             "\"build\" builds on the hosts") from None

@@ -38,12 +38,11 @@ class ServiceSpec:
     env: dict[str, str]     # its environment (may hold the token: written to a 0600 file)
     model_dir: str = ""     # a model directory on the host (mounted read-only into a container)
     admin_port: int = 0     # the orchestrator's admin listener: on the host's 127.0.0.1 only
-    # Docker on this machine only (empty elsewhere): container port -> "address:host port" (an empty
-    # host port: any free one), mounts (volume or directory -> "/path:ro|rw"), the network, more labels.
+    # Docker on this machine only (empty elsewhere: DockerRuntime.here): container port -> "address:host
+    # port" (an empty host port: any free one), mounts (volume or directory -> "/path:ro|rw"), the network.
     publish: dict[int, str] = field(default_factory=dict)
     mounts: dict[str, str] = field(default_factory=dict)
     network: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
 
 
 class LocalShell:
@@ -160,7 +159,7 @@ class Host:
         for path in files:
             mode = stat.S_IMODE(path.stat().st_mode) | 0o444
             self.put(path, f"{staging}/{path.relative_to(local_dir)}", mode=mode)
-        self.run(f"chmod 755 {quote(staging)} && touch {quote(staging)}/.complete && rm -rf {quote(target)} "
+        self.run(f"chmod -R a+rX {quote(staging)} && touch {quote(staging)}/.complete && rm -rf {quote(target)} "
                  f"&& mv {quote(staging)} {quote(target)}")
         return target
 
@@ -197,6 +196,17 @@ class RemoteHost(Host):
         conn = Connection(config.address, config.user, config.port, key_path=config.key or None,
                           connect_timeout=connect_timeout, known_hosts=store, label=config.name)
         return cls(config, conn)
+
+
+def readable_by_all(root: Path) -> bool:
+    """Whether a user with no relation to the files (a container's) can read every one of
+    them; a link among them may point out of the folder mounted, so it counts as unreadable."""
+    for path in [root, *root.rglob("*")]:
+        mode = path.stat().st_mode  # follows links, as the container would
+        need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0)
+        if mode & need != need or path.is_symlink():
+            return False
+    return True
 
 
 def model_digest(local_dir: Path, files: Optional[list[Path]] = None) -> str:

@@ -127,6 +127,9 @@ class ProcessRuntime:
         lines = "+1" if tail <= 0 else str(int(tail))  # 0: the whole log
         return f"tail -n {lines} {'-F ' if follow else ''}{quote(record.log)} 2>&1"
 
+    def running(self, host: Host, record: Service, marker: str) -> bool:
+        return self.alive(host, record.pid, marker)
+
     def alive(self, host: Host, pid: int, marker: str) -> bool:
         return bool(pid) and host.run(_has_marker(pid, marker), warn=True).ok
 

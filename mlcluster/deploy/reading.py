@@ -1,6 +1,7 @@
 """Reading a deployed cluster on its hosts, whoever provided them: a service's
 log, where things are, whether its autostop fired, the orchestrator's admin
-endpoints, the facts `status` shows (RemoteDeployment's, deploy/remote.py)."""
+endpoints, the facts `status` shows (the package's entry functions,
+deploy/__init__.py, call these)."""
 from __future__ import annotations
 
 import contextlib
@@ -15,74 +16,74 @@ from .options import RemoteOptions
 from .session import Session
 
 
-class DeployedCluster:
-    """See the module docstring."""
+def logs(state: ClusterState, options: Optional[RemoteOptions], target: Optional[str], follow: bool,
+         tail: int) -> Iterator[str]:
+    session = Session(state, options)
+    sid = target or "orchestrator"
+    record = session.resources.services.get(sid)
+    if record is None:
+        known = ", ".join(sorted(session.resources.services)) or "none"
+        raise MlclusterError(f"cluster {state.name!r} has no container {sid!r}", f"known: {known}")
+    host = session.connect(session.config_of(record.host), session.options.connect_timeout if session.options else 10.0)
+    command = session.runtime(record.runtime).log_command(host, record, follow, tail)
+    session.close()  # the runtimes' scratch files; the connection is opened again by the stream
+    return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
 
-    def logs(self, state: ClusterState, options: Optional[RemoteOptions], target: Optional[str], follow: bool,
-             tail: int) -> Iterator[str]:
-        session = Session(state, options)
-        sid = target or "orchestrator"
-        record = session.resources.services.get(sid)
-        if record is None:
-            known = ", ".join(sorted(session.resources.services)) or "none"
-            raise MlclusterError(f"cluster {state.name!r} has no service {sid!r}", f"known: {known}")
-        config = session.resources.hosts[record.host]
-        host = session.connect(config, session.options.connect_timeout if session.options else 10.0)
-        command = session.runtime(record.runtime).log_command(host, record, follow, tail)
-        session.close()  # the runtimes' scratch files; the connection is opened again by the stream
-        return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
 
-    def describe(self, state: ClusterState, options: Optional[RemoteOptions]) -> str:
-        recorded = state.resources.hosts
-        hosts = {h.name: (h.address, h.workdir) for h in (options.hosts() if options else [])}
-        hosts.update({n: (h.address, h.workdir) for n, h in recorded.items()})
-        listed = ", ".join(f"{n} ({address}, in {workdir})" for n, (address, workdir) in sorted(hosts.items()))
-        return (f"services on {len(hosts)} host(s): {listed or 'none recorded'}; their containers carry the label "
-                f"mlcluster.cluster={state.name}, their processes MLCLUSTER_MARKER=ssh:{state.name}:<host>")
+def describe(state: ClusterState, options: Optional[RemoteOptions]) -> str:
+    recorded = state.resources.hosts
+    hosts = {h.name: (h.address, h.workdir) for h in (options.hosts() if options else [])}
+    hosts.update({n: (h.address, h.workdir) for n, h in recorded.items()})
+    listed = ", ".join(f"{n} ({address}, in {workdir})" for n, (address, workdir) in sorted(hosts.items()))
+    return (f"services on {len(hosts)} host(s): {listed or 'none recorded'}; their containers carry the label "
+            f"mlcluster.cluster={state.name}, their processes MLCLUSTER_MARKER=ssh:{state.name}:<host>")
 
-    def stopped_itself(self, state: ClusterState, options: Optional[RemoteOptions]) -> Optional[str]:
-        """The orchestrator host's autostop record, read over SSH."""
-        session = Session(state, options)
-        try:
-            found = _orchestrator_host(session)
-            fired = watchdog.fired_remote(found[1]) if found else None
-        except MlclusterError:
-            return None
-        finally:
-            session.close()
-        return watchdog.describe(fired) if fired else None
 
-    @contextlib.contextmanager
-    def admin_channel(self, state: ClusterState, options: Optional[RemoteOptions]) -> Iterator[str]:
-        """The orchestrator's admin endpoints through SSH: a local port forwarded
-        over the checked connection to the orchestrator's host, to its admin
-        listener on that host's 127.0.0.1, so the token never crosses the
-        network in cleartext (and the public port does not serve them at all)."""
-        session = Session(state, options)
-        try:
-            found = _orchestrator_host(session)
-            if found is None:
-                raise MlclusterError(f"cluster {state.name!r} has no orchestrator recorded",
-                                     f"`mlcluster up --name {state.name}` starts it")
-            record, host = found
-            if record.admin_port:  # the admin listener, on the host's loopback
-                target, port = "127.0.0.1", record.admin_port
-            else:  # an orchestrator started before it had one serves them on its public port
-                target = "127.0.0.1" if host.config.bind in ("0.0.0.0", "::") else host.config.bind
-                port = record.port
-            from ..remote.forward import Forward  # paramiko: only where an admin channel is asked for
-            with Forward(host.conn, target, port) as forward:
-                yield forward.url
-        finally:
-            session.close()
+def stopped_itself(state: ClusterState, options: Optional[RemoteOptions]) -> Optional[str]:
+    """The orchestrator host's autostop record, read over SSH."""
+    session = Session(state, options)
+    try:
+        found = _orchestrator_host(session)
+        fired = watchdog.fired_remote(found[1]) if found else None
+    except MlclusterError:
+        return None
+    finally:
+        session.close()
+    return watchdog.describe(fired) if fired else None
 
-    def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
-        resources = state.resources
-        out = {}
-        for sid, record in resources.services.items():
-            host = resources.hosts.get(record.host)
-            out[sid] = {"host": record.host, "address": host.address if host else "", "runtime": record.runtime}
-        return out
+
+@contextlib.contextmanager
+def admin_channel(state: ClusterState, options: Optional[RemoteOptions]) -> Iterator[str]:
+    """The orchestrator's admin endpoints through SSH: a local port forwarded
+    over the checked connection to the orchestrator's host, to its admin
+    listener on that host's 127.0.0.1, so the token never crosses the
+    network in cleartext (and the public port does not serve them at all)."""
+    session = Session(state, options)
+    try:
+        found = _orchestrator_host(session)
+        if found is None:
+            raise MlclusterError(f"cluster {state.name!r} has no orchestrator recorded",
+                                 f"`mlcluster up --name {state.name}` starts it")
+        record, host = found
+        if record.admin_port:  # the admin listener, on the host's loopback
+            target, port = "127.0.0.1", record.admin_port
+        else:  # an orchestrator started before it had one serves them on its public port
+            target = "127.0.0.1" if host.config.bind in ("0.0.0.0", "::") else host.config.bind
+            port = record.port
+        from ..remote.forward import Forward  # paramiko: only where an admin channel is asked for
+        with Forward(host.conn, target, port) as forward:
+            yield forward.url
+    finally:
+        session.close()
+
+
+def details(state: ClusterState) -> dict[str, dict[str, str]]:
+    resources = state.resources
+    out = {}
+    for sid, record in resources.services.items():
+        host = resources.hosts.get(record.host)
+        out[sid] = {"host": record.host, "address": host.address if host else "", "runtime": record.runtime}
+    return out
 
 
 def _closing(lines: Iterator[str], host: Host) -> Iterator[str]:
@@ -99,4 +100,3 @@ def _orchestrator_host(session: Session) -> Optional[tuple[Service, Host]]:
         return None
     timeout = session.options.connect_timeout if session.options else 10.0
     return record, session.connect(session.resources.hosts[record.host], timeout)
-

@@ -19,12 +19,15 @@ Anything already running is kept, so a second `up` only fills the gaps.
 What differs on this machine is data (`HostConfig.local`, `RemoteOptions.free_ports`:
 ports picked free on 127.0.0.1 and kept while free; the simulated workers worker1..N
 are host records of this machine) and a few small branches (no SSH to wait for,
-the model used in place, the autostop agent and the controller started by the
-local provider).
+the hosts prepared and stopped one after another as they are one machine, the
+model used in place when the services can read it, a container's fixed ports
+published on 127.0.0.1 (DockerRuntime.here), the autostop agent and the
+controller started by the local provider).
 `down` stops the cluster's containers and processes on every host (the hosts
-and what was installed stay); `logs` reads a service's log over SSH. Every
-function after `up` also works from the hosts the state recorded alone
-(`options` None: the config changed or is gone).
+and what was installed stay). `down` also works from the hosts the state
+recorded alone (`options` None: the config changed or is gone). The ssh and
+aws controller's setup (elastic/pool_setup.py) is imported only where remote
+hosts are: it loads paramiko, which a local cluster never does.
 """
 from __future__ import annotations
 
@@ -32,11 +35,9 @@ import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .. import security, services
-from ..elastic import pool_setup
-from ..elastic.poolconfig import AWSFleet
 from ..errors import MlclusterError
 from ..models import OVERHEAD_TEST, is_local_dir
 from ..remote.group import HostsFailed, run_on_hosts
@@ -44,12 +45,15 @@ from ..resources import HostConfig, Service
 from ..state import ClusterSpec, ClusterState, ContainerRecord
 from ..ui import QuietUI
 from . import localhost, watchdog
-from .host import RemoteHost, ServiceSpec
+from .docker import ADMIN_PORT, ORCHESTRATOR_PORT, STATE_MOUNT, WORKER_PORT
+from .host import RemoteHost, ServiceSpec, readable_by_all
 from .options import RemoteOptions
 from .process import ProcessRuntime
-from .reading import DeployedCluster
 from .runtime import Deployment
 from .session import Session
+
+if TYPE_CHECKING:
+    from ..elastic.poolconfig import AWSFleet
 
 ORCHESTRATOR_READY_S = 90.0
 
@@ -64,13 +68,19 @@ def _url(address: str, port: int) -> str:
     return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
 
 
-class RemoteDeployment(DeployedCluster):
+def _pool_setup():
+    """The ssh and aws controller's setup, for remote hosts only (it loads paramiko)."""
+    from ..elastic import pool_setup
+    return pool_setup
+
+
+class RemoteDeployment:
     """See the module docstring."""
 
     # -- up ---------------------------------------------------------------
     def up(self, spec: ClusterSpec, state: ClusterState, options: RemoteOptions, ui: QuietUI,
            fleet: Optional[AWSFleet] = None) -> Deployment:
-        session = Session(state, options)
+        session = Session(state, options, spec)
         hosts = options.hosts()
         runtimes = {h.runtime for h in hosts}
         state.runtime = runtimes.pop() if len(runtimes) == 1 else "mixed"
@@ -81,14 +91,14 @@ class RemoteDeployment(DeployedCluster):
         try:
             self._reach(session, hosts, ui)
             if not here:
-                pool_setup.adopt_healed(session, options.orchestrator.name)  # what its controller restarted
+                _pool_setup().adopt_healed(session, options.orchestrator.name)  # what its controller restarted
             self._stop_unwanted(session, spec, options, ui)
             model = self._prepare(session, spec, options, ui)
             self._start_orchestrator(session, spec, options, ui)
             workers: dict[str, ServiceSpec] = {}
             containers = self._start_workers(session, spec, options, model, ui, workers)
             if state.provider == "ssh" or fleet is not None:  # aws: `fleet` replaces a lost instance
-                pool_setup.ensure(session, spec, options, workers, model, ui, fleet)
+                _pool_setup().ensure(session, spec, options, workers, model, ui, fleet)
             watch = watchdog.settings(spec, session.state.resources)
             if watch is not None and not here:  # this machine's agent: the local provider's
                 self._start_watchdogs(session, spec, options, *watch, ui)
@@ -98,7 +108,7 @@ class RemoteDeployment(DeployedCluster):
                 url, what=f"the orchestrator on {options.orchestrator.name}", timeout=ORCHESTRATOR_READY_S,
                 session=security.http_session(state),
                 hint="check that this machine can reach its orchestrator_port (firewall, security group); "
-                     "`mlcluster logs` shows its log", **(_watched(orchestrator, state.name) if here else {}))
+                     "`mlcluster logs` shows its log", **(_watched(session, orchestrator) if here else {}))
             return Deployment(orchestrator_url=url, containers=containers)
         finally:
             session.close()
@@ -125,7 +135,7 @@ class RemoteDeployment(DeployedCluster):
         by_host: dict[str, dict[str, Service]] = {}
         keep_watchdogs = bool(spec.autostop or spec.max_lifetime)  # replaced by _start_watchdogs if changed
         for sid, record in list(session.resources.services.items()):
-            if (keep_watchdogs and record.kind == "watchdog") or record.kind == pool_setup.CONTROLLER:
+            if (keep_watchdogs and record.kind == "watchdog") or record.kind == "controller":
                 continue
             host = wanted.get(sid)
             if host is None or record.host != host.name or record.runtime != host.runtime:
@@ -147,6 +157,10 @@ class RemoteDeployment(DeployedCluster):
         """Runtime and model on every host; returns each worker host's model reference."""
         worker_names = {w.name for w in [*options.workers, *options.spares]}  # a spare may take containers
         local_model = is_local_dir(spec.model)
+        # This machine: the model used in place (the local provider resolved it), unless it is for
+        # containers whose user could not read it: then copied, as onto any host, readable by all.
+        in_place = options.orchestrator.local and (options.orchestrator.runtime == "process" or not local_model
+                                                   or readable_by_all(Path(spec.model)))
         models: dict[str, str] = {}
 
         def prepare(name: str, step) -> None:
@@ -156,15 +170,13 @@ class RemoteDeployment(DeployedCluster):
             step.update(f"{name}: preparing the {host.config.runtime} runtime")
             session.runtime(host.config.runtime).prepare(host, step)
             if name in worker_names:
-                if host.config.local:  # this machine: the model where it is (the local provider resolved it)
-                    models[name] = spec.model
-                elif local_model:
-                    step.update(f"{name}: uploading the model")
+                if local_model and not in_place:
+                    step.update(f"{name}: {'copying' if host.config.local else 'uploading'} the model")
                     models[name] = host.upload_model(Path(spec.model).expanduser().resolve())
                 else:
                     models[name] = spec.model
 
-        run_on_hosts([h.name for h in options.hosts()], prepare, ui, what="preparing")
+        run_on_hosts([h.name for h in options.hosts()], prepare, ui, what="preparing", max_parallel=_parallel(options))
         return models
 
     def _start_orchestrator(self, session: Session, spec: ClusterSpec, options: RemoteOptions, ui: QuietUI) -> None:
@@ -172,27 +184,32 @@ class RemoteDeployment(DeployedCluster):
         host = session.hosts[config.name]
         runtime = session.runtime(config.runtime)
         docker, mark = config.runtime == "docker", marker(spec.name, config)
+        inside = docker and config.local  # a container here: fixed ports inside, published on 127.0.0.1
         known = session.services_on(config.name).get("orchestrator")
         port = _port(session, known, options.orchestrator_port, requested=options.orchestrator_port)
         admin_port = _port(session, known, options.admin_port, admin=True, avoid=port)
+        listen, admin_listen = (ORCHESTRATOR_PORT, ADMIN_PORT) if inside else (port, admin_port)
         # The admin endpoints on the host's loopback only (a container's port is published there
         # only), so the CLI reaches them through SSH and the public port answers them 404.
         env = services.orchestrator_env(
-            port=port, token=session.state.token, worker_token=session.state.worker_token,
+            port=listen, token=session.state.token, worker_token=session.state.worker_token,
             host="0.0.0.0" if docker else config.bind, queue_limit=spec.queue_limit,
-            queue_timeout_s=spec.queue_timeout_s, marker=mark,
-            status_file="" if docker else host.path("orchestrator-status.json"),
-            admin_bind=f"{'0.0.0.0' if docker else '127.0.0.1'}:{admin_port}")
+            queue_timeout_s=spec.queue_timeout_s, marker="" if inside else mark,
+            status_file=f"{STATE_MOUNT}/registry.json" if inside else "" if docker else host.path(
+                "orchestrator-status.json"),
+            admin_bind=f"{'0.0.0.0' if docker else '127.0.0.1'}:{admin_listen}")
         env.update(options.orchestrator_env)
         env.update(security.orchestrator_env(session.state, inline=True))  # TLS and API keys, when asked
-        service = ServiceSpec("orchestrator", "orchestrator", port, env, admin_port=admin_port)
+        service = ServiceSpec("orchestrator", "orchestrator", listen, env, admin_port=admin_listen)
+        if inside:
+            service = runtime.here(service, port, admin_port)
         with ui.step(f"starting the orchestrator on {config.name}"):
-            if known and known.runtime == "process" and known.admin_port != service.admin_port:
+            if known and known.runtime == "process" and known.admin_port != admin_port:
                 runtime.stop(host, {"orchestrator": known}, mark, only=True)
                 known = None  # started before its admin listener moved (or existed): start it anew
             record = runtime.start(host, service, mark, known)
-            session.record_service("orchestrator", dataclasses.replace(record, host=config.name, port=service.port,
-                                                                       admin_port=service.admin_port))
+            session.record_service("orchestrator", dataclasses.replace(record, host=config.name, port=port,
+                                                                       admin_port=admin_port))
             runtime.verify(host, mark)
 
     def _start_workers(self, session: Session, spec: ClusterSpec, options: RemoteOptions,
@@ -205,17 +222,20 @@ class RemoteDeployment(DeployedCluster):
             known = session.services_on(name)
             sharing = len(options.workers) if config.local else 1  # this machine's simulated workers share it
             threads = max(1, host.cpus // (per_host * sharing))
+            inside = config.local and config.runtime == "docker"  # reached by its name on the cluster's network
             records = []
             for i in range(1, per_host + 1):
                 sid = f"{name}-{i}"
-                port = _port(session, known.get(sid), options.worker_port + i - 1)
+                port = WORKER_PORT if inside else _port(session, known.get(sid), options.worker_port + i - 1)
                 step.update(f"{name}: starting {sid} ({i}/{per_host})")
                 service = self._worker_service(spec, session.state, options, config, sid, port, models[name],
                                                threads)
-                record = runtime.start(host, service, marker(spec.name, config), known.get(sid))
+                record = runtime.start(host, runtime.here(service) if inside else service, marker(spec.name, config),
+                                       known.get(sid))
                 session.record_service(sid, dataclasses.replace(record, host=name, port=port, worker=name))
                 specs[sid] = service
-                records.append(ContainerRecord(id=sid, host=config.private_address, port=port, worker=name))
+                records.append(ContainerRecord(id=sid, host=record.container if inside else config.private_address,
+                                               port=port, worker=name))
             runtime.verify(host, marker(spec.name, config))
             return records
 
@@ -228,7 +248,7 @@ class RemoteDeployment(DeployedCluster):
         """One autostop agent per host (deploy/watchdog.py); on the orchestrator's host
         the healing controller is that agent when it runs (one agent per cluster there)."""
         orch = options.orchestrator
-        absorbed = pool_setup.CONTROLLER in session.resources.services
+        absorbed = _pool_setup().CONTROLLER in session.resources.services
         old = session.resources.services.get(f"watchdog-{orch.name}")
         if absorbed and old is not None:
             ProcessRuntime().stop(session.hosts[orch.name], {old.kind: old}, marker(spec.name, orch), only=True)
@@ -255,7 +275,8 @@ class RemoteDeployment(DeployedCluster):
             model="/model" if docker and model_dir else model, port=port,
             host="0.0.0.0" if docker else config.bind, torch_threads=threads, worker_id=sid,
             service_ms=spec.service_ms if model == OVERHEAD_TEST else None,
-            marker=marker(spec.name, config), **services.cluster_worker_settings(spec, state))
+            marker="" if docker and config.local else marker(spec.name, config),  # none in a container here
+            **services.cluster_worker_settings(spec, state))
         if config.local and model_dir:
             env["HF_HUB_OFFLINE"] = "1"  # a model directory here: no hub lookup (it would retry for long)
         env.update(options.worker_env)
@@ -271,12 +292,13 @@ class RemoteDeployment(DeployedCluster):
             hosts.setdefault(config.name, config)
         left: list[str] = []
         connect_timeout = options.connect_timeout if options else 10.0
+        here = any(h.local for h in hosts.values())
 
         def stop(host_name: str, step) -> None:
             config = hosts[host_name]
             host = session.reach(config, time.monotonic() + 2 * connect_timeout)
             if session.state.provider == "ssh":
-                pool_setup.remove(session, host, options)
+                _pool_setup().remove(session, host, options)
             records = session.services_on(host_name)
             kinds = {r.runtime for r in records.values()} | {config.runtime}
             for kind in sorted(kinds):
@@ -289,7 +311,7 @@ class RemoteDeployment(DeployedCluster):
 
         try:
             self._stop_controller(session, hosts, connect_timeout)  # first: it would start what `down` stops
-            run_on_hosts(sorted(hosts), stop, ui, what="stopping")
+            run_on_hosts(sorted(hosts), stop, ui, what="stopping", max_parallel=1 if here else 16)
         except HostsFailed as exc:
             left.extend(f"{o.host} ({hosts[o.host].address}): {o.error}; its services may still run"
                         for o in exc.outcomes if not o.ok)
@@ -297,15 +319,16 @@ class RemoteDeployment(DeployedCluster):
             left.append(str(exc))
         finally:
             session.close()
-        if not left:
-            pool_setup.forget_key(state.dir)
+        if not left and not here:
+            _pool_setup().forget_key(state.dir)
         return left
 
     @staticmethod
     def _stop_controller(session: Session, hosts: dict[str, HostConfig], connect_timeout: float) -> None:
-        record = session.resources.services.get(pool_setup.CONTROLLER)
+        record = session.resources.services.get("controller")
         if record is None or record.host not in hosts or hosts[record.host].local:  # this machine's: the provider's
             return
+        pool_setup = _pool_setup()
         host = RemoteHost.connect(hosts[record.host], session.store, connect_timeout)
         with contextlib.suppress(MlclusterError), contextlib.closing(host):  # unreachable: its host's stop says so
             host.prepare_workdir()
@@ -322,7 +345,8 @@ def _port(session: Session, known: Optional[Service], fixed: int, requested: int
     if not (session.options and session.options.free_ports):
         return fixed
     previous = (known.admin_port if admin else known.port) if known else 0
-    if previous and known and localhost.is_alive(known.pid, localhost.marker(session.state.name)):
+    if previous and known and (known.runtime == "docker" or localhost.is_alive(known.pid, localhost.marker(
+            session.state.name))):  # a container keeps its port published while it exists
         return previous
     if requested and not admin:
         if not localhost.port_free(requested):
@@ -332,8 +356,14 @@ def _port(session: Session, known: Optional[Service], fixed: int, requested: int
     return previous if previous and localhost.port_free(previous) else localhost.free_port(avoid)
 
 
-def _watched(record: Service, cluster: str) -> dict:
+def _parallel(options: RemoteOptions) -> int:
+    """Hosts worked on at once: this machine's hosts one after another (they share its work)."""
+    return 1 if options.orchestrator.local else 16
+
+
+def _watched(session: Session, record: Service) -> dict:
     """How `wait_answering` sees an orchestrator on this machine die, and its log's last lines."""
-    mark = localhost.marker(cluster)
-    return {"running": lambda: localhost.is_alive(record.pid, mark) and not localhost.is_zombie(record.pid),
-            "log_tail": lambda: "".join(localhost.read_log(Path(record.log), False, 15))}
+    host, runtime = session.hosts[record.host], session.runtime(record.runtime)
+    mark = marker(session.state.name, host.config)
+    return {"running": lambda: runtime.running(host, record, mark),
+            "log_tail": lambda: host.run(runtime.log_command(host, record, False, 15), warn=True).stdout}

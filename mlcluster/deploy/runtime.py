@@ -44,6 +44,9 @@ class Runtime(Protocol):
         """Stop the recorded services (and, unless `only`, anything else carrying
         `marker`); return sentences naming what still runs."""
 
+    def running(self, host: Host, record: Service, marker: str) -> bool:
+        """Whether the service `record` names still runs (or, a container, is restarting)."""
+
     def log_command(self, host: Host, record: Service, follow: bool, tail: int) -> str:
         """The shell command that prints the service's log on the host."""
 

@@ -1,34 +1,46 @@
-"""The remote deployment's working set for one command (deploy/remote.py):
-the cluster's state and its hosts and services, saved under one lock (many threads
-record what they start at once), the host-key store, the connections made, and
-one runtime object per kind."""
+"""The deployment's working set for one command (deploy/remote.py): the
+cluster's state and its hosts and services, saved under one lock (many threads
+record what they start at once), the host-key store (made when a remote host
+is first reached: it loads paramiko, which a local cluster never does), the
+connections made, and one runtime object per kind."""
 from __future__ import annotations
 
 import dataclasses
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from ..remote.connection import HostKeyStore
 from ..resources import HostConfig, Service
-from ..state import ClusterState
+from ..state import ClusterSpec, ClusterState
 from .host import Host, LocalHost, RemoteHost
 from .options import RemoteOptions
 from .process import ProcessRuntime
 from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from ..remote.connection import HostKeyStore
 
 
 class Session:
     """Everything one command needs: the state (saved under one lock, as many
     threads record what they start), the host-key store and the connections."""
 
-    def __init__(self, state: ClusterState, options: Optional[RemoteOptions]):
+    def __init__(self, state: ClusterState, options: Optional[RemoteOptions], spec: Optional[ClusterSpec] = None):
         self.state, self.options = state, options
+        self.spec = spec or state.spec  # what `up` deploys (the backend: which worker image)
         self.lock = threading.RLock()
         self._runtimes: dict[str, Runtime] = {}
-        self.store = HostKeyStore(state.resources.host_keys, on_change=self.save, lock=self.lock)
+        self._store: Optional[HostKeyStore] = None
         self.resources = state.resources
         self.hosts: dict[str, RemoteHost] = {}
+
+    @property
+    def store(self) -> "HostKeyStore":
+        with self.lock:
+            if self._store is None:
+                from ..remote.connection import HostKeyStore
+                self._store = HostKeyStore(self.resources.host_keys, on_change=self.save, lock=self.lock)
+            return self._store
 
     def save(self) -> None:
         with self.lock:
@@ -50,6 +62,13 @@ class Session:
     def services_on(self, host: str) -> dict[str, Service]:
         with self.lock:
             return {k: dataclasses.replace(v) for k, v in self.resources.services.items() if v.host == host}
+
+    def config_of(self, host: str) -> HostConfig:
+        """The host's record: as recorded, else as the options have it (a file written before
+        this machine's hosts were recorded)."""
+        if host in self.resources.hosts or self.options is None:
+            return self.resources.hosts[host]
+        return self.options.host(host)
 
     def connect(self, config: HostConfig, timeout: float) -> Host:
         host = LocalHost(Path(config.workdir), config) if config.local else RemoteHost.connect(config, self.store, timeout)
@@ -75,8 +94,8 @@ class Session:
                 else:
                     from ..images import worker_kind
                     from .docker import DockerRuntime
-                    self._runtimes[kind] = DockerRuntime(self.options, self.state.name,
-                                                         worker_kind(self.state.spec.backend))
+                    self._runtimes[kind] = DockerRuntime(self.options, self.state.name, worker_kind(self.spec.backend),
+                                                         local=self.state.provider == "local")
             return self._runtimes[kind]
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -149,9 +150,12 @@ def stop_local_cluster(name: str) -> None:
     """What a fired agent on this machine runs: stop the cluster's processes and containers."""
     localhost.terminate(set(localhost.find_marked(localhost.marker(name))))
     state = ClusterState.load_or_none(name)
-    if state is not None and state.runtime == "docker":
-        from .local_docker import stop_containers
-        stop_containers(name)
+    if state is not None and state.runtime == "docker":  # stopped, not removed: `down` removes them
+        from .docker import DockerRuntime
+        labels = DockerRuntime(None, name, local=True).label_filter()
+        for role in ("orchestrator", "worker"):
+            subprocess.run(["sh", "-c", f"docker ps -q {labels} --filter label=mlcluster.role={role} "
+                                        "| xargs -r docker stop -t 10 >/dev/null"], capture_output=True, timeout=120)
 
 
 # -- a remote host -----------------------------------------------------------------

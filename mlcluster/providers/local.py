@@ -1,78 +1,64 @@
 """The local provider: the whole cluster on this machine.
 
-Runtime `process` (the default): one orchestrator and N×M worker processes
-(gunicorn), each in its own session, on free loopback ports, deployed by the
-same code as any provider's hosts (deploy/remote.py): this machine is the
-orchestrator's host record and one per simulated worker (`hosts`): worker2's
-containers are `worker2-1`, `worker2-2`, ...
-Runtime `docker`: delegated to `LocalDockerDeployment` (deploy/local_docker.py).
+This machine is the cluster's hosts (`hosts`): the orchestrator's host record
+and one per simulated worker (worker2's containers are `worker2-1`,
+`worker2-2`, ...), deployed onto by the deployment layer like any provider's
+hosts (`deploy.deploy`), with the runtime the spec asks for:
+- `process` (the default): one orchestrator and N×M worker processes
+  (gunicorn), each in its own session, on free loopback ports;
+- `docker`: the same as containers on this machine's engine, on the cluster's
+  own network, published on 127.0.0.1 only (deploy/docker.py).
 
-Every process carries MLCLUSTER_MARKER=<name>@<state dir> in its environment;
-`down` finds them by it when the state is lost (never by name patterns).
+Every process carries MLCLUSTER_MARKER=<name>@<state dir> in its environment,
+every container and network and volume the cluster's labels; `down` finds
+them by those when the state is lost (never by name patterns).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from pathlib import Path
 from typing import ContextManager, Iterator, Optional
 
+from .. import deploy
 from ..deploy import watchdog
 from ..deploy.host import LocalHost, local_config
-from ..deploy.localhost import LOOPBACK, find_marked, marker, read_log
+from ..deploy.localhost import LOOPBACK, find_marked, marker
 from ..deploy.options import RemoteOptions
 from ..deploy.process import ProcessRuntime
 from ..deploy.runtime import Deployment
 from ..elastic import local as elastic
 from ..errors import MlclusterError
-from ..models import resolve_model
-from ..resources import LOCAL_HOST
+from ..models import hub_snapshot, resolve_model
+from ..resources import LOCAL_HOST, DockerSetup
 from ..state import ClusterSpec, ClusterState, cluster_dir
 from ..ui import QuietUI
 from .base import CostPlan
 
 
-def docker_engine_answers() -> bool:
-    try:
-        import docker
-        docker.from_env(timeout=3).ping()
-        return True
-    except Exception:  # any failure means "no usable engine here"
-        return False
-
-
 class LocalProvider:
     name = "local"
 
-    def _docker(self):
-        from ..deploy.local_docker import LocalDockerDeployment
-        return LocalDockerDeployment()
-
-    def _runtime(self, spec_or_state_runtime: str) -> str:
-        if spec_or_state_runtime == "auto":
-            return "process"  # Docker only when asked: the first build takes minutes
-        return spec_or_state_runtime
-
     # -- up ---------------------------------------------------------------
     def up(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
-        runtime = self._runtime(spec.runtime)
+        runtime = "process" if spec.runtime == "auto" else spec.runtime  # Docker only when asked: builds take minutes
         if not state.resources.is_empty() and state.runtime != runtime:
             raise MlclusterError(f"cluster {spec.name!r} already runs with the {state.runtime} runtime",
                                  f"`mlcluster down --name {spec.name}` first to change it")
-        state.runtime = runtime
         if runtime == "docker":
-            if not docker_engine_answers():
-                raise MlclusterError("no Docker engine answers on this machine",
-                                     "start dockerd, or use --runtime process")
-            deployment = self._docker().up(spec, state, ui)
-        else:  # the model resolved (fetched, or its stand-in made) here, once, before anything starts
-            model = resolve_model(spec.model, ui).ref
-            deployment = self._deployment().up(dataclasses.replace(spec, model=model), state, self.hosts(spec), ui)
+            if spec.max_containers:
+                raise MlclusterError("autoscaling needs the process runtime for now", "leave out --runtime docker")
+            from ..deploy.docker import connect
+            connect(timeout=3).close()  # or why no engine answers
+            state.resources.docker = state.resources.docker or DockerSetup()  # `down` looks for its labels
+        state.runtime = runtime
+        # The model resolved (fetched, or its stand-in made) here, once, before anything starts; a
+        # container gets a cached hub model's folder mounted (it may not reach the hub itself).
+        model = resolve_model(spec.model, ui)
+        ref = model.ref if runtime == "process" or model.local else str(hub_snapshot(model.ref) or model.ref)
+        deployment = deploy.deploy(dataclasses.replace(spec, model=ref), state, self.hosts(spec, runtime), ui)
         self._watchdog(spec, state, deployment.orchestrator_url, ui)
         if runtime == "process":  # heals always; scales with --max-containers (mlcluster/elastic)
             elastic.ensure_controller(state)
-        elif spec.max_containers:
-            raise MlclusterError("autoscaling needs the process runtime for now", "leave out --runtime docker")
         return deployment
 
     @staticmethod
@@ -88,30 +74,28 @@ class LocalProvider:
         state.save()
 
     @staticmethod
-    def hosts(spec: ClusterSpec) -> RemoteOptions:
+    def hosts(spec: ClusterSpec, runtime: str = "process") -> RemoteOptions:
         """This machine as the cluster's hosts: the orchestrator's (LOCAL_HOST) and one
-        record per simulated worker (worker1..N), deployed onto like any provider's
-        (deploy/remote.py), with ports picked free on 127.0.0.1."""
-        logs = cluster_dir(spec.name) / "logs"
+        record per simulated worker (worker1..N), with ports picked free on 127.0.0.1."""
+        workdir = cluster_dir(spec.name) / ("docker" if runtime == "docker" else "logs")
         requested = spec.provider_options.get("local", {}).get("port")
-        return RemoteOptions(orchestrator=local_config(LOCAL_HOST, logs),
-                             workers=[local_config(f"worker{w}", logs) for w in range(1, spec.workers + 1)],
+        return RemoteOptions(orchestrator=local_config(LOCAL_HOST, workdir, runtime),
+                             workers=[local_config(f"worker{w}", workdir, runtime) for w in range(1, spec.workers + 1)],
                              orchestrator_port=int(requested or 0), admin_port=0, worker_port=0, free_ports=True)
 
-    @staticmethod
-    def _deployment():
-        from ..deploy.remote import RemoteDeployment  # paramiko: never for `list` or `status`
-        return RemoteDeployment()
+    def _recorded(self, state: ClusterState) -> RemoteOptions:
+        """The hosts `up` deployed onto (the state's name wins over its spec's)."""
+        return self.hosts(dataclasses.replace(state.spec, name=state.name), state.runtime)
 
     # -- down -------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
         left: list[str] = []
-        if (state is None or state.runtime == "docker" or state.resources.is_empty()) and docker_engine_answers():
-            left += self._docker().down(name, state, ui)
-        if state is not None:  # first, so it heals nothing that is being stopped
-            elastic.stop_controller(state)
-        if state is not None and state.runtime == "process":  # as on any provider's hosts (deploy/remote.py)
-            left += self._deployment().down(name, state, self.hosts(state.spec), ui)
+        if state is not None:
+            elastic.stop_controller(state)  # first, so it heals nothing that is being stopped
+            left += deploy.remove(name, state, self._recorded(state), ui)
+        if state is None or state.resources.is_empty():  # the state lost: whatever carries the cluster's labels
+            from ..deploy.docker import DockerRuntime
+            left += DockerRuntime(None, name, local=True).stop(LocalHost(cluster_dir(name) / "docker"), {}, "")
         # Whatever else carries the marker (the state lost, a stray), and the services' env files (they hold the token).
         strays = find_marked(marker(name))
         if strays or state is None:
@@ -123,15 +107,7 @@ class LocalProvider:
 
     # -- logs, details ----------------------------------------------------
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
-        if state.runtime == "docker":
-            yield from self._docker().logs(state, target, follow, tail)
-            return
-        target = target or "orchestrator"
-        record = state.resources.services.get(target)
-        if record is None:
-            known = ", ".join(state.resources.services)
-            raise MlclusterError(f"cluster {state.name!r} has no container {target!r}", f"known: {known}")
-        yield from read_log(Path(record.log), follow, tail)
+        return deploy.logs(state, self._recorded(state), target, follow, tail)
 
     def describe(self, state: ClusterState) -> str:
         if state.runtime == "docker":
@@ -154,6 +130,9 @@ class LocalProvider:
         return None  # nothing here costs money: `up` needs no confirmation
 
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
-        if state.runtime == "docker":
-            return self._docker().details(state)
-        return {sid: {"pid": str(p.pid), "worker": p.worker} for sid, p in state.resources.of_kind("worker").items()}
+        workers = state.resources.of_kind("worker")
+        if state.runtime != "docker":
+            return {sid: {"pid": str(p.pid), "worker": p.worker} for sid, p in workers.items()}
+        from ..deploy.docker import DockerRuntime
+        facts = DockerRuntime(None, state.name, local=True).facts(LocalHost(cluster_dir(state.name) / "docker"), workers)
+        return {sid: {"worker": p.worker, **facts.get(sid, {})} for sid, p in workers.items()}

@@ -1,5 +1,5 @@
 """The aws provider: EC2 instances made with boto3, then the deployment layer's
-remote deployment onto them (deploy/remote.py), as for the ssh provider's hosts.
+deployment onto them (`deploy.deploy`), as for the ssh provider's hosts.
 
 `up`: image and network -> key pair -> security group and its rules ->
 instances (one orchestrator, N workers; those found by tag are reused,
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Optional
 
+from ... import deploy
 from ...deploy.options import SETTINGS, RemoteOptions, parse_settings
-from ...deploy.remote import RemoteDeployment
 from ...deploy.runtime import Deployment
 from ...errors import MlclusterError
 from ...remote.connection import HostKeyStore
@@ -257,7 +257,7 @@ class AWSProvider:
     # -- up: the ssh deployment ------------------------------------------------
     def deploy(self, spec: ClusterSpec, state: ClusterState, instances: dict[str, Instance],
                ui: QuietUI) -> Deployment:
-        """Wait for SSH on the instances, then deploy onto them (deploy/remote.py)."""
+        """Wait for SSH on the instances, then deploy onto them (`deploy.deploy`)."""
         o = AWSOptions.from_spec(spec)
         with accounted(state, ui):
             addressed = addresses(o, instances)
@@ -267,7 +267,7 @@ class AWSProvider:
             state.save()
             wait_for_ssh({n: a[0] for n, a in addressed.items()}, o.user, key_file, store, o.ssh_timeout_s, ui)
             fleet = fleet_of(self.connect(o), state, o, options.orchestrator.port)  # the controller replaces lost ones
-            return RemoteDeployment().up(spec, state, options, ui, fleet)
+            return deploy.deploy(spec, state, options, ui, fleet)
 
     # -- down ---------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
@@ -334,11 +334,11 @@ class AWSProvider:
         return None
 
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
-        return RemoteDeployment().logs(state, _recorded_options(state), target, follow, tail)
+        return deploy.logs(state, _recorded_options(state), target, follow, tail)
 
     def admin_channel(self, state: ClusterState) -> ContextManager[str]:
         # over the instances' checked SSH connections
-        return RemoteDeployment().admin_channel(state, _recorded_options(state))
+        return deploy.admin_channel(state, _recorded_options(state))
 
 
 def _recorded_options(state: ClusterState) -> Optional[RemoteOptions]:

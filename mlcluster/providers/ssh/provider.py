@@ -1,6 +1,6 @@
 """The ssh provider: machines you already have, listed in the config's `[ssh]`
 table (providers/ssh/options.py), reached over SSH. It only says which hosts
-there are; what runs on them is the deployment layer's (deploy/remote.py).
+there are; what runs on them is the deployment layer's (mlcluster/deploy).
 
 Nothing here costs money, so `up` needs no confirmation (`plan` is None).
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import ContextManager, Iterator, Optional
 
+from ... import deploy
 from ...deploy.options import RemoteOptions
-from ...deploy.remote import RemoteDeployment
 from ...deploy.runtime import Deployment
 from ...errors import MlclusterError
 from ...state import ClusterSpec, ClusterState
@@ -21,29 +21,26 @@ from .options import parse_options
 class SSHProvider:
     name = "ssh"
 
-    def __init__(self) -> None:
-        self.deployment = RemoteDeployment()
-
     def up(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
-        return self.deployment.up(spec, state, parse_options(spec), ui)
+        return deploy.deploy(spec, state, parse_options(spec), ui)
 
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
-        return self.deployment.down(name, state, _options_or_none(state), ui)
+        return deploy.remove(name, state, _options_or_none(state), ui)
 
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
-        return self.deployment.logs(state, _options_or_none(state), target, follow, tail)
+        return deploy.logs(state, _options_or_none(state), target, follow, tail)
 
     def describe(self, state: ClusterState) -> str:
-        return self.deployment.describe(state, _options_or_none(state))
+        return deploy.describe(state, _options_or_none(state))
 
     def stopped_itself(self, state: ClusterState) -> Optional[str]:
-        return self.deployment.stopped_itself(state, _options_or_none(state))
+        return deploy.stopped_itself(state, _options_or_none(state))
 
     def admin_channel(self, state: ClusterState) -> ContextManager[str]:
-        return self.deployment.admin_channel(state, _options_or_none(state))
+        return deploy.admin_channel(state, _options_or_none(state))
 
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
-        return self.deployment.details(state)
+        return deploy.details(state)
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation
