@@ -21,7 +21,7 @@ def events(name: Name = "default", as_json: JsonFlag = False,
            ) -> None:
     """The controller's decisions (heal, scale_up, scale_down...) and each roll's waves, with their time and reason."""
     state = ClusterState.load(name)  # an unknown cluster is a known error, not an empty list
-    remote = state.spec.provider == "ssh"  # its controller writes them on the orchestrator's host
+    remote = state.spec.provider in ("ssh", "aws")  # its controller writes them on the orchestrator's host
     if not follow:
         found = event_log.read(state.dir, last)
         if remote:

@@ -13,6 +13,14 @@ replacement's user data; the host key is recorded at the first login to
 that new instance and pinned from then on, as `up` does for a new instance)
 and starts the lost worker's containers there as it heals a host in place.
 
+Scaled away is not lost: one of `up`'s worker instances whose containers
+the scaler parked (elastic/poolscaler.py) is terminated on purpose
+(`scale_away`) and kept as parked, never replaced; one that is terminated
+or reclaimed while it holds nothing but parked containers (`look`'s
+`empty`) is parked the same way. When the rule wants its containers again,
+it is launched again under its name (`launch(name)`) and its containers
+come back on it; `up`'s instance it was is never counted twice.
+
 `fleet_of` (providers/aws/fleet.py) is `up`'s side: the record (elastic/poolconfig.py's AWSFleet) it
 writes into the controller's config. The instances the controller launched
 are kept in `controller-aws.json` beside its config (with the host key
@@ -56,14 +64,22 @@ class Fleet:
         self.grown: set[str] = set()  # the instances it launched to scale (only those it terminates)
         self.next_pending = 0.0
         self.discarded: set[str] = set()  # instances terminated because they could not be made ready
+        self.parked: dict[str, str] = {}  # up's instances scaled away: name -> the id terminated
+        self.relaunched: set[str] = set()  # up's launched again for their parked containers, not all back yet
         try:
             saved = json.loads(self.path.read_text())
             self.instances.update(saved["instances"])
             self.pending.update(saved["pending"])
             self.hosts.update(saved.get("hosts", {}))
             self.grown.update(saved.get("grown", []))
+            # parked under the instance `up` had then: a later `up` that launched it again un-parks it
+            self.parked.update({n: i for n, (i, up) in saved.get("parked", {}).items()
+                                if up == config.instances.get(n, "")})
+            self.relaunched.update(n for n in saved.get("relaunched", []) if n in self.instances)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
+        for name in self.parked:
+            self.instances.pop(name, None)
 
     def known(self) -> list[tuple[str, str, str, str]]:
         """(name, id, address, pinned key) of the replacements reached before a restart that `up` does not know yet."""
@@ -82,8 +98,10 @@ class Fleet:
         return LaunchSpec(self.cluster, Image(c.image_id, c.root_device, ""), c.instance_type, c.key_name,
                           c.security_group, c.volume_gb, c.user_data)
 
-    def look(self, now: float) -> list[tuple[str, str, str]]:
-        """Replace what was lost; (name, instance id, address) of each replacement that now runs."""
+    def look(self, now: float, empty: frozenset[str] = frozenset()) -> list[tuple[str, str, str]]:
+        """Replace what was lost; (name, instance id, address) of each replacement that now runs.
+        `empty`: `up`'s instances holding nothing but parked containers: one of them lost is scaled away
+        (parked, not replaced)."""
         if now < self.next_look:
             if self.aws is None or not self.pending or now < self.next_pending:
                 return []
@@ -97,14 +115,27 @@ class Fleet:
                 self.say_once("stopped", f"the orchestrator's instance is {own[0].state}: no replacement is "
                                          "launched any more", "")
                 return []
+            found = heal.look(self.aws, self.cluster, self.instances)
+            self.lost_while_empty(found, empty)
             result = heal.heal(self.aws, self.launch_spec(), [tuple(z) for z in self.config.zones], self.instances,
-                               self.config.cap, Market(self.config.spot, self.config.fallback))
+                               self.config.cap, Market(self.config.spot, self.config.fallback), found=found)
             self.record(result)
             return self.running()
         except MlclusterError as exc:
             self.say_once("error", f"EC2 (with the orchestrator instance's profile): {exc.message}", "")
             self.aws = None  # a fresh session next time (its credentials may have been refreshed)
             return []
+
+    def lost_while_empty(self, found: list, empty: frozenset[str]) -> None:
+        """An empty instance of `up`'s that was terminated or reclaimed: scaled away, not replaced."""
+        states = {i.id: i.state for i in found}
+        for name in sorted(n for n in empty if n in self.instances and n not in self.grown):
+            instance_id = self.instances[name]
+            state = states.get(instance_id, "unknown to EC2")
+            if state in heal.LOST_STATES or state == "unknown to EC2":
+                self.park(name, instance_id)
+                self.say("scale_down", f"{name} ({instance_id}) is {state} while its containers are all parked: "
+                                       "scaled away, not replaced (launched again when they are wanted)", name)
 
     def record(self, result: heal.HealResult) -> None:
         for r in result.replaced:
@@ -135,18 +166,19 @@ class Fleet:
 
     # -- scaling (elastic/poolscaler.py) -------------------------------------------
     def new_name(self) -> str:
-        """The next worker name: one past the highest number in use."""
-        numbers = [int(n[len("worker"):]) for n in self.instances if n[len("worker"):].isdigit()]
+        """The next worker name: one past the highest number in use (a parked one's too)."""
+        numbers = [int(n[len("worker"):]) for n in [*self.instances, *self.parked] if n[len("worker"):].isdigit()]
         return f"worker{max(numbers, default=0) + 1}"
 
     def coming(self) -> int:
         """Instances launched to scale that do not run yet."""
         return sum(1 for n in self.pending if n in self.grown)
 
-    def launch(self) -> tuple[str, str]:
+    def launch(self, name: str = "") -> tuple[str, str]:
         """A tagged worker instance for containers with no room (the cap is the caller's to keep):
-        (its name, a sentence), or ("", why not)."""
-        name = self.new_name()
+        (its name, a sentence), or ("", why not). `name`: one of `up`'s scaled away, launched again
+        for its parked containers."""
+        again, name = bool(name), name or self.new_name()
         try:
             self.aws = self.aws or self.connect()
             launched = spot.launch_worker(self.aws, self.launch_spec(), name, [tuple(z) for z in self.config.zones],
@@ -155,10 +187,14 @@ class Fleet:
             self.aws = None
             return "", f"EC2 (with the orchestrator instance's profile): {exc.message}"
         self.instances[name] = self.pending[name] = launched.instance.id
-        self.grown.add(name)
+        if again:
+            self.parked.pop(name, None)
+            self.relaunched.add(name)
+        else:
+            self.grown.add(name)
         self.save()
         refused = f" after spot was refused ({launched.refused})" if launched.refused else ""
-        return name, f"launched {name} ({launched.instance.id}, {launched.market}{refused})"
+        return name, f"launched {name}{' again' if again else ''} ({launched.instance.id}, {launched.market}{refused})"
 
     def terminate(self, name: str) -> str:
         """Terminate `name`, an instance launched to scale (never the orchestrator, never up's); a sentence."""
@@ -173,6 +209,31 @@ class Fleet:
         self.save()
         return f"terminated {name} ({instance_id})"
 
+    def scale_away(self, name: str) -> str:
+        """Terminate `name`, one of `up`'s worker instances whose containers are all parked (never the
+        orchestrator's, never one launched to scale: `terminate`); kept as parked, never replaced as a
+        lost one is. A sentence, "" when `name` is not such an instance."""
+        instance_id = self.instances.get(name, "")
+        if not instance_id or name in self.grown or name == "orchestrator" or instance_id == self.config.orchestrator:
+            return ""
+        self.aws = self.aws or self.connect()
+        ec2.terminate(self.aws, [instance_id])
+        self.park(name, instance_id)
+        return f"terminated {name} ({instance_id})"
+
+    def park(self, name: str, instance_id: str) -> None:
+        for record in (self.instances, self.pending, self.hosts):
+            record.pop(name, None)
+        self.parked[name] = instance_id
+        self.relaunched.discard(name)
+        self.save()
+
+    def settle(self, name: str) -> None:
+        """`name`, launched again, has its containers back: an instance of the pool like any other."""
+        if name in self.relaunched:
+            self.relaunched.discard(name)
+            self.save()
+
     # -- a fresh instance made ready (elastic/poolprepare.py) ----------------------------
     def ready(self, name: str, done: str) -> None:
         self.say("prepare", f"made ready before its first container: {done}", name)
@@ -186,6 +247,11 @@ class Fleet:
         self.discarded.add(instance_id)
         if name in self.grown:
             done = self.terminate(name)
+        elif name in self.relaunched:  # launched again for parked containers: they stay parked
+            self.aws = self.aws or self.connect()
+            ec2.terminate(self.aws, [instance_id])
+            self.park(name, instance_id)
+            done = f"terminated {name} ({instance_id}): its containers stay parked"
         else:
             self.aws = self.aws or self.connect()
             ec2.terminate(self.aws, [instance_id])
@@ -204,5 +270,7 @@ class Fleet:
         fd = os.open(f"{self.path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"instances": self.instances, "pending": self.pending, "hosts": self.hosts,
-                       "grown": sorted(self.grown), "saved_at": time.time()}, f)
+                       "grown": sorted(self.grown), "relaunched": sorted(self.relaunched),
+                       "parked": {n: [i, self.config.instances.get(n, "")] for n, i in self.parked.items()},
+                       "saved_at": time.time()}, f)
         os.replace(f"{self.path}.tmp", self.path)

@@ -101,10 +101,13 @@ def look(aws: AWS, cluster: str, recorded: dict[str, str]) -> list[Instance]:
 
 
 def heal(aws: AWS, launch: LaunchSpec, zones: list[tuple[str, str]], recorded: dict[str, str], cap: int,
-         market: Market, on_capacity: Callable[[str, str], None] = lambda zone, code: None) -> HealResult:
+         market: Market, on_capacity: Callable[[str, str], None] = lambda zone, code: None,
+         found: Optional[list[Instance]] = None) -> HealResult:
     """Replace the lost workers the cap allows (spot first when `market.spot`,
-    then on-demand unless the fallback is never); see `decide`."""
-    plan = decide(recorded, look(aws, launch.cluster, recorded), cap)
+    then on-demand unless the fallback is never); see `decide`. `found`: what
+    `look` just answered (else it is asked). A worker scaled away on purpose
+    (aws_fleet.py's parked) is not in `recorded`: it is not lost."""
+    plan = decide(recorded, look(aws, launch.cluster, recorded) if found is None else found, cap)
     replaced, refused = [], []
     for lost in plan.replace:
         try:

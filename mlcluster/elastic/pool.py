@@ -99,7 +99,8 @@ class PoolController:
     # -- one look ---------------------------------------------------------------
     def look(self) -> None:
         self.reread_pids()
-        for name, instance_id, address in self.fleet.look(self.clock()) if self.fleet else []:
+        empty = self.scaler.empty() if self.scaler else frozenset()  # up's instances holding only parked ones
+        for name, instance_id, address in self.fleet.look(self.clock(), empty) if self.fleet else []:
             self.replaced(name, instance_id, address)
         for name in self.renewed:  # a replacement's key, learned at its first login: kept for a restart
             host = self.members[name].config.host
@@ -212,6 +213,8 @@ class PoolController:
         """Pool host `name` is now the replacement instance `instance_id` at `address`:
         its host key is `key`, else recorded at the first login and pinned from then on."""
         member = self.members.get(name)
+        if member is None and self.fleet and name in self.fleet.relaunched:  # up's, scaled away, launched again
+            member = self.members[name] = Member(self.config.member(name), self.store, self.clock())
         if member is None:
             if self.scaler is not None and self.fleet and name in self.fleet.grown:  # launched to scale
                 self.scaler.joined(name, address, key)

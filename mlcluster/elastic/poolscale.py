@@ -21,11 +21,20 @@ applies what this returns; nothing here does I/O or reads a clock.
 - The cap: running containers never exceed `max_containers`, counting the
   ones draining (they still run: the cap is the billing cap) and the
   stand-ins of healing only once for the container they stand in for.
-- aws: containers with no room anywhere need hosts: as many worker
-  instances as hold them (`slots` each), less those already on the way,
-  within the instance cap; an instance the controller launched whose
-  containers are all gone is terminated once nothing more is wanted (the
-  rule wants no more, not even while it waits out its delay).
+- aws: containers with no room anywhere need hosts: first `up`'s worker
+  instances that were scaled away come back (launched again under their
+  name, for the parked containers whose home they are), then as many new
+  worker instances as hold the rest (`slots` each), less those already on
+  the way, within the instance cap (every live worker instance counts); an
+  instance the controller launched whose containers are all gone is
+  terminated once nothing more is wanted (the rule wants no more, not even
+  while it waits out its delay).
+- aws, scaled away: one of `up`'s worker instances (never the
+  orchestrator's) is empty when every one of `up`'s containers homed there
+  is parked (a draining one still runs) and nothing else runs there (no
+  stand-in, none of the controller's own); empty for the downscale delay,
+  and nothing more wanted, it is terminated. Its parked containers stay
+  counted as parked (never lost): they come back on it, launched again.
 """
 from __future__ import annotations
 
@@ -62,6 +71,9 @@ class Fleet:
     slots: int                 # containers a new instance holds
     coming: int = 0            # containers the instances on their way will hold
     launched: tuple[str, ...] = ()  # instances the controller launched (only those are terminated)
+    empty: tuple[tuple[str, float], ...] = ()   # up's instances holding no container: (name, seconds so)
+    park_after_s: float = 0.0  # seconds one of up's must stay empty before it is scaled away (downscale delay)
+    parked: tuple[tuple[str, int], ...] = ()    # up's instances scaled away: (name, its parked containers)
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,9 @@ class ScalePlan:
     park: list[str] = field(default_factory=list)    # `up`'s containers to drain, then stop (parked)
     unpark: list[str] = field(default_factory=list)  # parked `up`'s containers to start again at home
     launch: int = 0                                  # worker instances to launch (aws)
+    relaunch: list[str] = field(default_factory=list)  # up's instances scaled away, to launch again (aws)
     terminate: list[str] = field(default_factory=list)  # instances to terminate (aws)
+    scale_away: list[str] = field(default_factory=list)  # up's empty instances to terminate (aws)
     held: int = 0                                    # containers wanted that have nowhere to go yet
 
 
@@ -134,19 +148,32 @@ def plan_scale(desired: int, current: int, draining: int, max_containers: int, h
     if desired < current:
         stop = leaving(own, current - desired)
         park = parking(homes, current - desired - len(stop))
-        return ScalePlan(stop=stop, park=park, terminate=idle(hosts, used, fleet))
+        return ScalePlan(stop=stop, park=park, terminate=idle(hosts, used, fleet), scale_away=due(fleet))
     grow = room_to_grow(desired, current, draining, max_containers)
     unpark = returning(homes, hosts, grow)
     start = place(hosts, used, grow - len(unpark))
     missing = grow - len(unpark) - len(start)
     if fleet is None:
         return ScalePlan(start=start, unpark=unpark, held=missing)
-    launch = 0
-    if missing > fleet.coming:
-        launch = min(math.ceil((missing - fleet.coming) / max(1, fleet.slots)), max(0, fleet.cap - fleet.live))
-    held = max(0, missing - fleet.coming - launch * fleet.slots)
-    terminate = idle(hosts, used, fleet) if grow == 0 and not wants_more else []
-    return ScalePlan(start=start, unpark=unpark, launch=launch, held=held, terminate=terminate)
+    need, room = missing - fleet.coming, max(0, fleet.cap - fleet.live)
+    relaunch = []
+    for name, parked in sorted(fleet.parked, key=lambda p: _order(p[0])):  # their parked containers come back
+        if need <= 0 or len(relaunch) >= room:
+            break
+        if parked <= 0:
+            continue
+        relaunch.append(name)
+        need -= parked
+    launch = min(math.ceil(need / max(1, fleet.slots)), room - len(relaunch)) if need > 0 else 0
+    held = max(0, need - launch * fleet.slots)
+    quiet = grow == 0 and not wants_more
+    return ScalePlan(start=start, unpark=unpark, launch=launch, relaunch=relaunch, held=held,
+                     terminate=idle(hosts, used, fleet) if quiet else [], scale_away=due(fleet) if quiet else [])
+
+
+def _order(name: str) -> tuple[int, str]:
+    digits = "".join(c for c in name if c.isdigit())
+    return (int(digits) if digits else 0, name)
 
 
 def idle(hosts: list[PoolHost], used: dict[str, int], fleet: Fleet | None) -> list[str]:
@@ -155,3 +182,26 @@ def idle(hosts: list[PoolHost], used: dict[str, int], fleet: Fleet | None) -> li
         return []
     known = {h.name for h in hosts}
     return sorted(name for name in fleet.launched if name in known and used.get(name, 0) == 0)
+
+
+def emptied(names: list[str], homes: list[Home], others: dict[str, int]) -> list[str]:
+    """Which of `names` (`up`'s worker instances, never the orchestrator's) hold no container now: every
+    one of `up`'s containers homed there parked (one draining still runs) and nothing else there
+    (`others`: the stand-ins and the controller's own containers on each host, draining ones too)."""
+    homed: dict[str, list[Home]] = {}
+    for h in homes:
+        homed.setdefault(h.host, []).append(h)
+    return sorted(n for n in names if homed.get(n) and all(h.parked for h in homed[n]) and not others.get(n, 0))
+
+
+def empty_since(empty: list[str], since: dict[str, float], now: float) -> dict[str, float]:
+    """When each empty instance became empty (kept from `since`, `now` for a new one); one that holds
+    a container again starts over."""
+    return {name: since.get(name, now) for name in empty}
+
+
+def due(fleet: Fleet | None) -> list[str]:
+    """`up`'s instances empty for the downscale delay: to terminate (scaled away), lowest name first."""
+    if fleet is None:
+        return []
+    return sorted((name for name, held in fleet.empty if held >= fleet.park_after_s), key=_order)

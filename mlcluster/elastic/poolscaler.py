@@ -16,6 +16,11 @@ poolscale.py returns:
   runs and answers, the model is copied onto it from a worker host and the
   containers start there; an instance it launched whose containers are all
   gone is terminated (never the orchestrator's, never `up`'s).
+- on aws, one of `up`'s worker instances whose containers are all parked,
+  with nothing else on it, for the downscale delay is terminated: scaled
+  away (aws_fleet.py keeps it parked, never replaced as a lost one); when
+  the rule wants more and no host has room, it is launched again under its
+  name and its parked containers come back on it (within the cap).
 - below `up`'s count (--min-containers under workers x containers_per_worker),
   its own containers leave first, then `up`'s (poolscale.parking): drained,
   stopped once let go, parked (`away`, kept in the state file); their home
@@ -41,7 +46,7 @@ from .placement import occupancy
 from .policy import AutoscaleConfig, Decision, Figures, Memory, decide, plural
 from .poolconfig import STATE_FILE, Scaled, load_away, load_scaled
 from .poolhosts import Member, marker
-from .poolscale import Fleet, Home, Own, plan_scale
+from .poolscale import Fleet, Home, Own, emptied, empty_since, plan_scale
 from .published import ControllerStatus
 
 log = logging.getLogger("mlcluster.elastic.pool")
@@ -67,6 +72,7 @@ class Scaler:
         self.awaited = 0  # containers decided on that wait for an instance on its way (aws): they count
         self.launch_after = 0.0  # after a failed launch, the next try
         self.serial = 1 + max((s.serial for s in self.own), default=0)
+        self.empty_since: dict[str, float] = {}  # aws: up's instances holding only parked containers, since
 
     # -- what the pool controller asks of it ----------------------------------------
     def occupancy(self) -> dict[str, int]:
@@ -90,6 +96,31 @@ class Scaler:
         if member is not None and member.host is not None:
             member.host.close()
         self.pool.renewed.discard(name)
+
+    def empty(self) -> frozenset[str]:
+        """aws: `up`'s instances that held only parked containers at the last look."""
+        return frozenset(self.empty_since)
+
+    def parked_at(self, name: str) -> list[str]:
+        """`up`'s parked containers whose home is `name`."""
+        return sorted(cid for cid, state in self.away.items()
+                      if state == "parked" and self.pool.workers[cid].home == name)
+
+    def settle(self) -> None:
+        """aws: an instance scaled away (or lost while empty, or not made ready when launched again) leaves
+        the pool; one launched again whose containers are all back is a host like any other."""
+        f = self.pool.fleet
+        for name in [n for n in f.parked if n in self.pool.members]:
+            self.forget(name)
+            self.empty_since.pop(name, None)
+        for name in [n for n in f.relaunched if n in self.pool.members and not self.parked_at(n)]:
+            f.settle(name)
+
+    def homecoming(self) -> int:
+        """aws: parked containers whose home is launched again and not yet a host of the pool that answers."""
+        members = self.pool.members
+        return sum(len(self.parked_at(n)) for n in self.pool.fleet.relaunched
+                   if n not in members or not members[n].reachable)
 
     def counted(self) -> int:
         """Containers that count: `up`'s (a stand-in stands for one of them) and its own not draining."""
@@ -125,7 +156,7 @@ class Scaler:
         for name in sorted(self.unready):
             self.bring_model(name)
         config, current = self.target(), self.counted()
-        fleet = self.fleet()
+        fleet = self.fleet(now)
         # Processes that run beyond the counted containers: its own and stand-ins draining, and a stand-in
         # whose container serves at home again (until it is sent home): the cap counts them.
         draining = sum(1 for s in self.own if s.leaving) + sum(1 for v in self.away.values() if v == "draining") + sum(
@@ -158,32 +189,54 @@ class Scaler:
         if plan.park:
             self.pool.save()
             done.append(f"draining {', '.join(plan.park)} (up's)")
-        for _ in range(plan.launch if now >= self.launch_after else 0):
-            name, sentence = self.pool.fleet.launch()
+        for again in (plan.relaunch + [""] * plan.launch) if now >= self.launch_after else []:
+            name, sentence = self.pool.fleet.launch(again)  # again: one of up's scaled away, for its parked ones
             if not name:  # said once; tried again after EC2's look interval, not every look
                 self.pool.fleet.say_once("error", f"no instance launched for containers with no room: {sentence}", "")
                 self.launch_after = now + self.pool.fleet.config.look_s
                 break
-            done.append(sentence)
-            self.awaited += fleet.slots
-        self.awaited = min(self.awaited, max(0, decision.desired - current - len(plan.start)))
+            back = self.parked_at(again) if again else []
+            done.append(sentence + (f" for {', '.join(back)} (up's, parked): they come back on it" if back else ""))
+            self.awaited += len(back) if again else fleet.slots
+        self.awaited = min(self.awaited, max(0, decision.desired - current - len(plan.start) - len(plan.unpark)))
         for name in plan.terminate:
             sentence = self.pool.fleet.terminate(name)
             if sentence:
                 self.forget(name)
                 done.append(sentence + ": it held no container")
+        for name in plan.scale_away:
+            held, parked = now - self.empty_since.get(name, now), self.parked_at(name)
+            sentence = self.pool.fleet.scale_away(name)
+            if sentence:
+                self.forget(name)
+                self.empty_since.pop(name, None)
+                done.append(f"{sentence}: scaled away, up's {', '.join(parked)} parked and nothing else on it for "
+                            f"{held:.0f} s (downscale delay {config.downscale_delay_s:g} s); launched again when "
+                            "they are wanted")
         if done:
             kind = "scale_up" if plan.start or plan.unpark or self.awaited else "scale_down"
             after = current + len(plan.unpark) + len(plan.start) - len(plan.stop) - len(plan.park) + self.awaited
             self.event(kind, f"{decision.reason}: {'; '.join(done)}", current, after)
 
-    def fleet(self) -> Optional[Fleet]:
-        """The instance cap and what is on its way (aws), or None (ssh)."""
+    def fleet(self, now: float) -> Optional[Fleet]:
+        """The instance cap, what is on its way and which of `up`'s instances are empty or scaled away (aws),
+        or None (ssh)."""
         f, slots = self.pool.fleet, self.pool.config.hosts[0].slots
         if f is None:
             return None
+        self.settle()
+        ups = [n for n, i in f.instances.items() if n in self.pool.members and n not in f.grown
+               and n != self.pool.config.host and i != f.config.orchestrator]
+        others: dict[str, int] = {}
+        for host in [s.host for s in self.pool.stand_ins] + [s.host for s in self.own]:
+            others[host] = others.get(host, 0) + 1
+        homes = [Home(w.id, w.home, parked=self.away.get(w.id) == "parked") for w in self.pool.workers.values()]
+        self.empty_since = empty_since(emptied(ups, homes, others), self.empty_since, now)
         return Fleet(cap=f.config.cap, live=len(f.instances), slots=slots,
-                     coming=(f.coming() + len(self.unready)) * slots, launched=tuple(sorted(f.grown)))
+                     coming=(f.coming() + len(self.unready)) * slots + self.homecoming(),
+                     launched=tuple(sorted(f.grown)), empty=tuple((n, now - t) for n, t in self.empty_since.items()),
+                     park_after_s=self.target().downscale_delay_s,
+                     parked=tuple((n, len(self.parked_at(n))) for n in sorted(f.parked)))
 
     def start(self, name: str) -> str:
         """A new container on pool host `name`, registered; a sentence."""
@@ -300,9 +353,13 @@ class Scaler:
         """`status`'s `autoscale` object: min, max, target, desired, current, the rule's reason and `healing`'s."""
         config, current = self.target(), self.counted()
         reason = self.decision.reason if self.decision else "autoscaling: no look yet"
+        parked = tuple(sorted(cid for cid, state in self.away.items() if state == "parked"))
+        away = tuple(sorted(self.pool.fleet.parked)) if self.pool.fleet else ()
+        if parked:
+            reason += f"; parked: {', '.join(parked)}" + (f" (scaled away: {', '.join(away)})" if away else "")
         return ControllerStatus(min=config.min_containers, max=config.max_containers, target=config.target_ongoing,
                                 desired=self.decision.desired if self.decision else current, current=current,
-                                reason=f"{reason}; {healing}", pid=os.getpid())
+                                reason=f"{reason}; {healing}", pid=os.getpid(), parked=parked, scaled_away=away)
 
     def event(self, kind: str, reason: str, current: Optional[int] = None, desired: Optional[int] = None,
               container: str = "") -> None:

@@ -25,6 +25,8 @@ class ControllerStatus:
     reason: str = ""
     pid: int = 0
     updated_at: float = 0.0  # epoch seconds
+    parked: tuple[str, ...] = ()       # `up`'s containers scaled away (drained, stopped; they come back first)
+    scaled_away: tuple[str, ...] = ()  # aws: `up`'s worker instances terminated while all theirs are parked
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
