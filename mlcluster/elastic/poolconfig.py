@@ -98,6 +98,7 @@ class PoolConfig:
     # Autoscaling (--max-containers; elastic/poolscaler.py); None: the cluster's size is fixed.
     # Its target_ongoing 0: each container's capacity as the orchestrator has it.
     autoscale: Optional[AutoscaleConfig] = None
+    local: bool = False  # a local Docker cluster: the controller, its hosts and containers on this machine
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
