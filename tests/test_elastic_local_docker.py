@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 import requests
@@ -20,8 +21,8 @@ from support.load import ClosedLoop, failed
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
-HEAL, SCALE = f"ldheal-{os.getpid()}", f"ldscale-{os.getpid()}"  # two runs on one engine must not meet
-home = home_fixture(HEAL, SCALE)
+HEAL, SCALE, IDLE = (f"ld{kind}-{os.getpid()}" for kind in ("heal", "scale", "idle"))  # two runs must not meet
+home = home_fixture(HEAL, SCALE, IDLE)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def down_leaves_nothing(engine, home, name: str) -> None:
 
 
 def cleanup(engine, name: str) -> None:
-    """Only when `down` itself failed."""
+    """Only when `down` itself failed (or the test did before it)."""
     for container in labelled(engine, name):
         container.remove(force=True)
     for kind in ("networks", "volumes"):
@@ -128,3 +129,32 @@ def test_a_step_load_scales_up_to_the_cap_then_down_to_the_minimum(engine, home)
         down_leaves_nothing(engine, home, SCALE)
     finally:
         cleanup(engine, SCALE)
+
+
+def test_the_controller_is_the_autostop_agent_and_down_leaves_nothing(engine, home):
+    """One agent per cluster: the controller stops the idle cluster's containers and itself;
+    `status` says so; `down` then stops nothing more and leaves no container, network, volume
+    or process of the cluster."""
+    idle_s = 6.0
+    try:
+        up(IDLE, "--containers-per-worker", "1", "--autostop", f"{idle_s:g}s")
+        state = json.loads((home / IDLE / "state.json").read_text())
+        services = state["resources"]["services"]
+        assert "watchdog" not in services and services["controller"]["pid"] in find_marked(marker(IDLE))
+        assert len(labelled(engine, IDLE)) == 2
+        started = time.monotonic()
+        wait_for(lambda: (home / IDLE / "autostop.json").exists(), "the controller to stop the idle cluster",
+                 timeout=60)
+        assert time.monotonic() - started >= idle_s - 1.0
+        wait_for(lambda: labelled(engine, IDLE) == [] and find_marked(marker(IDLE)) == [],
+                 "its containers and the controller gone", timeout=60)
+        assert json.loads((home / IDLE / "autostop.json").read_text())["reason"] == "autostop"
+        said = json.loads(cli("events", "--name", IDLE, "--json").stdout)["events"]
+        assert said[0]["kind"] == "started" and said[-1]["kind"] == "autostop"
+        stopped = cli("status", "--name", IDLE, check=False)
+        assert stopped.returncode == 1 and "stopped itself (autostop at " in stopped.stderr, stopped.stderr
+        assert labelled(engine, IDLE, "networks") and labelled(engine, IDLE, "volumes")  # `down`'s to remove
+        down_leaves_nothing(engine, home, IDLE)
+        assert not (home / IDLE).exists()
+    finally:
+        cleanup(engine, IDLE)
