@@ -80,10 +80,14 @@ def test_a_killed_worker_container_serves_again_with_no_command(engine, home, tm
             victim = engine.containers.get(f"mlcluster-{HEAL}-worker1-2")
             wait_for(lambda: load.count() > 20, "requests served before the kill")
             victim.kill()
+            killed = time.monotonic()
             wait_for(lambda: {c["id"]: c["status"] for c in orchestrator_status(url)["containers"]}["worker1-2"]
                      == "down", "the orchestrator to see it down", timeout=30)
+            seen_down = time.monotonic()
             wait_for(lambda: {c["id"]: c["status"] for c in orchestrator_status(url)["containers"]}["worker1-2"]
                      in ("free", "busy"), "the killed container serving again", timeout=60)
+            print(f"\nkilled container: seen down {seen_down - killed:.1f} s after the kill, serving again "
+                  f"{time.monotonic() - seen_down:.1f} s after that (heal_grace 1 s)")
             victim.reload()
             assert victim.status == "running"
             served = load.count()
@@ -107,8 +111,10 @@ def test_a_step_load_scales_up_to_the_cap_then_down_to_the_minimum(engine, home)
         url = status(SCALE)["orchestrator_url"]
         load = ClosedLoop(url, clients=8, watch=True)  # 8 ongoing at target 1: wants 8, capped at 3
         try:
+            stepped = time.monotonic()
             wait_for(lambda: [c["status"] for c in orchestrator_status(url)["containers"]].count("busy") == 3,
                      "three containers serving", timeout=120)
+            print(f"\nstep load: three containers serving {time.monotonic() - stepped:.1f} s after the step")
             scaled = status(SCALE)["autoscale"]
             assert (scaled["min"], scaled["max"], scaled["target"], scaled["current"]) == (1, 3, 1, 3)
             assert scaled["desired"] <= 3
@@ -117,8 +123,10 @@ def test_a_step_load_scales_up_to_the_cap_then_down_to_the_minimum(engine, home)
             wait_for(lambda: orchestrator_status(url)["served"] > served + 100, "more requests served at the cap")
         finally:
             answers = load.finish()
+        unloaded = time.monotonic()
         wait_for(lambda: len(orchestrator_status(url)["containers"]) == 1, "the scale-down to the minimum",
                  timeout=60)
+        print(f"load gone: down to one container {time.monotonic() - unloaded:.1f} s later (downscale delay 2 s)")
         assert load.most() == 3  # at the cap, never past it
         assert answers and failed(answers) == [], f"{len(failed(answers))} failed requests"
         wait_for(lambda: len(labelled(engine, SCALE)) == 2, "the drained containers removed", timeout=60)
