@@ -60,6 +60,10 @@ def down_leaves_nothing(engine, home, name: str) -> None:
     assert find_marked(marker(name)) == []  # the controller too
 
 
+def controller_pid(home, name: str) -> int:
+    return json.loads((home / name / "state.json").read_text())["resources"]["services"]["controller"]["pid"]
+
+
 def cleanup(engine, name: str) -> None:
     """Only when `down` itself failed (or the test did before it)."""
     for container in labelled(engine, name):
@@ -106,8 +110,9 @@ def test_a_killed_worker_container_serves_again_with_no_command(engine, home, tm
 
 def test_a_step_load_scales_up_to_the_cap_then_down_to_the_minimum(engine, home):
     try:
-        up(SCALE, "--containers-per-worker", "1", "--min-containers", "1", "--max-containers", "3",
-           "--target-ongoing", "1", "--upscale-delay", "1", "--downscale-delay", "2")
+        args = ("--containers-per-worker", "1", "--min-containers", "1", "--max-containers", "3",
+                "--target-ongoing", "1", "--upscale-delay", "1", "--downscale-delay", "2")
+        up(SCALE, *args)
         url = status(SCALE)["orchestrator_url"]
         load = ClosedLoop(url, clients=8, watch=True)  # 8 ongoing at target 1: wants 8, capped at 3
         try:
@@ -119,8 +124,12 @@ def test_a_step_load_scales_up_to_the_cap_then_down_to_the_minimum(engine, home)
             assert (scaled["min"], scaled["max"], scaled["target"], scaled["current"]) == (1, 3, 1, 3)
             assert scaled["desired"] <= 3
             assert len(labelled(engine, SCALE)) == 4  # the orchestrator and three workers
+            controller = controller_pid(home, SCALE)
+            up(SCALE, *args)  # the same settings: the controller and its containers stay, nothing is drained
+            assert controller_pid(home, SCALE) == controller and len(orchestrator_status(url)["containers"]) == 3
             served = orchestrator_status(url)["served"]
             wait_for(lambda: orchestrator_status(url)["served"] > served + 100, "more requests served at the cap")
+            assert load.drained() == set()
         finally:
             answers = load.finish()
         unloaded = time.monotonic()
