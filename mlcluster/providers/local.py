@@ -9,6 +9,11 @@ hosts (`deploy.deploy`), with the runtime the spec asks for:
 - `docker`: the same as containers on this machine's engine, on the cluster's
   own network, published on 127.0.0.1 only (deploy/docker.py).
 
+Each has a controller that heals it, autoscales it with --max-containers and is
+its autostop agent: mlcluster/elastic's for processes, the pool controller of
+ssh and aws clusters run here for Docker (elastic/pool_here.py, started by
+`deploy`); `down` stops it first.
+
 Every process carries MLCLUSTER_MARKER=<name>@<state dir> in its environment,
 every container and network and volume the cluster's labels; `down` finds
 them by those when the state is lost (never by name patterns).
