@@ -21,8 +21,8 @@ ports picked free on 127.0.0.1 and kept while free; the simulated workers worker
 are host records of this machine) and a few small branches (no SSH to wait for,
 the hosts prepared and stopped one after another as they are one machine, the
 model used in place when the services can read it, a container's fixed ports
-published on 127.0.0.1 (DockerRuntime.here), the autostop agent and the
-controller started by the local provider).
+published on 127.0.0.1 (DockerRuntime.here); a process cluster's controller is the
+local provider's, a Docker one's is the pool controller run here: elastic/pool_here.py).
 `down` stops the cluster's containers and processes on every host (the hosts
 and what was installed stay). `down` also works from the hosts the state
 recorded alone (`options` None: the config changed or is gone). The ssh and
@@ -97,7 +97,10 @@ class RemoteDeployment:
             self._start_orchestrator(session, spec, options, ui)
             workers: dict[str, ServiceSpec] = {}
             containers = self._start_workers(session, spec, options, model, ui, workers)
-            if state.provider == "ssh" or fleet is not None:  # aws: `fleet` replaces a lost instance
+            if here and options.orchestrator.runtime == "docker":  # the pool controller, run on this machine
+                from ..elastic.pool_here import ensure_here
+                ensure_here(session, spec, options, workers, model, ui)
+            elif state.provider == "ssh" or fleet is not None:  # aws: `fleet` replaces a lost instance
                 _pool_setup().ensure(session, spec, options, workers, model, ui, fleet)
             watch = watchdog.settings(spec, session.state.resources)
             if watch is not None and not here:  # this machine's agent: the local provider's

@@ -287,7 +287,7 @@ class PoolController:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGTERM)
         if self.config.docker:  # a Docker orchestrator host: its containers of the cluster
-            stop_containers_here(self.config.cluster, self.config.docker)
+            stop_containers_here(self.config.cluster, self.config.docker, self.config.local)
         self.fired = True
         return True
 
@@ -323,6 +323,8 @@ class PoolController:
                                                   self.scaler.away if self.scaler else None))
 
     def register(self, sid: str, address: str, port: int, capacity: int) -> None:
+        if self.config.local:  # this machine's containers: reached by name on the cluster's network
+            address = self.runtime.here.container_name(sid)
         self.admin.http.post(f"{self.config.admin_url}/workers", timeout=10, json={"containers": [{
             "id": sid, "host": address, "port": port, "capacity": capacity}]}).raise_for_status()
 

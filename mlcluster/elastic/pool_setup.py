@@ -27,23 +27,19 @@ from ..deploy import watchdog
 from ..deploy.docker import has_docker
 from ..deploy.host import RemoteHost, ServiceSpec
 from ..deploy.options import RemoteOptions
-from ..deploy.process import ProcessRuntime, clean_env
+from ..deploy.process import ProcessRuntime
 from ..deploy.session import Session
 from ..errors import MlclusterError
 from ..remote.connection import run_on_hosts
-from ..resources import Service
-from ..services import MARKER_VAR, PASSED_VARS
 from ..state import ClusterSpec, ClusterState, write_private
 from ..ui import QuietUI
 from . import events
 from .events import EVENTS_FILE, Event
+from .pool_here import CONTROLLER, KEY_FILE, ensure_here, start
 from .poolconfig import CONFIG_FILE, STATE_FILE, AWSFleet, PoolConfig, PoolMember, WorkerSpec, healed_pids
 from .poolruntime import docker_command, python_of
 from .published import PUBLISHED_FILE, parse_published
 from .settings import autoscale_config
-
-KEY_FILE = "controller_key"
-CONTROLLER = "controller"  # its service id and kind in the state
 
 
 def tag(cluster: str) -> str:
@@ -102,40 +98,6 @@ def unauthorize(host: RemoteHost, cluster: str, path: str) -> None:
              f"rm -f \"$f.mlcluster\"; fi", timeout=30, warn=True)
 
 
-def start(host: RemoteHost, config: PoolConfig, private_key: str, marker: str,
-          known: Optional[Service]) -> Service:
-    """The controller on the orchestrator's host with this config: kept when it
-    runs with it (a second `up` changes nothing), else (re)started; its record
-    (without `host`: the caller's to fill). `command` holds the config's digest."""
-    runtime = ProcessRuntime()
-    text = config.to_json()
-    python = host.facts.get("python") or host.config.python or "python3"
-    command = f"{quote(python)} -m mlcluster.elastic.pool {quote(host.path(CONFIG_FILE))}"
-    settings = f"{command} # {config.digest()}"
-    if known and known.command == settings and runtime.alive(host, known.pid, marker):
-        host.conn.put_text(text, host.path(CONFIG_FILE), mode=0o600)  # the workers' pids: it reads them again
-        return known
-    if known:
-        runtime.stop(host, {CONTROLLER: known}, marker, only=True)
-    host.run(f"rm -f {quote(host.path(watchdog.RECORD))}", warn=True)  # a new start: not stopped (yet)
-    host.conn.put_text(private_key, host.path(KEY_FILE), mode=0o600)
-    host.conn.put_text(text, host.path(CONFIG_FILE), mode=0o600)
-    # Like every service (deploy/process.py): `env -i`, the basics, and its own 0600 env file (the marker);
-    # and, only when the orchestrator's host runs Docker, how to reach its engine (autostop there removes
-    # the cluster's containers); nothing of Docker otherwise.
-    env = {MARKER_VAR: marker}
-    passed = PASSED_VARS + (watchdog.DOCKER_VARS[:3] if config.docker else ())
-    if config.aws and config.aws.metadata_url:  # an emulator's (tests): boto3's chain asks it for the profile's keys
-        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = config.aws.metadata_url
-    env_file = host.write_env(ServiceSpec(CONTROLLER, CONTROLLER, 0, env), shell=True)
-    load = quote('set -a && . "$0" && set +a && exec setsid "$@"')
-    log, pidfile = host.path(f"{CONTROLLER}.log"), host.path(f"{CONTROLLER}.pid")
-    host.run(f"( cd {quote(host.workdir)} && exec {clean_env(passed)} /bin/sh -c {load} {quote(env_file)} "
-             f"{command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
-    pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
-    return Service(runtime=runtime.name, pid=pid, log=log, kind=CONTROLLER, command=settings)
-
-
 def adopt_healed(session: Session, orchestrator: str) -> None:
     """A second `up`: the workers the controller restarted (healed) run under new
     pids, which it keeps in its state file on the orchestrator's host; the
@@ -167,6 +129,8 @@ def ensure(session: Session, spec: ClusterSpec, options: RemoteOptions, workers:
     pool = [*options.workers, *options.spares]  # either runtime (elastic/poolruntime.py)
     if not pool:
         return
+    if orch.local:  # this machine's (a local Docker cluster): no key, no SSH
+        return ensure_here(session, spec, options, workers, models, ui)
     host = session.hosts[orch.name]
     if "python" not in host.facts:  # a Docker orchestrator host: the controller runs as a process all the same
         with ui.step(f"{orch.name}: a Python environment for the controller") as step:

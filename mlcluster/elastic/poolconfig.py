@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from ..resources import HostConfig
@@ -98,6 +99,7 @@ class PoolConfig:
     # Autoscaling (--max-containers; elastic/poolscaler.py); None: the cluster's size is fixed.
     # Its target_ongoing 0: each container's capacity as the orchestrator has it.
     autoscale: Optional[AutoscaleConfig] = None
+    local: bool = False  # a local Docker cluster: the controller, its hosts and containers on this machine
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -182,3 +184,13 @@ def healed_pids(text: str) -> dict[str, int]:
         return {str(k): int(v) for k, v in json.loads(text)["pids"].items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         return {}
+
+
+def started_here(directory: Path) -> set[str]:
+    """The ids of the containers a controller whose state file is in `directory` started (its stand-ins and
+    those it scaled up): a local Docker cluster's, which a second `up` must not take for stale ones."""
+    try:
+        text = (directory / STATE_FILE).read_text()
+    except OSError:
+        return set()
+    return {s.id for s in load_stand_ins(text)} | {s.id for s in load_scaled(text)}

@@ -1,13 +1,17 @@
 """The pool's hosts as the controller of an ssh cluster (elastic/pool.py) reaches
 them: over SSH with its own key, host keys pinned (never trusted on first use),
-a trivial command as the probe of whether a host answers, and a free port there."""
+a trivial command as the probe of whether a host answers, and a free port there.
+A local Docker cluster's hosts (`HostConfig.local`) are this machine: LocalHosts,
+no key and no SSH; a free port there is one free on 127.0.0.1."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from shlex import quote
 from typing import Optional
 
-from ..deploy.host import RemoteHost
+from ..deploy import localhost
+from ..deploy.host import Host, LocalHost, RemoteHost
 from ..errors import MlclusterError
 from ..remote.connection import HostKeyStore
 from .poolconfig import PoolMember
@@ -53,13 +57,15 @@ class Member:
     def __init__(self, config: PoolMember, store: HostKeyStore, now: float):
         self.config, self.store = config, store
         self.name = config.host.name
-        self.host: Optional[RemoteHost] = None
+        self.host: Optional[Host] = None
         self.reachable, self.since = True, now
 
     def probe(self) -> bool:
         try:
             if self.host is None:
-                host = RemoteHost.connect(self.config.host, self.store, PROBE_TIMEOUT_S)
+                config = self.config.host
+                host = LocalHost(Path(config.workdir), config) if config.local else \
+                    RemoteHost.connect(config, self.store, PROBE_TIMEOUT_S)
                 host.prepare_workdir()
                 host.facts["python"] = self.config.python
                 self.host = host
@@ -78,7 +84,10 @@ class Member:
 
     def free_port(self, first: int, taken: set[int]) -> int:
         """The first port from `first` up not in `taken` that nothing listens on
-        here (what the user runs on the host is left alone)."""
+        here (what the user runs on the host is left alone); on this machine one free on 127.0.0.1
+        (a container's port is published there the moment it runs)."""
+        if self.config.host.local:
+            return localhost.free_port()
         bind = self.config.host.bind
         for port in range(first, first + PORTS_TRIED):
             probe = ("import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "

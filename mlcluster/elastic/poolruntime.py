@@ -15,6 +15,14 @@ same container again (DockerRuntime.start keeps an identical one and starts it
 if it stopped), or runs it anew when it is gone. Nothing but the names the
 runtime gives this cluster's containers is ever looked at, started or removed:
 what the user runs by hand on a host is left alone.
+
+A local Docker cluster's pool is this machine's host records (`HostConfig.local`):
+its containers are run by the DockerRuntime `up` used (`local=True`: named
+`mlcluster-<cluster>-<id>`, labelled provider=local, on the cluster's network,
+published on 127.0.0.1 only: `DockerRuntime.here`); `up`'s listen on port 5000
+inside, published on any free port; the controller's on a port chosen free on
+127.0.0.1, the same inside and out; the orchestrator (a container on that
+network) reaches each by its name (pool.py's `register`).
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ from pathlib import Path
 from shlex import quote
 from typing import TYPE_CHECKING, Callable, Optional
 
-from ..deploy.docker import DockerRuntime, docker, has_docker
+from ..deploy.docker import WORKER_PORT, DockerRuntime, docker, has_docker
 from ..deploy.host import ServiceSpec
 from ..deploy.process import ProcessRuntime
 from ..errors import MlclusterError
@@ -45,6 +53,7 @@ class PoolRuntime:
                  ready: Callable[[str, str], None] = lambda name, done: None):
         self.process = ProcessRuntime()
         self.docker = DockerRuntime(None, cluster)  # only start/stop/names: images are made present by poolprepare
+        self.here = DockerRuntime(None, cluster, local=True)  # this machine's (a local Docker cluster)
         # A fresh host is made ready before its first container (elastic/poolprepare.py); `unready(name,
         # reason)` when that fails, `ready(name, what was done)` when something had to be done.
         self.docker_here, self.directory, self.unready, self.ready = docker_here, directory, unready, ready
@@ -70,12 +79,16 @@ class PoolRuntime:
         member.host.facts.setdefault("images", dict(member.config.images))  # `up`'s image tags on that host
         return docker(member.host)
 
+    def docker_of(self, member: "Member") -> DockerRuntime:
+        """The Docker runtime `up` used on the member's host: this machine's, or a remote host's."""
+        return self.here if member.config.host.local else self.docker
+
     def alive(self, member: "Member", cid: str, pid: int, marker: str) -> bool:
         """Does container `cid` (process `pid` on the process runtime) run on the member's host?"""
         if member.config.runtime != "docker":
             return self.process.alive(member.host, pid, marker)
         found = member.host.run(f"{self._docker(member)} inspect --format '{{{{.State.Running}}}}' "
-                                f"{quote(self.docker.container_name(cid))} 2>/dev/null", warn=True)
+                                f"{quote(self.docker_of(member).container_name(cid))} 2>/dev/null", warn=True)
         return found.ok and found.stdout.strip() == "true"
 
     def start(self, member: "Member", service: ServiceSpec, marker: str) -> Service:
@@ -86,15 +99,17 @@ class PoolRuntime:
             member.host.facts.pop("just_started", None)  # it is looked at again at the next look, not waited on
             return record
         self._docker(member)
-        return self.docker.start(member.host, service, marker, None)
+        if member.config.host.local:  # up's on port 5000 inside, published on any free port; the controller's on its own
+            service = self.here.here(service, 0 if service.port == WORKER_PORT else service.port)
+        return self.docker_of(member).start(member.host, service, marker, None)
 
     def stop(self, member: "Member", cid: str, pid: int, log: str, marker: str) -> list[str]:
         """Stop one container of the controller's (a drained stand-in); what still runs, named."""
         if member.config.runtime != "docker":
             record = Service(runtime="process", host=member.name, pid=pid, log=log)
             return self.process.stop(member.host, {cid: record}, marker, only=True)
-        name = self.docker.container_name(cid)
-        self.docker.stop(member.host, {cid: Service(runtime="docker", container=name)}, marker, only=True)
+        name = self.docker_of(member).container_name(cid)
+        self.docker_of(member).stop(member.host, {cid: Service(runtime="docker", container=name)}, marker, only=True)
         return [f"{member.name}: container {name} is still there"] if self.alive(member, cid, 0, marker) else []
 
 
@@ -115,11 +130,13 @@ def stand_in_service(env: dict[str, str], model_dir: str, home: PoolMember, ther
     return ServiceSpec(sid, "worker", port, out, model_dir=there.model if model_dir else "")
 
 
-def stop_containers_here(cluster: str, docker_command: str) -> None:
+def stop_containers_here(cluster: str, docker_command: str, local: bool = False) -> None:
     """Autostop on a Docker orchestrator host (the controller is its agent): the cluster's
-    containers on this host go, as deploy/watchdog.py's stop script removes them."""
+    containers on this host go, as deploy/watchdog.py's stop script removes them (`local`:
+    a local Docker cluster's, labelled provider=local; its network and volume go at `down`)."""
     label = quote(f"label=mlcluster.cluster={cluster}")
-    subprocess.run(["sh", "-c", f"{docker_command} ps -aq --filter {label} --filter label=mlcluster.provider=ssh "
+    provider = "local" if local else "ssh"
+    subprocess.run(["sh", "-c", f"{docker_command} ps -aq --filter {label} --filter label=mlcluster.provider={provider} "
                                 f"| xargs -r {docker_command} rm -f >/dev/null"], capture_output=True, timeout=120)
 
 

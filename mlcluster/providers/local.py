@@ -9,6 +9,11 @@ hosts (`deploy.deploy`), with the runtime the spec asks for:
 - `docker`: the same as containers on this machine's engine, on the cluster's
   own network, published on 127.0.0.1 only (deploy/docker.py).
 
+Each has a controller that heals it, autoscales it with --max-containers and is
+its autostop agent: mlcluster/elastic's for processes, the pool controller of
+ssh and aws clusters run here for Docker (elastic/pool_here.py, started by
+`deploy`); `down` stops it first.
+
 Every process carries MLCLUSTER_MARKER=<name>@<state dir> in its environment,
 every container and network and volume the cluster's labels; `down` finds
 them by those when the state is lost (never by name patterns).
@@ -45,8 +50,6 @@ class LocalProvider:
             raise MlclusterError(f"cluster {spec.name!r} already runs with the {state.runtime} runtime",
                                  f"`mlcluster down --name {spec.name}` first to change it")
         if runtime == "docker":
-            if spec.max_containers:
-                raise MlclusterError("autoscaling needs the process runtime for now", "leave out --runtime docker")
             from ..deploy.docker import connect
             connect(timeout=3).close()  # or why no engine answers
             state.resources.docker = state.resources.docker or DockerSetup()  # `down` looks for its labels
@@ -58,19 +61,14 @@ class LocalProvider:
         deployment = deploy.deploy(dataclasses.replace(spec, model=ref), state, self.hosts(spec, runtime), ui)
         self._watchdog(spec, state, deployment.orchestrator_url, ui)
         if runtime == "process":  # heals always; scales with --max-containers (mlcluster/elastic)
-            elastic.ensure_controller(state)
+            elastic.ensure_controller(state)  # docker: the pool controller, started by `deploy` (elastic/pool_here.py)
         return deployment
 
     @staticmethod
     def _watchdog(spec: ClusterSpec, state: ClusterState, url: str, ui: QuietUI) -> None:
-        """The autostop watchdog (deploy/watchdog.py) when autostop or
-        max_lifetime is set; one no longer asked for is stopped."""
-        watch = watchdog.settings(spec, state.resources)
-        if watch is None or state.runtime == "process":  # a process cluster's controller watches (mlcluster/elastic)
-            watchdog.stop_local(state)
-        else:
-            with ui.step("starting the autostop watchdog"):
-                state.resources.services["watchdog"] = watchdog.ensure_local(state, f"{url}/status", *watch)
+        """A local cluster's autostop agent is its controller (one agent per cluster: mlcluster/elastic
+        for the process runtime, the pool controller for Docker); a watchdog an older `up` started goes."""
+        watchdog.stop_local(state)
         state.save()
 
     @staticmethod
