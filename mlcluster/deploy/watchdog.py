@@ -6,12 +6,12 @@ Each agent reads the orchestrator's public /status; when the cluster has
 served nothing for its idle time, or its lifetime is over, it writes why and
 when to `autostop.json` and becomes the command that stops its host's part of
 the cluster (without the marker, so it is not among what it stops):
-- this machine (a local cluster): `python -m mlcluster.deploy.watchdog NAME`,
-  which stops the cluster's processes (found by marker) and its labelled
-  containers. On the process runtime the cluster's controller
-  (mlcluster/elastic/controller.py) is the agent: it feeds the same idle
-  clock at every look and writes the same record. On the Docker runtime the
-  agent is a process of its own, recorded as `watchdog`;
+- this machine (a local cluster): the cluster's controller is the agent (one
+  agent per cluster): on the process runtime mlcluster/elastic/controller.py,
+  which feeds the same idle clock at every look, writes the same record and
+  stops the cluster's processes (`stop_local_cluster`); on the Docker runtime
+  the pool controller run here (elastic/pool_here.py). `stop_local` ends the
+  separate agent an older `up` started;
 - a remote host (ssh, aws): a shell script that stops its processes and
   containers and, on aws, powers the instance off (launched to terminate on
   shutdown); the agent is recorded as the service `watchdog-<host>`.
@@ -22,19 +22,16 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 from shlex import quote
 from typing import TYPE_CHECKING, Optional
 
 from ..durations import seconds_or_none
-from ..resources import LOCAL_HOST, Resources, Service
+from ..resources import Resources, Service
 from ..services import MARKER_VAR, PASSED_VARS
-from ..state import ClusterState, cluster_dir, home
+from ..state import ClusterState, cluster_dir
 from . import localhost
 
 if TYPE_CHECKING:  # the remote parts import paramiko when used: a local cluster never loads it
@@ -106,33 +103,6 @@ def describe(record_text: str) -> str:
 
 
 # -- this machine ----------------------------------------------------------------
-def local_command(name: str, status_url: str, idle_s: Optional[float], deadline: Optional[float]) -> list[str]:
-    stop = [sys.executable, "-m", "mlcluster.deploy.watchdog", name]
-    return watchdog_command(sys.executable, str(WATCHDOG_SOURCE), status_url, str(cluster_dir(name) / RECORD),
-                            idle_s, deadline, stop, look_interval(idle_s))
-
-
-def ensure_local(state: ClusterState, status_url: str, idle_s: Optional[float], deadline: Optional[float],
-                 caller_env=None) -> Service:
-    """The cluster's agent on this machine with these settings: kept if it
-    runs, else (re)started; its record (the caller adds it to the state)."""
-    name = state.name
-    mark = localhost.marker(name)
-    argv = local_command(name, status_url, idle_s, deadline)
-    known = state.resources.services.get("watchdog")
-    if known and localhost.is_alive(known.pid, mark) and localhost.cmdline(known.pid) == argv:
-        return known
-    if known and localhost.is_alive(known.pid, mark):
-        localhost.terminate({known.pid})  # other settings: replaced
-    (cluster_dir(name) / RECORD).unlink(missing_ok=True)
-    caller = os.environ if caller_env is None else caller_env
-    env = {"MLCLUSTER_HOME": str(home().resolve()), MARKER_VAR: mark,
-           **{k: caller[k] for k in DOCKER_VARS if k in caller}}
-    log = cluster_dir(name) / "logs" / "watchdog.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    return Service(host=LOCAL_HOST, kind="watchdog", log=str(log), pid=localhost.spawn(argv, "watchdog", env, log))
-
-
 def stop_local(state: ClusterState) -> None:
     """Stop an agent no longer asked for (autostop and max_lifetime unset)."""
     known = state.resources.services.pop("watchdog", None)
@@ -147,15 +117,9 @@ def fired_local(state: ClusterState) -> Optional[str]:
 
 
 def stop_local_cluster(name: str) -> None:
-    """What a fired agent on this machine runs: stop the cluster's processes and containers."""
+    """What a local process cluster's controller runs when it fires (elastic/autostop.py): stop the
+    cluster's processes (found by marker; the controller itself carries none of its own)."""
     localhost.terminate(set(localhost.find_marked(localhost.marker(name))))
-    state = ClusterState.load_or_none(name)
-    if state is not None and state.runtime == "docker":  # stopped, not removed: `down` removes them
-        from .docker import DockerRuntime
-        labels = DockerRuntime(None, name, local=True).label_filter()
-        for role in ("orchestrator", "worker"):
-            subprocess.run(["sh", "-c", f"docker ps -q {labels} --filter label=mlcluster.role={role} "
-                                        "| xargs -r docker stop -t 10 >/dev/null"], capture_output=True, timeout=120)
 
 
 # -- a remote host -----------------------------------------------------------------
@@ -201,8 +165,3 @@ def fired_remote(host: "RemoteHost") -> Optional[str]:
     result = host.run(f"cat {quote(host.path(RECORD))} 2>/dev/null", warn=True)
     return result.stdout.strip() if result.ok and result.stdout.strip() else None
 
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: python -m mlcluster.deploy.watchdog NAME ({shlex.join(sys.argv[1:])!r} given)")
-    stop_local_cluster(sys.argv[1])
