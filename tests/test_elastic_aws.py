@@ -20,7 +20,7 @@ from support.console import cli
 from support.imds import CREDENTIALS
 from support.load import ClosedLoop, failed
 from support.moto import ec2_client, live_workers, nothing_tagged, replacement, tagged
-from support.sshcluster import containers, controller_events, host_network, ssh_marks
+from support.sshcluster import containers, controller_events, controller_shown, host_network, ssh_marks
 from support.waiting import wait_for
 
 pytestmark = ssh_marks()
@@ -53,12 +53,9 @@ def test_a_reclaimed_spot_worker_is_replaced_and_serves_again(gateway_moto, net,
         launched = time.monotonic() - reclaimed
         assert len(live_workers(moto, CLUSTER)) <= 2  # the cap
         net.restore(net.hosts["w1"])  # the replacement boots at worker1's mapped address, without our services
-        try:
+        with controller_shown(orch):
             wait_for(lambda: containers(url).get("worker1-1") == "free", "worker1-1 serving on the replacement",
                      timeout=60)
-        except AssertionError:  # what the controller did, in the failure's output
-            print((orch.workdir / "controller.log").read_text()[-5000:], controller_events(orch))
-            raise
         print(f"replacement launched {launched:.1f} s after the reclaim; worker1-1 served again after "
               f"{time.monotonic() - reclaimed:.1f} s")
         pinned = json.loads((orch.workdir / "controller-aws.json").read_text())["hosts"]["worker1"]

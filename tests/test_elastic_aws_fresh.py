@@ -30,6 +30,7 @@ from support.moto import ec2_client, nothing_tagged, replacement
 from support.sshcluster import (
     containers,
     controller_events,
+    controller_shown,
     docker_containers,
     docker_on,
     docker_over_ssh_missing,
@@ -76,12 +77,9 @@ def test_a_replacement_instance_gets_the_worker_image_and_serves(gateway_moto, n
                           "the controller launching a replacement for worker1", timeout=60)
         launched = time.monotonic()
         net.restore(w1)  # the replacement boots at worker1's mapped address, with neither image nor container
-        try:
+        with controller_shown(orch):
             wait_for(lambda: containers(url).get("worker1-1") == "free", "worker1-1 serving on the replacement",
                      timeout=600)
-        except AssertionError:  # what the controller did, in the failure's output
-            print((orch.workdir / "controller.log").read_text()[-5000:], controller_events(orch))
-            raise
         print(f"\nfresh Docker instance: {time.monotonic() - launched:.1f} s from its launch to worker1-1 serving "
               "(the worker image shipped from the orchestrator's host)")
         before = loop.count()

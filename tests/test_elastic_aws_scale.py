@@ -17,7 +17,7 @@ from support.console import cli
 from support.imds import CREDENTIALS
 from support.load import ClosedLoop, failed
 from support.moto import instances_by_name, live_workers, nothing_tagged
-from support.sshcluster import autoscale, controller_events, host_network, ssh_marks, status
+from support.sshcluster import autoscale, controller_events, controller_shown, host_network, ssh_marks, status
 from support.waiting import wait_for
 
 pytestmark = ssh_marks()
@@ -47,11 +47,8 @@ def test_the_load_launches_a_tagged_worker_within_the_cap_and_its_end_terminates
                 caps.append(len(live_workers(moto, CLUSTER)))
                 return any(c["id"].startswith("worker2-") and c["status"] in ("free", "busy")
                            for c in status(url)["containers"])
-            try:
+            with controller_shown(orch):
                 wait_for(serving_there, "a container serving on a new worker instance", timeout=90, interval=0.5)
-            except AssertionError:
-                print((orch.workdir / "controller.log").read_text()[-5000:], controller_events(orch))
-                raise
             wait_for(lambda: sum(1 for a in list(loop.answers) if a.container.startswith("worker2-")) >= 10,
                      "answers from worker2's container", timeout=30)
             assert max(caps) <= 2 and live_workers(moto, CLUSTER) == ["worker1", "worker2"]  # the cap: 2 containers of 1

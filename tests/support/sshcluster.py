@@ -1,9 +1,9 @@
 """An ssh-provider cluster on the SSH test hosts: its config file, `up` and
 `down` (`up_cluster`, or a test module's `cluster` fixture from
 `cluster_fixture`), what its orchestrator and controller show (`containers`,
-`autoscale`, `events`, `controller_events`), what runs in a host's namespace
-(`our_processes`, `marked`, `worker_ids`, `docker_on`, `docker_containers`),
-and a benchmark script's test network (`bench_network`)."""
+`autoscale`, `events`, `controller_events`, `controller_shown`), what runs
+in a host's namespace (`our_processes`, `marked`, `worker_ids`, `docker_on`,
+`docker_containers`), and a benchmark script's test network (`bench_network`)."""
 from __future__ import annotations
 
 import json
@@ -175,6 +175,18 @@ def controller_events(host: TestHost) -> list[dict]:
     """The events the controller on `host` wrote (its events.jsonl; [] before the first)."""
     path = host.workdir / "events.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@contextmanager
+def controller_shown(host: TestHost) -> Iterator[None]:
+    """A failed assertion inside prints what the controller on `host` did
+    first (the tail of its log, its events), then fails as it would."""
+    try:
+        yield
+    except AssertionError:
+        log = host.workdir / "controller.log"
+        print(log.read_text()[-5000:] if log.exists() else "(no controller.log)", controller_events(host))
+        raise
 
 
 class LineReader:
