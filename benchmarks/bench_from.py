@@ -109,7 +109,7 @@ def main() -> None:
           f"± {args.jitter_ms:g} ms each way")
     with bench_network("orch", "w1", "w2", prefix="bench-from-") as (net, tmp), \
             up_cluster(tmp / "home", net, "overhead-test", ["w1", "w2"],
-                       up_args=("--service-ms", f"{args.service_ms:g}")):
+                       top={"service_ms": args.service_ms}):
         rig = Rig(args, net, tmp)
         with Relay((rig.orch.address, 8000), args.delay_ms, args.jitter_ms, seed=1) as relay:
             clients = {"here (relay)": lambda: rig.bench("--url", relay.url, "--from", "here"),

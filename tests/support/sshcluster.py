@@ -78,18 +78,19 @@ def toml_value(value) -> str:
 
 def toml_config(net: SSHTestNetwork, model: str, workers: list[str], orchestrator: str = "orch",
                 docker: tuple[str, ...] = (), name: str = CLUSTER, spares: tuple[str, ...] = (),
-                autoscale: Optional[dict] = None, **ssh) -> str:
+                autoscale: Optional[dict] = None, top: Optional[dict] = None, **ssh) -> str:
     """A config file's text for cluster `name` on these test hosts: the
     orchestrator's, the workers' and the `spares`' (pool hosts `up` starts
     nothing on), each on the Docker runtime when in `docker`, else on the
-    process runtime; `autoscale`: the [autoscale] table; `ssh`: more [ssh]
-    settings."""
+    process runtime; `autoscale`: the [autoscale] table; `top`: more
+    top-level settings ({"service_ms": 20}); `ssh`: more [ssh] settings."""
     def host(name: str) -> str:
         h = net.hosts[name]
         runtime = "docker" if name in docker else "process"
         return (f'{{ address = "{h.address}", name = "{name}", workdir = "{h.workdir}", '
                 f'runtime = "{runtime}" }}')
     lines = [f'name = "{name}"', 'provider = "ssh"', "containers_per_worker = 2", f'model = "{model}"',
+             *(f"{k} = {toml_value(v)}" for k, v in (top or {}).items()),
              "[ssh]", f'key = "{net.client_key}"', 'user = "root"', f'python = "{sys.executable}"',
              "reach_timeout = 20", "connect_timeout = 3",
              # the hosts' sshd reads this file (the controller's key goes there), never ~/.ssh of this machine
@@ -114,6 +115,7 @@ class UpCluster:
     config: Path  # the config file `up` read
     state: dict   # its state.json as `up` left it
     up_s: float   # how long `up` took
+    result: subprocess.CompletedProcess  # what `up` printed
 
     @property
     def url(self) -> str:
@@ -135,7 +137,7 @@ def up_cluster(home: Path, net: SSHTestNetwork, model: str, workers: list[str], 
     print(f"\n`mlcluster up` of {name} ({len(workers)} worker hosts): {up_s:.1f} s")
     state = json.loads((home / name / "state.json").read_text())
     try:
-        yield UpCluster(name, home, config, state, up_s)
+        yield UpCluster(name, home, config, state, up_s, result)
     finally:
         cli("down", "--name", name, "--yes", home=home, check=False)
 
