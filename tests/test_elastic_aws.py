@@ -48,8 +48,9 @@ def test_a_reclaimed_spot_worker_is_replaced_and_serves_again(gateway_moto, net,
         net.cut(net.hosts["w1"])
         net.kill_services(net.hosts["w1"])  # the machine is gone, its processes too
 
-        new_id = wait_for(lambda: replacement(moto, CLUSTER, "worker1", instances["worker1"]),
-                          "the controller launching a replacement for worker1", timeout=45)
+        with controller_shown(orch):
+            new_id = wait_for(lambda: replacement(moto, CLUSTER, "worker1", instances["worker1"]),
+                              "the controller launching a replacement for worker1", timeout=45)
         launched = time.monotonic() - reclaimed
         assert len(live_workers(moto, CLUSTER)) <= 2  # the cap
         net.restore(net.hosts["w1"])  # the replacement boots at worker1's mapped address, without our services
