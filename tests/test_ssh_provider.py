@@ -166,10 +166,10 @@ def test_admin_endpoints_only_on_the_orchestrator_hosts_loopback(net, cluster):
     orch = net.hosts["orch"]
     admin_port = cluster.state["resources"]["services"]["orchestrator"]["admin_port"]
     assert admin_port == 8001  # orchestrator_port + 1
-    auth = {"Authorization": f"Bearer {cluster['state']['token']}"}
-    public = requests.post(f"{cluster['url']}/workers", json={"containers": []}, headers=auth, timeout=5)
+    auth = {"Authorization": f"Bearer {cluster.state['token']}"}
+    public = requests.post(f"{cluster.url}/workers", json={"containers": []}, headers=auth, timeout=5)
     assert public.status_code == 404 and public.json()["status"] == 404
-    assert requests.delete(f"{cluster['url']}/workers/w1-1", headers=auth, timeout=5).status_code == 404
+    assert requests.delete(f"{cluster.url}/workers/w1-1", headers=auth, timeout=5).status_code == 404
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://{orch.address}:{admin_port}/status", timeout=5)
     listening = orch.exec("ss", "-Htln", f"sport = :{admin_port}").stdout.split()
