@@ -26,7 +26,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +34,8 @@ import requests
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from support.relay import Relay  # noqa: E402
-from support.sshcluster import CLUSTER, toml_config  # noqa: E402
-from support.sshhosts import SSHTestNetwork, missing_facilities  # noqa: E402
+from support.sshcluster import CLUSTER, bench_network, up_cluster  # noqa: E402
+from support.sshhosts import SSHTestNetwork  # noqa: E402
 
 MLCLUSTER = str(Path(sys.executable).with_name("mlcluster"))
 TEXT = "the quick brown fox jumps over the lazy dog again!"
@@ -63,12 +62,6 @@ class Rig:
         if result.returncode != 0:
             raise SystemExit(f"mlcluster {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
         return result
-
-    def up(self) -> None:
-        config = self.tmp / "cluster.toml"
-        config.write_text(toml_config(self.net, "overhead-test", ["w1", "w2"]).replace(
-            'model = "overhead-test"', f'model = "overhead-test"\nservice_ms = {self.args.service_ms}'))
-        self.mlcluster("up", "--provider", "ssh", "--config", str(config))
 
     def bench(self, *args: str) -> dict:
         out = self.tmp / "bench.json"
@@ -111,50 +104,48 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--service-ms", type=float, default=20.0)
     args = parser.parse_args()
-    if missing_facilities():
-        raise SystemExit(f"the SSH test network cannot be made here: {missing_facilities()}")
     print(f"machine: {os.cpu_count()} cores (shared); {args.runs} alternating rounds of {args.seconds:g} s; "
           f"concurrency {args.concurrency}; 4 containers of {args.service_ms:g} ms; relay {args.delay_ms:g} "
           f"± {args.jitter_ms:g} ms each way")
-    with tempfile.TemporaryDirectory(prefix="bench-from-") as tmp, SSHTestNetwork() as net:
-        net.add_hosts(["orch", "w1", "w2"])
-        rig = Rig(args, net, Path(tmp))
-        rig.up()
-        try:
-            with Relay((rig.orch.address, 8000), args.delay_ms, args.jitter_ms, seed=1) as relay:
-                clients = {"here (relay)": lambda: rig.bench("--url", relay.url, "--from", "here"),
-                           "orchestrator": lambda: rig.bench("--name", CLUSTER, "--from", "orchestrator"),
-                           "wrk on orch": rig.wrk}
-                rig.bench("--name", CLUSTER, "--from", "orchestrator")  # uploads the agent: uncounted
-                runs: dict[str, list[dict]] = {name: [] for name in clients}
-                for i in range(args.runs):
-                    for name in (list(clients) if i % 2 == 0 else list(reversed(clients))):
-                        run = clients[name]()
-                        runs[name].append(run)
-                        network = "" if run["network"] is None else f"  network p50 {run['network']:6.2f} ms"
-                        print(f"  round {i + 1}  {name:13s} {run['rate']:8.1f} req/s  p50 {run['p50']:7.2f} ms"
-                              f"{network}  errors {run['errors']}  ({run['engine']})", flush=True)
-            def ratio(key: str) -> list[float]:
-                return [o[key] / w[key] for o, w in zip(runs["orchestrator"], runs["wrk on orch"])]
-            for key, label in (("rate", "throughput"), ("p50", "p50")):
-                r = ratio(key)
-                print(f"--from orchestrator / wrk on orch, {label}: median {statistics.median(r):.3f} "
-                      f"(min {min(r):.3f}, max {max(r):.3f})")
-            for name in ("here (relay)", "orchestrator"):
-                network = statistics.median(r["network"] for r in runs[name])
-                print(f"--from {name}: p50 of the network part (client latency less the orchestrator's "
-                      f"time) median {network:.2f} ms (relay: 2 × {args.delay_ms:g} ms)")
-            before = rig.served()
-            out = rig.tmp / "two.json"
-            rig.mlcluster("bench", "--name", CLUSTER, "--from", "orch,w1", "--concurrency", str(args.concurrency),
-                          "--duration", str(args.seconds), "--warmup", "0", "--json", str(out))
-            data = json.loads(out.read_text())
-            print(f"two load hosts (orch, w1): merged records {data['requests']}, orchestrator served "
-                  f"{rig.served() - before} in the run, {data['throughput_rps']:.1f} req/s, "
-                  f"p50 {data['latency_ms']['p50']:.2f} ms")
-        finally:
-            rig.mlcluster("down", "--name", CLUSTER, "--yes")
+    with bench_network("orch", "w1", "w2", prefix="bench-from-") as (net, tmp), \
+            up_cluster(tmp / "home", net, "overhead-test", ["w1", "w2"],
+                       top={"service_ms": args.service_ms}):
+        rig = Rig(args, net, tmp)
+        with Relay((rig.orch.address, 8000), args.delay_ms, args.jitter_ms, seed=1) as relay:
+            clients = {"here (relay)": lambda: rig.bench("--url", relay.url, "--from", "here"),
+                       "orchestrator": lambda: rig.bench("--name", CLUSTER, "--from", "orchestrator"),
+                       "wrk on orch": rig.wrk}
+            rig.bench("--name", CLUSTER, "--from", "orchestrator")  # uploads the agent: uncounted
+            runs: dict[str, list[dict]] = {name: [] for name in clients}
+            for i in range(args.runs):
+                for name in (list(clients) if i % 2 == 0 else list(reversed(clients))):
+                    run = clients[name]()
+                    runs[name].append(run)
+                    network = "" if run["network"] is None else f"  network p50 {run['network']:6.2f} ms"
+                    print(f"  round {i + 1}  {name:13s} {run['rate']:8.1f} req/s  p50 {run['p50']:7.2f} ms"
+                          f"{network}  errors {run['errors']}  ({run['engine']})", flush=True)
+        def ratio(key: str) -> list[float]:
+            return [o[key] / w[key] for o, w in zip(runs["orchestrator"], runs["wrk on orch"])]
+        for key, label in (("rate", "throughput"), ("p50", "p50")):
+            r = ratio(key)
+            print(f"--from orchestrator / wrk on orch, {label}: median {statistics.median(r):.3f} "
+                  f"(min {min(r):.3f}, max {max(r):.3f})")
+        for name in ("here (relay)", "orchestrator"):
+            network = statistics.median(r["network"] for r in runs[name])
+            print(f"--from {name}: p50 of the network part (client latency less the orchestrator's "
+                  f"time) median {network:.2f} ms (relay: 2 × {args.delay_ms:g} ms)")
+        before = rig.served()
+        out = rig.tmp / "two.json"
+        rig.mlcluster("bench", "--name", CLUSTER, "--from", "orch,w1", "--concurrency", str(args.concurrency),
+                      "--duration", str(args.seconds), "--warmup", "0", "--json", str(out))
+        data = json.loads(out.read_text())
+        print(f"two load hosts (orch, w1): merged records {data['requests']}, orchestrator served "
+              f"{rig.served() - before} in the run, {data['throughput_rps']:.1f} req/s, "
+              f"p50 {data['latency_ms']['p50']:.2f} ms")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except AssertionError as exc:  # `up` failed: say so without a traceback
+        raise SystemExit(f"gave up: {exc}") from None

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from mlcluster.deploy.watchdog import WATCHDOG_SOURCE, watchdog_command
 from mlcluster.durations import parse_duration
 from mlcluster.errors import MlclusterError
 from support.console import MLCLUSTER, Trickle, cli, home_fixture, kill_marked
+from support.waiting import holds, wait_for
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("8h", 28800), ("1d", 86400),
@@ -113,7 +113,8 @@ def test_watchdog_stops_an_idle_cluster_but_not_one_serving(home, tiny_model, tm
     try:
         # Requests for three idle times: the watchdog must not fire.
         trickle = Trickle(url, "still here")
-        time.sleep(3 * idle_s)
+        holds(lambda: watchdog.poll() is None and not record.exists(), "the watchdog not firing while requests flow",
+              3 * idle_s)
         answered = trickle.stop()
         load_ended = time.time()
         assert watchdog.poll() is None and not record.exists(), watchdog.stdout.read() if watchdog.poll() else ""
@@ -174,31 +175,21 @@ def test_local_cluster_stops_itself_once_idle_but_not_while_serving(lhome, tiny_
     watchdog = state["resources"]["services"]["controller"]
     assert watchdog["pid"] in find_marked(marker("localidle"))
 
-    stop, answered = threading.Event(), []
-
-    def client():
-        with requests.Session() as http:
-            while not stop.is_set():
-                answered.append(http.post(f"{url}/new_request", json={"text": "still here"}, timeout=30).ok)
-                time.sleep(0.5)
-    thread = threading.Thread(target=client)
-    thread.start()
+    trickle = Trickle(url, "still here")
     started = time.monotonic()
     cli(*args)  # the same settings, while busy: the same watchdog
     again = json.loads((lhome / "localidle" / "state.json").read_text())
     assert again["resources"]["services"]["controller"]["pid"] == watchdog["pid"]
-    time.sleep(max(0.0, started + 2 * idle_s - time.monotonic()))
-    stop.set()
-    thread.join()
-    load_ended = time.time()
     record = lhome / "localidle" / "autostop.json"
+    holds(lambda: not record.exists() and Path(f"/proc/{watchdog['pid']}").exists(),
+          "the controller running, autostop not fired while requests flow", started + 2 * idle_s - time.monotonic())
+    answered = trickle.stop()
+    load_ended = time.time()
     assert len(answered) >= 10 and all(answered) and not record.exists()
     assert Path(f"/proc/{watchdog['pid']}").exists()
 
-    deadline = time.monotonic() + 60
-    while find_marked(marker("localidle")) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert find_marked(marker("localidle")) == []  # every process stopped, the watchdog too
+    wait_for(lambda: find_marked(marker("localidle")) == [], "every process stopped, the watchdog too", timeout=60,
+             interval=0.5)
     fired = json.loads(record.read_text())
     assert fired["reason"] == "autostop" and fired["stopped_at"] >= load_ended + idle_s - 1.0
     said = json.loads(cli("events", "--name", "localidle", "--json").stdout)["events"]

@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-import paramiko
 import pytest
 
-from mlcluster.config import build_spec, load_config
 from mlcluster.errors import MlclusterError
 from mlcluster.providers.aws.hosts import wait_for_ssh
-from mlcluster.providers.aws.provider import KEY_FILE
 from mlcluster.remote.connection import HostKeyStore
-from support.aws import RecordingUI, make_provider, new_state
+from support.aws import RecordingUI
+from support.awscluster import AwsConfig, provision_on_test_hosts
 from support.console import cli
 from support.moto import nothing_tagged, tagged
 from support.sshcluster import host_network, ssh_marks
-from support.sshhosts import SSHTestNetwork
 
 pytestmark = ssh_marks()
 
@@ -35,33 +30,14 @@ HOSTS = {"orchestrator": "orch", "worker1": "w1", "worker2": "w2"}
 net = host_network(*HOSTS.values(), scope="function")  # each test changes its hosts
 
 
-def write_config(path: Path, server, net: SSHTestNetwork, model: str) -> Path:
-    mapping = ", ".join(f'{name} = {{ address = "{net.hosts[h].address}", workdir = "{net.hosts[h].workdir}" }}'
-                        for name, h in HOSTS.items())
-    path.write_text("\n".join([
-        f'name = "{CLUSTER}"', 'provider = "aws"', "workers = 2", "containers_per_worker = 1",
-        f'model = "{model}"', 'runtime = "process"',
-        "[aws]", 'region = "us-east-1"', f'endpoint_url = "{server.url}"', f'allowed_cidr = "{net.subnet}"',
-        'ssh_user = "root"', "ssh_timeout_s = 60", "spot = true", f"address_map = {{ {mapping} }}",
-        "[ssh]", f'python = "{sys.executable}"', "connect_timeout = 3", "reach_timeout = 20",
-        f'authorized_keys = "{net.authorized_keys}"',  # the controller's key: where the test hosts' sshd reads
-    ]) + "\n")
-    return path
-
-
 def test_up_status_bench_logs_down(moto, net, tiny_model, tmp_path):
-    config = write_config(tmp_path / "aws.toml", moto, net, tiny_model)
+    config = AwsConfig(tmp_path / "aws.toml", moto, net, HOSTS, CLUSTER, tiny_model, spot=True)
     # An earlier `up` was cut short after EC2: the instances and the cluster's
     # own key pair exist. The test hosts accept that key, as the instances would.
-    spec = build_spec(load_config(config))
-    state = new_state(spec)
-    make_provider().provision(spec, state, RecordingUI())
-    public = paramiko.Ed25519Key.from_private_key_file(str(state.dir / KEY_FILE))
-    with open(net.authorized_keys, "a") as f:
-        f.write(f"{public.get_name()} {public.get_base64()} mlcluster-{CLUSTER}\n")
+    state = provision_on_test_hosts(config)
     launched = moto.faults.count("RunInstances")
 
-    up = cli("up", "--config", str(config), "--yes", check=False)
+    up = cli("up", "--config", str(config.path), "--yes", check=False)
     assert up.returncode == 0, up.stderr[-3000:]
     assert "estimate" in up.stderr and "m4.large" in up.stderr and "up to $0.200" in up.stderr  # 2 spot workers
     assert moto.faults.count("RunInstances") == launched  # resumed: nothing new in EC2

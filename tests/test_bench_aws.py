@@ -6,19 +6,13 @@ priced from the aws provider's cost plan as $ per million requests. Then
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-import paramiko
 import pytest
 
-from mlcluster.config import build_spec, load_config
 from mlcluster.providers.aws.options import plan
-from mlcluster.providers.aws.provider import KEY_FILE
-from support.aws import RecordingUI, make_provider, new_state
+from support.awscluster import AwsConfig, provision_on_test_hosts
 from support.console import cli
 from support.sshcluster import host_network, ssh_marks
-from support.sshhosts import SSHTestNetwork
 
 pytestmark = ssh_marks()
 
@@ -32,29 +26,11 @@ CAPACITY_RPS = CONTAINERS * 1000 / SERVICE_MS
 net = host_network(*HOSTS.values(), scope="function")
 
 
-def write_config(path: Path, server, net: SSHTestNetwork) -> Path:
-    mapping = ", ".join(f'{name} = {{ address = "{net.hosts[h].address}", workdir = "{net.hosts[h].workdir}" }}'
-                        for name, h in HOSTS.items())
-    path.write_text("\n".join([
-        f'name = "{CLUSTER}"', 'provider = "aws"', "workers = 1", f"containers_per_worker = {CONTAINERS}",
-        'model = "overhead-test"', f"service_ms = {SERVICE_MS}", 'runtime = "process"',
-        "[aws]", 'region = "us-east-1"', f'endpoint_url = "{server.url}"', f'allowed_cidr = "{net.subnet}"',
-        'ssh_user = "root"', "ssh_timeout_s = 60", f"address_map = {{ {mapping} }}",
-        "[ssh]", f'python = "{sys.executable}"', "connect_timeout = 3", "reach_timeout = 20",
-        f'authorized_keys = "{net.authorized_keys}"',  # the controller's key: where the test hosts' sshd reads
-    ]) + "\n")
-    return path
-
-
 def test_find_capacity_reports_dollars_per_million_from_the_cost_plan(moto, net, tmp_path):
-    config = write_config(tmp_path / "aws.toml", moto, net)
-    spec = build_spec(load_config(config))
-    state = new_state(spec)
-    make_provider().provision(spec, state, RecordingUI())  # the instances exist; the hosts take the cluster's key
-    public = paramiko.Ed25519Key.from_private_key_file(str(state.dir / KEY_FILE))
-    with open(net.authorized_keys, "a") as f:
-        f.write(f"{public.get_name()} {public.get_base64()} mlcluster-{CLUSTER}\n")
-    up = cli("up", "--config", str(config), "--yes", check=False)
+    config = AwsConfig(tmp_path / "aws.toml", moto, net, HOSTS, CLUSTER, "overhead-test", workers=1,
+                       containers_per_worker=CONTAINERS, top={"service_ms": SERVICE_MS})
+    spec = provision_on_test_hosts(config).spec  # the instances exist; the hosts take the cluster's key
+    up = cli("up", "--config", str(config.path), "--yes", check=False)
     assert up.returncode == 0, up.stderr[-3000:]
     try:
         out = tmp_path / "aws.json"

@@ -17,7 +17,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from mlcluster.bench.plot import PANELS
 from mlcluster.errors import MlclusterError
 from mlcluster.state import ClusterSpec, ClusterState
 from support.services import free_port, overhead_cluster
+from support.waiting import wait_for
 
 CONTAINERS = 8
 SERVICE_MS = 100
@@ -221,11 +221,8 @@ def test_ctrl_c_stops_cleanly_and_still_prints_what_was_measured(cluster, tmp_pa
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
                             env={**os.environ, "COLUMNS": "200"})
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # until the cluster has served some of its requests
-            if requests.get(cluster + "/status", timeout=5).json()["served"] >= served_before + 40:
-                break
-            time.sleep(0.2)
+        wait_for(lambda: requests.get(cluster + "/status", timeout=5).json()["served"] >= served_before + 40,
+                 "the cluster to serve some of the bench's requests", timeout=60, interval=0.2)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:

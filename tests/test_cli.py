@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import requests
@@ -72,12 +71,11 @@ def test_up_twice_reconciles_and_a_killed_worker_shows_down(home, tiny_model, tm
 
     victim = state["resources"]["services"]["worker1-2"]
     os.killpg(victim["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+
+    def shown_down():
         status = json.loads(cli("status", "--name", "lab", "--json").stdout)
-        if {c["id"]: c["status"] for c in status["containers"]}["worker1-2"] == "down":
-            break
-        time.sleep(0.5)
+        return status if {c["id"]: c["status"] for c in status["containers"]}["worker1-2"] == "down" else None
+    status = wait_for(shown_down, "status showing worker1-2 down", timeout=20, interval=0.5)
     assert {c["id"]: c["status"] for c in status["containers"]} == {"worker1-1": "free", "worker1-2": "down"}
     table = cli("status", "--name", "lab").stdout
     assert "worker1-2" in table and "down" in table and "1/2 containers up" in table
@@ -231,11 +229,8 @@ def test_ctrl_c_during_up_is_recorded_and_down_cleans_it(home, tiny_model):
     proc = subprocess.Popen([MLCLUSTER, *up_args(tiny_model, name="ctrlc", workers=2, per=2)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     state_file = home / "ctrlc" / "state.json"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if state_file.exists() and json.loads(state_file.read_text())["resources"].get("services"):
-            break
-        time.sleep(0.05)
+    wait_for(lambda: state_file.exists() and json.loads(state_file.read_text())["resources"].get("services"),
+             "up to record its first services", timeout=60, interval=0.05)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

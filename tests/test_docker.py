@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from mlcluster.resources import LOCAL_HOST, DockerSetup, Service
 from mlcluster.state import ClusterSpec, ClusterState
 from mlcluster.ui import QuietUI
 from support.console import cli
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 NAME = f"dockertest-{os.getpid()}"  # two runs on one engine must not meet
@@ -103,13 +105,19 @@ def register(deployment, state, timeout: float = 120.0) -> None:
 
 
 def wait_all_free(url: str, count: int, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    def ready() -> dict | None:
         status = requests.get(f"{url}/status", timeout=5).json()
-        if sum(c["status"] in ("free", "busy") for c in status["containers"]) == count:
-            return status
-        assert time.monotonic() < deadline, f"containers not ready: {status['containers']}"
-        time.sleep(0.3)
+        return status if sum(c["status"] in ("free", "busy") for c in status["containers"]) == count else None
+    return wait_for(ready, f"{count} containers serving", timeout=timeout, interval=0.3)
+
+
+@contextmanager
+def logs_shown(container):
+    """A failed assertion inside shows the container's logs with it."""
+    try:
+        yield
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{container.logs().decode()}") from None
 
 
 def classify(url: str, text: str) -> dict:
@@ -194,13 +202,10 @@ def test_killing_a_worker_container_during_a_burst_loses_no_request(engine, clus
     assert len(answers) == len(texts)
     victim.reload()
     assert victim.status != "running"
-    deadline = time.monotonic() + 30  # the orchestrator's health checker notices within seconds
-    while True:
-        status = requests.get(f"{deployment.orchestrator_url}/status", timeout=5).json()
-        if {c["id"]: c["status"] for c in status["containers"]}["worker1-2"] == "down":
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(0.2)
+    wait_for(lambda: {c["id"]: c["status"] for c in requests.get(f"{deployment.orchestrator_url}/status", timeout=5)
+                      .json()["containers"]}["worker1-2"] == "down",
+             "worker1-2 seen down (the orchestrator's health checker notices within seconds)", timeout=30,
+             interval=0.2)
     classify(deployment.orchestrator_url, "one container still serves")
 
 
@@ -234,16 +239,10 @@ def test_worker_without_a_model_is_not_ready_and_does_not_crash_loop(engine, bui
     try:
         container.reload()
         port = container.attrs["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"]
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                ready = requests.get(f"http://127.0.0.1:{port}/ready", timeout=5)
-                if ready.status_code == 503 and "could not be loaded" in ready.json()["reason"]:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, container.logs().decode()
-            time.sleep(0.3)
+        with logs_shown(container):
+            wait_for(lambda: (lambda r: r.status_code == 503 and "could not be loaded" in r.json()["reason"])(
+                requests.get(f"http://127.0.0.1:{port}/ready", timeout=5)), "the worker not ready, saying why",
+                timeout=90, interval=0.3)
         assert "NOT READY: model '/model' could not be loaded" in container.logs().decode()
         container.reload()
         assert container.status == "running" and container.attrs["RestartCount"] == 0
@@ -261,15 +260,9 @@ def test_a_model_baked_into_the_image_serves_without_a_mount(engine, built, tiny
     try:
         container.reload()
         url = f"http://127.0.0.1:{container.attrs['NetworkSettings']['Ports']['5000/tcp'][0]['HostPort']}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(f"{url}/ready", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, container.logs().decode()
-            time.sleep(0.3)
+        with logs_shown(container):
+            wait_for(lambda: requests.get(f"{url}/ready", timeout=5).status_code == 200, "the worker ready",
+                     timeout=90, interval=0.3)
         answer = requests.post(f"{url}/run_model", json={"text": "baked in"}, timeout=30).json()
         assert answer["text"] == "baked in" and "random weights" in answer["model"]
     finally:

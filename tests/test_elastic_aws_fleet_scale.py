@@ -9,18 +9,12 @@ from mlcluster.elastic.aws_fleet import Fleet
 from mlcluster.providers.aws.fleet import fleet_of
 from mlcluster.providers.aws.options import AWSOptions
 from support.aws import make_provider, make_spec, provision
-from support.moto import ec2_client
+from support.moto import instances_by_name
 
 
-def tagged(server, cluster: str) -> dict[str, list[str]]:
-    """Instance name -> states of every instance tagged for the cluster."""
-    found = ec2_client(server).describe_instances(
-        Filters=[{"Name": "tag:mlcluster:cluster", "Values": [cluster]}])["Reservations"]
-    out: dict[str, list[str]] = {}
-    for i in (i for r in found for i in r["Instances"]):
-        name = next((t["Value"] for t in i.get("Tags", []) if t["Key"] == "mlcluster:name"), "")
-        out.setdefault(name, []).append(i["State"]["Name"])
-    return out
+def states(server, cluster: str) -> dict[str, list[str]]:
+    """Instance name -> the states of the instances of that name tagged for the cluster."""
+    return {name: [state for _, state in found] for name, found in instances_by_name(server, cluster).items()}
 
 
 def test_a_launched_worker_is_tagged_running_and_the_only_kind_terminated(moto, tmp_path):
@@ -33,14 +27,14 @@ def test_a_launched_worker_is_tagged_running_and_the_only_kind_terminated(moto, 
 
     name, sentence = fleet.launch()
     assert name == "worker3" and "launched worker3" in sentence and "spot" in sentence
-    assert tagged(moto, spec.name)["worker3"] == ["running"] and fleet.coming() == 1
+    assert states(moto, spec.name)["worker3"] == ["running"] and fleet.coming() == 1
     assert fleet.look(0.0) and fleet.coming() == 0  # seen running: a pool host from now on
 
     assert fleet.terminate("worker1") == "" and fleet.terminate("orchestrator") == ""  # not its own
     assert Fleet(config, spec.name, tmp_path, lambda *e: None).grown == {"worker3"}  # a restarted controller
     assert "terminated worker3" in fleet.terminate("worker3")
-    states = tagged(moto, spec.name)
-    assert states["worker3"][0] in ("shutting-down", "terminated")
-    assert states["worker1"] == ["running"] and states["orchestrator"] == ["running"]
+    found = states(moto, spec.name)
+    assert found["worker3"][0] in ("shutting-down", "terminated")
+    assert found["worker1"] == ["running"] and found["orchestrator"] == ["running"]
     assert "worker3" not in fleet.instances and fleet.grown == set()
     assert instances["worker1"].id == fleet.instances["worker1"]

@@ -21,14 +21,12 @@ from mlcluster.errors import MlclusterError
 from mlcluster.providers.aws.fleet import fleet_of
 from mlcluster.providers.aws.options import AWSOptions
 from support.aws import make_provider, make_spec, provision
-from support.moto import ec2_client
+from support.moto import ec2_client, instances_by_name
 
 
 def states(server, cluster: str, name: str) -> dict[str, str]:
-    found = ec2_client(server).describe_instances(
-        Filters=[{"Name": "tag:mlcluster:cluster", "Values": [cluster]},
-                 {"Name": "tag:mlcluster:name", "Values": [name]}])["Reservations"]
-    return {i["InstanceId"]: i["State"]["Name"] for r in found for i in r["Instances"]}
+    """Instance id -> state of the instances named `name` tagged for the cluster."""
+    return dict(instances_by_name(server, cluster).get(name, []))
 
 
 def member(name: str, tmp_path) -> Member:

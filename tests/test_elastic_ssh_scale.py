@@ -8,67 +8,28 @@ at the minimum, with no failed request. `status --json` and `mlcluster events`
 show the decisions with their reasons; `down` leaves nothing."""
 from __future__ import annotations
 
-import json
 import time
-
-import pytest
 
 from support.console import cli
 from support.load import ClosedLoop, failed
-from support.sshcluster import cluster_config, host_network, our_processes, ssh_marks, status
+from support.sshcluster import autoscale, cluster_fixture, containers, events, host_network, marked, ssh_marks
 from support.waiting import wait_for
 
 pytestmark = ssh_marks()
 
 NAME = "sshscale"  # unique to this file: other tests run ssh clusters beside it
 net = host_network("orch", "w1", "spare")
-
-
-@pytest.fixture(scope="module")
-def cluster(net, tiny_model, tmp_path_factory):
-    home = tmp_path_factory.mktemp("scale") / "home"
-    spare = net.hosts["spare"]
-    config = cluster_config(home, net, tiny_model, ["w1"], name=NAME, host_grace=2)
-    config.write_text(config.read_text()
-                      + f'spares = [ {{ address = "{spare.address}", name = "spare", workdir = "{spare.workdir}", '
-                        'runtime = "process" } ]\n'
-                      + "[autoscale]\nmin_containers = 2\nmax_containers = 4\ntarget_ongoing = 1\n"
-                        "upscale_delay = 1\ndownscale_delay = 3\n")
-    result = cli("up", "--provider", "ssh", "--config", str(config), home=home, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    state = json.loads((home / NAME / "state.json").read_text())
-    yield {"home": home, "url": state["orchestrator_url"]}
-    cli("down", "--name", NAME, "--yes", home=home, check=False)
-
-
-def marked(net, name: str) -> list[str]:
-    """The cluster's processes on a host (its marker in their environment)."""
-    needle = f"MLCLUSTER_MARKER=ssh:{NAME}:{name}".encode()
-
-    def environ(pid: str) -> bytes:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                return f.read()
-        except OSError:
-            return b""
-    return [p for p in our_processes(net, name) if needle in environ(p).split(b"\0")]
-
-
-
-def autoscale(home) -> dict:
-    return json.loads(cli("status", "--name", NAME, "--json", home=home).stdout).get("autoscale") or {}
-
-
-def containers(url: str) -> dict[str, str]:
-    return {c["id"]: c["status"] for c in status(url)["containers"]}
+cluster = cluster_fixture(["w1"], name=NAME, spares=("spare",), host_grace=2,
+                          autoscale={"min_containers": 2, "max_containers": 4, "target_ongoing": 1,
+                                     "upscale_delay": 1, "downscale_delay": 3})
 
 
 def test_a_step_load_scales_onto_the_spare_within_the_cap_and_back_to_the_minimum(net, cluster):
-    home, url = cluster["home"], cluster["url"]
-    shown = wait_for(lambda: autoscale(home).get("running") and autoscale(home), "the controller's state",
+    home, url = cluster.home, cluster.url
+    shown = wait_for(lambda: autoscale(NAME, home).get("running") and autoscale(NAME, home), "the controller's state",
                      timeout=30, interval=0.5)
     assert (shown["min"], shown["max"], shown["target"], shown["current"]) == (2, 4, 1, 2), shown
-    assert marked(net, "spare") == []
+    assert marked(net, "spare", NAME) == []
 
     base = ClosedLoop(url, clients=1, watch=True)  # runs throughout: the scale-down happens under its load
     loop = ClosedLoop(url, clients=7)
@@ -82,26 +43,26 @@ def test_a_step_load_scales_onto_the_spare_within_the_cap_and_back_to_the_minimu
                  interval=0.2)
         wait_for(lambda: sum(1 for a in list(loop.answers) if a.container.startswith("spare-")) >= 20,
                  "answers from the spare's containers", timeout=30)
-        up_shown = wait_for(lambda: (lambda a: a if a.get("current") == 4 else None)(autoscale(home)),
+        up_shown = wait_for(lambda: (lambda a: a if a.get("current") == 4 else None)(autoscale(NAME, home)),
                             "status showing 4 containers", timeout=30, interval=0.5)
         assert up_shown["desired"] == 4 and up_shown["max"] == 4
         loop.finish()  # the step is over; the base load goes on while the spare's containers drain
         gone = time.monotonic()
         wait_for(lambda: set(containers(url)) == {"w1-1", "w1-2"}, "back to up's two containers", timeout=60,
                  interval=0.2)
-        wait_for(lambda: marked(net, "spare") == [], "the spare's containers stopped", timeout=30)
+        wait_for(lambda: marked(net, "spare", NAME) == [], "the spare's containers stopped", timeout=30)
         print(f"step gone -> the spare's containers stopped: {time.monotonic() - gone:.1f} s (downscale_delay 3 s)")
     finally:
         answers = loop.finish() + base.finish()
     assert base.most() <= 4  # never past the maximum, the draining ones counted
     assert len(answers) > 50 and failed(answers) == []
     down_shown = wait_for(lambda: (lambda a: a if a.get("current") == 2 and a.get("desired") == 2 else None)(
-        autoscale(home)), "status showing the minimum again", timeout=30,
+        autoscale(NAME, home)), "status showing the minimum again", timeout=30,
         interval=0.5)
     assert "within target" in down_shown["reason"] or "< target" in down_shown["reason"], down_shown
     assert "autoscale 2..4 at 1 ongoing each" in " ".join(cli("status", "--name", NAME, home=home).stdout.split())
 
-    found = json.loads(cli("events", "--name", NAME, "--json", home=home).stdout)["events"]
+    found = events(NAME, home)
     ups = [e for e in found if e["kind"] == "scale_up"]
     downs = [e for e in found if e["kind"] == "scale_down"]
     assert ups and all("started spare-scale" in e["reason"] for e in ups), found
@@ -112,7 +73,7 @@ def test_a_step_load_scales_onto_the_spare_within_the_cap_and_back_to_the_minimu
 
 
 def test_down_leaves_nothing(net, cluster):
-    result = cli("down", "--name", NAME, "--yes", home=cluster["home"], check=False)
+    result = cli("down", "--name", NAME, "--yes", home=cluster.home, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("orch", "w1", "spare"):
-        wait_for(lambda: marked(net, name) == [], f"nothing of {NAME} left on {name}", timeout=20)
+        wait_for(lambda: marked(net, name, NAME) == [], f"nothing of {NAME} left on {name}", timeout=20)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 
 import pytest
 import requests
@@ -16,6 +15,7 @@ from mlcluster_orchestrator.fastserver import serve
 from mlcluster_orchestrator.routes import Orchestrator, Routes
 from support.services import free_port
 from support.serving import AUTH, TOKEN, Cluster, port_of
+from support.waiting import wait_for
 from test_slow_clients import closed_by_peer, read_answer
 
 
@@ -127,14 +127,8 @@ def test_a_listener_without_admin_routes_answers_them_404(cluster, monkeypatch):
     ready.wait(10)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                assert requests.get(url + "/health_check", timeout=5).status_code == 200
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        wait_for(lambda: requests.get(url + "/health_check", timeout=5).status_code == 200,
+                 "the server answering", timeout=10, interval=0.05)
         assert requests.post(url + "/workers", json={"host": "127.0.0.1", "port": 9}, headers=AUTH,
                              timeout=5).status_code == 404
         assert requests.delete(url + "/workers/w1", headers=AUTH, timeout=5).status_code == 404

@@ -7,13 +7,13 @@ import json
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 
 import requests
 
 from mlcluster.deploy.localhost import find_marked, marker, port_free
 from support.console import cli, home_fixture, plain_bind_fails
+from support.waiting import wait_for
 
 SECRET = "wJalrXUtnFEMI-not-a-real-secret-K7MDENG"
 
@@ -64,9 +64,8 @@ def test_services_get_no_credentials_and_a_restarted_one_keeps_its_port(home, ti
     with requests.Session() as session:
         assert session.get(state["orchestrator_url"] + "/health_check", timeout=10).ok
         os.killpg(orch["pid"], signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{orch['pid']}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: not Path(f"/proc/{orch['pid']}").exists(), "the killed orchestrator gone", timeout=10,
+                 interval=0.1)
     assert plain_bind_fails(orch["port"]), "the test needs a lingering socket on the orchestrator's port"
 
     cli(*up, home=home, env=caller)

@@ -12,6 +12,7 @@ import requests
 
 from support.console import Trickle, cli
 from support.sshcluster import cluster_config, host_network, our_processes, ssh_marks
+from support.waiting import holds, wait_for
 
 CLUSTER = "autostop"  # not the other ssh tests' name: markers are made of cluster and host names
 IDLE_S = 4.0
@@ -40,7 +41,8 @@ def test_watchdogs_stop_an_idle_cluster_but_not_a_busy_one(net, tiny_model, tmp_
         watch = json.loads(shown.stdout)["autostop"]
         assert watch["autostop"] == f"{IDLE_S:g}s" and watch["deadline"] is None and watch["cost_so_far_usd"] == 0
         assert "autostop 4s idle" in cli("status", "--name", CLUSTER, home=home, check=False).stdout
-        time.sleep(max(0.0, started + 3 * IDLE_S - time.monotonic()))
+        holds(lambda: not any((net.hosts[n].workdir / "autostop.json").exists() for n in ("orch", "w1")),
+              "no host stopped while requests flow", started + 3 * IDLE_S - time.monotonic())
         answered = trickle.stop()
         assert len(answered) >= 10 and all(answered)
         for name in ("orch", "w1"):
@@ -49,10 +51,9 @@ def test_watchdogs_stop_an_idle_cluster_but_not_a_busy_one(net, tiny_model, tmp_
             assert not (work / "autostop.json").exists(), (
                 f"{name} stopped while busy: {(work / 'autostop.json').read_text()}\n{log.read_text()}")
 
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not all(
-                (net.hosts[n].workdir / "autostop.json").exists() and not our_processes(net, n) for n in ("orch", "w1")):
-            time.sleep(0.5)
+        wait_for(lambda: all((net.hosts[n].workdir / "autostop.json").exists() and not our_processes(net, n)
+                             for n in ("orch", "w1")), "both hosts' services stopped once idle", timeout=120,
+                 interval=0.5)
         for name in ("orch", "w1"):
             fired = json.loads((net.hosts[name].workdir / "autostop.json").read_text())
             assert fired["reason"] == "autostop" and fired["idle_s"] == IDLE_S

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,50 +27,29 @@ from mlcluster.ui import Step
 from support.console import cli
 from support.sshcluster import (
     BASE_IMAGE,
+    CLUSTER,
+    cluster_config,
+    cluster_fixture,
+    docker_on,
     docker_over_ssh_missing,
     host_network,
     our_processes,
     ssh_marks,
     status,
-    toml_config,
 )
-
-CLUSTER = "sshe2e"
-
-
-
 
 pytestmark = [*ssh_marks(docker_over_ssh_missing, "Docker over SSH"), pytest.mark.docker,
               pytest.mark.timeout(1500)]  # a first run builds the worker image on this machine (minutes)
 
-
-def dk(host, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The docker client against a test host's own engine (not over SSH)."""
-    return subprocess.run(["docker", "-H", host.docker_host, *args], capture_output=True, text=True, timeout=timeout)
-
-
 net = host_network("orch", "w1", "wd", docker=("wd",))
-
-
-@pytest.fixture(scope="module")
-def cluster(net, tiny_model, tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    config = home / "cluster.toml"
-    config.write_text(toml_config(net, tiny_model, ["w1", "wd"], docker=("wd",), images="ship"))
-    started = time.monotonic()
-    result = cli("up", "--provider", "ssh", "--config", str(config), timeout=1800, home=home, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    print(f"\n`mlcluster up` with one Docker host (images shipped): {time.monotonic() - started:.1f} s")
-    state = json.loads((home / CLUSTER / "state.json").read_text())
-    yield {"home": home, "config": config, "state": state, "url": state["orchestrator_url"]}
-    cli("down", "--name", CLUSTER, "--yes", home=home, check=False)
+cluster = cluster_fixture(["w1", "wd"], docker=("wd",), images="ship", up_timeout=1800)
 
 
 def test_docker_host_runs_labelled_non_root_containers(net, cluster):
     wd = net.hosts["wd"]
-    listed = dk(wd, "ps", "--filter", f"label=mlcluster.cluster={CLUSTER}", "--format", "{{.Names}}")
+    listed = docker_on(wd, "ps", "--filter", f"label=mlcluster.cluster={CLUSTER}", "--format", "{{.Names}}")
     assert sorted(listed.stdout.split()) == [f"mlc-{CLUSTER}-wd-1", f"mlc-{CLUSTER}-wd-2"]
-    inspected = json.loads(dk(wd, "inspect", f"mlc-{CLUSTER}-wd-1").stdout)[0]
+    inspected = json.loads(docker_on(wd, "inspect", f"mlc-{CLUSTER}-wd-1").stdout)[0]
     assert inspected["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     assert inspected["Config"]["Labels"]["mlcluster.role"] == "worker"
     assert inspected["HostConfig"]["PortBindings"]["5000/tcp"][0]["HostPort"] == "5000"
@@ -79,8 +57,8 @@ def test_docker_host_runs_labelled_non_root_containers(net, cluster):
     env = dict(e.split("=", 1) for e in inspected["Config"]["Env"])
     assert env["TORCH_THREADS"] == str(max(1, (__import__("os").cpu_count() or 1) // 2))
     assert env["MODEL"] == "/model"
-    assert dk(wd, "exec", f"mlc-{CLUSTER}-wd-1", "id", "-u").stdout.strip() != "0"
-    rows = {c["id"]: c for c in status(cluster["url"])["containers"]}
+    assert docker_on(wd, "exec", f"mlc-{CLUSTER}-wd-1", "id", "-u").stdout.strip() != "0"
+    rows = {c["id"]: c for c in status(cluster.url)["containers"]}
     assert rows["wd-2"]["host"] == wd.address and rows["wd-2"]["status"] == "free"
 
 
@@ -89,21 +67,21 @@ def test_docker_host_containers_are_hardened(net, cluster):
     capabilities, no-new-privileges; and the root file system really refuses writes."""
     wd = net.hosts["wd"]
     for name in (f"mlc-{CLUSTER}-wd-1", f"mlc-{CLUSTER}-wd-2"):
-        host_config = json.loads(dk(wd, "inspect", name).stdout)[0]["HostConfig"]
+        host_config = json.loads(docker_on(wd, "inspect", name).stdout)[0]["HostConfig"]
         assert host_config["ReadonlyRootfs"] is True
         assert host_config["CapDrop"] == ["ALL"] and not host_config["CapAdd"]
         assert host_config["SecurityOpt"] == ["no-new-privileges"]
         assert "/tmp" in host_config["Tmpfs"]
-    written = dk(wd, "exec", f"mlc-{CLUSTER}-wd-1", "sh", "-c", "touch /app/x")
+    written = docker_on(wd, "exec", f"mlc-{CLUSTER}-wd-1", "sh", "-c", "touch /app/x")
     assert written.returncode != 0 and "Read-only file system" in written.stderr
-    status_line = dk(wd, "exec", f"mlc-{CLUSTER}-wd-1", "grep", "-E", "^(CapEff|NoNewPrivs):", "/proc/1/status")
+    status_line = docker_on(wd, "exec", f"mlc-{CLUSTER}-wd-1", "grep", "-E", "^(CapEff|NoNewPrivs):", "/proc/1/status")
     assert sorted(status_line.stdout.split()) == sorted(["CapEff:", "0000000000000000", "NoNewPrivs:", "1"])
 
 
 def test_bench_is_served_by_docker_and_process_containers(cluster, tmp_path):
     result_file = tmp_path / "bench.json"
     bench = cli("bench", "--name", CLUSTER, "--concurrency", "15", "--requests", "300",
-                "--json", str(result_file), home=cluster["home"], check=False)
+                "--json", str(result_file), home=cluster.home, check=False)
     assert bench.returncode == 0, bench.stderr
     result = json.loads(result_file.read_text())
     assert result["requests"] == 300 and result["ok"] == 300 and not result["errors"]
@@ -112,25 +90,25 @@ def test_bench_is_served_by_docker_and_process_containers(cluster, tmp_path):
 
 
 def test_container_logs_over_ssh(cluster):
-    result = cli("logs", "--name", CLUSTER, "wd-1", home=cluster["home"], check=False)
+    result = cli("logs", "--name", CLUSTER, "wd-1", home=cluster.home, check=False)
     assert result.returncode == 0, result.stderr
     assert "Listening at: http://0.0.0.0:5000" in result.stdout
 
 
 def test_second_up_keeps_identical_containers(net, cluster):
     wd = net.hosts["wd"]
-    before = dk(wd, "ps", "-q", "--no-trunc", "--filter", f"label=mlcluster.cluster={CLUSTER}").stdout.split()
-    result = cli("up", "--config", str(cluster["config"]), timeout=900, home=cluster["home"], check=False)
+    before = docker_on(wd, "ps", "-q", "--no-trunc", "--filter", f"label=mlcluster.cluster={CLUSTER}").stdout.split()
+    result = cli("up", "--config", str(cluster.config), timeout=900, home=cluster.home, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
-    after = dk(wd, "ps", "-q", "--no-trunc", "--filter", f"label=mlcluster.cluster={CLUSTER}").stdout.split()
+    after = docker_on(wd, "ps", "-q", "--no-trunc", "--filter", f"label=mlcluster.cluster={CLUSTER}").stdout.split()
     assert sorted(after) == sorted(before) and len(after) == 2
 
 
 def test_down_removes_the_containers(net, cluster):
-    result = cli("down", "--name", CLUSTER, "--yes", home=cluster["home"], check=False)
+    result = cli("down", "--name", CLUSTER, "--yes", home=cluster.home, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     wd = net.hosts["wd"]
-    assert dk(wd, "ps", "-aq", "--filter", f"label=mlcluster.cluster={CLUSTER}").stdout.split() == []
+    assert docker_on(wd, "ps", "-aq", "--filter", f"label=mlcluster.cluster={CLUSTER}").stdout.split() == []
     assert our_processes(net, "orch") == [] and our_processes(net, "w1") == []
 
 
@@ -165,10 +143,10 @@ def test_build_on_the_host_then_reuse(net, tmp_path):
     try:
         runtime.prepare(host, Step(None, None))
         tag = host.facts["images"]["orchestrator"]
-        first = json.loads(dk(wd, "image", "inspect", tag).stdout)[0]
+        first = json.loads(docker_on(wd, "image", "inspect", tag).stdout)[0]
         assert first["Config"]["User"] == "10001:10001"
         runtime.prepare(host, Step(None, None))  # again: found, not rebuilt
-        assert json.loads(dk(wd, "image", "inspect", tag).stdout)[0]["Created"] == first["Created"]
+        assert json.loads(docker_on(wd, "image", "inspect", tag).stdout)[0]["Created"] == first["Created"]
         assert not list(wd.workdir.glob("context-*"))
     finally:
         runtime.close()
@@ -183,11 +161,8 @@ def test_orchestrator_container_serves_admin_only_on_its_hosts_loopback(net, tin
     and the admin port cannot be reached from the network."""
     wd, name = net.hosts["wd"], "sshadm"
     home = tmp_path / "home"
-    home.mkdir()
-    config = home / "cluster.toml"
-    config.write_text(toml_config(net, tiny_model, ["w1"], orchestrator="wd", docker=("wd",), images="ship",
-                                  orchestrator_port=8100, worker_port=5100)
-                      .replace(f'name = "{CLUSTER}"', f'name = "{name}"'))
+    config = cluster_config(home, net, tiny_model, ["w1"], name=name, orchestrator="wd", docker=("wd",),
+                            images="ship", orchestrator_port=8100, worker_port=5100)
     up = cli("up", "--provider", "ssh", "--config", str(config), timeout=1800, home=home, check=False)
     try:
         assert up.returncode == 0, up.stderr[-3000:]
@@ -198,7 +173,7 @@ def test_orchestrator_container_serves_admin_only_on_its_hosts_loopback(net, tin
         auth = {"Authorization": f"Bearer {state['token']}"}
         public = requests.post(f"{url}/workers", json={"containers": []}, headers=auth, timeout=5)
         assert public.status_code == 404 and public.json()["status"] == 404
-        bindings = json.loads(dk(wd, "inspect", f"mlc-{name}-orchestrator").stdout)[0]["HostConfig"]["PortBindings"]
+        bindings = json.loads(docker_on(wd, "inspect", f"mlc-{name}-orchestrator").stdout)[0]["HostConfig"]["PortBindings"]
         assert bindings["8101/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "8101"}]
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://{wd.address}:8101/status", timeout=5)

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -25,11 +24,11 @@ from support.load import ClosedLoop, failed, served_by
 from support.sshcluster import (
     CLUSTER,
     LineReader,
+    cluster_fixture,
     host_network,
     our_processes,
     ssh_marks,
     status,
-    toml_config,
 )
 from support.sshhosts import LOGIN_ONLY_VALUE, LOGIN_ONLY_VAR
 from support.waiting import wait_for
@@ -37,26 +36,11 @@ from support.waiting import wait_for
 pytestmark = ssh_marks()
 
 net = host_network("orch", "w1", "w2")
-
-
-@pytest.fixture(scope="module")
-def cluster(net, tiny_model, tmp_path_factory):
-    """The cluster up (through the CLI) for the tests below; down at the end."""
-    home = tmp_path_factory.mktemp("home")
-    config = home / "cluster.toml"
-    config.write_text(toml_config(net, tiny_model, ["w1", "w2"]))
-    started = time.monotonic()
-    result = cli("up", "--provider", "ssh", "--config", str(config), home=home, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    print(f"\n`mlcluster up --provider ssh` onto 3 hosts (process runtime): {time.monotonic() - started:.1f} s")
-    state = json.loads((home / CLUSTER / "state.json").read_text())
-    yield {"home": home, "config": config, "state": state, "url": state["orchestrator_url"],
-           "up_s": time.monotonic() - started, "up": result}
-    cli("down", "--name", CLUSTER, "--yes", home=home, check=False)
+cluster = cluster_fixture(["w1", "w2"])  # the cluster up (through the CLI) for the tests below; down at the end
 
 
 def test_up_registers_every_container_with_private_addresses(net, cluster):
-    state, url = cluster["state"], cluster["url"]
+    state, url = cluster.state, cluster.url
     assert url == f"http://{net.hosts['orch'].address}:8000"
     containers = {c["id"]: c for c in status(url)["containers"]}
     assert sorted(containers) == ["w1-1", "w1-2", "w2-1", "w2-2"]
@@ -72,7 +56,7 @@ def test_up_registers_every_container_with_private_addresses(net, cluster):
     # the token lives only in the 0600 state here and in 0600 files on the host
     env_file = net.hosts["orch"].workdir / "orchestrator.env"
     assert oct(env_file.stat().st_mode & 0o777) == "0o600" and state["token"] in env_file.read_text()
-    assert state["token"] not in cluster["up"].stdout + cluster["up"].stderr
+    assert state["token"] not in cluster.result.stdout + cluster.result.stderr
 
 
 def test_services_get_only_the_environment_they_need(net, cluster):
@@ -88,7 +72,7 @@ def test_services_get_only_the_environment_they_need(net, cluster):
     finally:
         login.close()
     assert seen[0] == LOGIN_ONLY_VALUE and len(seen) > 1  # the login environment has both
-    resources = cluster["state"]["resources"]
+    resources = cluster.state["resources"]
     for sid, record in resources["services"].items():
         workdir = Path(resources["hosts"][record["host"]]["workdir"])
         own = {line.split("=", 1)[0] for line in (workdir / f"{sid}.env").read_text().splitlines() if line}
@@ -101,15 +85,15 @@ def test_services_get_only_the_environment_they_need(net, cluster):
 
 
 def test_second_up_reuses_what_runs(net, cluster):
-    before = cluster["state"]["resources"]["services"]
-    result = cli("up", "--config", str(cluster["config"]), home=cluster["home"], check=False)
+    before = cluster.state["resources"]["services"]
+    result = cli("up", "--config", str(cluster.config), home=cluster.home, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
-    after = json.loads((cluster["home"] / CLUSTER / "state.json").read_text())["resources"]["services"]
+    after = json.loads((cluster.home / CLUSTER / "state.json").read_text())["resources"]["services"]
     assert {k: v["pid"] for k, v in after.items()} == {k: v["pid"] for k, v in before.items()}
 
 
 def test_load_through_the_orchestrator_reaches_every_container(cluster):
-    loop = ClosedLoop(cluster["url"], 15)
+    loop = ClosedLoop(cluster.url, 15)
     try:
         wait_for(lambda: loop.count() >= 300, "300 answers", timeout=120)
     finally:
@@ -124,7 +108,7 @@ def test_load_through_the_orchestrator_reaches_every_container(cluster):
 def test_mlcluster_bench_through_the_orchestrator(cluster, tmp_path):
     out = tmp_path / "bench.json"
     result = cli("bench", "--name", CLUSTER, "--concurrency", "15", "--requests", "200",
-                 "--json", str(out), home=cluster["home"], check=False)
+                 "--json", str(out), home=cluster.home, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["ok"] >= 200 and data["errors"] == 0
@@ -134,20 +118,20 @@ def test_mlcluster_bench_through_the_orchestrator(cluster, tmp_path):
 
 
 def test_logs_over_ssh(cluster):
-    orchestrator = cli("logs", "--name", CLUSTER, home=cluster["home"], check=False)
+    orchestrator = cli("logs", "--name", CLUSTER, home=cluster.home, check=False)
     assert orchestrator.returncode == 0, orchestrator.stderr
     assert "registered" in orchestrator.stdout
-    worker = cli("logs", "--name", CLUSTER, "w2-1", "--tail", "50", home=cluster["home"], check=False)
+    worker = cli("logs", "--name", CLUSTER, "w2-1", "--tail", "50", home=cluster.home, check=False)
     assert worker.returncode == 0, worker.stderr
     # It listens on its host's private address (the test range), not on every interface.
     assert re.search(r"Listening at: http://10\.213\.\d+\.\d+:5000", worker.stdout), worker.stdout
     assert "Listening at: http://0.0.0.0" not in worker.stdout
-    unknown = cli("logs", "--name", CLUSTER, "w9-9", home=cluster["home"], check=False)
+    unknown = cli("logs", "--name", CLUSTER, "w9-9", home=cluster.home, check=False)
     assert unknown.returncode == 1 and "w9-9" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_follow_streams_new_lines(net, cluster):
-    env = dict(os.environ, MLCLUSTER_HOME=str(cluster["home"]), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, MLCLUSTER_HOME=str(cluster.home), HF_HUB_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-m", "mlcluster", "logs", "--name", CLUSTER, "--follow", "--tail", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -165,11 +149,11 @@ def test_follow_streams_new_lines(net, cluster):
 def admin_call(net, cluster, method: str, path: str, body=None) -> tuple[int, dict]:
     """A call to the orchestrator's admin listener from its own host (inside
     its namespace, to its 127.0.0.1): the status code and the JSON answer."""
-    port = cluster["state"]["resources"]["services"]["orchestrator"]["admin_port"]
+    port = cluster.state["resources"]["services"]["orchestrator"]["admin_port"]
     code = ("import json, sys, requests; r = requests.request(sys.argv[1], sys.argv[2], json=json.loads(sys.argv[3]), "
             "headers={'Authorization': 'Bearer ' + sys.argv[4]}, timeout=5); print(r.status_code, r.text)")
     done = net.hosts["orch"].exec(sys.executable, "-c", code, method, f"http://127.0.0.1:{port}{path}",
-                                  json.dumps(body), cluster["state"]["token"])
+                                  json.dumps(body), cluster.state["token"])
     assert done.returncode == 0, done.stderr
     code, text = done.stdout.split(" ", 1)
     return int(code), json.loads(text)
@@ -180,12 +164,12 @@ def test_admin_endpoints_only_on_the_orchestrator_hosts_loopback(net, cluster):
     public port answers the admin paths 404 even with the token, and the admin
     port cannot be reached from the network."""
     orch = net.hosts["orch"]
-    admin_port = cluster["state"]["resources"]["services"]["orchestrator"]["admin_port"]
+    admin_port = cluster.state["resources"]["services"]["orchestrator"]["admin_port"]
     assert admin_port == 8001  # orchestrator_port + 1
-    auth = {"Authorization": f"Bearer {cluster['state']['token']}"}
-    public = requests.post(f"{cluster['url']}/workers", json={"containers": []}, headers=auth, timeout=5)
+    auth = {"Authorization": f"Bearer {cluster.state['token']}"}
+    public = requests.post(f"{cluster.url}/workers", json={"containers": []}, headers=auth, timeout=5)
     assert public.status_code == 404 and public.json()["status"] == 404
-    assert requests.delete(f"{cluster['url']}/workers/w1-1", headers=auth, timeout=5).status_code == 404
+    assert requests.delete(f"{cluster.url}/workers/w1-1", headers=auth, timeout=5).status_code == 404
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://{orch.address}:{admin_port}/status", timeout=5)
     listening = orch.exec("ss", "-Htln", f"sport = :{admin_port}").stdout.split()
@@ -195,7 +179,7 @@ def test_admin_endpoints_only_on_the_orchestrator_hosts_loopback(net, cluster):
 
 
 def test_host_losing_its_network_mid_load_loses_no_request(net, cluster):
-    url = cluster["url"]
+    url = cluster.url
     loop = ClosedLoop(url, 15)
     try:
         wait_for(lambda: served_by(loop.answers, "w1") and served_by(loop.answers, "w2"), "load served by both hosts",
@@ -218,7 +202,7 @@ def test_host_losing_its_network_mid_load_loses_no_request(net, cluster):
 
 
 def test_status_and_details(net, cluster):
-    result = cli("status", "--name", CLUSTER, "--json", home=cluster["home"], check=False)
+    result = cli("status", "--name", CLUSTER, "--json", home=cluster.home, check=False)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     rows = {c["id"]: c for c in data["containers"]}
@@ -226,12 +210,12 @@ def test_status_and_details(net, cluster):
 
 
 def test_down_stops_everything_and_hosts_stay(net, cluster):
-    result = cli("down", "--name", CLUSTER, "--yes", home=cluster["home"], check=False)
+    result = cli("down", "--name", CLUSTER, "--yes", home=cluster.home, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("orch", "w1", "w2"):
         assert our_processes(net, name) == []
         assert not list(net.hosts[name].workdir.glob("*.env"))
-    assert not (cluster["home"] / CLUSTER).exists()
+    assert not (cluster.home / CLUSTER).exists()
     # the hosts still answer SSH
     from mlcluster.remote.connection import Connection
     with Connection(net.hosts["w1"].address, key_path=net.client_key) as c:

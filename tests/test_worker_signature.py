@@ -13,7 +13,7 @@ import requests
 
 from support.serving import AUTH, port_of
 from support.signing import HEADER, sign
-from support.waiting import wait_for
+from support.waiting import holds, wait_for
 
 TOKEN = "worker-credential-1f0c9a"
 OTHER = "another-credential-77b2e4"
@@ -143,7 +143,8 @@ def test_a_worker_with_another_credential_is_marked_down_and_nothing_is_lost(clu
     assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
     assert {a.json()["container"]["id"] for a in answers} == {"b"}
     assert answers[0].json()["attempts"] == 2  # refused by "a", then served by "b"
-    time.sleep(1)  # several health checks (every 0.25 s): "a"'s open /ready does not bring it back
+    # several health checks (every 0.25 s): "a"'s open /ready does not bring it back
+    holds(lambda: cluster.container("a")["status"] == "down", "container a down", 1.0)
     assert cluster.container("a")["status"] == "down" and cluster.container("a")["failed"] == 1
     assert requests.get(cluster.workers["a"].url + "/stats", timeout=10).json()["served"] == 0
     log = cluster.orchestrator.log()

@@ -153,7 +153,7 @@ class MotoServer(ThreadedMotoServer):
         self.faults.clear()
 
 
-# -- fixtures (import them into a test module to use them) ---------------------
+# -- fixtures (tests/conftest.py loads this module as a plugin) ------------------
 @pytest.fixture(scope="session")
 def moto_server():
     server = MotoServer()
@@ -183,11 +183,54 @@ def moto(moto_server, monkeypatch, tmp_path):
     moto_server.reset()
 
 
+@pytest.fixture(scope="module")
+def gateway_moto_server(net):
+    """A moto server on the gateway of the module's SSH test network (`net`),
+    where a controller running on a test host reaches it."""
+    server = MotoServer(ip_address=net.gateway)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway_moto(gateway_moto_server, monkeypatch, tmp_path):
+    """`moto` for a test whose cluster runs on SSH test hosts: the server on
+    the network's gateway (`gateway_moto_server`), `isolated` for this test."""
+    yield isolated(gateway_moto_server, monkeypatch, tmp_path)
+    gateway_moto_server.reset()
+
+
 def ec2_client(server: MotoServer, region: str = "us-east-1"):
     """A plain boto3 client on the server, for checks independent of mlcluster's code."""
     import boto3
     return boto3.client("ec2", region_name=region, endpoint_url=server.url,
                         aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def instances_by_name(server: MotoServer, cluster: str) -> dict[str, list[tuple[str, str]]]:
+    """Instance name (the mlcluster:name tag) -> [(instance id, state)] of
+    every instance tagged for `cluster`, in any state."""
+    found = ec2_client(server).describe_instances(
+        Filters=[{"Name": "tag:mlcluster:cluster", "Values": [cluster]}])["Reservations"]
+    out: dict[str, list[tuple[str, str]]] = {}
+    for i in (i for r in found for i in r["Instances"]):
+        name = next((t["Value"] for t in i.get("Tags", []) if t["Key"] == "mlcluster:name"), "")
+        out.setdefault(name, []).append((i["InstanceId"], i["State"]["Name"]))
+    return out
+
+
+def live_workers(server: MotoServer, cluster: str) -> list[str]:
+    """The names of `cluster`'s worker instances pending or running, sorted
+    (a name twice when two such instances carry it); the orchestrator's aside."""
+    return sorted(name for name, found in instances_by_name(server, cluster).items() if name != "orchestrator"
+                  for _, state in found if state in ("pending", "running"))
+
+
+def replacement(server: MotoServer, cluster: str, name: str, old: str) -> str:
+    """The id of a running instance of `cluster` named `name` other than `old` ("" while there is none)."""
+    return next((i for i, state in instances_by_name(server, cluster).get(name, [])
+                 if i != old and state == "running"), "")
 
 
 def iam_client(server: MotoServer):
