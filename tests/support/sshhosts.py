@@ -40,49 +40,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
+from .netns import (
+    SSHD,
+    comm,
+    dockerd_path,
+    ip,
+    keygen,
+    kill,
+    links,
+    masked_rc_files,
+    missing_facilities,
+    unmount_under,
+)
+
+__all__ = ["SSHTestNetwork", "TestHost", "missing_facilities", "LOGIN_ONLY_VAR", "LOGIN_ONLY_VALUE"]
+
 TEST_RANGE = ipaddress.ip_network("10.213.0.0/16")
 LOGIN_ONLY_VAR, LOGIN_ONLY_VALUE = "MLCT_LOGIN_ONLY", "set-by-sshd"  # in every login's env, never a service's
-SSHD = "/usr/sbin/sshd"
-DOCKERD_CANDIDATES = ("/usr/sbin/dockerd", "/usr/bin/dockerd")
-
-
-def missing_facilities(docker: bool = False) -> Optional[str]:
-    """Why SSH test hosts cannot be made here (None when they can)."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, sshd as root)"
-    if not shutil.which("ip"):
-        return "needs iproute2's `ip` (run .ci/setup-ssh.sh)"
-    if not os.path.exists(SSHD):
-        return "needs Debian's openssh-server at /usr/sbin/sshd (run .ci/setup-ssh.sh)"
-    if not shutil.which("unshare") or not shutil.which("nsenter") or not shutil.which("ssh-keygen"):
-        return "needs unshare, nsenter and ssh-keygen (run .ci/setup-ssh.sh)"
-    probe = f"mlct-probe-{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"cannot create network namespaces: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    if docker and not dockerd_path():
-        return "needs dockerd (run .ci/setup-docker.sh)"
-    return None
-
-
-def dockerd_path() -> Optional[str]:
-    return next((p for p in DOCKERD_CANDIDATES if os.path.exists(p)), None)
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
-    return result
-
-
-def _keygen(path: Path, kind: str) -> None:
-    args = ["-t", kind] + (["-b", "3072"] if kind == "rsa" else [])
-    subprocess.run(["ssh-keygen", "-q", *args, "-N", "", "-C", f"mlct-{kind}", "-f", str(path)],
-                   check=True, capture_output=True)
-
-
 @dataclass
 class TestHost:
     """One test host. `address` is its IP on the bridge; sshd listens on
@@ -136,8 +110,8 @@ class SSHTestNetwork:
         self._closed = False
         self.client_key = self.root / "id_ed25519"
         self.client_rsa_key = self.root / "id_rsa"
-        _keygen(self.client_key, "ed25519")
-        _keygen(self.client_rsa_key, "rsa")
+        keygen(self.client_key, "ed25519")
+        keygen(self.client_rsa_key, "rsa")
         self.authorized_keys = self.root / "authorized_keys"
         self.authorized_keys.write_text(self.client_key.with_suffix(".pub").read_text()
                                         + self.client_rsa_key.with_suffix(".pub").read_text())
@@ -152,7 +126,7 @@ class SSHTestNetwork:
 
     # -- network ----------------------------------------------------------
     def _free_subnet(self) -> ipaddress.IPv4Network:
-        routes = json.loads(_ip("-j", "route", "show", "table", "all").stdout or "[]")
+        routes = json.loads(ip("-j", "route", "show", "table", "all").stdout or "[]")
         used = set()
         for r in routes:
             dst = r.get("dst", "")
@@ -169,11 +143,11 @@ class SSHTestNetwork:
         raise RuntimeError(f"no free /24 left in {TEST_RANGE}")
 
     def _make_bridge(self) -> None:
-        _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
+        ip("link", "add", self.bridge, "type", "bridge")
+        ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
+        ip("link", "set", self.bridge, "up")
         # Anything in the test range beyond our /24 goes nowhere.
-        _ip("route", "replace", "unreachable", str(TEST_RANGE))
+        ip("route", "replace", "unreachable", str(TEST_RANGE))
         self._allow_bridged_traffic()
 
     def _allow_bridged_traffic(self) -> None:
@@ -212,22 +186,22 @@ class SSHTestNetwork:
         self.hosts[name] = host
         host.workdir.mkdir(parents=True, exist_ok=True)
         inner = f"mlct{self.tag}n{index}"
-        _ip("netns", "add", host.namespace)
-        _ip("link", "add", host.veth, "type", "veth", "peer", "name", inner)
-        _ip("link", "set", inner, "netns", host.namespace)
-        _ip("link", "set", host.veth, "master", self.bridge)
-        _ip("link", "set", host.veth, "up")
+        ip("netns", "add", host.namespace)
+        ip("link", "add", host.veth, "type", "veth", "peer", "name", inner)
+        ip("link", "set", inner, "netns", host.namespace)
+        ip("link", "set", host.veth, "master", self.bridge)
+        ip("link", "set", host.veth, "up")
         ns = ["-n", host.namespace]
-        _ip(*ns, "link", "set", "lo", "up")
-        _ip(*ns, "link", "set", inner, "name", "eth0")
-        _ip(*ns, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
-        _ip(*ns, "link", "set", "eth0", "up")
+        ip(*ns, "link", "set", "lo", "up")
+        ip(*ns, "link", "set", inner, "name", "eth0")
+        ip(*ns, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
+        ip(*ns, "link", "set", "eth0", "up")
         return host
 
     # -- daemons ----------------------------------------------------------
     def _sshd_config(self, host: TestHost, with_docker: bool) -> Path:
         if not host.host_key_path.exists():
-            _keygen(host.host_key_path, "ed25519")
+            keygen(host.host_key_path, "ed25519")
         lines = [
             f"ListenAddress {host.address}", f"Port {host.port}",
             f"HostKey {host.host_key_path}", f"PidFile {host.dir / 'sshd.pid'}",
@@ -243,31 +217,34 @@ class SSHTestNetwork:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def _spawn(self, host: TestHost, shell: str, log: str) -> int:
+    def _spawn(self, host: TestHost, shell: str, log: str, own_mounts: bool = False) -> int:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         with open(host.dir / log, "ab") as out:
             proc = subprocess.Popen(
                 # nsenter, not `ip netns exec`: that remounts /sys, which hides the
                 # cgroup mounts dockerd needs.
-                ["nsenter", f"--net=/run/netns/{host.namespace}", "unshare", "--uts", "sh", "-c", shell],
+                ["nsenter", f"--net=/run/netns/{host.namespace}", "unshare", "--uts",
+                 *(["--mount"] if own_mounts else []), "sh", "-c", shell],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self._procs[proc.pid] = proc
         return proc.pid  # every step execs, so this is the daemon's pid
 
     def _stop(self, pid: int, sig: int = signal.SIGKILL) -> None:
         """Signal a daemon we started and reap it."""
-        _kill(pid, sig)
+        kill(pid, sig)
         proc = self._procs.pop(pid, None)
         if proc is not None:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                _kill(pid)
+                kill(pid)
                 proc.wait(timeout=5)
 
     def _start_sshd(self, host: TestHost, with_docker: bool = False) -> None:
         config = self._sshd_config(host, with_docker)
-        host.sshd_pid = self._spawn(host, f"hostname {host.name} && exec {SSHD} -D -e -f {config}", "sshd.log")
+        mask = masked_rc_files(self.root / "empty-rc")  # this machine's shell set-up is not the host's (netns.py)
+        host.sshd_pid = self._spawn(host, f"{mask}hostname {host.name} && exec {SSHD} -D -e -f {config}", "sshd.log",
+                                    own_mounts=True)
 
     def _start_dockerd(self, host: TestHost) -> None:
         dockerd = dockerd_path()
@@ -324,17 +301,17 @@ class SSHTestNetwork:
         """Kill every process in the host's namespace but its sshd and dockerd
         (what a test started over SSH and could not stop otherwise)."""
         keep = {host.sshd_pid, host.dockerd_pid}
-        for pid in _ip("netns", "pids", host.namespace, check=False).stdout.split():
-            if int(pid) not in keep and "containerd" not in _comm(int(pid)):
-                _kill(int(pid))
+        for pid in ip("netns", "pids", host.namespace, check=False).stdout.split():
+            if int(pid) not in keep and "containerd" not in comm(int(pid)):
+                kill(int(pid))
 
     # -- links ------------------------------------------------------------
     def cut(self, host: TestHost) -> None:
         """Take the host off the network: its veth goes down on this side."""
-        _ip("link", "set", host.veth, "down")
+        ip("link", "set", host.veth, "down")
 
     def restore(self, host: TestHost) -> None:
-        _ip("link", "set", host.veth, "up")
+        ip("link", "set", host.veth, "up")
 
     # -- teardown ---------------------------------------------------------
     def close(self) -> None:
@@ -344,26 +321,26 @@ class SSHTestNetwork:
             return
         self._closed = True
         for host in self.hosts.values():
-            pids = _ip("netns", "pids", host.namespace, check=False).stdout.split()
+            pids = ip("netns", "pids", host.namespace, check=False).stdout.split()
             for pid in [host.sshd_pid, host.dockerd_pid, *host.extra_pids, *map(int, pids)]:
-                _kill(pid, signal.SIGTERM)
+                kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 3  # then SIGKILL: nothing here needs a graceful end
         for host in self.hosts.values():
-            while time.monotonic() < deadline and _ip("netns", "pids", host.namespace, check=False).stdout.split():
+            while time.monotonic() < deadline and ip("netns", "pids", host.namespace, check=False).stdout.split():
                 time.sleep(0.1)
-            for pid in _ip("netns", "pids", host.namespace, check=False).stdout.split():
-                _kill(int(pid))
+            for pid in ip("netns", "pids", host.namespace, check=False).stdout.split():
+                kill(int(pid))
         for pid in list(self._procs):
             self._stop(pid)
         for host in self.hosts.values():
-            _unmount_under(host.dir)
-            _ip("link", "del", host.veth, check=False)
-            _ip("netns", "del", host.namespace, check=False)
-        _ip("link", "del", self.bridge, check=False)
+            unmount_under(host.dir)
+            ip("link", "del", host.veth, check=False)
+            ip("netns", "del", host.namespace, check=False)
+        ip("link", "del", self.bridge, check=False)
         for rule in self._iptables_rules:
             subprocess.run(["iptables", "-D", *rule], capture_output=True)
-        if not any(name.startswith("mlctbr") for name in _links()):
-            _ip("route", "del", "unreachable", str(TEST_RANGE), check=False)
+        if not any(name.startswith("mlctbr") for name in links()):
+            ip("route", "del", "unreachable", str(TEST_RANGE), check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> "SSHTestNetwork":
@@ -371,30 +348,3 @@ class SSHTestNetwork:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
-    if pid:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text()
-    except OSError:
-        return ""
-
-
-def _links() -> list[str]:
-    return [link.get("ifname", "") for link in json.loads(_ip("-j", "link", "show", check=False).stdout or "[]")]
-
-
-def _unmount_under(path: Path) -> None:
-    """dockerd leaves overlay/shm mounts under its data root when killed."""
-    prefix = str(path.resolve()) + "/"
-    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-    for mount in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", mount], capture_output=True)
