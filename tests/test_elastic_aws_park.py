@@ -10,29 +10,19 @@ the model, as a terminated machine would. A step load launches the instance
 again under its name (within the cap: never more than 2 worker instances nor
 2 containers), the model is copied onto it, and the parked container serves
 there again. No request fails; `status --json` and the events say what
-happened; `down` leaves nothing tagged.
-
-Its own setup (like tests/test_elastic_aws_scale.py): cluster name, hosts and
-moto server are this file's."""
+happened; `down` leaves nothing tagged."""
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
-from pathlib import Path
 
-import paramiko
-import pytest
-
-from mlcluster.config import build_spec, load_config
-from mlcluster.providers.aws.provider import KEY_FILE
-from support.aws import RecordingUI, make_provider, new_state
+from support.awscluster import AwsConfig, up_with_metadata
 from support.console import cli
-from support.imds import CREDENTIALS, InstanceMetadata
+from support.imds import CREDENTIALS
 from support.load import ClosedLoop, failed
-from support.moto import MotoServer, ec2_client, isolated, nothing_tagged
-from support.sshcluster import host_network, ssh_marks, status
+from support.moto import instances_by_name, live_workers, nothing_tagged
+from support.sshcluster import autoscale, controller_events, controller_shown, host_network, ssh_marks, status
 from support.waiting import wait_for
 
 pytestmark = ssh_marks()
@@ -42,96 +32,31 @@ HOSTS = {"orchestrator": "orch", "worker1": "w1", "worker2": "w2"}
 net = host_network(*HOSTS.values())
 
 
-@pytest.fixture(scope="module")
-def gateway_moto(net):
-    server = MotoServer(ip_address=net.gateway)  # the controller on "orch" reaches it there
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def moto(gateway_moto, monkeypatch, tmp_path):
-    yield isolated(gateway_moto, monkeypatch, tmp_path)
-    gateway_moto.reset()
-
-
-def write_config(path: Path, server, network, model: str, metadata_url: str = "") -> Path:
-    mapping = ", ".join(f'{name} = {{ address = "{network.hosts[h].address}", workdir = "{network.hosts[h].workdir}" }}'
-                        for name, h in HOSTS.items())
-    path.write_text("\n".join([
-        f'name = "{CLUSTER}"', 'provider = "aws"', "workers = 2", "containers_per_worker = 1",
-        f'model = "{model}"', 'runtime = "process"',
-        "[autoscale]", "min_containers = 1", "max_containers = 2", "target_ongoing = 1", "upscale_delay = 1",
-        "downscale_delay = 3",
-        "[aws]", 'region = "us-east-1"', f'endpoint_url = "{server.url}"', f'allowed_cidr = "{network.subnet}"',
-        'ssh_user = "root"', "ssh_timeout_s = 60", f"address_map = {{ {mapping} }}",
-        *([f'metadata_url = "{metadata_url}"'] if metadata_url else []),
-        "[ssh]", f'python = "{sys.executable}"', "connect_timeout = 3", "reach_timeout = 20",
-        f'authorized_keys = "{network.authorized_keys}"', "host_grace = 3",
-    ]) + "\n")
-    return path
-
-
-def instances(server) -> dict[str, list[tuple[str, str]]]:
-    """Instance name -> [(id, state)] of every instance tagged for the cluster."""
-    found = ec2_client(server).describe_instances(
-        Filters=[{"Name": "tag:mlcluster:cluster", "Values": [CLUSTER]}])["Reservations"]
-    out: dict[str, list[tuple[str, str]]] = {}
-    for i in (i for r in found for i in r["Instances"]):
-        name = next((t["Value"] for t in i.get("Tags", []) if t["Key"] == "mlcluster:name"), "")
-        out.setdefault(name, []).append((i["InstanceId"], i["State"]["Name"]))
-    return out
-
-
-def live_workers(server) -> list[str]:
-    return sorted(name for name, found in instances(server).items() if name != "orchestrator"
-                  for _, state in found if state in ("pending", "running"))
-
-
-def controller_events(network) -> list[dict]:
-    path = network.hosts["orch"].workdir / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def autoscale(name: str) -> dict:
-    return json.loads(cli("status", "--name", name, "--json").stdout).get("autoscale") or {}
-
-
 def test_an_emptied_worker_instance_is_terminated_and_launched_again_for_its_parked_container(
-        moto, net, tiny_model, tmp_path):
-    config = write_config(tmp_path / "aws.toml", moto, net, tiny_model)
-    spec = build_spec(load_config(config))
-    state = new_state(spec)
-    make_provider().provision(spec, state, RecordingUI())  # EC2 first: the orchestrator's instance id
-    public = paramiko.Ed25519Key.from_private_key_file(str(state.dir / KEY_FILE))
-    with open(net.authorized_keys, "a") as f:  # the test hosts accept the cluster's key, as the instances would
-        f.write(f"{public.get_name()} {public.get_base64()} mlcluster-{CLUSTER}\n")
-    first = dict(state.resources.aws.instances)
-    orch = net.hosts["orch"]
-    with InstanceMetadata(moto.url, first["orchestrator"], bind=net.gateway) as imds:
-        write_config(config, moto, net, tiny_model, metadata_url=imds.url)
-        up = cli("up", "--config", str(config), "--yes", check=False)
-        assert up.returncode == 0, up.stderr[-3000:]
-        url = f"http://{orch.address}:8000"
+        gateway_moto, net, tiny_model, tmp_path):
+    moto, orch = gateway_moto, net.hosts["orch"]
+    config = AwsConfig(tmp_path / "aws.toml", moto, net, HOSTS, CLUSTER, tiny_model,
+                       autoscale={"min_containers": 1, "max_containers": 2, "target_ongoing": 1,
+                                  "upscale_delay": 1, "downscale_delay": 3},
+                       ssh={"host_grace": 3})
+    with up_with_metadata(config) as up:
+        url, first, imds = up.url, up.instances, up.imds
         assert json.loads((orch.workdir / "controller.json").read_text())["aws"]["cap"] == 2
-        assert live_workers(moto) == ["worker1", "worker2"]
+        assert live_workers(moto, CLUSTER) == ["worker1", "worker2"]
 
         light = ClosedLoop(url, clients=1, watch=True)
         step: ClosedLoop | None = None
         caps: list[int] = []
         try:
             started = time.monotonic()
-            try:
-                gone = wait_for(lambda: next((n for n in ("worker1", "worker2") if n not in live_workers(moto)), None),
+            with controller_shown(orch):
+                gone = wait_for(lambda: next((n for n in ("worker1", "worker2") if n not in live_workers(moto, CLUSTER)),
+                                             None),
                                 "one of up's worker instances terminated once its container is parked",
                                 timeout=90, interval=0.5)
-            except AssertionError:
-                print((orch.workdir / "controller.log").read_text()[-5000:], controller_events(net))
-                raise
             print(f"\nidle: {gone} terminated {time.monotonic() - started:.1f} s after the light load began")
             stays = "worker2" if gone == "worker1" else "worker1"
-            assert [s for _, s in instances(moto)[gone]][0] in ("shutting-down", "terminated")
+            assert [s for _, s in instances_by_name(moto, CLUSTER)[gone]][0] in ("shutting-down", "terminated")
             assert [c["id"] for c in status(url)["containers"]] == [f"{stays}-1"]
             shown = wait_for(lambda: (lambda a: a if a.get("scaled_away") == [gone] else None)(autoscale(CLUSTER)),
                              "status --json showing the instance scaled away", timeout=30, interval=0.5)
@@ -142,28 +67,25 @@ def test_an_emptied_worker_instance_is_terminated_and_launched_again_for_its_par
             net.cut(host)
             for model in host.workdir.glob("model-*"):
                 shutil.rmtree(model)
-            assert len(instances(moto)[gone]) == 1  # scaled away is not lost: nothing launched in its place
+            assert len(instances_by_name(moto, CLUSTER)[gone]) == 1  # scaled away is not lost: nothing launched in its place
             wait_for(lambda: light.count() >= 20, "the light load served on the one container left", timeout=30)
 
             step = ClosedLoop(url, clients=4)
             stepped = time.monotonic()
-            again = wait_for(lambda: next((i for i, s in instances(moto)[gone] if s in ("pending", "running")
+            again = wait_for(lambda: next((i for i, s in instances_by_name(moto, CLUSTER)[gone] if s in ("pending", "running")
                                            and i != first[gone]), None),
                              f"{gone} launched again", timeout=60, interval=0.5)
             net.restore(host)  # the new instance boots at the mapped address, without the model
 
             def serving_again() -> bool:
-                caps.append(len(live_workers(moto)))
+                caps.append(len(live_workers(moto, CLUSTER)))
                 return {c["id"]: c["status"] for c in status(url)["containers"]}.get(f"{gone}-1") in ("free", "busy")
-            try:
+            with controller_shown(orch):
                 wait_for(serving_again, f"{gone}-1 serving on the new instance", timeout=120, interval=0.5)
-            except AssertionError:
-                print((orch.workdir / "controller.log").read_text()[-5000:], controller_events(net))
-                raise
             print(f"step: {gone}-1 serving on {again} {time.monotonic() - stepped:.1f} s after the step")
             wait_for(lambda: sum(1 for a in list(step.answers) if a.container == f"{gone}-1") >= 10,
                      f"answers from {gone}-1", timeout=30)
-            assert max(caps) <= 2 and live_workers(moto) == ["worker1", "worker2"]  # the cap
+            assert max(caps) <= 2 and live_workers(moto, CLUSTER) == ["worker1", "worker2"]  # the cap
             assert list(host.workdir.glob("model-*"))  # the model was copied onto it
             shown = wait_for(lambda: (lambda a: a if a.get("current") == 2 else None)(autoscale(CLUSTER)),
                              "status --json showing 2 containers", timeout=30, interval=0.5)
@@ -173,11 +95,11 @@ def test_an_emptied_worker_instance_is_terminated_and_launched_again_for_its_par
         assert light.most() <= 2  # never more than 2 containers in the orchestrator's registry
         assert failed(answers) == [] and len(answers) > 50
         assert imds.asked[CREDENTIALS] >= 1  # the profile's credentials, never the user's
-        assert [s for _, s in instances(moto)["orchestrator"]] == ["running"]
+        assert [s for _, s in instances_by_name(moto, CLUSTER)["orchestrator"]] == ["running"]
         # the one terminated, the one launched again: never replaced as a lost one, never launched twice
-        assert sorted(i for i, _ in instances(moto)[gone]) == sorted([first[gone], again])
+        assert sorted(i for i, _ in instances_by_name(moto, CLUSTER)[gone]) == sorted([first[gone], again])
 
-    found = controller_events(net)
+    found = controller_events(orch)
     downs = [e["reason"] for e in found if e["kind"] == "scale_down"]
     ups = [e["reason"] for e in found if e["kind"] == "scale_up"]
     assert any(f"draining {gone}-1 (up's)" in r for r in downs), found
