@@ -7,8 +7,8 @@ import pytest
 
 from support.serving import Cluster
 
-# Shared fixtures (moto's server); the helpers are imported from `support.*` by name.
-pytest_plugins = ["support.moto"]
+# Shared fixtures (moto's server, this machine's Docker engine); the helpers are imported from `support.*` by name.
+pytest_plugins = ["support.moto", "support.localdocker"]
 
 
 @pytest.fixture(scope="session")

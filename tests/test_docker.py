@@ -20,34 +20,20 @@ import pytest
 import requests
 
 from mlcluster import images
-from mlcluster.deploy.docker import L_CLUSTER, L_PROVIDER, connect
+from mlcluster.deploy.docker import L_CLUSTER, L_PROVIDER
 from mlcluster.errors import MlclusterError
 from mlcluster.providers.local import LocalProvider
 from mlcluster.resources import LOCAL_HOST, DockerSetup, Service
 from mlcluster.state import ClusterSpec, ClusterState
 from mlcluster.ui import QuietUI
 from support.console import cli
+from support.localdocker import labelled
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 NAME = f"dockertest-{os.getpid()}"  # two runs on one engine must not meet
 TOKEN = "docker-test-token"
 MLCLUSTER = str(Path(sys.executable).parent / "mlcluster")
-
-
-def labelled(client, name: str, kind: str = "containers") -> list:
-    filters = {"label": [f"{L_CLUSTER}={name}", f"{L_PROVIDER}=local"]}
-    return getattr(client, kind).list(filters=filters, **({"all": True} if kind == "containers" else {}))
-
-
-@pytest.fixture(scope="module")
-def engine():
-    try:
-        client = connect(timeout=900)
-    except MlclusterError as exc:
-        pytest.skip(f"no Docker engine answers here: {exc}")
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")

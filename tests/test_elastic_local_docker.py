@@ -13,31 +13,15 @@ import time
 import pytest
 import requests
 
-from mlcluster.deploy.docker import L_CLUSTER, L_PROVIDER, connect
 from mlcluster.deploy.localhost import find_marked, marker
-from mlcluster.errors import MlclusterError
 from support.console import cli, home_fixture
 from support.load import ClosedLoop, failed
+from support.localdocker import labelled
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 HEAL, SCALE, IDLE = (f"ld{kind}-{os.getpid()}" for kind in ("heal", "scale", "idle"))  # two runs must not meet
 home = home_fixture(HEAL, SCALE, IDLE)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    try:
-        client = connect(timeout=900)
-    except MlclusterError as exc:
-        pytest.skip(f"no Docker engine answers here: {exc}")
-    yield client
-    client.close()
-
-
-def labelled(client, name: str, kind: str = "containers") -> list:
-    filters = {"label": [f"{L_CLUSTER}={name}", f"{L_PROVIDER}=local"]}
-    return getattr(client, kind).list(filters=filters, **({"all": True} if kind == "containers" else {}))
 
 
 def up(name: str, *args: str) -> None:
