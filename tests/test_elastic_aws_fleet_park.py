@@ -12,33 +12,27 @@ from mlcluster.elastic.aws_fleet import Fleet
 from mlcluster.providers.aws.fleet import fleet_of
 from mlcluster.providers.aws.options import AWSOptions
 from support.aws import make_provider, make_spec, provision
-from support.moto import ec2_client
+from support.moto import ec2_client, instances_by_name
 
 NAME = "fleetpark"  # unique to this file
 
 
-def tagged(server) -> dict[str, list[tuple[str, str]]]:
-    """Instance name -> [(id, state)] of every instance tagged for the cluster."""
-    found = ec2_client(server).describe_instances(
-        Filters=[{"Name": "tag:mlcluster:cluster", "Values": [NAME]}])["Reservations"]
-    out: dict[str, list[tuple[str, str]]] = {}
-    for i in (i for r in found for i in r["Instances"]):
-        name = next((t["Value"] for t in i.get("Tags", []) if t["Key"] == "mlcluster:name"), "")
-        out.setdefault(name, []).append((i["InstanceId"], i["State"]["Name"]))
-    return out
-
-
 def live(server, name: str) -> list[str]:
-    return [i for i, state in tagged(server).get(name, []) if state in ("pending", "running")]
+    return [i for i, state in instances_by_name(server, NAME).get(name, []) if state in ("pending", "running")]
+
+
+def fleet_of_two_workers(server, directory) -> tuple[Fleet, dict, list[tuple[str, str, str]]]:
+    """A provisioned 2-worker cluster's Fleet (what it says goes to the list returned), and its instances."""
+    spec = make_spec(server, name=NAME, workers=2)
+    instances, state = provision(spec)
+    o = AWSOptions.from_spec(spec)
+    said: list[tuple[str, str, str]] = []
+    fleet = Fleet(fleet_of(make_provider().connect(o), state, o, 22), NAME, directory, lambda *e: said.append(e))
+    return fleet, instances, said
 
 
 def test_scaled_away_is_parked_not_replaced_and_comes_back_under_its_name(moto, tmp_path):
-    spec = make_spec(moto, name=NAME, workers=2)
-    instances, state = provision(spec)
-    o = AWSOptions.from_spec(spec)
-    config = fleet_of(make_provider().connect(o), state, o, 22)
-    said: list[tuple[str, str, str]] = []
-    fleet = Fleet(config, NAME, tmp_path, lambda *e: said.append(e))
+    fleet, instances, said = fleet_of_two_workers(moto, tmp_path)
     old = instances["worker2"].id
 
     assert fleet.scale_away("orchestrator") == "" and fleet.scale_away("worker9") == ""
@@ -48,7 +42,7 @@ def test_scaled_away_is_parked_not_replaced_and_comes_back_under_its_name(moto, 
 
     assert fleet.look(0.0) == [] and live(moto, "worker2") == []  # EC2's look: scaled away is not lost
     assert not [e for e in said if e[0] == "heal"], said
-    restarted = Fleet(config, NAME, tmp_path, lambda *e: None)
+    restarted = Fleet(fleet.config, NAME, tmp_path, lambda *e: None)
     assert restarted.parked == {"worker2": old} and "worker2" not in restarted.instances
     assert fleet.new_name() == "worker3"  # a parked name is never given to a new instance
 
@@ -67,12 +61,7 @@ def test_scaled_away_is_parked_not_replaced_and_comes_back_under_its_name(moto, 
 
 
 def test_lost_while_empty_is_parked_and_lost_with_containers_is_replaced(moto, tmp_path):
-    spec = make_spec(moto, name=NAME, workers=2)
-    instances, state = provision(spec)
-    o = AWSOptions.from_spec(spec)
-    config = fleet_of(make_provider().connect(o), state, o, 22)
-    said: list[tuple[str, str, str]] = []
-    fleet = Fleet(config, NAME, tmp_path, lambda *e: said.append(e))
+    fleet, instances, said = fleet_of_two_workers(moto, tmp_path)
     grown, _ = fleet.launch()
     assert grown == "worker3" and fleet.scale_away("worker3") == ""  # one launched to scale: `terminate`'s
     ec2_client(moto).terminate_instances(InstanceIds=[instances["worker1"].id, instances["worker2"].id])
