@@ -20,8 +20,7 @@ from mlcluster_contract import BATCH_DEFAULTS, OVERHEAD_TEST
 
 from . import apikeys, security
 from .deploy import watchdog
-from .elastic.local import load_own, running as controller_running
-from .elastic.poolconfig import started_here
+from .elastic.local import controller_started, running as controller_running
 from .elastic.published import published
 from .errors import MlclusterError
 from .models import served_model
@@ -151,8 +150,7 @@ def register(state: ClusterState, ui: QuietUI) -> None:
     wanted = {(c.host, c.port) for c in state.containers}
     current = orchestrator_status(state)["containers"]
     known = {(x["host"], x["port"]) for x in current}
-    # The controller's own workers are not `up`'s to drain (a local process or Docker cluster's).
-    elastic = {w.id for w in load_own(state.name)} | started_here(state.dir)
+    elastic = controller_started(state)  # the controller's own containers are not `up`'s to drain
     stale = [c["id"] for c in current if (c["host"], c["port"]) not in wanted and c["id"] not in elastic]
     body = {"containers": [{"id": c.id, "host": c.host, "port": c.port, "capacity": c.capacity}
                            for c in state.containers if (c.host, c.port) not in known]}

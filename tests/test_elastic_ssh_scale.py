@@ -3,7 +3,8 @@ worker host of 2 containers, one spare, the process runtime, a tiny model)
 with --min-containers 2 --max-containers 4 (the [autoscale] table). A step of
 closed-loop load makes the controller on the orchestrator's host start
 containers on the pool host with room (the spare), never past the maximum;
-the load gone, it drains them, stops them once they hold nothing and is back
+`up` run again at the cap leaves them registered (the controller's, not stale
+ones); the load gone, it drains them, stops them once they hold nothing and is back
 at the minimum, with no failed request. `status --json` and `mlcluster events`
 show the decisions with their reasons; `down` leaves nothing."""
 from __future__ import annotations
@@ -46,6 +47,11 @@ def test_a_step_load_scales_onto_the_spare_within_the_cap_and_back_to_the_minimu
         up_shown = wait_for(lambda: (lambda a: a if a.get("current") == 4 else None)(autoscale(NAME, home)),
                             "status showing 4 containers", timeout=30, interval=0.5)
         assert up_shown["desired"] == 4 and up_shown["max"] == 4
+        # `up` again at the cap (a reconcile): the controller's containers are its own, not stale ones to drain
+        again = cli("up", "--provider", "ssh", "--config", str(cluster.config), home=home, timeout=300, check=False)
+        assert again.returncode == 0, again.stderr[-2000:]
+        spare = {cid: s for cid, s in containers(url).items() if cid.startswith("spare-")}
+        assert len(spare) == 2 and set(spare.values()) <= {"free", "busy"}, spare
         loop.finish()  # the step is over; the base load goes on while the spare's containers drain
         gone = time.monotonic()
         wait_for(lambda: set(containers(url)) == {"w1-1", "w1-2"}, "back to up's two containers", timeout=60,

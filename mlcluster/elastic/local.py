@@ -30,6 +30,7 @@ from ..deploy.localhost import LOOPBACK
 from ..resources import LOCAL_HOST, Service
 from ..services import MARKER_VAR
 from ..state import ClusterState, cluster_dir, home, write_private_json
+from .poolconfig import started_here
 
 OWN_FILE = "elastic.json"
 CONTROLLER = "controller"  # its id and kind in state.json's services
@@ -97,6 +98,17 @@ def save_own(name: str, workers: list[WorkerProcess]) -> None:
 def workers_of_up(state: ClusterState) -> list[WorkerProcess]:
     return [WorkerProcess(id=sid, port=p.port, pid=p.pid, log=p.log, own=False)
             for sid, p in state.resources.of_kind("worker").items()]
+
+
+def controller_started(state: ClusterState) -> set[str]:
+    """The ids of every container the cluster's controller started (scaled up, stand-ins): a local
+    process cluster's (`load_own`), a local Docker cluster's (its state file here), an ssh or aws
+    cluster's (its state file on the orchestrator's host). A second `up` must not drain them as stale."""
+    ids = {w.id for w in load_own(state.name)} | started_here(state.dir)
+    if state.provider in ("ssh", "aws"):
+        from .pool_setup import started_remotely  # paramiko: only for a remote cluster
+        ids |= started_remotely(state)
+    return ids
 
 
 def record_in_state(name: str, worker: WorkerProcess, remove: bool = False) -> None:

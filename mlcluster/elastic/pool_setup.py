@@ -36,7 +36,16 @@ from ..ui import QuietUI
 from . import events
 from .events import EVENTS_FILE, Event
 from .pool_here import CONTROLLER, KEY_FILE, ensure_here, start
-from .poolconfig import CONFIG_FILE, STATE_FILE, AWSFleet, PoolConfig, PoolMember, WorkerSpec, healed_pids
+from .poolconfig import (
+    CONFIG_FILE,
+    STATE_FILE,
+    AWSFleet,
+    PoolConfig,
+    PoolMember,
+    WorkerSpec,
+    healed_pids,
+    started_by,
+)
 from .poolruntime import docker_command, python_of
 from .published import PUBLISHED_FILE, parse_published
 from .settings import autoscale_config
@@ -110,6 +119,14 @@ def adopt_healed(session: Session, orchestrator: str) -> None:
         record = session.resources.services.get(sid)
         if record is not None and record.runtime == "process" and record.pid != pid:
             session.record_service(sid, dataclasses.replace(record, pid=pid))
+
+
+def started_remotely(state: ClusterState) -> set[str]:
+    """The containers the controller on the orchestrator's host started (stand-ins, scaled up): not
+    `up`'s to drain as stale (cluster.register); none without a controller."""
+    if CONTROLLER not in state.resources.services:
+        return set()
+    return started_by(read_on_orchestrator(state, STATE_FILE))
 
 
 def first_boot_line(line: str, user: str) -> str:

@@ -186,11 +186,15 @@ def healed_pids(text: str) -> dict[str, int]:
         return {}
 
 
+def started_by(text: str) -> set[str]:
+    """The ids of the containers a controller started (its stand-ins and those it scaled up), from its
+    state file's text: a second `up` must not take them for stale ones ("" or no such file: none)."""
+    return {s.id for s in load_stand_ins(text)} | {s.id for s in load_scaled(text)} if text.strip() else set()
+
+
 def started_here(directory: Path) -> set[str]:
-    """The ids of the containers a controller whose state file is in `directory` started (its stand-ins and
-    those it scaled up): a local Docker cluster's, which a second `up` must not take for stale ones."""
+    """`started_by` of the controller whose state file is in `directory` (a local Docker cluster's)."""
     try:
-        text = (directory / STATE_FILE).read_text()
+        return started_by((directory / STATE_FILE).read_text())
     except OSError:
         return set()
-    return {s.id for s in load_stand_ins(text)} | {s.id for s in load_scaled(text)}
