@@ -93,18 +93,28 @@ def _file(path: str) -> str:
     return f'"$HOME"/{quote(path[2:])}' if path.startswith("~/") else quote(path)
 
 
+def _locked(script: str, *args: str) -> str:
+    """`script` run by sh with `args` ($1, $2...; the file "$f" among them), holding an flock on "$f"
+    where flock exists: hosts that share one home directory (NFS; the test hosts share this machine's
+    files) change the file one at a time, so no line is written twice and none is lost."""
+    run = f"sh -c {quote(script)} sh {' '.join(args)}"
+    return f'if command -v flock >/dev/null 2>&1; then flock "$f" {run}; else {run}; fi'
+
+
 def authorize(host: RemoteHost, line: str, path: str) -> None:
     """Add the controller's line to the host's authorized_keys unless it is there."""
     key = line.split()[-2]
+    add = 'grep -qF -- "$1" "$2" || printf "%s\\n" "$3" >>"$2"'
     host.run(f"f={_file(path)}; mkdir -p \"$(dirname \"$f\")\" && touch \"$f\" && "
-             f"(grep -qF {quote(key)} \"$f\" || printf '%s\\n' {quote(line)} >>\"$f\")", timeout=30)
+             + _locked(add, quote(key), '"$f"', quote(line)), timeout=30)
 
 
 def unauthorize(host: RemoteHost, cluster: str, path: str) -> None:
     """Remove the cluster's controller line(s) (the file keeps its inode and mode)."""
-    host.run(f"f={_file(path)}; if [ -f \"$f\" ] && grep -qF {quote(' ' + tag(cluster))} \"$f\"; then "
-             f"grep -vE {quote(' ' + tag(cluster) + '$')} \"$f\" >\"$f.mlcluster\"; cat \"$f.mlcluster\" >\"$f\"; "
-             f"rm -f \"$f.mlcluster\"; fi", timeout=30, warn=True)
+    drop = ('if grep -qE -- "$1" "$2"; then grep -vE -- "$1" "$2" >"$2.mlcluster.$$"; '
+            'cat "$2.mlcluster.$$" >"$2"; rm -f "$2.mlcluster.$$"; fi')
+    host.run(f"f={_file(path)}; [ -f \"$f\" ] || exit 0; " + _locked(drop, quote(" " + tag(cluster) + "$"), '"$f"'),
+             timeout=30, warn=True)
 
 
 def adopt_healed(session: Session, orchestrator: str) -> None:
