@@ -13,7 +13,8 @@ from mlcluster.errors import MlclusterError
 def engine():
     try:
         client = connect(timeout=900)
-    except MlclusterError as exc:
+    except MlclusterError as exc:  # a developer machine without Docker; in CI (tests/run.sh sets
+        # MLCLUSTER_REQUIRE_ALL=1, tests/conftest.py) a skip fails the run, so this never hides a failure there
         pytest.skip(f"no Docker engine answers here: {exc}")
     yield client
     client.close()
