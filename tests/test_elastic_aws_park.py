@@ -97,7 +97,8 @@ def test_an_emptied_worker_instance_is_terminated_and_launched_again_for_its_par
         assert imds.asked[CREDENTIALS] >= 1  # the profile's credentials, never the user's
         assert [s for _, s in instances_by_name(moto, CLUSTER)["orchestrator"]] == ["running"]
         # the one terminated, the one launched again: never replaced as a lost one, never launched twice
-        assert sorted(i for i, _ in instances_by_name(moto, CLUSTER)[gone]) == sorted([first[gone], again])
+        with controller_shown(orch):
+            assert sorted(i for i, _ in instances_by_name(moto, CLUSTER)[gone]) == sorted([first[gone], again])
 
     found = controller_events(orch)
     downs = [e["reason"] for e in found if e["kind"] == "scale_down"]

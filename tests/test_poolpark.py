@@ -49,6 +49,14 @@ def test_empty_since_keeps_the_first_time_and_starts_over_when_a_container_is_ba
     assert empty_since([], {"worker3": 14.0}, 16.0) == {}
 
 
+def test_empty_since_starts_over_while_the_rule_wants_more():
+    # one launched again for its parked container and ready, while the load wants it: its delay has not begun
+    since = empty_since(["worker2"], {"worker2": 10.0}, 14.0, wanting=True)
+    assert since == {"worker2": 14.0}
+    assert due(fleet(empty=(("worker2", 0.0),), park_after_s=3)) == []
+    assert empty_since(["worker2"], since, 18.0) == {"worker2": 14.0}  # nothing more wanted: the delay runs
+
+
 def fleet(**kw) -> Fleet:
     return Fleet(**{"cap": 2, "live": 2, "slots": 1, **kw})
 

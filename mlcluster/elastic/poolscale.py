@@ -32,8 +32,8 @@ applies what this returns; nothing here does I/O or reads a clock.
 - aws, scaled away: one of `up`'s worker instances (never the
   orchestrator's) is empty when every one of `up`'s containers homed there
   is parked (a draining one still runs) and nothing else runs there (no
-  stand-in, none of the controller's own); empty for the downscale delay,
-  and nothing more wanted, it is terminated. Its parked containers stay
+  stand-in, none of the controller's own); empty for the downscale delay
+  while nothing more was wanted, it is terminated. Its parked containers stay
   counted as parked (never lost): they come back on it, launched again.
 """
 from __future__ import annotations
@@ -194,10 +194,11 @@ def emptied(names: list[str], homes: list[Home], others: dict[str, int]) -> list
     return sorted(n for n in names if homed.get(n) and all(h.parked for h in homed[n]) and not others.get(n, 0))
 
 
-def empty_since(empty: list[str], since: dict[str, float], now: float) -> dict[str, float]:
+def empty_since(empty: list[str], since: dict[str, float], now: float, wanting: bool = False) -> dict[str, float]:
     """When each empty instance became empty (kept from `since`, `now` for a new one); one that holds
-    a container again starts over."""
-    return {name: since.get(name, now) for name in empty}
+    a container again starts over, and so does every one while the rule wants more (`wanting`): the
+    downscale delay counts only time in which nothing more was wanted."""
+    return {name: now if wanting else since.get(name, now) for name in empty}
 
 
 def due(fleet: Fleet | None) -> list[str]:

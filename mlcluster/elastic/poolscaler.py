@@ -225,13 +225,15 @@ class Scaler:
         if f is None:
             return None
         self.settle()
+        # one launched again is a candidate once it is ready for its parked containers (the model is there)
         ups = [n for n, i in f.instances.items() if n in self.pool.members and n not in f.grown
-               and n != self.pool.config.host and i != f.config.orchestrator]
+               and n not in self.unready and n != self.pool.config.host and i != f.config.orchestrator]
         others: dict[str, int] = {}
         for host in [s.host for s in self.pool.stand_ins] + [s.host for s in self.own]:
             others[host] = others.get(host, 0) + 1
         homes = [Home(w.id, w.home, parked=self.away.get(w.id) == "parked") for w in self.pool.workers.values()]
-        self.empty_since = empty_since(emptied(ups, homes, others), self.empty_since, now)
+        self.empty_since = empty_since(emptied(ups, homes, others), self.empty_since, now,
+                                       wanting=self.memory.direction == 1)
         return Fleet(cap=f.config.cap, live=len(f.instances), slots=slots,
                      coming=(f.coming() + len(self.unready)) * slots + self.homecoming(),
                      launched=tuple(sorted(f.grown)), empty=tuple((n, now - t) for n, t in self.empty_since.items()),
