@@ -79,12 +79,13 @@ def defaults_of(record: type) -> dict[str, Any]:
             if f.default is not MISSING or f.default_factory is not MISSING}
 
 
-def rule(ok: Callable[[Any], bool], must: str, keep: Callable[[Any], Any] = lambda value: value) -> Check:
+def rule(ok: Callable[[Any], bool], said: str, keep: Callable[[Any], Any] = lambda value: value,
+         hint: str = "") -> Check:
     """The check of a value `ok` accepts (`keep` makes what is kept of it); of
-    any other, the message: "<what> must be <must>, not <value>"."""
+    any other, the message "<what> <said>" (`said` may name the {value!r})."""
     def check(value: Any, what: str) -> Any:
         if not ok(value):
-            raise MlclusterError(f"{what} must be {must}, not {value!r}")
+            raise MlclusterError(f"{what} {said.format(value=value)}", hint)
         return keep(value)
     return check
 
@@ -102,31 +103,29 @@ def ip(value: Any) -> Optional[str]:
 
 
 def one_of(choices: tuple[str, ...], said: str = "") -> Check:
-    return rule(lambda value: value in choices, said or "one of " + ", ".join(choices))
+    return rule(lambda value: value in choices, f"must be {said or 'one of ' + ', '.join(choices)}, not {{value!r}}")
 
 
 def of_kind(kind: type) -> Check:
     """A value of TOML's `kind`; where a number is meant, an integer too (made a float)."""
+    said = f"must be {kind_name(kind)}, not {{value!r}}"
     if kind is float:
-        return rule(lambda value: is_a(value, (int, float)), kind_name(float), float)
-    return rule(lambda value: is_a(value, kind), kind_name(kind))
+        return rule(lambda value: is_a(value, (int, float)), said, float)
+    return rule(lambda value: is_a(value, kind), said)
 
 
-check_str = rule(lambda value: isinstance(value, str) and "\n" not in value, "a string")
-check_port = rule(lambda value: is_a(value, int) and 0 < value < 65536, "a port number from 1 to 65535")
+check_str = rule(lambda value: isinstance(value, str) and "\n" not in value, "must be a string, not {value!r}")
+check_port = rule(lambda value: is_a(value, int) and 0 < value < 65536,
+                  "must be a port number from 1 to 65535, not {value!r}")
 check_seconds = rule(lambda value: is_a(value, (int, float)) and 0 < value <= 3600,
-                     "a number of seconds between 0 and 3600", float)
+                     "must be a number of seconds between 0 and 3600, not {value!r}", float)
 # None: not set (the host's private address, see `bind_for`).
 check_bind = rule(lambda value: value is None or ip(value) is not None,
-                  "an IP address (0.0.0.0 for all of the host's addresses)",
+                  "must be an IP address (0.0.0.0 for all of the host's addresses), not {value!r}",
                   lambda value: None if value is None else ip(value))
-
-
-def check_env(value: Any, what: str) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) and re.match(r"^[A-Z_][A-Z0-9_]*$", k)
-                                              and isinstance(v, str) and "\n" not in v for k, v in value.items()):
-        raise MlclusterError(f"{what} must be a table of VARIABLE = \"string value\"")
-    return dict(value)
+check_env = rule(lambda value: isinstance(value, dict) and all(
+    isinstance(k, str) and re.match(r"^[A-Z_][A-Z0-9_]*$", k) and isinstance(v, str) and "\n" not in v
+    for k, v in value.items()), 'must be a table of VARIABLE = "string value"', dict)
 
 
 def local_path(kind: str) -> Check:

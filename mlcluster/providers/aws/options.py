@@ -137,7 +137,7 @@ def plan(spec: ClusterSpec) -> CostPlan:
     """The plan for `spec`, with no AWS call (nothing is looked up or created)."""
     o = AWSOptions.from_spec(spec)
     n = 1 + spec.workers
-    price = PRICES.get(o.instance_type, (None, 0))[0]
+    price, cpus = PRICES.get(o.instance_type, (None, 0))
     lines = [
         CostRow("orchestrator instance", 1, o.instance_type, price),
         CostRow("worker instances" + (" (spot)" if o.spot else ""), spec.workers,
@@ -159,5 +159,4 @@ def plan(spec: ClusterSpec) -> CostPlan:
         f"Security group: SSH and the orchestrator port only from {allowed}; worker ports only inside the group.",
         f"`mlcluster down --name {spec.name}` removes everything this creates.",
     ]
-    vcpus = None if o.instance_type not in PRICES else (1 + spec.workers) * PRICES[o.instance_type][1]
-    return CostPlan(spec.name, o.region, o.instance_type, lines, notes, vcpus)
+    return CostPlan(spec.name, o.region, o.instance_type, lines, notes, n * cpus or None)  # None: an unknown type

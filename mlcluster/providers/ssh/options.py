@@ -65,6 +65,7 @@ from ...deploy.options import (
     ip,
     parse,
     parse_settings,
+    rule,
 )
 from ...errors import MlclusterError
 from ...resources import HostConfig  # one host, as parsed here and recorded in the state
@@ -82,22 +83,14 @@ def _address(value: Any, what: str) -> str:
     return ip(value) or value
 
 
-def _name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise MlclusterError(f"{what} {value!r} is not allowed", "use lowercase letters, digits and dashes")
-    return value
-
-
 def _key(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise MlclusterError(f"{what} must be the path of a private key file")
-    if not value:
-        return ""
     path = Path(value).expanduser()
-    if not path.is_file():
+    if value and not path.is_file():
         raise MlclusterError(f"{what}: the key file {path} does not exist",
                              "point it at your private key, e.g. ~/.ssh/id_ed25519")
-    return str(path)
+    return str(path) if value else ""
 
 
 def _authorized_keys(value: Any, what: str) -> str:
@@ -107,6 +100,8 @@ def _authorized_keys(value: Any, what: str) -> str:
     return value
 
 
+_name = rule(lambda value: isinstance(value, str) and NAME_RE.match(value) is not None, "{value!r} is not allowed",
+             hint="use lowercase letters, digits and dashes")
 # How to log in: the table's for every host, each may override it.
 LOGIN = {"user": check_str, "port": check_port, "key": _key}
 # One host's entry (its login and host settings over the table's).
