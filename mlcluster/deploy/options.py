@@ -82,7 +82,7 @@ def defaults_of(record: type) -> dict[str, Any]:
 def rule(ok: Callable[[Any], bool], said: str, keep: Callable[[Any], Any] = lambda value: value,
          hint: str = "") -> Check:
     """The check of a value `ok` accepts (`keep` makes what is kept of it); of
-    any other, the message "<what> <said>" (`said` may name the {value!r})."""
+    any other, the message "<what> <said>", where `said` may show {value!r}."""
     def check(value: Any, what: str) -> Any:
         if not ok(value):
             raise MlclusterError(f"{what} {said.format(value=value)}", hint)
@@ -143,7 +143,8 @@ def local_path(kind: str) -> Check:
 # Per host (and, in [ssh], as defaults for all hosts): how services run there.
 HOST = {"runtime": one_of(("docker", "process"), "docker or process"), "python": check_str, "workdir": check_str,
         "bind": check_bind}
-# For the whole deployment (their defaults: RemoteOptions').
+# For the whole deployment (their defaults: RemoteOptions'; orchestrator_port is read before admin_port,
+# whose default it sets).
 DEPLOY = {"images": one_of(("build", "ship", "pull")), "orchestrator_port": check_port, "worker_image": check_str,
           "orchestrator_image": check_str, "build_args": check_env, "wheelhouse": local_path("folder"),
           "ca_bundle": local_path("file"), "admin_port": check_port, "worker_port": check_port,
