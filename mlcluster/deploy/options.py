@@ -1,33 +1,24 @@
 """How a cluster is deployed onto hosts, whoever provided them: the
-`RemoteOptions` record (the hosts and the deployment settings) and the parsing
-of the deployment settings every provider of remote hosts shares.
-
-The settings live in the config's `[ssh]` table (see providers/ssh/options.py
-for the whole table): `runtime`, `images`, `worker_image`, `orchestrator_image`,
-`build_args`, `wheelhouse`, `ca_bundle`, `python`, `workdir`, `bind`, the ports,
-the time-outs and the extra environments. The ssh provider reads the hosts
-from the same table; the aws provider makes them from its instances and reads
-only these settings (`parse_settings`, `host_settings`).
+`RemoteOptions` record (the hosts and the deployment settings), and the one
+parser of settings tables (`parse`) with the checks they share. The settings
+(HOST, DEPLOY) are the `[ssh]` table's, explained in providers/ssh/options.py;
+the aws provider makes the hosts and reads only these (`parse_settings`, `host_settings`).
 """
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
+from ..config import kind_name
 from ..errors import MlclusterError
 from ..resources import HostConfig
 
-RUNTIMES = ("docker", "process")
-IMAGE_MODES = ("build", "ship", "pull")
-# Per host (and as defaults for all hosts): how services run there.
-HOST_SETTINGS = {"runtime", "python", "workdir", "bind"}
-# For the whole deployment.
-SETTINGS = {"images", "worker_image", "orchestrator_image", "build_args", "wheelhouse", "ca_bundle",
-            "orchestrator_port", "admin_port", "worker_port", "connect_timeout", "reach_timeout",
-            "orchestrator_env", "worker_env"}
+# A check takes a value and what names it in a message ("[ssh] workers[0] port"), and returns
+# the value to keep (perhaps converted) or raises an MlclusterError.
+Check = Callable[[Any, str], Any]
 
 
 @dataclass
@@ -48,9 +39,7 @@ class RemoteOptions:
     reach_timeout: float = 120.0
     orchestrator_env: dict[str, str] = field(default_factory=dict)
     worker_env: dict[str, str] = field(default_factory=dict)
-    # The ssh provider's healing (elastic/pool.py): hosts `up` prepares but starts no container on
-    # (room for the containers of a host that drops off), how long a host may be unreachable before
-    # its containers move, and where the hosts' sshd reads authorized keys (the controller's key goes there).
+    # The ssh provider's healing (elastic/pool.py), explained in docs/elastic.md#ssh-healing.
     spares: list[HostConfig] = field(default_factory=list)
     host_grace: float = 20.0
     authorized_keys: str = "~/.ssh/authorized_keys"
@@ -60,12 +49,10 @@ class RemoteOptions:
 
     def hosts(self) -> list[HostConfig]:
         """Every distinct machine: the orchestrator's first, then the workers', then the spares."""
-        seen, hosts = set(), []
+        hosts: dict[str, HostConfig] = {}
         for host in [self.orchestrator, *self.workers, *self.spares]:
-            if host.name not in seen:
-                seen.add(host.name)
-                hosts.append(host)
-        return hosts
+            hosts.setdefault(host.name, host)
+        return list(hosts.values())
 
     def host(self, name: str) -> HostConfig:
         for host in self.hosts():
@@ -74,103 +61,119 @@ class RemoteOptions:
         raise MlclusterError(f"no host named {name!r} in the cluster's hosts")
 
 
-def parse_settings(table: dict, where: str = "[ssh]") -> dict[str, Any]:
-    """The deployment settings of `table` (keys of SETTINGS), checked, as
-    keyword arguments of RemoteOptions."""
-    images = table.get("images", "build")
-    if images not in IMAGE_MODES:
-        raise MlclusterError(f"{where} images must be one of {', '.join(IMAGE_MODES)}, not {images!r}")
-    orchestrator_port = check_port(table.get("orchestrator_port", 8000), f"{where} orchestrator_port")
-    settings = dict(
-        images=images,
-        worker_image=check_str(table, "worker_image", "", where),
-        orchestrator_image=check_str(table, "orchestrator_image", "", where),
-        build_args=check_env(table.get("build_args", {}), f"{where} build_args"),
-        wheelhouse=check_local_path(table.get("wheelhouse", ""), f"{where} wheelhouse", directory=True),
-        ca_bundle=check_local_path(table.get("ca_bundle", ""), f"{where} ca_bundle", directory=False),
-        orchestrator_port=orchestrator_port,
-        admin_port=check_port(table.get("admin_port", orchestrator_port % 65535 + 1), f"{where} admin_port"),
-        worker_port=check_port(table.get("worker_port", 5000), f"{where} worker_port"),
-        connect_timeout=check_seconds(table.get("connect_timeout", 10), f"{where} connect_timeout"),
-        reach_timeout=check_seconds(table.get("reach_timeout", 120), f"{where} reach_timeout"),
-        orchestrator_env=check_env(table.get("orchestrator_env", {}), f"{where} orchestrator_env"),
-        worker_env=check_env(table.get("worker_env", {}), f"{where} worker_env"),
-    )
-    if settings["admin_port"] == orchestrator_port:
-        raise MlclusterError(f"{where} admin_port and orchestrator_port are both {orchestrator_port}",
-                             "the admin endpoints need a port of their own (leave admin_port out: orchestrator_port + 1)")
-    if images == "pull" and not (settings["worker_image"] and settings["orchestrator_image"]):
-        raise MlclusterError(f"{where} images = \"pull\" needs worker_image and orchestrator_image "
-                             "(registry references)")
+def parse(table: dict, checks: dict[str, Check], where: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The settings `checks` names, read from `table` in their order and checked, defaults too (one may be a
+    function of the values read before it), as keyword arguments of the record they make. Other keys are the
+    caller's (a table may hold more than one record)."""
+    values: dict[str, Any] = {}
+    for name, check in checks.items():
+        default = defaults[name]
+        value = table[name] if name in table else default(values) if callable(default) else default
+        values[name] = check(value, f"{where} {name}")
+    return values
+
+
+def defaults_of(record: type) -> dict[str, Any]:
+    """The defaults of a dataclass's fields (a new one of those made by a factory)."""
+    return {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(record)
+            if f.default is not MISSING or f.default_factory is not MISSING}
+
+
+def rule(ok: Callable[[Any], bool], said: str, keep: Callable[[Any], Any] = lambda value: value,
+         hint: str = "") -> Check:
+    """The check of a value `ok` accepts (`keep` makes what is kept of it); of
+    any other, the message "<what> <said>", where `said` may show {value!r}."""
+    def check(value: Any, what: str) -> Any:
+        if not ok(value):
+            raise MlclusterError(f"{what} {said.format(value=value)}", hint)
+        return keep(value)
+    return check
+
+
+def is_a(value: Any, kind: Any) -> bool:
+    """Of TOML's `kind` (a type, or a tuple of them): true and false are no numbers."""
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+def ip(value: Any) -> Optional[str]:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+def one_of(choices: tuple[str, ...], said: str = "") -> Check:
+    return rule(lambda value: value in choices, f"must be {said or 'one of ' + ', '.join(choices)}, not {{value!r}}")
+
+
+def of_kind(kind: type) -> Check:
+    """A value of TOML's `kind`; where a number is meant, an integer too (made a float)."""
+    said = f"must be {kind_name(kind)}, not {{value!r}}"
+    if kind is float:
+        return rule(lambda value: is_a(value, (int, float)), said, float)
+    return rule(lambda value: is_a(value, kind), said)
+
+
+check_str = rule(lambda value: isinstance(value, str) and "\n" not in value, "must be a string, not {value!r}")
+check_port = rule(lambda value: is_a(value, int) and 0 < value < 65536,
+                  "must be a port number from 1 to 65535, not {value!r}")
+check_seconds = rule(lambda value: is_a(value, (int, float)) and 0 < value <= 3600,
+                     "must be a number of seconds between 0 and 3600, not {value!r}", float)
+# None: not set (the host's private address, see `bind_for`).
+check_bind = rule(lambda value: value is None or ip(value) is not None,
+                  "must be an IP address (0.0.0.0 for all of the host's addresses), not {value!r}",
+                  lambda value: None if value is None else ip(value))
+check_env = rule(lambda value: isinstance(value, dict) and all(
+    isinstance(k, str) and re.match(r"^[A-Z_][A-Z0-9_]*$", k) and isinstance(v, str) and "\n" not in v
+    for k, v in value.items()), 'must be a table of VARIABLE = "string value"', dict)
+
+
+def local_path(kind: str) -> Check:
+    """Empty, or the path of an existing `kind` (folder or file) on this machine."""
+    def check(value: Any, what: str) -> str:
+        if not isinstance(value, str):
+            raise MlclusterError(f"{what} must be a path on this machine")
+        path = Path(value).expanduser()
+        if value and not (path.is_dir() if kind == "folder" else path.is_file()):
+            raise MlclusterError(f"{what}: {value} is not an existing {kind}")
+        return value
+    return check
+
+
+# Per host (and, in [ssh], as defaults for all hosts): how services run there.
+HOST = {"runtime": one_of(("docker", "process"), "docker or process"), "python": check_str, "workdir": check_str,
+        "bind": check_bind}
+# For the whole deployment (their defaults: RemoteOptions'; orchestrator_port is read before admin_port,
+# whose default it sets).
+DEPLOY = {"images": one_of(("build", "ship", "pull")), "orchestrator_port": check_port, "worker_image": check_str,
+          "orchestrator_image": check_str, "build_args": check_env, "wheelhouse": local_path("folder"),
+          "ca_bundle": local_path("file"), "admin_port": check_port, "worker_port": check_port,
+          "connect_timeout": check_seconds, "reach_timeout": check_seconds,
+          "orchestrator_env": check_env, "worker_env": check_env}
+HOST_SETTINGS, SETTINGS = set(HOST), set(DEPLOY)  # the names, for tables that hold other keys too
+
+
+def parse_settings(table: dict) -> dict[str, Any]:
+    """The deployment settings of `table` (an [ssh] table), checked, as keyword arguments of RemoteOptions."""
+    defaults = {**defaults_of(RemoteOptions), "admin_port": lambda values: values["orchestrator_port"] % 65535 + 1}
+    settings = parse(table, DEPLOY, "[ssh]", defaults)
+    port = settings["orchestrator_port"]
+    if settings["admin_port"] == port:
+        raise MlclusterError(f"[ssh] admin_port and orchestrator_port are both {port}", "the admin endpoints need "
+                             "a port of their own (leave admin_port out: orchestrator_port + 1)")
+    if settings["images"] == "pull" and not (settings["worker_image"] and settings["orchestrator_image"]):
+        raise MlclusterError("[ssh] images = \"pull\" needs worker_image and orchestrator_image (registry references)")
     return settings
 
 
-def host_settings(table: dict, cluster: str, runtime: str, defaults: dict | None = None,
-                  where: str = "[ssh]") -> dict[str, Any]:
-    """The per-host settings (HOST_SETTINGS) of `table`, over `defaults` (those
-    of the whole table, for one host's entry); `bind` None means: the host's
-    private address (see `bind_for`)."""
-    base = defaults or {"runtime": runtime if runtime != "auto" else "docker", "python": "",
-                        "workdir": f".mlcluster/{cluster}", "bind": None}
-    bind = table.get("bind", base["bind"])
-    return {"runtime": check_runtime(table.get("runtime", base["runtime"]), f"{where} runtime"),
-            "python": check_str(table, "python", base["python"], where),
-            "workdir": check_str(table, "workdir", base["workdir"], where),
-            "bind": check_bind(bind, f"{where} bind") if bind is not None else None}
+def host_settings(table: dict, cluster: str, runtime: str) -> dict[str, Any]:
+    """The host settings (HOST) of a whole [ssh] table: those of every host that sets none of its own.
+    `bind` None means: the host's private address (see `bind_for`)."""
+    return parse(table, HOST, "[ssh]", {"runtime": runtime if runtime != "auto" else "docker", "python": "",
+                                        "workdir": f".mlcluster/{cluster}", "bind": None})
 
 
 def bind_for(private_address: str) -> str:
     """Services listen on the address the orchestrator reaches them at, not on
     every interface; a host name cannot be bound, so it falls back to all."""
-    try:
-        return str(ipaddress.ip_address(private_address))
-    except ValueError:
-        return "0.0.0.0"
-
-
-def check_str(table: dict, key: str, default: str, where: str) -> str:
-    value = table.get(key, default)
-    if not isinstance(value, str) or "\n" in value:
-        raise MlclusterError(f"{where} {key} must be a string, not {value!r}")
-    return value
-
-
-def check_bind(value: Any, where: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise MlclusterError(f"{where} must be an IP address (0.0.0.0 for all of the host's addresses), "
-                             f"not {value!r}") from None
-
-
-def check_port(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
-        raise MlclusterError(f"{where} must be a port number from 1 to 65535, not {value!r}")
-    return value
-
-
-def check_seconds(value: Any, where: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 3600:
-        raise MlclusterError(f"{where} must be a number of seconds between 0 and 3600, not {value!r}")
-    return float(value)
-
-
-def check_runtime(value: Any, where: str) -> str:
-    if value not in RUNTIMES:
-        raise MlclusterError(f"{where} must be docker or process, not {value!r}")
-    return value
-
-
-def check_local_path(value: Any, where: str, directory: bool) -> str:
-    if not isinstance(value, str):
-        raise MlclusterError(f"{where} must be a path on this machine")
-    if value and not (Path(value).expanduser().is_dir() if directory else Path(value).expanduser().is_file()):
-        raise MlclusterError(f"{where}: {value} is not an existing {'folder' if directory else 'file'}")
-    return value
-
-
-def check_env(value: Any, where: str) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) and re.match(r"^[A-Z_][A-Z0-9_]*$", k)
-                                              and isinstance(v, str) and "\n" not in v for k, v in value.items()):
-        raise MlclusterError(f"{where} must be a table of VARIABLE = \"string value\"")
-    return dict(value)
+    return ip(private_address) or "0.0.0.0"

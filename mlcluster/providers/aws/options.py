@@ -7,12 +7,12 @@ Settings come from the config file's `[aws]` table and the flags --region,
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ...config import check_known, kind_name
+from ...config import check_known
+from ...deploy.options import defaults_of, of_kind, parse
 from ...errors import MlclusterError, UsageError
 from ...state import ClusterSpec
 from ..base import CostPlan, CostRow
@@ -49,7 +49,7 @@ class Market:
 
 @dataclass(frozen=True)
 class AWSOptions:
-    """Every setting of the `[aws]` table; the README's "The `[aws]` table" explains them."""
+    """Every setting of the `[aws]` table; docs/providers.md ("The `[aws]` table") explains them."""
     region: str = ""               # empty: boto3's chain (AWS_REGION, the profile's region)
     profile: str = ""              # empty: boto3's chain (AWS_PROFILE, environment, SSO, role)
     instance_type: str = "m4.large"
@@ -72,17 +72,12 @@ class AWSOptions:
 
     @classmethod
     def from_dict(cls, raw: Optional[dict[str, Any]]) -> "AWSOptions":
-        raw = dict(raw or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        check_known(raw, fields, "[aws]")
-        for key, value in raw.items():
-            default = getattr(cls, key, None) if key != "address_map" else {}
-            expected = type(default)
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                raw[key] = value = float(value)
-            if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-                raise MlclusterError(f"[aws]: {key} must be {kind_name(expected)}, not {value!r}")
-        return cls(**raw).validate()
+        """The [aws] table: each setting of its default's kind (messages read "[aws]: volume_gb must be...")."""
+        raw = raw or {}
+        defaults = defaults_of(cls)
+        check_known(raw, defaults, "[aws]")
+        kinds = {name: of_kind(type(defaults[name])) for name in [*raw, *defaults]}  # checked in the table's order
+        return cls(**parse(raw, kinds, "[aws]:", defaults)).validate()
 
     @classmethod
     def from_spec(cls, spec: ClusterSpec) -> "AWSOptions":
@@ -142,7 +137,7 @@ def plan(spec: ClusterSpec) -> CostPlan:
     """The plan for `spec`, with no AWS call (nothing is looked up or created)."""
     o = AWSOptions.from_spec(spec)
     n = 1 + spec.workers
-    price = PRICES.get(o.instance_type, (None, 0))[0]
+    price, cpus = PRICES.get(o.instance_type, (None, 0))
     lines = [
         CostRow("orchestrator instance", 1, o.instance_type, price),
         CostRow("worker instances" + (" (spot)" if o.spot else ""), spec.workers,
@@ -164,5 +159,4 @@ def plan(spec: ClusterSpec) -> CostPlan:
         f"Security group: SSH and the orchestrator port only from {allowed}; worker ports only inside the group.",
         f"`mlcluster down --name {spec.name}` removes everything this creates.",
     ]
-    vcpus = None if o.instance_type not in PRICES else (1 + spec.workers) * PRICES[o.instance_type][1]
-    return CostPlan(spec.name, o.region, o.instance_type, lines, notes, vcpus)
+    return CostPlan(spec.name, o.region, o.instance_type, lines, notes, n * cpus or None)  # None: an unknown type

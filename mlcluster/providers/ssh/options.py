@@ -35,10 +35,9 @@
     orchestrator = { address = "10.0.0.10", user = "admin", port = 22, key = "~/.ssh/other" }
     workers = [ { address = "10.0.0.11" },
                 { address = "203.0.113.12", private_address = "10.0.0.12", runtime = "process" } ]
-    # Healing (process runtime: docs/elastic.md#ssh-healing): the controller on the orchestrator's
-    # host restarts the containers of a host unreachable for host_grace seconds on a pool host with room.
+    # Healing (process runtime), explained in docs/elastic.md#ssh-healing:
     spares = [ { address = "10.0.0.13" } ]   # prepared by `up`, no container of its own: room
-    host_grace = 20
+    host_grace = 20                          # seconds a host may be unreachable before its containers move
     authorized_keys = "~/.ssh/authorized_keys"   # where the hosts' sshd reads keys (the controller's goes there)
 
 Each host may override key, user, port, runtime, python, workdir and bind, and
@@ -47,7 +46,6 @@ may have a `name` (default: orchestrator, worker1, worker2..., spare1...) and a
 """
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -55,15 +53,19 @@ from typing import Any
 
 from ...config import check_known
 from ...deploy.options import (
-    HOST_SETTINGS,
+    HOST,
     SETTINGS,
     RemoteOptions,
     bind_for,
     check_port,
     check_seconds,
     check_str,
+    defaults_of,
     host_settings,
+    ip,
+    parse,
     parse_settings,
+    rule,
 )
 from ...errors import MlclusterError
 from ...resources import HostConfig  # one host, as parsed here and recorded in the state
@@ -71,10 +73,41 @@ from ...state import ClusterSpec
 
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
-LOGIN_KEYS = {"user", "port", "key"}
-HOST_KEYS = {"address", "private_address", "name"} | LOGIN_KEYS | HOST_SETTINGS
-TOP_KEYS = LOGIN_KEYS | HOST_SETTINGS | SETTINGS | {"orchestrator", "workers", "spares", "host_grace",
-                                                     "authorized_keys"}
+
+
+def _address(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise MlclusterError(f"{what} is missing", "give an IP address or a host name")
+    if not ip(value) and not HOSTNAME_RE.match(value):
+        raise MlclusterError(f"{what} {value!r} is neither an IP address nor a host name")
+    return ip(value) or value
+
+
+def _key(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise MlclusterError(f"{what} must be the path of a private key file")
+    path = Path(value).expanduser()
+    if value and not path.is_file():
+        raise MlclusterError(f"{what}: the key file {path} does not exist",
+                             "point it at your private key, e.g. ~/.ssh/id_ed25519")
+    return str(path) if value else ""
+
+
+def _authorized_keys(value: Any, what: str) -> str:
+    if not check_str(value, what) or "'" in value:
+        raise MlclusterError(f"{what} must be the path of the hosts' authorized_keys file",
+                             "e.g. \"~/.ssh/authorized_keys\" (sshd's AuthorizedKeysFile)")
+    return value
+
+
+_name = rule(lambda value: isinstance(value, str) and NAME_RE.match(value) is not None, "{value!r} is not allowed",
+             hint="use lowercase letters, digits and dashes")
+# How to log in: the table's for every host, each may override it.
+LOGIN = {"user": check_str, "port": check_port, "key": _key}
+# One host's entry (its login and host settings over the table's).
+ENTRY = {"address": _address, "name": _name, "private_address": _address, **HOST, **LOGIN}
+# The controller's healing (elastic/pool.py); their defaults: RemoteOptions'.
+HEALING = {"authorized_keys": _authorized_keys, "host_grace": check_seconds}
 
 
 def parse_options(spec: ClusterSpec) -> RemoteOptions:
@@ -83,13 +116,9 @@ def parse_options(spec: ClusterSpec) -> RemoteOptions:
     if not isinstance(table, dict) or not table:
         raise MlclusterError("the ssh provider needs an [ssh] table in the config file",
                              "see `mlcluster up --help`: orchestrator = { address = ... } and workers = [ ... ]")
-    check_known(table, TOP_KEYS, "[ssh]")
-    defaults = {
-        "user": check_str(table, "user", "root", "[ssh]"),
-        "port": check_port(table.get("port", 22), "[ssh] port"),
-        "key": _key(table.get("key", ""), "[ssh] key"),
-        **host_settings(table, spec.name, spec.runtime),
-    }
+    check_known(table, [*LOGIN, *HOST, *SETTINGS, *HEALING, "orchestrator", "workers", "spares"], "[ssh]")
+    defaults = {**parse(table, LOGIN, "[ssh]", {"user": "root", "port": 22, "key": ""}),
+                **host_settings(table, spec.name, spec.runtime)}
     if "orchestrator" not in table:
         raise MlclusterError("[ssh] needs orchestrator = { address = \"...\" }")
     orchestrator = _host(table["orchestrator"], "orchestrator", defaults, "[ssh] orchestrator")
@@ -104,15 +133,10 @@ def parse_options(spec: ClusterSpec) -> RemoteOptions:
         raise MlclusterError("[ssh] workers: the same host is listed twice")
     for worker in workers:  # the orchestrator's machine may also be a worker: one host, one name
         if (worker.address, worker.port) == (orchestrator.address, orchestrator.port):
-            orchestrator = replace(orchestrator, name=worker.name) if worker.name != orchestrator.name else orchestrator
+            orchestrator = replace(orchestrator, name=worker.name)
     spares = _spares(table.get("spares", []), defaults, [orchestrator, *workers])
-    authorized = check_str(table, "authorized_keys", "~/.ssh/authorized_keys", "[ssh]")
-    if not authorized or "\n" in authorized or "'" in authorized:
-        raise MlclusterError("[ssh] authorized_keys must be the path of the hosts' authorized_keys file",
-                             "e.g. \"~/.ssh/authorized_keys\" (sshd's AuthorizedKeysFile)")
-    return RemoteOptions(orchestrator=orchestrator, workers=workers, **parse_settings(table), spares=spares,
-                         host_grace=check_seconds(table.get("host_grace", 20), "[ssh] host_grace"),
-                         authorized_keys=authorized)
+    healing = parse(table, HEALING, "[ssh]", defaults_of(RemoteOptions))
+    return RemoteOptions(orchestrator=orchestrator, workers=workers, spares=spares, **parse_settings(table), **healing)
 
 
 def _spares(items: Any, defaults: dict, used: list[HostConfig]) -> list[HostConfig]:
@@ -128,47 +152,12 @@ def _spares(items: Any, defaults: dict, used: list[HostConfig]) -> list[HostConf
     return spares
 
 
-def _host(item: Any, default_name: str, defaults: dict, where: str) -> HostConfig:
+def _host(item: Any, name: str, defaults: dict, where: str) -> HostConfig:
     if isinstance(item, str):
         item = {"address": item}
     if not isinstance(item, dict):
         raise MlclusterError(f"{where} must be a table like {{ address = \"10.0.0.11\" }}")
-    check_known(item, HOST_KEYS, where)
-    address = _address(item.get("address"), f"{where} address")
-    name = item.get("name", default_name)
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise MlclusterError(f"{where} name {name!r} is not allowed", "use lowercase letters, digits and dashes")
-    private = _address(item.get("private_address", address), f"{where} private_address")
-    settings = host_settings(item, "", "", defaults, where)
-    return HostConfig(
-        name=name, address=address, private_address=private,
-        user=check_str(item, "user", defaults["user"], where),
-        port=check_port(item.get("port", defaults["port"]), f"{where} port"),
-        key=_key(item["key"], f"{where} key") if "key" in item else defaults["key"],
-        runtime=settings["runtime"], python=settings["python"], workdir=settings["workdir"],
-        bind=settings["bind"] or bind_for(private),
-    )
-
-
-def _address(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise MlclusterError(f"{where} is missing", "give an IP address or a host name")
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    if not HOSTNAME_RE.match(value):
-        raise MlclusterError(f"{where} {value!r} is neither an IP address nor a host name")
-    return value
-
-
-def _key(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise MlclusterError(f"{where} must be the path of a private key file")
-    if not value:
-        return ""
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise MlclusterError(f"{where}: the key file {path} does not exist",
-                             "point it at your private key, e.g. ~/.ssh/id_ed25519")
-    return str(path)
+    check_known(item, ENTRY, where)
+    host = HostConfig(**parse(item, ENTRY, where, {**defaults, "address": None, "name": name,
+                                                   "private_address": lambda values: values["address"]}))
+    return replace(host, bind=host.bind or bind_for(host.private_address))
