@@ -1,7 +1,7 @@
 """How a cluster is deployed onto hosts, whoever provided them: the
 `RemoteOptions` record (the hosts and the deployment settings), and the one
 parser of settings tables (`parse`) with the checks they share. The settings
-(HOST, DEPLOY) are the `[ssh]` table's, explained in providers/ssh/options.py;
+(HOST, DEPLOY) are the `[ssh]` table's, explained in docs/providers.md#ssh-table;
 the aws provider makes the hosts and reads only these (`parse_settings`, `host_settings`).
 """
 from __future__ import annotations

@@ -1,48 +1,6 @@
-"""The `[ssh]` table of a config file: which hosts, how to log in, how to run.
-
-    provider = "ssh"
-    containers_per_worker = 2
-    model = "distilbert-base-uncased"     # a hub id (the hosts download it), a local
-                                          # directory (uploaded to each worker host) or overhead-test
-    [ssh]
-    key = "~/.ssh/id_ed25519"   # private key (ed25519, RSA or ECDSA, no passphrase); default for all hosts
-    user = "ubuntu"             # default "root"
-    port = 22
-    runtime = "docker"          # docker (default) | process; per host too
-    images = "build"            # docker: build (upload the build context, build on every host, default)
-                                #         ship  (build here once, upload the saved image, load it)
-                                #         pull  (pull worker_image / orchestrator_image from a registry)
-    worker_image = "registry.example.com/mlcluster-worker:1"        # only for images = "pull"
-    orchestrator_image = "registry.example.com/mlcluster-orchestrator:1"
-    build_args = { BASE_IMAGE = "python:3.11-slim" }   # build/ship: docker build arguments
-    wheelhouse = "~/wheels"     # build/ship: a folder of wheels pip may use inside the build
-    ca_bundle = "/etc/ssl/certs/corp.pem"               # build/ship: extra CA certificates for pip
-    python = "/opt/mlcluster/bin/python"  # process runtime: an interpreter with mlcluster installed;
-                                          # default: make a venv in the host's workdir and pip install
-                                          # this project there (needs python3 with venv and the
-                                          # package index reachable from the host)
-    workdir = ".mlcluster/<cluster>"      # on each host, relative to the login directory
-    bind = "10.0.0.10"          # address the services listen on, on their host (default: the host's
-                                # private_address when it is an IP address, else 0.0.0.0)
-    orchestrator_port = 8000
-    admin_port = 8001           # the admin endpoints, on the orchestrator host's 127.0.0.1 only (reached
-                                # through SSH); default orchestrator_port + 1
-    worker_port = 5000          # the first one; the next containers use 5001, 5002...
-    connect_timeout = 10        # seconds for one connect + login
-    reach_timeout = 120         # seconds `up` waits for every host to answer SSH
-    orchestrator_env = { ORCH_FORWARD_TIMEOUT_S = "10" }   # extra environment, rarely needed
-    worker_env = {}
-    orchestrator = { address = "10.0.0.10", user = "admin", port = 22, key = "~/.ssh/other" }
-    workers = [ { address = "10.0.0.11" },
-                { address = "203.0.113.12", private_address = "10.0.0.12", runtime = "process" } ]
-    # Healing (process runtime), explained in docs/elastic.md#ssh-healing:
-    spares = [ { address = "10.0.0.13" } ]   # prepared by `up`, no container of its own: room
-    host_grace = 20                          # seconds a host may be unreachable before its containers move
-    authorized_keys = "~/.ssh/authorized_keys"   # where the hosts' sshd reads keys (the controller's goes there)
-
-Each host may override key, user, port, runtime, python, workdir and bind, and
-may have a `name` (default: orchestrator, worker1, worker2..., spare1...) and a
-`private_address` (how the orchestrator reaches its workers; default: `address`).
+"""The `[ssh]` table of a config file: which hosts, how to log in, how to run. Every setting, with
+an example and its default: docs/providers.md#ssh-table (the deployment settings' checks:
+deploy/options.py).
 """
 from __future__ import annotations
 
