@@ -75,10 +75,13 @@ class Instance:
                    d.get("IamInstanceProfile", {}).get("Arn", ""))
 
 
+def _described(aws: AWS, filters: list[dict]) -> list[Instance]:
+    answer = aws.ec2("describe_instances", Filters=filters)
+    return [Instance.from_api(i) for r in answer.get("Reservations", []) for i in r["Instances"]]
+
+
 def find_instances(aws: AWS, cluster: str, states: Iterable[str] = NOT_TERMINATED) -> list[Instance]:
-    answer = aws.ec2("describe_instances", Filters=[by_cluster(cluster),
-                                                    {"Name": "instance-state-name", "Values": list(states)}])
-    found = [Instance.from_api(i) for r in answer.get("Reservations", []) for i in r["Instances"]]
+    found = _described(aws, [by_cluster(cluster), {"Name": "instance-state-name", "Values": list(states)}])
     return sorted(found, key=lambda i: (i.name, i.id))
 
 
@@ -86,10 +89,7 @@ def describe(aws: AWS, ids: list[str]) -> list[Instance]:
     """The instances `ids` that AWS knows. By filter, not by id list: an id
     AWS does not know (yet, just after launch, or any more) is simply missing
     from the answer instead of failing the whole call."""
-    if not ids:
-        return []
-    answer = aws.ec2("describe_instances", Filters=[{"Name": "instance-id", "Values": ids}])
-    return [Instance.from_api(i) for r in answer.get("Reservations", []) for i in r["Instances"]]
+    return _described(aws, [{"Name": "instance-id", "Values": ids}]) if ids else []
 
 
 def wait_for_state(aws: AWS, ids: list[str], wanted: str, timeout_s: float, poll_s: float,
@@ -273,38 +273,32 @@ def wanted_rules(group_id: str, allowed_cidr: str, public_ports: Iterable[int],
     return rules
 
 
+# A rule's kind -> where EC2 lists its sources, the source's key, and our description of it.
+SOURCES = {"cidr": ("IpRanges", "CidrIp", "mlcluster: allowed address"),
+           "cidr6": ("Ipv6Ranges", "CidrIpv6", "mlcluster: allowed address"),
+           "group": ("UserIdGroupPairs", "GroupId", "mlcluster: inside the cluster")}
+
+
 def current_rules(group: dict) -> set[Rule]:
-    rules: set[Rule] = set()
-    for p in group.get("IpPermissions", []):
-        key = (p["IpProtocol"], p.get("FromPort", -1), p.get("ToPort", -1))
-        rules |= {(*key, "cidr", r["CidrIp"]) for r in p.get("IpRanges", [])}
-        rules |= {(*key, "cidr6", r["CidrIpv6"]) for r in p.get("Ipv6Ranges", [])}
-        rules |= {(*key, "group", r["GroupId"]) for r in p.get("UserIdGroupPairs", [])}
-    return rules
+    return {(p["IpProtocol"], p.get("FromPort", -1), p.get("ToPort", -1), kind, r[key])
+            for p in group.get("IpPermissions", []) for kind, (listed, key, _) in SOURCES.items()
+            for r in p.get(listed, [])}
 
 
 def _permission(rule: Rule) -> dict:
     protocol, start, end, kind, source = rule
-    permission: dict = {"IpProtocol": protocol, "FromPort": start, "ToPort": end}
-    if kind == "cidr":
-        permission["IpRanges"] = [{"CidrIp": source, "Description": "mlcluster: allowed address"}]
-    elif kind == "cidr6":
-        permission["Ipv6Ranges"] = [{"CidrIpv6": source, "Description": "mlcluster: allowed address"}]
-    else:
-        permission["UserIdGroupPairs"] = [{"GroupId": source, "Description": "mlcluster: inside the cluster"}]
-    return permission
+    listed, key, description = SOURCES[kind]
+    return {"IpProtocol": protocol, "FromPort": start, "ToPort": end,
+            listed: [{key: source, "Description": description}]}
 
 
 def sync_rules(aws: AWS, group: dict, wanted: set[Rule]) -> tuple[set[Rule], set[Rule]]:
     """Make the group's ingress exactly `wanted`; returns (added, removed)."""
     have = current_rules(group)
     added, removed = wanted - have, have - wanted
-    if added:
-        aws.ec2("authorize_security_group_ingress", GroupId=group["GroupId"],
-                IpPermissions=[_permission(r) for r in sorted(added)])
-    if removed:
-        aws.ec2("revoke_security_group_ingress", GroupId=group["GroupId"],
-                IpPermissions=[_permission(r) for r in sorted(removed)])
+    for operation, rules in (("authorize_security_group_ingress", added), ("revoke_security_group_ingress", removed)):
+        if rules:
+            aws.ec2(operation, GroupId=group["GroupId"], IpPermissions=[_permission(r) for r in sorted(rules)])
     return added, removed
 
 
