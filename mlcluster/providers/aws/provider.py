@@ -209,8 +209,8 @@ class AWSProvider:
             inst = chosen[name] = launched.instance
             remember(state, aws, instances={**state.resources.aws.instances, name: inst.id},
                      markets={**state.resources.aws.markets, name: launched.market})
-            if launched.fell_back:
-                ui.warn(f"{name}: {spot.fallback_sentence(launched)}")
+            if launched.refused:
+                ui.warn(f"{name}: {spot.refused_sentence(launched.refused, inst.id)}")
                 spot.record_fallback(state.dir, name, launched)
             zones = zone_order(zones, [inst])
         with ui.step(f"waiting for {len(chosen)} instance(s) to run"):

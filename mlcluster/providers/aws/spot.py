@@ -31,10 +31,6 @@ class Launched:
     market: str
     refused: str = ""
 
-    @property
-    def fell_back(self) -> bool:
-        return bool(self.refused)
-
 
 class SpotRefused(MlclusterError):
     """Spot capacity was refused and the fallback is `never`."""
@@ -63,14 +59,11 @@ def launch_worker(aws: AWS, spec: LaunchSpec, name: str, zones: list[tuple[str, 
     return Launched(ec2.launch(aws, spec, name, zones, on_capacity), ON_DEMAND, refused)
 
 
-def fallback_sentence(launched: Launched) -> str:
-    return refused_sentence(launched.refused, launched.instance.id)
-
-
 def refused_sentence(code: str, instance_id: str) -> str:
     return f"spot capacity refused ({code}); launched {instance_id} on-demand instead (billed at the on-demand price)"
 
 
 def record_fallback(cluster_dir: Path, name: str, launched: Launched, clock: Callable[[], float] = time.time) -> None:
     """The event `mlcluster events` lists for a fallback (`container`: the instance's name)."""
-    append(cluster_dir, Event(clock(), "spot_fallback", fallback_sentence(launched), container=name))
+    append(cluster_dir, Event(clock(), "spot_fallback", refused_sentence(launched.refused, launched.instance.id),
+                              container=name))
