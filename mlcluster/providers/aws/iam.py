@@ -65,17 +65,21 @@ class ControllerProfile:
     created: bool       # made by this call (False: it was there)
 
 
-def _missing(exc: AWSError) -> bool:
-    return exc.code == "NoSuchEntity"
-
-
 def _get(aws: AWS, operation: str, **kwargs) -> Optional[dict]:
     try:
         return aws.iam(operation, **kwargs)
     except AWSError as exc:
-        if _missing(exc):
+        if exc.code == "NoSuchEntity":
             return None
         raise
+
+
+def _found(aws: AWS, cluster: str) -> tuple[Optional[dict], Optional[dict]]:
+    """The cluster's instance profile, and its role if it carries the cluster's tag (None: not there)."""
+    name = profile_name(cluster)
+    role = _get(aws, "get_role", RoleName=name)
+    ours = role is not None and _ours(role["Role"].get("Tags", []), cluster)
+    return _get(aws, "get_instance_profile", InstanceProfileName=name), role if ours else None
 
 
 def ensure(aws: AWS, cluster: str) -> ControllerProfile:
@@ -110,33 +114,27 @@ def _ours(tags: list[dict], cluster: str) -> bool:
 def remove(aws: AWS, cluster: str) -> list[str]:
     """Remove the profile, the role's policies and the role (what exists of
     them); returns what was removed, in words."""
-    name, removed = profile_name(cluster), []
-    profile = _get(aws, "get_instance_profile", InstanceProfileName=name)
+    name, (profile, role) = profile_name(cluster), _found(aws, cluster)
     if profile is not None:
-        for role in profile["InstanceProfile"].get("Roles", []):
-            aws.iam("remove_role_from_instance_profile", InstanceProfileName=name, RoleName=role["RoleName"])
+        for member in profile["InstanceProfile"].get("Roles", []):
+            aws.iam("remove_role_from_instance_profile", InstanceProfileName=name, RoleName=member["RoleName"])
         aws.iam("delete_instance_profile", InstanceProfileName=name)
-        removed.append(f"IAM instance profile {name}")
-    role = _get(aws, "get_role", RoleName=name)
-    if role is not None and _ours(role["Role"].get("Tags", []), cluster):
+    if role is not None:
         for policy_name in aws.iam("list_role_policies", RoleName=name)["PolicyNames"]:
             aws.iam("delete_role_policy", RoleName=name, PolicyName=policy_name)
         for attached in aws.iam("list_attached_role_policies", RoleName=name)["AttachedPolicies"]:
             aws.iam("detach_role_policy", RoleName=name, PolicyArn=attached["PolicyArn"])
         aws.iam("delete_role", RoleName=name)
-        removed.append(f"IAM role {name}")
-    return removed
+    return _words(name, profile, role)
 
 
 def leftovers(aws: AWS, cluster: str) -> list[str]:
     """One sentence per IAM resource of `cluster` that still exists."""
-    name, left = profile_name(cluster), []
-    if _get(aws, "get_instance_profile", InstanceProfileName=name) is not None:
-        left.append(f"IAM instance profile {name}")
-    role = _get(aws, "get_role", RoleName=name)
-    if role is not None and _ours(role["Role"].get("Tags", []), cluster):
-        left.append(f"IAM role {name}")
-    return left
+    return _words(profile_name(cluster), *_found(aws, cluster))
+
+
+def _words(name: str, profile: Optional[dict], role: Optional[dict]) -> list[str]:
+    return [f"IAM instance profile {name}"] * (profile is not None) + [f"IAM role {name}"] * (role is not None)
 
 
 def launch_when_ready(launch: Callable[[], "object"], sleep: Callable[[float], None] = time.sleep,
