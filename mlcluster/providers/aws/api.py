@@ -71,12 +71,12 @@ class AWS:
         if not self.region:
             raise AWSError("no AWS region is set",
                            "pass --region, set `region` in the [aws] table, or set AWS_REGION")
-        config = Config(retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=60,
-                        user_agent_extra="mlcluster")
-        self._endpoint, self._config = endpoint_url or None, config
-        self._ec2 = session.client("ec2", endpoint_url=self._endpoint, config=config)
-        self._ssm = session.client("ssm", endpoint_url=self._endpoint, config=config)
-        self._iam: Any = None  # made at first use: most commands never call IAM
+        self._endpoint = endpoint_url or None
+        self._config = Config(retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=60,
+                              user_agent_extra="mlcluster")
+        self._clients: dict[str, Any] = {}
+        for service in ("ec2", "ssm"):  # the others at first use: most commands never call IAM
+            self._client(service)
 
     def require_credentials(self) -> None:
         """Raise AWSError unless boto3's chain finds credentials. Local: no AWS
@@ -89,23 +89,22 @@ class AWS:
             raise translate(bx.NoCredentialsError(), "sts", self.profile)
 
     def ec2(self, operation: str, **kwargs: Any) -> dict:
-        return self._call(self._ec2, "ec2", operation, kwargs)
+        return self.call("ec2", operation, **kwargs)
 
     def ssm(self, operation: str, **kwargs: Any) -> dict:
-        return self._call(self._ssm, "ssm", operation, kwargs)
+        return self.call("ssm", operation, **kwargs)
 
     def iam(self, operation: str, **kwargs: Any) -> dict:
-        if self._iam is None:
-            self._iam = self._session.client("iam", endpoint_url=self._endpoint, config=self._config)
-        return self._call(self._iam, "iam", operation, kwargs)
+        return self.call("iam", operation, **kwargs)
+
+    def _client(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = self._session.client(service, endpoint_url=self._endpoint, config=self._config)
+        return self._clients[service]
 
     def call(self, service: str, operation: str, **kwargs: Any) -> dict:
-        """One call to another service of the same session (sts, service-quotas), with the same retries."""
-        client = self._session.client(service, endpoint_url=self._endpoint, config=self._config)
-        return self._call(client, service, operation, kwargs)
-
-    def _call(self, client: Any, service: str, operation: str, kwargs: dict) -> dict:
-        method = getattr(client, operation)
+        """One call to a service of the session (ec2, ssm, iam, sts, service-quotas)."""
+        method = getattr(self._client(service), operation)
         for attempt in range(self.backoff.attempts):
             try:
                 return method(**kwargs)
