@@ -119,6 +119,20 @@ class AWS:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def retry_while(retryable: Callable[[AWSError], bool], call: Callable[[], Any], timeout_s: float, poll_s: float,
+                sleep: Callable[[float], None] = time.sleep) -> Any:
+    """`call()`, again every `poll_s` s while it fails with an error `retryable` accepts (AWS not
+    consistent yet), for at most `timeout_s` s; any other error propagates at once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except AWSError as exc:
+            if not retryable(exc) or time.monotonic() > deadline:
+                raise
+        sleep(poll_s)
+
+
 def translate(exc: Exception, service: str, profile: str = "") -> AWSError:
     """One sentence (and a hint) for a boto exception."""
     login = f"aws sso login --profile {profile}" if profile else "aws sso login"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ...errors import MlclusterError
-from .api import AWS, AWSError
+from .api import AWS, AWSError, retry_while
 
 TAG_CLUSTER = "mlcluster:cluster"
 TAG_ROLE = "mlcluster:role"      # orchestrator | worker
@@ -305,17 +305,12 @@ def sync_rules(aws: AWS, group: dict, wanted: set[Rule]) -> tuple[set[Rule], set
 def delete_group(aws: AWS, group_id: str, timeout_s: float, poll_s: float, sleep: Sleep = time.sleep) -> None:
     """Delete the group, retrying while AWS still reports it in use (the
     network interfaces of just-terminated instances take a while to go)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            aws.ec2("delete_security_group", GroupId=group_id)
-            return
-        except AWSError as exc:
-            if exc.code == "InvalidGroup.NotFound":
-                return
-            if exc.code != "DependencyViolation" or time.monotonic() > deadline:
-                raise
-        sleep(poll_s)
+    try:
+        retry_while(lambda exc: exc.code == "DependencyViolation",
+                    lambda: aws.ec2("delete_security_group", GroupId=group_id), timeout_s, poll_s, sleep)
+    except AWSError as exc:
+        if exc.code != "InvalidGroup.NotFound":
+            raise
 
 
 # -- volumes and what is left ---------------------------------------------------

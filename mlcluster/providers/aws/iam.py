@@ -1,22 +1,14 @@
-"""The controller's IAM role and instance profile, one per cluster.
-
-The in-cluster controller (mlcluster/elastic) runs on the orchestrator's
-instance and replaces lost workers with the instance's own role, so no key
-ever leaves this machine. Its policy allows launching only instances (and
-volumes) that carry the cluster's tag at launch, tagging only as part of such
-a launch, terminating only instances already tagged for the cluster, and
-reading (Describe*). Only the orchestrator gets the profile.
-
-The role and the profile have fixed names derived from the cluster's (so
-`down` finds them without state) under the path /mlcluster/, and carry the
-cluster's tag.
+"""The controller's IAM role and instance profile, one per cluster, attached to
+the orchestrator's instance only: the in-cluster controller (mlcluster/elastic)
+replaces lost workers with the instance's own role, so no key ever leaves this
+machine. What the policy allows: docs/providers.md ("What it creates"). Their
+names are fixed by the cluster's, so `down` finds them without state.
 """
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from ...errors import MlclusterError
 from .api import AWS, AWSError
@@ -26,8 +18,6 @@ PATH = "/mlcluster/"
 POLICY_NAME = "mlcluster-controller"
 TRUST = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
-# A new profile takes a few seconds to be usable by RunInstances (IAM is eventually consistent).
-PROFILE_NOT_READY = "InvalidParameterValue"
 
 
 def profile_name(cluster: str) -> str:
@@ -36,7 +26,7 @@ def profile_name(cluster: str) -> str:
 
 
 def policy(cluster: str, region: str) -> dict:
-    """The controller's permissions: see the module docstring."""
+    """The controller's permissions: launch and tag only with the cluster's tag, terminate only its own."""
     arn = f"arn:aws:ec2:{region}:*:"
     tagged_at_launch = {"StringEquals": {f"aws:RequestTag/{TAG_CLUSTER}": cluster}}
     return {"Version": "2012-10-17", "Statement": [
@@ -137,16 +127,6 @@ def _words(name: str, profile: Optional[dict], role: Optional[dict]) -> list[str
     return [f"IAM instance profile {name}"] * (profile is not None) + [f"IAM role {name}"] * (role is not None)
 
 
-def launch_when_ready(launch: Callable[[], "object"], sleep: Callable[[float], None] = time.sleep,
-                      timeout_s: float = 60.0, poll_s: float = 3.0):
-    """`launch()` (a RunInstances with the new profile), retried while EC2
-    does not know the profile yet; other errors propagate."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return launch()
-        except AWSError as exc:
-            not_ready = exc.code == PROFILE_NOT_READY and "iaminstanceprofile" in exc.message.lower()
-            if not not_ready or time.monotonic() > deadline:
-                raise
-        sleep(poll_s)
+def profile_not_ready(exc: AWSError) -> bool:
+    """A new profile takes a few seconds to be usable by RunInstances (IAM is eventually consistent)."""
+    return exc.code == "InvalidParameterValue" and "iaminstanceprofile" in exc.message.lower()

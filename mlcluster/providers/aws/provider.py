@@ -1,16 +1,11 @@
-"""The aws provider: EC2 instances made with boto3, then the deployment layer's
-deployment onto them (`deploy.deploy`), as for the ssh provider's hosts.
+"""The aws provider, the order of things: image and network -> key pair ->
+security group -> the controller's IAM profile -> instances (found by tag and
+reused, stopped ones started) -> running -> SSH and first boot -> the deployment
+layer's deployment onto them (`deploy.deploy`), as onto the ssh provider's hosts.
 
-`up`: image and network -> key pair -> security group and its rules ->
-instances (one orchestrator, N workers; those found by tag are reused,
-stopped ones started) -> wait until running -> wait for SSH and first boot
--> deploy as onto any remote hosts (public addresses from this machine,
-private addresses from the orchestrator to the workers).
-
-Everything created is tagged at creation and recorded in
-`state.resources.aws` at once. When `up` fails or is interrupted, what
-exists stays (a second `up` resumes it) and the message says how to remove
-it: `mlcluster down --name X`, which finds it all by tag even without state.
+Everything is tagged at creation and recorded in the state at once, so a failed
+or interrupted `up` is resumed by `up` and removed by `down`, which finds it by
+tag even without state (docs/providers.md, "What it creates, and how safely").
 """
 from __future__ import annotations
 
@@ -31,11 +26,11 @@ from ...state import ClusterSpec, ClusterState, write_private
 from ...ui import QuietUI
 from ..base import CostPlan
 from . import ec2, iam, spot
-from .api import AWS, AWSError, Backoff
+from .api import AWS, AWSError, Backoff, retry_while
 from .ec2 import Instance, LaunchSpec
 from .fleet import fleet_of
 from .hosts import addresses, ports, remote_options, user_data, wait_for_ssh
-from .options import AMI_PARAMETERS, AWSOptions, normalise_cidr, plan
+from .options import AMI_PARAMETERS, AWSOptions, Market, normalise_cidr, plan
 from .placement import limit_error, match, skip_zone, zone_order
 from .record import accounted, forget_reused_addresses, remember
 
@@ -196,11 +191,18 @@ class AWSProvider:
             ui.info(f"attached the controller's instance profile to the orchestrator ({chosen['orchestrator'].id})")
         missing = [n for n in names if n not in chosen]
         zones = zone_order(subnets, chosen.values())
+
+        def on_capacity(zone: str, code: str) -> None:
+            skip_zone(zones, zone, code, ui)
         for n, name in enumerate(missing, 1):
-            market = "on-demand" if name == "orchestrator" or not o.spot else "spot"
-            with ui.step(f"launching {name} ({launch.instance_type}, {market}), {n} of {len(missing)}"):
+            # the orchestrator on-demand with the controller's profile (retried until IAM has spread it)
+            orchestrator = name == "orchestrator"
+            market, profile = (Market(), state.resources.aws.instance_profile) if orchestrator else (o.market, "")
+            with ui.step(f"launching {name} ({launch.instance_type}, {'spot' if market.spot else 'on-demand'}), "
+                         f"{n} of {len(missing)}"):
                 try:
-                    launched = self._launch(aws, state, launch, name, zones, ui, o)
+                    launched = retry_while(iam.profile_not_ready, lambda: spot.launch_worker(
+                        aws, launch, name, zones, on_capacity, market, profile), self.timeout_s, self.poll_s, self.sleep)
                 except AWSError as exc:
                     if exc.code in ec2.LIMIT_CODES:
                         raise limit_error(exc, aws.region, launch.instance_type, len(names), len(chosen),
@@ -219,29 +221,14 @@ class AWSProvider:
         by_id = {i.id: i for i in running}
         return {n: by_id[chosen[n].id] for n in names}
 
-    def _launch(self, aws: AWS, state: ClusterState, launch: LaunchSpec, name: str, zones: list[tuple[str, str]],
-                ui: QuietUI, o: AWSOptions) -> spot.Launched:
-        """The orchestrator on-demand with the controller's profile; a worker as `o.market` says."""
-        def on_capacity(zone: str, code: str) -> None:
-            skip_zone(zones, zone, code, ui)
-        if name != "orchestrator":
-            return spot.launch_worker(aws, launch, name, zones, on_capacity, o.market)
-        profile = state.resources.aws.instance_profile
-        return spot.Launched(iam.launch_when_ready(
-            lambda: ec2.launch(aws, launch, name, zones, on_capacity, profile=profile),
-            self.sleep, self.timeout_s, self.poll_s), ec2.ON_DEMAND)
-
     @staticmethod
     def _terminate_surplus(aws: AWS, state: ClusterState, surplus: list[Instance], ui: QuietUI) -> None:
-        """Terminate workers beyond the count asked for, and forget them (and
-        their services, which end with them) in the state."""
+        """Terminate workers beyond the count asked for, and forget their hosts, services (which end with
+        them) and addresses in the state (`_instances` then records the instances kept)."""
         with ui.step(f"terminating {', '.join(f'{i.name} ({i.id})' for i in surplus)}: no longer part of the cluster"):
             ec2.terminate(aws, [i.id for i in surplus])
-        gone, ids, res = {i.name for i in surplus}, {i.id for i in surplus}, state.resources.aws
-        remember(state, aws, instances={n: i for n, i in res.instances.items() if n not in gone},
-                 markets={n: m for n, m in res.markets.items() if n not in gone},
-                  address_owners={a: i for a, i in res.address_owners.items() if i not in ids})
-        kept = state.resources
+        gone, ids, kept = {i.name for i in surplus}, {i.id for i in surplus}, state.resources
+        kept.aws.address_owners = {a: i for a, i in kept.aws.address_owners.items() if i not in ids}
         kept.hosts = {n: h for n, h in kept.hosts.items() if n not in gone}
         kept.services = {k: r for k, r in kept.services.items() if r.host not in gone}
         state.save()
