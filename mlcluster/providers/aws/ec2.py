@@ -26,8 +26,7 @@ LIMIT_CODES = frozenset({"VcpuLimitExceeded", "InstanceLimitExceeded"})
 SPOT, ON_DEMAND = "spot", "on-demand"
 # What EC2 answers RunInstances when spot capacity is refused (EC2 API error codes):
 # in one zone (another zone may have some) ...
-ZONE_SPOT_CODES = frozenset({"InsufficientInstanceCapacity", "InsufficientCapacity", "UnfulfillableCapacity",
-                             "Unsupported"})
+ZONE_SPOT_CODES = CAPACITY_CODES | {"UnfulfillableCapacity"}
 # ... or for the whole account or price (no other zone helps).
 ACCOUNT_SPOT_CODES = frozenset({"SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded"})
 SPOT_REFUSED = ZONE_SPOT_CODES | ACCOUNT_SPOT_CODES
@@ -155,7 +154,7 @@ def launch(aws: AWS, spec: LaunchSpec, name: str, subnets: list[tuple[str, str]]
                                                          "Name": f"{spec.cluster}-{name}"}),
                     tag_spec("volume", spec.cluster, **{TAG_NAME: name})])
         except AWSError as exc:
-            if exc.code not in CAPACITY_CODES | (ZONE_SPOT_CODES if market == SPOT else frozenset()):
+            if exc.code not in (ZONE_SPOT_CODES if market == SPOT else CAPACITY_CODES):
                 raise
             on_capacity(zone, exc.code)
             continue
@@ -214,11 +213,30 @@ def resolve_image(aws: AWS, ami: str, parameter: str) -> Image:
     return Image(ami, images[0].get("RootDeviceName", "/dev/xvda"), images[0].get("Name", ""))
 
 
+# -- the cluster's other tagged resources, and what is left -----------------------
+# kind -> its describe call, the answer's list, and how a leftover one reads
+TAGGED = {"security group": ("describe_security_groups", "SecurityGroups", "{GroupId} ({GroupName})"),
+          "key pair": ("describe_key_pairs", "KeyPairs", "{KeyName}"),
+          "volume": ("describe_volumes", "Volumes", "{VolumeId} ({State})")}
+
+
+def find_tagged(aws: AWS, kind: str, cluster: str) -> list[dict]:
+    """The `kind` resources tagged for `cluster` (a volume being deleted is gone already; root volumes
+    go with their instance, but one left "available" would still be billed)."""
+    operation, listed, _ = TAGGED[kind]
+    found = aws.ec2(operation, Filters=[by_cluster(cluster)])[listed]
+    return [r for r in found if r.get("State") not in ("deleting", "deleted")]
+
+
+def leftovers(aws: AWS, cluster: str) -> list[str]:
+    """One sentence per tagged resource of `cluster` that still exists."""
+    left = [f"instance {i.id} ({i.name or 'untagged'}, {i.state}) in {aws.region}"
+            for i in find_instances(aws, cluster)]
+    return left + [f"{kind} {reads.format(**r)} in {aws.region}" for kind, (_, _, reads) in TAGGED.items()
+                   for r in find_tagged(aws, kind, cluster)]
+
+
 # -- key pairs -------------------------------------------------------------------
-def find_key_pairs(aws: AWS, cluster: str) -> list[dict]:
-    return aws.ec2("describe_key_pairs", Filters=[by_cluster(cluster)])["KeyPairs"]
-
-
 def key_pair_exists(aws: AWS, name: str) -> bool:
     try:
         return bool(aws.ec2("describe_key_pairs", KeyNames=[name])["KeyPairs"])
@@ -240,10 +258,6 @@ def delete_key_pair(aws: AWS, name: str) -> None:
 
 
 # -- security group --------------------------------------------------------------
-def find_groups(aws: AWS, cluster: str) -> list[dict]:
-    return aws.ec2("describe_security_groups", Filters=[by_cluster(cluster)])["SecurityGroups"]
-
-
 def create_group(aws: AWS, cluster: str, vpc: str) -> str:
     try:
         answer = aws.ec2("create_security_group", GroupName=resource_name(cluster), VpcId=vpc,
@@ -311,21 +325,3 @@ def delete_group(aws: AWS, group_id: str, timeout_s: float, poll_s: float, sleep
     except AWSError as exc:
         if exc.code != "InvalidGroup.NotFound":
             raise
-
-
-# -- volumes and what is left ---------------------------------------------------
-def find_volumes(aws: AWS, cluster: str) -> list[dict]:
-    """Tagged volumes that still exist (root volumes go with their instance;
-    one left "available" would still be billed)."""
-    volumes = aws.ec2("describe_volumes", Filters=[by_cluster(cluster)])["Volumes"]
-    return [v for v in volumes if v["State"] not in ("deleting", "deleted")]
-
-
-def leftovers(aws: AWS, cluster: str) -> list[str]:
-    """One sentence per tagged resource of `cluster` that still exists."""
-    left = [f"instance {i.id} ({i.name or 'untagged'}, {i.state}) in {aws.region}"
-            for i in find_instances(aws, cluster)]
-    left += [f"security group {g['GroupId']} ({g['GroupName']}) in {aws.region}" for g in find_groups(aws, cluster)]
-    left += [f"key pair {k['KeyName']} in {aws.region}" for k in find_key_pairs(aws, cluster)]
-    left += [f"volume {v['VolumeId']} ({v['State']}) in {aws.region}" for v in find_volumes(aws, cluster)]
-    return left

@@ -7,7 +7,6 @@ names are fixed by the cluster's, so `down` finds them without state.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Optional
 
 from ...errors import MlclusterError
@@ -47,14 +46,6 @@ def policy(cluster: str, region: str) -> dict:
     ]}
 
 
-@dataclass(frozen=True)
-class ControllerProfile:
-    """What exists in IAM for a cluster."""
-    name: str           # the profile's and the role's name
-    arn: str            # the instance profile's ARN
-    created: bool       # made by this call (False: it was there)
-
-
 def _get(aws: AWS, operation: str, **kwargs) -> Optional[dict]:
     try:
         return aws.iam(operation, **kwargs)
@@ -68,37 +59,34 @@ def _found(aws: AWS, cluster: str) -> tuple[Optional[dict], Optional[dict]]:
     """The cluster's instance profile, and its role if it carries the cluster's tag (None: not there)."""
     name = profile_name(cluster)
     role = _get(aws, "get_role", RoleName=name)
-    ours = role is not None and _ours(role["Role"].get("Tags", []), cluster)
-    return _get(aws, "get_instance_profile", InstanceProfileName=name), role if ours else None
+    return _get(aws, "get_instance_profile", InstanceProfileName=name), role if _ours(role, cluster) else None
 
 
-def ensure(aws: AWS, cluster: str) -> ControllerProfile:
+def ensure(aws: AWS, cluster: str) -> str:
     """The role (with exactly this policy), the profile, and the role in the
-    profile; creates what is missing, rewrites the policy (idempotent)."""
+    profile; creates what is missing, rewrites the policy (idempotent). Returns
+    the profile's name."""
     name, tags = profile_name(cluster), [{"Key": TAG_CLUSTER, "Value": cluster}]
-    created = False
     role = _get(aws, "get_role", RoleName=name)
     if role is None:
         aws.iam("create_role", RoleName=name, Path=PATH, AssumeRolePolicyDocument=json.dumps(TRUST), Tags=tags,
                 Description=f"mlcluster {cluster}: the controller replaces the cluster's own instances")
-        created = True
-    elif not _ours(role["Role"].get("Tags", []), cluster):
+    elif not _ours(role, cluster):
         raise MlclusterError(f"an IAM role named {name} exists but is not tagged {TAG_CLUSTER}={cluster}",
                              "delete it or choose another --name")
     aws.iam("put_role_policy", RoleName=name, PolicyName=POLICY_NAME,
             PolicyDocument=json.dumps(policy(cluster, aws.region)))
-    found = _get(aws, "get_instance_profile", InstanceProfileName=name)
-    if found is None:
-        found = aws.iam("create_instance_profile", InstanceProfileName=name, Path=PATH, Tags=tags)
-        created = True
-    profile = found["InstanceProfile"]
-    if name not in {r["RoleName"] for r in profile.get("Roles", [])}:
+    profile = (_get(aws, "get_instance_profile", InstanceProfileName=name)
+               or aws.iam("create_instance_profile", InstanceProfileName=name, Path=PATH, Tags=tags))
+    if name not in {r["RoleName"] for r in profile["InstanceProfile"].get("Roles", [])}:
         aws.iam("add_role_to_instance_profile", InstanceProfileName=name, RoleName=name)
-    return ControllerProfile(name, profile["Arn"], created)
+    return name
 
 
-def _ours(tags: list[dict], cluster: str) -> bool:
-    return any(t["Key"] == TAG_CLUSTER and t["Value"] == cluster for t in tags)
+def _ours(role: Optional[dict], cluster: str) -> bool:
+    """Whether `role` (a GetRole answer, None when there is none) carries the cluster's tag."""
+    return role is not None and any(t["Key"] == TAG_CLUSTER and t["Value"] == cluster
+                                    for t in role["Role"].get("Tags", []))
 
 
 def remove(aws: AWS, cluster: str) -> list[str]:

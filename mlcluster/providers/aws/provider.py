@@ -104,8 +104,7 @@ class AWSProvider:
             group_id = self._security_group(aws, spec, state, vpc, cidr, ui)
             with ui.step("the controller's IAM role and instance profile (launch and terminate only this cluster's "
                          "instances)"):
-                profile = iam.ensure(aws, spec.name)
-                remember(state, aws, instance_profile=profile.name)
+                remember(state, aws, instance_profile=iam.ensure(aws, spec.name))
             launch = LaunchSpec(spec.name, image, o.instance_type, key_name, group_id, o.volume_gb, user_data(o))
             return self._instances(aws, spec, state, launch, subnets, ui, o)
 
@@ -129,7 +128,7 @@ class AWSProvider:
             remember(state, aws, key_name=o.key_name, key_file=str(Path(o.key_file).expanduser()))
             return o.key_name
         path = state.dir / KEY_FILE
-        found = ec2.find_key_pairs(aws, state.name)
+        found = ec2.find_tagged(aws, "key pair", state.name)
         if len(found) > 1:
             ui.warn(f"{len(found)} key pairs are tagged for cluster {state.name!r}; using {found[0]['KeyName']}")
         if found and path.exists():
@@ -150,7 +149,7 @@ class AWSProvider:
 
     def _security_group(self, aws: AWS, spec: ClusterSpec, state: ClusterState, vpc: str, cidr: str,
                         ui: QuietUI) -> str:
-        groups = ec2.find_groups(aws, spec.name)
+        groups = ec2.find_tagged(aws, "security group", spec.name)
         mine = [g for g in groups if g.get("VpcId") == vpc]
         if len(groups) > 1:
             ui.warn(f"{len(groups)} security groups are tagged for cluster {spec.name!r}: "
@@ -268,12 +267,12 @@ class AWSProvider:
                 ec2.terminate(aws, [i.id for i in instances if i.state != "shutting-down"])
                 ec2.wait_for_state(aws, [i.id for i in instances], "terminated", self.timeout_s, self.poll_s,
                                    self.sleep)
-        for group in ec2.find_groups(aws, name):
+        for group in ec2.find_tagged(aws, "security group", name):
             with ui.step(f"deleting security group {group['GroupId']}"):
                 ec2.delete_group(aws, group["GroupId"], self.timeout_s, self.poll_s, self.sleep)
-        for key in ec2.find_key_pairs(aws, name):
+        for key in ec2.find_tagged(aws, "key pair", name):
             ec2.delete_key_pair(aws, key["KeyName"])
-        for volume in ec2.find_volumes(aws, name):
+        for volume in ec2.find_tagged(aws, "volume", name):
             if volume["State"] == "available":  # detached from its instance, yet still billed
                 aws.ec2("delete_volume", VolumeId=volume["VolumeId"])
         for removed in iam.remove(aws, name):
