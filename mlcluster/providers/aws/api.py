@@ -151,16 +151,11 @@ def translate(exc: Exception, service: str, profile: str = "") -> AWSError:
         return AWSError(f"the AWS SDK failed: {exc}")
     error = exc.response.get("Error", {})
     code, message, operation = error.get("Code", ""), error.get("Message", ""), exc.operation_name
-    if code in EXPIRED:
-        return AWSError("your AWS credentials have expired", f"renew them (for example `{login}`), then run again",
-                        code, operation)
-    if code in REJECTED:
-        return AWSError(f"AWS did not accept your credentials ({code})",
-                        "`aws sts get-caller-identity` shows which identity boto3 finds", code, operation)
-    if code in FORBIDDEN:
-        return AWSError(f"your AWS identity is not allowed to call {service}:{operation}", POLICY_HINT,
-                        code, operation)
-    if code in THROTTLING:
-        return AWSError(f"AWS kept throttling {operation} after several retries", "wait a minute and run again",
-                        code, operation)
-    return AWSError(f"AWS refused {operation}: {message or code} ({code})", "", code, operation)
+    said = {EXPIRED: ("your AWS credentials have expired", f"renew them (for example `{login}`), then run again"),
+            REJECTED: (f"AWS did not accept your credentials ({code})",
+                       "`aws sts get-caller-identity` shows which identity boto3 finds"),
+            FORBIDDEN: (f"your AWS identity is not allowed to call {service}:{operation}", POLICY_HINT),
+            THROTTLING: (f"AWS kept throttling {operation} after several retries", "wait a minute and run again")}
+    sentence, hint = next((words for codes, words in said.items() if code in codes),
+                          (f"AWS refused {operation}: {message or code} ({code})", ""))
+    return AWSError(sentence, hint, code, operation)

@@ -293,12 +293,6 @@ SOURCES = {"cidr": ("IpRanges", "CidrIp", "mlcluster: allowed address"),
            "group": ("UserIdGroupPairs", "GroupId", "mlcluster: inside the cluster")}
 
 
-def current_rules(group: dict) -> set[Rule]:
-    return {(p["IpProtocol"], p.get("FromPort", -1), p.get("ToPort", -1), kind, r[key])
-            for p in group.get("IpPermissions", []) for kind, (listed, key, _) in SOURCES.items()
-            for r in p.get(listed, [])}
-
-
 def _permission(rule: Rule) -> dict:
     protocol, start, end, kind, source = rule
     listed, key, description = SOURCES[kind]
@@ -308,7 +302,9 @@ def _permission(rule: Rule) -> dict:
 
 def sync_rules(aws: AWS, group: dict, wanted: set[Rule]) -> tuple[set[Rule], set[Rule]]:
     """Make the group's ingress exactly `wanted`; returns (added, removed)."""
-    have = current_rules(group)
+    have = {(p["IpProtocol"], p.get("FromPort", -1), p.get("ToPort", -1), kind, r[key])
+            for p in group.get("IpPermissions", []) for kind, (listed, key, _) in SOURCES.items()
+            for r in p.get(listed, [])}
     added, removed = wanted - have, have - wanted
     for operation, rules in (("authorize_security_group_ingress", added), ("revoke_security_group_ingress", removed)):
         if rules:

@@ -66,9 +66,8 @@ class AWSProvider:
         self.poll_s, self.timeout_s = poll_s, timeout_s
 
     def plan(self, spec: ClusterSpec) -> CostPlan:
-        """What `up` would create and its estimated hourly cost. The region and
-        credentials are checked first (so no plan is shown that cannot run);
-        no AWS call is made."""
+        """The region and credentials are checked first (so no plan is shown
+        that cannot run); no AWS call is made."""
         aws = self.connect(AWSOptions.from_spec(spec))
         aws.require_credentials()
         return dataclasses.replace(plan(spec), region=aws.region)
@@ -183,7 +182,11 @@ class AWSProvider:
                     f"{listed}; left alone (`mlcluster down --name {spec.name}` removes them)")
         remember(state, aws, instances={n: i.id for n, i in chosen.items()},
                  markets={n: i.market for n, i in chosen.items()})
-        self._start_stopped([i for i in chosen.values() if i.state in ("stopping", "stopped")], aws, ui)
+        stopped = [i.id for i in chosen.values() if i.state in ("stopping", "stopped")]
+        if stopped:
+            with ui.step(f"starting {len(stopped)} stopped instance(s)"):
+                ec2.wait_for_state(aws, stopped, "stopped", self.timeout_s, self.poll_s, self.sleep)
+                aws.ec2("start_instances", InstanceIds=stopped)
         if "orchestrator" in chosen and not chosen["orchestrator"].profile_arn:  # made before profiles existed
             aws.ec2("associate_iam_instance_profile", InstanceId=chosen["orchestrator"].id,
                     IamInstanceProfile={"Name": state.resources.aws.instance_profile})
@@ -201,7 +204,8 @@ class AWSProvider:
                          f"{n} of {len(missing)}"):
                 try:
                     launched = retry_while(iam.profile_not_ready, lambda: spot.launch_worker(
-                        aws, launch, name, zones, on_capacity, market, profile), self.timeout_s, self.poll_s, self.sleep)
+                        aws, launch, name, zones, on_capacity, market, profile), self.timeout_s, self.poll_s,
+                        self.sleep)
                 except AWSError as exc:
                     if exc.code in ec2.LIMIT_CODES:
                         raise limit_error(exc, aws.region, launch.instance_type, len(names), len(chosen),
@@ -232,14 +236,6 @@ class AWSProvider:
         kept.services = {k: r for k, r in kept.services.items() if r.host not in gone}
         state.save()
 
-    def _start_stopped(self, stopped: list[Instance], aws: AWS, ui: QuietUI) -> None:
-        if not stopped:
-            return
-        with ui.step(f"starting {len(stopped)} stopped instance(s)"):
-            ids = [i.id for i in stopped]
-            ec2.wait_for_state(aws, ids, "stopped", self.timeout_s, self.poll_s, self.sleep)
-            aws.ec2("start_instances", InstanceIds=ids)
-
     # -- up: the ssh deployment ------------------------------------------------
     def deploy(self, spec: ClusterSpec, state: ClusterState, instances: dict[str, Instance],
                ui: QuietUI) -> Deployment:
@@ -257,9 +253,8 @@ class AWSProvider:
 
     # -- down ---------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
-        """Terminate every instance tagged for the cluster (any state but
-        terminated), wait for them, then delete its security group(s) and the
-        key pair(s) it created; return what is still there."""
+        """Everything tagged for the cluster, found by tag (no state needed); the instances first: the
+        security group stays in use until they are gone."""
         aws = self.connect(self._options_of(state))
         instances = ec2.find_instances(aws, name)
         if instances:
