@@ -54,8 +54,8 @@ class Backoff:
 
 
 class AWS:
-    """EC2, SSM and IAM clients for one region, with `ec2(op, **kw)` / `ssm(op, **kw)` /
-    `iam(op, **kw)` calls that retry narrowly and raise only `AWSError`."""
+    """The clients of one region's session, with `call(service, op, **kw)` (and `ec2(op, **kw)`,
+    `iam(op, **kw)`) that retries narrowly and raises only `AWSError`."""
 
     def __init__(self, region: str = "", profile: str = "", endpoint_url: str = "",
                  backoff: Optional[Backoff] = None):
@@ -90,9 +90,6 @@ class AWS:
 
     def ec2(self, operation: str, **kwargs: Any) -> dict:
         return self.call("ec2", operation, **kwargs)
-
-    def ssm(self, operation: str, **kwargs: Any) -> dict:
-        return self.call("ssm", operation, **kwargs)
 
     def iam(self, operation: str, **kwargs: Any) -> dict:
         return self.call("iam", operation, **kwargs)

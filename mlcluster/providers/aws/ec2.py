@@ -127,13 +127,10 @@ class LaunchSpec:
 
 def launch(aws: AWS, spec: LaunchSpec, name: str, subnets: list[tuple[str, str]],
            on_capacity: Callable[[str, str], None], market: str = ON_DEMAND, profile: str = "") -> Instance:
-    """Run one instance named `name`, trying each (zone, subnet) in order: a
-    zone without capacity for the type is reported through
-    `on_capacity(zone, code)` and skipped. VcpuLimitExceeded and everything
-    else propagate at once (for spot, so do the account-wide refusals, see
-    spot.py). IMDSv2 is required; everything is tagged; a shutdown from
-    inside terminates the instance. `market` spot: a one-time spot instance;
-    `profile`: the IAM instance profile to attach (by name)."""
+    """Run one instance named `name` (`market` spot: a one-time spot instance; `profile`: the IAM
+    instance profile to attach, by name), trying each (zone, subnet) in order: a zone without capacity
+    is reported through `on_capacity(zone, code)` and skipped; any other refusal (VcpuLimitExceeded,
+    spot's account-wide ones, see spot.py) propagates at once."""
     role = name.rstrip("0123456789")
     extra: dict = {"InstanceMarketOptions": SPOT_OPTIONS} if market == SPOT else {}
     if profile:
@@ -196,7 +193,7 @@ def resolve_image(aws: AWS, ami: str, parameter: str) -> Image:
     """`ami` if given, else the image the public SSM `parameter` names now."""
     if not ami:
         try:
-            ami = aws.ssm("get_parameter", Name=parameter)["Parameter"]["Value"]
+            ami = aws.call("ssm", "get_parameter", Name=parameter)["Parameter"]["Value"]
         except AWSError as exc:
             if exc.code != "ParameterNotFound":
                 raise
