@@ -54,8 +54,8 @@ class Backoff:
 
 
 class AWS:
-    """EC2, SSM and IAM clients for one region, with `ec2(op, **kw)` / `ssm(op, **kw)` /
-    `iam(op, **kw)` calls that retry narrowly and raise only `AWSError`."""
+    """The clients of one region's session, with `call(service, op, **kw)` (and `ec2(op, **kw)`,
+    `iam(op, **kw)`) that retries narrowly and raises only `AWSError`."""
 
     def __init__(self, region: str = "", profile: str = "", endpoint_url: str = "",
                  backoff: Optional[Backoff] = None):
@@ -71,12 +71,12 @@ class AWS:
         if not self.region:
             raise AWSError("no AWS region is set",
                            "pass --region, set `region` in the [aws] table, or set AWS_REGION")
-        config = Config(retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=60,
-                        user_agent_extra="mlcluster")
-        self._endpoint, self._config = endpoint_url or None, config
-        self._ec2 = session.client("ec2", endpoint_url=self._endpoint, config=config)
-        self._ssm = session.client("ssm", endpoint_url=self._endpoint, config=config)
-        self._iam: Any = None  # made at first use: most commands never call IAM
+        self._endpoint = endpoint_url or None
+        self._config = Config(retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=60,
+                              user_agent_extra="mlcluster")
+        self._clients: dict[str, Any] = {}
+        for service in ("ec2", "ssm"):  # the others at first use: most commands never call IAM
+            self._client(service)
 
     def require_credentials(self) -> None:
         """Raise AWSError unless boto3's chain finds credentials. Local: no AWS
@@ -89,23 +89,19 @@ class AWS:
             raise translate(bx.NoCredentialsError(), "sts", self.profile)
 
     def ec2(self, operation: str, **kwargs: Any) -> dict:
-        return self._call(self._ec2, "ec2", operation, kwargs)
-
-    def ssm(self, operation: str, **kwargs: Any) -> dict:
-        return self._call(self._ssm, "ssm", operation, kwargs)
+        return self.call("ec2", operation, **kwargs)
 
     def iam(self, operation: str, **kwargs: Any) -> dict:
-        if self._iam is None:
-            self._iam = self._session.client("iam", endpoint_url=self._endpoint, config=self._config)
-        return self._call(self._iam, "iam", operation, kwargs)
+        return self.call("iam", operation, **kwargs)
+
+    def _client(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = self._session.client(service, endpoint_url=self._endpoint, config=self._config)
+        return self._clients[service]
 
     def call(self, service: str, operation: str, **kwargs: Any) -> dict:
-        """One call to another service of the same session (sts, service-quotas), with the same retries."""
-        client = self._session.client(service, endpoint_url=self._endpoint, config=self._config)
-        return self._call(client, service, operation, kwargs)
-
-    def _call(self, client: Any, service: str, operation: str, kwargs: dict) -> dict:
-        method = getattr(client, operation)
+        """One call to a service of the session (ec2, ssm, iam, sts, service-quotas)."""
+        method = getattr(self._client(service), operation)
         for attempt in range(self.backoff.attempts):
             try:
                 return method(**kwargs)
@@ -118,6 +114,20 @@ class AWS:
             except bx.BotoCoreError as exc:
                 raise translate(exc, service, self.profile) from None
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def retry_while(retryable: Callable[[AWSError], bool], call: Callable[[], Any], timeout_s: float, poll_s: float,
+                sleep: Callable[[float], None] = time.sleep) -> Any:
+    """`call()`, again every `poll_s` s while it fails with an error `retryable` accepts (AWS not
+    consistent yet), for at most `timeout_s` s; any other error propagates at once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except AWSError as exc:
+            if not retryable(exc) or time.monotonic() > deadline:
+                raise
+        sleep(poll_s)
 
 
 def translate(exc: Exception, service: str, profile: str = "") -> AWSError:
@@ -138,16 +148,11 @@ def translate(exc: Exception, service: str, profile: str = "") -> AWSError:
         return AWSError(f"the AWS SDK failed: {exc}")
     error = exc.response.get("Error", {})
     code, message, operation = error.get("Code", ""), error.get("Message", ""), exc.operation_name
-    if code in EXPIRED:
-        return AWSError("your AWS credentials have expired", f"renew them (for example `{login}`), then run again",
-                        code, operation)
-    if code in REJECTED:
-        return AWSError(f"AWS did not accept your credentials ({code})",
-                        "`aws sts get-caller-identity` shows which identity boto3 finds", code, operation)
-    if code in FORBIDDEN:
-        return AWSError(f"your AWS identity is not allowed to call {service}:{operation}", POLICY_HINT,
-                        code, operation)
-    if code in THROTTLING:
-        return AWSError(f"AWS kept throttling {operation} after several retries", "wait a minute and run again",
-                        code, operation)
-    return AWSError(f"AWS refused {operation}: {message or code} ({code})", "", code, operation)
+    said = {EXPIRED: ("your AWS credentials have expired", f"renew them (for example `{login}`), then run again"),
+            REJECTED: (f"AWS did not accept your credentials ({code})",
+                       "`aws sts get-caller-identity` shows which identity boto3 finds"),
+            FORBIDDEN: (f"your AWS identity is not allowed to call {service}:{operation}", POLICY_HINT),
+            THROTTLING: (f"AWS kept throttling {operation} after several retries", "wait a minute and run again")}
+    sentence, hint = next((words for codes, words in said.items() if code in codes),
+                          (f"AWS refused {operation}: {message or code} ({code})", ""))
+    return AWSError(sentence, hint, code, operation)

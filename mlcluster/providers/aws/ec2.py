@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ...errors import MlclusterError
-from .api import AWS, AWSError
+from .api import AWS, AWSError, retry_while
 
 TAG_CLUSTER = "mlcluster:cluster"
 TAG_ROLE = "mlcluster:role"      # orchestrator | worker
@@ -26,8 +26,7 @@ LIMIT_CODES = frozenset({"VcpuLimitExceeded", "InstanceLimitExceeded"})
 SPOT, ON_DEMAND = "spot", "on-demand"
 # What EC2 answers RunInstances when spot capacity is refused (EC2 API error codes):
 # in one zone (another zone may have some) ...
-ZONE_SPOT_CODES = frozenset({"InsufficientInstanceCapacity", "InsufficientCapacity", "UnfulfillableCapacity",
-                             "Unsupported"})
+ZONE_SPOT_CODES = CAPACITY_CODES | {"UnfulfillableCapacity"}
 # ... or for the whole account or price (no other zone helps).
 ACCOUNT_SPOT_CODES = frozenset({"SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded"})
 SPOT_REFUSED = ZONE_SPOT_CODES | ACCOUNT_SPOT_CODES
@@ -75,10 +74,13 @@ class Instance:
                    d.get("IamInstanceProfile", {}).get("Arn", ""))
 
 
+def _described(aws: AWS, filters: list[dict]) -> list[Instance]:
+    answer = aws.ec2("describe_instances", Filters=filters)
+    return [Instance.from_api(i) for r in answer.get("Reservations", []) for i in r["Instances"]]
+
+
 def find_instances(aws: AWS, cluster: str, states: Iterable[str] = NOT_TERMINATED) -> list[Instance]:
-    answer = aws.ec2("describe_instances", Filters=[by_cluster(cluster),
-                                                    {"Name": "instance-state-name", "Values": list(states)}])
-    found = [Instance.from_api(i) for r in answer.get("Reservations", []) for i in r["Instances"]]
+    found = _described(aws, [by_cluster(cluster), {"Name": "instance-state-name", "Values": list(states)}])
     return sorted(found, key=lambda i: (i.name, i.id))
 
 
@@ -86,10 +88,7 @@ def describe(aws: AWS, ids: list[str]) -> list[Instance]:
     """The instances `ids` that AWS knows. By filter, not by id list: an id
     AWS does not know (yet, just after launch, or any more) is simply missing
     from the answer instead of failing the whole call."""
-    if not ids:
-        return []
-    answer = aws.ec2("describe_instances", Filters=[{"Name": "instance-id", "Values": ids}])
-    return [Instance.from_api(i) for r in answer.get("Reservations", []) for i in r["Instances"]]
+    return _described(aws, [{"Name": "instance-id", "Values": ids}]) if ids else []
 
 
 def wait_for_state(aws: AWS, ids: list[str], wanted: str, timeout_s: float, poll_s: float,
@@ -128,13 +127,10 @@ class LaunchSpec:
 
 def launch(aws: AWS, spec: LaunchSpec, name: str, subnets: list[tuple[str, str]],
            on_capacity: Callable[[str, str], None], market: str = ON_DEMAND, profile: str = "") -> Instance:
-    """Run one instance named `name`, trying each (zone, subnet) in order: a
-    zone without capacity for the type is reported through
-    `on_capacity(zone, code)` and skipped. VcpuLimitExceeded and everything
-    else propagate at once (for spot, so do the account-wide refusals, see
-    spot.py). IMDSv2 is required; everything is tagged; a shutdown from
-    inside terminates the instance. `market` spot: a one-time spot instance;
-    `profile`: the IAM instance profile to attach (by name)."""
+    """Run one instance named `name` (`market` spot: a one-time spot instance; `profile`: the IAM
+    instance profile to attach, by name), trying each (zone, subnet) in order: a zone without capacity
+    is reported through `on_capacity(zone, code)` and skipped; any other refusal (VcpuLimitExceeded,
+    spot's account-wide ones, see spot.py) propagates at once."""
     role = name.rstrip("0123456789")
     extra: dict = {"InstanceMarketOptions": SPOT_OPTIONS} if market == SPOT else {}
     if profile:
@@ -155,7 +151,7 @@ def launch(aws: AWS, spec: LaunchSpec, name: str, subnets: list[tuple[str, str]]
                                                          "Name": f"{spec.cluster}-{name}"}),
                     tag_spec("volume", spec.cluster, **{TAG_NAME: name})])
         except AWSError as exc:
-            if exc.code not in CAPACITY_CODES | (ZONE_SPOT_CODES if market == SPOT else frozenset()):
+            if exc.code not in (ZONE_SPOT_CODES if market == SPOT else CAPACITY_CODES):
                 raise
             on_capacity(zone, exc.code)
             continue
@@ -197,7 +193,7 @@ def resolve_image(aws: AWS, ami: str, parameter: str) -> Image:
     """`ami` if given, else the image the public SSM `parameter` names now."""
     if not ami:
         try:
-            ami = aws.ssm("get_parameter", Name=parameter)["Parameter"]["Value"]
+            ami = aws.call("ssm", "get_parameter", Name=parameter)["Parameter"]["Value"]
         except AWSError as exc:
             if exc.code != "ParameterNotFound":
                 raise
@@ -214,11 +210,30 @@ def resolve_image(aws: AWS, ami: str, parameter: str) -> Image:
     return Image(ami, images[0].get("RootDeviceName", "/dev/xvda"), images[0].get("Name", ""))
 
 
+# -- the cluster's other tagged resources, and what is left -----------------------
+# kind -> its describe call, the answer's list, and how a leftover one reads
+TAGGED = {"security group": ("describe_security_groups", "SecurityGroups", "{GroupId} ({GroupName})"),
+          "key pair": ("describe_key_pairs", "KeyPairs", "{KeyName}"),
+          "volume": ("describe_volumes", "Volumes", "{VolumeId} ({State})")}
+
+
+def find_tagged(aws: AWS, kind: str, cluster: str) -> list[dict]:
+    """The `kind` resources tagged for `cluster` (a volume being deleted is gone already; root volumes
+    go with their instance, but one left "available" would still be billed)."""
+    operation, listed, _ = TAGGED[kind]
+    found = aws.ec2(operation, Filters=[by_cluster(cluster)])[listed]
+    return [r for r in found if r.get("State") not in ("deleting", "deleted")]
+
+
+def leftovers(aws: AWS, cluster: str) -> list[str]:
+    """One sentence per tagged resource of `cluster` that still exists."""
+    left = [f"instance {i.id} ({i.name or 'untagged'}, {i.state}) in {aws.region}"
+            for i in find_instances(aws, cluster)]
+    return left + [f"{kind} {reads.format(**r)} in {aws.region}" for kind, (_, _, reads) in TAGGED.items()
+                   for r in find_tagged(aws, kind, cluster)]
+
+
 # -- key pairs -------------------------------------------------------------------
-def find_key_pairs(aws: AWS, cluster: str) -> list[dict]:
-    return aws.ec2("describe_key_pairs", Filters=[by_cluster(cluster)])["KeyPairs"]
-
-
 def key_pair_exists(aws: AWS, name: str) -> bool:
     try:
         return bool(aws.ec2("describe_key_pairs", KeyNames=[name])["KeyPairs"])
@@ -240,10 +255,6 @@ def delete_key_pair(aws: AWS, name: str) -> None:
 
 
 # -- security group --------------------------------------------------------------
-def find_groups(aws: AWS, cluster: str) -> list[dict]:
-    return aws.ec2("describe_security_groups", Filters=[by_cluster(cluster)])["SecurityGroups"]
-
-
 def create_group(aws: AWS, cluster: str, vpc: str) -> str:
     try:
         answer = aws.ec2("create_security_group", GroupName=resource_name(cluster), VpcId=vpc,
@@ -273,70 +284,37 @@ def wanted_rules(group_id: str, allowed_cidr: str, public_ports: Iterable[int],
     return rules
 
 
-def current_rules(group: dict) -> set[Rule]:
-    rules: set[Rule] = set()
-    for p in group.get("IpPermissions", []):
-        key = (p["IpProtocol"], p.get("FromPort", -1), p.get("ToPort", -1))
-        rules |= {(*key, "cidr", r["CidrIp"]) for r in p.get("IpRanges", [])}
-        rules |= {(*key, "cidr6", r["CidrIpv6"]) for r in p.get("Ipv6Ranges", [])}
-        rules |= {(*key, "group", r["GroupId"]) for r in p.get("UserIdGroupPairs", [])}
-    return rules
+# A rule's kind -> where EC2 lists its sources, the source's key, and our description of it.
+SOURCES = {"cidr": ("IpRanges", "CidrIp", "mlcluster: allowed address"),
+           "cidr6": ("Ipv6Ranges", "CidrIpv6", "mlcluster: allowed address"),
+           "group": ("UserIdGroupPairs", "GroupId", "mlcluster: inside the cluster")}
 
 
 def _permission(rule: Rule) -> dict:
     protocol, start, end, kind, source = rule
-    permission: dict = {"IpProtocol": protocol, "FromPort": start, "ToPort": end}
-    if kind == "cidr":
-        permission["IpRanges"] = [{"CidrIp": source, "Description": "mlcluster: allowed address"}]
-    elif kind == "cidr6":
-        permission["Ipv6Ranges"] = [{"CidrIpv6": source, "Description": "mlcluster: allowed address"}]
-    else:
-        permission["UserIdGroupPairs"] = [{"GroupId": source, "Description": "mlcluster: inside the cluster"}]
-    return permission
+    listed, key, description = SOURCES[kind]
+    return {"IpProtocol": protocol, "FromPort": start, "ToPort": end,
+            listed: [{key: source, "Description": description}]}
 
 
 def sync_rules(aws: AWS, group: dict, wanted: set[Rule]) -> tuple[set[Rule], set[Rule]]:
     """Make the group's ingress exactly `wanted`; returns (added, removed)."""
-    have = current_rules(group)
+    have = {(p["IpProtocol"], p.get("FromPort", -1), p.get("ToPort", -1), kind, r[key])
+            for p in group.get("IpPermissions", []) for kind, (listed, key, _) in SOURCES.items()
+            for r in p.get(listed, [])}
     added, removed = wanted - have, have - wanted
-    if added:
-        aws.ec2("authorize_security_group_ingress", GroupId=group["GroupId"],
-                IpPermissions=[_permission(r) for r in sorted(added)])
-    if removed:
-        aws.ec2("revoke_security_group_ingress", GroupId=group["GroupId"],
-                IpPermissions=[_permission(r) for r in sorted(removed)])
+    for operation, rules in (("authorize_security_group_ingress", added), ("revoke_security_group_ingress", removed)):
+        if rules:
+            aws.ec2(operation, GroupId=group["GroupId"], IpPermissions=[_permission(r) for r in sorted(rules)])
     return added, removed
 
 
 def delete_group(aws: AWS, group_id: str, timeout_s: float, poll_s: float, sleep: Sleep = time.sleep) -> None:
     """Delete the group, retrying while AWS still reports it in use (the
     network interfaces of just-terminated instances take a while to go)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            aws.ec2("delete_security_group", GroupId=group_id)
-            return
-        except AWSError as exc:
-            if exc.code == "InvalidGroup.NotFound":
-                return
-            if exc.code != "DependencyViolation" or time.monotonic() > deadline:
-                raise
-        sleep(poll_s)
-
-
-# -- volumes and what is left ---------------------------------------------------
-def find_volumes(aws: AWS, cluster: str) -> list[dict]:
-    """Tagged volumes that still exist (root volumes go with their instance;
-    one left "available" would still be billed)."""
-    volumes = aws.ec2("describe_volumes", Filters=[by_cluster(cluster)])["Volumes"]
-    return [v for v in volumes if v["State"] not in ("deleting", "deleted")]
-
-
-def leftovers(aws: AWS, cluster: str) -> list[str]:
-    """One sentence per tagged resource of `cluster` that still exists."""
-    left = [f"instance {i.id} ({i.name or 'untagged'}, {i.state}) in {aws.region}"
-            for i in find_instances(aws, cluster)]
-    left += [f"security group {g['GroupId']} ({g['GroupName']}) in {aws.region}" for g in find_groups(aws, cluster)]
-    left += [f"key pair {k['KeyName']} in {aws.region}" for k in find_key_pairs(aws, cluster)]
-    left += [f"volume {v['VolumeId']} ({v['State']}) in {aws.region}" for v in find_volumes(aws, cluster)]
-    return left
+    try:
+        retry_while(lambda exc: exc.code == "DependencyViolation",
+                    lambda: aws.ec2("delete_security_group", GroupId=group_id), timeout_s, poll_s, sleep)
+    except AWSError as exc:
+        if exc.code != "InvalidGroup.NotFound":
+            raise

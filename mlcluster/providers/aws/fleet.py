@@ -12,6 +12,7 @@ from . import ec2
 from .api import AWS
 from .ec2 import LaunchSpec
 from .options import AWSOptions, Market
+from .placement import zone_order
 
 
 def fleet_of(aws: AWS, state: ClusterState, o: AWSOptions, port: int) -> AWSFleet:
@@ -24,9 +25,9 @@ def fleet_of(aws: AWS, state: ClusterState, o: AWSOptions, port: int) -> AWSFlee
                     cap=worker_cap(state.spec), image_id=launch.image.id, root_device=launch.image.root_device,
                     instance_type=launch.instance_type, key_name=launch.key_name, security_group=launch.group_id,
                     volume_gb=launch.volume_gb, user_data=launch.user_data, zones=[list(z) for z in zones],
-                    orchestrator=res.instances.get("orchestrator", ""), spot=market.spot, fallback=market.fallback, user=o.user, ssh_port=port,
-                    endpoint_url=o.endpoint_url, metadata_url=o.metadata_url, address_map=mapped,
-                    workdirs=workdirs)
+                    orchestrator=res.instances.get("orchestrator", ""), spot=market.spot, fallback=market.fallback,
+                    user=o.user, ssh_port=port, endpoint_url=o.endpoint_url, metadata_url=o.metadata_url,
+                    address_map=mapped, workdirs=workdirs)
 
 
 def launch_spec_of(aws: AWS, state: ClusterState) -> tuple[LaunchSpec, list[tuple[str, str]], Market]:
@@ -37,16 +38,13 @@ def launch_spec_of(aws: AWS, state: ClusterState) -> tuple[LaunchSpec, list[tupl
     o = AWSOptions.from_spec(state.spec)
     record = state.resources.aws
     answer = aws.ec2("describe_instances", InstanceIds=[record.instances["orchestrator"]])
-    image_id = answer["Reservations"][0]["Instances"][0]["ImageId"]
-    image = aws.ec2("describe_images", ImageIds=[image_id])["Images"][0]
-    _, subnets = ec2.default_subnets(aws)
-    zone = next((i.zone for i in ec2.describe(aws, [record.instances["orchestrator"]])), "")
-    zones = [s for s in subnets if s[0] == zone] + [s for s in subnets if s[0] != zone]
-    launch = LaunchSpec(state.name, ec2.Image(image_id, image.get("RootDeviceName", "/dev/xvda"),
+    orchestrator = answer["Reservations"][0]["Instances"][0]
+    image = aws.ec2("describe_images", ImageIds=[orchestrator["ImageId"]])["Images"][0]
+    zones = zone_order(ec2.default_subnets(aws)[1], [ec2.Instance.from_api(orchestrator)])
+    launch = LaunchSpec(state.name, ec2.Image(orchestrator["ImageId"], image.get("RootDeviceName", "/dev/xvda"),
                                               image.get("Name", "")),
                         o.instance_type, record.key_name, record.security_group, o.volume_gb, user_data(o))
     return launch, zones, o.market
-
 
 
 def worker_cap(spec: ClusterSpec) -> int:

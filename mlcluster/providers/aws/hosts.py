@@ -1,13 +1,7 @@
-"""From running EC2 instances to the deployment layer's hosts.
-
-- `user_data`: the first-boot script that makes a fresh image ready for the
-  ssh deployment (Python >= 3.10 with venv, Docker), on either image family.
-- `remote_options`: the instances as the deployment layer's hosts (public
-  address for this machine, private address for the orchestrator), with the
-  user's own `[ssh]` deployment settings (runtime, images, python, ports...).
-- `wait_for_ssh`: every instance answers SSH and has finished first boot,
-  with a deadline and a reason while it waits; never forever.
-"""
+"""From running EC2 instances to the deployment layer's hosts: the first-boot
+script that makes a fresh image ready for the ssh deployment (Python >= 3.10
+with venv, Docker), the hosts with the user's `[ssh]` settings, and waiting
+(with a deadline, never forever) until they answer SSH."""
 from __future__ import annotations
 
 import time

@@ -1,22 +1,13 @@
-"""The controller's IAM role and instance profile, one per cluster.
-
-The in-cluster controller (mlcluster/elastic) runs on the orchestrator's
-instance and replaces lost workers with the instance's own role, so no key
-ever leaves this machine. Its policy allows launching only instances (and
-volumes) that carry the cluster's tag at launch, tagging only as part of such
-a launch, terminating only instances already tagged for the cluster, and
-reading (Describe*). Only the orchestrator gets the profile.
-
-The role and the profile have fixed names derived from the cluster's (so
-`down` finds them without state) under the path /mlcluster/, and carry the
-cluster's tag.
+"""The controller's IAM role and instance profile, one per cluster, attached to
+the orchestrator's instance only: the in-cluster controller (mlcluster/elastic)
+replaces lost workers with the instance's own role, so no key ever leaves this
+machine. What the policy allows: docs/providers.md ("What it creates"). Their
+names are fixed by the cluster's, so `down` finds them without state.
 """
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from ...errors import MlclusterError
 from .api import AWS, AWSError
@@ -26,8 +17,6 @@ PATH = "/mlcluster/"
 POLICY_NAME = "mlcluster-controller"
 TRUST = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
-# A new profile takes a few seconds to be usable by RunInstances (IAM is eventually consistent).
-PROFILE_NOT_READY = "InvalidParameterValue"
 
 
 def profile_name(cluster: str) -> str:
@@ -36,7 +25,7 @@ def profile_name(cluster: str) -> str:
 
 
 def policy(cluster: str, region: str) -> dict:
-    """The controller's permissions: see the module docstring."""
+    """The controller's permissions: launch and tag only with the cluster's tag, terminate only its own."""
     arn = f"arn:aws:ec2:{region}:*:"
     tagged_at_launch = {"StringEquals": {f"aws:RequestTag/{TAG_CLUSTER}": cluster}}
     return {"Version": "2012-10-17", "Statement": [
@@ -57,98 +46,75 @@ def policy(cluster: str, region: str) -> dict:
     ]}
 
 
-@dataclass(frozen=True)
-class ControllerProfile:
-    """What exists in IAM for a cluster."""
-    name: str           # the profile's and the role's name
-    arn: str            # the instance profile's ARN
-    created: bool       # made by this call (False: it was there)
-
-
-def _missing(exc: AWSError) -> bool:
-    return exc.code == "NoSuchEntity"
-
-
 def _get(aws: AWS, operation: str, **kwargs) -> Optional[dict]:
     try:
         return aws.iam(operation, **kwargs)
     except AWSError as exc:
-        if _missing(exc):
+        if exc.code == "NoSuchEntity":
             return None
         raise
 
 
-def ensure(aws: AWS, cluster: str) -> ControllerProfile:
+def _found(aws: AWS, cluster: str) -> tuple[Optional[dict], Optional[dict]]:
+    """The cluster's instance profile, and its role if it carries the cluster's tag (None: not there)."""
+    name = profile_name(cluster)
+    role = _get(aws, "get_role", RoleName=name)
+    return _get(aws, "get_instance_profile", InstanceProfileName=name), role if _ours(role, cluster) else None
+
+
+def ensure(aws: AWS, cluster: str) -> str:
     """The role (with exactly this policy), the profile, and the role in the
-    profile; creates what is missing, rewrites the policy (idempotent)."""
+    profile; creates what is missing, rewrites the policy (idempotent). Returns
+    the profile's name."""
     name, tags = profile_name(cluster), [{"Key": TAG_CLUSTER, "Value": cluster}]
-    created = False
     role = _get(aws, "get_role", RoleName=name)
     if role is None:
         aws.iam("create_role", RoleName=name, Path=PATH, AssumeRolePolicyDocument=json.dumps(TRUST), Tags=tags,
                 Description=f"mlcluster {cluster}: the controller replaces the cluster's own instances")
-        created = True
-    elif not _ours(role["Role"].get("Tags", []), cluster):
+    elif not _ours(role, cluster):
         raise MlclusterError(f"an IAM role named {name} exists but is not tagged {TAG_CLUSTER}={cluster}",
                              "delete it or choose another --name")
     aws.iam("put_role_policy", RoleName=name, PolicyName=POLICY_NAME,
             PolicyDocument=json.dumps(policy(cluster, aws.region)))
-    found = _get(aws, "get_instance_profile", InstanceProfileName=name)
-    if found is None:
-        found = aws.iam("create_instance_profile", InstanceProfileName=name, Path=PATH, Tags=tags)
-        created = True
-    profile = found["InstanceProfile"]
-    if name not in {r["RoleName"] for r in profile.get("Roles", [])}:
+    profile = (_get(aws, "get_instance_profile", InstanceProfileName=name)
+               or aws.iam("create_instance_profile", InstanceProfileName=name, Path=PATH, Tags=tags))
+    if name not in {r["RoleName"] for r in profile["InstanceProfile"].get("Roles", [])}:
         aws.iam("add_role_to_instance_profile", InstanceProfileName=name, RoleName=name)
-    return ControllerProfile(name, profile["Arn"], created)
+    return name
 
 
-def _ours(tags: list[dict], cluster: str) -> bool:
-    return any(t["Key"] == TAG_CLUSTER and t["Value"] == cluster for t in tags)
+def _ours(role: Optional[dict], cluster: str) -> bool:
+    """Whether `role` (a GetRole answer, None when there is none) carries the cluster's tag."""
+    return role is not None and any(t["Key"] == TAG_CLUSTER and t["Value"] == cluster
+                                    for t in role["Role"].get("Tags", []))
 
 
 def remove(aws: AWS, cluster: str) -> list[str]:
     """Remove the profile, the role's policies and the role (what exists of
     them); returns what was removed, in words."""
-    name, removed = profile_name(cluster), []
-    profile = _get(aws, "get_instance_profile", InstanceProfileName=name)
+    name, (profile, role) = profile_name(cluster), _found(aws, cluster)
     if profile is not None:
-        for role in profile["InstanceProfile"].get("Roles", []):
-            aws.iam("remove_role_from_instance_profile", InstanceProfileName=name, RoleName=role["RoleName"])
+        for member in profile["InstanceProfile"].get("Roles", []):
+            aws.iam("remove_role_from_instance_profile", InstanceProfileName=name, RoleName=member["RoleName"])
         aws.iam("delete_instance_profile", InstanceProfileName=name)
-        removed.append(f"IAM instance profile {name}")
-    role = _get(aws, "get_role", RoleName=name)
-    if role is not None and _ours(role["Role"].get("Tags", []), cluster):
+    if role is not None:
         for policy_name in aws.iam("list_role_policies", RoleName=name)["PolicyNames"]:
             aws.iam("delete_role_policy", RoleName=name, PolicyName=policy_name)
         for attached in aws.iam("list_attached_role_policies", RoleName=name)["AttachedPolicies"]:
             aws.iam("detach_role_policy", RoleName=name, PolicyArn=attached["PolicyArn"])
         aws.iam("delete_role", RoleName=name)
-        removed.append(f"IAM role {name}")
-    return removed
+    return _words(name, profile, role)
 
 
 def leftovers(aws: AWS, cluster: str) -> list[str]:
     """One sentence per IAM resource of `cluster` that still exists."""
-    name, left = profile_name(cluster), []
-    if _get(aws, "get_instance_profile", InstanceProfileName=name) is not None:
-        left.append(f"IAM instance profile {name}")
-    role = _get(aws, "get_role", RoleName=name)
-    if role is not None and _ours(role["Role"].get("Tags", []), cluster):
-        left.append(f"IAM role {name}")
-    return left
+    return _words(profile_name(cluster), *_found(aws, cluster))
 
 
-def launch_when_ready(launch: Callable[[], "object"], sleep: Callable[[float], None] = time.sleep,
-                      timeout_s: float = 60.0, poll_s: float = 3.0):
-    """`launch()` (a RunInstances with the new profile), retried while EC2
-    does not know the profile yet; other errors propagate."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return launch()
-        except AWSError as exc:
-            not_ready = exc.code == PROFILE_NOT_READY and "iaminstanceprofile" in exc.message.lower()
-            if not not_ready or time.monotonic() > deadline:
-                raise
-        sleep(poll_s)
+def _words(name: str, profile: Optional[dict], role: Optional[dict]) -> list[str]:
+    return [f"IAM instance profile {name}"] * (profile is not None) + [f"IAM role {name}"] * (role is not None)
+
+
+def profile_not_ready(exc: AWSError) -> bool:
+    """A new profile takes a few seconds to be usable by RunInstances (IAM is eventually consistent)."""
+    return exc.code == "InvalidParameterValue" and "iaminstanceprofile" in exc.message.lower()

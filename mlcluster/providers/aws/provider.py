@@ -1,16 +1,11 @@
-"""The aws provider: EC2 instances made with boto3, then the deployment layer's
-deployment onto them (`deploy.deploy`), as for the ssh provider's hosts.
+"""The aws provider, the order of things: image and network -> key pair ->
+security group -> the controller's IAM profile -> instances (found by tag and
+reused, stopped ones started) -> running -> SSH and first boot -> the deployment
+layer's deployment onto them (`deploy.deploy`), as onto the ssh provider's hosts.
 
-`up`: image and network -> key pair -> security group and its rules ->
-instances (one orchestrator, N workers; those found by tag are reused,
-stopped ones started) -> wait until running -> wait for SSH and first boot
--> deploy as onto any remote hosts (public addresses from this machine,
-private addresses from the orchestrator to the workers).
-
-Everything created is tagged at creation and recorded in
-`state.resources.aws` at once. When `up` fails or is interrupted, what
-exists stays (a second `up` resumes it) and the message says how to remove
-it: `mlcluster down --name X`, which finds it all by tag even without state.
+Everything is tagged at creation and recorded in the state at once, so a failed
+or interrupted `up` is resumed by `up` and removed by `down`, which finds it by
+tag even without state (docs/providers.md, "What it creates, and how safely").
 """
 from __future__ import annotations
 
@@ -31,11 +26,11 @@ from ...state import ClusterSpec, ClusterState, write_private
 from ...ui import QuietUI
 from ..base import CostPlan
 from . import ec2, iam, spot
-from .api import AWS, AWSError, Backoff
+from .api import AWS, AWSError, Backoff, retry_while
 from .ec2 import Instance, LaunchSpec
 from .fleet import fleet_of
 from .hosts import addresses, ports, remote_options, user_data, wait_for_ssh
-from .options import AMI_PARAMETERS, AWSOptions, normalise_cidr, plan
+from .options import AMI_PARAMETERS, AWSOptions, Market, normalise_cidr, plan
 from .placement import limit_error, match, skip_zone, zone_order
 from .record import accounted, forget_reused_addresses, remember
 
@@ -71,9 +66,8 @@ class AWSProvider:
         self.poll_s, self.timeout_s = poll_s, timeout_s
 
     def plan(self, spec: ClusterSpec) -> CostPlan:
-        """What `up` would create and its estimated hourly cost. The region and
-        credentials are checked first (so no plan is shown that cannot run);
-        no AWS call is made."""
+        """The region and credentials are checked first (so no plan is shown
+        that cannot run); no AWS call is made."""
         aws = self.connect(AWSOptions.from_spec(spec))
         aws.require_credentials()
         return dataclasses.replace(plan(spec), region=aws.region)
@@ -109,8 +103,7 @@ class AWSProvider:
             group_id = self._security_group(aws, spec, state, vpc, cidr, ui)
             with ui.step("the controller's IAM role and instance profile (launch and terminate only this cluster's "
                          "instances)"):
-                profile = iam.ensure(aws, spec.name)
-                remember(state, aws, instance_profile=profile.name)
+                remember(state, aws, instance_profile=iam.ensure(aws, spec.name))
             launch = LaunchSpec(spec.name, image, o.instance_type, key_name, group_id, o.volume_gb, user_data(o))
             return self._instances(aws, spec, state, launch, subnets, ui, o)
 
@@ -134,7 +127,7 @@ class AWSProvider:
             remember(state, aws, key_name=o.key_name, key_file=str(Path(o.key_file).expanduser()))
             return o.key_name
         path = state.dir / KEY_FILE
-        found = ec2.find_key_pairs(aws, state.name)
+        found = ec2.find_tagged(aws, "key pair", state.name)
         if len(found) > 1:
             ui.warn(f"{len(found)} key pairs are tagged for cluster {state.name!r}; using {found[0]['KeyName']}")
         if found and path.exists():
@@ -155,7 +148,7 @@ class AWSProvider:
 
     def _security_group(self, aws: AWS, spec: ClusterSpec, state: ClusterState, vpc: str, cidr: str,
                         ui: QuietUI) -> str:
-        groups = ec2.find_groups(aws, spec.name)
+        groups = ec2.find_tagged(aws, "security group", spec.name)
         mine = [g for g in groups if g.get("VpcId") == vpc]
         if len(groups) > 1:
             ui.warn(f"{len(groups)} security groups are tagged for cluster {spec.name!r}: "
@@ -189,18 +182,30 @@ class AWSProvider:
                     f"{listed}; left alone (`mlcluster down --name {spec.name}` removes them)")
         remember(state, aws, instances={n: i.id for n, i in chosen.items()},
                  markets={n: i.market for n, i in chosen.items()})
-        self._start_stopped([i for i in chosen.values() if i.state in ("stopping", "stopped")], aws, ui)
+        stopped = [i.id for i in chosen.values() if i.state in ("stopping", "stopped")]
+        if stopped:
+            with ui.step(f"starting {len(stopped)} stopped instance(s)"):
+                ec2.wait_for_state(aws, stopped, "stopped", self.timeout_s, self.poll_s, self.sleep)
+                aws.ec2("start_instances", InstanceIds=stopped)
         if "orchestrator" in chosen and not chosen["orchestrator"].profile_arn:  # made before profiles existed
             aws.ec2("associate_iam_instance_profile", InstanceId=chosen["orchestrator"].id,
                     IamInstanceProfile={"Name": state.resources.aws.instance_profile})
             ui.info(f"attached the controller's instance profile to the orchestrator ({chosen['orchestrator'].id})")
         missing = [n for n in names if n not in chosen]
         zones = zone_order(subnets, chosen.values())
+
+        def on_capacity(zone: str, code: str) -> None:
+            skip_zone(zones, zone, code, ui)
         for n, name in enumerate(missing, 1):
-            market = "on-demand" if name == "orchestrator" or not o.spot else "spot"
-            with ui.step(f"launching {name} ({launch.instance_type}, {market}), {n} of {len(missing)}"):
+            # the orchestrator on-demand with the controller's profile (retried until IAM has spread it)
+            orchestrator = name == "orchestrator"
+            market, profile = (Market(), state.resources.aws.instance_profile) if orchestrator else (o.market, "")
+            with ui.step(f"launching {name} ({launch.instance_type}, {'spot' if market.spot else 'on-demand'}), "
+                         f"{n} of {len(missing)}"):
                 try:
-                    launched = self._launch(aws, state, launch, name, zones, ui, o)
+                    launched = retry_while(iam.profile_not_ready, lambda: spot.launch_worker(
+                        aws, launch, name, zones, on_capacity, market, profile), self.timeout_s, self.poll_s,
+                        self.sleep)
                 except AWSError as exc:
                     if exc.code in ec2.LIMIT_CODES:
                         raise limit_error(exc, aws.region, launch.instance_type, len(names), len(chosen),
@@ -209,8 +214,8 @@ class AWSProvider:
             inst = chosen[name] = launched.instance
             remember(state, aws, instances={**state.resources.aws.instances, name: inst.id},
                      markets={**state.resources.aws.markets, name: launched.market})
-            if launched.fell_back:
-                ui.warn(f"{name}: {spot.fallback_sentence(launched)}")
+            if launched.refused:
+                ui.warn(f"{name}: {spot.refused_sentence(launched.refused, inst.id)}")
                 spot.record_fallback(state.dir, name, launched)
             zones = zone_order(zones, [inst])
         with ui.step(f"waiting for {len(chosen)} instance(s) to run"):
@@ -219,40 +224,17 @@ class AWSProvider:
         by_id = {i.id: i for i in running}
         return {n: by_id[chosen[n].id] for n in names}
 
-    def _launch(self, aws: AWS, state: ClusterState, launch: LaunchSpec, name: str, zones: list[tuple[str, str]],
-                ui: QuietUI, o: AWSOptions) -> spot.Launched:
-        """The orchestrator on-demand with the controller's profile; a worker as `o.market` says."""
-        def on_capacity(zone: str, code: str) -> None:
-            skip_zone(zones, zone, code, ui)
-        if name != "orchestrator":
-            return spot.launch_worker(aws, launch, name, zones, on_capacity, o.market)
-        profile = state.resources.aws.instance_profile
-        return spot.Launched(iam.launch_when_ready(
-            lambda: ec2.launch(aws, launch, name, zones, on_capacity, profile=profile),
-            self.sleep, self.timeout_s, self.poll_s), ec2.ON_DEMAND)
-
     @staticmethod
     def _terminate_surplus(aws: AWS, state: ClusterState, surplus: list[Instance], ui: QuietUI) -> None:
-        """Terminate workers beyond the count asked for, and forget them (and
-        their services, which end with them) in the state."""
+        """Terminate workers beyond the count asked for, and forget their hosts, services (which end with
+        them) and addresses in the state (`_instances` then records the instances kept)."""
         with ui.step(f"terminating {', '.join(f'{i.name} ({i.id})' for i in surplus)}: no longer part of the cluster"):
             ec2.terminate(aws, [i.id for i in surplus])
-        gone, ids, res = {i.name for i in surplus}, {i.id for i in surplus}, state.resources.aws
-        remember(state, aws, instances={n: i for n, i in res.instances.items() if n not in gone},
-                 markets={n: m for n, m in res.markets.items() if n not in gone},
-                  address_owners={a: i for a, i in res.address_owners.items() if i not in ids})
-        kept = state.resources
+        gone, ids, kept = {i.name for i in surplus}, {i.id for i in surplus}, state.resources
+        kept.aws.address_owners = {a: i for a, i in kept.aws.address_owners.items() if i not in ids}
         kept.hosts = {n: h for n, h in kept.hosts.items() if n not in gone}
         kept.services = {k: r for k, r in kept.services.items() if r.host not in gone}
         state.save()
-
-    def _start_stopped(self, stopped: list[Instance], aws: AWS, ui: QuietUI) -> None:
-        if not stopped:
-            return
-        with ui.step(f"starting {len(stopped)} stopped instance(s)"):
-            ids = [i.id for i in stopped]
-            ec2.wait_for_state(aws, ids, "stopped", self.timeout_s, self.poll_s, self.sleep)
-            aws.ec2("start_instances", InstanceIds=ids)
 
     # -- up: the ssh deployment ------------------------------------------------
     def deploy(self, spec: ClusterSpec, state: ClusterState, instances: dict[str, Instance],
@@ -271,9 +253,8 @@ class AWSProvider:
 
     # -- down ---------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
-        """Terminate every instance tagged for the cluster (any state but
-        terminated), wait for them, then delete its security group(s) and the
-        key pair(s) it created; return what is still there."""
+        """Everything tagged for the cluster, found by tag (no state needed); the instances first: the
+        security group stays in use until they are gone."""
         aws = self.connect(self._options_of(state))
         instances = ec2.find_instances(aws, name)
         if instances:
@@ -281,12 +262,12 @@ class AWSProvider:
                 ec2.terminate(aws, [i.id for i in instances if i.state != "shutting-down"])
                 ec2.wait_for_state(aws, [i.id for i in instances], "terminated", self.timeout_s, self.poll_s,
                                    self.sleep)
-        for group in ec2.find_groups(aws, name):
+        for group in ec2.find_tagged(aws, "security group", name):
             with ui.step(f"deleting security group {group['GroupId']}"):
                 ec2.delete_group(aws, group["GroupId"], self.timeout_s, self.poll_s, self.sleep)
-        for key in ec2.find_key_pairs(aws, name):
+        for key in ec2.find_tagged(aws, "key pair", name):
             ec2.delete_key_pair(aws, key["KeyName"])
-        for volume in ec2.find_volumes(aws, name):
+        for volume in ec2.find_tagged(aws, "volume", name):
             if volume["State"] == "available":  # detached from its instance, yet still billed
                 aws.ec2("delete_volume", VolumeId=volume["VolumeId"])
         for removed in iam.remove(aws, name):

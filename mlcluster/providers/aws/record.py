@@ -43,25 +43,20 @@ def accounted(state: ClusterState, ui: QuietUI) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         if created(state):
-            ui.warn(created_sentence(state) + f"; `mlcluster down --name {state.name}` removes it")
+            ui.warn(created(state) + f"; `mlcluster down --name {state.name}` removes it")
         raise
     except MlclusterError as exc:
         if created(state) and not exc.names_cleanup:
-            exc.hint = "; ".join(filter(None, [exc.hint, created_sentence(state) + f": `mlcluster up --name "
+            exc.hint = "; ".join(filter(None, [exc.hint, created(state) + f": `mlcluster up --name "
                                  f"{state.name}` resumes, `mlcluster down --name {state.name}` removes it"]))
         raise
 
 
-def created(state: ClusterState) -> list[str]:
-    """What the cluster has in AWS that costs or blocks, in words ([] when nothing)."""
+def created(state: ClusterState) -> str:
+    """What the cluster has in AWS that costs or blocks, in a sentence ("" when nothing)."""
     record = state.resources.aws or AWSResources()
     parts = [f"{len(record.instances)} instance(s)"] if record.instances else []
     parts += ["a security group"] if record.security_group else []
     parts += ["a key pair"] if record.key_pair else []
     parts += ["an IAM role and instance profile"] if record.instance_profile else []
-    return parts
-
-
-def created_sentence(state: ClusterState) -> str:
-    region = (state.resources.aws or AWSResources()).region
-    return f"cluster {state.name!r} has {', '.join(created(state)) or 'nothing'} in AWS {region}".rstrip()
+    return f"cluster {state.name!r} has {', '.join(parts)} in AWS {record.region}".rstrip() if parts else ""

@@ -1,12 +1,6 @@
-"""Spot workers with an on-demand fallback.
-
-With `spot = true` (`up --spot`) every WORKER instance is asked for as a
-one-time spot instance that terminates when AWS reclaims it; the
-orchestrator's instance is always on-demand (it holds the queue). When EC2
-refuses spot capacity (the codes in `ec2.SPOT_REFUSED`), the instance is
-launched on-demand instead (`spot_fallback = "on-demand"`, the default) or
-`up` stops with the reason (`spot_fallback = "never"`); every instance
-already launched is tagged and recorded, so `down` removes it.
+"""Spot workers with an on-demand fallback (docs/providers.md#spot says what is
+asked of EC2 and what each refusal does). Only workers: the orchestrator's
+instance is always on-demand, as it holds the queue.
 """
 from __future__ import annotations
 
@@ -31,10 +25,6 @@ class Launched:
     market: str
     refused: str = ""
 
-    @property
-    def fell_back(self) -> bool:
-        return bool(self.refused)
-
 
 class SpotRefused(MlclusterError):
     """Spot capacity was refused and the fallback is `never`."""
@@ -47,11 +37,12 @@ class SpotRefused(MlclusterError):
 
 
 def launch_worker(aws: AWS, spec: LaunchSpec, name: str, zones: list[tuple[str, str]],
-                  on_capacity: Callable[[str, str], None], market: Market) -> Launched:
+                  on_capacity: Callable[[str, str], None], market: Market, profile: str = "") -> Launched:
     """Launch worker `name` as `market` says: spot first when asked, then
-    on-demand if allowed. Raises SpotRefused (fallback never) or AWSError."""
+    on-demand if allowed (the orchestrator: `Market()`, with the controller's
+    `profile`). Raises SpotRefused (fallback never) or AWSError."""
     if not market.spot:
-        return Launched(ec2.launch(aws, spec, name, zones, on_capacity), ON_DEMAND)
+        return Launched(ec2.launch(aws, spec, name, zones, on_capacity, profile=profile), ON_DEMAND)
     try:
         return Launched(ec2.launch(aws, spec, name, zones, on_capacity, market=SPOT), SPOT)
     except AWSError as exc:
@@ -63,14 +54,11 @@ def launch_worker(aws: AWS, spec: LaunchSpec, name: str, zones: list[tuple[str, 
     return Launched(ec2.launch(aws, spec, name, zones, on_capacity), ON_DEMAND, refused)
 
 
-def fallback_sentence(launched: Launched) -> str:
-    return refused_sentence(launched.refused, launched.instance.id)
-
-
 def refused_sentence(code: str, instance_id: str) -> str:
     return f"spot capacity refused ({code}); launched {instance_id} on-demand instead (billed at the on-demand price)"
 
 
 def record_fallback(cluster_dir: Path, name: str, launched: Launched, clock: Callable[[], float] = time.time) -> None:
     """The event `mlcluster events` lists for a fallback (`container`: the instance's name)."""
-    append(cluster_dir, Event(clock(), "spot_fallback", fallback_sentence(launched), container=name))
+    append(cluster_dir, Event(clock(), "spot_fallback", refused_sentence(launched.refused, launched.instance.id),
+                              container=name))
