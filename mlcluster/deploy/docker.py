@@ -1,24 +1,16 @@
 """The Docker runtime, on a remote host or on this machine: the images there, the containers.
-
 Docker itself on a host (installed, started, usable): deploy/dockerhost.py.
 
-Images, `[ssh] images = ...`:
-- `build` (default): the build context (mlcluster.images.prepare_context) is
-  packed here once, uploaded to every host and built there, in parallel. The
-  image tag carries the context's hash, so a host that has it skips the build
-  and a changed source builds anew.
-- `ship`: built once on this machine (its Docker engine), saved and gzipped
-  once, uploaded to and loaded on every host whose image id differs.
-- `pull`: `docker pull` of `worker_image` / `orchestrator_image`.
+Images (`[ssh] images`: providers/ssh/options.py): `build` packs the build context
+(mlcluster.images.prepare_context) here once, uploads it to every host and builds it
+there, in parallel; the tag carries the context's hash, so a host that has it skips
+the build and a changed source builds anew. `ship` builds once on this machine's
+engine, saves and gzips it once, and loads it on every host whose image id differs.
 
-Containers: `mlc-<cluster>-<id>`, labelled mlcluster.cluster=<cluster> and
-mlcluster.provider=ssh (and role, id, and a digest of their settings: a
-container whose settings changed is replaced, an identical one is kept, started
-again if it stopped), `--restart unless-stopped`, the port published on the
-host's `bind` address, settings in a 0600 env file, a local model directory
-mounted read-only at /model. Hardened the same everywhere (HARDENING_FLAGS):
-read-only root file system with a tmpfs at /tmp, every capability dropped,
-no-new-privileges.
+Containers: `mlc-<cluster>-<id>`, labelled with the cluster, the provider (ssh),
+role, id and a digest of their settings (see `start`), settings in a 0600 env
+file, a local model directory mounted read-only at /model, hardened the same
+everywhere (HARDENING_FLAGS).
 
 This machine (a local cluster's hosts, `local=True`): the same containers, named
 `mlcluster-<cluster>-<id>` and labelled mlcluster.provider=local; the images are
@@ -27,8 +19,7 @@ clusters, never removed); what differs is only where they listen (`here`): a
 bridge network `mlcluster-<cluster>` on which the orchestrator reaches each worker
 by its name at port 5000, fixed ports inside, published on 127.0.0.1 only, and a
 volume `mlcluster-<cluster>-state` for the orchestrator's registry (a restarted
-orchestrator keeps its containers). `stop` removes the containers, networks and
-volumes carrying the cluster's labels, with or without state.
+orchestrator keeps its containers).
 """
 from __future__ import annotations
 
@@ -42,7 +33,7 @@ import tarfile
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from .. import images
 from ..errors import MlclusterError, see_docs
@@ -75,7 +66,7 @@ class DockerRuntime:
         # What was prepared here once for every host, by (what, kind); one lock
         # per kind, so the small orchestrator image need not wait for the worker's.
         self._locks = {kind: threading.Lock() for kind in IMAGE_REPOS}
-        self._local: dict[tuple[str, str], tuple] = {}
+        self._local: dict[tuple[str, str], Any] = {}
         self._tmp_dir: Optional[Path] = None
 
     @property
@@ -190,8 +181,8 @@ class DockerRuntime:
                     with gzip.open(saved, "wb", compresslevel=1) as out:
                         for chunk in client.images.get(tag).save(named=tag):
                             out.write(chunk)
-                self._local[("saved", kind)] = (saved,)
-            return self._local[("saved", kind)][0]
+                self._local[("saved", kind)] = saved
+            return self._local[("saved", kind)]
 
     def _context_options(self) -> dict:
         return {k: Path(v).expanduser() for k, v in (("wheelhouse", self.options.wheelhouse),
@@ -252,8 +243,7 @@ class DockerRuntime:
         could not start, and the restart policy handles later exits."""
 
     def stop(self, host: Host, records: dict[str, Service], marker: str, only: bool = False) -> list[str]:
-        """Remove the recorded containers and (unless `only`) every container, network and
-        volume labelled with this cluster's name; returns what is left."""
+        """Also (unless `only`) every network and volume labelled with this cluster's name."""
         names = [r.container for r in records.values() if r.container]
         if not has_docker(host):
             return [f"{host.name}: Docker does not answer, so containers {', '.join(names)} may still exist"] \

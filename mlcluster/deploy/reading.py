@@ -1,7 +1,4 @@
-"""Reading a deployed cluster on its hosts, whoever provided them: a service's
-log, where things are, whether its autostop fired, the orchestrator's admin
-endpoints, the facts `status` shows (the package's entry functions,
-deploy/__init__.py, call these)."""
+"""Reading a deployed cluster on its hosts, whoever provided them (entry functions: deploy/__init__.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,19 +15,21 @@ from .session import Session
 
 def logs(state: ClusterState, options: Optional[RemoteOptions], target: Optional[str], follow: bool,
          tail: int) -> Iterator[str]:
+    """Lines of the orchestrator's log (`target` None) or of one container's, from its host."""
     session = Session(state, options)
     sid = target or "orchestrator"
     record = session.resources.services.get(sid)
     if record is None:
         known = ", ".join(sorted(session.resources.services)) or "none"
         raise MlclusterError(f"cluster {state.name!r} has no container {sid!r}", f"known: {known}")
-    host = session.connect(session.config_of(record.host), session.options.connect_timeout if session.options else 10.0)
+    host = session.connect(session.config_of(record.host), session.connect_timeout)
     command = session.runtime(record.runtime).log_command(host, record, follow, tail)
     session.close()  # the runtimes' scratch files; the connection is opened again by the stream
     return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
 
 
 def describe(state: ClusterState, options: Optional[RemoteOptions]) -> str:
+    """The hosts and how their services are found, in a few words."""
     recorded = state.resources.hosts
     hosts = {h.name: (h.address, h.workdir) for h in (options.hosts() if options else [])}
     hosts.update({n: (h.address, h.workdir) for n, h in recorded.items()})
@@ -40,7 +39,7 @@ def describe(state: ClusterState, options: Optional[RemoteOptions]) -> str:
 
 
 def stopped_itself(state: ClusterState, options: Optional[RemoteOptions]) -> Optional[str]:
-    """The orchestrator host's autostop record, read over SSH."""
+    """Why and when the autostop agent on the orchestrator's host stopped the cluster, or None."""
     session = Session(state, options)
     try:
         found = _orchestrator_host(session)
@@ -78,6 +77,7 @@ def admin_channel(state: ClusterState, options: Optional[RemoteOptions]) -> Iter
 
 
 def details(state: ClusterState) -> dict[str, dict[str, str]]:
+    """Each service's host, address and runtime, for `status`."""
     resources = state.resources
     out = {}
     for sid, record in resources.services.items():
@@ -98,5 +98,4 @@ def _orchestrator_host(session: Session) -> Optional[tuple[Service, Host]]:
     record = session.resources.services.get("orchestrator")
     if record is None or record.host not in session.resources.hosts:
         return None
-    timeout = session.options.connect_timeout if session.options else 10.0
-    return record, session.connect(session.resources.hosts[record.host], timeout)
+    return record, session.connect(session.resources.hosts[record.host], session.connect_timeout)
