@@ -103,9 +103,10 @@ class DockerRuntime:
         if here and "orchestrator" in roles:
             host.run(f"docker volume create{self._labels('state')} {quote(self.state_volume)} >/dev/null")
 
-    def _labels(self, role: str) -> str:
-        return "".join(f" --label {quote(label)}" for label in
-                       (f"{L_CLUSTER}={self.cluster}", f"{L_PROVIDER}={self.provider}", f"mlcluster.role={role}"))
+    def _labels(self, role: str, more: Optional[dict[str, str]] = None) -> str:
+        """`--label` flags: the cluster's, the provider's, the role and `more`."""
+        labels = {L_CLUSTER: self.cluster, L_PROVIDER: self.provider, "mlcluster.role": role, **(more or {})}
+        return "".join(f" --label {quote(f'{k}={v}')}" for k, v in labels.items())
 
     def get_image(self, host: RemoteHost, kind: str) -> str:
         """`kind`'s image made present on `host` the way the images mode says (build, ship, pull); its tag."""
@@ -226,11 +227,9 @@ class DockerRuntime:
                 host.run(f"{docker(host)} start {quote(name)} >/dev/null", timeout=120)
             return record
         env_file = host.write_env(service, shell=False)
-        labels = {L_CLUSTER: self.cluster, L_PROVIDER: self.provider, "mlcluster.role": service.kind,
-                  "mlcluster.id": service.id, "mlcluster.config": digest}
         host.run(f"{docker(host)} rm -f {quote(name)} >/dev/null 2>&1; "
                  f"{docker(host)} run -d --name {quote(name)}{HARDENING_FLAGS}"
-                 + "".join(f" --label {quote(f'{k}={v}')}" for k, v in labels.items())
+                 + self._labels(service.kind, {"mlcluster.id": service.id, "mlcluster.config": digest})
                  + f" --env-file {quote(env_file)}"
                  + "".join(f" -p {quote(f'{at}:{port}')}" for port, at in publish.items())
                  + "".join(f" -v {quote(f'{source}:{target}')}" for source, target in mounts.items())
@@ -311,11 +310,8 @@ def _local_engine(kind: str):
     """This machine's Docker engine (docker SDK); its errors become one sentence."""
     import docker as docker_sdk
     try:
-        client = docker_sdk.from_env(timeout=600)
-        try:
+        with contextlib.closing(docker_sdk.from_env(timeout=600)) as client:
             yield client
-        finally:
-            client.close()
     except docker_sdk.errors.DockerException as exc:
         raise MlclusterError(f"getting the {kind} image from this machine's Docker engine failed: {exc}",
                              "a local cluster and images = \"ship\" need a Docker engine here; "

@@ -1,11 +1,7 @@
-"""Docker on a host, for the Docker runtime (deploy/docker.py).
-
-Host preparation: if `docker` is missing it is installed with the distribution's
-package manager (apt for Debian/Ubuntu, dnf or yum for Amazon Linux/Fedora/RHEL),
-started (systemctl, service, or dockerd in the background where there is no init
-system), and the login user is added to the `docker` group; until that takes
-effect (or when sudo is needed anyway) commands use `sudo -n docker`. Needs root
-or password-less sudo on the host.
+"""Docker on a host, for the Docker runtime (deploy/docker.py): installed with the
+distribution's package manager where missing, started (with or without an init
+system), and usable by the login user, through `sudo -n docker` until its new
+`docker` group membership takes effect. Needs root or password-less sudo on the host.
 """
 from __future__ import annotations
 

@@ -30,10 +30,8 @@ def logs(state: ClusterState, options: Optional[RemoteOptions], target: Optional
 
 def describe(state: ClusterState, options: Optional[RemoteOptions]) -> str:
     """The hosts and how their services are found, in a few words."""
-    recorded = state.resources.hosts
-    hosts = {h.name: (h.address, h.workdir) for h in (options.hosts() if options else [])}
-    hosts.update({n: (h.address, h.workdir) for n, h in recorded.items()})
-    listed = ", ".join(f"{n} ({address}, in {workdir})" for n, (address, workdir) in sorted(hosts.items()))
+    hosts = {h.name: h for h in (options.hosts() if options else [])} | state.resources.hosts
+    listed = ", ".join(f"{n} ({h.address}, in {h.workdir})" for n, h in sorted(hosts.items()))
     return (f"services on {len(hosts)} host(s): {listed or 'none recorded'}; their containers carry the label "
             f"mlcluster.cluster={state.name}, their processes MLCLUSTER_MARKER=ssh:{state.name}:<host>")
 

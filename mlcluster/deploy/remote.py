@@ -283,7 +283,7 @@ def remove(name: str, state: Optional[ClusterState], options: Optional[RemoteOpt
     if state is None:
         return []
     session = Session(state, options)
-    hosts = {**{h.name: h for h in (options.hosts() if options else [])}, **session.resources.hosts}
+    hosts = {h.name: h for h in (options.hosts() if options else [])} | session.resources.hosts
     left: list[str] = []
     here = any(h.local for h in hosts.values())
 
