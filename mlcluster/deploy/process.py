@@ -10,10 +10,8 @@ need); its own settings come from the 0600 env file. Every process carries
 MLCLUSTER_MARKER=<marker>, checked before any signal is sent (a recycled pid is
 never killed), which lets `down` find strays when the state is lost.
 
-The interpreter: the host's `python` option (one with mlcluster installed),
-or by default a venv made in the workdir (`python3 -m venv`, then `pip install`
-of this project's source, uploaded, with the CPU build of torch): that needs
-python3 with the venv module and the package index reachable from the host.
+The interpreter: the host's `python` option, or by default a venv made in the
+workdir (`ensure_venv`; what it needs: providers/ssh/options.py).
 """
 from __future__ import annotations
 

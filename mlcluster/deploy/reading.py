@@ -25,7 +25,7 @@ def logs(state: ClusterState, options: Optional[RemoteOptions], target: Optional
     host = session.connect(session.config_of(record.host), session.connect_timeout)
     command = session.runtime(record.runtime).log_command(host, record, follow, tail)
     session.close()  # the runtimes' scratch files; the connection is opened again by the stream
-    return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
+    return _closing(host.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
 
 
 def describe(state: ClusterState, options: Optional[RemoteOptions]) -> str:
@@ -38,14 +38,11 @@ def describe(state: ClusterState, options: Optional[RemoteOptions]) -> str:
 
 def stopped_itself(state: ClusterState, options: Optional[RemoteOptions]) -> Optional[str]:
     """Why and when the autostop agent on the orchestrator's host stopped the cluster, or None."""
-    session = Session(state, options)
     try:
-        found = _orchestrator_host(session)
-        fired = watchdog.fired_remote(found[1]) if found else None
+        with _orchestrator_host(state, options) as (_, host):
+            fired = watchdog.fired_remote(host) if host else None
     except MlclusterError:
         return None
-    finally:
-        session.close()
     return watchdog.describe(fired) if fired else None
 
 
@@ -55,13 +52,10 @@ def admin_channel(state: ClusterState, options: Optional[RemoteOptions]) -> Iter
     over the checked connection to the orchestrator's host, to its admin
     listener on that host's 127.0.0.1, so the token never crosses the
     network in cleartext (and the public port does not serve them at all)."""
-    session = Session(state, options)
-    try:
-        found = _orchestrator_host(session)
-        if found is None:
+    with _orchestrator_host(state, options) as (record, host):
+        if host is None:
             raise MlclusterError(f"cluster {state.name!r} has no orchestrator recorded",
                                  f"`mlcluster up --name {state.name}` starts it")
-        record, host = found
         if record.admin_port:  # the admin listener, on the host's loopback
             target, port = "127.0.0.1", record.admin_port
         else:  # an orchestrator started before it had one serves them on its public port
@@ -70,18 +64,13 @@ def admin_channel(state: ClusterState, options: Optional[RemoteOptions]) -> Iter
         from ..remote.forward import Forward  # paramiko: only where an admin channel is asked for
         with Forward(host.conn, target, port) as forward:
             yield forward.url
-    finally:
-        session.close()
 
 
 def details(state: ClusterState) -> dict[str, dict[str, str]]:
     """Each service's host, address and runtime, for `status`."""
-    resources = state.resources
-    out = {}
-    for sid, record in resources.services.items():
-        host = resources.hosts.get(record.host)
-        out[sid] = {"host": record.host, "address": host.address if host else "", "runtime": record.runtime}
-    return out
+    hosts = state.resources.hosts
+    return {sid: {"host": r.host, "address": hosts[r.host].address if r.host in hosts else "", "runtime": r.runtime}
+            for sid, r in state.resources.services.items()}
 
 
 def _closing(lines: Iterator[str], host: Host) -> Iterator[str]:
@@ -91,9 +80,16 @@ def _closing(lines: Iterator[str], host: Host) -> Iterator[str]:
         host.close()
 
 
-def _orchestrator_host(session: Session) -> Optional[tuple[Service, Host]]:
-    """The orchestrator's record and a connection to its host (None: none recorded)."""
+@contextlib.contextmanager
+def _orchestrator_host(state: ClusterState,
+                       options: Optional[RemoteOptions]) -> Iterator[tuple[Optional[Service], Optional[Host]]]:
+    """The orchestrator's record and a connection to its host, for the block ((None, None): none recorded)."""
+    session = Session(state, options)
     record = session.resources.services.get("orchestrator")
-    if record is None or record.host not in session.resources.hosts:
-        return None
-    return record, session.connect(session.resources.hosts[record.host], session.connect_timeout)
+    try:
+        if record is None or record.host not in session.resources.hosts:
+            yield None, None
+        else:
+            yield record, session.connect(session.resources.hosts[record.host], session.connect_timeout)
+    finally:
+        session.close()

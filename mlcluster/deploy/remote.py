@@ -2,18 +2,10 @@
 provider's hosts from the config, the aws provider's instances, reached over
 SSH, and this machine (the local provider's hosts: LocalHosts, no SSH).
 
-`deploy` reaches every host (host keys trusted on first use, recorded in the
-state, required afterwards), prepares it for its runtime (process.py,
-docker.py), starts the orchestrator, then the workers, recording each service
-in the state the moment it runs: what already runs is kept, so a second `up`
-only fills the gaps.
-What differs on this machine is data (`HostConfig.local`, `RemoteOptions.free_ports`:
-ports picked free on 127.0.0.1 and kept while free; the simulated workers worker1..N
-are host records of this machine) and a few small branches (no SSH to wait for,
-the hosts prepared and stopped one after another as they are one machine, the
-model used in place when the services can read it, a container's fixed ports
-published on 127.0.0.1 (DockerRuntime.here); a process cluster's controller is the
-local provider's, a Docker one's is the pool controller run here: elastic/pool_here.py).
+Each service is recorded in the state the moment it runs, so a second `up` only
+fills the gaps. What differs on this machine is data (`HostConfig.local`,
+`RemoteOptions.free_ports`; the simulated workers worker1..N are host records of
+this machine) and a few small branches, each commented where it is.
 `remove` also works from the hosts the state recorded alone (`options` None: the
 config changed or is gone). The ssh and aws controller's setup (elastic/pool_setup.py)
 is imported only where remote hosts are: it loads paramiko, which a local cluster never does.
