@@ -30,7 +30,7 @@ class Session:
         self._runtimes: dict[str, Runtime] = {}
         self._store: Optional[HostKeyStore] = None
         self.resources = state.resources
-        self.hosts: dict[str, RemoteHost] = {}
+        self.hosts: dict[str, Host] = {}
 
     @property
     def store(self) -> "HostKeyStore":

@@ -61,8 +61,7 @@ def settings(spec: "ClusterSpec", resources: Resources) -> Optional[tuple[Option
         return None
     if resources.autostop_started is None:
         resources.autostop_started = time.time()
-    started = resources.autostop_started
-    return idle, (started + lifetime if lifetime else None)
+    return idle, (resources.autostop_started + lifetime if lifetime else None)
 
 
 def summary(autostop: str, max_lifetime: str, started: Optional[float], hourly: Optional[float],
@@ -117,11 +116,11 @@ def stop_local_cluster(name: str) -> None:
 # -- a remote host -----------------------------------------------------------------
 def stop_script(cluster: str, marker: str, docker: str, power_off: bool) -> str:
     """What a fired agent runs on its host (it no longer carries the marker)."""
+    from .docker import DockerRuntime
     from .process import find_by_marker
-    label = quote(f"label=mlcluster.cluster={cluster}")
     script = (f"for p in $({find_by_marker(marker)}); do kill -TERM -$p 2>/dev/null; done; "
-              f"if command -v docker >/dev/null; then {docker} ps -aq --filter {label} "
-              f"--filter label=mlcluster.provider=ssh | xargs -r {docker} rm -f >/dev/null; fi")
+              f"if command -v docker >/dev/null; then {docker} ps -aq {DockerRuntime(None, cluster).label_filter()} "
+              f"| xargs -r {docker} rm -f >/dev/null; fi")
     return script + ("; sudo -n shutdown -h now || shutdown -h now" if power_off else "")
 
 
