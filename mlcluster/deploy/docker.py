@@ -233,7 +233,7 @@ class DockerRuntime:
         could not start, and the restart policy handles later exits."""
 
     def stop(self, host: Host, records: dict[str, Service], marker: str, only: bool = False) -> list[str]:
-        """Also (unless `only`) every network and volume labelled with this cluster's name."""
+        """Anything else of ours (unless `only`): every container, network and volume with this cluster's labels."""
         names = [r.container for r in records.values() if r.container]
         if not has_docker(host):
             return [f"{host.name}: Docker does not answer, so containers {', '.join(names)} may still exist"] \
