@@ -146,8 +146,7 @@ class Host:
         """Copy a model directory to the host once (keyed by its content digest);
         returns the directory's path there. A re-run finds it and uploads nothing."""
         files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-        digest = model_digest(local_dir, files)
-        target = self.path(f"model-{digest}")
+        target = self.path(f"model-{model_digest(local_dir, files)}")
         if self.run(f"test -f {quote(target)}/.complete", warn=True).ok:
             return target
         staging = f"{target}.partial"
