@@ -1,22 +1,15 @@
 """The autostop watchdog: stops a cluster that has served nothing for its idle
 time, or whose lifetime is over, with nobody's laptop involved.
 
-It runs on the cluster's hosts (one per host, started by `up` when `autostop`
-or `max_lifetime` is set) with the host's own python3, so it uses the
-standard library only and is uploaded as this one file:
+It runs on the cluster's hosts (deploy/watchdog.py) with the host's own python3,
+so it uses the standard library only and is uploaded as this one file:
 
     python3 watchdog.py --status-url http://127.0.0.1:8000/status --idle-s 1800 \\
         --deadline 1767225600 --record /path/autostop.json -- sh -c 'what stops this host'
 
-Every `--interval-s` it reads the orchestrator's public /status (no token).
-The cluster is *busy* while a request is in flight or queued, or when the
-served and failed counts changed since the last look; an orchestrator that
-stops answering counts as idle (it may be the one that stopped), one never
-reached yet does not (nothing is known of its load), and idleness counts only
-from when all its containers were first ready (`up` still runs). When it has
-been idle for `--idle-s` (0: never) or the wall clock passes `--deadline`
-(epoch seconds, 0: none), it writes why and when to `--record` (JSON), runs
-the stop command given after `--` in its place (exec).
+Every `--interval-s` it reads the orchestrator's public /status (no token) into an
+`IdleClock`; when that says stop, it writes why and when to `--record` (JSON) and
+runs the stop command given after `--` in its place (exec).
 """
 from __future__ import annotations
 
@@ -32,9 +25,10 @@ from typing import Callable, Optional
 
 @dataclass
 class IdleClock:
-    """Decides from /status snapshots (or None: no answer) when to stop; the
-    caller passes the times in (monotonic for idleness, wall clock for the
-    deadline), so the decision is exact and testable."""
+    """Decides from /status snapshots (or None: no answer) when to stop: after `idle_s` (0: never)
+    without a request in flight or queued or a change of the served and failed counts, or once the
+    wall clock passes `deadline`. The caller passes the times in (monotonic for idleness, wall
+    clock for the deadline), so the decision is exact and testable."""
     idle_s: float
     deadline: float = 0.0           # epoch seconds; 0: no lifetime limit
     last_active: float = 0.0        # monotonic

@@ -1,34 +1,16 @@
-"""The Docker runtime, on a remote host or on this machine: the images there, the containers.
+"""The Docker runtime, on a remote host or on this machine: Docker itself there
+(`ensure_docker`), the images there, the containers.
 
-Docker itself on a host (installed, started, usable): deploy/dockerhost.py.
+Images, by the `images` mode (providers/ssh/options.py): a `build` tag carries the
+build context's hash, so a host that has it skips the build and a changed source
+builds anew; `ship` loads the image saved here only where the host's image id differs.
 
-Images, `[ssh] images = ...`:
-- `build` (default): the build context (mlcluster.images.prepare_context) is
-  packed here once, uploaded to every host and built there, in parallel. The
-  image tag carries the context's hash, so a host that has it skips the build
-  and a changed source builds anew.
-- `ship`: built once on this machine (its Docker engine), saved and gzipped
-  once, uploaded to and loaded on every host whose image id differs.
-- `pull`: `docker pull` of `worker_image` / `orchestrator_image`.
-
-Containers: `mlc-<cluster>-<id>`, labelled mlcluster.cluster=<cluster> and
-mlcluster.provider=ssh (and role, id, and a digest of their settings: a
-container whose settings changed is replaced, an identical one is kept, started
-again if it stopped), `--restart unless-stopped`, the port published on the
-host's `bind` address, settings in a 0600 env file, a local model directory
-mounted read-only at /model. Hardened the same everywhere (HARDENING_FLAGS):
-read-only root file system with a tmpfs at /tmp, every capability dropped,
-no-new-privileges.
-
-This machine (a local cluster's hosts, `local=True`): the same containers, named
-`mlcluster-<cluster>-<id>` and labelled mlcluster.provider=local; the images are
-built on this machine's engine when missing (mlcluster.images; shared between
-clusters, never removed); what differs is only where they listen (`here`): a
-bridge network `mlcluster-<cluster>` on which the orchestrator reaches each worker
-by its name at port 5000, fixed ports inside, published on 127.0.0.1 only, and a
-volume `mlcluster-<cluster>-state` for the orchestrator's registry (a restarted
-orchestrator keeps its containers). `stop` removes the containers, networks and
-volumes carrying the cluster's labels, with or without state.
+Containers: `mlc-<cluster>-<id>`, labelled with the cluster, the provider (ssh),
+role, id and a digest of their settings (see `start`), hardened the same everywhere
+(HARDENING_FLAGS). On this machine (a local cluster's hosts, `local=True`): named
+`mlcluster-<cluster>-<id>`, labelled mlcluster.provider=local, from images built on
+its engine when missing (mlcluster.images; shared between clusters, never removed),
+and different only in where they listen (`here`).
 """
 from __future__ import annotations
 
@@ -42,7 +24,7 @@ import tarfile
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from .. import images
 from ..errors import MlclusterError, see_docs
@@ -50,7 +32,6 @@ from ..images import IMAGE_REPOS
 from ..remote.results import quote
 from ..resources import Service
 from ..ui import QuietUI
-from .dockerhost import docker, ensure_docker, has_docker
 from .host import Host, RemoteHost, ServiceSpec
 from .options import RemoteOptions
 
@@ -75,7 +56,7 @@ class DockerRuntime:
         # What was prepared here once for every host, by (what, kind); one lock
         # per kind, so the small orchestrator image need not wait for the worker's.
         self._locks = {kind: threading.Lock() for kind in IMAGE_REPOS}
-        self._local: dict[tuple[str, str], tuple] = {}
+        self._local: dict[tuple[str, str], Any] = {}
         self._tmp_dir: Optional[Path] = None
 
     @property
@@ -112,9 +93,10 @@ class DockerRuntime:
         if here and "orchestrator" in roles:
             host.run(f"docker volume create{self._labels('state')} {quote(self.state_volume)} >/dev/null")
 
-    def _labels(self, role: str) -> str:
-        return "".join(f" --label {quote(label)}" for label in
-                       (f"{L_CLUSTER}={self.cluster}", f"{L_PROVIDER}={self.provider}", f"mlcluster.role={role}"))
+    def _labels(self, role: str, more: Optional[dict[str, str]] = None) -> str:
+        """`--label` flags: the cluster's, the provider's, the role and `more`."""
+        labels = {L_CLUSTER: self.cluster, L_PROVIDER: self.provider, "mlcluster.role": role, **(more or {})}
+        return "".join(f" --label {quote(f'{k}={v}')}" for k, v in labels.items())
 
     def get_image(self, host: RemoteHost, kind: str) -> str:
         """`kind`'s image made present on `host` the way the images mode says (build, ship, pull); its tag."""
@@ -190,8 +172,8 @@ class DockerRuntime:
                     with gzip.open(saved, "wb", compresslevel=1) as out:
                         for chunk in client.images.get(tag).save(named=tag):
                             out.write(chunk)
-                self._local[("saved", kind)] = (saved,)
-            return self._local[("saved", kind)][0]
+                self._local[("saved", kind)] = saved
+            return self._local[("saved", kind)]
 
     def _context_options(self) -> dict:
         return {k: Path(v).expanduser() for k, v in (("wheelhouse", self.options.wheelhouse),
@@ -207,8 +189,9 @@ class DockerRuntime:
 
     def here(self, service: ServiceSpec, port: int = 0, admin_port: int = 0) -> ServiceSpec:
         """`service` (listening on ORCHESTRATOR_PORT and ADMIN_PORT, or WORKER_PORT) as a container
-        on this machine: on the cluster's network, its ports published on 127.0.0.1 only (on
-        `port` and `admin_port`; 0: any free one), the orchestrator's registry on the state volume."""
+        on this machine: on the cluster's network (the orchestrator reaches each worker by its name),
+        its ports published on 127.0.0.1 only (on `port` and `admin_port`; 0: any free one), the
+        orchestrator's registry on the state volume (a restarted orchestrator keeps its containers)."""
         publish = {service.port: f"{LOOPBACK}:{port or ''}"}
         if service.admin_port:
             publish[service.admin_port] = f"{LOOPBACK}:{admin_port or ''}"
@@ -235,11 +218,9 @@ class DockerRuntime:
                 host.run(f"{docker(host)} start {quote(name)} >/dev/null", timeout=120)
             return record
         env_file = host.write_env(service, shell=False)
-        labels = {L_CLUSTER: self.cluster, L_PROVIDER: self.provider, "mlcluster.role": service.kind,
-                  "mlcluster.id": service.id, "mlcluster.config": digest}
         host.run(f"{docker(host)} rm -f {quote(name)} >/dev/null 2>&1; "
                  f"{docker(host)} run -d --name {quote(name)}{HARDENING_FLAGS}"
-                 + "".join(f" --label {quote(f'{k}={v}')}" for k, v in labels.items())
+                 + self._labels(service.kind, {"mlcluster.id": service.id, "mlcluster.config": digest})
                  + f" --env-file {quote(env_file)}"
                  + "".join(f" -p {quote(f'{at}:{port}')}" for port, at in publish.items())
                  + "".join(f" -v {quote(f'{source}:{target}')}" for source, target in mounts.items())
@@ -252,8 +233,7 @@ class DockerRuntime:
         could not start, and the restart policy handles later exits."""
 
     def stop(self, host: Host, records: dict[str, Service], marker: str, only: bool = False) -> list[str]:
-        """Remove the recorded containers and (unless `only`) every container, network and
-        volume labelled with this cluster's name; returns what is left."""
+        """Anything else of ours (unless `only`): every container, network and volume with this cluster's labels."""
         names = [r.container for r in records.values() if r.container]
         if not has_docker(host):
             return [f"{host.name}: Docker does not answer, so containers {', '.join(names)} may still exist"] \
@@ -321,12 +301,73 @@ def _local_engine(kind: str):
     """This machine's Docker engine (docker SDK); its errors become one sentence."""
     import docker as docker_sdk
     try:
-        client = docker_sdk.from_env(timeout=600)
-        try:
+        with contextlib.closing(docker_sdk.from_env(timeout=600)) as client:
             yield client
-        finally:
-            client.close()
     except docker_sdk.errors.DockerException as exc:
         raise MlclusterError(f"getting the {kind} image from this machine's Docker engine failed: {exc}",
                              "a local cluster and images = \"ship\" need a Docker engine here; "
                              "\"build\" builds on the hosts") from None
+
+
+# -- Docker itself on a host ---------------------------------------------------
+INSTALL_SCRIPT = r"""
+set -e
+. /etc/os-release
+case " $ID $ID_LIKE " in
+  *" debian "*|*" ubuntu "*)
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends docker.io ;;
+  *" amzn "*|*" fedora "*|*" rhel "*|*" centos "*)
+    if command -v dnf >/dev/null; then dnf install -y -q docker; else yum install -y -q docker; fi ;;
+  *) echo "no known way to install Docker on $ID ($PRETTY_NAME)" >&2; exit 3 ;;
+esac
+"""
+START_SCRIPT = r"""
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl enable --now docker
+elif command -v service >/dev/null && service docker start; then :
+else setsid dockerd >/var/log/mlcluster-dockerd.log 2>&1 </dev/null & fi
+for i in $(seq 1 60); do docker info >/dev/null 2>&1 && exit 0; sleep 1; done
+echo "dockerd did not answer within 60 s" >&2; exit 1
+"""
+
+
+def docker(host: Host) -> str:
+    """How to call docker on this host ("docker" or "sudo -n docker")."""
+    return host.facts.get("docker", "docker")
+
+
+def has_docker(host: Host) -> bool:
+    if "docker" in host.facts:
+        return True
+    for command in ("docker", f"{host.sudo}docker"):
+        if host.run(f"{command} info >/dev/null 2>&1", warn=True, timeout=30).ok:
+            host.facts["docker"] = command
+            return True
+    return False
+
+
+def ensure_docker(host: RemoteHost, step) -> None:
+    """Docker installed where missing (with the distribution's package manager), running (with or
+    without an init system) and usable by the login user, through `sudo -n docker` until its new
+    `docker` group membership takes effect. Needs root or password-less sudo on the host."""
+    if has_docker(host):
+        return
+    sudo = host.sudo
+    if not host.run("command -v docker >/dev/null", warn=True).ok:
+        step.update(f"{host.name}: installing Docker")
+        result = host.run(f"{sudo}sh -c {quote(INSTALL_SCRIPT)}", timeout=900, warn=True)
+        if not result.ok:
+            raise MlclusterError(f"{host.name}: installing Docker failed: {result.tail(3)}",
+                                 "install Docker on the host yourself, or use runtime = \"process\"")
+    step.update(f"{host.name}: starting Docker")
+    result = host.run(f"{sudo}sh -c {quote(START_SCRIPT)}", timeout=120, warn=True)
+    if not result.ok:
+        raise MlclusterError(f"{host.name}: Docker is installed but does not start: {result.tail(3)}")
+    if sudo:
+        # The group applies to new logins: reconnect so later commands have it.
+        host.run(f"{sudo}usermod -aG docker {quote(host.config.user)}", warn=True)
+        host.conn.close()
+        host.facts.pop("docker", None)
+    if not has_docker(host):
+        raise MlclusterError(f"{host.name}: Docker runs but user {host.config.user!r} cannot use it, not even with sudo",
+                             "give the user password-less sudo or membership of the docker group")

@@ -1,10 +1,7 @@
 """A machine services run on, whoever provided it: a `Host` is a host record
-(HostConfig) and a connection that runs shell lines (`run` -> Result,
-`stream`) and receives files (`put`, `put_text`); the file chores every
-runtime needs (working directory, env files, model upload) are built on
-those, so the runtimes (process.py, docker.py) work on any host:
-- `LocalHost(workdir)`: this machine, its connection a LocalShell (bash);
-- `RemoteHost.connect(config, ...)`: a machine reached over SSH (remote.Connection).
+(HostConfig) and a connection that runs shell lines and receives files; the
+file chores every runtime needs are built on those, so the runtimes
+(process.py, docker.py) work on any host.
 """
 from __future__ import annotations
 
@@ -109,8 +106,9 @@ class Host:
 
     @property
     def sudo(self) -> str:
-        """Prefix for commands that need root ("" when we log in as root)."""
-        return "" if self.config.user == "root" else "sudo -n "
+        """Prefix for commands that need root ("" when we log in as root; this machine's
+        Docker engine is used as the caller can, never through sudo)."""
+        return "" if self.config.user == "root" or self.config.local else "sudo -n "
 
     def run(self, command: str, timeout: float = 60.0, warn: bool = False) -> Result:
         return self.conn.run(command, timeout=timeout, warn=warn)
@@ -148,8 +146,7 @@ class Host:
         """Copy a model directory to the host once (keyed by its content digest);
         returns the directory's path there. A re-run finds it and uploads nothing."""
         files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-        digest = model_digest(local_dir, files)
-        target = self.path(f"model-{digest}")
+        target = self.path(f"model-{model_digest(local_dir, files)}")
         if self.run(f"test -f {quote(target)}/.complete", warn=True).ok:
             return target
         staging = f"{target}.partial"
@@ -182,10 +179,6 @@ class LocalHost(Host):
         config = config or dataclasses.replace(local_config("this machine", workdir), runtime="", python="")
         super().__init__(config, LocalShell(), workdir=str(workdir.resolve()), cpus=os.cpu_count() or 1)
 
-    @property
-    def sudo(self) -> str:
-        return ""  # this machine's Docker engine is used as the caller can, never through sudo
-
 
 class RemoteHost(Host):
     """A machine reached over SSH: its conn is a remote.Connection."""
@@ -209,10 +202,10 @@ def readable_by_all(root: Path) -> bool:
     return True
 
 
-def model_digest(local_dir: Path, files: Optional[list[Path]] = None) -> str:
-    """A short digest of a directory's file names and contents."""
+def model_digest(local_dir: Path, files: list[Path]) -> str:
+    """A short digest of the names (in `local_dir`) and contents of its `files`."""
     h = hashlib.sha256()
-    for path in files if files is not None else sorted(p for p in local_dir.rglob("*") if p.is_file()):
+    for path in files:
         h.update(str(path.relative_to(local_dir)).encode() + b"\0")
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -1,8 +1,6 @@
 """This machine as a host: processes of a local cluster started in their own session, found again by
-the marker in their environment (never by name patterns), stopped by group.
-
-Every process carries MLCLUSTER_MARKER=<name>@<state dir>; `down` finds them
-by it when the state is lost.
+the marker in their environment, MLCLUSTER_MARKER=<name>@<state dir> (never by name patterns: `down`
+finds them by it when the state is lost), stopped by group.
 """
 from __future__ import annotations
 
@@ -46,13 +44,8 @@ def is_alive(pid: int, mark: str) -> bool:
 
 def find_marked(mark: str) -> list[int]:
     """Pids of every process (not a zombie) whose environment carries the marker."""
-    needle = f"{services.MARKER_VAR}={mark}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and entry.name != str(os.getpid()):
-            if needle in environ(int(entry.name)).split(b"\0") and not is_zombie(int(entry.name)):
-                found.append(int(entry.name))
-    return found
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    return [pid for pid in pids if pid != os.getpid() and is_alive(pid, mark) and not is_zombie(pid)]
 
 
 def is_zombie(pid: int) -> bool:

@@ -1,31 +1,24 @@
 """The process runtime: services as background processes on a host, this
 machine (the local provider's processes) or a remote one over SSH.
 
-Each service is `python -m gunicorn ...` (mlcluster.services' command line)
-started in its own session with only the environment it needs:
+Each service (mlcluster.services' command line) starts in its own session
+(`setsid`: the SSH channel closes at once and `kill -- -PID` ends the whole
+service) under `env -i`: of the login environment (SSH_CONNECTION, whatever
+the user's profile or sshd's SetEnv put there) it keeps only the basics
+services.PASSED_VARS names (a worker also the proxy and Hugging Face ones it may
+need); its own settings come from the 0600 env file. Every process carries
+MLCLUSTER_MARKER=<marker>, checked before any signal is sent (a recycled pid is
+never killed), which lets `down` find strays when the state is lost.
 
-    ( cd WORKDIR && exec env -i PATH=.. HOME=.. LANG=.. sh -c 'set -a && . "$0" && set +a && exec setsid "$@"' \
-        ./ID.env PY ... >>ID.log 2>&1 </dev/null & echo $! >ID.pid )
-
-`env -i` drops the login environment (SSH_CONNECTION, whatever the user's
-profile or sshd's SetEnv put there) but for the basics services.PASSED_VARS
-names (a worker also the proxy and Hugging Face ones it may need); its own
-settings come from the 0600 env file. The SSH channel closes at once and
-`kill -- -PID` ends the whole service.
-Its pid is recorded in the cluster state; every process carries
-MLCLUSTER_MARKER=<marker> in its environment, which is checked before any
-signal is sent (a recycled pid is never killed) and lets `down` find strays
-when the state is lost.
-
-The interpreter: the host's `python` option (one with mlcluster installed),
-or by default a venv made in the workdir (`python3 -m venv`, then `pip install`
-of this project's source, uploaded, with the CPU build of torch): that needs
-python3 with the venv module and the package index reachable from the host.
+The interpreter: the host's `python` option, or by default a venv made in the
+workdir (`ensure_venv`; what it needs: providers/ssh/options.py).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -65,7 +58,6 @@ class ProcessRuntime:
         host.facts["python"] = python
 
     def start(self, host: Host, service: ServiceSpec, marker: str, known: Optional[Service]) -> Service:
-        """Start the service unless the recorded process still runs; returns its record."""
         if known and self.alive(host, known.pid, marker):
             return known
         python = host.facts["python"]
@@ -83,8 +75,7 @@ class ProcessRuntime:
         return Service(runtime=self.name, pid=pid, log=log, kind=service.kind)
 
     def verify(self, host: Host, marker: str) -> None:
-        """A wrong interpreter or a broken environment fails at once: check that
-        what `start` just started on this host still runs, and say so if not."""
+        """A wrong interpreter or a broken environment fails at once."""
         started = host.facts.pop("just_started", [])
         if not started or host.config.local:  # this machine: `up` watches the orchestrator die while it waits
             return
@@ -107,8 +98,6 @@ class ProcessRuntime:
                                      "orchestrator_port / admin_port")
 
     def stop(self, host: Host, records: dict[str, Service], marker: str, only: bool = False) -> list[str]:
-        """Stop the recorded services and (unless `only`) any other process of
-        ours on the host, found by marker; returns what is still running."""
         pids = [r.pid for r in records.values() if r.pid]
         found = [] if only else host.run(find_by_marker(marker), warn=True).stdout.split()
         targets = sorted({int(p) for p in [*pids, *found]})
@@ -171,7 +160,6 @@ def project_root() -> Path:
 
 def source_tarball() -> tuple[bytes, str]:
     """This project's source (what `pip install` needs) as a .tar.gz, and its digest."""
-    import hashlib
     root = project_root()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
@@ -193,8 +181,6 @@ def _clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
 def ensure_venv(host: RemoteHost, source: Optional[bytes] = None) -> str:
     """The venv in the host's workdir, made from this project's source (or `source`, a
     tarball `source_tarball` made: the controller's copy on an orchestrator host); its python."""
-    import hashlib
-    import tempfile
     from importlib.metadata import PackageNotFoundError, version
     try:
         torch_version = version("torch").split("+")[0]  # the same torch as here, CPU build

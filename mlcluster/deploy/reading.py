@@ -1,7 +1,4 @@
-"""Reading a deployed cluster on its hosts, whoever provided them: a service's
-log, where things are, whether its autostop fired, the orchestrator's admin
-endpoints, the facts `status` shows (the package's entry functions,
-deploy/__init__.py, call these)."""
+"""Reading a deployed cluster on its hosts, whoever provided them (entry functions: deploy/__init__.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,37 +15,34 @@ from .session import Session
 
 def logs(state: ClusterState, options: Optional[RemoteOptions], target: Optional[str], follow: bool,
          tail: int) -> Iterator[str]:
+    """Lines of the orchestrator's log (`target` None) or of one container's, from its host."""
     session = Session(state, options)
     sid = target or "orchestrator"
     record = session.resources.services.get(sid)
     if record is None:
         known = ", ".join(sorted(session.resources.services)) or "none"
         raise MlclusterError(f"cluster {state.name!r} has no container {sid!r}", f"known: {known}")
-    host = session.connect(session.config_of(record.host), session.options.connect_timeout if session.options else 10.0)
+    host = session.connect(session.config_of(record.host), session.connect_timeout)
     command = session.runtime(record.runtime).log_command(host, record, follow, tail)
     session.close()  # the runtimes' scratch files; the connection is opened again by the stream
-    return _closing(host.conn.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
+    return _closing(host.stream(command) if follow else iter(host.run(command).stdout.splitlines()), host)
 
 
 def describe(state: ClusterState, options: Optional[RemoteOptions]) -> str:
-    recorded = state.resources.hosts
-    hosts = {h.name: (h.address, h.workdir) for h in (options.hosts() if options else [])}
-    hosts.update({n: (h.address, h.workdir) for n, h in recorded.items()})
-    listed = ", ".join(f"{n} ({address}, in {workdir})" for n, (address, workdir) in sorted(hosts.items()))
+    """The hosts and how their services are found, in a few words."""
+    hosts = {h.name: h for h in (options.hosts() if options else [])} | state.resources.hosts
+    listed = ", ".join(f"{n} ({h.address}, in {h.workdir})" for n, h in sorted(hosts.items()))
     return (f"services on {len(hosts)} host(s): {listed or 'none recorded'}; their containers carry the label "
             f"mlcluster.cluster={state.name}, their processes MLCLUSTER_MARKER=ssh:{state.name}:<host>")
 
 
 def stopped_itself(state: ClusterState, options: Optional[RemoteOptions]) -> Optional[str]:
-    """The orchestrator host's autostop record, read over SSH."""
-    session = Session(state, options)
+    """Why and when the autostop agent on the orchestrator's host stopped the cluster, or None."""
     try:
-        found = _orchestrator_host(session)
-        fired = watchdog.fired_remote(found[1]) if found else None
+        with _orchestrator_host(state, options) as (_, host):
+            fired = watchdog.fired_remote(host) if host else None
     except MlclusterError:
         return None
-    finally:
-        session.close()
     return watchdog.describe(fired) if fired else None
 
 
@@ -58,13 +52,10 @@ def admin_channel(state: ClusterState, options: Optional[RemoteOptions]) -> Iter
     over the checked connection to the orchestrator's host, to its admin
     listener on that host's 127.0.0.1, so the token never crosses the
     network in cleartext (and the public port does not serve them at all)."""
-    session = Session(state, options)
-    try:
-        found = _orchestrator_host(session)
-        if found is None:
+    with _orchestrator_host(state, options) as (record, host):
+        if host is None:
             raise MlclusterError(f"cluster {state.name!r} has no orchestrator recorded",
                                  f"`mlcluster up --name {state.name}` starts it")
-        record, host = found
         if record.admin_port:  # the admin listener, on the host's loopback
             target, port = "127.0.0.1", record.admin_port
         else:  # an orchestrator started before it had one serves them on its public port
@@ -73,17 +64,13 @@ def admin_channel(state: ClusterState, options: Optional[RemoteOptions]) -> Iter
         from ..remote.forward import Forward  # paramiko: only where an admin channel is asked for
         with Forward(host.conn, target, port) as forward:
             yield forward.url
-    finally:
-        session.close()
 
 
 def details(state: ClusterState) -> dict[str, dict[str, str]]:
-    resources = state.resources
-    out = {}
-    for sid, record in resources.services.items():
-        host = resources.hosts.get(record.host)
-        out[sid] = {"host": record.host, "address": host.address if host else "", "runtime": record.runtime}
-    return out
+    """Each service's host, address and runtime, for `status`."""
+    hosts = state.resources.hosts
+    return {sid: {"host": r.host, "address": hosts[r.host].address if r.host in hosts else "", "runtime": r.runtime}
+            for sid, r in state.resources.services.items()}
 
 
 def _closing(lines: Iterator[str], host: Host) -> Iterator[str]:
@@ -93,10 +80,16 @@ def _closing(lines: Iterator[str], host: Host) -> Iterator[str]:
         host.close()
 
 
-def _orchestrator_host(session: Session) -> Optional[tuple[Service, Host]]:
-    """The orchestrator's record and a connection to its host (None: none recorded)."""
+@contextlib.contextmanager
+def _orchestrator_host(state: ClusterState,
+                       options: Optional[RemoteOptions]) -> Iterator[tuple[Optional[Service], Optional[Host]]]:
+    """The orchestrator's record and a connection to its host, for the block ((None, None): none recorded)."""
+    session = Session(state, options)
     record = session.resources.services.get("orchestrator")
-    if record is None or record.host not in session.resources.hosts:
-        return None
-    timeout = session.options.connect_timeout if session.options else 10.0
-    return record, session.connect(session.resources.hosts[record.host], timeout)
+    try:
+        if record is None or record.host not in session.resources.hosts:
+            yield None, None
+        else:
+            yield record, session.connect(session.resources.hosts[record.host], session.connect_timeout)
+    finally:
+        session.close()

@@ -1,11 +1,7 @@
-"""The deployment layer's contract: what runs after `up` (`Deployment`), and
-what a runtime does on any host, this machine or a remote one (`Runtime`,
-which `ProcessRuntime` (process.py) and `DockerRuntime` (docker.py) implement
-once each; a `Host` is deploy/host.py's).
-
-A service's record (what `start` returns) is a `Service` (mlcluster.resources);
-it is saved in the cluster's state under resources.services, and its
-`runtime` tells `down` which runtime stops it.
+"""The deployment layer's contract: what runs after `up` (`Deployment`), and what
+a runtime does on any host (`Runtime`: ProcessRuntime in process.py, DockerRuntime
+in docker.py). What `start` returns is a `Service` (mlcluster.resources), saved in
+the state, whose `runtime` tells `down` which runtime stops it.
 """
 from __future__ import annotations
 

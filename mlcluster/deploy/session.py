@@ -1,8 +1,4 @@
-"""The deployment's working set for one command (deploy/remote.py): the
-cluster's state and its hosts and services, saved under one lock (many threads
-record what they start at once), the host-key store (made when a remote host
-is first reached: it loads paramiko, which a local cluster never does), the
-connections made, and one runtime object per kind."""
+"""The deployment's working set for one command (deploy/remote.py, reading.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +18,10 @@ if TYPE_CHECKING:
 
 
 class Session:
-    """Everything one command needs: the state (saved under one lock, as many
-    threads record what they start), the host-key store and the connections."""
+    """Everything one command needs: the cluster's state and its hosts and services, saved under
+    one lock (many threads record what they start at once), the host-key store (made when a remote
+    host is first reached: it loads paramiko, which a local cluster never does), the connections
+    made, and one runtime object per kind."""
 
     def __init__(self, state: ClusterState, options: Optional[RemoteOptions], spec: Optional[ClusterSpec] = None):
         self.state, self.options = state, options
@@ -32,7 +30,7 @@ class Session:
         self._runtimes: dict[str, Runtime] = {}
         self._store: Optional[HostKeyStore] = None
         self.resources = state.resources
-        self.hosts: dict[str, RemoteHost] = {}
+        self.hosts: dict[str, Host] = {}
 
     @property
     def store(self) -> "HostKeyStore":
@@ -41,6 +39,10 @@ class Session:
                 from ..remote.connection import HostKeyStore
                 self._store = HostKeyStore(self.resources.host_keys, on_change=self.save, lock=self.lock)
             return self._store
+
+    @property
+    def connect_timeout(self) -> float:
+        return self.options.connect_timeout if self.options else 10.0
 
     def save(self) -> None:
         with self.lock:
@@ -78,7 +80,7 @@ class Session:
     def reach(self, config: HostConfig, deadline: float, on_wait=None) -> Host:
         """The host connected, answering (a remote one waited for until `deadline`;
         a refused port is an answer, not a boot in progress) and its working directory made."""
-        host = self.connect(config, self.options.connect_timeout if self.options else 10.0)
+        host = self.connect(config, self.connect_timeout)
         if isinstance(host, RemoteHost):
             host.conn.wait_reachable(deadline, on_wait=on_wait, retry_refused=False)
         host.prepare_workdir()

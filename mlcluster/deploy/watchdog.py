@@ -1,20 +1,13 @@
-"""Autostop on any host: one watchdog agent (deploy/agent.py, standard library
-only) per host of the cluster, started by `up` when `autostop` or
-`max_lifetime` is set, stopped by `down` like every other service.
-
-Each agent reads the orchestrator's public /status; when the cluster has
-served nothing for its idle time, or its lifetime is over, it writes why and
-when to `autostop.json` and becomes the command that stops its host's part of
-the cluster (without the marker, so it is not among what it stops):
-- this machine (a local cluster): the cluster's controller is the agent (one
-  agent per cluster): on the process runtime mlcluster/elastic/controller.py,
-  which feeds the same idle clock at every look, writes the same record and
-  stops the cluster's processes (`stop_local_cluster`); on the Docker runtime
-  the pool controller run here (elastic/pool_here.py). `stop_local` ends the
-  separate agent an older `up` started;
-- a remote host (ssh, aws): a shell script that stops its processes and
-  containers and, on aws, powers the instance off (launched to terminate on
-  shutdown); the agent is recorded as the service `watchdog-<host>`.
+"""Autostop on any host (docs/providers.md#autostop): one agent (deploy/agent.py,
+standard library only) per host, started by `up` when `autostop` or
+`max_lifetime` is set, stopped by `down` like every other service. When it
+fires it writes why and when to `autostop.json` and becomes the command that
+stops its host's part of the cluster (without the marker, so it is not among
+what it stops): on a remote host (ssh, aws) `stop_script`, recorded as the
+service `watchdog-<host>`. On this machine the cluster's controller is the
+agent (one per cluster): elastic/controller.py on the process runtime (it
+feeds the same idle clock and stops the cluster with `stop_local_cluster`),
+the pool controller run here on the Docker runtime (elastic/pool_here.py).
 The state stays: `status` then says the cluster stopped itself, `down` removes
 what is left and keeps the logs.
 """
@@ -68,8 +61,7 @@ def settings(spec: "ClusterSpec", resources: Resources) -> Optional[tuple[Option
         return None
     if resources.autostop_started is None:
         resources.autostop_started = time.time()
-    started = resources.autostop_started
-    return idle, (started + lifetime if lifetime else None)
+    return idle, (resources.autostop_started + lifetime if lifetime else None)
 
 
 def summary(autostop: str, max_lifetime: str, started: Optional[float], hourly: Optional[float],
@@ -83,21 +75,20 @@ def summary(autostop: str, max_lifetime: str, started: Optional[float], hourly: 
     lifetime = seconds_or_none(max_lifetime, "max_lifetime")
     deadline = started + lifetime if started and lifetime else None
     return {"autostop": autostop or None, "max_lifetime": max_lifetime or None,
-            "deadline": _utc(deadline) if deadline else None,
+            "deadline": f"{_utc(deadline):%Y-%m-%d %H:%M} UTC" if deadline else None,
             "running_s": round(now - started) if started else None,
             "cost_so_far_usd": round(hourly * (now - started) / 3600, 3) if started and hourly is not None else None}
 
 
-def _utc(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def _utc(epoch: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
 
 
 def describe(record_text: str) -> str:
     """An autostop record as a phrase: "autostop at 2026-12-01 11:40 UTC"."""
     try:
         note = json.loads(record_text)  # what agent.py wrote when it fired
-        when = datetime.datetime.fromtimestamp(note["stopped_at"], datetime.timezone.utc)
-        return f"{note['reason']} at {when:%Y-%m-%d %H:%M:%S} UTC"
+        return f"{note['reason']} at {_utc(note['stopped_at']):%Y-%m-%d %H:%M:%S} UTC"
     except (ValueError, KeyError, TypeError):
         return "its watchdog fired"
 
@@ -125,11 +116,11 @@ def stop_local_cluster(name: str) -> None:
 # -- a remote host -----------------------------------------------------------------
 def stop_script(cluster: str, marker: str, docker: str, power_off: bool) -> str:
     """What a fired agent runs on its host (it no longer carries the marker)."""
+    from .docker import DockerRuntime
     from .process import find_by_marker
-    label = quote(f"label=mlcluster.cluster={cluster}")
     script = (f"for p in $({find_by_marker(marker)}); do kill -TERM -$p 2>/dev/null; done; "
-              f"if command -v docker >/dev/null; then {docker} ps -aq --filter {label} "
-              f"--filter label=mlcluster.provider=ssh | xargs -r {docker} rm -f >/dev/null; fi")
+              f"if command -v docker >/dev/null; then {docker} ps -aq {DockerRuntime(None, cluster).label_filter()} "
+              f"| xargs -r {docker} rm -f >/dev/null; fi")
     return script + ("; sudo -n shutdown -h now || shutdown -h now" if power_off else "")
 
 
