@@ -1,4 +1,5 @@
-"""Reading a deployed cluster on its hosts, whoever provided them (entry functions: deploy/__init__.py)."""
+"""Reading a deployed cluster on its hosts, whoever provided them: what the providers call for logs, status
+facts, `down`'s description and the admin channel."""
 from __future__ import annotations
 
 import contextlib

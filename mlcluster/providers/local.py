@@ -3,7 +3,7 @@
 This machine is the cluster's hosts (`hosts`): the orchestrator's host record
 and one per simulated worker (worker2's containers are `worker2-1`,
 `worker2-2`, ...), deployed onto by the deployment layer like any provider's
-hosts (`deploy.deploy`), with the runtime the spec asks for:
+hosts (`deploy.remote.deploy`), with the runtime the spec asks for:
 - `process` (the default): one orchestrator and N×M worker processes
   (gunicorn), each in its own session, on free loopback ports;
 - `docker`: the same as containers on this machine's engine, on the cluster's
@@ -24,8 +24,7 @@ import contextlib
 import dataclasses
 from typing import ContextManager, Iterator, Optional
 
-from .. import deploy
-from ..deploy import watchdog
+from ..deploy import reading, remote, watchdog
 from ..deploy.host import LocalHost, local_config
 from ..deploy.localhost import LOOPBACK, find_marked, marker
 from ..deploy.options import RemoteOptions
@@ -58,7 +57,7 @@ class LocalProvider:
         # container gets a cached hub model's folder mounted (it may not reach the hub itself).
         model = resolve_model(spec.model, ui)
         ref = model.ref if runtime == "process" or model.local else str(hub_snapshot(model.ref) or model.ref)
-        deployment = deploy.deploy(dataclasses.replace(spec, model=ref), state, self.hosts(spec, runtime), ui)
+        deployment = remote.deploy(dataclasses.replace(spec, model=ref), state, self.hosts(spec, runtime), ui)
         self._watchdog(spec, state, deployment.orchestrator_url, ui)
         if runtime == "process":  # heals always; scales with --max-containers (mlcluster/elastic)
             elastic.ensure_controller(state)  # docker: the pool controller, started by `deploy` (elastic/pool_here.py)
@@ -90,7 +89,7 @@ class LocalProvider:
         left: list[str] = []
         if state is not None:
             elastic.stop_controller(state)  # first, so it heals nothing that is being stopped
-            left += deploy.remove(name, state, self._recorded(state), ui)
+            left += remote.remove(name, state, self._recorded(state), ui)
         if state is None or state.resources.is_empty():  # the state lost: whatever carries the cluster's labels
             from ..deploy.docker import DockerRuntime
             left += DockerRuntime(None, name, local=True).stop(LocalHost(cluster_dir(name) / "docker"), {}, "")
@@ -105,7 +104,7 @@ class LocalProvider:
 
     # -- logs, details ----------------------------------------------------
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
-        return deploy.logs(state, self._recorded(state), target, follow, tail)
+        return reading.logs(state, self._recorded(state), target, follow, tail)
 
     def describe(self, state: ClusterState) -> str:
         if state.runtime == "docker":

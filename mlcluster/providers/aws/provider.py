@@ -1,7 +1,7 @@
 """The aws provider, the order of things: image and network -> key pair ->
 security group -> the controller's IAM profile -> instances (found by tag and
 reused, stopped ones started) -> running -> SSH and first boot -> the deployment
-layer's deployment onto them (`deploy.deploy`), as onto the ssh provider's hosts.
+layer's deployment onto them (`deploy.remote.deploy`), as onto the ssh provider's hosts.
 
 Everything is tagged at creation and recorded in the state at once, so a failed
 or interrupted `up` is resumed by `up` and removed by `down`, which finds it by
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Optional
 
-from ... import deploy
+from ...deploy import reading, remote
 from ...deploy.options import SETTINGS, RemoteOptions, parse_settings
 from ...deploy.runtime import Deployment
 from ...errors import MlclusterError
@@ -239,7 +239,7 @@ class AWSProvider:
     # -- up: the ssh deployment ------------------------------------------------
     def deploy(self, spec: ClusterSpec, state: ClusterState, instances: dict[str, Instance],
                ui: QuietUI) -> Deployment:
-        """Wait for SSH on the instances, then deploy onto them (`deploy.deploy`)."""
+        """Wait for SSH on the instances, then deploy onto them (`deploy.remote.deploy`)."""
         o = AWSOptions.from_spec(spec)
         with accounted(state, ui):
             addressed = addresses(o, instances)
@@ -249,7 +249,7 @@ class AWSProvider:
             state.save()
             wait_for_ssh({n: a[0] for n, a in addressed.items()}, o.user, key_file, store, o.ssh_timeout_s, ui)
             fleet = fleet_of(self.connect(o), state, o, options.orchestrator.port)  # the controller replaces lost ones
-            return deploy.deploy(spec, state, options, ui, fleet)
+            return remote.deploy(spec, state, options, ui, fleet)
 
     # -- down ---------------------------------------------------------------
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
@@ -315,11 +315,11 @@ class AWSProvider:
         return None
 
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
-        return deploy.logs(state, _recorded_options(state), target, follow, tail)
+        return reading.logs(state, _recorded_options(state), target, follow, tail)
 
     def admin_channel(self, state: ClusterState) -> ContextManager[str]:
         # over the instances' checked SSH connections
-        return deploy.admin_channel(state, _recorded_options(state))
+        return reading.admin_channel(state, _recorded_options(state))
 
 
 def _recorded_options(state: ClusterState) -> Optional[RemoteOptions]:

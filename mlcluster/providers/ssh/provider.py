@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ContextManager, Iterator, Optional
 
-from ... import deploy
+from ...deploy import reading, remote
 from ...deploy.options import RemoteOptions
 from ...deploy.runtime import Deployment
 from ...errors import MlclusterError
@@ -22,25 +22,25 @@ class SSHProvider:
     name = "ssh"
 
     def up(self, spec: ClusterSpec, state: ClusterState, ui: QuietUI) -> Deployment:
-        return deploy.deploy(spec, state, parse_options(spec), ui)
+        return remote.deploy(spec, state, parse_options(spec), ui)
 
     def down(self, name: str, state: Optional[ClusterState], ui: QuietUI) -> list[str]:
-        return deploy.remove(name, state, _options_or_none(state), ui)
+        return remote.remove(name, state, _options_or_none(state), ui)
 
     def logs(self, state: ClusterState, target: Optional[str], follow: bool, tail: int) -> Iterator[str]:
-        return deploy.logs(state, _options_or_none(state), target, follow, tail)
+        return reading.logs(state, _options_or_none(state), target, follow, tail)
 
     def describe(self, state: ClusterState) -> str:
-        return deploy.describe(state, _options_or_none(state))
+        return reading.describe(state, _options_or_none(state))
 
     def stopped_itself(self, state: ClusterState) -> Optional[str]:
-        return deploy.stopped_itself(state, _options_or_none(state))
+        return reading.stopped_itself(state, _options_or_none(state))
 
     def admin_channel(self, state: ClusterState) -> ContextManager[str]:
-        return deploy.admin_channel(state, _options_or_none(state))
+        return reading.admin_channel(state, _options_or_none(state))
 
     def details(self, state: ClusterState) -> dict[str, dict[str, str]]:
-        return deploy.details(state)
+        return reading.details(state)
 
     def plan(self, spec: ClusterSpec) -> Optional[CostPlan]:
         return None  # nothing here costs money: `up` needs no confirmation
