@@ -65,12 +65,8 @@ class ProcessRuntime:
         env_file = host.write_env(service, shell=True)
         command = " ".join(quote(a) for a in (worker_command(python) if service.kind == "worker"
                                               else orchestrator_command(python)))
-        log, pidfile = host.path(f"{service.id}.log"), host.path(f"{service.id}.pid")
         passed = PASSED_VARS + (WORKER_PASSED_VARS if service.kind == "worker" else ())
-        load = quote('set -a && . "$0" && set +a && exec setsid "$@"')
-        host.run(f"( cd {quote(host.workdir)} && exec {clean_env(passed)} /bin/sh -c {load} {quote(env_file)} "
-                 f"{command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
-        pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
+        pid, log = launch(host, service.id, command, env_file, passed)
         host.facts.setdefault("just_started", []).append((service.id, pid, log, time.monotonic()))
         return Service(runtime=self.name, pid=pid, log=log, kind=service.kind)
 
@@ -124,6 +120,17 @@ class ProcessRuntime:
 
     def _any_alive(self, host: Host, pids: list[int], marker: str) -> bool:
         return host.run(" || ".join(f"({_has_marker(p, marker)})" for p in pids), warn=True).ok
+
+
+def launch(host: Host, name: str, command: str, env_file: str, passed: tuple[str, ...]) -> tuple[int, str]:
+    """Start `command` (shell words) in the background on `host`, from its workdir, in a session of its
+    own, under `env -i` with only `passed` of the login environment and the variables of `env_file`
+    (0600, written by Host.write_env); its output appended to NAME.log. (Its pid, its log.)"""
+    load = quote('set -a && . "$0" && set +a && exec setsid "$@"')
+    log, pidfile = host.path(f"{name}.log"), host.path(f"{name}.pid")
+    host.run(f"( cd {quote(host.workdir)} && exec {clean_env(passed)} /bin/sh -c {load} {quote(env_file)} "
+             f"{command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
+    return int(host.run(f"cat {quote(pidfile)}").stdout.strip()), log
 
 
 def clean_env(passed: tuple[str, ...]) -> str:

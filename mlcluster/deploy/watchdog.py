@@ -142,7 +142,7 @@ def start_remote(host: "RemoteHost", cluster: str, marker: str, status_url: str,
     host.put(WATCHDOG_SOURCE, script)
     log, pidfile = host.path("watchdog.log"), host.path("watchdog.pid")
     # Only the basics of the login environment, and how to reach the host's Docker engine (the stop script).
-    clean = clean_env(PASSED_VARS + DOCKER_VARS[:3])
+    clean = clean_env(PASSED_VARS + DOCKER_VARS)
     host.run(f"rm -f {quote(record)}; ( cd {quote(host.workdir)} && exec {clean} {quote(f'{MARKER_VAR}={marker}')} "
              f"setsid {settings_key} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
     pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())

@@ -22,7 +22,7 @@ from typing import Optional
 from ..deploy import localhost, watchdog
 from ..deploy.host import Host, LocalHost, ServiceSpec
 from ..deploy.options import RemoteOptions
-from ..deploy.process import ProcessRuntime, clean_env
+from ..deploy.process import ProcessRuntime, launch
 from ..deploy.session import Session
 from ..resources import Service
 from ..services import MARKER_VAR, PASSED_VARS
@@ -58,15 +58,11 @@ def start(host: Host, config: PoolConfig, private_key: str, marker: str,
     # and, only when the orchestrator's host runs Docker, how to reach its engine (autostop there removes
     # the cluster's containers); nothing of Docker otherwise.
     env = {MARKER_VAR: marker}
-    passed = PASSED_VARS + (watchdog.DOCKER_VARS[:3] if config.docker else ())
+    passed = PASSED_VARS + (watchdog.DOCKER_VARS if config.docker else ())
     if config.aws and config.aws.metadata_url:  # an emulator's (tests): boto3's chain asks it for the profile's keys
         env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = config.aws.metadata_url
     env_file = host.write_env(ServiceSpec(CONTROLLER, CONTROLLER, 0, env), shell=True)
-    load = quote('set -a && . "$0" && set +a && exec setsid "$@"')
-    log, pidfile = host.path(f"{CONTROLLER}.log"), host.path(f"{CONTROLLER}.pid")
-    host.run(f"( cd {quote(host.workdir)} && exec {clean_env(passed)} /bin/sh -c {load} {quote(env_file)} "
-             f"{command} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
-    pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
+    pid, log = launch(host, CONTROLLER, command, env_file, passed)
     return Service(runtime=runtime.name, pid=pid, log=log, kind=CONTROLLER, command=settings)
 
 
