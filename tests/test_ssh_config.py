@@ -87,3 +87,24 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
     assert "/nonexistent/key does not exist" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "home" / "default" / "state.json").exists()
+
+
+@pytest.mark.parametrize("table, words", [
+    ({"host_grace": "soon"}, "[ssh] host_grace must be a number of seconds between 0 and 3600"),
+    ({"host_grace": True}, "[ssh] host_grace must be a number of seconds"),
+    ({"authorized_keys": ""}, "[ssh] authorized_keys must be the path of the hosts' authorized_keys file"),
+    ({"orchestrator_port": 0}, "[ssh] orchestrator_port must be a port number from 1 to 65535"),
+    ({"worker_port": "5000"}, "[ssh] worker_port must be a port number"),
+])
+def test_an_aws_clusters_ssh_settings_are_checked_as_an_ssh_clusters_are(table, words):
+    # the aws provider reads the same [ssh] settings with the same checks (it makes the hosts itself)
+    from mlcluster.providers.aws.hosts import ports, remote_options
+    from mlcluster.providers.aws.options import AWSOptions
+    aws = ClusterSpec(name="lab", provider="aws", provider_options={"ssh": table, "aws": {"region": "us-east-1"}})
+    with pytest.raises(MlclusterError) as info:
+        ports(aws)
+        remote_options(aws, AWSOptions.from_spec(aws), {"orchestrator": ("10.0.0.1", "10.0.0.1")}, "key")
+    assert words in str(info.value)
+    with pytest.raises(MlclusterError) as info:  # and an ssh cluster's, word for word
+        parse_options(spec({"orchestrator": "10.0.0.1", "workers": ["10.0.0.2"], **table}))
+    assert words in str(info.value)

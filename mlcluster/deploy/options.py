@@ -153,6 +153,17 @@ DEPLOY = {"images": one_of(("build", "ship", "pull")), "orchestrator_port": chec
 HOST_SETTINGS, SETTINGS = set(HOST), set(DEPLOY)  # the names, for tables that hold other keys too
 
 
+def _authorized_keys(value: Any, what: str) -> str:
+    if not check_str(value, what) or "'" in value:
+        raise MlclusterError(f"{what} must be the path of the hosts' authorized_keys file",
+                             "e.g. \"~/.ssh/authorized_keys\" (sshd's AuthorizedKeysFile)")
+    return value
+
+
+# The controller's healing (elastic/pool.py), read from [ssh] on ssh and aws clusters; defaults: RemoteOptions'.
+HEALING = {"authorized_keys": _authorized_keys, "host_grace": check_seconds}
+
+
 def parse_settings(table: dict) -> dict[str, Any]:
     """The deployment settings of `table` (an [ssh] table), checked, as keyword arguments of RemoteOptions."""
     defaults = {**defaults_of(RemoteOptions), "admin_port": lambda values: values["orchestrator_port"] % 65535 + 1}
@@ -164,6 +175,18 @@ def parse_settings(table: dict) -> dict[str, Any]:
     if settings["images"] == "pull" and not (settings["worker_image"] and settings["orchestrator_image"]):
         raise MlclusterError("[ssh] images = \"pull\" needs worker_image and orchestrator_image (registry references)")
     return settings
+
+
+def parse_healing(table: dict) -> dict[str, Any]:
+    """The healing settings (HEALING) of an [ssh] table, checked, as keyword arguments of RemoteOptions."""
+    return parse(table, HEALING, "[ssh]", defaults_of(RemoteOptions))
+
+
+def parse_ports(table: dict) -> tuple[int, int]:
+    """(orchestrator_port, worker_port) of an [ssh] table, checked, as the deployment will use them."""
+    found = parse(table, {k: DEPLOY[k] for k in ("orchestrator_port", "worker_port")}, "[ssh]",
+                  defaults_of(RemoteOptions))
+    return found["orchestrator_port"], found["worker_port"]
 
 
 def host_settings(table: dict, cluster: str, runtime: str) -> dict[str, Any]:

@@ -9,12 +9,15 @@ from typing import Any, Callable
 
 from ...config import check_known
 from ...deploy.options import (
+    HEALING,
     HOST_SETTINGS,
     SETTINGS,
     RemoteOptions,
     bind_for,
     check_port,
     host_settings,
+    parse_healing,
+    parse_ports,
     parse_settings,
 )
 from ...errors import MlclusterError
@@ -27,9 +30,6 @@ from .options import AWSOptions
 
 # Set by AWS on every instance, not ours to choose: the [ssh] table's hosts.
 FROM_AWS = ("orchestrator", "workers", "key", "user")
-# The controller's (elastic/pool.py): where the instances' sshd reads keys, how long a
-# worker may not answer before its containers move to room elsewhere.
-HEALING = ("authorized_keys", "host_grace")
 AUTH_GRACE_S = 90.0  # sshd can answer before cloud-init has installed the key
 
 _USER_DATA = {
@@ -64,11 +64,7 @@ def user_data(o: AWSOptions) -> str:
 
 def ports(spec: ClusterSpec) -> tuple[int, int]:
     """(orchestrator port, first worker port) as the ssh deployment will use them."""
-    table = spec.provider_options.get("ssh") or {}
-    found = table.get("orchestrator_port", 8000), table.get("worker_port", 5000)
-    if not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in found):
-        raise MlclusterError(f"[ssh] orchestrator_port and worker_port must be port numbers, not {found}")
-    return found
+    return parse_ports(spec.provider_options.get("ssh") or {})
 
 
 def addresses(o: AWSOptions, instances: dict[str, Instance]) -> dict[str, tuple[str, str]]:
@@ -112,12 +108,8 @@ def remote_options(spec: ClusterSpec, o: AWSOptions, addressed: dict[str, tuple[
                           runtime=defaults["runtime"], python=defaults["python"], workdir=workdir,
                           bind=defaults["bind"] or bind_for(private))
 
-    healing = {k: v for k, v in own.items() if k in HEALING}
-    if not isinstance(healing.get("authorized_keys", ""), str) or \
-            not isinstance(healing.get("host_grace", 0), (int, float)) or isinstance(healing.get("host_grace"), bool):
-        raise MlclusterError("[ssh] authorized_keys must be a path and host_grace a number of seconds")
     return RemoteOptions(orchestrator=host("orchestrator"), workers=[host(n) for n in addressed if n != "orchestrator"],
-                         **parse_settings(own), **healing)
+                         **parse_settings(own), **parse_healing(own))
 
 
 def wait_for_ssh(hosts: dict[str, str], user: str, key_file: str, store: HostKeyStore, timeout_s: float,

@@ -11,17 +11,17 @@ from typing import Any
 
 from ...config import check_known
 from ...deploy.options import (
+    HEALING,
     HOST,
     SETTINGS,
     RemoteOptions,
     bind_for,
     check_port,
-    check_seconds,
     check_str,
-    defaults_of,
     host_settings,
     ip,
     parse,
+    parse_healing,
     parse_settings,
     rule,
 )
@@ -51,21 +51,12 @@ def _key(value: Any, what: str) -> str:
     return str(path) if value else ""
 
 
-def _authorized_keys(value: Any, what: str) -> str:
-    if not check_str(value, what) or "'" in value:
-        raise MlclusterError(f"{what} must be the path of the hosts' authorized_keys file",
-                             "e.g. \"~/.ssh/authorized_keys\" (sshd's AuthorizedKeysFile)")
-    return value
-
-
 _name = rule(lambda value: isinstance(value, str) and NAME_RE.match(value) is not None, "{value!r} is not allowed",
              hint="use lowercase letters, digits and dashes")
 # How to log in: the table's for every host, each may override it.
 LOGIN = {"user": check_str, "port": check_port, "key": _key}
 # One host's entry (its login and host settings over the table's).
 ENTRY = {"address": _address, "name": _name, "private_address": _address, **HOST, **LOGIN}
-# The controller's healing (elastic/pool.py); their defaults: RemoteOptions'.
-HEALING = {"authorized_keys": _authorized_keys, "host_grace": check_seconds}
 
 
 def parse_options(spec: ClusterSpec) -> RemoteOptions:
@@ -93,8 +84,8 @@ def parse_options(spec: ClusterSpec) -> RemoteOptions:
         if (worker.address, worker.port) == (orchestrator.address, orchestrator.port):
             orchestrator = replace(orchestrator, name=worker.name)
     spares = _spares(table.get("spares", []), defaults, [orchestrator, *workers])
-    healing = parse(table, HEALING, "[ssh]", defaults_of(RemoteOptions))
-    return RemoteOptions(orchestrator=orchestrator, workers=workers, spares=spares, **parse_settings(table), **healing)
+    return RemoteOptions(orchestrator=orchestrator, workers=workers, spares=spares, **parse_settings(table),
+                         **parse_healing(table))
 
 
 def _spares(items: Any, defaults: dict, used: list[HostConfig]) -> list[HostConfig]:
