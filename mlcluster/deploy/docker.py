@@ -1,7 +1,7 @@
 """The Docker runtime, on a remote host or on this machine: Docker itself there
 (`ensure_docker`), the images there, the containers.
 
-Images, by the `images` mode (providers/ssh/options.py): a `build` tag carries the
+Images, by the `images` mode (docs/providers.md#ssh-table): a `build` tag carries the
 build context's hash, so a host that has it skips the build and a changed source
 builds anew; `ship` loads the image saved here only where the host's image id differs.
 

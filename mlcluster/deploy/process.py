@@ -11,7 +11,7 @@ MLCLUSTER_MARKER=<marker>, checked before any signal is sent (a recycled pid is
 never killed), which lets `down` find strays when the state is lost.
 
 The interpreter: the host's `python` option, or by default a venv made in the
-workdir (`ensure_venv`; what it needs: providers/ssh/options.py).
+workdir (`ensure_venv`; what it needs: docs/providers.md#ssh-table).
 """
 from __future__ import annotations
 

@@ -128,7 +128,8 @@ def start_remote(host: "RemoteHost", cluster: str, marker: str, status_url: str,
                  deadline: Optional[float], power_off: bool, known: Optional[Service]) -> Service:
     """Start the host's agent unless one with these settings runs; its
     record (without `host` and `port`: the caller's to fill)."""
-    from .process import ProcessRuntime, clean_env
+    from .host import ServiceSpec
+    from .process import ProcessRuntime, launch
     runtime = ProcessRuntime()
     script, record = host.path("watchdog.py"), host.path(RECORD)
     command = watchdog_command(host.config.python or "python3", script, status_url, record, idle_s, deadline,
@@ -140,12 +141,10 @@ def start_remote(host: "RemoteHost", cluster: str, marker: str, status_url: str,
     if known:
         runtime.stop(host, {"watchdog": known}, marker, only=True)
     host.put(WATCHDOG_SOURCE, script)
-    log, pidfile = host.path("watchdog.log"), host.path("watchdog.pid")
+    host.run(f"rm -f {quote(record)}")  # a new start: not fired (yet)
     # Only the basics of the login environment, and how to reach the host's Docker engine (the stop script).
-    clean = clean_env(PASSED_VARS + DOCKER_VARS)
-    host.run(f"rm -f {quote(record)}; ( cd {quote(host.workdir)} && exec {clean} {quote(f'{MARKER_VAR}={marker}')} "
-             f"setsid {settings_key} >>{quote(log)} 2>&1 </dev/null & echo $! >{quote(pidfile)} )", timeout=30)
-    pid = int(host.run(f"cat {quote(pidfile)}").stdout.strip())
+    env_file = host.write_env(ServiceSpec("watchdog", "watchdog", 0, {MARKER_VAR: marker}), shell=True)
+    pid, log = launch(host, "watchdog", settings_key, env_file, PASSED_VARS + DOCKER_VARS)
     return Service(runtime=runtime.name, pid=pid, log=log, kind="watchdog", command=settings_key)
 
 
