@@ -112,7 +112,9 @@ def leftovers(aws: AWS, cluster: str) -> list[str]:
 
 
 def _words(name: str, profile: Optional[dict], role: Optional[dict]) -> list[str]:
-    return [f"IAM instance profile {name}"] * (profile is not None) + [f"IAM role {name}"] * (role is not None)
+    """The profile and the role named, of those that are there."""
+    found = [("IAM instance profile", profile), ("IAM role", role)]
+    return [f"{what} {name}" for what, answer in found if answer is not None]
 
 
 def profile_not_ready(exc: AWSError) -> bool:
