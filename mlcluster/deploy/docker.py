@@ -202,9 +202,9 @@ class DockerRuntime:
         """Run the service's container unless an identical one already runs (a
         stopped identical one is started again, keeping its id)."""
         name, image = self.container_name(service.id), host.facts["images"][service.kind]
-        publish = service.publish or {service.port: f"{host.config.bind}:{service.port}",
-                                      # the admin listener: on the host's loopback only, reached through SSH
-                                      **({service.admin_port: f"127.0.0.1:{service.admin_port}"} if service.admin_port else {})}
+        publish = service.publish or {service.port: f"{host.config.bind}:{service.port}"}
+        if service.admin_port and not service.publish:  # the admin listener: on the host's loopback only (SSH)
+            publish[service.admin_port] = f"127.0.0.1:{service.admin_port}"
         mounts = service.mounts or ({service.model_dir: "/model:ro"} if service.model_dir else {})
         local = (service.publish, service.mounts, service.network)
         digest = hashlib.sha256(repr((image, sorted(service.env.items()), service.port, service.model_dir,
@@ -239,7 +239,8 @@ class DockerRuntime:
             return [f"{host.name}: Docker does not answer, so containers {', '.join(names)} may still exist"] \
                 if names else []
         if names:
-            host.run(f"{docker(host)} rm -f {' '.join(quote(n) for n in names)} >/dev/null 2>&1", warn=True, timeout=120)
+            host.run(f"{docker(host)} rm -f {' '.join(quote(n) for n in names)} >/dev/null 2>&1",
+                     warn=True, timeout=120)
         if only:
             return []
         d, label = docker(host), self.label_filter()
@@ -253,7 +254,8 @@ class DockerRuntime:
         return left
 
     def running(self, host: Host, record: Service, marker: str) -> bool:
-        state = host.run(f"{docker(host)} inspect --format '{{{{.State.Status}}}}' {quote(record.container)}", warn=True)
+        state = host.run(f"{docker(host)} inspect --format '{{{{.State.Status}}}}' {quote(record.container)}",
+                         warn=True)
         return state.ok and state.stdout.strip() not in ("exited", "dead")
 
     def facts(self, host: Host, records: dict[str, Service]) -> dict[str, dict[str, str]]:
@@ -369,5 +371,6 @@ def ensure_docker(host: RemoteHost, step) -> None:
         host.conn.close()
         host.facts.pop("docker", None)
     if not has_docker(host):
-        raise MlclusterError(f"{host.name}: Docker runs but user {host.config.user!r} cannot use it, not even with sudo",
+        raise MlclusterError(f"{host.name}: Docker runs but user {host.config.user!r} cannot use it, "
+                             "not even with sudo",
                              "give the user password-less sudo or membership of the docker group")

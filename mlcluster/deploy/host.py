@@ -54,7 +54,8 @@ class LocalShell:
             done = subprocess.run([self.shell, "-c", command], capture_output=True, timeout=timeout,
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
-            raise CommandTimedOut(Result(self.label, command, _text(exc.stdout), _text(exc.stderr), -1), timeout) from None
+            partial = Result(self.label, command, _text(exc.stdout), _text(exc.stderr), -1)
+            raise CommandTimedOut(partial, timeout) from None
         result = Result(self.label, command, _text(done.stdout), _text(done.stderr), done.returncode)
         if not result.ok and not warn:
             raise UnexpectedExit(result)

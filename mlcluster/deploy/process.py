@@ -29,7 +29,8 @@ from ..resources import Service
 from ..services import MARKER_VAR, PASSED_VARS, WORKER_PASSED_VARS, orchestrator_command, worker_command
 from .host import Host, RemoteHost, ServiceSpec
 
-CHECK_IMPORTS = "import mlcluster_contract, mlcluster_worker, mlcluster_orchestrator, gunicorn, flask, httptools, orjson"
+CHECK_IMPORTS = ("import mlcluster_contract, mlcluster_worker, mlcluster_orchestrator, "
+                 "gunicorn, flask, httptools, orjson")
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 STARTUP_CHECK_S = 1.5
 

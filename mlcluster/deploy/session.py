@@ -73,7 +73,10 @@ class Session:
         return self.options.host(host)
 
     def connect(self, config: HostConfig, timeout: float) -> Host:
-        host = LocalHost(Path(config.workdir), config) if config.local else RemoteHost.connect(config, self.store, timeout)
+        if config.local:
+            host: Host = LocalHost(Path(config.workdir), config)
+        else:
+            host = RemoteHost.connect(config, self.store, timeout)
         self.hosts[config.name] = host
         return host
 

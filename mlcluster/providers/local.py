@@ -131,5 +131,6 @@ class LocalProvider:
         if state.runtime != "docker":
             return {sid: {"pid": str(p.pid), "worker": p.worker} for sid, p in workers.items()}
         from ..deploy.docker import DockerRuntime
-        facts = DockerRuntime(None, state.name, local=True).facts(LocalHost(cluster_dir(state.name) / "docker"), workers)
+        here = LocalHost(cluster_dir(state.name) / "docker")
+        facts = DockerRuntime(None, state.name, local=True).facts(here, workers)
         return {sid: {"worker": p.worker, **facts.get(sid, {})} for sid, p in workers.items()}

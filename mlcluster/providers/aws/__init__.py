@@ -1,1 +1,2 @@
-"""The aws provider: EC2 instances (api: clients and translated errors; ec2; hosts; options), then the ssh provider on them."""
+"""The aws provider: EC2 instances (api: clients and translated errors; ec2; hosts; options),
+then the deployment layer (mlcluster/deploy) on them, as on the ssh provider's hosts."""

@@ -139,7 +139,8 @@ def launch(aws: AWS, spec: LaunchSpec, name: str, subnets: list[tuple[str, str]]
         token = secrets.token_hex(16)  # a retried call (throttling) cannot start a second instance
         try:
             answer = aws.ec2(
-                "run_instances", **extra, ImageId=spec.image.id, InstanceType=spec.instance_type, MinCount=1, MaxCount=1,
+                "run_instances", **extra, ImageId=spec.image.id, InstanceType=spec.instance_type,
+                MinCount=1, MaxCount=1,
                 KeyName=spec.key_name, SubnetId=subnet, SecurityGroupIds=[spec.group_id], ClientToken=token,
                 UserData=spec.user_data, MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
                 # the autostop watchdog's `shutdown -h now` ends the bill, not just the power

@@ -23,16 +23,19 @@ def match(found: list[Instance], names: list[str]) -> tuple[dict[str, Instance],
             extra.append(inst)
     return chosen, extra
 
+
 def zone_order(subnets: list[tuple[str, str]], placed) -> list[tuple[str, str]]:
     """Subnets with the zones of already placed instances first (less
     cross-zone traffic), in their given order otherwise."""
     used = {i.zone for i in placed}
     return [s for s in subnets if s[0] in used] + [s for s in subnets if s[0] not in used]
 
+
 def skip_zone(zones: list[tuple[str, str]], zone: str, code: str, ui: QuietUI) -> None:
     """A zone without capacity goes to the end of the list for the rest of `up`."""
     ui.warn(f"{zone}: {code}; trying the next availability zone")
     zones[:] = [z for z in zones if z[0] != zone] + [z for z in zones if z[0] == zone]
+
 
 def limit_error(exc: AWSError, region: str, instance_type: str, total: int, existing: int,
                  cluster: str) -> MlclusterError:

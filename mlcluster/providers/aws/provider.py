@@ -137,7 +137,8 @@ class AWSProvider:
             if ec2.find_instances(aws, state.name, ec2.UP_STATES):
                 raise MlclusterError(f"the private key of key pair {found[0]['KeyName']} is no longer in {path}, "
                                      "and the cluster's instances need it",
-                                     f"`mlcluster down --name {state.name}`, then `mlcluster up` again", names_cleanup=True)
+                                     f"`mlcluster down --name {state.name}`, then `mlcluster up` again",
+                                     names_cleanup=True)
             ec2.delete_key_pair(aws, found[0]["KeyName"])
         with ui.step("creating the cluster's key pair"):
             name, key_id, material = ec2.create_key_pair(aws, state.name)

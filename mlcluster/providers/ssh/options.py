@@ -29,7 +29,8 @@ from ...errors import MlclusterError
 from ...resources import HostConfig  # one host, as parsed here and recorded in the state
 from ...state import ClusterSpec
 
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # one dot-separated part of a host name (RFC 1123)
+HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){LABEL}(\.{LABEL})*$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 
 
