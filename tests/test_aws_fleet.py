@@ -12,6 +12,7 @@ import json
 import pytest
 
 from mlcluster.elastic.aws_fleet import FLEET_FILE, Fleet
+from mlcluster.elastic.poolconfig import METADATA_RETRIES
 from mlcluster.providers.aws.fleet import fleet_of
 from mlcluster.providers.aws.options import AWSOptions
 from support.aws import make_provider, make_spec, provision
@@ -28,10 +29,12 @@ def cluster(moto):
 
 
 def only_the_instance_profile(monkeypatch, imds: InstanceMetadata) -> None:
-    """boto3's chain as on an instance: no keys, the metadata service at `imds`."""
+    """boto3's chain as the controller has it on an instance: no keys, the metadata service at `imds`."""
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+    for key, value in METADATA_RETRIES.items():  # as the controller is started with (elastic/pool_here.py)
+        monkeypatch.setenv(key, value)
 
 
 def test_the_profile_replaces_a_lost_worker_within_the_cap(moto, cluster, monkeypatch, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 
+from mlcluster.elastic.poolconfig import METADATA_RETRIES
 from support.awscluster import AwsConfig, up_with_metadata
 from support.console import cli
 from support.imds import CREDENTIALS
@@ -40,6 +41,8 @@ def test_a_reclaimed_spot_worker_is_replaced_and_serves_again(gateway_moto, net,
         settings = json.loads((orch.workdir / "controller.json").read_text())["aws"]
         assert settings["cap"] == 2 and settings["instances"]["worker1"] == instances["worker1"]
         assert "testing" not in json.dumps(settings)  # nothing of this machine's credentials
+        started_with = set((orch.workdir / "controller.env").read_text().splitlines())
+        assert {f"{k}={v}" for k, v in METADATA_RETRIES.items()} <= started_with  # patient with the metadata service
 
         loop = ClosedLoop(url, clients=4)
         wait_for(lambda: loop.count() >= 20, "the load running", timeout=30)

@@ -28,7 +28,7 @@ from ..resources import Service
 from ..services import MARKER_VAR, PASSED_VARS
 from ..state import ClusterSpec
 from ..ui import QuietUI
-from .poolconfig import CONFIG_FILE, PoolConfig, PoolMember, WorkerSpec
+from .poolconfig import CONFIG_FILE, METADATA_RETRIES, PoolConfig, PoolMember, WorkerSpec
 from .settings import autoscale_config
 
 KEY_FILE = "controller_key"
@@ -59,6 +59,8 @@ def start(host: Host, config: PoolConfig, private_key: str, marker: str,
     # the cluster's containers); nothing of Docker otherwise.
     env = {MARKER_VAR: marker}
     passed = PASSED_VARS + (watchdog.DOCKER_VARS if config.docker else ())
+    if config.aws:
+        env.update(METADATA_RETRIES)
     if config.aws and config.aws.metadata_url:  # an emulator's (tests): boto3's chain asks it for the profile's keys
         env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = config.aws.metadata_url
     env_file = host.write_env(ServiceSpec(CONTROLLER, CONTROLLER, 0, env), shell=True)

@@ -81,6 +81,12 @@ class AWSFleet:
     workdirs: dict[str, str] = field(default_factory=dict)     # tests only: instance name -> its workdir
 
 
+# The controller's environment on aws: the instance profile's keys come from the metadata service, which
+# boto3 gives one try of 1 s by default; a busy orchestrator host can miss that, and the fleet then cannot
+# act until its next look.
+METADATA_RETRIES = {"AWS_METADATA_SERVICE_TIMEOUT": "5", "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3"}
+
+
 @dataclass
 class PoolConfig:
     cluster: str
