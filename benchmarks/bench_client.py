@@ -147,8 +147,10 @@ def report(url: str, seconds: float, tmp: Path) -> None:
         print(f"{connections:>12} {wrk or float('nan'):>10.0f} {ours:>16.0f} {share:>12} "
               f"{cpu / max(1, data['requests']) * 1e6:>12.0f}")
     print("\nopen loop, constant arrivals (stops at the first rate it cannot send on time):")
-    print(f"{'offered':>8} {'sent':>8} {'answered':>9} {'send delay p99 ms':>18} {'latency p99 ms':>15} {'CPU µs/req*':>11}")
-    for rate, sent, answered, delay, p99, cpu_us in highest_open_rate(url, seconds, tmp, [250, 500, 1000, 2000, 3000, 4000, 6000]):
+    print(f"{'offered':>8} {'sent':>8} {'answered':>9} {'send delay p99 ms':>18} {'latency p99 ms':>15} "
+          f"{'CPU µs/req*':>11}")
+    rates = [250, 500, 1000, 2000, 3000, 4000, 6000]
+    for rate, sent, answered, delay, p99, cpu_us in highest_open_rate(url, seconds, tmp, rates):
         print(f"{rate:>8} {sent or 0:>8.0f} {answered:>9.0f} {delay:>18.2f} {p99:>15.2f} {cpu_us:>11.0f}")
     print("\n* CPU of the whole `mlcluster bench` process (start-up and warm-up included) per measured request.")
 

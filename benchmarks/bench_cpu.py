@@ -111,7 +111,9 @@ def measure_wrk(url: str, connections: int, seconds: float, tmp: Path) -> dict |
     if not shutil.which("wrk"):
         return None
     script = tmp / "post.lua"
-    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = \'{BODY.decode()}\'\n')
+    script.write_text('wrk.method = "POST"\n'
+                      'wrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = '{BODY.decode()}'\n")
     start = os.times()
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "-s", str(script),
                           url + "/new_request"], capture_output=True, text=True, check=True).stdout
@@ -162,7 +164,8 @@ def main() -> None:
                     row = measure(source, url, args.connections, args.seconds, tmp)
                     runs[name].append(row)
                     print(f"{name:>14} {row['rps']:>8.0f} {row['p50']:>7.2f} {row['requests']:>9} "
-                          f"{row['run_us']:>11.1f} {row['main_us']:>14.2f} {row['after_us']:>13.1f} {row['total_us']:>13.1f}", flush=True)
+                          f"{row['run_us']:>11.1f} {row['main_us']:>14.2f} {row['after_us']:>13.1f} "
+                          f"{row['total_us']:>13.1f}", flush=True)
                     time.sleep(0.5)
                 wrk = measure_wrk(url, args.connections, args.seconds, tmp)
                 if wrk:
@@ -175,7 +178,8 @@ def main() -> None:
                     print(f"{'wrk -t1':>14} {statistics.median(r['rps'] for r in rows):>8.0f} req/s; "
                           f"{statistics.median(r['cpu_us'] for r in rows):.1f} µs/req (its whole process)")
                     continue
-                med = {k: statistics.median(r[k] for r in rows) for k in ("rps", "run_us", "main_us", "after_us", "total_us")}
+                med = {k: statistics.median(r[k] for r in rows)
+                       for k in ("rps", "run_us", "main_us", "after_us", "total_us")}
                 print(f"{name:>14} {med['rps']:>8.0f} req/s; run {med['run_us']:.1f} "
                       f"(main thread {med['main_us']:.2f}), after {med['after_us']:.1f}, "
                       f"total {med['total_us']:.1f} µs/req")

@@ -124,6 +124,7 @@ def main() -> None:
                     network = "" if run["network"] is None else f"  network p50 {run['network']:6.2f} ms"
                     print(f"  round {i + 1}  {name:13s} {run['rate']:8.1f} req/s  p50 {run['p50']:7.2f} ms"
                           f"{network}  errors {run['errors']}  ({run['engine']})", flush=True)
+
         def ratio(key: str) -> list[float]:
             return [o[key] / w[key] for o, w in zip(runs["orchestrator"], runs["wrk on orch"])]
         for key, label in (("rate", "throughput"), ("p50", "p50")):

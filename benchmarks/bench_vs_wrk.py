@@ -151,15 +151,15 @@ class Setup(Bench):
             rates = [b.rate / w.rate for w, b in pairs]
             p50s = [b.p50_ms / w.p50_ms for w, b in pairs]
             who = "wrk again" if engine == "wrk" else f"bench ({engine})"
+            # The machine drifts within seconds, more than the clients differ: the means over
+            # all the alternating runs are the steadier estimate of how much the bench's own cost weighs.
+            mean_rate = statistics.mean(b.rate for _, b in pairs) / statistics.mean(w.rate for w, _ in pairs)
+            mean_p50 = statistics.mean(b.p50_ms for _, b in pairs) / statistics.mean(w.p50_ms for w, _ in pairs)
             lines += [f"  {who} / wrk throughput: median {statistics.median(rates):.3f} "
                       f"(min {min(rates):.3f}, max {max(rates):.3f}); target 0.95-1.05",
                       f"  {who} / wrk p50:        median {statistics.median(p50s):.3f} "
                       f"(min {min(p50s):.3f}, max {max(p50s):.3f}); target 0.95-1.05",
-                      # The machine drifts within seconds, more than the clients differ: the means over
-                      # all the alternating runs are the steadier estimate of how much the bench's own cost weighs.
-                      f"  over all runs, mean {who} / mean wrk: throughput "
-                      f"{statistics.mean(b.rate for _, b in pairs) / statistics.mean(w.rate for w, _ in pairs):.3f}"
-                      f", p50 {statistics.mean(b.p50_ms for _, b in pairs) / statistics.mean(w.p50_ms for w, _ in pairs):.3f}"]
+                      f"  over all runs, mean {who} / mean wrk: throughput {mean_rate:.3f}, p50 {mean_p50:.3f}"]
         return lines
 
 

@@ -30,7 +30,8 @@ def reference_package(ref: str, where: Path) -> str:
     package = where / "ref_orchestrator"
     package.mkdir()
     for name in FILES:
-        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:orchestrator_image/mlcluster_orchestrator/{name}"],
+        source = f"{ref}:orchestrator_image/mlcluster_orchestrator/{name}"
+        text = subprocess.run(["git", "-C", str(ROOT), "show", source],
                               check=True, capture_output=True, text=True).stdout
         (package / name).write_text(text)
     sys.path.insert(0, str(where))

@@ -241,7 +241,8 @@ def main() -> None:
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    lines = ["| phase | req/s | p50 ms | p99 ms | max conc. | errors | ratio (target) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| phase | req/s | p50 ms | p99 ms | max conc. | errors | ratio (target) |",
+             "|---|---|---|---|---|---|---|"]
     with Bench(args.seconds) as bench:
         bench.start_containers()
         haproxy, orch = bench.start_haproxy(), bench.start_orchestrator()

@@ -200,7 +200,8 @@ def main() -> None:
           f"{len(at):,} Poisson arrivals (seed {SEED}), peak "
           f"{peak_rps:.0f} req/s ({args.peak_load:g} x {args.max} containers of {args.service_ms:g} ms, capacity 1), "
           f"trough {DAY[3] * peak_rps:.0f} req/s; autoscaling 1..{args.max} at target {args.target_ongoing:g}, "
-          f"delays {args.upscale_delay:g} s / {args.downscale_delay:g} s; SLO: a 10-s window's p99 <= {args.slo_ms:g} ms")
+          f"delays {args.upscale_delay:g} s / {args.downscale_delay:g} s; "
+          f"SLO: a 10-s window's p99 <= {args.slo_ms:g} ms")
     print("\n".join(table(rows)))
     print(f"the best any scaler could do at this SLO (elastic_oracle.py: the fewest containers within it for each "
           f"window's rate, known in advance, started at once): {oracle:.2f} x static peak")
@@ -210,8 +211,8 @@ def main() -> None:
           f"(target <= 0.6), SLO met in {100 * statistics.median(f.share for f in ours):.0f} % of windows "
           "(target >= 95 %)")
     if theirs:
-        print(f"mlcluster / Ray Serve: container-seconds "
-              f"{statistics.median(f.container_s for f in ours) / statistics.median(f.container_s for f in theirs):.2f} x, "
+        ratio = statistics.median(f.container_s for f in ours) / statistics.median(f.container_s for f in theirs)
+        print(f"mlcluster / Ray Serve: container-seconds {ratio:.2f} x, "
               f"windows within SLO {statistics.median(f.share for f in ours):.2f} / "
               f"{statistics.median(f.share for f in theirs):.2f}")
 

@@ -17,7 +17,8 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROBE = "import importlib.util as u; print(*[m for m in ('torch','transformers','onnx','matplotlib') if u.find_spec(m)])"
+PROBE = ("import importlib.util as u; "
+         "print(*[m for m in ('torch','transformers','onnx','matplotlib') if u.find_spec(m)])")
 
 
 def size_mb(path: Path) -> float:

@@ -89,7 +89,8 @@ def calibration_feeds(onnx_dir: Path, inputs: set[str], n: int = 128) -> list[di
     feeds = []
     for text in texts:
         e = tokenizer.encode(text)
-        feed = {"input_ids": np.array([e.ids], dtype=np.int64), "attention_mask": np.array([e.attention_mask], dtype=np.int64)}
+        feed = {"input_ids": np.array([e.ids], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask], dtype=np.int64)}
         if "token_type_ids" in inputs:
             feed["token_type_ids"] = np.array([e.type_ids], dtype=np.int64)
         feeds.append(feed)
@@ -253,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         speeds: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.rounds):
             for model in models:
-                speeds.setdefault(("torch fp32", model), []).append(rate(torch_models[model], args.seconds, speed_texts))
+                fp32 = rate(torch_models[model], args.seconds, speed_texts)
+                speeds.setdefault(("torch fp32", model), []).append(fp32)
                 for name in served:
                     speeds.setdefault((name, model), []).append(rate(served[name][model], args.seconds, speed_texts))
     med = {k: statistics.median(v) for k, v in speeds.items()}

@@ -269,7 +269,8 @@ def report(r: dict) -> str:
         "",
         f"{'phase':<50}{'requests':>9}{'errors':>7}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}",
     ]
-    phases = [("direct to workers", "direct", s["containers"]), ("through orchestrator", "at_capacity", s["containers"]),
+    phases = [("direct to workers", "direct", s["containers"]),
+              ("through orchestrator", "at_capacity", s["containers"]),
               ("through orchestrator", "loaded", s["clients"]),
               ("through orchestrator, 0 ms workers", "passthrough", s["clients"]),
               ("direct to 0 ms workers", "direct_passthrough", s["clients"])]
@@ -281,8 +282,9 @@ def report(r: dict) -> str:
         "",
         f"throughput, {s['clients']} clients: {r['loaded']['rps']:.1f} req/s = {r['throughput_pct_of_ideal']:.1f}% "
         f"of the ideal {r['ideal_rps']:g} req/s (target >= 97%)",
-        f"  each container's cycle: {s['service_ms']:g} ms of service + {r['loaded_cycle_overhead_ms']:.2f} ms per request "
-        f"for the serving path; of that, a direct call to a worker already costs {r['worker_overhead_p50_ms']:.2f} ms (p50)",
+        f"  each container's cycle: {s['service_ms']:g} ms of service "
+        f"+ {r['loaded_cycle_overhead_ms']:.2f} ms per request for the serving path; "
+        f"of that, a direct call to a worker already costs {r['worker_overhead_p50_ms']:.2f} ms (p50)",
         f"added latency at capacity ({s['containers']} clients): p50 {r['added_p50_ms']:+.2f} ms (target < 2 ms), "
         f"p99 {r['added_p99_ms']:+.2f} ms",
         f"added latency with {s['clients']} clients, queue wait excluded: p50 {r['loaded_added_p50_ms']:+.2f} ms, "

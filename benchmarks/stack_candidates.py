@@ -24,7 +24,8 @@ import time
 BACKEND = textwrap.dedent('''
     import asyncio, sys
     BODY = b'{"label": "POSITIVE"}'
-    ANSWER = b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(BODY), BODY)
+    ANSWER = (b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n%s"
+              % (len(BODY), BODY))
     async def serve(reader, writer):
         try:
             while True:
@@ -137,8 +138,8 @@ def start(code: str, *args: str) -> subprocess.Popen:
 def wrk(url: str, connections: int, seconds: float) -> tuple[float, float]:
     """(req/s, p50 ms) of a wrk POST run."""
     threads = min(connections, 2)
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", LUA, url],
-                         capture_output=True, text=True, check=True).stdout
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", LUA, url]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     value, unit = re.search(r"50%\s+([\d.]+)(us|ms|s)", out).groups()
     return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]

@@ -96,7 +96,8 @@ def main() -> None:
         bench.start_containers()
         cert = bench.certificate()
         haproxy, haproxy_tls = bench.start_haproxy_pair()
-        setups = {"orchestrator plain": bench.start_orchestrator(), "orchestrator TLS": bench.start_orchestrator_tls(cert),
+        setups = {"orchestrator plain": bench.start_orchestrator(),
+                  "orchestrator TLS": bench.start_orchestrator_tls(cert),
                   "HAProxy plain": haproxy, "HAProxy TLS": haproxy_tls}
         pids = {"orchestrator plain": bench.pid("orchestrator"), "orchestrator TLS": bench.pid("orchestrator-tls"),
                 "HAProxy plain": bench.pid("haproxy"), "HAProxy TLS": bench.pid("haproxy")}

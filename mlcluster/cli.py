@@ -81,34 +81,58 @@ def confirm(question: str, yes: bool) -> None:
 def up(
     name: NameForUp = None,
     provider: Annotated[Optional[str], typer.Option(help="local, ssh or aws.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, max=64, help="Worker machines (default 4).")] = None,
-    containers_per_worker: Annotated[Optional[int], typer.Option("--containers-per-worker", "-m", min=1, max=16, help="Containers per worker (default 2).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, max=64,
+                                                   help="Worker machines (default 4).")] = None,
+    containers_per_worker: Annotated[Optional[int], typer.Option("--containers-per-worker", "-m", min=1, max=16,
+                                                                 help="Containers per worker (default 2).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Hub id, local model directory, or overhead-test.")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="torch, onnx or onnx-int8 (default onnx: ONNX Runtime fp32).")] = None,
-    batch_max: Annotated[Optional[int], typer.Option(help="Requests per forward pass (default: the backend's).")] = None,
-    batch_wait_ms: Annotated[Optional[float], typer.Option(help="How long a batch waits to fill (default: the backend's).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="torch, onnx or onnx-int8 (default onnx: "
+                                                        "ONNX Runtime fp32).")] = None,
+    batch_max: Annotated[Optional[int], typer.Option(help="Requests per forward pass (default: "
+                                                          "the backend's).")] = None,
+    batch_wait_ms: Annotated[Optional[float], typer.Option(help="How long a batch waits to fill (default: "
+                                                                "the backend's).")] = None,
     runtime: Annotated[Optional[str], typer.Option(help="process or docker.")] = None,
-    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="The orchestrator's port (local provider; default: a free one).")] = None,
-    queue_limit: Annotated[Optional[int], typer.Option(min=0, help="Requests that may wait for a container (default 100).")] = None,
-    service_ms: Annotated[Optional[float], typer.Option(min=0, help="With --model overhead-test: the fixed answer time.")] = None,
+    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="The orchestrator's port (local provider; "
+                                                                       "default: a free one).")] = None,
+    queue_limit: Annotated[Optional[int], typer.Option(min=0, help="Requests that may wait for a container "
+                                                                   "(default 100).")] = None,
+    service_ms: Annotated[Optional[float], typer.Option(min=0, help="With --model overhead-test: "
+                                                                    "the fixed answer time.")] = None,
     region: Annotated[Optional[str], typer.Option(help="AWS region.")] = None,
     instance_type: Annotated[Optional[str], typer.Option(help="EC2 instance type (default m4.large).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="AWS profile from your AWS config.")] = None,
-    spot: Annotated[Optional[bool], typer.Option("--spot/--no-spot", help="AWS: workers as spot instances (the orchestrator stays on-demand).")] = None,
-    spot_fallback: Annotated[Optional[str], typer.Option(callback=checked_fallback, help="AWS: when spot is refused, on-demand (default) or never (stop).")] = None,
-    min_containers: Annotated[Optional[int], typer.Option(min=1, help="Autoscaling: never fewer containers (default 1; needs --max-containers).")] = None,
-    max_containers: Annotated[Optional[int], typer.Option(min=1, help="Autoscaling: never more containers (the hard cap; turns autoscaling on).")] = None,
-    target_ongoing: Annotated[Optional[float], typer.Option(min=0, help="Autoscaling: requests in flight + queued per container aimed for (default: its capacity).")] = None,
-    upscale_delay: Annotated[Optional[float], typer.Option(min=0, help="Autoscaling: seconds a need for more must last (default 30).")] = None,
-    downscale_delay: Annotated[Optional[float], typer.Option(min=0, help="Autoscaling: seconds a need for fewer must last (default 600).")] = None,
-    autostop: Annotated[Optional[str], typer.Option(help='Stop the cluster after serving nothing this long ("30m").')] = None,
-    max_lifetime: Annotated[Optional[str], typer.Option(help='Stop the cluster this long after it started ("8h").')] = None,
-    tls: Annotated[bool, typer.Option("--tls", help="Serve HTTPS with a self-signed certificate made for the cluster (clients pin it).")] = False,
-    tls_cert: Annotated[Optional[Path], typer.Option(help="Serve HTTPS with this PEM certificate (with --tls-key).")] = None,
+    spot: Annotated[Optional[bool], typer.Option("--spot/--no-spot", help="AWS: workers as spot instances (the "
+                                                                          "orchestrator stays on-demand).")] = None,
+    spot_fallback: Annotated[Optional[str], typer.Option(callback=checked_fallback,
+                                                         help="AWS: when spot is refused, "
+                                                              "on-demand (default) or never (stop).")] = None,
+    min_containers: Annotated[Optional[int], typer.Option(min=1, help="Autoscaling: never fewer containers (default 1; "
+                                                                      "needs --max-containers).")] = None,
+    max_containers: Annotated[Optional[int], typer.Option(min=1, help="Autoscaling: never more containers "
+                                                                      "(the hard cap; turns autoscaling on).")] = None,
+    target_ongoing: Annotated[Optional[float], typer.Option(min=0, help="Autoscaling: requests in flight + queued "
+                                                                        "per container aimed for "
+                                                                        "(default: its capacity).")] = None,
+    upscale_delay: Annotated[Optional[float], typer.Option(min=0, help="Autoscaling: seconds a need for more must last "
+                                                                       "(default 30).")] = None,
+    downscale_delay: Annotated[Optional[float], typer.Option(min=0, help="Autoscaling: seconds a need for fewer "
+                                                                         "must last (default 600).")] = None,
+    autostop: Annotated[Optional[str], typer.Option(help='Stop the cluster after serving nothing this long '
+                                                         '("30m").')] = None,
+    max_lifetime: Annotated[Optional[str], typer.Option(help='Stop the cluster this long after it started '
+                                                             '("8h").')] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="Serve HTTPS with a self-signed certificate made for the cluster "
+                                                    "(clients pin it).")] = False,
+    tls_cert: Annotated[Optional[Path], typer.Option(help="Serve HTTPS with this PEM certificate "
+                                                          "(with --tls-key).")] = None,
     tls_key: Annotated[Optional[Path], typer.Option(help="The PEM key of --tls-cert.")] = None,
-    api_keys: Annotated[bool, typer.Option("--api-keys", help="Require API keys; makes the first one (shown once).")] = False,
-    max_unavailable: Annotated[Optional[int], typer.Option(min=1, help="A roll replaces this many containers at a time (default: one worker's).")] = None,
-    canary: Annotated[Optional[float], typer.Option(min=0, max=100, help="A roll stops with this % of requests on the new version.")] = None,
+    api_keys: Annotated[bool, typer.Option("--api-keys",
+                                           help="Require API keys; makes the first one (shown once).")] = False,
+    max_unavailable: Annotated[Optional[int], typer.Option(min=1, help="A roll replaces this many containers at a time "
+                                                                       "(default: one worker's).")] = None,
+    canary: Annotated[Optional[float], typer.Option(min=0, max=100, help="A roll stops with this % of requests "
+                                                                         "on the new version.")] = None,
     promote: Annotated[bool, typer.Option("--promote", help="Finish the roll of the canary in place.")] = False,
     config: ConfigFile = None,
     as_json: JsonFlag = False,
@@ -153,7 +177,8 @@ def up(
         return
     out.print(cluster_table(state))
     if made:
-        out.print(f"API key {made[0].id} (shown once; `mlcluster keys create` makes more): {made[0].key}", soft_wrap=True)
+        out.print(f"API key {made[0].id} (shown once; `mlcluster keys create` makes more): {made[0].key}",
+                  soft_wrap=True)
     capacity = state.containers[0].capacity if state.containers else 1
     out.print(f"serving {state.spec.model} with the {state.spec.backend} backend "
               f"({capacity} request(s) per container at once)")
@@ -203,7 +228,8 @@ def down(
     yes: Yes = False,
 ):
     """Remove everything the cluster started, and its state; its logs are kept in the archive."""
-    spec = _spec(config, name=name, provider=provider, aws_region=region, aws_profile=profile) if provider or config else None
+    spec = (_spec(config, name=name, provider=provider, aws_region=region, aws_profile=profile)
+            if provider or config else None)
     confirm(cluster.removal_question(name, spec), yes)
     report = cluster.down(name, ui, spec, purge=purge)
     if as_json:
@@ -226,7 +252,8 @@ def down(
 
 @app.command()
 def logs(
-    container: Annotated[Optional[str], typer.Argument(help="A container id; the orchestrator's log when left out.")] = None,
+    container: Annotated[Optional[str], typer.Argument(help="A container id; "
+                                                            "the orchestrator's log when left out.")] = None,
     name: Name = "default",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     tail: Annotated[int, typer.Option(min=0, help="Lines from the end (0: all).")] = 100,

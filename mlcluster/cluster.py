@@ -339,7 +339,8 @@ def archive_logs(state: ClusterState, provider: Provider, ui: QuietUI, budget_s:
                 failed_hosts.add(host)
                 missing.append(f"{target}: {exc}")
                 continue
-            write_private(archive / f"{target}.log", "".join(line if line.endswith("\n") else line + "\n" for line in lines))
+            write_private(archive / f"{target}.log",
+                          "".join(line if line.endswith("\n") else line + "\n" for line in lines))
     if missing:
         write_private(archive / "MISSING.txt", "\n".join(missing) + "\n")
     return archive
@@ -393,4 +394,6 @@ def revoke_key(name: str, key_id: str) -> ApiKeyRecord:
     state.save()
     return record
 
-__all__ = ["up", "down", "DownReport", "removal_question", "archive_logs", "status", "logs", "register", "wait_ready", "orchestrator_status", "ContainerRecord"]
+
+__all__ = ["up", "down", "DownReport", "removal_question", "archive_logs", "status", "logs", "register", "wait_ready",
+           "orchestrator_status", "ContainerRecord"]

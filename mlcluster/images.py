@@ -6,8 +6,9 @@ Two kinds, `worker` and `orchestrator`, each built from its folder
 Interface (also used by the SSH runtime, which uploads contexts and builds on hosts):
 - `prepare_context(kind, dest_dir, *, wheelhouse=None, ca_bundle=None, model_dir=None) -> Path`
   writes a complete build context into `dest_dir` (emptied first) and returns it:
-  the image folder, plus `mlcluster_contract/` (the package both sides import), `wheels/*.whl` (a local wheelhouse pip looks in first:
-  all wheels of `wheelhouse`, plus single files given as `wheels=`), `ca-certificates.crt` (the CA bundle pip trusts
+  the image folder, plus `mlcluster_contract/` (the package both sides import),
+  `wheels/*.whl` (a local wheelhouse pip looks in first: all wheels of `wheelhouse`,
+  plus single files given as `wheels=`), `ca-certificates.crt` (the CA bundle pip trusts
   inside the build, never kept in the image) and, for the worker, `model/` (a
   model directory baked in at /model). The Dockerfiles find these by themselves:
   no build argument is needed, except `BASE_IMAGE` where python:3.11-slim
@@ -263,7 +264,8 @@ def _build(client, kind: str, context: Path, tag: str, buildargs: dict, labels: 
     log_path = home() / "build-logs" / f"{tag.replace(':', '-')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     error = None
-    timeout, client.api.timeout = client.api.timeout, max(client.api.timeout or 0, 3600)  # a step may be silent for long
+    # a step may be silent for long
+    timeout, client.api.timeout = client.api.timeout, max(client.api.timeout or 0, 3600)
     with ui.step(f"building the {kind} image ({tag}, from {buildargs['BASE_IMAGE']})") as step, \
             open(log_path, "w") as log:
         try:

@@ -1,4 +1,5 @@
-"""`mlcluster keys create|list|revoke`: the API keys of a cluster's public endpoint (library: cluster.py, apikeys.py)."""
+"""`mlcluster keys create|list|revoke`: the API keys of a cluster's public endpoint
+(library: cluster.py, apikeys.py)."""
 from __future__ import annotations
 
 import datetime

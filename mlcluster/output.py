@@ -44,8 +44,8 @@ def status_table(snapshot: dict) -> Group:
     stays readable at 80 columns."""
     containers = sorted(snapshot["containers"], key=lambda c: c["id"])
     extra = [col for col in DETAIL_COLUMNS if any(col in c for c in containers)]
-    table = Table(title=f"cluster {snapshot['name']} ({snapshot.get('backend', '?')}) — {snapshot['orchestrator_url']}", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
+    table = Table(title=f"cluster {snapshot['name']} ({snapshot.get('backend', '?')}) — {snapshot['orchestrator_url']}",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("container", "address", "status", "in-flight", "served", "failed", "ms"):
         table.add_column(column, min_width=len(column), overflow="fold",
                          justify="right" if column in ("in-flight", "served", "failed", "ms") else "left")
@@ -63,7 +63,8 @@ def status_table(snapshot: dict) -> Group:
     watch = snapshot.get("autostop")
     if watch:
         cost = watch["cost_so_far_usd"]
-        table.caption += (f"\nautostop {watch['autostop'] or 'off'} idle · stops by {watch['deadline'] or 'no deadline'}"
+        table.caption += (f"\nautostop {watch['autostop'] or 'off'} idle · "
+                          f"stops by {watch['deadline'] or 'no deadline'}"
                           f" · cost so far {'unknown' if cost is None else f'${cost:.2f}'}")
     elastic = snapshot.get("autoscale")
     if elastic:

@@ -140,8 +140,9 @@ def _old_services(data: dict[str, Any], cluster: str) -> dict[str, Service]:
     found: dict[str, Service] = {}
     for p in data.get("processes", []):
         # a worker's host is the simulated machine it stood for (the deployment's host records name them so)
-        found[p["id"]] = Service(runtime="process", host=p.get("worker") or LOCAL_HOST, kind=p.get("role", "worker"),
-                                 **_known(Service, {k: v for k, v in p.items() if k not in ("runtime", "host", "kind")}))
+        known = _known(Service, {k: v for k, v in p.items() if k not in ("runtime", "host", "kind")})
+        found[p["id"]] = Service(runtime="process", host=p.get("worker") or LOCAL_HOST,
+                                 kind=p.get("role", "worker"), **known)
     docker = data.get("docker") or {}
     for name in docker.get("containers", {}):
         sid = name.removeprefix(f"mlcluster-{cluster}-")

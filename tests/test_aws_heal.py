@@ -83,7 +83,8 @@ def test_a_reclaimed_spot_worker_is_replaced_by_a_tagged_one_within_the_cap(moto
     new = result.replaced[0].new_id
     lifecycle, tags = lifecycle_and_tags(moto, new)
     assert lifecycle == "spot"
-    assert tags["mlcluster:cluster"] == "lab" and tags["mlcluster:name"] == "worker1" and tags["mlcluster:role"] == "worker"
+    assert (tags["mlcluster:cluster"] == "lab" and tags["mlcluster:name"] == "worker1"
+            and tags["mlcluster:role"] == "worker")
     heal.record(state, aws, result)
     assert state.resources.aws.instances["worker1"] == new and state.resources.aws.markets["worker1"] == "spot"
 

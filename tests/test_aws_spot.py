@@ -44,7 +44,8 @@ def test_spot_launches_the_workers_as_spot_and_the_orchestrator_on_demand(moto):
 
 def _with_containers(state: ClusterState) -> ClusterState:
     """The state as `up` leaves it: one container record per worker (what `details` reports on)."""
-    state.containers = [ContainerRecord(id=f"{w}-1", worker=w, host="10.0.0.1", port=5000) for w in ("worker1", "worker2")]
+    state.containers = [ContainerRecord(id=f"{w}-1", worker=w, host="10.0.0.1", port=5000)
+                        for w in ("worker1", "worker2")]
     return state
 
 

@@ -123,6 +123,7 @@ def test_two_load_hosts_merge_to_exactly_the_union(cluster):
     union = [row for part in seen for row in part["records"]]
     assert len(result.records) == len(union) == result.summary.requests == served
     assert {h.engine for h in hosts} <= {"c", "python"}
+
     # the same requests: each host's latencies (its own clock) and containers, as a multiset
     def key(status_, container, scheduled, done):
         return (status_, container, round((done - scheduled) * 1000, 6))

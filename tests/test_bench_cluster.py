@@ -168,7 +168,8 @@ def test_poisson_arrivals_are_exponentially_spaced(cluster, tmp_path):
 
 def test_compare_prints_the_ratios_of_two_saved_runs(cluster, tmp_path):
     for name, concurrency in (("a", "2"), ("b", "8")):
-        bench("--url", cluster, "--concurrency", concurrency, "--requests", "60", "--json", str(tmp_path / f"{name}.json"))
+        bench("--url", cluster, "--concurrency", concurrency, "--requests", "60",
+              "--json", str(tmp_path / f"{name}.json"))
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
     out = bench("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
     lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") >= 4}

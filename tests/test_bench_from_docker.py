@@ -19,8 +19,6 @@ NAME = "benchdk"
 SERVICE_MS = 20
 
 
-
-
 pytestmark = [*ssh_marks(docker_over_ssh_missing, "Docker over SSH"), pytest.mark.docker,
               pytest.mark.timeout(1500)]
 
@@ -41,7 +39,8 @@ def test_agent_runs_in_the_orchestrators_image_and_leaves_nothing(net, tmp_path)
     try:
         assert up.returncode == 0, up.stderr[-3000:]
         out = tmp_path / "r.json"
-        bench = cli("bench", "--name", NAME, "--concurrency", "2", "--requests", "60", "--json", str(out), check=False, home=home)
+        bench = cli("bench", "--name", NAME, "--concurrency", "2", "--requests", "60", "--json", str(out),
+                    check=False, home=home)
         assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-3000:]
         data = json.loads(out.read_text())
         assert data["ok"] == 60 and data["setup"]["load_from"][0]["host"] == "wd"  # the default for ssh

@@ -124,7 +124,8 @@ def test_load_hosts_named_by_from():
     assert load_hosts("here", None, url) == [] and default_from(None) == "here"
     assert [h.name for h in load_hosts("here,here", None, url)] == ["here1", "here2"]
     local = ClusterState(name="x", provider="local", token="t")
-    assert default_from(local) == "here" and [h.name for h in load_hosts("orchestrator", local, url)] == ["orchestrator"]
+    assert default_from(local) == "here"
+    assert [h.name for h in load_hosts("orchestrator", local, url)] == ["orchestrator"]
     assert default_from(ClusterState(name="y", provider="aws", token="t")) == "orchestrator"
     for spec, state in (("orchestrator", None), ("w1", local), (",", None)):
         with pytest.raises(UsageError):

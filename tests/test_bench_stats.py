@@ -162,7 +162,8 @@ def test_compare_ratios_with_known_runs(tmp_path):
 
 
 def test_instance_types_come_from_the_provider_options():
-    assert _instance_types({"aws": {"instance_type": "m5.large", "region": "eu-west-1"}}) == {"aws.instance_type": "m5.large"}
+    options = {"aws": {"instance_type": "m5.large", "region": "eu-west-1"}}
+    assert _instance_types(options) == {"aws.instance_type": "m5.large"}
     assert _instance_types({"ssh": {"hosts": ["a"]}}) is None
 
 

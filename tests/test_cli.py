@@ -148,7 +148,8 @@ def test_a_smaller_up_stops_the_rest_and_down_says_what_it_removes_and_keeps_the
     status = json.loads(cli("status", "--name", "lab", "--json").stdout)
     assert [c["id"] for c in status["containers"]] == ["worker1-1"]
 
-    # The orchestrator, the worker and the controller (mlcluster/elastic); no terminal: the question is shown, nothing is done
+    # The orchestrator, the worker and the controller (mlcluster/elastic); no terminal: the question is shown,
+    # nothing is done
     asked = cli("down", "--name", "lab", check=False)
     said = " ".join(asked.stderr.split())
     assert asked.returncode == 1 and "local; 1 container(s); 3 process(es) on this machine" in said, said
@@ -205,7 +206,6 @@ def test_person_made_errors_get_one_sentence(home, tiny_model, tmp_path):
     assert find_marked(marker("lab")) == []
 
 
-
 def refused(url: str) -> bool:
     """Nothing listens at `url` any more."""
     try:
@@ -213,6 +213,7 @@ def refused(url: str) -> bool:
     except requests.ConnectionError:
         return True
     return False
+
 
 def test_bench_without_a_running_cluster(home, tiny_model):
     cli(*up_args(tiny_model, workers=1, per=1))

@@ -313,7 +313,8 @@ def test_a_cluster_recorded_before_it_was_deployed_like_the_others_goes_down(eng
     still goes down: its containers, network and volumes, and its state."""
     name = f"{NAME}-before"
     labels = {L_CLUSTER: name, L_PROVIDER: "local"}
-    network = engine.networks.create(f"mlcluster-{name}", driver="bridge", labels={**labels, "mlcluster.role": "network"})
+    network = engine.networks.create(f"mlcluster-{name}", driver="bridge",
+                                     labels={**labels, "mlcluster.role": "network"})
     volumes = [f"mlcluster-{name}-state", f"mlcluster-{name}-model-0123abcd"]
     for volume in volumes:
         engine.volumes.create(volume, labels={**labels, "mlcluster.role": volume.split("-")[-2]})

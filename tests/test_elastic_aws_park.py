@@ -50,8 +50,8 @@ def test_an_emptied_worker_instance_is_terminated_and_launched_again_for_its_par
         try:
             started = time.monotonic()
             with controller_shown(orch):
-                gone = wait_for(lambda: next((n for n in ("worker1", "worker2") if n not in live_workers(moto, CLUSTER)),
-                                             None),
+                gone = wait_for(lambda: next((n for n in ("worker1", "worker2")
+                                              if n not in live_workers(moto, CLUSTER)), None),
                                 "one of up's worker instances terminated once its container is parked",
                                 timeout=90, interval=0.5)
             print(f"\nidle: {gone} terminated {time.monotonic() - started:.1f} s after the light load began")
@@ -67,13 +67,14 @@ def test_an_emptied_worker_instance_is_terminated_and_launched_again_for_its_par
             net.cut(host)
             for model in host.workdir.glob("model-*"):
                 shutil.rmtree(model)
-            assert len(instances_by_name(moto, CLUSTER)[gone]) == 1  # scaled away is not lost: nothing launched in its place
+            # scaled away is not lost: nothing launched in its place
+            assert len(instances_by_name(moto, CLUSTER)[gone]) == 1
             wait_for(lambda: light.count() >= 20, "the light load served on the one container left", timeout=30)
 
             step = ClosedLoop(url, clients=4)
             stepped = time.monotonic()
-            again = wait_for(lambda: next((i for i, s in instances_by_name(moto, CLUSTER)[gone] if s in ("pending", "running")
-                                           and i != first[gone]), None),
+            again = wait_for(lambda: next((i for i, s in instances_by_name(moto, CLUSTER)[gone]
+                                           if s in ("pending", "running") and i != first[gone]), None),
                              f"{gone} launched again", timeout=60, interval=0.5)
             net.restore(host)  # the new instance boots at the mapped address, without the model
 

@@ -51,7 +51,8 @@ def test_the_load_launches_a_tagged_worker_within_the_cap_and_its_end_terminates
                 wait_for(serving_there, "a container serving on a new worker instance", timeout=90, interval=0.5)
             wait_for(lambda: sum(1 for a in list(loop.answers) if a.container.startswith("worker2-")) >= 10,
                      "answers from worker2's container", timeout=30)
-            assert max(caps) <= 2 and live_workers(moto, CLUSTER) == ["worker1", "worker2"]  # the cap: 2 containers of 1
+            # the cap: 2 containers of 1
+            assert max(caps) <= 2 and live_workers(moto, CLUSTER) == ["worker1", "worker2"]
             shown = wait_for(lambda: (lambda a: a if a.get("current") == 2 else None)(autoscale(CLUSTER)),
                              "status --json showing 2 containers", timeout=30, interval=0.5)
             assert (shown["min"], shown["max"], shown["target"], shown["desired"]) == (1, 2, 1, 2), shown

@@ -89,7 +89,8 @@ def test_a_killed_worker_on_a_host_that_answers_is_restarted_in_place(net, clust
     healed_pid = json.loads((net.hosts["orch"].workdir / "controller-state.json").read_text())["pids"]["w2-2"]
     assert healed_pid != victim["pid"] and after["w2-2"]["pid"] == healed_pid
     assert after["controller"]["pid"] == before["controller"]["pid"]
-    assert {k: v["pid"] for k, v in after.items() if k != "w2-2"} == {k: v["pid"] for k, v in before.items() if k != "w2-2"}
+    assert ({k: v["pid"] for k, v in after.items() if k != "w2-2"}
+            == {k: v["pid"] for k, v in before.items() if k != "w2-2"})
     print("\n" + cli("events", "-n", CLUSTER, home=home).stdout)
 
 

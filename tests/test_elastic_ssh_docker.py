@@ -113,7 +113,8 @@ def test_down_leaves_no_container_no_process_and_no_key(net, cluster):
     left = {p.name for p in net.hosts["orch"].workdir.iterdir()}
     assert not left & {"controller_key", "controller.json", "controller-state.json"}
     spare = net.hosts["spare"]
-    assert docker_on(spare, "inspect", "--format", "{{.Name}}", "users-own").stdout.strip() == "/users-own"  # the user's
+    # the user's container, still there
+    assert docker_on(spare, "inspect", "--format", "{{.Name}}", "users-own").stdout.strip() == "/users-own"
     docker_on(spare, "rm", "-f", "users-own")
 
 

@@ -82,7 +82,8 @@ def test_poison_texts_among_normal_load_are_the_callers_errors(cluster):
         with requests.Session() as s:
             i = 0
             while not stop.is_set():
-                normal.append(s.post(cluster.url + "/new_request", json={"text": f"normal {i}"}, timeout=60).status_code)
+                answer = s.post(cluster.url + "/new_request", json={"text": f"normal {i}"}, timeout=60)
+                normal.append(answer.status_code)
                 i += 1
 
     def watch() -> None:

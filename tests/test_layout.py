@@ -34,7 +34,6 @@ from support.importgraph import (
 MAX_LINES = 400
 
 
-
 @pytest.fixture(scope="module")
 def imports() -> list[Import]:
     files = project_files()

@@ -100,7 +100,8 @@ def test_bad_inference_input_is_refused_before_it_takes_a_container(cluster, bod
 
 
 def test_bad_input_messages_say_what_is_wrong(cluster):
-    assert "unknown field(s): temperature" in error_of(cluster.new_request(data=BAD_INFERENCE_BODIES["unknown field"]), 400)
+    unknown_field = cluster.new_request(data=BAD_INFERENCE_BODIES["unknown field"])
+    assert "unknown field(s): temperature" in error_of(unknown_field, 400)
     assert "at most 64" in error_of(cluster.new_request(data=BAD_INFERENCE_BODIES["too many texts"]), 400)
     assert "JSON" in error_of(cluster.new_request(data=b"{oops"), 400)
 
@@ -145,7 +146,8 @@ def test_bad_lab_registrations_are_refused(cluster, body):
 
 
 def test_an_id_taken_by_another_address_is_a_conflict(cluster):
-    r = requests.post(cluster.url + "/workers", json={"id": "w1", "host": "127.0.0.1", "port": 9}, headers=AUTH, timeout=10)
+    r = requests.post(cluster.url + "/workers", json={"id": "w1", "host": "127.0.0.1", "port": 9},
+                      headers=AUTH, timeout=10)
     assert "w1" in error_of(r, 409)
 
 
@@ -245,7 +247,8 @@ def test_a_restarted_orchestrator_remembers_its_workers(make_cluster, tmp_path):
     c.stop_orchestrator()
 
     c.start_orchestrator(status_file=str(status_file))  # a new process on a new port
-    wait_for(lambda: sorted((x["id"], x["status"]) for x in c.status()["containers"]) == [("w1", "free"), ("w2", "free")],
+    wait_for(lambda: sorted((x["id"], x["status"]) for x in c.status()["containers"])
+             == [("w1", "free"), ("w2", "free")],
              "the restored containers to be free")
     answers = [c.new_request({"text": f"after restart {i}"}).json() for i in range(4)]
     assert {a["container"]["id"] for a in answers} == {"w1", "w2"}

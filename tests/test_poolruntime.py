@@ -43,7 +43,8 @@ def test_a_hub_model_stays_a_hub_model():
 
 def test_the_config_keeps_each_hosts_runtime_and_images():
     config = PoolConfig(cluster="c", admin_url="http://127.0.0.1:1", token="t", worker_port=5000, host_grace_s=2,
-                        heal_grace_s=1, docker="docker", hosts=[member("w1", "docker", "/m"), member("w2", "process", "/m")])
+                        heal_grace_s=1, docker="docker",
+                        hosts=[member("w1", "docker", "/m"), member("w2", "process", "/m")])
     again = PoolConfig.from_json(config.to_json())
     assert again == config
     assert [(m.runtime, m.images) for m in again.hosts] == [("docker", {"worker": "mlcluster-worker:abc"}),

@@ -173,7 +173,8 @@ def test_orchestrator_container_serves_admin_only_on_its_hosts_loopback(net, tin
         auth = {"Authorization": f"Bearer {state['token']}"}
         public = requests.post(f"{url}/workers", json={"containers": []}, headers=auth, timeout=5)
         assert public.status_code == 404 and public.json()["status"] == 404
-        bindings = json.loads(docker_on(wd, "inspect", f"mlc-{name}-orchestrator").stdout)[0]["HostConfig"]["PortBindings"]
+        inspected = json.loads(docker_on(wd, "inspect", f"mlc-{name}-orchestrator").stdout)[0]
+        bindings = inspected["HostConfig"]["PortBindings"]
         assert bindings["8101/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "8101"}]
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://{wd.address}:8101/status", timeout=5)

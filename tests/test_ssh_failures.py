@@ -46,7 +46,8 @@ def test_a_refused_port_fails_up_at_once_and_down_purge_forgets_the_dead_cluster
     net.stop_sshd(net.hosts["gone"])
     try:
         config = tmp_path / "c.toml"
-        config.write_text(toml_config(net, "overhead-test", ["gone"]).replace("reach_timeout = 20", "reach_timeout = 90"))
+        config.write_text(toml_config(net, "overhead-test", ["gone"]).replace("reach_timeout = 20",
+                                                                              "reach_timeout = 90"))
         started = time.monotonic()
         result = cli("up", "--config", str(config), env=dict(os.environ, MLCLUSTER_PROGRESS_S="0.5"), home=tmp_path,
                      check=False)
@@ -90,7 +91,8 @@ def test_changed_host_key_is_refused(net, tmp_path):
 
     down = cli("down", "--name", CLUSTER, "--yes", home=tmp_path, check=False)
     assert down.returncode == 1 and "w1" in down.stderr and "host key" in " ".join(down.stderr.split())
-    assert (tmp_path / CLUSTER / "state.json").exists(), (list(tmp_path.rglob("*")), down.stderr)  # kept: w1's worker may still run
+    # kept: w1's worker may still run
+    assert (tmp_path / CLUSTER / "state.json").exists(), (list(tmp_path.rglob("*")), down.stderr)
     net.kill_services(net.hosts["w1"])
 
 

@@ -23,7 +23,8 @@ def test_ssh_cluster_with_tls_and_keys(net, tiny_model, tmp_path):
     config = home / "cluster.toml"
     config.write_text(toml_config(net, tiny_model, ["w1"]).replace("containers_per_worker = 2",
                                                                    "containers_per_worker = 1"))
-    up = cli("up", "--provider", "ssh", "--config", str(config), "--tls", "--api-keys", "--json", check=False, home=home)
+    up = cli("up", "--provider", "ssh", "--config", str(config), "--tls", "--api-keys", "--json",
+             check=False, home=home)
     try:
         assert up.returncode == 0, up.stderr[-3000:]
         made = json.loads(up.stdout)
@@ -44,7 +45,8 @@ def test_ssh_cluster_with_tls_and_keys(net, tiny_model, tmp_path):
             assert post(None) == 401 and post(key) == 200
             second = cli("keys", "create", "--name", CLUSTER, check=False, home=home).stdout.strip()
             assert post(second) == 200
-            assert cli("keys", "revoke", second.split("_")[1], "--name", CLUSTER, check=False, home=home).returncode == 0
+            revoked = cli("keys", "revoke", second.split("_")[1], "--name", CLUSTER, check=False, home=home)
+            assert revoked.returncode == 0
             assert post(second) == 401 and post(key) == 200
     finally:
         cli("down", "--name", CLUSTER, "--yes", check=False, home=home)

@@ -104,7 +104,8 @@ TYPED_RESOURCES = {
                                          "mlcluster-lab-worker1-1": "77aa01bc3d4e",
                                          "mlcluster-lab-worker1-2": "0b5e6f7a8c9d"},
                           "volumes": ["mlcluster-lab-state"],
-                          "images": {"orchestrator": "mlcluster-orchestrator:3f2a", "worker": "mlcluster-worker-onnx:81c0"},
+                          "images": {"orchestrator": "mlcluster-orchestrator:3f2a",
+                                     "worker": "mlcluster-worker-onnx:81c0"},
                           "network": "5d41402abc4b", "orchestrator_port": 41005, "admin_port": 41006},
                "host_keys": {}, "autostop_started": 1764590000.5},
     "ssh": {"processes": [], "ssh": {
@@ -148,8 +149,8 @@ def test_version_2_resources_load_as_typed_records(home):
     assert loaded.docker == DockerSetup(["mlcluster-lab-state"],
                                         {"worker": "mlcluster-worker:1", "orchestrator": "mlcluster-orchestrator:1"},
                                         "net1")
-    assert loaded.services == {"orchestrator": Service("docker", LOCAL_HOST, 41005, container="mlcluster-lab-orchestrator",
-                                                       kind="orchestrator")}
+    assert loaded.services == {"orchestrator": Service("docker", LOCAL_HOST, 41005,
+                                                       container="mlcluster-lab-orchestrator", kind="orchestrator")}
     write_state(home, V2_RESOURCES["ssh"])
     loaded = ClusterState.load("lab").resources
     assert loaded.hosts == {"w1": W1}
@@ -162,7 +163,8 @@ def test_version_2_resources_load_as_typed_records(home):
     assert loaded.host_keys == {"10.0.0.2:22": "ssh-ed25519 AAAA"} and loaded.aws is None and loaded.docker is None
     write_state(home, V2_RESOURCES["aws"])
     assert ClusterState.load("lab").resources.aws == AWSResources(
-        "eu-west-1", {"orchestrator": "i-1"}, "sg-1", "key-1", "mlcluster-lab", "/h/aws-key.pem", {"198.51.100.2": "i-1"})
+        "eu-west-1", {"orchestrator": "i-1"}, "sg-1", "key-1", "mlcluster-lab", "/h/aws-key.pem",
+        {"198.51.100.2": "i-1"})
 
 
 def test_files_of_before_one_service_record_load_into_it(home):
@@ -189,8 +191,10 @@ def test_files_of_before_one_service_record_load_into_it(home):
                                 kind="orchestrator"),
         "worker1-1": Service("docker", LOCAL_HOST, container="mlcluster-lab-worker1-1", worker="worker1"),
         "worker1-2": Service("docker", LOCAL_HOST, container="mlcluster-lab-worker1-2", worker="worker1")}
-    assert loaded.docker == DockerSetup(["mlcluster-lab-state"], {"orchestrator": "mlcluster-orchestrator:3f2a",
-                                                                  "worker": "mlcluster-worker-onnx:81c0"}, "5d41402abc4b")
+    assert loaded.docker == DockerSetup(["mlcluster-lab-state"],
+                                        {"orchestrator": "mlcluster-orchestrator:3f2a",
+                                         "worker": "mlcluster-worker-onnx:81c0"},
+                                        "5d41402abc4b")
     assert loaded.autostop_started == 1764590000.5 and not loaded.hosts
 
     write_state(home, TYPED_RESOURCES["ssh"])

@@ -32,25 +32,40 @@ bench_app = typer.Typer(invoke_without_command=True, no_args_is_help=False, add_
 @bench_app.callback()
 def bench(
     ctx: typer.Context,
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help="The cluster's name (default: 'default').")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", "-n",
+                                                help="The cluster's name (default: 'default').")] = None,
     url: Annotated[Optional[str], typer.Option(help="The orchestrator's URL, instead of a cluster name.")] = None,
-    concurrency: Annotated[Optional[int], typer.Option("--concurrency", help="Closed loop: requests in flight (default 15).")] = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency",
+                                                       help="Closed loop: requests in flight (default 15).")] = None,
     requests: Annotated[Optional[int], typer.Option("--requests", help="Requests to measure (per sweep step).")] = None,
-    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds to measure (per sweep step); default 10.")] = None,
-    rate: Annotated[Optional[float], typer.Option(help="Open loop: requests per second, sent on schedule (--find-capacity: the first rate tried).")] = None,
+    duration: Annotated[Optional[float], typer.Option("--duration",
+                                                      help="Seconds to measure (per sweep step); default 10.")] = None,
+    rate: Annotated[Optional[float], typer.Option(help="Open loop: requests per second, sent on schedule "
+                                                       "(--find-capacity: the first rate tried).")] = None,
     arrivals: Annotated[str, typer.Option(help="Open-loop arrivals: constant or poisson.")] = "constant",
     sweep: Annotated[Optional[str], typer.Option(help="Concurrency steps, like 1,2,4,8.")] = None,
     rate_sweep: Annotated[Optional[str], typer.Option(help="Open-loop rate steps, like 10,20,40.")] = None,
-    step_time: Annotated[float, typer.Option(help="A sweep step's time limit (s) when it does not settle sooner.")] = 10.0,
-    knee_factor: Annotated[float, typer.Option(help="The knee: last step with p99 within this factor of the first's.")] = 1.5,
-    warmup: Annotated[Optional[int], typer.Option(help="Uncounted requests before each step (default: one per slot).")] = None,
-    texts: Annotated[Optional[Path], typer.Option(help="A file with one text a line to send (default: random text).")] = None,
+    step_time: Annotated[float, typer.Option(help="A sweep step's time limit "
+                                                  "(s) when it does not settle sooner.")] = 10.0,
+    knee_factor: Annotated[float, typer.Option(help="The knee: "
+                                                    "last step with p99 within this factor of the first's.")] = 1.5,
+    warmup: Annotated[Optional[int], typer.Option(help="Uncounted requests before each step (default: "
+                                                       "one per slot).")] = None,
+    texts: Annotated[Optional[Path], typer.Option(help="A file with one text a line to send (default: "
+                                                       "random text).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for one answer.")] = 60.0,
-    slo: Annotated[Optional[list[str]], typer.Option("--slo", help="An objective, like 'p99<=200ms' or 'errors<=0.1%' (repeatable); exit 3 when one is missed.")] = None,
-    find_capacity: Annotated[bool, typer.Option("--find-capacity", help="Search open-loop rates for the highest that meets every --slo; its $ per million requests.")] = False,
-    precision: Annotated[float, typer.Option(help="--find-capacity: stop when the bounds are within this fraction.")] = 0.05,
-    load_from: Annotated[Optional[str], typer.Option("--from", help="Where the load runs: orchestrator, here, or host names (h1,h2). Default: orchestrator for ssh and aws clusters, here otherwise.")] = None,
-    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the result and its setup as JSON ('-': stdout).")] = None,
+    slo: Annotated[Optional[list[str]], typer.Option("--slo", help="An objective, like 'p99<=200ms' or 'errors<=0.1%' "
+                                                                   "(repeatable); exit 3 when one is missed.")] = None,
+    find_capacity: Annotated[bool, typer.Option("--find-capacity",
+                                                help="Search open-loop rates for the highest that meets every --slo; "
+                                                     "its $ per million requests.")] = False,
+    precision: Annotated[float, typer.Option(help="--find-capacity: "
+                                                  "stop when the bounds are within this fraction.")] = 0.05,
+    load_from: Annotated[Optional[str], typer.Option("--from", help="Where the load runs: orchestrator, here, "
+                                                                    "or host names (h1,h2). Default: orchestrator for "
+                                                                    "ssh and aws clusters, here otherwise.")] = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the result and its setup "
+                                                                     "as JSON ('-': stdout).")] = None,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write one row per request as CSV.")] = None,
     plot_file: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG with four panels.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for random text and Poisson arrivals.", hidden=True)] = None,
@@ -79,7 +94,8 @@ def bench(
     if step_time <= 0 or knee_factor < 1 or timeout <= 0:
         raise UsageError("--step-time and --timeout must be positive and --knee-factor at least 1")
     if plot_file is not None and importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot needs matplotlib, which is not installed here", "pip install 'mlcluster[plot]'")  # one sentence: exit 2
+        # one sentence: exit 2
+        raise UsageError("--plot needs matplotlib, which is not installed here", "pip install 'mlcluster[plot]'")
     bodies = text_bodies(texts) if texts else random_bodies(seed=seed)
     for path in (None if str(json_file) == "-" else json_file, csv_file, plot_file):
         if path is not None and not path.parent.is_dir():
@@ -173,7 +189,8 @@ def _write_outputs(result, run: report.Report, json_file, csv_file, plot_file, u
 
 @bench_app.command()
 def compare(
-    files: Annotated[list[Path], typer.Argument(help="Results from `bench --json`: two runs, or any number of --find-capacity runs.")],
+    files: Annotated[list[Path], typer.Argument(help="Results from `bench --json`: two runs, "
+                                                     "or any number of --find-capacity runs.")],
 ) -> None:
     """Saved runs side by side: two runs with the ratio B / A of each figure, or
     the capacities and $ per million requests of --find-capacity runs."""

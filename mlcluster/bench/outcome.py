@@ -97,7 +97,8 @@ def compare_capacities(results: Sequence[tuple[str, dict[str, Any], CapacityResu
     for key in ("provider", "model", "workers", "containers_per_worker", "instance_types"):
         table.add_row(f"[dim]{key}[/]", *(f"[dim]{v}[/]" for v in setup(key)))
     table.add_row("objectives", *(" and ".join(c.slos) for _, _, c in results))
-    table.add_row("capacity (req/s)", *("–" if c.capacity_rps is None else f"{c.capacity_rps:g}" for _, _, c in results))
+    table.add_row("capacity (req/s)",
+                  *("–" if c.capacity_rps is None else f"{c.capacity_rps:g}" for _, _, c in results))
     table.add_row("cluster $/hour", *("–" if c.hourly_usd is None else f"{c.hourly_usd:,.3f}" for _, _, c in results))
     table.add_row("$ per million requests",
                   *("–" if c.usd_per_million is None else f"{c.usd_per_million:,.2f}" for _, _, c in results))

@@ -66,7 +66,8 @@ def fetch_status(url: str, state: Optional[ClusterState], timeout_s: float = 5.0
             raise MlclusterError(f"the orchestrator of cluster {state.name!r} at {url} is not answering, "
                                  "so there is no running cluster to benchmark",
                                  f"`mlcluster up --name {state.name}` restarts what is missing") from None
-        raise MlclusterError(f"nothing is answering at {url}", "check the orchestrator's URL, or `mlcluster status`") from None
+        raise MlclusterError(f"nothing is answering at {url}",
+                             "check the orchestrator's URL, or `mlcluster status`") from None
     finally:
         http.clear()
     if response.status != 200:
@@ -105,7 +106,8 @@ def describe_setup(url: str, state: Optional[ClusterState], status: dict, result
         "arrivals": config.arrivals if config.mode == "open" else None,
         "requests": config.requests,
         "duration_s": plans[0].duration_s,
-        "step_time_limit_s": config.policy.time_limit_s if config.is_sweep and not (config.requests or config.duration_s) else None,
+        "step_time_limit_s": (config.policy.time_limit_s
+                              if config.is_sweep and not (config.requests or config.duration_s) else None),
         "knee_factor": config.knee_factor if config.is_sweep else None,
         "warmup": [config.warmup_for(p) for p in plans] if config.is_sweep else config.warmup_for(plans[0]),
         "texts": texts,

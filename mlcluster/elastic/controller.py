@@ -176,8 +176,9 @@ class Controller:
             for w in leaving:
                 self.retiring.add(w.id)
                 self.admin.drain(w.id)
-            self.event("scale_down", f"autoscaling is off: the fixed size is up's {plural(before - len(leaving), 'container')}",
-                       before, before - len(leaving))
+            after = before - len(leaving)
+            self.event("scale_down", f"autoscaling is off: the fixed size is up's {plural(after, 'container')}",
+                       before, after)
 
     def start_one(self) -> None:
         worker_id = f"elastic-{next(self.serial)}"
@@ -251,7 +252,8 @@ class Controller:
                 self.event("error", f"a look failed: {exc}")
             time.sleep(LOOK_S)
         if not self.fired:
-            self.event("stopped", f"the controller stopped; {plural(len(self.counted()), 'container')} left as they are")
+            self.event("stopped", f"the controller stopped; {plural(len(self.counted()), 'container')} "
+                                  "left as they are")
         self.admin.close()
 
 

@@ -193,7 +193,8 @@ class PoolController:
         while any(s.id == sid for s in self.stand_ins):  # an earlier one still draining there
             sid, n = f"{w.id}-on-{member.name}-{n}", n + 1
         port = self.free_port(member)
-        record = self.runtime.start(member, self.stand_in(w, member, sid, port), marker(self.config.cluster, member.name))
+        record = self.runtime.start(member, self.stand_in(w, member, sid, port),
+                                    marker(self.config.cluster, member.name))
         self.stand_ins.append(StandIn(sid, w.id, member.name, port, record.pid, record.log))
         self.save()  # before anything else can fail: the record names what runs
         self.register(sid, member.config.host.private_address, port, self.capacity.get(w.id, 1))
@@ -344,7 +345,8 @@ class PoolController:
     # -- the loop -----------------------------------------------------------------
     def run(self, stopping) -> None:
         self.event("started", f"the controller runs on the orchestrator's host: healing {len(self.workers)} "
-                              f"containers on a pool of {len(self.members)} hosts" + (self.scaler.started() if self.scaler else ""))
+                              f"containers on a pool of {len(self.members)} hosts"
+                              + (self.scaler.started() if self.scaler else ""))
         unanswered, said = 0, ""
         while not stopping() and not self.fired:
             try:

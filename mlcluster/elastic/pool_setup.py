@@ -166,7 +166,8 @@ def ensure(session: Session, spec: ClusterSpec, options: RemoteOptions, workers:
         leave_worker_image(session, options, ui)
     private, public = controller_key(session.state.dir)
     line = authorized_line(public, spec.name, orch.private_address)
-    run_on_hosts([h.name for h in pool], lambda name, step: authorize(session.hosts[name], line, options.authorized_keys),
+    run_on_hosts([h.name for h in pool],
+                 lambda name, step: authorize(session.hosts[name], line, options.authorized_keys),
                  ui, what="adding the controller's key")
     members = [PoolMember(host=dataclasses.replace(h, address=h.private_address, key=host.path(KEY_FILE)),
                           host_key=session.store.get(h.address, h.port) or "",
@@ -183,8 +184,10 @@ def ensure(session: Session, spec: ClusterSpec, options: RemoteOptions, workers:
         hosts=[m for m in members if m.host_key],
         workers=[WorkerSpec(id=sid, home=records[sid].host, port=s.port, env=s.env, model_dir=s.model_dir,
                             pid=records[sid].pid, log=records[sid].log)
-                 for sid, s in sorted(workers.items()) if sid in records and records[sid].host in {h.name for h in pool}],
-        aws=dataclasses.replace(fleet, user_data=fleet.user_data + first_boot_line(line, fleet.user)) if fleet else None,
+                 for sid, s in sorted(workers.items())
+                 if sid in records and records[sid].host in {h.name for h in pool}],
+        aws=(dataclasses.replace(fleet, user_data=fleet.user_data + first_boot_line(line, fleet.user))
+             if fleet else None),
         autoscale=autoscale_config(spec, 0))  # target 0: the containers' capacity (elastic/poolscaler.py)
     with ui.step(f"starting the controller on {orch.name}"):
         record = start(host, config, private, f"ssh:{spec.name}:{orch.name}", records.get(CONTROLLER))

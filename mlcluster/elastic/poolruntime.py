@@ -99,7 +99,8 @@ class PoolRuntime:
             member.host.facts.pop("just_started", None)  # it is looked at again at the next look, not waited on
             return record
         self._docker(member)
-        if member.config.host.local:  # up's on port 5000 inside, published on any free port; the controller's on its own
+        # up's on port 5000 inside, published on any free port; the controller's on its own
+        if member.config.host.local:
             service = self.here.here(service, 0 if service.port == WORKER_PORT else service.port)
         return self.docker_of(member).start(member.host, service, marker, None)
 
@@ -136,8 +137,9 @@ def stop_containers_here(cluster: str, docker_command: str, local: bool = False)
     a local Docker cluster's, labelled provider=local; its network and volume go at `down`)."""
     label = quote(f"label=mlcluster.cluster={cluster}")
     provider = "local" if local else "ssh"
-    subprocess.run(["sh", "-c", f"{docker_command} ps -aq --filter {label} --filter label=mlcluster.provider={provider} "
-                                f"| xargs -r {docker_command} rm -f >/dev/null"], capture_output=True, timeout=120)
+    script = (f"{docker_command} ps -aq --filter {label} --filter label=mlcluster.provider={provider} "
+              f"| xargs -r {docker_command} rm -f >/dev/null")
+    subprocess.run(["sh", "-c", script], capture_output=True, timeout=120)
 
 
 def docker_command(runtime: str, facts: dict) -> str:

@@ -18,6 +18,7 @@ class ClusterSpec(Protocol):
     downscale_delay: float
     heal_grace: float
 
+
 ELASTIC_PROVIDERS = ("local", "ssh", "aws")  # where a controller adds and removes containers (elastic/poolscaler.py)
 
 

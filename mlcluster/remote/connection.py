@@ -103,6 +103,7 @@ def load_private_key(path: str | Path) -> paramiko.PKey:
 _HINTS = {"auth": "check `user` and `key` for this host in the [ssh] config",
           "refused": "nothing accepts SSH there: is sshd running, and is the host's `port` right?"}
 
+
 # -- the connection --------------------------------------------------------------
 class Connection:
     """One SSH connection to one host, opened lazily on first use; a context manager.

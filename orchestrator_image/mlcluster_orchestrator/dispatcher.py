@@ -14,8 +14,9 @@ keep-alive pool per container, upstream.py) and sorts what comes back:
 - 5xx: the worker failed on this request. It is tried on another container
   (ahead of the queue, within `max_attempts`; never the same one while another
   healthy container exists), because the fault may be the container's; the
-  container leaves rotation only after `MAX_5XX_IN_A_ROW` consecutive 5xx answers (as HAProxy's `observe layer7` + `error-limit`), so
-  one bad request cannot take containers out.
+  container leaves rotation only after `MAX_5XX_IN_A_ROW` consecutive 5xx
+  answers (as HAProxy's `observe layer7` + `error-limit`), so one bad request
+  cannot take containers out.
 - refused, timed out, broken connection, an answer that is not JSON: the
   container is marked down at once (the health checker brings it back) and the
   request goes to another one.

@@ -138,6 +138,8 @@ class ApiKeyEntry:
 def api_key_entry(raw: bytes) -> ApiKeyEntry:
     """POST /api_keys: {"id": "...", "sha256": "<64 hex digits>"} (the key's digest, never the key)."""
     body = _json(raw)
-    if not isinstance(body, dict) or set(body) != {"id", "sha256"} or not all(isinstance(v, str) for v in body.values()):
+    well_formed = (isinstance(body, dict) and set(body) == {"id", "sha256"}
+                   and all(isinstance(v, str) for v in body.values()))
+    if not well_formed:
         raise BadRequest('the body must be {"id": "<key id>", "sha256": "<the key\'s sha256, hex>"}')
     return ApiKeyEntry(body["id"], body["sha256"])

@@ -35,7 +35,8 @@ def cli(*args: str, home: Optional[Path] = None, env: Optional[dict] = None, che
     result = subprocess.run([MLCLUSTER, *args], capture_output=True, text=True, timeout=timeout, env=env,
                             stdin=subprocess.DEVNULL)
     if check and result.returncode != 0:
-        raise AssertionError(f"mlcluster {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(f"mlcluster {' '.join(args)} exited {result.returncode}:\n"
+                             f"{result.stdout}\n{result.stderr}")
     return result
 
 

@@ -98,7 +98,8 @@ class Endpoint(asyncio.Protocol):
         elif text == "garbage":
             self.transport.write(response(200, b"this is not json"))
         elif text == "chunked":
-            await self.trickle([b"HTTP/1.1 200 X\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            await self.trickle([b"HTTP/1.1 200 X\r\nContent-Type: application/json\r\n"
+                                b"Transfer-Encoding: chunked\r\n\r\n",
                                 b"a\r\n%s\r\n" % ANSWER[:10], b"%x\r\n%s\r\n" % (len(ANSWER) - 10, ANSWER[10:]),
                                 b"0\r\n\r\n"])
         elif text == "split":
@@ -120,7 +121,6 @@ class Endpoint(asyncio.Protocol):
             self.transport.close()
         else:
             self.transport.write(response(200, ANSWER))
-
 
     async def trickle(self, parts: list[bytes]) -> None:
         for i, part in enumerate(parts):

@@ -71,7 +71,8 @@ def start_worker(tmp_path: Path, model: str, port: int | None = None, token: str
 def start_orchestrator(tmp_path: Path, token: str = "test-token", port: int | None = None, **kw) -> Service:
     port = port or free_port()
     env = services.orchestrator_env(port=port, token=token, **kw)
-    return Service(services.orchestrator_command(), env, f"http://127.0.0.1:{port}", tmp_path / f"orchestrator-{port}.log")
+    return Service(services.orchestrator_command(), env, f"http://127.0.0.1:{port}",
+                   tmp_path / f"orchestrator-{port}.log")
 
 
 @contextlib.contextmanager

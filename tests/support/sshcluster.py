@@ -212,6 +212,7 @@ def our_processes(net: SSHTestNetwork, name: str) -> list[str]:
     """Processes in a host's namespace other than its sshd and dockerd."""
     host = net.hosts[name]
     pids = subprocess.run(["ip", "netns", "pids", host.namespace], capture_output=True, text=True).stdout.split()
+
     def comm(pid: str) -> str:
         try:
             return Path(f"/proc/{pid}/comm").read_text(errors="replace")

@@ -57,6 +57,8 @@ __all__ = ["SSHTestNetwork", "TestHost", "missing_facilities", "LOGIN_ONLY_VAR",
 
 TEST_RANGE = ipaddress.ip_network("10.213.0.0/16")
 LOGIN_ONLY_VAR, LOGIN_ONLY_VALUE = "MLCT_LOGIN_ONLY", "set-by-sshd"  # in every login's env, never a service's
+
+
 @dataclass
 class TestHost:
     """One test host. `address` is its IP on the bridge; sshd listens on

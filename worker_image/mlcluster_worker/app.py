@@ -38,6 +38,7 @@ def _setup_logging() -> None:
         logger.setLevel(logging.INFO)
         logger.propagate = False
 
+
 def read_body(limit: int) -> bytes:
     """The request body; 413 past `limit` bytes. Werkzeug's own limit would cut
     a chunked body at the limit silently, so one byte more is read to tell."""
@@ -135,7 +136,8 @@ def create_app(config: dict | None = None, classifier=None) -> Flask:
     inference = Histogram("worker_inference_seconds", "forward-pass time per request", registry=registry,
                           buckets=(.001, .0025, .005, .01, .025, .05, .075, .1, .25, .5, 1, 2.5, 5, 10))
     # Gauges read at scrape time: nothing extra to do per request.
-    Gauge("worker_in_flight", "run_model requests being served", registry=registry).set_function(lambda: state.in_flight)
+    in_flight_gauge = Gauge("worker_in_flight", "run_model requests being served", registry=registry)
+    in_flight_gauge.set_function(lambda: state.in_flight)
     ready_gauge = Gauge("worker_ready", "1 once the model is loaded and warmed up", registry=registry)
     served_ok = requests_total.labels(outcome="ok")
 

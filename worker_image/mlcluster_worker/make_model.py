@@ -50,7 +50,8 @@ def make_model(out_dir: str | Path, size: str = "base", num_labels: int = 2, see
     tokenizer.save_pretrained(out)
     for path in [out, *out.iterdir()]:  # readable by a container's non-root user when mounted
         path.chmod(0o755 if path.is_dir() else 0o644)
-    (out / MARKER).write_text(json.dumps({"warning": WARNING, "size": size, "architecture": "distilbert-base-uncased" if size == "base" else "tiny distilbert"}, indent=2))
+    architecture = "distilbert-base-uncased" if size == "base" else "tiny distilbert"
+    (out / MARKER).write_text(json.dumps({"warning": WARNING, "size": size, "architecture": architecture}, indent=2))
     return out
 
 
