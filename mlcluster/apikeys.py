@@ -1,5 +1,5 @@
 """API keys of a cluster's public endpoint: making one, its digest, the orchestrator's setting.
-Creating, listing and revoking a running cluster's keys: mlcluster.cluster.
+Creating, listing and revoking a running cluster's keys: mlcluster/cluster_keys.py.
 
 The state keeps each key's id and sha256 (never the key: `create` returns it
 once, to be printed once); the orchestrator gets the same pairs at start

@@ -1,5 +1,5 @@
 """`mlcluster keys create|list|revoke`: the API keys of a cluster's public endpoint
-(library: cluster.py, apikeys.py)."""
+(library: cluster_keys.py, apikeys.py)."""
 from __future__ import annotations
 
 import datetime
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import cluster
+from . import cluster_keys
 from .cli_options import Name
 
 keys_app = typer.Typer(help="API keys of the cluster's public endpoint: with one or more, "
@@ -21,14 +21,14 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="One JSON object on stdou
 @keys_app.command()
 def create(name: Name = "default", as_json: JsonFlag = False) -> None:
     """Make a key; it is printed once, alone on stdout (only its id and hash are kept)."""
-    made = cluster.create_key(name)
+    made = cluster_keys.create_key(name)
     print(json.dumps({"id": made.id, "key": made.key}) if as_json else made.key)
 
 
 @keys_app.command("list")
 def list_(name: Name = "default", as_json: JsonFlag = False) -> None:
     """The ids of the keys in force (never the keys)."""
-    records = cluster.list_keys(name)
+    records = cluster_keys.list_keys(name)
     if as_json:
         print(json.dumps({"keys": [{"id": r.id, "created_at": r.created_at} for r in records]}))
         return
@@ -40,5 +40,5 @@ def list_(name: Name = "default", as_json: JsonFlag = False) -> None:
 def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (mlcluster keys list).")],
            name: Name = "default", as_json: JsonFlag = False) -> None:
     """Stop a key from working, at once on the running orchestrator."""
-    record = cluster.revoke_key(name, key_id)
+    record = cluster_keys.revoke_key(name, key_id)
     print(json.dumps({"revoked": record.id}) if as_json else f"revoked {record.id}")
