@@ -17,7 +17,7 @@ import json
 import shutil
 import time
 
-from support.awscluster import AwsConfig, up_with_metadata
+from support.awscluster import SHRINKING, AwsConfig, up_with_metadata
 from support.console import cli
 from support.imds import CREDENTIALS
 from support.load import ClosedLoop, failed
@@ -35,9 +35,7 @@ net = host_network(*HOSTS.values())
 def test_an_emptied_worker_instance_is_terminated_and_launched_again_for_its_parked_container(
         gateway_moto, net, tiny_model, tmp_path):
     moto, orch = gateway_moto, net.hosts["orch"]
-    config = AwsConfig(tmp_path / "aws.toml", moto, net, HOSTS, CLUSTER, tiny_model,
-                       autoscale={"min_containers": 1, "max_containers": 2, "target_ongoing": 1,
-                                  "upscale_delay": 1, "downscale_delay": 3},
+    config = AwsConfig(tmp_path / "aws.toml", moto, net, HOSTS, CLUSTER, tiny_model, autoscale=SHRINKING,
                        ssh={"host_grace": 3})
     with up_with_metadata(config) as up:
         url, first, imds = up.url, up.instances, up.imds

@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from support.awscluster import AwsConfig, up_with_metadata
+from support.awscluster import SHRINKING, AwsConfig, up_with_metadata
 from support.console import cli
 from support.load import ClosedLoop, failed
 from support.moto import instances_by_name, live_workers, nothing_tagged
@@ -40,9 +40,7 @@ def scaled_away(moto, first: dict[str, str]) -> str:
 def test_a_second_up_brings_a_scaled_away_instance_back_once_and_the_controller_scales_it_away_again(
         gateway_moto, net, tiny_model, tmp_path):
     moto, orch = gateway_moto, net.hosts["orch"]
-    config = AwsConfig(tmp_path / "aws.toml", moto, net, HOSTS, CLUSTER, tiny_model,
-                       autoscale={"min_containers": 1, "max_containers": 2, "target_ongoing": 1,
-                                  "upscale_delay": 1, "downscale_delay": 3},
+    config = AwsConfig(tmp_path / "aws.toml", moto, net, HOSTS, CLUSTER, tiny_model, autoscale=SHRINKING,
                        ssh={"host_grace": 3})
     with up_with_metadata(config) as up:
         url, first = up.url, up.instances

@@ -36,6 +36,11 @@ from .moto import MotoServer
 from .sshcluster import toml_value
 from .sshhosts import SSHTestNetwork
 
+# A cluster of 2 workers × 1 container that may shrink to 1 container, with short delays: under one client the
+# controller parks one of `up`'s containers and scales its emptied instance away (test_elastic_aws_park.py,
+# test_elastic_aws_second_up.py).
+SHRINKING = {"min_containers": 1, "max_containers": 2, "target_ongoing": 1, "upscale_delay": 1, "downscale_delay": 3}
+
 
 @dataclass
 class AwsConfig:
