@@ -202,9 +202,12 @@ class DockerRuntime:
         """Run the service's container unless an identical one already runs (a
         stopped identical one is started again, keeping its id)."""
         name, image = self.container_name(service.id), host.facts["images"][service.kind]
-        publish = service.publish or {service.port: f"{host.config.bind}:{service.port}"}
-        if service.admin_port and not service.publish:  # the admin listener: on the host's loopback only (SSH)
-            publish[service.admin_port] = f"127.0.0.1:{service.admin_port}"
+        if service.publish:  # a container on this machine (`here`)
+            publish = service.publish
+        else:
+            publish = {service.port: f"{host.config.bind}:{service.port}"}
+            if service.admin_port:  # the admin listener: on the host's loopback only, reached through SSH
+                publish[service.admin_port] = f"127.0.0.1:{service.admin_port}"
         mounts = service.mounts or ({service.model_dir: "/model:ro"} if service.model_dir else {})
         local = (service.publish, service.mounts, service.network)
         digest = hashlib.sha256(repr((image, sorted(service.env.items()), service.port, service.model_dir,

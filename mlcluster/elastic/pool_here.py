@@ -59,10 +59,10 @@ def start(host: Host, config: PoolConfig, private_key: str, marker: str,
     # the cluster's containers); nothing of Docker otherwise.
     env = {MARKER_VAR: marker}
     passed = PASSED_VARS + (watchdog.DOCKER_VARS if config.docker else ())
-    if config.aws:
+    if config.aws:  # the instance profile's keys, from the metadata service (patiently: METADATA_RETRIES)
         env.update(METADATA_RETRIES)
-    if config.aws and config.aws.metadata_url:  # an emulator's (tests): boto3's chain asks it for the profile's keys
-        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = config.aws.metadata_url
+        if config.aws.metadata_url:  # an emulator's (tests)
+            env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = config.aws.metadata_url
     env_file = host.write_env(ServiceSpec(CONTROLLER, CONTROLLER, 0, env), shell=True)
     pid, log = launch(host, CONTROLLER, command, env_file, passed)
     return Service(runtime=runtime.name, pid=pid, log=log, kind=CONTROLLER, command=settings)
